@@ -1,0 +1,254 @@
+//! The `backfill` command: parses arguments, calls the engine, presents what it returns.
+//! No logic lives here; anything a library user could need belongs in `backfill-engine`.
+//!
+//! Exit codes: 0 all selected slices passed, 1 a slice failed (assertion or error) or the
+//! run could not proceed, 2 a usage or configuration error (nothing ran).
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use backfill_engine::pipeline::{self, location_to_url};
+use backfill_engine::{Backfill, Fault, OpenOptions, RunOptions, Selection};
+use clap::{Args, Parser, Subcommand};
+
+/// Replays a pipeline over history into a Delta table, one checked, atomic commit per slice.
+///
+/// A pipeline file (TOML) names Parquet sources, a DataFusion SQL transform, a Delta
+/// destination, a write strategy and per-slice assertions. Typical use:
+///
+///   backfill validate pipeline.toml
+///   backfill plan pipeline.toml --start 2024-01-01 --end 2024-01-31
+///   backfill run  pipeline.toml --start 2024-01-01 --end 2024-01-31
+///   backfill status pipeline.toml
+#[derive(Parser)]
+#[command(name = "backfill", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse the pipeline, resolve its sources and plan its SQL, without running anything.
+    Validate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Show the selected slices and each one's state in the destination's Delta log:
+    /// done, missing, or changed (source files or SQL differ from the commit's record).
+    Plan {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the missing and changed slices of the selection (all of them with --force).
+    Run {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Redo slices that are already done (still one atomic commit each, no duplicates).
+        #[arg(long)]
+        force: bool,
+        /// Slices in flight at once [default: the number of cores].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: Option<u16>,
+        /// Print a JSON summary instead of a line per slice.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the destination's Delta log records: committed slices with run id, rows,
+    /// duration and time.
+    Status {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a deterministic fixture bucket of hive-partitioned Parquet (orders,
+    /// customers, events, signups). Without options, the bundled one.
+    Fixtures {
+        /// The bucket's root folder.
+        out: PathBuf,
+        /// Days of orders (from 2024-01-01).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Orders per day.
+        #[arg(long)]
+        orders_per_day: Option<u64>,
+    },
+}
+
+/// Which slices: an inclusive range, or keys.
+#[derive(Args)]
+struct SelectionArgs {
+    /// First slice, inclusive: YYYY-MM-DD (daily) or YYYY-MM-DDTHH (hourly).
+    #[arg(long, requires = "end", conflicts_with = "keys")]
+    start: Option<String>,
+    /// Last slice, inclusive.
+    #[arg(long, requires = "start")]
+    end: Option<String>,
+    /// Slice keys, comma-separated. For list slices, defaults to the pipeline's keys.
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<String>,
+}
+
+impl SelectionArgs {
+    fn selection(&self) -> Selection {
+        match (&self.start, &self.end) {
+            (Some(start), Some(end)) => Selection::Range {
+                start: start.clone(),
+                end: end.clone(),
+            },
+            _ => Selection::Keys(self.keys.clone()),
+        }
+    }
+}
+
+/// Settings that override the pipeline file for this invocation.
+#[derive(Args)]
+struct Overrides {
+    /// Write to this Delta table instead of the pipeline's destination.url
+    /// (a path relative to the working directory, or a URL).
+    #[arg(long, value_name = "PATH_OR_URL")]
+    destination: Option<String>,
+}
+
+impl Overrides {
+    fn load(&self, path: &std::path::Path) -> backfill_engine::Result<pipeline::Pipeline> {
+        let mut pipeline = pipeline::load(path)?;
+        if let Some(destination) = &self.destination {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            pipeline.destination.url = location_to_url(destination, &cwd)
+                .map_err(|m| backfill_engine::Error::config("--destination", m))?;
+        }
+        Ok(pipeline)
+    }
+}
+
+/// How the command ended, for the exit code.
+enum Outcome {
+    Success,
+    SlicesFailed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BACKFILL_LOG")
+                .unwrap_or_else(|_| "warn,deltalake_core::operations::merge=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(execute(cli.command)) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::SlicesFailed) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let user = error
+                .downcast_ref::<backfill_engine::Error>()
+                .is_some_and(|e| e.fault() == Fault::User);
+            ExitCode::from(if user { 2 } else { 1 })
+        }
+    }
+}
+
+async fn open(path: &std::path::Path, overrides: &Overrides) -> anyhow::Result<Backfill> {
+    let pipeline = overrides.load(path)?;
+    Ok(Backfill::open(pipeline, OpenOptions::default()).await?)
+}
+
+async fn execute(command: Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Validate {
+            pipeline,
+            overrides,
+        } => {
+            let backfill = open(&pipeline, &overrides).await?;
+            output::validated(&backfill);
+        }
+        Command::Plan {
+            pipeline,
+            selection,
+            overrides,
+            json,
+        } => {
+            let backfill = open(&pipeline, &overrides).await?;
+            let planned = backfill
+                .plan(
+                    &selection.selection(),
+                    backfill_engine::run::default_concurrency(),
+                )
+                .await?;
+            output::plan(&planned, json)?;
+        }
+        Command::Run {
+            pipeline,
+            selection,
+            overrides,
+            force,
+            concurrency,
+            json,
+        } => {
+            let backfill = Arc::new(open(&pipeline, &overrides).await?);
+            let options = RunOptions {
+                force,
+                concurrency: concurrency
+                    .map_or_else(backfill_engine::run::default_concurrency, usize::from),
+            };
+            let reporter = Arc::new(output::Progress::new(json));
+            let summary = backfill
+                .run(&selection.selection(), &options, reporter.clone())
+                .await?;
+            reporter.finish();
+            output::summary(&summary, json)?;
+            if summary.failed() > 0 {
+                return Ok(Outcome::SlicesFailed);
+            }
+        }
+        Command::Status {
+            pipeline,
+            overrides,
+            json,
+        } => {
+            let backfill = open(&pipeline, &overrides).await?;
+            output::status(&backfill.ledger().await?, json)?;
+        }
+        Command::Fixtures {
+            out,
+            days,
+            orders_per_day,
+        } => {
+            let mut spec = backfill_engine::fixtures::FixtureSpec::bundled();
+            spec.days = days.unwrap_or(spec.days);
+            spec.orders_per_day = orders_per_day.unwrap_or(spec.orders_per_day);
+            backfill_engine::fixtures::generate(&out, &spec)
+                .with_context(|| format!("writing fixtures to {}", out.display()))?;
+            println!(
+                "wrote fixture bucket {} ({} days of {} orders)",
+                out.display(),
+                spec.days,
+                spec.orders_per_day
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,226 @@
+//! Presentation: tables and lines for people, JSON for machines, a progress bar on a
+//! terminal. Everything here formats what the engine returned; nothing decides.
+
+use std::time::Duration;
+
+use backfill_engine::ledger::Ledger;
+use backfill_engine::run::{Reporter, SliceOutcome, SliceStatus};
+use backfill_engine::{Backfill, PlannedSlice, RunSummary, SliceState};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+pub fn validated(backfill: &Backfill) {
+    let pipeline = backfill.pipeline();
+    println!("pipeline {} is valid", pipeline.name);
+    for source in &pipeline.sources {
+        println!("  source {} at {}", source.name, source.url);
+    }
+    let columns: Vec<String> = backfill
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    println!("  output ({})", columns.join(", "));
+    println!(
+        "  destination {} ({}, partitioned by {:?})",
+        pipeline.destination.url,
+        pipeline.destination.strategy.name(),
+        pipeline.destination.partition_by
+    );
+    println!(
+        "  {} slices, {} assertion(s)",
+        pipeline.slices.kind.name(),
+        pipeline.assertions.len()
+    );
+}
+
+pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
+    if json {
+        let slices: Vec<_> = planned
+            .iter()
+            .map(|p| {
+                json!({
+                    "slice": p.slice.key,
+                    "state": p.state,
+                    "source_files": p.files.len(),
+                    "source_bytes": p.files.iter().map(|f| f.size).sum::<u64>(),
+                    "source_fingerprint": p.source_fingerprint,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&slices)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<8} {:>6} {:>10}  detail",
+        "slice", "state", "files", "bytes"
+    );
+    for p in planned {
+        let detail = match &p.state {
+            SliceState::Missing => String::new(),
+            SliceState::Done { committed } => committed_detail(committed),
+            SliceState::Changed { committed, what } => format!(
+                "{} changed; {}",
+                what.join(" and "),
+                committed_detail(committed)
+            ),
+        };
+        let bytes: u64 = p.files.iter().map(|f| f.size).sum();
+        println!(
+            "{:<16} {:<8} {:>6} {:>10}  {detail}",
+            p.slice.key,
+            p.state.name(),
+            p.files.len(),
+            human_bytes(bytes)
+        );
+    }
+    let count = |name: &str| planned.iter().filter(|p| p.state.name() == name).count();
+    println!(
+        "{} slices: {} done, {} missing, {} changed",
+        planned.len(),
+        count("done"),
+        count("missing"),
+        count("changed")
+    );
+    Ok(())
+}
+
+fn committed_detail(committed: &backfill_engine::ledger::Committed) -> String {
+    let when = committed
+        .committed_at
+        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    format!(
+        "committed {when}, {} rows, run {}",
+        committed.record.rows, committed.record.run_id
+    )
+}
+
+pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
+    let committed = summary.count(|s| matches!(s, SliceStatus::Committed { .. }));
+    let skipped = summary.count(|s| matches!(s, SliceStatus::Skipped));
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    } else {
+        println!(
+            "run {}: {} slices, {committed} committed, {skipped} skipped (already done), {} failed",
+            summary.run_id,
+            summary.outcomes.len(),
+            summary.failed()
+        );
+    }
+    Ok(())
+}
+
+pub fn status(ledger: &Ledger, json: bool) -> anyhow::Result<()> {
+    let committed = ledger.committed();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&committed)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>8} {:>10} {:>9} {:>8}  {:<22} run",
+        "slice", "rows", "bytes", "duration", "version", "committed"
+    );
+    for c in &committed {
+        let when = c
+            .committed_at
+            .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        println!(
+            "{:<16} {:>8} {:>10} {:>9} {:>8}  {:<22} {}",
+            c.record.slice,
+            c.record.rows,
+            human_bytes(c.record.bytes),
+            human_duration(c.record.duration_ms),
+            c.version.map(|v| v.to_string()).unwrap_or_default(),
+            when,
+            c.record.run_id
+        );
+    }
+    println!("{} committed slices", committed.len());
+    Ok(())
+}
+
+/// Live progress: a bar on a terminal (hidden otherwise) and one line per finished slice.
+pub struct Progress {
+    bar: ProgressBar,
+    json: bool,
+}
+
+impl Progress {
+    pub fn new(json: bool) -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} slices {msg}",
+            )
+            .expect("a valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress { bar, json }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Reporter for Progress {
+    fn run_started(&self, run_id: &str, slices: usize) {
+        self.bar.set_length(slices as u64);
+        self.bar.set_message(format!("run {run_id}"));
+    }
+
+    fn slice_finished(&self, outcome: &SliceOutcome) {
+        self.bar.inc(1);
+        if self.json {
+            return;
+        }
+        let took = human_duration(outcome.duration_ms);
+        let line = match &outcome.status {
+            SliceStatus::Committed {
+                version,
+                rows,
+                bytes,
+            } => {
+                format!(
+                    "{:<16} committed {rows:>9} rows {:>10} {took:>8}  version {version}",
+                    outcome.slice,
+                    human_bytes(*bytes)
+                )
+            }
+            SliceStatus::Skipped => {
+                format!("{:<16} skipped   (done, inputs unchanged)", outcome.slice)
+            }
+            SliceStatus::Failed { error, .. } => {
+                format!("{:<16} FAILED    {took:>8}  {error}", outcome.slice)
+            }
+        };
+        self.bar.suspend(|| println!("{line}"));
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    }
+}

@@ -1,0 +1,127 @@
+//! The engine's error type, classified by who is at fault.
+//!
+//! Like DataFusion's errors, every variant says whose move it is: the user fixes a
+//! [`Error::Config`] or [`Error::Sql`], a slice that fails a check is the data's fault
+//! ([`Error::Assertion`]), [`Error::Execution`] comes from storage or the runtime and may
+//! succeed when retried, and [`Error::Internal`] is a bug in `backfill`.
+//! The CLI maps these classes to exit codes; nothing in the engine prints or exits.
+
+/// Result type of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline file or the run's options are wrong. `location` names the file and,
+    /// where known, the line (`pipelines/daily.toml:12`) or the option (`--start`).
+    #[error("{location}: {message}")]
+    Config { location: String, message: String },
+
+    /// The transform or an assertion's SQL does not parse or plan.
+    #[error("{context}: {source}")]
+    Sql {
+        context: String,
+        #[source]
+        source: Box<datafusion::error::DataFusionError>,
+    },
+
+    /// A slice's output failed one of its assertions; nothing was committed.
+    #[error("assertion failed on slice {slice}: {}", .failures.join("; "))]
+    Assertion {
+        slice: String,
+        failures: Vec<String>,
+    },
+
+    /// Reading, computing or writing failed at run time (storage, Delta log, DataFusion).
+    #[error("{context}: {message}")]
+    Execution { context: String, message: String },
+
+    /// A bug: an invariant of `backfill` itself did not hold.
+    #[error("internal error (a bug in backfill): {0}")]
+    Internal(String),
+}
+
+/// Who has to act for an error to go away; the CLI's exit code follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The pipeline file, the SQL or the command line.
+    User,
+    /// The data: a slice failed a check.
+    Data,
+    /// The environment: storage, network, resources. Retrying may help.
+    Environment,
+    /// `backfill` itself.
+    Internal,
+}
+
+impl Error {
+    pub fn config(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn in_file(path: &std::path::Path, message: impl Into<String>) -> Self {
+        Error::config(path.display().to_string(), message)
+    }
+
+    pub fn sql(context: impl Into<String>, source: datafusion::error::DataFusionError) -> Self {
+        Error::Sql {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn execution(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Execution {
+            context: context.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::Config { .. } | Error::Sql { .. } => Fault::User,
+            Error::Assertion { .. } => Fault::Data,
+            Error::Execution { .. } => Fault::Environment,
+            Error::Internal(_) => Fault::Internal,
+        }
+    }
+}
+
+/// Adds context to errors from DataFusion and delta-rs, keeping their class: a planning
+/// error in DataFusion is the user's SQL, everything else is execution.
+pub(crate) trait ResultExt<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> ResultExt<T> for std::result::Result<T, datafusion::error::DataFusionError> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        use datafusion::error::DataFusionError as E;
+        self.map_err(|error| match error.find_root() {
+            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
+                Error::sql(context(), error)
+            }
+            _ => Error::execution(context(), error),
+        })
+    }
+}
+
+impl<T> ResultExt<T> for std::result::Result<T, deltalake::DeltaTableError> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|error| Error::execution(context(), error))
+    }
+}
+
+impl<T> ResultExt<T> for std::result::Result<T, object_store::Error> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|error| Error::execution(context(), error))
+    }
+}
+
+impl<T> ResultExt<T> for std::result::Result<T, std::io::Error> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|error| Error::execution(context(), error))
+    }
+}

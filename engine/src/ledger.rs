@@ -1,0 +1,115 @@
+//! What the destination's Delta log says about each slice.
+//!
+//! Every slice commit carries its own record: an application transaction (`txn`) whose id
+//! names the pipeline and slice, and a [`SliceRecord`] under the `backfill` key of the
+//! commit's `commitInfo`. Both are in the same atomic commit as the data, so data and
+//! progress can never disagree. This module only reads the log; writing records is the
+//! sink's job.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ResultExt};
+
+/// The key under which a slice's record sits in `commitInfo`.
+pub const COMMIT_INFO_KEY: &str = "backfill";
+
+/// The application transaction id of a pipeline's slice. Delta rejects two concurrent
+/// commits with the same id, so a slice cannot be committed twice by racing runs.
+pub fn app_id(pipeline: &str, slice: &str) -> String {
+    format!("backfill:{pipeline}:{slice}")
+}
+
+/// The record a slice commit carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceRecord {
+    pub pipeline: String,
+    pub slice: String,
+    pub run_id: String,
+    pub strategy: String,
+    /// The slice's application transaction version: 1 for its first commit, then 2, ...
+    pub txn_version: i64,
+    pub rows: u64,
+    /// Bytes of Parquet the commit added.
+    pub bytes: u64,
+    pub duration_ms: u64,
+    pub source_files: u64,
+    pub source_bytes: u64,
+    pub source_fingerprint: String,
+    pub sql_fingerprint: String,
+    pub assertions: Vec<AssertionResult>,
+    /// Paths of the files the commit added, so that a forced `append` can replace them.
+    #[serde(default)]
+    pub added_files: Vec<String>,
+}
+
+/// The outcome of one assertion on one slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssertionResult {
+    pub assertion: String,
+    pub passed: bool,
+    /// What was measured, e.g. `null rate of amount = 0.0034`.
+    pub measured: String,
+}
+
+/// A committed slice as read back from the log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Committed {
+    pub record: SliceRecord,
+    /// The table version of the commit, and when it was made.
+    pub version: Option<u64>,
+    pub committed_at: Option<DateTime<Utc>>,
+}
+
+/// Every slice record of one pipeline in a table's log.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    latest: HashMap<String, Committed>,
+}
+
+impl Ledger {
+    /// Reads the log of `table` (if it exists) for the records of `pipeline`.
+    pub async fn read(table: Option<&DeltaTable>, pipeline: &str) -> Result<Self> {
+        let Some(table) = table else {
+            return Ok(Ledger::default());
+        };
+        let context = || format!("reading the Delta log of {}", table.table_url());
+        let current = table.version();
+        let infos: Vec<_> = table.history(None).try_collect().await.context(context)?;
+        let mut latest = HashMap::new();
+        // History comes newest first; the first record of a slice is its latest commit.
+        for (index, info) in infos.into_iter().enumerate() {
+            let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_value::<SliceRecord>(value.clone()) else {
+                continue;
+            };
+            if record.pipeline != pipeline || latest.contains_key(&record.slice) {
+                continue;
+            }
+            let committed = Committed {
+                record,
+                version: current.map(|v| v - index as u64),
+                committed_at: info.timestamp.and_then(DateTime::from_timestamp_millis),
+            };
+            latest.insert(committed.record.slice.clone(), committed);
+        }
+        Ok(Ledger { latest })
+    }
+
+    pub fn get(&self, slice: &str) -> Option<&Committed> {
+        self.latest.get(slice)
+    }
+
+    /// All committed slices, ordered by slice key.
+    pub fn committed(&self) -> Vec<&Committed> {
+        let mut all: Vec<_> = self.latest.values().collect();
+        all.sort_by(|a, b| a.record.slice.cmp(&b.record.slice));
+        all
+    }
+}

@@ -1,0 +1,26 @@
+//! `backfill-engine`: replays a pipeline over history into a Delta table, slice by slice,
+//! with every slice checked before it is published and never written twice.
+//!
+//! The flow: [`pipeline::load`] reads a pipeline file; [`Backfill::open`] resolves its
+//! sources and destination; [`Backfill::plan`] cuts a selection into [`slice::Slice`]s
+//! and reads each one's state from the Delta log ([`ledger`]); [`Backfill::run`] stages,
+//! checks ([`assertions`]) and publishes ([`sink`]) the slices that need it.
+//! The engine never prints and never exits: it returns errors classified by [`Fault`]
+//! and reports progress through [`run::Reporter`].
+
+pub mod assertions;
+mod engine;
+pub mod error;
+pub mod fixtures;
+pub mod ledger;
+pub mod pipeline;
+pub mod run;
+pub mod sink;
+pub mod slice;
+pub mod source;
+pub mod template;
+
+pub use engine::{Backfill, OpenOptions, PlannedSlice, SliceState};
+pub use error::{Error, Fault, Result};
+pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome, SliceStatus};
+pub use slice::Selection;

@@ -1,0 +1,647 @@
+//! The pipeline file: parsing and validating it into a [`Pipeline`].
+//!
+//! Owns the TOML format, its strictness (unknown keys are errors naming the key and line)
+//! and every check that can be made without touching storage. It must not do IO beyond
+//! reading the pipeline file and the files it names (SQL file, manifest); resolving
+//! sources and planning SQL belong to [`crate::source`] and [`crate::engine`].
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::slice::SliceKind;
+
+/// A validated pipeline: what to read, how to transform it, where and how to write it.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The pipeline file, for error messages.
+    pub file: PathBuf,
+    pub sources: Vec<Source>,
+    pub slices: SliceSpec,
+    /// The transform's SQL template, with `{{ variable }}` placeholders.
+    pub sql: String,
+    /// Where the SQL came from, for error messages: the pipeline file or `sql_file`.
+    pub sql_origin: String,
+    pub destination: Destination,
+    pub assertions: Vec<Assertion>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The SQL table name the source is registered under.
+    pub name: String,
+    pub url: Url,
+    /// Hive partition columns in folder order, always read as text.
+    pub partitioning: Vec<String>,
+}
+
+/// How a run's range or keys are cut into slices.
+#[derive(Debug, Clone)]
+pub struct SliceSpec {
+    pub kind: SliceKind,
+    /// The partition columns a slice selects: daily and list one, hourly two (day, hour).
+    pub columns: Vec<String>,
+    /// For `list`: the keys given in the file (from `keys` or the manifest), if any.
+    pub keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub url: Url,
+    pub partition_by: Vec<String>,
+    pub strategy: Strategy,
+}
+
+/// How a slice's output is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Replace exactly the slice's partitions.
+    Overwrite,
+    /// Upsert on business keys, within the slice's partitions.
+    Merge { keys: Vec<String> },
+    /// Add the rows; a slice's earlier rows are replaced, never duplicated.
+    Append,
+}
+
+impl Strategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Overwrite => "overwrite",
+            Strategy::Merge { .. } => "merge",
+            Strategy::Append => "append",
+        }
+    }
+}
+
+/// A check on a slice's output, run before anything is published.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assertion {
+    MinRows(u64),
+    MaxNullRate {
+        column: String,
+        rate: f64,
+    },
+    Unique(Vec<String>),
+    /// A query over the table `slice` returning one boolean: true passes.
+    Sql(String),
+}
+
+impl Assertion {
+    /// A short, stable description used in reports and commit metadata.
+    pub fn describe(&self) -> String {
+        match self {
+            Assertion::MinRows(n) => format!("min_rows {n}"),
+            Assertion::MaxNullRate { column, rate } => format!("max_null_rate {column} {rate}"),
+            Assertion::Unique(columns) => format!("unique ({})", columns.join(", ")),
+            Assertion::Sql(sql) => format!("sql {sql}"),
+        }
+    }
+}
+
+// The file's shape. Spans are kept where validation needs to point at a line.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Spanned<String>,
+    sources: Spanned<BTreeMap<String, Spanned<RawSource>>>,
+    slices: Spanned<RawSlices>,
+    transform: Spanned<RawTransform>,
+    destination: Spanned<RawDestination>,
+    #[serde(default)]
+    assertions: Vec<Spanned<RawAssertion>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: Spanned<String>,
+    format: Spanned<String>,
+    #[serde(default)]
+    partitioning: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlices {
+    kind: Spanned<String>,
+    column: Option<Spanned<OneOrMany>>,
+    keys: Option<Spanned<Vec<String>>>,
+    manifest: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransform {
+    sql: Option<String>,
+    sql_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    url: Spanned<String>,
+    #[serde(default)]
+    partition_by: Vec<String>,
+    strategy: Spanned<String>,
+    merge_keys: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssertion {
+    min_rows: Option<u64>,
+    max_null_rate: Option<RawNullRate>,
+    unique: Option<Vec<String>>,
+    sql: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNullRate {
+    column: String,
+    rate: f64,
+}
+
+/// Reads and validates a pipeline file. Relative paths inside it (sources, destination,
+/// `sql_file`, `manifest`) are relative to the file's own folder, so a pipeline works
+/// from any working directory.
+pub fn load(path: &Path) -> Result<Pipeline> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::in_file(path, format!("cannot read the pipeline file: {e}")))?;
+    parse(&text, path)
+}
+
+/// Validates pipeline text as if it were read from `path`.
+pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
+    let at = Locator { path, text };
+    let raw: RawPipeline = toml::from_str(text).map_err(|e| {
+        let message = e.message().to_string();
+        match e.span() {
+            Some(span) => at.error(span, message),
+            None => Error::in_file(path, message),
+        }
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    let name = raw.name.get_ref().trim().to_string();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    {
+        return Err(at.error(
+            raw.name.span(),
+            "`name` must be non-empty and use only letters, digits, `_` and `-`",
+        ));
+    }
+
+    if raw.sources.get_ref().is_empty() {
+        return Err(at.error(raw.sources.span(), "a pipeline needs at least one source"));
+    }
+    let mut sources = Vec::new();
+    for (source_name, source) in raw.sources.get_ref() {
+        let span = source.span();
+        let source = source.get_ref();
+        if !is_identifier(source_name) {
+            return Err(at.error(
+                span,
+                format!("source name `{source_name}` must be a plain SQL identifier (letters, digits, `_`)"),
+            ));
+        }
+        if source.format.get_ref() != "parquet" {
+            return Err(at.error(
+                source.format.span(),
+                format!(
+                    "sources.{source_name}.format: `{}` is not supported; use \"parquet\"",
+                    source.format.get_ref()
+                ),
+            ));
+        }
+        sources.push(Source {
+            name: source_name.clone(),
+            url: at.url(&source.url, base)?,
+            partitioning: source.partitioning.clone(),
+        });
+    }
+
+    let slices = slice_spec(&at, raw.slices, base)?;
+    let (sql, sql_origin) = transform(&at, raw.transform, base)?;
+    let destination = destination(&at, raw.destination, base, &slices)?;
+
+    let mut assertions = Vec::new();
+    for assertion in raw.assertions {
+        assertions.push(self::assertion(&at, assertion)?);
+    }
+
+    Ok(Pipeline {
+        name,
+        file: path.to_path_buf(),
+        sources,
+        slices,
+        sql,
+        sql_origin,
+        destination,
+        assertions,
+    })
+}
+
+fn slice_spec(at: &Locator, raw: Spanned<RawSlices>, base: &Path) -> Result<SliceSpec> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let kind = match raw.kind.get_ref().as_str() {
+        "daily" => SliceKind::Daily,
+        "hourly" => SliceKind::Hourly,
+        "list" => SliceKind::List,
+        other => {
+            return Err(at.error(
+                raw.kind.span(),
+                format!("slices.kind: `{other}` is not one of daily, hourly, list"),
+            ))
+        }
+    };
+    let columns = match raw.column.map(Spanned::into_inner) {
+        Some(OneOrMany::One(column)) => vec![column],
+        Some(OneOrMany::Many(columns)) => columns,
+        None if kind == SliceKind::Hourly => vec!["dt".into(), "hr".into()],
+        None if kind == SliceKind::Daily => vec!["dt".into()],
+        None => {
+            return Err(at.error(
+                span.clone(),
+                "slices.column is required for kind = \"list\"",
+            ))
+        }
+    };
+    let wanted = if kind == SliceKind::Hourly { 2 } else { 1 };
+    if columns.len() != wanted || columns.iter().any(|c| !is_identifier(c)) {
+        return Err(at.error(
+            span,
+            format!(
+                "slices.column: {} slices select {wanted} partition column(s) given as plain identifiers, got {columns:?}",
+                kind.name()
+            ),
+        ));
+    }
+    let keys = match (raw.keys, raw.manifest) {
+        (Some(_), Some(manifest)) => {
+            return Err(at.error(
+                manifest.span(),
+                "slices: give `keys` or `manifest`, not both",
+            ))
+        }
+        (Some(keys), None) => Some(checked_keys(
+            at,
+            keys.span(),
+            keys.into_inner(),
+            "slices.keys",
+        )?),
+        (None, Some(manifest)) => {
+            let path = base.join(manifest.get_ref());
+            Some(read_manifest(&path)?)
+        }
+        (None, None) => None,
+    };
+    if keys.is_some() && kind != SliceKind::List {
+        return Err(at.error(
+            0..0,
+            "slices: `keys` and `manifest` are only for kind = \"list\"",
+        ));
+    }
+    Ok(SliceSpec {
+        kind,
+        columns,
+        keys,
+    })
+}
+
+fn checked_keys(
+    at: &Locator,
+    span: Range<usize>,
+    keys: Vec<String>,
+    what: &str,
+) -> Result<Vec<String>> {
+    if keys.is_empty() {
+        return Err(at.error(
+            span,
+            format!("{what} is empty: a list slice needs at least one key"),
+        ));
+    }
+    if let Some(bad) = keys
+        .iter()
+        .find(|k| k.trim().is_empty() || k.contains(['/', '\n']))
+    {
+        return Err(at.error(
+            span,
+            format!("{what}: key {bad:?} is empty or contains `/` or a newline"),
+        ));
+    }
+    Ok(keys)
+}
+
+/// Reads a manifest of list keys: one key per line; blank lines and lines starting with
+/// `#` are ignored; surrounding whitespace is trimmed.
+pub fn read_manifest(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::in_file(path, format!("cannot read the manifest: {e}")))?;
+    let mut keys = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let key = line.trim();
+        if key.is_empty() || key.starts_with('#') {
+            continue;
+        }
+        if key.contains('/') {
+            return Err(Error::config(
+                format!("{}:{}", path.display(), number + 1),
+                format!("key {key:?} contains `/`, which cannot be a partition value"),
+            ));
+        }
+        if keys.iter().any(|k| k == key) {
+            return Err(Error::config(
+                format!("{}:{}", path.display(), number + 1),
+                format!("key {key:?} appears twice"),
+            ));
+        }
+        keys.push(key.to_string());
+    }
+    if keys.is_empty() {
+        return Err(Error::in_file(path, "the manifest lists no keys"));
+    }
+    Ok(keys)
+}
+
+fn transform(at: &Locator, raw: Spanned<RawTransform>, base: &Path) -> Result<(String, String)> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    match (raw.sql, raw.sql_file) {
+        (Some(sql), None) => Ok((sql, at.path.display().to_string())),
+        (None, Some(file)) => {
+            let path = base.join(file.get_ref());
+            let sql = std::fs::read_to_string(&path).map_err(|e| {
+                at.error(
+                    file.span(),
+                    format!("transform.sql_file: cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Ok((sql, path.display().to_string()))
+        }
+        _ => Err(at.error(span, "transform needs exactly one of `sql` or `sql_file`")),
+    }
+}
+
+fn destination(
+    at: &Locator,
+    raw: Spanned<RawDestination>,
+    base: &Path,
+    slices: &SliceSpec,
+) -> Result<Destination> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let strategy = match (raw.strategy.get_ref().as_str(), raw.merge_keys) {
+        ("overwrite", None) => Strategy::Overwrite,
+        ("append", None) => Strategy::Append,
+        ("merge", Some(keys)) if !keys.get_ref().is_empty() => Strategy::Merge {
+            keys: keys.into_inner(),
+        },
+        ("merge", _) => {
+            return Err(at.error(
+                raw.strategy.span(),
+                "destination.merge_keys is required for strategy = \"merge\"",
+            ))
+        }
+        ("overwrite" | "append", Some(keys)) => {
+            return Err(at.error(
+                keys.span(),
+                "destination.merge_keys is only for strategy = \"merge\"",
+            ))
+        }
+        (other, _) => {
+            return Err(at.error(
+                raw.strategy.span(),
+                format!("destination.strategy: `{other}` is not one of overwrite, merge, append"),
+            ))
+        }
+    };
+    if strategy == Strategy::Overwrite {
+        if let Some(missing) = slices
+            .columns
+            .iter()
+            .find(|c| !raw.partition_by.contains(c))
+        {
+            return Err(at.error(
+                span,
+                format!(
+                    "strategy = \"overwrite\" replaces the slice's partitions, so destination.partition_by must include the slice column `{missing}`"
+                ),
+            ));
+        }
+    }
+    Ok(Destination {
+        url: at.url(&raw.url, base)?,
+        partition_by: raw.partition_by,
+        strategy,
+    })
+}
+
+fn assertion(at: &Locator, raw: Spanned<RawAssertion>) -> Result<Assertion> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut found = Vec::new();
+    if let Some(n) = raw.min_rows {
+        found.push(Assertion::MinRows(n));
+    }
+    if let Some(RawNullRate { column, rate }) = raw.max_null_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(at.error(
+                span,
+                format!("max_null_rate.rate must be between 0 and 1, got {rate}"),
+            ));
+        }
+        found.push(Assertion::MaxNullRate { column, rate });
+    }
+    if let Some(columns) = raw.unique {
+        if columns.is_empty() {
+            return Err(at.error(span, "unique needs at least one column"));
+        }
+        found.push(Assertion::Unique(columns));
+    }
+    if let Some(sql) = raw.sql {
+        found.push(Assertion::Sql(sql));
+    }
+    match found.len() {
+        1 => Ok(found.pop().expect("one element")),
+        0 => Err(at.error(
+            span,
+            "an assertion needs one of min_rows, max_null_rate, unique, sql",
+        )),
+        _ => Err(at.error(span, "give each check its own [[assertions]] entry")),
+    }
+}
+
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Turns a location as written in a pipeline file or on the command line into a URL:
+/// URLs pass through, paths are made absolute against `base`.
+pub fn location_to_url(location: &str, base: &Path) -> std::result::Result<Url, String> {
+    if location.contains("://") {
+        return Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"));
+    }
+    let absolute =
+        std::path::absolute(base.join(location)).map_err(|e| format!("`{location}`: {e}"))?;
+    // Resolve `..` by hand: the location may not exist yet, so it cannot be canonicalized.
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    Url::from_directory_path(&normal).map_err(|()| format!("`{location}` is not a usable path"))
+}
+
+/// Points errors at a line of the pipeline file.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> Error {
+        let line = self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        Error::config(format!("{}:{line}", self.path.display()), message)
+    }
+
+    fn url(&self, location: &Spanned<String>, base: &Path) -> Result<Url> {
+        location_to_url(location.get_ref(), base)
+            .map_err(|message| self.error(location.span(), message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+name = "daily_revenue"
+
+[sources.orders]
+url = "buckets/shop/orders"
+format = "parquet"
+partitioning = ["dt"]
+
+[slices]
+kind = "daily"
+column = "dt"
+
+[transform]
+sql = "SELECT * FROM orders WHERE dt = {{ slice }}"
+
+[destination]
+url = "warehouse/daily_revenue"
+partition_by = ["dt"]
+strategy = "overwrite"
+
+[[assertions]]
+min_rows = 1
+
+[[assertions]]
+max_null_rate = { column = "amount", rate = 0.01 }
+"#;
+
+    fn parse_at(text: &str) -> Result<Pipeline> {
+        parse(text, Path::new("/p/pipeline.toml"))
+    }
+
+    #[test]
+    fn valid_pipeline_resolves_paths_against_the_file() {
+        let p = parse_at(VALID).unwrap();
+        assert_eq!(p.name, "daily_revenue");
+        assert_eq!(p.sources[0].url.as_str(), "file:///p/buckets/shop/orders/");
+        assert_eq!(
+            p.destination.url.as_str(),
+            "file:///p/warehouse/daily_revenue/"
+        );
+        assert_eq!(p.destination.strategy, Strategy::Overwrite);
+        assert_eq!(
+            p.assertions,
+            vec![
+                Assertion::MinRows(1),
+                Assertion::MaxNullRate {
+                    column: "amount".into(),
+                    rate: 0.01
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = VALID.replace(
+            "partitioning = [\"dt\"]",
+            "partitioning = [\"dt\"]\npartitions = 3",
+        );
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(error.starts_with("/p/pipeline.toml:8:"), "{error}");
+        assert!(error.contains("unknown field `partitions`"), "{error}");
+    }
+
+    #[test]
+    fn merge_without_keys_is_refused_at_its_line() {
+        let text = VALID.replace("strategy = \"overwrite\"", "strategy = \"merge\"");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "/p/pipeline.toml:19: destination.merge_keys is required for strategy = \"merge\""
+        );
+    }
+
+    #[test]
+    fn overwrite_needs_the_slice_column_as_partition() {
+        let text = VALID.replace("partition_by = [\"dt\"]", "partition_by = []");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("must include the slice column `dt`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn assertion_with_two_checks_is_refused() {
+        let text = VALID.replace("min_rows = 1", "min_rows = 1\nunique = [\"a\"]");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(error.contains("own [[assertions]] entry"), "{error}");
+    }
+
+    #[test]
+    fn manifest_ignores_comments_and_blank_lines_and_refuses_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, "# regions\neu\n\n  o'brien  \n").unwrap();
+        assert_eq!(read_manifest(&path).unwrap(), vec!["eu", "o'brien"]);
+        std::fs::write(&path, "# nothing\n\n").unwrap();
+        let error = read_manifest(&path).unwrap_err().to_string();
+        assert!(error.ends_with("the manifest lists no keys"), "{error}");
+    }
+}

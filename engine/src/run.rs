@@ -1,0 +1,262 @@
+//! Running slices: plan, skip what is done, stage, check, publish.
+//!
+//! Slices run concurrently (each on its own task, `concurrency` in flight), each one
+//! streaming from its sources through the transform into staged files, so both cores
+//! stay busy with reading, computing and writing at once. A slice is the unit of retry
+//! and is idempotent: whatever happens to it, the table either has all of its new
+//! output, in one commit, or none of it. Progress goes to a [`Reporter`]; this module
+//! never prints.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::physical_plan::execute_stream;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::assertions;
+use crate::engine::{Backfill, SliceState};
+use crate::error::{Error, Fault, Result, ResultExt};
+use crate::ledger::{Ledger, SliceRecord};
+use crate::slice::{Selection, Slice};
+
+/// How a run behaves, beyond which slices it runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Redo slices that are already done.
+    pub force: bool,
+    /// Slices in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            force: false,
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// The number of cores, the default number of slices in flight.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Receives progress from a run. Only the CLI draws; the engine only reports.
+pub trait Reporter: Send + Sync {
+    fn run_started(&self, _run_id: &str, _slices: usize) {}
+    fn slice_started(&self, _slice: &str) {}
+    fn slice_finished(&self, _outcome: &SliceOutcome) {}
+}
+
+/// A reporter that ignores everything.
+pub struct Silent;
+impl Reporter for Silent {}
+
+/// What became of one slice in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceOutcome {
+    pub slice: String,
+    #[serde(flatten)]
+    pub status: SliceStatus,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SliceStatus {
+    /// Published in table version `version`.
+    Committed { version: u64, rows: u64, bytes: u64 },
+    /// Already done with unchanged inputs.
+    Skipped,
+    /// Nothing was committed; `fault` says whose move it is.
+    Failed {
+        error: String,
+        #[serde(serialize_with = "serialize_fault")]
+        fault: Fault,
+    },
+}
+
+fn serialize_fault<S: serde::Serializer>(
+    fault: &Fault,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_str(match fault {
+        Fault::User => "user",
+        Fault::Data => "data",
+        Fault::Environment => "environment",
+        Fault::Internal => "internal",
+    })
+}
+
+/// The result of a run: every selected slice's outcome, in slice order.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub pipeline: String,
+    pub outcomes: Vec<SliceOutcome>,
+}
+
+impl RunSummary {
+    pub fn count(&self, matches: impl Fn(&SliceStatus) -> bool) -> usize {
+        self.outcomes.iter().filter(|o| matches(&o.status)).count()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(|s| matches!(s, SliceStatus::Failed { .. }))
+    }
+}
+
+impl Backfill {
+    /// Runs the selected slices that are missing or changed (all of them with `force`).
+    /// Errors in the selection come back before anything runs; a slice's own failure
+    /// is in its outcome, and the other slices go on.
+    pub async fn run(
+        self: Arc<Self>,
+        selection: &Selection,
+        options: &RunOptions,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<RunSummary> {
+        let slices = self.slices(selection)?;
+        let ledger = Arc::new(self.ledger().await?);
+        let run_id = new_run_id();
+        reporter.run_started(&run_id, slices.len());
+        let order: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
+        let mut outcomes: Vec<SliceOutcome> = futures::stream::iter(slices)
+            .map(|slice| {
+                let (this, ledger, reporter, run_id, force) = (
+                    self.clone(),
+                    ledger.clone(),
+                    reporter.clone(),
+                    run_id.clone(),
+                    options.force,
+                );
+                // Each slice on its own task, so slices compute on all cores at once.
+                tokio::spawn(async move {
+                    reporter.slice_started(&slice.key);
+                    let started = Instant::now();
+                    let key = slice.key.clone();
+                    let status = match this
+                        .run_slice(slice, &ledger, &run_id, force, started)
+                        .await
+                    {
+                        Ok(status) => status,
+                        Err(error) => SliceStatus::Failed {
+                            error: error.to_string(),
+                            fault: error.fault(),
+                        },
+                    };
+                    let outcome = SliceOutcome {
+                        slice: key,
+                        status,
+                        duration_ms: millis(started.elapsed()),
+                    };
+                    reporter.slice_finished(&outcome);
+                    outcome
+                })
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .map(|joined| {
+                joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
+            })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        outcomes.sort_by_key(|o| order.iter().position(|k| *k == o.slice));
+        Ok(RunSummary {
+            run_id,
+            pipeline: self.pipeline.name.clone(),
+            outcomes,
+        })
+    }
+
+    async fn run_slice(
+        &self,
+        slice: Slice,
+        ledger: &Ledger,
+        run_id: &str,
+        force: bool,
+        started: Instant,
+    ) -> Result<SliceStatus> {
+        let planned = self.plan_slice(slice, ledger).await?;
+        if !force && matches!(planned.state, SliceState::Done { .. }) {
+            return Ok(SliceStatus::Skipped);
+        }
+        let slice = &planned.slice;
+        let previous = planned.state.committed().map(|c| &c.record);
+        let stream = execute_stream(planned.plan.clone(), planned.ctx.task_ctx())
+            .context(|| format!("slice {}: running the transform", slice.key))?;
+        let staged = self.sink.stage(slice, stream).await?;
+
+        let checked = assertions::check(
+            &planned.ctx,
+            &self.pipeline.assertions,
+            &staged,
+            &self.schema,
+            &slice.variables(),
+            &self.pipeline.file.display().to_string(),
+        )
+        .await;
+        let results = match checked {
+            Ok(results) if results.iter().all(|r| r.passed) => results,
+            Ok(results) => {
+                self.sink.discard(&staged).await;
+                let failures = results
+                    .into_iter()
+                    .filter(|r| !r.passed)
+                    .map(|r| r.measured)
+                    .collect();
+                return Err(Error::Assertion {
+                    slice: slice.key.clone(),
+                    failures,
+                });
+            }
+            Err(error) => {
+                self.sink.discard(&staged).await;
+                return Err(error);
+            }
+        };
+
+        let record = SliceRecord {
+            pipeline: self.pipeline.name.clone(),
+            slice: slice.key.clone(),
+            run_id: run_id.to_string(),
+            strategy: self.pipeline.destination.strategy.name().to_string(),
+            txn_version: previous.map_or(1, |p| p.txn_version + 1),
+            rows: staged.rows,
+            bytes: staged.bytes,
+            duration_ms: millis(started.elapsed()),
+            source_files: planned.files.len() as u64,
+            source_bytes: planned.files.iter().map(|f| f.size).sum(),
+            source_fingerprint: planned.source_fingerprint.clone(),
+            sql_fingerprint: self.sql_fingerprint.clone(),
+            assertions: results,
+            added_files: staged.adds.iter().map(|add| add.path.clone()).collect(),
+        };
+        match self.sink.publish(slice, &staged, &record, previous).await {
+            Ok(version) => Ok(SliceStatus::Committed {
+                version,
+                rows: staged.rows,
+                bytes: staged.bytes,
+            }),
+            Err(error) => {
+                self.sink.discard(&staged).await;
+                Err(error)
+            }
+        }
+    }
+}
+
+fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{now}-{suffix}")
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}

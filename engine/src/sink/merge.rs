@@ -1,0 +1,83 @@
+//! `merge`: upsert the slice's rows on business keys, within the slice's partitions.
+//!
+//! The slice's output was staged under `_backfill/staging/` and checked; the MERGE reads
+//! it from there, so the transform SQL runs once, however often MERGE scans its source.
+//! The join predicate includes the slice's partitions so the target is pruned to them.
+//! The staged folder is deleted afterwards, whether the merge committed or not.
+
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::DeltaTable;
+
+use super::{partition_predicate, Sink, Staged};
+use crate::slice::Slice;
+
+pub(super) async fn publish(
+    sink: &Sink,
+    table: &mut Option<DeltaTable>,
+    slice: &Slice,
+    staged: &Staged,
+    keys: &[String],
+    properties: CommitProperties,
+) -> deltalake::DeltaResult<u64> {
+    let result = merge(sink, table, slice, staged, keys, properties).await;
+    sink.discard(staged).await;
+    result
+}
+
+async fn merge(
+    sink: &Sink,
+    table: &mut Option<DeltaTable>,
+    slice: &Slice,
+    staged: &Staged,
+    keys: &[String],
+    properties: CommitProperties,
+) -> deltalake::DeltaResult<u64> {
+    if table.is_none() {
+        // MERGE needs a target. An empty table is created only now, after the first
+        // slice passed its checks, so a run that fails everything leaves no table.
+        sink.create(table, vec![], CommitProperties::default())
+            .await?;
+    }
+    let existing = table.take().expect("created above");
+    let ctx = SessionContext::new();
+    let source = ctx
+        .read_table(crate::assertions::staged_table(&ctx, &sink.schema, staged).await?)
+        .map_err(deltalake::DeltaTableError::from)?;
+    let mut predicate: Vec<String> = keys
+        .iter()
+        .map(|k| format!("target.\"{k}\" = source.\"{k}\""))
+        .collect();
+    if slice
+        .partition
+        .iter()
+        .all(|(column, _)| sink.partition_by.contains(column))
+    {
+        predicate.push(partition_predicate(slice, "target."));
+    }
+    let columns: Vec<String> = sink
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let (merged, _metrics) = existing
+        .merge(source, predicate.join(" AND "))
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_commit_properties(properties)
+        .when_matched_update(|update| {
+            columns.iter().fold(update, |u, c| {
+                u.update(format!("\"{c}\""), format!("source.\"{c}\""))
+            })
+        })?
+        .when_not_matched_insert(|insert| {
+            columns.iter().fold(insert, |i, c| {
+                i.set(format!("\"{c}\""), format!("source.\"{c}\""))
+            })
+        })?
+        .await?;
+    let version = merged.version().unwrap_or_default();
+    *table = Some(merged);
+    Ok(version)
+}

@@ -1,0 +1,393 @@
+//! The sink: the only code that writes to the destination or commits to its Delta log.
+//!
+//! Publishing a slice is two steps. [`Sink::stage`] streams the slice's output into
+//! Parquet files that no reader sees (uncommitted files in the table, or under
+//! `_backfill/staging/` for merge) and counts rows and nulls on the way. Then, only if
+//! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
+//! that also carries the slice's `txn` and [`SliceRecord`]; or [`Sink::discard`] deletes
+//! them. One file per strategy: [`overwrite`], [`append`], [`merge`].
+
+mod append;
+mod merge;
+mod overwrite;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::compute::kernels::cmp::distinct;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::ObjectStore;
+use tokio::sync::Mutex;
+use url::Url;
+
+use crate::error::{Error, Result, ResultExt};
+use crate::ledger::{SliceRecord, COMMIT_INFO_KEY};
+use crate::pipeline::{Destination, Strategy};
+use crate::slice::Slice;
+
+/// Files are closed and a new one started past this size, so no file grows without bound.
+const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
+
+/// The destination table of a run.
+pub struct Sink {
+    url: Url,
+    partition_by: Vec<String>,
+    strategy: Strategy,
+    schema: SchemaRef,
+    store: Arc<dyn ObjectStore>,
+    /// The table as last seen; `None` until it exists. Held while committing, so the
+    /// commits of one run are serialized while their slices compute in parallel.
+    table: Mutex<Option<DeltaTable>>,
+}
+
+/// A slice's output, written but not visible to any reader.
+pub struct Staged {
+    pub adds: Vec<Add>,
+    /// The folder the paths of `adds` are relative to.
+    pub base: Url,
+    /// Partition columns written as folders (and so absent from the files).
+    pub partition_columns: Vec<String>,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Null count of each output column, in schema order.
+    pub null_counts: Vec<u64>,
+}
+
+impl Sink {
+    /// Opens the destination, checking that an existing table fits the pipeline's output.
+    pub async fn open(destination: &Destination, schema: SchemaRef) -> Result<Self> {
+        let url = destination.url.clone();
+        let context = || format!("destination {url}");
+        if let Ok(path) = url.to_file_path() {
+            // delta-rs refuses a local table location that does not exist yet.
+            std::fs::create_dir_all(&path).context(context)?;
+        }
+        let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .context(context)?
+            .build()
+            .context(context)?;
+        let exists = table
+            .log_store()
+            .is_delta_table_location()
+            .await
+            .context(context)?;
+        if exists {
+            table.load().await.context(context)?;
+            check_compatible(&table, &schema, &destination.partition_by)
+                .map_err(|m| Error::config(context(), m))?;
+        }
+        Ok(Sink {
+            store: table.object_store(),
+            url,
+            partition_by: destination.partition_by.clone(),
+            strategy: destination.strategy.clone(),
+            schema,
+            table: Mutex::new(exists.then_some(table)),
+        })
+    }
+
+    /// The table as it is now, or `None` if nothing was ever committed.
+    pub async fn table(&self) -> Option<DeltaTable> {
+        self.table.lock().await.clone()
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Streams a slice's output into files no reader sees. Rows outside the slice's
+    /// partitions are refused where the strategy replaces or merges those partitions.
+    /// On error, whatever was written is deleted.
+    pub async fn stage(
+        &self,
+        slice: &Slice,
+        mut stream: SendableRecordBatchStream,
+    ) -> Result<Staged> {
+        let (base, partition_columns) = match self.strategy {
+            Strategy::Merge { .. } => (
+                self.url
+                    .join(&format!("_backfill/staging/{}/", uuid::Uuid::new_v4()))
+                    .expect("a valid path"),
+                vec![],
+            ),
+            Strategy::Overwrite | Strategy::Append => (self.url.clone(), self.partition_by.clone()),
+        };
+        let context = || format!("slice {}: writing to {base}", slice.key);
+        let mut writer = RecordBatchWriter::try_new(
+            base.as_str(),
+            self.schema.clone(),
+            Some(partition_columns.clone()),
+            None,
+        )
+        .context(context)?;
+        let guard = self.partition_guard(slice)?;
+        let mut staged = Staged {
+            adds: vec![],
+            base: base.clone(),
+            partition_columns,
+            rows: 0,
+            bytes: 0,
+            null_counts: vec![0; self.schema.fields().len()],
+        };
+        let written: Result<()> = async {
+            while let Some(batch) = stream.next().await {
+                let batch =
+                    batch.context(|| format!("slice {}: running the transform", slice.key))?;
+                guard.check(&batch, slice)?;
+                staged.rows += batch.num_rows() as u64;
+                for (count, column) in staged.null_counts.iter_mut().zip(batch.columns()) {
+                    *count += column.null_count() as u64;
+                }
+                writer.write(batch).await.context(context)?;
+                if writer.buffer_len() >= TARGET_FILE_BYTES {
+                    staged.adds.extend(writer.flush().await.context(context)?);
+                }
+            }
+            staged.adds.extend(writer.flush().await.context(context)?);
+            Ok(())
+        }
+        .await;
+        if let Err(error) = written {
+            writer.reset();
+            self.discard(&staged).await;
+            return Err(error);
+        }
+        staged.bytes = staged.adds.iter().map(|add| add.size as u64).sum();
+        Ok(staged)
+    }
+
+    /// Deletes staged files. Best effort: they are invisible to readers either way.
+    pub async fn discard(&self, staged: &Staged) {
+        let paths: Vec<_> = staged
+            .adds
+            .iter()
+            .filter_map(|add| self.store_path(&staged.base, &add.path))
+            .map(Ok)
+            .collect();
+        let paths = futures::stream::iter(paths).boxed();
+        let deleted: Vec<_> = self.store.delete_stream(paths).collect().await;
+        for result in deleted {
+            if let Err(error) = result {
+                tracing::warn!("could not delete a staged file: {error}");
+            }
+        }
+    }
+
+    /// Publishes a staged slice in one atomic commit carrying its `txn` and `record`.
+    /// `previous` is the slice's last committed record, if any.
+    pub async fn publish(
+        &self,
+        slice: &Slice,
+        staged: &Staged,
+        record: &SliceRecord,
+        previous: Option<&SliceRecord>,
+    ) -> Result<u64> {
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(
+                crate::ledger::app_id(&record.pipeline, &slice.key),
+                record.txn_version,
+            ))
+            .with_metadata([(
+                COMMIT_INFO_KEY.to_string(),
+                serde_json::to_value(record).expect("a record serializes"),
+            )]);
+        let mut table = self.table.lock().await;
+        let context = || format!("slice {}: committing to {}", slice.key, self.url);
+        let version = match &self.strategy {
+            Strategy::Overwrite => {
+                overwrite::publish(self, &mut table, slice, staged, properties).await
+            }
+            Strategy::Append => {
+                append::publish(self, &mut table, staged, properties, previous).await
+            }
+            Strategy::Merge { keys } => {
+                merge::publish(self, &mut table, slice, staged, keys, properties).await
+            }
+        }
+        .context(context)?;
+        Ok(version)
+    }
+
+    /// Commits `actions` on top of `table`, or creates the table with them if it does
+    /// not exist yet, so that the first slice and the table appear in one commit.
+    async fn commit(
+        &self,
+        table: &mut Option<DeltaTable>,
+        actions: Vec<Action>,
+        operation: DeltaOperation,
+        properties: CommitProperties,
+    ) -> deltalake::DeltaResult<u64> {
+        if let Some(existing) = table.as_mut() {
+            let committed = CommitBuilder::from(properties)
+                .with_actions(actions)
+                .build(Some(existing.snapshot()?), existing.log_store(), operation)
+                .await?;
+            existing.update_state().await?;
+            return Ok(committed.version());
+        }
+        self.create(table, actions, properties).await
+    }
+
+    /// Creates the table with `actions` in its first commit.
+    async fn create(
+        &self,
+        table: &mut Option<DeltaTable>,
+        actions: Vec<Action>,
+        properties: CommitProperties,
+    ) -> deltalake::DeltaResult<u64> {
+        let schema: StructType = self.schema.as_ref().try_into_kernel()?;
+        let created = deltalake::DeltaTableBuilder::from_url(self.url.clone())?
+            .build()?
+            .create()
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns(self.partition_by.clone())
+            .with_actions(actions)
+            .with_commit_properties(properties)
+            .await?;
+        let version = created.version().unwrap_or(0);
+        *table = Some(created);
+        Ok(version)
+    }
+
+    /// Resolves a path written by the delta writer (percent-encoded, relative to `base`)
+    /// to a path in the table's object store.
+    fn store_path(&self, base: &Url, relative: &str) -> Option<StorePath> {
+        let absolute = base.join(relative).ok()?;
+        let within = absolute.path().strip_prefix(self.url.path())?;
+        StorePath::from_url_path(within).ok()
+    }
+
+    fn partition_guard(&self, slice: &Slice) -> Result<PartitionGuard> {
+        let replaces_partitions =
+            matches!(self.strategy, Strategy::Overwrite | Strategy::Merge { .. });
+        let owned = slice
+            .partition
+            .iter()
+            .all(|(column, _)| self.partition_by.contains(column));
+        if !replaces_partitions || !owned {
+            return Ok(PartitionGuard { expected: vec![] });
+        }
+        let mut expected = Vec::new();
+        for (column, value) in &slice.partition {
+            let index = self.schema.index_of(column).map_err(|_| {
+                Error::config(
+                    format!("slice {}", slice.key),
+                    format!("the transform's output has no column `{column}`"),
+                )
+            })?;
+            let data_type = self.schema.field(index).data_type();
+            let scalar = ScalarValue::try_from_string(value.clone(), data_type).map_err(|e| {
+                Error::config(
+                    format!("slice {}", slice.key),
+                    format!("`{value}` is not a valid {data_type} for column `{column}`: {e}"),
+                )
+            })?;
+            expected.push((index, column.clone(), value.clone(), scalar));
+        }
+        Ok(PartitionGuard { expected })
+    }
+}
+
+/// Refuses rows outside the slice's partitions.
+struct PartitionGuard {
+    expected: Vec<(usize, String, String, ScalarValue)>,
+}
+
+impl PartitionGuard {
+    fn check(&self, batch: &RecordBatch, slice: &Slice) -> Result<()> {
+        for (index, column, value, scalar) in &self.expected {
+            let array = batch.column(*index);
+            let scalar = scalar
+                .to_scalar()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let outside = distinct(array, &scalar).map_err(|e| Error::Internal(e.to_string()))?;
+            if let Some(row) = (0..outside.len()).find(|&i| outside.value(i)) {
+                let found = ScalarValue::try_from_array(array, row)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                return Err(Error::execution(
+                    format!("slice {}", slice.key),
+                    format!("the transform returned a row with {column} = {found}, outside the slice's partition {column} = {value}; nothing was committed"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that an existing table has the columns, types and partitioning the pipeline writes.
+fn check_compatible(
+    table: &DeltaTable,
+    schema: &SchemaRef,
+    partition_by: &[String],
+) -> std::result::Result<(), String> {
+    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+    let metadata = snapshot.metadata();
+    if metadata.partition_columns() != partition_by {
+        return Err(format!(
+            "the table is partitioned by {:?} but the pipeline's destination.partition_by is {:?}",
+            metadata.partition_columns(),
+            partition_by
+        ));
+    }
+    let expected =
+        TryIntoKernel::<StructType>::try_into_kernel(schema.as_ref()).map_err(|e| e.to_string())?;
+    let actual = snapshot.schema();
+    let describe = |s: &StructType| {
+        s.fields()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+    };
+    let (expected, actual) = (describe(&expected), describe(actual.as_ref()));
+    if expected != actual {
+        return Err(format!(
+            "the table's columns ({}) differ from the transform's output ({}); write to a new destination or rebuild",
+            actual.join(", "),
+            expected.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A SQL predicate selecting the slice's partitions, for the conflict checker and merge.
+fn partition_predicate(slice: &Slice, qualifier: &str) -> String {
+    slice
+        .partition
+        .iter()
+        .map(|(column, value)| format!("{qualifier}\"{column}\" = '{}'", value.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Lists the files of `table` that lie in the slice's partitions.
+async fn files_in_partitions(
+    table: &DeltaTable,
+    slice: &Slice,
+) -> deltalake::DeltaResult<Vec<deltalake::kernel::LogicalFileView>> {
+    use deltalake::{FilterOp, FilterValue};
+    let filters: Vec<_> = slice
+        .partition
+        .iter()
+        .map(|(column, value)| {
+            (
+                column.as_str(),
+                FilterOp::Eq,
+                FilterValue::Scalar(value.as_str()),
+            )
+        })
+        .collect();
+    table
+        .get_active_add_actions_by_partitions(&filters)
+        .try_collect()
+        .await
+}

@@ -1,0 +1,342 @@
+//! Cutting a run's range or key list into [`Slice`]s.
+//!
+//! This module is pure: no IO, no clock. A slice is the unit of work, of retry and of
+//! commit; its key names it in the Delta log, its partition values say which source and
+//! destination partitions it owns, and its variables feed the SQL template.
+
+use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceKind {
+    /// One calendar day: key `2024-01-31`.
+    Daily,
+    /// One hour: key `2024-01-31T07`.
+    Hourly,
+    /// One custom key (region, tenant), from a list or a manifest.
+    List,
+}
+
+impl SliceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SliceKind::Daily => "daily",
+            SliceKind::Hourly => "hourly",
+            SliceKind::List => "list",
+        }
+    }
+}
+
+/// What a run asks for, before it is cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// An inclusive range: `YYYY-MM-DD` for daily, `YYYY-MM-DDTHH` for hourly.
+    Range { start: String, end: String },
+    /// Explicit keys (any kind); for list slices, the keys of the pipeline file if empty.
+    Keys(Vec<String>),
+}
+
+/// One unit of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slice {
+    /// The slice's name in logs, the Delta log and the CLI.
+    pub key: String,
+    /// Partition column and value (as text, like a hive folder) that the slice owns.
+    pub partition: Vec<(String, String)>,
+    /// Half-open time window `[start, end)` of daily and hourly slices, in UTC.
+    pub window: Option<(NaiveDateTime, NaiveDateTime)>,
+}
+
+impl Slice {
+    /// The variables the SQL template may use, as text. Timestamps are RFC 3339 in UTC;
+    /// `end_date` and `end_ts` are exclusive: the start of the next slice.
+    pub fn variables(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![("slice", self.key.clone())];
+        if let Some((start, end)) = self.window {
+            vars.push(("start_date", start.date().to_string()));
+            vars.push(("end_date", end.date().to_string()));
+            vars.push(("start_ts", start.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            vars.push(("end_ts", end.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            if end - start == Duration::hours(1) {
+                vars.push(("hour", start.format("%H").to_string()));
+            }
+        }
+        vars
+    }
+}
+
+/// Cuts a selection into slices, in order, refusing anything malformed before work starts.
+/// `file_keys` are the list keys given in the pipeline file, used when no keys are selected.
+pub fn cut(
+    kind: SliceKind,
+    columns: &[String],
+    selection: &Selection,
+    file_keys: Option<&[String]>,
+) -> Result<Vec<Slice>> {
+    match (kind, selection) {
+        (SliceKind::Daily, Selection::Range { start, end }) => {
+            let first = parse_day(start, "--start")?;
+            let last = parse_day(end, "--end")?;
+            ensure_ordered(first <= last, start, end)?;
+            Ok(first.iter_days().take_while(|d| *d <= last).map(|d| daily(columns, d)).collect())
+        }
+        (SliceKind::Hourly, Selection::Range { start, end }) => {
+            let first = parse_hour(start, "--start")?;
+            let last = parse_hour(end, "--end")?;
+            ensure_ordered(first <= last, start, end)?;
+            let count = (last - first).num_hours() + 1;
+            Ok((0..count).map(|h| hourly(columns, first + Duration::hours(h))).collect())
+        }
+        (SliceKind::List, Selection::Range { .. }) => Err(Error::config(
+            "--start/--end",
+            "list slices take keys (--keys, or `keys`/`manifest` in the pipeline file), not a range",
+        )),
+        (_, Selection::Keys(keys)) => {
+            let keys: Vec<String> = match (keys.is_empty(), file_keys) {
+                (false, _) => keys.clone(),
+                (true, Some(file_keys)) => file_keys.to_vec(),
+                (true, None) => {
+                    return Err(Error::config(
+                        "--keys",
+                        format!("no slices selected: give --start and --end{}", if kind == SliceKind::List { ", --keys, or keys in the pipeline file" } else { " or --keys" }),
+                    ))
+                }
+            };
+            let mut slices: Vec<Slice> = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let slice = match kind {
+                    SliceKind::Daily => daily(columns, parse_day(key, "--keys")?),
+                    SliceKind::Hourly => hourly(columns, parse_hour(key, "--keys")?),
+                    SliceKind::List => list(columns, key)?,
+                };
+                if slices.iter().any(|s| s.key == slice.key) {
+                    return Err(Error::config("--keys", format!("key {key:?} is given twice")));
+                }
+                slices.push(slice);
+            }
+            Ok(slices)
+        }
+    }
+}
+
+fn daily(columns: &[String], day: NaiveDate) -> Slice {
+    let start = day.and_time(NaiveTime::MIN);
+    Slice {
+        key: day.to_string(),
+        partition: vec![(columns[0].clone(), day.to_string())],
+        window: Some((start, start + Duration::days(1))),
+    }
+}
+
+fn hourly(columns: &[String], start: NaiveDateTime) -> Slice {
+    Slice {
+        key: start.format("%Y-%m-%dT%H").to_string(),
+        partition: vec![
+            (columns[0].clone(), start.date().to_string()),
+            (columns[1].clone(), start.format("%H").to_string()),
+        ],
+        window: Some((start, start + Duration::hours(1))),
+    }
+}
+
+fn list(columns: &[String], key: &str) -> Result<Slice> {
+    if key.trim().is_empty() || key.contains(['/', '\n']) {
+        return Err(Error::config(
+            "--keys",
+            format!("key {key:?} is empty or contains `/` or a newline"),
+        ));
+    }
+    Ok(Slice {
+        key: key.to_string(),
+        partition: vec![(columns[0].clone(), key.to_string())],
+        window: None,
+    })
+}
+
+fn parse_day(text: &str, option: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|d| d.format("%Y-%m-%d").to_string() == text)
+        .ok_or_else(|| {
+            Error::config(
+                option,
+                format!("`{text}` is not a day of the form YYYY-MM-DD"),
+            )
+        })
+}
+
+fn parse_hour(text: &str, option: &str) -> Result<NaiveDateTime> {
+    let bad = || {
+        Error::config(
+            option,
+            format!("`{text}` is not an hour of the form YYYY-MM-DDTHH (e.g. 2024-01-31T07)"),
+        )
+    };
+    let (day, hour) = text.split_once('T').ok_or_else(bad)?;
+    let day = parse_day(day, option).map_err(|_| bad())?;
+    let hour: u32 = (hour.len() == 2)
+        .then(|| hour.parse().ok())
+        .flatten()
+        .ok_or_else(bad)?;
+    let time = NaiveTime::from_hms_opt(hour, 0, 0).ok_or_else(bad)?;
+    Ok(day.and_time(time))
+}
+
+fn ensure_ordered(ordered: bool, start: &str, end: &str) -> Result<()> {
+    if ordered {
+        Ok(())
+    } else {
+        Err(Error::config(
+            "--start/--end",
+            format!("the range is reversed: --start {start} is after --end {end}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn range(start: &str, end: &str) -> Selection {
+        Selection::Range {
+            start: start.into(),
+            end: end.into(),
+        }
+    }
+
+    #[test]
+    fn daily_range_is_inclusive_and_crosses_months() {
+        let slices = cut(
+            SliceKind::Daily,
+            &cols(&["dt"]),
+            &range("2024-02-28", "2024-03-01"),
+            None,
+        )
+        .unwrap();
+        let keys: Vec<_> = slices.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["2024-02-28", "2024-02-29", "2024-03-01"]);
+        assert_eq!(
+            slices[0].partition,
+            vec![("dt".to_string(), "2024-02-28".to_string())]
+        );
+    }
+
+    #[test]
+    fn hourly_slices_keep_zero_padded_hours_as_text() {
+        let slices = cut(
+            SliceKind::Hourly,
+            &cols(&["dt", "hr"]),
+            &range("2024-01-01T22", "2024-01-02T01"),
+            None,
+        )
+        .unwrap();
+        let keys: Vec<_> = slices.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "2024-01-01T22",
+                "2024-01-01T23",
+                "2024-01-02T00",
+                "2024-01-02T01"
+            ]
+        );
+        assert_eq!(slices[2].partition[1], ("hr".to_string(), "00".to_string()));
+        let vars = slices[3].variables();
+        assert!(vars.contains(&("hour", "01".to_string())));
+        assert!(vars.contains(&("end_ts", "2024-01-02T02:00:00Z".to_string())));
+    }
+
+    #[test]
+    fn daily_variables_are_half_open() {
+        let slice = &cut(
+            SliceKind::Daily,
+            &cols(&["dt"]),
+            &range("2024-12-31", "2024-12-31"),
+            None,
+        )
+        .unwrap()[0];
+        let vars = slice.variables();
+        assert!(vars.contains(&("start_date", "2024-12-31".to_string())));
+        assert!(vars.contains(&("end_date", "2025-01-01".to_string())));
+        assert!(!vars.iter().any(|(name, _)| *name == "hour"));
+    }
+
+    #[test]
+    fn malformed_and_reversed_ranges_are_refused() {
+        let daily = |s: &str, e: &str| {
+            cut(SliceKind::Daily, &cols(&["dt"]), &range(s, e), None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            daily("2024-1-05", "2024-01-06"),
+            "--start: `2024-1-05` is not a day of the form YYYY-MM-DD"
+        );
+        assert_eq!(
+            daily("2024-01-05", "2024-02-30"),
+            "--end: `2024-02-30` is not a day of the form YYYY-MM-DD"
+        );
+        assert_eq!(
+            daily("2024-01-06", "2024-01-05"),
+            "--start/--end: the range is reversed: --start 2024-01-06 is after --end 2024-01-05"
+        );
+        let hourly = cut(
+            SliceKind::Hourly,
+            &cols(&["dt", "hr"]),
+            &range("2024-01-01", "2024-01-02"),
+            None,
+        );
+        assert!(hourly
+            .unwrap_err()
+            .to_string()
+            .contains("is not an hour of the form YYYY-MM-DDTHH"));
+        let hourly = cut(
+            SliceKind::Hourly,
+            &cols(&["dt", "hr"]),
+            &range("2024-01-01T24", "2024-01-02T00"),
+            None,
+        );
+        assert!(hourly.is_err());
+    }
+
+    #[test]
+    fn list_slices_come_from_keys_or_the_file() {
+        let file_keys = cols(&["eu", "o'brien"]);
+        let slices = cut(
+            SliceKind::List,
+            &cols(&["tenant"]),
+            &Selection::Keys(vec![]),
+            Some(&file_keys),
+        )
+        .unwrap();
+        assert_eq!(
+            slices[1].partition,
+            vec![("tenant".to_string(), "o'brien".to_string())]
+        );
+        assert_eq!(
+            slices[1].variables(),
+            vec![("slice", "o'brien".to_string())]
+        );
+        let error = cut(
+            SliceKind::List,
+            &cols(&["tenant"]),
+            &range("a", "b"),
+            Some(&file_keys),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("list slices take keys"));
+        let error = cut(
+            SliceKind::List,
+            &cols(&["tenant"]),
+            &Selection::Keys(cols(&["eu", "eu"])),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(error.to_string(), "--keys: key \"eu\" is given twice");
+    }
+}

@@ -1,0 +1,190 @@
+//! Sources as SQL tables, and the DataFusion sessions slices run in.
+//!
+//! Owns resolving each source once per run (schema inference, table provider) and handing
+//! every slice a fresh [`SessionContext`] over the same providers and runtime: a slice
+//! then sees exactly the source tables plus its own `slice` output, and nothing it
+//! registers leaks into another slice. Listings are never cached across slices, so each
+//! slice sees its source files as they are when it starts. This module does not write.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStore;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::error::{Error, Result, ResultExt};
+use crate::pipeline::Pipeline;
+
+/// The resolved sources of a pipeline and the runtime their slices share.
+#[derive(Clone)]
+pub struct Sources {
+    tables: Vec<(String, Arc<ListingTable>)>,
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+}
+
+/// A file a slice's plan reads, as listed by the object store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct SourceFile {
+    pub path: String,
+    pub size: u64,
+    /// Modification time (RFC 3339) and ETag where the store gives them.
+    pub modified: String,
+    pub e_tag: Option<String>,
+}
+
+/// Object stores to use instead of the defaults, keyed by URL (`file:///`, `s3://bucket`).
+pub type StoreOverrides = Vec<(Url, Arc<dyn ObjectStore>)>;
+
+impl Sources {
+    /// Resolves every source of `pipeline`: infers its schema once, from its files.
+    pub async fn resolve(pipeline: &Pipeline, stores: &StoreOverrides) -> Result<Self> {
+        let config = session_config();
+        let runtime = RuntimeEnvBuilder::new()
+            // A cached listing would hide files that arrive while a long backfill runs.
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the DataFusion runtime: {e}")))?;
+        for (url, store) in stores {
+            runtime.register_object_store(url, store.clone());
+        }
+        let runtime = Arc::new(runtime);
+        let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+
+        let mut tables = Vec::new();
+        for source in &pipeline.sources {
+            let context = || {
+                format!(
+                    "{}: source `{}` at {}",
+                    pipeline.file.display(),
+                    source.name,
+                    source.url
+                )
+            };
+            let url = ListingTableUrl::parse(source.url.as_str()).context(context)?;
+            let partitions = source
+                .partitioning
+                .iter()
+                .map(|c| (c.clone(), DataType::Utf8))
+                .collect();
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(partitions);
+            let schema = options
+                .infer_schema(&ctx.state(), &url)
+                .await
+                .map_err(|e| {
+                    Error::config(
+                        context(),
+                        format!("cannot read a schema from its Parquet files: {e}"),
+                    )
+                })?;
+            if schema.fields().is_empty() {
+                return Err(Error::config(context(), "no Parquet files found"));
+            }
+            if let Some(clash) = source
+                .partitioning
+                .iter()
+                .find(|c| schema.field_with_name(c).is_ok())
+            {
+                return Err(Error::config(
+                    context(),
+                    format!("partition column `{clash}` is also a column inside the Parquet files"),
+                ));
+            }
+            let config = ListingTableConfig::new(url)
+                .with_listing_options(options)
+                .with_schema(schema);
+            let table = ListingTable::try_new(config).context(context)?;
+            tables.push((source.name.clone(), Arc::new(table)));
+        }
+        Ok(Sources {
+            tables,
+            config,
+            runtime,
+        })
+    }
+
+    /// A fresh context for one slice (or one validation), with every source registered.
+    pub fn context(&self) -> Result<SessionContext> {
+        let ctx = SessionContext::new_with_config_rt(self.config.clone(), self.runtime.clone());
+        for (name, table) in &self.tables {
+            ctx.register_table(name.as_str(), table.clone())
+                .map_err(|e| Error::Internal(format!("cannot register source `{name}`: {e}")))?;
+        }
+        Ok(ctx)
+    }
+}
+
+fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    // Delta stores strings as Utf8; Utf8View would have to be cast back on every batch.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    config
+}
+
+/// The files a physical plan scans, sorted: what a slice actually reads after pruning.
+pub fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> Vec<SourceFile> {
+    let mut files = Vec::new();
+    plan.apply(|node| {
+        if let Some(exec) = node.downcast_ref::<DataSourceExec>() {
+            if let Some(scan) = exec.data_source().downcast_ref::<FileScanConfig>() {
+                for file in scan.file_groups.iter().flat_map(|group| group.files()) {
+                    let meta = &file.object_meta;
+                    files.push(SourceFile {
+                        path: meta.location.to_string(),
+                        size: meta.size,
+                        modified: meta.last_modified.to_rfc3339(),
+                        e_tag: meta.e_tag.clone(),
+                    });
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("the visitor never fails");
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// A stable fingerprint of a list of source files.
+pub fn fingerprint_files(files: &[SourceFile]) -> String {
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.path.as_bytes());
+        hash.update([0]);
+        hash.update(file.size.to_le_bytes());
+        hash.update(file.modified.as_bytes());
+        hash.update([0]);
+        hash.update(file.e_tag.as_deref().unwrap_or("").as_bytes());
+        hash.update([0]);
+    }
+    hex(&hash.finalize())
+}
+
+/// A stable fingerprint of a text, such as the SQL template.
+pub fn fingerprint_text(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// 128 bits of a SHA-256 digest, as hex: plenty to tell inputs apart, short to read.
+fn hex(digest: &[u8]) -> String {
+    hex::encode(&digest[..16])
+}
