@@ -18,11 +18,12 @@ pub enum Error {
     Config { location: String, message: String },
 
     /// The transform or an assertion's SQL does not parse or plan.
-    #[error("{context}: {source}")]
+    // The DataFusion error is shown in full here and deliberately not chained as a
+    // source, so that printing the chain does not repeat it.
+    #[error("{context}: {error}")]
     Sql {
         context: String,
-        #[source]
-        source: Box<datafusion::error::DataFusionError>,
+        error: Box<datafusion::error::DataFusionError>,
     },
 
     /// A slice's output failed one of its assertions; nothing was committed.
@@ -69,7 +70,7 @@ impl Error {
     pub fn sql(context: impl Into<String>, source: datafusion::error::DataFusionError) -> Self {
         Error::Sql {
             context: context.into(),
-            source: Box::new(source),
+            error: Box::new(source),
         }
     }
 

@@ -1,0 +1,174 @@
+//! Helpers for the end-to-end tests: run the real `backfill` binary, read Delta tables
+//! back, and compute what they should hold straight from the source Parquet.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn bucket() -> PathBuf {
+    root().join("fixtures/buckets/shop")
+}
+
+/// Runs `backfill` with `args`.
+pub fn backfill(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the backfill binary runs")
+}
+
+/// Runs `backfill` and returns stdout, failing the test with everything it said if the
+/// exit code is not `code`.
+pub fn backfill_ok(args: &[&str], code: i32) -> String {
+    let output = backfill(args);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "backfill {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+pub fn json(args: &[&str], code: i32) -> serde_json::Value {
+    let stdout = backfill_ok(args, code);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+}
+
+pub async fn open(table: &Path) -> DeltaTable {
+    let url = deltalake::ensure_table_uri(table.to_str().unwrap()).unwrap();
+    deltalake::open_table(url).await.unwrap()
+}
+
+pub async fn version(table: &Path) -> u64 {
+    open(table).await.version().unwrap()
+}
+
+/// Runs `sql` over the Delta table registered as `t`, and returns it as printed rows.
+pub async fn query_table(table: &Path, sql: &str) -> Vec<String> {
+    let table = open(table).await;
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    rows(&ctx, sql).await
+}
+
+/// Runs `sql` over the fixture sources `orders`, `customers`, `events` and `signups`,
+/// registered with plain DataFusion, independently of the engine.
+pub async fn query_sources(bucket: &Path, sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new();
+    for (name, partitions) in [
+        ("orders", vec!["dt"]),
+        ("customers", vec![]),
+        ("events", vec!["dt", "hr"]),
+        ("signups", vec!["tenant"]),
+    ] {
+        let url = ListingTableUrl::parse(format!("{}/{name}/", bucket.display())).unwrap();
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(
+                partitions
+                    .iter()
+                    .map(|c| (c.to_string(), DataType::Utf8))
+                    .collect(),
+            );
+        let schema = options.infer_schema(&ctx.state(), &url).await.unwrap();
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema);
+        ctx.register_table(name, Arc::new(ListingTable::try_new(config).unwrap()))
+            .unwrap();
+    }
+    rows(&ctx, sql).await
+}
+
+async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    text.lines().map(str::to_string).collect()
+}
+
+/// Copies a folder tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A scratch folder holding a copy of the fixture bucket and the pipelines, so a test
+/// can change sources and pipelines without touching the repository.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&bucket(), &dir.path().join("buckets/shop"));
+        copy_tree(
+            &root().join("fixtures/pipelines"),
+            &dir.path().join("pipelines"),
+        );
+        Scratch { dir }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes a pipeline file next to the copied ones and returns its path.
+    pub fn pipeline(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(&format!("pipelines/{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Files in a folder tree, relative to it, sorted.
+    pub fn files_under(&self, relative: &str) -> Vec<String> {
+        let mut files = Vec::new();
+        walk(&self.path(relative), &self.path(relative), &mut files);
+        files.sort();
+        files
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(base, &path, out);
+        } else {
+            out.push(path.strip_prefix(base).unwrap().display().to_string());
+        }
+    }
+}
