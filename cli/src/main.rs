@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     /// Parse the pipeline, resolve its sources and plan its SQL, without running anything.
     Validate {
-        /// The pipeline file.
+        /// The pipeline file (TOML).
         pipeline: PathBuf,
         #[command(flatten)]
         overrides: Overrides,
@@ -43,6 +43,7 @@ enum Command {
     /// Show the selected slices and each one's state in the destination's Delta log:
     /// done, missing, or changed (source files or SQL differ from the commit's record).
     Plan {
+        /// The pipeline file (TOML).
         pipeline: PathBuf,
         #[command(flatten)]
         selection: SelectionArgs,
@@ -54,6 +55,7 @@ enum Command {
     },
     /// Run the missing and changed slices of the selection (all of them with --force).
     Run {
+        /// The pipeline file (TOML).
         pipeline: PathBuf,
         #[command(flatten)]
         selection: SelectionArgs,
@@ -72,6 +74,7 @@ enum Command {
     /// Show what the destination's Delta log records: committed slices with run id, rows,
     /// duration and time.
     Status {
+        /// The pipeline file (TOML).
         pipeline: PathBuf,
         #[command(flatten)]
         overrides: Overrides,

@@ -67,13 +67,14 @@ pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
             ),
         };
         let bytes: u64 = p.files.iter().map(|f| f.size).sum();
-        println!(
+        let line = format!(
             "{:<16} {:<8} {:>6} {:>10}  {detail}",
             p.slice.key,
             p.state.name(),
             p.files.len(),
             human_bytes(bytes)
         );
+        println!("{}", line.trim_end());
     }
     let count = |name: &str| planned.iter().filter(|p| p.state.name() == name).count();
     println!(
