@@ -97,6 +97,7 @@ impl Backfill {
         let schema = output_schema(frame.schema().as_arrow())
             .map_err(|m| Error::config(&pipeline.sql_origin, m))?;
         check_columns(&pipeline, &schema)?;
+        check_assertion_sql(&pipeline, &ctx, &schema, &sample).await?;
         let sink = Sink::open(&pipeline.destination, schema.clone()).await?;
         let sql_fingerprint = source::fingerprint_text(&pipeline.sql);
         Ok(Backfill {
@@ -275,6 +276,33 @@ fn output_schema(schema: &Schema) -> std::result::Result<SchemaRef, String> {
         ));
     }
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Plans every SQL assertion over an empty `slice` with the output's schema, so that a
+/// mistake in one is reported before any slice runs.
+async fn check_assertion_sql(
+    pipeline: &Pipeline,
+    ctx: &SessionContext,
+    schema: &SchemaRef,
+    sample: &Slice,
+) -> Result<()> {
+    let empty = datafusion::datasource::empty::EmptyTable::new(schema.clone());
+    ctx.register_table("slice", Arc::new(empty))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let file = pipeline.file.display().to_string();
+    for assertion in &pipeline.assertions {
+        let Assertion::Sql(sql) = assertion else {
+            continue;
+        };
+        let rendered = template::render(sql, &sample.variables(), &file)?;
+        let context = || format!("{file}: assertion `{sql}`");
+        let frame = ctx.sql(&rendered).await.context(context)?;
+        let fields = frame.schema().fields();
+        if fields.len() != 1 || fields[0].data_type() != &DataType::Boolean {
+            return Err(Error::config(context(), "must return one boolean column"));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that every column the pipeline file names exists in the output.

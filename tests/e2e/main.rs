@@ -421,18 +421,15 @@ async fn rows_outside_the_slice_partition_commit_nothing() {
     );
     let pipeline = scratch.pipeline("leaky", &text);
     let table = scratch.path("warehouse/leaky");
-    let out = backfill_ok(
-        &cmd(
-            "run",
-            pipeline.to_str().unwrap(),
-            table.to_str().unwrap(),
-            &["--keys", "2024-01-13"],
-        ),
-        1,
-    );
+    let (p, t) = (pipeline.to_str().unwrap(), table.to_str().unwrap());
+    let run = json(&cmd("run", p, t, &["--keys", "2024-01-13", "--json"]), 1);
+    let outcome = &run["outcomes"][0];
+    assert_eq!(outcome["status"], "failed");
+    assert_eq!(outcome["fault"], "user", "the SQL is at fault");
+    let error = outcome["error"].as_str().unwrap();
     assert!(
-        out.contains("outside the slice's partition dt = 2024-01-13"),
-        "{out}"
+        error.contains("outside the slice's partition dt = 2024-01-13"),
+        "{error}"
     );
     assert!(!table.join("_delta_log").exists());
     assert_eq!(
@@ -509,6 +506,15 @@ fn bad_inputs_fail_before_anything_runs_with_exit_code_2() {
         "unknown variable `start_time`",
     );
 
+    let bad_check = scratch.pipeline(
+        "bad_check",
+        &text.replace("count(*) = 0 FROM slice", "count(*) FROM slice"),
+    );
+    expect(
+        cmd("validate", bad_check.to_str().unwrap(), t, &[]),
+        "assertion `SELECT count(*) FROM slice WHERE amount < 0`: must return one boolean column",
+    );
+
     std::fs::write(scratch.path("pipelines/empty.txt"), "# nobody\n\n").unwrap();
     let tenants = std::fs::read_to_string(scratch.path("pipelines/tenant_signups.toml")).unwrap();
     let empty = scratch.pipeline(
@@ -530,4 +536,43 @@ fn bad_inputs_fail_before_anything_runs_with_exit_code_2() {
     );
 
     assert!(!table.join("_delta_log").exists(), "nothing was written");
+}
+
+#[tokio::test]
+async fn concurrent_slices_give_the_same_table_as_a_serial_run() {
+    let scratch = Scratch::new();
+    let pipeline = scratch.path("pipelines/orders_clean.toml");
+    let p = pipeline.to_str().unwrap();
+    let (serial, parallel) = (
+        scratch.path("warehouse/serial"),
+        scratch.path("warehouse/parallel"),
+    );
+    let range = ["--start", "2024-01-01", "--end", "2024-01-14"];
+    backfill_ok(
+        &cmd(
+            "run",
+            p,
+            serial.to_str().unwrap(),
+            &[&range[..], &["--concurrency", "1"]].concat(),
+        ),
+        0,
+    );
+    backfill_ok(
+        &cmd(
+            "run",
+            p,
+            parallel.to_str().unwrap(),
+            &[&range[..], &["--concurrency", "6"]].concat(),
+        ),
+        0,
+    );
+    let all = "SELECT * FROM t ORDER BY order_id";
+    let rows = query_table(&serial, all).await;
+    assert_eq!(rows.len(), 14 * 2000 + 4);
+    assert_eq!(query_table(&parallel, all).await, rows);
+    assert_eq!(
+        version(&parallel).await,
+        13,
+        "one commit per slice, none lost to conflicts"
+    );
 }

@@ -315,7 +315,8 @@ impl PartitionGuard {
                 let found = ScalarValue::try_from_array(array, row)
                     .map(|v| v.to_string())
                     .unwrap_or_default();
-                return Err(Error::execution(
+                // The transform's SQL is at fault, not the data or the store.
+                return Err(Error::config(
                     format!("slice {}", slice.key),
                     format!("the transform returned a row with {column} = {found}, outside the slice's partition {column} = {value}; nothing was committed"),
                 ));
