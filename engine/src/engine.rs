@@ -98,7 +98,7 @@ impl Backfill {
             .map_err(|m| Error::config(&pipeline.sql_origin, m))?;
         check_columns(&pipeline, &schema)?;
         check_assertion_sql(&pipeline, &ctx, &schema, &sample).await?;
-        let sink = Sink::open(&pipeline.destination, schema.clone()).await?;
+        let sink = Sink::open(&pipeline.name, &pipeline.destination, schema.clone()).await?;
         let sql_fingerprint = source::fingerprint_text(&pipeline.sql);
         Ok(Backfill {
             pipeline,

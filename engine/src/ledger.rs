@@ -42,9 +42,6 @@ pub struct SliceRecord {
     pub source_fingerprint: String,
     pub sql_fingerprint: String,
     pub assertions: Vec<AssertionResult>,
-    /// Paths of the files the commit added, so that a forced `append` can replace them.
-    #[serde(default)]
-    pub added_files: Vec<String>,
 }
 
 /// The outcome of one assertion on one slice.

@@ -235,9 +235,8 @@ impl Backfill {
             source_fingerprint: planned.source_fingerprint.clone(),
             sql_fingerprint: self.sql_fingerprint.clone(),
             assertions: results,
-            added_files: staged.adds.iter().map(|add| add.path.clone()).collect(),
         };
-        match self.sink.publish(slice, &staged, &record, previous).await {
+        match self.sink.publish(slice, &staged, &record).await {
             Ok(version) => Ok(SliceStatus::Committed {
                 version,
                 rows: staged.rows,

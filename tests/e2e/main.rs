@@ -576,3 +576,49 @@ async fn concurrent_slices_give_the_same_table_as_a_serial_run() {
         "one commit per slice, none lost to conflicts"
     );
 }
+
+#[tokio::test]
+async fn append_after_the_log_history_expired_replaces_instead_of_duplicating() {
+    let scratch = Scratch::new();
+    let (pipeline, table) = (
+        scratch.path("pipelines/orders_append.toml"),
+        scratch.path("warehouse/append"),
+    );
+    let (p, t) = (pipeline.to_str().unwrap(), table.to_str().unwrap());
+    let range = ["--start", "2024-01-01", "--end", "2024-01-03"];
+    backfill_ok(
+        &cmd("run", p, t, &[&range[..], &["--concurrency", "1"]].concat()),
+        0,
+    );
+
+    // Log cleanup: a checkpoint at version 2, then the commits before it (and the records
+    // of 2024-01-01 and 2024-01-02 in them) are gone.
+    deltalake::checkpoints::create_checkpoint(&open(&table).await, None)
+        .await
+        .unwrap();
+    for version in 0..=1 {
+        std::fs::remove_file(table.join(format!("_delta_log/{version:020}.json"))).unwrap();
+    }
+    let plan = json(&cmd("plan", p, t, &[&range[..], &["--json"]].concat()), 0);
+    assert_eq!(
+        slice_states(&plan)[0].1,
+        "missing",
+        "the records expired with the history"
+    );
+
+    backfill_ok(&cmd("run", p, t, &range), 0);
+    let stored = query_table(
+        &table,
+        "SELECT count(*) AS n, count(DISTINCT order_id) AS keys FROM t",
+    )
+    .await;
+    let expected = query_sources(
+        &scratch.path("buckets/shop"),
+        "SELECT count(*) AS n, count(DISTINCT order_id) AS keys FROM orders WHERE dt <= '2024-01-03' AND status = 'shipped'",
+    )
+    .await;
+    assert_eq!(
+        stored, expected,
+        "the re-run replaced the slices' tagged files"
+    );
+}

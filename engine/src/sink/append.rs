@@ -1,9 +1,9 @@
 //! `append`: add the slice's rows, never twice.
 //!
 //! A slice that is already committed with unchanged inputs is skipped before it runs (see
-//! the runner). When it does run again (`--force`, or changed inputs), the files its last
-//! commit added are removed in the same commit that adds the new ones, so the slice's rows
-//! are replaced, not duplicated, and rows appended by anyone else are left alone.
+//! the runner). When it does run again (`--force`, or changed inputs), the files it added
+//! before, found by their tags, are removed in the same commit that adds the new ones: the
+//! slice's rows are replaced, not duplicated, and rows appended by anyone else stay.
 
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
@@ -11,26 +11,25 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
 
-use super::{Sink, Staged};
-use crate::ledger::SliceRecord;
+use super::{is_tagged_with, Sink, Staged};
+use crate::slice::Slice;
 
 pub(super) async fn publish(
     sink: &Sink,
     table: &mut Option<DeltaTable>,
+    slice: &Slice,
     staged: &Staged,
     properties: CommitProperties,
-    previous: Option<&SliceRecord>,
 ) -> deltalake::DeltaResult<u64> {
     let mut actions: Vec<Action> = staged.adds.iter().cloned().map(Action::Add).collect();
-    if let (Some(existing), Some(previous)) = (table.as_ref(), previous) {
-        // Only files still in the table: a compaction may have rewritten some since.
+    if let Some(existing) = table.as_ref() {
         let active: Vec<_> = existing
             .get_active_add_actions_by_partitions(&[])
             .try_collect()
             .await?;
         let replaced = active
             .iter()
-            .filter(|file| previous.added_files.iter().any(|path| *path == file.path()));
+            .filter(|file| is_tagged_with(file, &sink.pipeline, &slice.key));
         actions.extend(replaced.map(|file| Action::Remove(file.remove_action(true))));
     }
     let operation = DeltaOperation::Write {

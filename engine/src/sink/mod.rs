@@ -38,8 +38,14 @@ use crate::slice::Slice;
 /// Files are closed and a new one started past this size, so no file grows without bound.
 const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
 
+/// The `add.tags` keys naming the pipeline and slice that wrote a file. Tags live in the
+/// table state (and its checkpoints), so they outlast the log's commit history.
+pub const PIPELINE_TAG: &str = "backfill.pipeline";
+pub const SLICE_TAG: &str = "backfill.slice";
+
 /// The destination table of a run.
 pub struct Sink {
+    pipeline: String,
     url: Url,
     partition_by: Vec<String>,
     strategy: Strategy,
@@ -65,7 +71,11 @@ pub struct Staged {
 
 impl Sink {
     /// Opens the destination, checking that an existing table fits the pipeline's output.
-    pub async fn open(destination: &Destination, schema: SchemaRef) -> Result<Self> {
+    pub async fn open(
+        pipeline: &str,
+        destination: &Destination,
+        schema: SchemaRef,
+    ) -> Result<Self> {
         let url = destination.url.clone();
         let context = || format!("destination {url}");
         if let Ok(path) = url.to_file_path() {
@@ -87,6 +97,7 @@ impl Sink {
                 .map_err(|m| Error::config(context(), m))?;
         }
         Ok(Sink {
+            pipeline: pipeline.to_string(),
             store: table.object_store(),
             url,
             partition_by: destination.partition_by.clone(),
@@ -162,6 +173,14 @@ impl Sink {
             self.discard(&staged).await;
             return Err(error);
         }
+        let tags = [(PIPELINE_TAG, &self.pipeline), (SLICE_TAG, &slice.key)];
+        for add in &mut staged.adds {
+            add.tags = Some(
+                tags.iter()
+                    .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                    .collect(),
+            );
+        }
         staged.bytes = staged.adds.iter().map(|add| add.size as u64).sum();
         Ok(staged)
     }
@@ -184,13 +203,11 @@ impl Sink {
     }
 
     /// Publishes a staged slice in one atomic commit carrying its `txn` and `record`.
-    /// `previous` is the slice's last committed record, if any.
     pub async fn publish(
         &self,
         slice: &Slice,
         staged: &Staged,
         record: &SliceRecord,
-        previous: Option<&SliceRecord>,
     ) -> Result<u64> {
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new(
@@ -207,9 +224,7 @@ impl Sink {
             Strategy::Overwrite => {
                 overwrite::publish(self, &mut table, slice, staged, properties).await
             }
-            Strategy::Append => {
-                append::publish(self, &mut table, staged, properties, previous).await
-            }
+            Strategy::Append => append::publish(self, &mut table, slice, staged, properties).await,
             Strategy::Merge { keys } => {
                 merge::publish(self, &mut table, slice, staged, keys, properties).await
             }
@@ -368,6 +383,15 @@ fn partition_predicate(slice: &Slice, qualifier: &str) -> String {
         .map(|(column, value)| format!("{qualifier}\"{column}\" = '{}'", value.replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(" AND ")
+}
+
+/// Whether an active file was written by `pipeline` for `slice`.
+fn is_tagged_with(file: &deltalake::kernel::LogicalFileView, pipeline: &str, slice: &str) -> bool {
+    // The view exposes tags only through the (deprecated) conversion to an `Add`.
+    #[allow(deprecated)]
+    let tags = file.add_action().tags.unwrap_or_default();
+    let tag = |key: &str| tags.get(key).cloned().flatten();
+    tag(PIPELINE_TAG).as_deref() == Some(pipeline) && tag(SLICE_TAG).as_deref() == Some(slice)
 }
 
 /// Lists the files of `table` that lie in the slice's partitions.
