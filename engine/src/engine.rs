@@ -31,10 +31,20 @@ pub struct Backfill {
 }
 
 /// Options for opening a pipeline that are not in its file.
-#[derive(Default)]
 pub struct OpenOptions {
     /// Object stores to use instead of the defaults (tests count requests this way).
     pub stores: StoreOverrides,
+    /// Memory for query execution across all slices in flight, in bytes.
+    pub memory_limit: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            stores: vec![],
+            memory_limit: 4 << 30,
+        }
+    }
 }
 
 /// A slice with its plan: the SQL as rendered, the files it reads, and its state.
@@ -86,7 +96,7 @@ impl Backfill {
     /// Opens a pipeline: resolves its sources, plans its SQL for a sample slice, and
     /// checks the output against the assertions and the destination.
     pub async fn open(pipeline: Pipeline, options: OpenOptions) -> Result<Self> {
-        let sources = Sources::resolve(&pipeline, &options.stores).await?;
+        let sources = Sources::resolve(&pipeline, &options.stores, options.memory_limit).await?;
         let sample = sample_slice(&pipeline);
         let sql = template::render(&pipeline.sql, &sample.variables(), &pipeline.sql_origin)?;
         let ctx = sources.context()?;

@@ -17,6 +17,7 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -50,11 +51,18 @@ pub type StoreOverrides = Vec<(Url, Arc<dyn ObjectStore>)>;
 
 impl Sources {
     /// Resolves every source of `pipeline`: infers its schema once, from its files.
-    pub async fn resolve(pipeline: &Pipeline, stores: &StoreOverrides) -> Result<Self> {
+    pub async fn resolve(
+        pipeline: &Pipeline,
+        stores: &StoreOverrides,
+        memory_limit: usize,
+    ) -> Result<Self> {
         let config = session_config();
         let runtime = RuntimeEnvBuilder::new()
             // A cached listing would hide files that arrive while a long backfill runs.
             .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+            // Shared fairly by the slices in flight; aggregations and sorts past it spill
+            // to disk instead of growing with the slice.
+            .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
             .build()
             .map_err(|e| Error::Internal(format!("cannot build the DataFusion runtime: {e}")))?;
         for (url, store) in stores {

@@ -120,9 +120,15 @@ async fn run_counting(
         store.clone() as Arc<dyn ObjectStore>,
     )];
     let backfill = Arc::new(
-        Backfill::open(pipeline, OpenOptions { stores })
-            .await
-            .unwrap(),
+        Backfill::open(
+            pipeline,
+            OpenOptions {
+                stores,
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
     );
     store.reads.lock().unwrap().clear(); // count the slice, not the schema inference
     let summary = backfill

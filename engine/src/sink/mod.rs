@@ -247,7 +247,8 @@ impl Sink {
                 .with_actions(actions)
                 .build(Some(existing.snapshot()?), existing.log_store(), operation)
                 .await?;
-            existing.update_state().await?;
+            // The commit returns the new snapshot: no need to read the log again.
+            existing.state = Some(committed.snapshot());
             return Ok(committed.version());
         }
         self.create(table, actions, properties).await
