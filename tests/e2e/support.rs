@@ -172,3 +172,69 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         }
     }
 }
+
+/// One test's setup: a scratch copy, one of its pipelines, and a fresh destination table.
+pub struct Case {
+    pub scratch: Scratch,
+    pub pipeline: PathBuf,
+    pub table: PathBuf,
+}
+
+impl Case {
+    /// Uses `pipelines/<pipeline>.toml` of the scratch copy, writing to `warehouse/<pipeline>`.
+    pub fn new(pipeline: &str) -> Self {
+        let scratch = Scratch::new();
+        let (pipeline, table) = (
+            scratch.path(&format!("pipelines/{pipeline}.toml")),
+            scratch.path(&format!("warehouse/{pipeline}")),
+        );
+        Case {
+            scratch,
+            pipeline,
+            table,
+        }
+    }
+
+    /// Replaces `from` with `to` in the pipeline file, which must contain it.
+    pub fn edit_pipeline(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.pipeline).unwrap();
+        assert!(
+            text.contains(from),
+            "{from:?} is not in {}",
+            self.pipeline.display()
+        );
+        std::fs::write(&self.pipeline, text.replace(from, to)).unwrap();
+    }
+
+    /// `backfill <command> <pipeline> <rest> --destination <table>`.
+    pub fn args<'a>(&'a self, command: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![command, self.pipeline.to_str().unwrap()];
+        args.extend_from_slice(rest);
+        args.extend_from_slice(&["--destination", self.table.to_str().unwrap()]);
+        args
+    }
+
+    /// Runs a command and returns stdout, asserting the exit code.
+    pub fn ok(&self, command: &str, rest: &[&str], code: i32) -> String {
+        backfill_ok(&self.args(command, rest), code)
+    }
+
+    /// Runs a command with `--json` and parses stdout, asserting the exit code.
+    pub fn json(&self, command: &str, rest: &[&str], code: i32) -> serde_json::Value {
+        json(&self.args(command, &[rest, &["--json"]].concat()), code)
+    }
+
+    /// Rows of `sql` over the destination table, registered as `t`.
+    pub async fn stored(&self, sql: &str) -> Vec<String> {
+        query_table(&self.table, sql).await
+    }
+
+    /// Rows of `sql` over the scratch copy's sources, computed without the engine.
+    pub async fn expected(&self, sql: &str) -> Vec<String> {
+        query_sources(&self.scratch.path("buckets/shop"), sql).await
+    }
+
+    pub async fn version(&self) -> u64 {
+        version(&self.table).await
+    }
+}
