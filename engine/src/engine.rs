@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::Column;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{ident, SessionContext};
+use datafusion::prelude::{Expr, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
@@ -166,11 +167,10 @@ impl Backfill {
         let frame = ctx.sql(&sql).await.context(context)?;
         let casts: Vec<_> = frame
             .schema()
-            .fields()
             .iter()
             .zip(self.schema.fields())
-            .map(|(field, target)| {
-                let column = ident(field.name());
+            .map(|((qualifier, field), target)| {
+                let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
                 if field.data_type() == target.data_type() {
                     column
                 } else {

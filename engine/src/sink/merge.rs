@@ -20,9 +20,10 @@ pub(super) async fn publish(
     keys: &[String],
     properties: CommitProperties,
 ) -> deltalake::DeltaResult<u64> {
-    let result = merge(sink, table, slice, staged, keys, properties).await;
+    let merged = merge(sink, table, slice, staged, keys, properties).await;
+    // The staged files were only the merge's source: gone whether it committed or not.
     sink.discard(staged).await;
-    result
+    merged
 }
 
 async fn merge(

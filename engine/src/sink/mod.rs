@@ -112,10 +112,6 @@ impl Sink {
         self.table.lock().await.clone()
     }
 
-    pub fn url(&self) -> &Url {
-        &self.url
-    }
-
     /// Streams a slice's output into files no reader sees. Rows outside the slice's
     /// partitions are refused where the strategy replaces or merges those partitions.
     /// On error, whatever was written is deleted.
@@ -185,7 +181,8 @@ impl Sink {
         Ok(staged)
     }
 
-    /// Deletes staged files. Best effort: they are invisible to readers either way.
+    /// Deletes staged files; deleting them twice is harmless. Best effort: they are
+    /// invisible to readers either way.
     pub async fn discard(&self, staged: &Staged) {
         let paths: Vec<_> = staged
             .adds
@@ -196,8 +193,9 @@ impl Sink {
         let paths = futures::stream::iter(paths).boxed();
         let deleted: Vec<_> = self.store.delete_stream(paths).collect().await;
         for result in deleted {
-            if let Err(error) = result {
-                tracing::warn!("could not delete a staged file: {error}");
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => tracing::warn!("could not delete a staged file: {error}"),
             }
         }
     }
