@@ -6,10 +6,14 @@ partition with delta-rs (`write_deltalake(..., mode="overwrite", predicate=...)`
 
     python benches/polars_loop.py target/bench-buckets/orders-8x1000000 8
 
+Like the Rust benchmark, each case runs five times into a fresh table and the median
+run is reported.
+
 Needs `pip install polars deltalake pyarrow`.
 """
 
 import datetime
+import statistics
 import sys
 import tempfile
 import time
@@ -57,7 +61,7 @@ def main() -> None:
     size = sum(f.stat().st_size for f in (bucket / "orders").rglob("*.parquet")) / 1e6
     print(f"{'case':<14} {'slices':>7} {'rows/s':>12} {'MB/s':>10} {'s total':>9} {'ms/slice':>12}")
     for case, transform in [("row-level", row_level), ("aggregating", aggregating)]:
-        seconds = run(bucket, days, transform)
+        seconds = statistics.median(run(bucket, days, transform) for _ in range(5))
         print(f"{case:<14} {days:>7} {rows / seconds:>12.0f} {size / seconds:>10.1f} {seconds:>9.2f} {seconds * 1000 / days:>12.1f}")
 
 

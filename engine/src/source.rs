@@ -87,7 +87,7 @@ impl Sources {
                 .iter()
                 .map(|c| (c.clone(), DataType::Utf8))
                 .collect();
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            let options = ListingOptions::new(Arc::new(parquet_format()))
                 .with_file_extension(".parquet")
                 .with_table_partition_cols(partitions);
             let schema = options
@@ -145,6 +145,12 @@ fn session_config() -> SessionConfig {
         .parquet
         .schema_force_view_types = false;
     config
+}
+
+/// How every Parquet file is read. A listing's format carries its own options rather
+/// than the session's, so view types are turned off here too.
+pub(crate) fn parquet_format() -> ParquetFormat {
+    ParquetFormat::default().with_force_view_types(false)
 }
 
 /// The files a physical plan scans, sorted: what a slice actually reads after pruning.

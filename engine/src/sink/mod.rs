@@ -22,9 +22,10 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::protocol::DeltaOperation;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
+use indexmap::IndexMap;
 use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 use tokio::sync::Mutex;
@@ -138,6 +139,7 @@ impl Sink {
         )
         .context(context)?;
         let guard = self.partition_guard(slice)?;
+        let single_partition = guard.single_partition(&partition_columns);
         let mut staged = Staged {
             adds: vec![],
             base: base.clone(),
@@ -155,7 +157,17 @@ impl Sink {
                 for (count, column) in staged.null_counts.iter_mut().zip(batch.columns()) {
                     *count += column.null_count() as u64;
                 }
-                writer.write(batch).await.context(context)?;
+                match &single_partition {
+                    // Every row is in the slice's one partition (the guard checked), so the
+                    // writer need not split each batch by partition values.
+                    Some(values) => {
+                        writer
+                            .write_partition(batch, values, WriteMode::Default)
+                            .await
+                            .context(context)?;
+                    }
+                    None => writer.write(batch).await.context(context)?,
+                }
                 if writer.buffer_len() >= TARGET_FILE_BYTES {
                     staged.adds.extend(writer.flush().await.context(context)?);
                 }
@@ -318,6 +330,25 @@ struct PartitionGuard {
 }
 
 impl PartitionGuard {
+    /// The values of `partition_columns` when the slice fixes all of them, as text.
+    fn single_partition(
+        &self,
+        partition_columns: &[String],
+    ) -> Option<IndexMap<String, delta_kernel::expressions::Scalar>> {
+        let mut values = IndexMap::new();
+        for column in partition_columns {
+            let (_, _, value, scalar) = self.expected.iter().find(|(_, c, _, _)| c == column)?;
+            if !matches!(scalar, ScalarValue::Utf8(_)) {
+                return None;
+            }
+            values.insert(
+                column.clone(),
+                delta_kernel::expressions::Scalar::String(value.clone()),
+            );
+        }
+        (!values.is_empty()).then_some(values)
+    }
+
     fn check(&self, batch: &RecordBatch, slice: &Slice) -> Result<()> {
         for (index, column, value, scalar) in &self.expected {
             let array = batch.column(*index);
