@@ -190,7 +190,9 @@ impl Backfill {
         let previous = planned.state.committed().map(|c| &c.record);
         let stream = execute_stream(planned.plan.clone(), planned.ctx.task_ctx())
             .context(|| format!("slice {}: running the transform", slice.key))?;
+        let planned_at = started.elapsed();
         let staged = self.sink.stage(slice, stream).await?;
+        let staged_at = started.elapsed();
 
         let checked = assertions::check(
             &planned.ctx,
@@ -236,12 +238,23 @@ impl Backfill {
             sql_fingerprint: self.sql_fingerprint.clone(),
             assertions: results,
         };
+        let checked_at = started.elapsed();
         match self.sink.publish(slice, &staged, &record).await {
-            Ok(version) => Ok(SliceStatus::Committed {
-                version,
-                rows: staged.rows,
-                bytes: staged.bytes,
-            }),
+            Ok(version) => {
+                tracing::debug!(
+                    slice = %slice.key,
+                    planned_ms = millis(planned_at),
+                    staged_ms = millis(staged_at - planned_at),
+                    checked_ms = millis(checked_at - staged_at),
+                    committed_ms = millis(started.elapsed() - checked_at),
+                    "slice committed"
+                );
+                Ok(SliceStatus::Committed {
+                    version,
+                    rows: staged.rows,
+                    bytes: staged.bytes,
+                })
+            }
             Err(error) => {
                 self.sink.discard(&staged).await;
                 Err(error)

@@ -9,7 +9,6 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
-use futures::TryStreamExt;
 
 use super::{is_tagged_with, Sink, Staged};
 use crate::slice::Slice;
@@ -23,11 +22,8 @@ pub(super) async fn publish(
 ) -> deltalake::DeltaResult<u64> {
     let mut actions: Vec<Action> = staged.adds.iter().cloned().map(Action::Add).collect();
     if let Some(existing) = table.as_ref() {
-        let active: Vec<_> = existing
-            .get_active_add_actions_by_partitions(&[])
-            .try_collect()
-            .await?;
-        let replaced = active
+        let log_data = existing.snapshot()?.log_data();
+        let replaced = log_data
             .iter()
             .filter(|file| is_tagged_with(file, &sink.pipeline, &slice.key));
         actions.extend(replaced.map(|file| Action::Remove(file.remove_action(true))));

@@ -20,11 +20,11 @@ use datafusion::common::ScalarValue;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::kernel::{Action, Add, LogicalFileView, StructType, Transaction};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::DeltaTable;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use indexmap::IndexMap;
 use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
@@ -219,7 +219,11 @@ impl Sink {
         staged: &Staged,
         record: &SliceRecord,
     ) -> Result<u64> {
+        // Expired-log cleanup lists the whole log after every commit, and would delete the
+        // history that slice records are read from in the middle of a backfill: it is
+        // table maintenance, left to the table's owner.
         let properties = CommitProperties::default()
+            .with_cleanup_expired_logs(Some(false))
             .with_application_transaction(Transaction::new(
                 crate::ledger::app_id(&record.pipeline, &slice.key),
                 record.txn_version,
@@ -424,25 +428,32 @@ fn is_tagged_with(file: &deltalake::kernel::LogicalFileView, pipeline: &str, sli
     tag(PIPELINE_TAG).as_deref() == Some(pipeline) && tag(SLICE_TAG).as_deref() == Some(slice)
 }
 
-/// Lists the files of `table` that lie in the slice's partitions.
-async fn files_in_partitions(
+/// The active files of `table` that lie in the slice's partitions.
+///
+/// This filters the snapshot's file list in memory: delta-rs's partition filters run a
+/// kernel scan over the whole log on every call, which made each commit slower than the
+/// last. Values compare by their typed meaning, so `7` and `07` match for an integer.
+fn files_in_partitions(
+    sink: &Sink,
     table: &DeltaTable,
     slice: &Slice,
-) -> deltalake::DeltaResult<Vec<deltalake::kernel::LogicalFileView>> {
-    use deltalake::{FilterOp, FilterValue};
-    let filters: Vec<_> = slice
+) -> deltalake::DeltaResult<Vec<LogicalFileView>> {
+    let typed = |column: &str, text: &str| {
+        let data_type = sink.schema.field_with_name(column).ok()?.data_type();
+        ScalarValue::try_from_string(text.to_string(), data_type).ok()
+    };
+    let wanted: Vec<(&str, Option<ScalarValue>)> = slice
         .partition
         .iter()
-        .map(|(column, value)| {
-            (
-                column.as_str(),
-                FilterOp::Eq,
-                FilterValue::Scalar(value.as_str()),
-            )
-        })
+        .map(|(column, value)| (column.as_str(), typed(column, value)))
         .collect();
-    table
-        .get_active_add_actions_by_partitions(&filters)
-        .try_collect()
-        .await
+    let log_data = table.snapshot()?.log_data();
+    let files = log_data.iter().filter(|file| {
+        let values = file.partition_values_map();
+        wanted.iter().all(|(column, value)| {
+            let stored = values.get(*column).cloned().flatten();
+            value.is_some() && stored.and_then(|text| typed(column, &text)) == *value
+        })
+    });
+    Ok(files.collect())
 }

@@ -22,7 +22,7 @@ pub(super) async fn publish(
 ) -> deltalake::DeltaResult<u64> {
     let mut actions: Vec<Action> = staged.adds.iter().cloned().map(Action::Add).collect();
     if let Some(existing) = table.as_ref() {
-        let replaced = files_in_partitions(existing, slice).await?;
+        let replaced = files_in_partitions(sink, existing, slice)?;
         actions.extend(
             replaced
                 .iter()
