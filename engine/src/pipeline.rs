@@ -222,6 +222,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
                 format!("source name `{source_name}` must be a plain SQL identifier (letters, digits, `_`)"),
             ));
         }
+        if source_name == "slice" {
+            return Err(at.error(
+                span,
+                "`slice` is reserved: assertions read the slice's output under that name",
+            ));
+        }
         if source.format.get_ref() != "parquet" {
             return Err(at.error(
                 source.format.span(),
@@ -625,6 +631,14 @@ max_null_rate = { column = "amount", rate = 0.01 }
             error.contains("must include the slice column `dt`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn source_named_slice_is_refused() {
+        let text = VALID.replace("[sources.orders]", "[sources.slice]");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(error.starts_with("/p/pipeline.toml:4:"), "{error}");
+        assert!(error.contains("`slice` is reserved"), "{error}");
     }
 
     #[test]

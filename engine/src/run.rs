@@ -124,53 +124,54 @@ impl Backfill {
         let ledger = Arc::new(self.ledger().await?);
         let run_id = new_run_id();
         reporter.run_started(&run_id, slices.len());
-        let order: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
-        let mut outcomes: Vec<SliceOutcome> = futures::stream::iter(slices)
-            .map(|slice| {
-                let (this, ledger, reporter, run_id, force) = (
-                    self.clone(),
-                    ledger.clone(),
-                    reporter.clone(),
-                    run_id.clone(),
-                    options.force,
-                );
-                // Each slice on its own task, so slices compute on all cores at once.
-                tokio::spawn(async move {
-                    reporter.slice_started(&slice.key);
-                    let started = Instant::now();
-                    let key = slice.key.clone();
-                    let status = match this
-                        .run_slice(slice, &ledger, &run_id, force, started)
-                        .await
-                    {
-                        Ok(status) => status,
-                        Err(error) => SliceStatus::Failed {
-                            error: error.to_string(),
-                            fault: error.fault(),
-                        },
-                    };
-                    let outcome = SliceOutcome {
-                        slice: key,
-                        status,
-                        duration_ms: millis(started.elapsed()),
-                    };
-                    reporter.slice_finished(&outcome);
-                    outcome
+        let mut outcomes: Vec<(usize, SliceOutcome)> =
+            futures::stream::iter(slices.into_iter().enumerate())
+                .map(|(index, slice)| {
+                    let (this, ledger, reporter, run_id, force) = (
+                        self.clone(),
+                        ledger.clone(),
+                        reporter.clone(),
+                        run_id.clone(),
+                        options.force,
+                    );
+                    // Each slice on its own task, so slices compute on all cores at once.
+                    tokio::spawn(async move {
+                        reporter.slice_started(&slice.key);
+                        let started = Instant::now();
+                        let key = slice.key.clone();
+                        let status = match this
+                            .run_slice(slice, &ledger, &run_id, force, started)
+                            .await
+                        {
+                            Ok(status) => status,
+                            Err(error) => SliceStatus::Failed {
+                                error: error.to_string(),
+                                fault: error.fault(),
+                            },
+                        };
+                        let outcome = SliceOutcome {
+                            slice: key,
+                            status,
+                            duration_ms: millis(started.elapsed()),
+                        };
+                        reporter.slice_finished(&outcome);
+                        (index, outcome)
+                    })
                 })
-            })
-            .buffer_unordered(options.concurrency.max(1))
-            .map(|joined| {
-                joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
-            })
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
-        outcomes.sort_by_key(|o| order.iter().position(|k| *k == o.slice));
+                .buffer_unordered(options.concurrency.max(1))
+                .map(|joined| {
+                    joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
+                })
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
+        // Slices finish in any order; the summary lists them in slice order.
+        outcomes.sort_by_key(|(index, _)| *index);
         Ok(RunSummary {
             run_id,
             pipeline: self.pipeline.name.clone(),
-            outcomes,
+            outcomes: outcomes.into_iter().map(|(_, outcome)| outcome).collect(),
         })
     }
 
