@@ -99,9 +99,6 @@ impl Sources {
                         format!("cannot read a schema from its Parquet files: {e}"),
                     )
                 })?;
-            if schema.fields().is_empty() {
-                return Err(Error::config(context(), "no Parquet files found"));
-            }
             if let Some(clash) = source
                 .partitioning
                 .iter()

@@ -464,7 +464,7 @@ fn bad_inputs_fail_before_anything_runs_with_exit_code_2() {
             "../buckets/shop/orders",
             "../buckets/shop/nothing",
         ),
-        "source `orders`",
+        "source `orders` at file://",
     );
 
     std::fs::write(case.scratch.path("pipelines/empty.txt"), "# nobody\n\n").unwrap();
