@@ -489,3 +489,24 @@ fn bad_inputs_fail_before_anything_runs_with_exit_code_2() {
         "nothing was written"
     );
 }
+
+#[tokio::test]
+async fn timestamps_without_time_zone_keep_the_table_on_protocol_1_2() {
+    let case = Case::new("orders_clean");
+    case.edit_pipeline(
+        "ordered_at, dt",
+        "CAST(ordered_at AS TIMESTAMP) AS ordered_at, dt",
+    );
+    case.ok("run", &["--keys", "2024-01-01"], 0);
+    let table = open(&case.table).await;
+    let protocol = table.snapshot().unwrap().protocol().clone();
+    assert_eq!(
+        (protocol.min_reader_version(), protocol.min_writer_version()),
+        (1, 2)
+    );
+    let stored = case.stored("SELECT min(ordered_at) AS first FROM t").await;
+    let expected = case
+        .expected("SELECT min(ordered_at) AS first FROM orders WHERE dt = '2024-01-01'")
+        .await;
+    assert_eq!(stored, expected, "stored as the same UTC instants");
+}
