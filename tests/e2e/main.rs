@@ -288,6 +288,10 @@ async fn merge_upserts_on_keys_without_duplicates() {
         )
         .await;
     assert_eq!(stored, expected);
+    let staging = std::fs::read_dir(case.table.join("_backfill/staging"))
+        .unwrap()
+        .count();
+    assert_eq!(staging, 0, "the merge's staged output is gone");
 }
 
 const APPENDED: &str = "SELECT count(*) AS n, count(DISTINCT order_id) AS keys FROM t";

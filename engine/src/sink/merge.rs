@@ -23,6 +23,10 @@ pub(super) async fn publish(
     let merged = merge(sink, table, slice, staged, keys, properties).await;
     // The staged files were only the merge's source: gone whether it committed or not.
     sink.discard(staged).await;
+    if let Ok(folder) = staged.base.to_file_path() {
+        // Object stores have no folders, but a local disk keeps the emptied one.
+        let _ = std::fs::remove_dir(folder);
+    }
     merged
 }
 
