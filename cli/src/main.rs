@@ -67,6 +67,17 @@ enum Command {
         /// Slices in flight at once [default: the number of cores].
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         concurrency: Option<u16>,
+        /// Further attempts for a slice that failed for a transient reason (storage, a
+        /// conflict with another writer, the time limit), with exponential backoff and
+        /// jitter. Failed checks, SQL errors and bad data are never retried.
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
+        /// Fail an attempt that runs longer than this, e.g. 90s or 15m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        slice_timeout: Option<std::time::Duration>,
+        /// Run the slices oldest first (asc) or newest first (desc).
+        #[arg(long, value_enum, default_value_t = Order::Asc)]
+        order: Order,
         /// Print a JSON summary instead of a line per slice.
         #[arg(long)]
         json: bool,
@@ -93,6 +104,12 @@ enum Command {
         #[arg(long)]
         orders_per_day: Option<u64>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Order {
+    Asc,
+    Desc,
 }
 
 /// Which slices: an inclusive range, or keys.
@@ -209,6 +226,9 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             overrides,
             force,
             concurrency,
+            retries,
+            slice_timeout,
+            order,
             json,
         } => {
             let backfill = Arc::new(open(&pipeline, &overrides).await?);
@@ -216,6 +236,10 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
                 force,
                 concurrency: concurrency
                     .map_or_else(backfill_engine::run::default_concurrency, usize::from),
+                retries,
+                slice_timeout,
+                newest_first: order == Order::Desc,
+                ..RunOptions::default()
             };
             let reporter = Arc::new(output::Progress::new(json));
             let summary = backfill

@@ -199,6 +199,10 @@ impl Reporter for Progress {
                 format!("{:<16} FAILED    {took:>8}  {error}", outcome.slice)
             }
         };
+        let line = match outcome.attempts {
+            1 => line,
+            attempts => format!("{line}  ({attempts} attempts)"),
+        };
         self.bar.suspend(|| println!("{line}"));
     }
 }

@@ -4,8 +4,10 @@
 //! streaming from its sources through the transform into staged files, so both cores
 //! stay busy with reading, computing and writing at once. A slice is the unit of retry
 //! and is idempotent: whatever happens to it, the table either has all of its new
-//! output, in one commit, or none of it. Progress goes to a [`Reporter`]; this module
-//! never prints.
+//! output, in one commit, or none of it. That is what makes retrying safe: a slice that
+//! fails for a transient reason (storage, a conflict with another writer, a time limit)
+//! is tried again with exponential backoff and jitter; a failed check, bad SQL or bad
+//! data is not. Progress goes to a [`Reporter`]; this module never prints.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,14 @@ pub struct RunOptions {
     pub force: bool,
     /// Slices in flight at once.
     pub concurrency: usize,
+    /// Further attempts for a slice that failed for a transient reason.
+    pub retries: u32,
+    /// About how long the first retry waits; each later one waits twice as long.
+    pub backoff: Duration,
+    /// An attempt running longer than this fails (and may be retried).
+    pub slice_timeout: Option<Duration>,
+    /// Run the newest slices first.
+    pub newest_first: bool,
 }
 
 impl Default for RunOptions {
@@ -34,6 +44,10 @@ impl Default for RunOptions {
         RunOptions {
             force: false,
             concurrency: default_concurrency(),
+            retries: 2,
+            backoff: Duration::from_secs(1),
+            slice_timeout: None,
+            newest_first: false,
         }
     }
 }
@@ -63,6 +77,8 @@ pub struct SliceOutcome {
     #[serde(flatten)]
     pub status: SliceStatus,
     pub duration_ms: u64,
+    /// Attempts made: 1 unless transient failures were retried.
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,39 +136,34 @@ impl Backfill {
         options: &RunOptions,
         reporter: Arc<dyn Reporter>,
     ) -> Result<RunSummary> {
-        let slices = self.slices(selection)?;
+        let mut slices = self.slices(selection)?;
+        if options.newest_first {
+            slices.reverse();
+        }
         let ledger = Arc::new(self.ledger().await?);
         let run_id = new_run_id();
         reporter.run_started(&run_id, slices.len());
         let mut outcomes: Vec<(usize, SliceOutcome)> =
             futures::stream::iter(slices.into_iter().enumerate())
                 .map(|(index, slice)| {
-                    let (this, ledger, reporter, run_id, force) = (
+                    let (this, ledger, reporter, run_id, options) = (
                         self.clone(),
                         ledger.clone(),
                         reporter.clone(),
                         run_id.clone(),
-                        options.force,
+                        options.clone(),
                     );
                     // Each slice on its own task, so slices compute on all cores at once.
                     tokio::spawn(async move {
                         reporter.slice_started(&slice.key);
                         let started = Instant::now();
-                        let key = slice.key.clone();
-                        let status = match this
-                            .run_slice(slice, &ledger, &run_id, force, started)
-                            .await
-                        {
-                            Ok(status) => status,
-                            Err(error) => SliceStatus::Failed {
-                                error: error.to_string(),
-                                fault: error.fault(),
-                            },
-                        };
+                        let (status, attempts) =
+                            this.attempt_slice(&slice, &ledger, &run_id, &options).await;
                         let outcome = SliceOutcome {
-                            slice: key,
+                            slice: slice.key,
                             status,
                             duration_ms: millis(started.elapsed()),
+                            attempts,
                         };
                         reporter.slice_finished(&outcome);
                         (index, outcome)
@@ -173,6 +184,51 @@ impl Backfill {
             pipeline: self.pipeline.name.clone(),
             outcomes: outcomes.into_iter().map(|(_, outcome)| outcome).collect(),
         })
+    }
+
+    /// Runs a slice until it succeeds, fails for a reason retrying cannot fix, or has used
+    /// its retries. Returns its status and the number of attempts.
+    async fn attempt_slice(
+        &self,
+        slice: &Slice,
+        ledger: &Ledger,
+        run_id: &str,
+        options: &RunOptions,
+    ) -> (SliceStatus, u32) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let running = self.run_slice(slice.clone(), ledger, run_id, options.force, started);
+            let result = match options.slice_timeout {
+                None => running.await,
+                Some(limit) => tokio::time::timeout(limit, running)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::execution(
+                            format!("slice {}", slice.key),
+                            format!("the attempt timed out after {limit:?}"),
+                        ))
+                    }),
+            };
+            match result {
+                Ok(status) => return (status, attempt),
+                Err(error) if error.fault() == Fault::Environment && attempt <= options.retries => {
+                    let wait = backoff(options.backoff, attempt);
+                    tracing::warn!(slice = %slice.key, attempt, "retrying in {wait:?} after: {error}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => {
+                    return (
+                        SliceStatus::Failed {
+                            error: error.to_string(),
+                            fault: error.fault(),
+                        },
+                        attempt,
+                    )
+                }
+            }
+        }
     }
 
     async fn run_slice(
@@ -262,6 +318,13 @@ impl Backfill {
             }
         }
     }
+}
+
+/// The wait before retry `attempt` (1, 2, ...): `base` doubled per attempt, scaled by a
+/// random factor in [0.5, 1.5) so that slices failing together do not retry together.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let doubled = base.saturating_mul(1 << (attempt - 1).min(16));
+    doubled.mul_f64(rand::Rng::random_range(&mut rand::rng(), 0.5..1.5))
 }
 
 fn new_run_id() -> String {

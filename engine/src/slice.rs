@@ -115,6 +115,11 @@ pub fn cut(
                 }
                 slices.push(slice);
             }
+            // Time slices run in time order whatever order their keys were given in;
+            // list slices keep the order of their list.
+            if kind != SliceKind::List {
+                slices.sort_by(|a, b| a.window.cmp(&b.window));
+            }
             Ok(slices)
         }
     }
@@ -302,6 +307,14 @@ mod tests {
             None,
         );
         assert!(hourly.is_err());
+    }
+
+    #[test]
+    fn time_keys_are_cut_in_time_order() {
+        let keys = Selection::Keys(cols(&["2024-01-03", "2024-01-01", "2024-01-02"]));
+        let slices = cut(SliceKind::Daily, &cols(&["dt"]), &keys, None).unwrap();
+        let keys: Vec<_> = slices.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["2024-01-01", "2024-01-02", "2024-01-03"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! What a slice reads, counted at the object store: the engine runs over a store that
-//! wraps the local file system and records every read.
+//! What a slice reads, seen at the object store: the engine runs over a store that wraps
+//! the local file system, records every read, and can fail reads on purpose.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -15,16 +16,32 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
-use crate::support::Scratch;
+use crate::support::{Case, Scratch};
 
-/// A local file system that records the path and size of every read.
+/// A local file system that records the path and size of every read, and fails the next
+/// `failing_reads` reads with a transient-looking error.
 #[derive(Debug, Default)]
 struct CountingStore {
     inner: LocalFileSystem,
     reads: Mutex<Vec<(String, u64)>>,
+    failing_reads: AtomicUsize,
 }
 
 impl CountingStore {
+    /// Fails this read if failures are still due.
+    fn maybe_fail(&self, location: &Path) -> Result<()> {
+        let due = self
+            .failing_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match due {
+            Ok(_) => Err(object_store::Error::Generic {
+                store: "CountingStore",
+                source: format!("injected failure reading {location}").into(),
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+
     fn record(&self, location: &Path, bytes: u64) {
         self.reads
             .lock()
@@ -75,12 +92,14 @@ impl ObjectStore for CountingStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.maybe_fail(location)?;
         let result = self.inner.get_opts(location, options).await?;
         self.record(location, result.range.end - result.range.start);
         Ok(result)
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.maybe_fail(location)?;
         let result = self.inner.get_ranges(location, ranges).await?;
         self.record(location, result.iter().map(|b| b.len() as u64).sum());
         Ok(result)
@@ -106,20 +125,19 @@ impl ObjectStore for CountingStore {
     }
 }
 
-/// Runs `pipeline` for `day` with every source read going through a new counting store.
-async fn run_counting(
+/// Opens `pipeline` writing to `table`, with every source read going through `store`.
+async fn open_over(
+    store: &Arc<CountingStore>,
     pipeline: &std::path::Path,
     table: &std::path::Path,
-    day: &str,
-) -> Arc<CountingStore> {
-    let store = Arc::new(CountingStore::default());
+) -> Arc<Backfill> {
     let mut pipeline = pipeline::load(pipeline).unwrap();
     pipeline.destination.url = url::Url::from_directory_path(table).unwrap();
     let stores = vec![(
         url::Url::parse("file:///").unwrap(),
         store.clone() as Arc<dyn ObjectStore>,
     )];
-    let backfill = Arc::new(
+    Arc::new(
         Backfill::open(
             pipeline,
             OpenOptions {
@@ -129,16 +147,32 @@ async fn run_counting(
         )
         .await
         .unwrap(),
-    );
-    store.reads.lock().unwrap().clear(); // count the slice, not the schema inference
-    let summary = backfill
-        .run(
-            &Selection::Keys(vec![day.into()]),
-            &RunOptions::default(),
-            Arc::new(backfill_engine::run::Silent),
-        )
+    )
+}
+
+async fn run(
+    backfill: &Arc<Backfill>,
+    keys: &[&str],
+    options: &RunOptions,
+) -> backfill_engine::RunSummary {
+    let selection = Selection::Keys(keys.iter().map(|k| k.to_string()).collect());
+    backfill
+        .clone()
+        .run(&selection, options, Arc::new(backfill_engine::run::Silent))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `pipeline` for `day` and returns the store that saw the slice's reads.
+async fn run_counting(
+    pipeline: &std::path::Path,
+    table: &std::path::Path,
+    day: &str,
+) -> Arc<CountingStore> {
+    let store = Arc::new(CountingStore::default());
+    let backfill = open_over(&store, pipeline, table).await;
+    store.reads.lock().unwrap().clear(); // count the slice, not the schema inference
+    let summary = run(&backfill, &[day], &RunOptions::default()).await;
     assert!(
         matches!(summary.outcomes[0].status, SliceStatus::Committed { .. }),
         "{summary:?}"
@@ -191,4 +225,97 @@ async fn merge_reads_the_slice_sources_once_like_overwrite() {
         overwritten.reads_of(day),
         "merge must not run the slice's SQL twice"
     );
+}
+
+/// Retries that do not wait long, so the tests stay quick.
+fn quick_retries(retries: u32) -> RunOptions {
+    RunOptions {
+        retries,
+        backoff: std::time::Duration::from_millis(5),
+        ..RunOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn transient_read_failures_are_retried_into_the_same_table() {
+    let case = Case::new("orders_clean");
+    let store = Arc::new(CountingStore::default());
+    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    store.failing_reads.store(3, Ordering::SeqCst);
+    let days = ["2024-01-01", "2024-01-02", "2024-01-03"];
+    let summary = run(&backfill, &days, &quick_retries(5)).await;
+
+    assert!(
+        summary
+            .outcomes
+            .iter()
+            .all(|o| matches!(o.status, SliceStatus::Committed { .. })),
+        "{summary:#?}"
+    );
+    let attempts: u32 = summary.outcomes.iter().map(|o| o.attempts).sum();
+    assert!(
+        attempts > 3,
+        "the injected failures were retried: {summary:#?}"
+    );
+    let stored = case
+        .stored("SELECT order_id, amount, dt FROM t ORDER BY order_id")
+        .await;
+    let expected = case
+        .expected(
+            "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-03' ORDER BY order_id",
+        )
+        .await;
+    assert_eq!(
+        stored, expected,
+        "retried slices leave exactly the clean run's table"
+    );
+    assert_eq!(
+        case.version().await,
+        2,
+        "one commit per slice, failed attempts commit nothing"
+    );
+}
+
+#[tokio::test]
+async fn without_retries_a_transient_failure_fails_only_its_slice() {
+    let case = Case::new("orders_clean");
+    let store = Arc::new(CountingStore::default());
+    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    store.failing_reads.store(1, Ordering::SeqCst);
+    let options = RunOptions {
+        concurrency: 1,
+        ..quick_retries(0)
+    };
+    let summary = run(&backfill, &["2024-01-01", "2024-01-02"], &options).await;
+
+    let first = &summary.outcomes[0];
+    assert_eq!(first.attempts, 1);
+    match &first.status {
+        SliceStatus::Failed { error, fault } => {
+            assert_eq!(*fault, backfill_engine::Fault::Environment);
+            assert!(error.contains("injected failure"), "{error}");
+        }
+        other => panic!("the first slice should fail, got {other:?}"),
+    }
+    assert!(
+        matches!(summary.outcomes[1].status, SliceStatus::Committed { .. }),
+        "{summary:#?}"
+    );
+}
+
+#[tokio::test]
+async fn failed_assertions_are_not_retried() {
+    let case = Case::new("orders_clean");
+    case.edit_pipeline("min_rows = 1000", "min_rows = 1000000");
+    let store = Arc::new(CountingStore::default());
+    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    let summary = run(&backfill, &["2024-01-01"], &quick_retries(3)).await;
+    assert_eq!(summary.outcomes[0].attempts, 1, "{summary:#?}");
+    assert!(matches!(
+        summary.outcomes[0].status,
+        SliceStatus::Failed {
+            fault: backfill_engine::Fault::Data,
+            ..
+        }
+    ));
 }
