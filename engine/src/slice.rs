@@ -118,7 +118,7 @@ pub fn cut(
             // Time slices run in time order whatever order their keys were given in;
             // list slices keep the order of their list.
             if kind != SliceKind::List {
-                slices.sort_by(|a, b| a.window.cmp(&b.window));
+                slices.sort_by_key(|slice| slice.window);
             }
             Ok(slices)
         }
