@@ -92,6 +92,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the runs of this pipeline recorded next to its destination table.
+    History {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run: what it was asked to do and every slice attempt it made.
+    Show {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The run id, as `history` lists it.
+        run: String,
+        #[command(flatten)]
+        overrides: Overrides,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a deterministic fixture bucket of hive-partitioned Parquet (orders,
     /// customers, events, signups). Without options, the bundled one.
     Fixtures {
@@ -258,6 +278,33 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         } => {
             let backfill = open(&pipeline, &overrides).await?;
             output::status(&backfill.ledger().await?, json)?;
+        }
+        Command::History {
+            pipeline,
+            overrides,
+            json,
+        } => {
+            let backfill = open(&pipeline, &overrides).await?;
+            output::history(
+                &backfill.history().runs(&backfill.pipeline().name).await?,
+                json,
+            )?;
+        }
+        Command::Show {
+            pipeline,
+            run,
+            overrides,
+            json,
+        } => {
+            let backfill = open(&pipeline, &overrides).await?;
+            let record = backfill.history().run(&run).await?;
+            let record = record.ok_or_else(|| {
+                backfill_engine::Error::config(
+                    "RUN",
+                    format!("no run `{run}` in the history of this destination"),
+                )
+            })?;
+            output::show(&record, json)?;
         }
         Command::Fixtures {
             out,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use backfill_engine::history::RunRecord;
 use backfill_engine::ledger::Ledger;
 use backfill_engine::run::{Reporter, SliceOutcome, SliceStatus};
 use backfill_engine::{Backfill, PlannedSlice, RunSummary, SliceState};
@@ -141,6 +142,74 @@ pub fn status(ledger: &Ledger, json: bool) -> anyhow::Result<()> {
         );
     }
     println!("{} committed slices", committed.len());
+    Ok(())
+}
+
+pub fn history(runs: &[RunRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(runs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<21} {:>6} {:>9} {:>7} {:>6}  selection",
+        "run", "started", "slices", "committed", "skipped", "failed"
+    );
+    for run in runs {
+        let started = run.header.started_at.format("%Y-%m-%d %H:%M:%SZ");
+        let counts = match &run.end {
+            Some(end) => format!("{:>9} {:>7} {:>6}", end.committed, end.skipped, end.failed),
+            None => format!("{:>24}", "(did not finish)"),
+        };
+        println!(
+            "{:<24} {started:<21} {:>6} {counts}  {}",
+            run.header.run_id, run.header.slices, run.header.selection
+        );
+    }
+    println!("{} runs", runs.len());
+    Ok(())
+}
+
+pub fn show(run: &RunRecord, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(run)?);
+        return Ok(());
+    }
+    let header = &run.header;
+    println!(
+        "run {} of {}: {} ({} slices)",
+        header.run_id, header.pipeline, header.selection, header.slices
+    );
+    println!(
+        "  started {}, force {}, concurrency {}, retries {}",
+        header.started_at.format("%Y-%m-%d %H:%M:%SZ"),
+        header.force,
+        header.concurrency,
+        header.retries
+    );
+    match &run.end {
+        Some(end) => println!(
+            "  ended {}: {} committed, {} skipped, {} failed",
+            end.ended_at.format("%Y-%m-%d %H:%M:%SZ"),
+            end.committed,
+            end.skipped,
+            end.failed
+        ),
+        None => println!("  did not finish (still running, or interrupted)"),
+    }
+    for attempt in &run.attempts {
+        let took = human_duration(attempt.duration_ms);
+        let what = match &attempt.status {
+            SliceStatus::Committed { version, rows, .. } => {
+                format!("committed {rows} rows, version {version}")
+            }
+            SliceStatus::Skipped => "skipped".to_string(),
+            SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
+        };
+        println!(
+            "  {:<16} attempt {} {took:>8}  {what}",
+            attempt.slice, attempt.attempt
+        );
+    }
     Ok(())
 }
 

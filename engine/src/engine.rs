@@ -135,6 +135,11 @@ impl Backfill {
         slice::cut(spec.kind, &spec.columns, selection, spec.keys.as_deref())
     }
 
+    /// The run history kept next to the destination table.
+    pub fn history(&self) -> crate::history::History {
+        crate::history::History::new(self.sink.store())
+    }
+
     /// What the destination's Delta log records for this pipeline.
     pub async fn ledger(&self) -> Result<Ledger> {
         Ledger::read(self.sink.table().await.as_ref(), &self.pipeline.name).await

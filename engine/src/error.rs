@@ -43,7 +43,8 @@ pub enum Error {
 }
 
 /// Who has to act for an error to go away; the CLI's exit code follows from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// The pipeline file, the SQL or the command line.
     User,

@@ -12,6 +12,7 @@ pub mod assertions;
 mod engine;
 pub mod error;
 pub mod fixtures;
+pub mod history;
 pub mod ledger;
 pub mod pipeline;
 pub mod run;

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::assertions;
 use crate::engine::{Backfill, SliceState};
 use crate::error::{Error, Fault, Result, ResultExt};
+use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Ledger, SliceRecord};
 use crate::slice::{Selection, Slice};
 
@@ -81,7 +82,7 @@ pub struct SliceOutcome {
     pub attempts: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum SliceStatus {
     /// Published in table version `version`.
@@ -89,23 +90,7 @@ pub enum SliceStatus {
     /// Already done with unchanged inputs.
     Skipped,
     /// Nothing was committed; `fault` says whose move it is.
-    Failed {
-        error: String,
-        #[serde(serialize_with = "serialize_fault")]
-        fault: Fault,
-    },
-}
-
-fn serialize_fault<S: serde::Serializer>(
-    fault: &Fault,
-    serializer: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    serializer.serialize_str(match fault {
-        Fault::User => "user",
-        Fault::Data => "data",
-        Fault::Environment => "environment",
-        Fault::Internal => "internal",
-    })
+    Failed { error: String, fault: Fault },
 }
 
 /// The result of a run: every selected slice's outcome, in slice order.
@@ -140,25 +125,32 @@ impl Backfill {
         if options.newest_first {
             slices.reverse();
         }
-        let ledger = Arc::new(self.ledger().await?);
         let run_id = new_run_id();
+        let run = Arc::new(RunContext {
+            ledger: self.ledger().await?,
+            history: History::new(self.sink.store()),
+            run_id: run_id.clone(),
+        });
+        let header = RunHeader::new(
+            &run_id,
+            &self.pipeline.name,
+            describe(selection),
+            slices.len(),
+            options,
+        );
+        run.history.start(&header).await?;
         reporter.run_started(&run_id, slices.len());
         let mut outcomes: Vec<(usize, SliceOutcome)> =
             futures::stream::iter(slices.into_iter().enumerate())
                 .map(|(index, slice)| {
-                    let (this, ledger, reporter, run_id, options) = (
-                        self.clone(),
-                        ledger.clone(),
-                        reporter.clone(),
-                        run_id.clone(),
-                        options.clone(),
-                    );
+                    let (this, run, reporter, options) =
+                        (self.clone(), run.clone(), reporter.clone(), options.clone());
                     // Each slice on its own task, so slices compute on all cores at once.
                     tokio::spawn(async move {
                         reporter.slice_started(&slice.key);
                         let started = Instant::now();
                         let (status, attempts) =
-                            this.attempt_slice(&slice, &ledger, &run_id, &options).await;
+                            this.attempt_slice(&slice, index, &run, &options).await;
                         let outcome = SliceOutcome {
                             slice: slice.key,
                             status,
@@ -179,11 +171,19 @@ impl Backfill {
                 .collect::<Result<_>>()?;
         // Slices finish in any order; the summary lists them in slice order.
         outcomes.sort_by_key(|(index, _)| *index);
-        Ok(RunSummary {
+        let summary = RunSummary {
             run_id,
             pipeline: self.pipeline.name.clone(),
             outcomes: outcomes.into_iter().map(|(_, outcome)| outcome).collect(),
-        })
+        };
+        let end = RunEnd {
+            ended_at: chrono::Utc::now(),
+            committed: summary.count(|s| matches!(s, SliceStatus::Committed { .. })),
+            skipped: summary.count(|s| matches!(s, SliceStatus::Skipped)),
+            failed: summary.failed(),
+        };
+        run.history.end(&summary.run_id, &end).await?;
+        Ok(summary)
     }
 
     /// Runs a slice until it succeeds, fails for a reason retrying cannot fix, or has used
@@ -191,15 +191,21 @@ impl Backfill {
     async fn attempt_slice(
         &self,
         slice: &Slice,
-        ledger: &Ledger,
-        run_id: &str,
+        index: usize,
+        run: &RunContext,
         options: &RunOptions,
     ) -> (SliceStatus, u32) {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let started = Instant::now();
-            let running = self.run_slice(slice.clone(), ledger, run_id, options.force, started);
+            let running = self.run_slice(
+                slice.clone(),
+                &run.ledger,
+                &run.run_id,
+                options.force,
+                started,
+            );
             let result = match options.slice_timeout {
                 None => running.await,
                 Some(limit) => tokio::time::timeout(limit, running)
@@ -211,23 +217,35 @@ impl Backfill {
                         ))
                     }),
             };
-            match result {
-                Ok(status) => return (status, attempt),
-                Err(error) if error.fault() == Fault::Environment && attempt <= options.retries => {
-                    let wait = backoff(options.backoff, attempt);
-                    tracing::warn!(slice = %slice.key, attempt, "retrying in {wait:?} after: {error}");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(error) => {
-                    return (
-                        SliceStatus::Failed {
-                            error: error.to_string(),
-                            fault: error.fault(),
-                        },
-                        attempt,
-                    )
-                }
+            let status = result.unwrap_or_else(|error| SliceStatus::Failed {
+                error: error.to_string(),
+                fault: error.fault(),
+            });
+            let record = Attempt {
+                slice: slice.key.clone(),
+                attempt,
+                status: status.clone(),
+                duration_ms: millis(started.elapsed()),
+                finished_at: chrono::Utc::now(),
+            };
+            if let Err(error) = run.history.attempt(&run.run_id, index, &record).await {
+                // The Delta log, not the history, says what is done: losing this record
+                // loses a line of history, never data.
+                tracing::warn!(slice = %slice.key, "could not record the attempt in the run history: {error}");
             }
+            let transient = matches!(
+                status,
+                SliceStatus::Failed {
+                    fault: Fault::Environment,
+                    ..
+                }
+            );
+            if !transient || attempt > options.retries {
+                return (status, attempt);
+            }
+            let wait = backoff(options.backoff, attempt);
+            tracing::warn!(slice = %slice.key, attempt, "retrying in {wait:?} after a transient failure");
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -325,6 +343,23 @@ impl Backfill {
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let doubled = base.saturating_mul(1 << (attempt - 1).min(16));
     doubled.mul_f64(rand::Rng::random_range(&mut rand::rng(), 0.5..1.5))
+}
+
+/// What every slice of one run shares.
+struct RunContext {
+    run_id: String,
+    /// The Delta log's records as the run started.
+    ledger: Ledger,
+    history: History,
+}
+
+/// A selection as people write it, for the run history.
+fn describe(selection: &Selection) -> String {
+    match selection {
+        Selection::Range { start, end } => format!("{start}..{end}"),
+        Selection::Keys(keys) if keys.is_empty() => "the pipeline's keys".to_string(),
+        Selection::Keys(keys) => keys.join(","),
+    }
 }
 
 fn new_run_id() -> String {

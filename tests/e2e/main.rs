@@ -148,9 +148,14 @@ async fn first_run_failing_every_slice_creates_no_table() {
         !case.table.join("_delta_log").exists(),
         "nothing may be committed"
     );
+    assert_eq!(case.data_files(), Vec::<String>::new());
+    let history = case
+        .scratch
+        .files_under("warehouse/orders_clean/_backfill/runs");
     assert_eq!(
-        case.scratch.files_under("warehouse/orders_clean"),
-        Vec::<String>::new()
+        history.len(),
+        3,
+        "the run's header, its one attempt and its end: {history:?}"
     );
 }
 
@@ -368,7 +373,7 @@ async fn rows_outside_the_slice_partition_commit_nothing() {
     );
     assert!(!case.table.join("_delta_log").exists());
     assert_eq!(
-        case.scratch.files_under("warehouse/orders_clean"),
+        case.data_files(),
         Vec::<String>::new(),
         "staged files were cleaned up"
     );
@@ -513,4 +518,45 @@ async fn timestamps_without_time_zone_keep_the_table_on_protocol_1_2() {
         .expected("SELECT min(ordered_at) AS first FROM orders WHERE dt = '2024-01-01'")
         .await;
     assert_eq!(stored, expected, "stored as the same UTC instants");
+}
+
+#[test]
+fn history_lists_runs_and_show_lists_their_attempts() {
+    let case = Case::new("orders_clean");
+    case.ok("run", &["--keys", "2024-01-01,2024-01-02"], 0);
+    case.edit_pipeline("min_rows = 1000", "min_rows = 1000000");
+    case.ok("run", &["--keys", "2024-01-01,2024-01-03"], 1);
+
+    let runs = case.json("history", &[], 0);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["selection"], "2024-01-01,2024-01-02");
+    assert_eq!(runs[0]["end"]["committed"], 2);
+    assert_eq!(
+        runs[1]["end"]["skipped"], 1,
+        "2024-01-01 is done: new checks do not change a slice"
+    );
+    assert_eq!(runs[1]["end"]["failed"], 1);
+    let second = runs[1]["run_id"].as_str().unwrap();
+
+    let shown = case.json("show", &[second], 0);
+    let attempts: Vec<(String, String)> = shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["slice"].as_str().unwrap().into(),
+                a["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        states(&[("2024-01-01", "skipped"), ("2024-01-03", "failed")])
+    );
+    assert!(shown["attempts"][1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("rows = 2000 < 1000000"));
 }

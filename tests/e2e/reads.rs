@@ -274,6 +274,26 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
         2,
         "one commit per slice, failed attempts commit nothing"
     );
+
+    // Every attempt is in the run history, the failed ones with their retry number.
+    let run = backfill
+        .history()
+        .run(&summary.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.attempts.len() as u32, attempts);
+    let failed: Vec<_> = run
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.status, SliceStatus::Failed { .. }))
+        .collect();
+    assert_eq!(failed.len() as u32, attempts - 3, "{:#?}", run.attempts);
+    assert!(run
+        .attempts
+        .iter()
+        .any(|a| a.attempt > 1 && matches!(a.status, SliceStatus::Committed { .. })));
+    assert_eq!(run.end.unwrap().committed, 3);
 }
 
 #[tokio::test]

@@ -234,6 +234,14 @@ impl Case {
         query_sources(&self.scratch.path("buckets/shop"), sql).await
     }
 
+    /// Files in the destination folder other than the run history.
+    pub fn data_files(&self) -> Vec<String> {
+        let relative = self.table.strip_prefix(self.scratch.dir.path()).unwrap();
+        let mut files = self.scratch.files_under(relative.to_str().unwrap());
+        files.retain(|file| !file.starts_with("_backfill/runs/"));
+        files
+    }
+
     pub async fn version(&self) -> u64 {
         version(&self.table).await
     }

@@ -108,6 +108,11 @@ impl Sink {
         })
     }
 
+    /// The object store rooted at the destination table.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// The table as it is now, or `None` if nothing was ever committed.
     pub async fn table(&self) -> Option<DeltaTable> {
         self.table.lock().await.clone()

@@ -1,0 +1,188 @@
+//! Run history: what every run did, kept next to the data.
+//!
+//! Each run writes small immutable JSON objects under the destination's `_backfill/runs/`
+//! (a folder Delta readers ignore and vacuum never touches): `<run>/run.json` when it
+//! starts, `<run>/attempts/<slice>-<attempt>.json` as each slice attempt ends, and
+//! `<run>/end.json` when it ends. Anyone who can read the table can read its history; a
+//! crash loses at most the attempts in flight. This module writes nothing but these
+//! objects, and never anything a Delta reader sees. Whether a slice is done is never
+//! decided here: that is the Delta log's job ([`crate::ledger`]).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, ResultExt};
+use crate::run::{RunOptions, SliceStatus};
+
+const RUNS: &str = "_backfill/runs";
+
+/// What a run was asked to do, written when it starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHeader {
+    pub run_id: String,
+    pub pipeline: String,
+    /// The selection as given: `2024-01-01..2024-01-31` or the keys.
+    pub selection: String,
+    pub slices: usize,
+    pub force: bool,
+    pub concurrency: usize,
+    pub retries: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// One attempt at one slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub slice: String,
+    /// 1 for the first attempt, 2 for the first retry, ...
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub status: SliceStatus,
+    pub duration_ms: u64,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// How a run ended, written when it ends; absent if it crashed or is still running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEnd {
+    pub ended_at: DateTime<Utc>,
+    pub committed: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+/// A run as read back: its header, its attempts in order, and its end if it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    #[serde(flatten)]
+    pub header: RunHeader,
+    pub end: Option<RunEnd>,
+    pub attempts: Vec<Attempt>,
+}
+
+/// The history of the runs against one destination.
+#[derive(Clone)]
+pub struct History {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl History {
+    /// The history kept in `store`, the destination table's root.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        History { store }
+    }
+
+    pub async fn start(&self, header: &RunHeader) -> Result<()> {
+        self.put(&run_path(&header.run_id, "run.json"), header)
+            .await
+    }
+
+    /// Records an attempt; `index` is the slice's position in the run, which keeps names
+    /// unique whatever characters a slice key holds.
+    pub async fn attempt(&self, run_id: &str, index: usize, attempt: &Attempt) -> Result<()> {
+        let name = format!("attempts/{index:06}-{:03}.json", attempt.attempt);
+        self.put(&run_path(run_id, &name), attempt).await
+    }
+
+    pub async fn end(&self, run_id: &str, end: &RunEnd) -> Result<()> {
+        self.put(&run_path(run_id, "end.json"), end).await
+    }
+
+    /// Every run of `pipeline`, oldest first.
+    pub async fn runs(&self, pipeline: &str) -> Result<Vec<RunRecord>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&Path::from(RUNS)))
+            .await
+            .context(|| "listing run history".into())?;
+        let mut runs = Vec::new();
+        for folder in listed.common_prefixes {
+            let Some(run_id) = folder.filename() else {
+                continue;
+            };
+            if let Some(run) = self.run(run_id).await? {
+                if run.header.pipeline == pipeline {
+                    runs.push(run);
+                }
+            }
+        }
+        runs.sort_by(|a, b| a.header.started_at.cmp(&b.header.started_at));
+        Ok(runs)
+    }
+
+    /// One run, or `None` if there is no such run.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let Some(header) = self.get::<RunHeader>(&run_path(run_id, "run.json")).await? else {
+            return Ok(None);
+        };
+        let end = self.get::<RunEnd>(&run_path(run_id, "end.json")).await?;
+        let prefix = run_path(run_id, "attempts");
+        let mut names: Vec<Path> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .context(|| format!("listing the attempts of run {run_id}"))?;
+        names.sort();
+        let mut attempts = Vec::with_capacity(names.len());
+        for name in names {
+            attempts.extend(self.get::<Attempt>(&name).await?);
+        }
+        Ok(Some(RunRecord {
+            header,
+            end,
+            attempts,
+        }))
+    }
+
+    async fn put<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).expect("history records serialize");
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .context(|| format!("writing {path}"))?;
+        Ok(())
+    }
+
+    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>> {
+        let bytes = match self.store.get(path).await {
+            Ok(found) => found.bytes().await.context(|| format!("reading {path}"))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(Error::execution(format!("reading {path}"), error)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::execution(format!("reading {path}"), e))
+    }
+}
+
+fn run_path(run_id: &str, name: &str) -> Path {
+    Path::from(format!("{RUNS}/{run_id}/{name}"))
+}
+
+impl RunHeader {
+    pub(crate) fn new(
+        run_id: &str,
+        pipeline: &str,
+        selection: String,
+        slices: usize,
+        options: &RunOptions,
+    ) -> Self {
+        RunHeader {
+            run_id: run_id.to_string(),
+            pipeline: pipeline.to_string(),
+            selection,
+            slices,
+            force: options.force,
+            concurrency: options.concurrency,
+            retries: options.retries,
+            started_at: Utc::now(),
+        }
+    }
+}
