@@ -111,7 +111,7 @@ impl History {
                 }
             }
         }
-        runs.sort_by(|a, b| a.header.started_at.cmp(&b.header.started_at));
+        runs.sort_by_key(|run| run.header.started_at);
         Ok(runs)
     }
 
