@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backfill_engine::pipeline::{self, location_to_url};
-use backfill_engine::{Backfill, Fault, OpenOptions, RunOptions, Selection};
+use backfill_engine::{Backfill, Fault, OpenOptions, Reprocess, RunOptions, Selection};
 use clap::{Args, Parser, Subcommand};
 
 /// Replays a pipeline over history into a Delta table, one checked, atomic commit per slice.
@@ -40,30 +40,34 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
-    /// Show the selected slices and each one's state in the destination's Delta log:
-    /// done, missing, or changed (source files or SQL differ from the commit's record).
+    /// Show the selected slices, each one's state, and whether `run` with the same options
+    /// would run it. The destination's Delta log says which slices are done, changed
+    /// (source files or SQL differ from the commit's record) or missing; a missing slice
+    /// whose last attempt failed is failed.
     Plan {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
         #[command(flatten)]
         selection: SelectionArgs,
         #[command(flatten)]
+        choice: ChoiceArgs,
+        #[command(flatten)]
         overrides: Overrides,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Run the missing and changed slices of the selection (all of them with --force).
+    /// Run the slices of the selection that are missing, changed or failed (or the
+    /// states --reprocess chooses; all of them with --force).
     Run {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
         #[command(flatten)]
         selection: SelectionArgs,
         #[command(flatten)]
+        choice: ChoiceArgs,
+        #[command(flatten)]
         overrides: Overrides,
-        /// Redo slices that are already done (still one atomic commit each, no duplicates).
-        #[arg(long)]
-        force: bool,
         /// Slices in flight at once [default: the number of cores].
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         concurrency: Option<u16>,
@@ -130,6 +134,44 @@ enum Command {
 enum Order {
     Asc,
     Desc,
+}
+
+/// Which states of slices to run.
+#[derive(Args)]
+struct ChoiceArgs {
+    /// The states to run, comma-separated [default: missing,changed,failed].
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "force")]
+    reprocess: Vec<State>,
+    /// Redo every selected slice, done ones too (still one atomic commit each, no
+    /// duplicates); the same as --reprocess all.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum State {
+    Missing,
+    Changed,
+    Failed,
+    All,
+}
+
+impl ChoiceArgs {
+    fn reprocess(&self) -> Reprocess {
+        if self.force || self.reprocess.contains(&State::All) {
+            return Reprocess::ALL;
+        }
+        if self.reprocess.is_empty() {
+            return Reprocess::default();
+        }
+        let has = |state| self.reprocess.contains(&state);
+        Reprocess {
+            missing: has(State::Missing),
+            changed: has(State::Changed),
+            failed: has(State::Failed),
+            done: false,
+        }
+    }
 }
 
 /// Which slices: an inclusive range, or keys.
@@ -228,23 +270,22 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         Command::Plan {
             pipeline,
             selection,
+            choice,
             overrides,
             json,
         } => {
             let backfill = open(&pipeline, &overrides).await?;
+            let concurrency = backfill_engine::run::default_concurrency();
             let planned = backfill
-                .plan(
-                    &selection.selection(),
-                    backfill_engine::run::default_concurrency(),
-                )
+                .plan(&selection.selection(), choice.reprocess(), concurrency)
                 .await?;
             output::plan(&planned, json)?;
         }
         Command::Run {
             pipeline,
             selection,
+            choice,
             overrides,
-            force,
             concurrency,
             retries,
             slice_timeout,
@@ -253,7 +294,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         } => {
             let backfill = Arc::new(open(&pipeline, &overrides).await?);
             let options = RunOptions {
-                force,
+                reprocess: choice.reprocess(),
                 concurrency: concurrency
                     .map_or_else(backfill_engine::run::default_concurrency, usize::from),
                 retries,

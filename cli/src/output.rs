@@ -44,6 +44,7 @@ pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
                 json!({
                     "slice": p.slice.key,
                     "state": p.state,
+                    "will_run": p.will_run,
                     "source_files": p.files.len(),
                     "source_bytes": p.files.iter().map(|f| f.size).sum::<u64>(),
                     "source_fingerprint": p.source_fingerprint,
@@ -54,12 +55,13 @@ pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<8} {:>6} {:>10}  detail",
-        "slice", "state", "files", "bytes"
+        "{:<16} {:<8} {:<4} {:>6} {:>10}  detail",
+        "slice", "state", "run", "files", "bytes"
     );
     for p in planned {
         let detail = match &p.state {
             SliceState::Missing => String::new(),
+            SliceState::Failed { run_id, error } => format!("run {run_id}: {error}"),
             SliceState::Done { committed } => committed_detail(committed),
             SliceState::Changed { committed, what } => format!(
                 "{} changed; {}",
@@ -69,9 +71,10 @@ pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
         };
         let bytes: u64 = p.files.iter().map(|f| f.size).sum();
         let line = format!(
-            "{:<16} {:<8} {:>6} {:>10}  {detail}",
+            "{:<16} {:<8} {:<4} {:>6} {:>10}  {detail}",
             p.slice.key,
             p.state.name(),
+            if p.will_run { "yes" } else { "no" },
             p.files.len(),
             human_bytes(bytes)
         );
@@ -79,11 +82,13 @@ pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
     }
     let count = |name: &str| planned.iter().filter(|p| p.state.name() == name).count();
     println!(
-        "{} slices: {} done, {} missing, {} changed",
+        "{} slices: {} done, {} missing, {} changed, {} failed; a run would run {}",
         planned.len(),
         count("done"),
         count("missing"),
-        count("changed")
+        count("changed"),
+        count("failed"),
+        planned.iter().filter(|p| p.will_run).count()
     );
     Ok(())
 }
@@ -101,12 +106,12 @@ fn committed_detail(committed: &backfill_engine::ledger::Committed) -> String {
 
 pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     let committed = summary.count(|s| matches!(s, SliceStatus::Committed { .. }));
-    let skipped = summary.count(|s| matches!(s, SliceStatus::Skipped));
+    let skipped = summary.count(|s| matches!(s, SliceStatus::Skipped { .. }));
     if json {
         println!("{}", serde_json::to_string_pretty(summary)?);
     } else {
         println!(
-            "run {}: {} slices, {committed} committed, {skipped} skipped (already done), {} failed",
+            "run {}: {} slices, {committed} committed, {skipped} skipped, {} failed",
             summary.run_id,
             summary.outcomes.len(),
             summary.failed()
@@ -180,9 +185,9 @@ pub fn show(run: &RunRecord, json: bool) -> anyhow::Result<()> {
         header.run_id, header.pipeline, header.selection, header.slices
     );
     println!(
-        "  started {}, force {}, concurrency {}, retries {}",
+        "  started {}, reprocess {}, concurrency {}, retries {}",
         header.started_at.format("%Y-%m-%d %H:%M:%SZ"),
-        header.force,
+        header.reprocess.join(","),
         header.concurrency,
         header.retries
     );
@@ -202,7 +207,7 @@ pub fn show(run: &RunRecord, json: bool) -> anyhow::Result<()> {
             SliceStatus::Committed { version, rows, .. } => {
                 format!("committed {rows} rows, version {version}")
             }
-            SliceStatus::Skipped => "skipped".to_string(),
+            SliceStatus::Skipped { state } => format!("skipped ({state})"),
             SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
         };
         println!(
@@ -261,9 +266,7 @@ impl Reporter for Progress {
                     human_bytes(*bytes)
                 )
             }
-            SliceStatus::Skipped => {
-                format!("{:<16} skipped   (done, inputs unchanged)", outcome.slice)
-            }
+            SliceStatus::Skipped { state } => format!("{:<16} skipped   ({state})", outcome.slice),
             SliceStatus::Failed { error, .. } => {
                 format!("{:<16} FAILED    {took:>8}  {error}", outcome.slice)
             }

@@ -17,10 +17,12 @@ use serde::Serialize;
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{Committed, Ledger};
 use crate::pipeline::{Assertion, Pipeline};
+use crate::run::SliceStatus;
 use crate::sink::Sink;
 use crate::slice::{self, Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
 use crate::template;
+use std::collections::HashMap;
 
 /// A pipeline, opened: sources resolved, SQL planned, destination checked.
 pub struct Backfill {
@@ -48,6 +50,67 @@ impl Default for OpenOptions {
     }
 }
 
+/// Which states of slices a run (re)processes; `plan` shows the same choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reprocess {
+    pub missing: bool,
+    pub changed: bool,
+    pub failed: bool,
+    /// Slices that are done, with unchanged inputs (`--force`).
+    pub done: bool,
+}
+
+impl Default for Reprocess {
+    /// Everything that is not done.
+    fn default() -> Self {
+        Reprocess {
+            missing: true,
+            changed: true,
+            failed: true,
+            done: false,
+        }
+    }
+}
+
+impl Reprocess {
+    pub const ALL: Reprocess = Reprocess {
+        missing: true,
+        changed: true,
+        failed: true,
+        done: true,
+    };
+    pub const NOTHING: Reprocess = Reprocess {
+        missing: false,
+        changed: false,
+        failed: false,
+        done: false,
+    };
+
+    /// The chosen states, for people: `missing, changed, failed`.
+    pub fn names(&self) -> Vec<&'static str> {
+        let chosen = [
+            (self.missing, "missing"),
+            (self.changed, "changed"),
+            (self.failed, "failed"),
+            (self.done, "done"),
+        ];
+        chosen
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    pub fn wants(&self, state: &SliceState) -> bool {
+        match state {
+            SliceState::Missing => self.missing,
+            SliceState::Failed { .. } => self.failed,
+            SliceState::Changed { .. } => self.changed,
+            SliceState::Done { .. } => self.done,
+        }
+    }
+}
+
 /// A slice with its plan: the SQL as rendered, the files it reads, and its state.
 pub struct PlannedSlice {
     pub slice: Slice,
@@ -55,6 +118,8 @@ pub struct PlannedSlice {
     pub files: Vec<SourceFile>,
     pub source_fingerprint: String,
     pub state: SliceState,
+    /// Whether a run with the same `Reprocess` choice runs this slice.
+    pub will_run: bool,
     pub(crate) ctx: SessionContext,
     pub(crate) plan: Arc<dyn ExecutionPlan>,
 }
@@ -65,6 +130,8 @@ pub struct PlannedSlice {
 pub enum SliceState {
     /// Never committed.
     Missing,
+    /// Never committed, and its last recorded attempt failed.
+    Failed { run_id: String, error: String },
     /// Committed, and its source files and SQL are the ones recorded.
     Done { committed: Box<Committed> },
     /// Committed, but its source files or SQL differ from what the commit recorded.
@@ -78,6 +145,7 @@ impl SliceState {
     pub fn name(&self) -> &'static str {
         match self {
             SliceState::Missing => "missing",
+            SliceState::Failed { .. } => "failed",
             SliceState::Done { .. } => "done",
             SliceState::Changed { .. } => "changed",
         }
@@ -85,7 +153,7 @@ impl SliceState {
 
     pub fn committed(&self) -> Option<&Committed> {
         match self {
-            SliceState::Missing => None,
+            SliceState::Missing | SliceState::Failed { .. } => None,
             SliceState::Done { committed } | SliceState::Changed { committed, .. } => {
                 Some(committed)
             }
@@ -145,23 +213,56 @@ impl Backfill {
         Ledger::read(self.sink.table().await.as_ref(), &self.pipeline.name).await
     }
 
-    /// Plans every slice of a selection and tells its state, `concurrency` at a time.
+    /// What is known of the slices before a run: the Delta log's records, and from the
+    /// run history the slices whose last attempt failed.
+    pub(crate) async fn known(&self) -> Result<Known> {
+        let ledger = self.ledger().await?;
+        let mut last_failures = HashMap::new();
+        for run in self.history().runs(&self.pipeline.name).await? {
+            for attempt in run.attempts {
+                // A skipped attempt says nothing new about the slice: only a commit ends
+                // a failure.
+                match attempt.status {
+                    SliceStatus::Failed { error, .. } => {
+                        last_failures.insert(attempt.slice, (run.header.run_id.clone(), error));
+                    }
+                    SliceStatus::Committed { .. } => {
+                        last_failures.remove(&attempt.slice);
+                    }
+                    SliceStatus::Skipped { .. } => {}
+                }
+            }
+        }
+        Ok(Known {
+            ledger,
+            last_failures,
+        })
+    }
+
+    /// Plans every slice of a selection and tells its state and whether a run with the
+    /// same `reprocess` choice would run it, `concurrency` at a time.
     pub async fn plan(
         &self,
         selection: &Selection,
+        reprocess: Reprocess,
         concurrency: usize,
     ) -> Result<Vec<PlannedSlice>> {
         let slices = self.slices(selection)?;
-        let ledger = self.ledger().await?;
+        let known = self.known().await?;
         futures::stream::iter(slices)
-            .map(|slice| self.plan_slice(slice, &ledger))
+            .map(|slice| self.plan_slice(slice, &known, reprocess))
             .buffered(concurrency.max(1))
             .try_collect()
             .await
     }
 
     /// Renders and plans one slice's SQL; the physical plan names the files it reads.
-    pub(crate) async fn plan_slice(&self, slice: Slice, ledger: &Ledger) -> Result<PlannedSlice> {
+    pub(crate) async fn plan_slice(
+        &self,
+        slice: Slice,
+        known: &Known,
+        reprocess: Reprocess,
+    ) -> Result<PlannedSlice> {
         let sql = template::render(
             &self.pipeline.sql,
             &slice.variables(),
@@ -203,8 +304,14 @@ impl Backfill {
         let plan = frame.create_physical_plan().await.context(context)?;
         let files = source::scanned_files(&plan);
         let source_fingerprint = source::fingerprint_files(&files);
-        let state = match ledger.get(&slice.key) {
-            None => SliceState::Missing,
+        let state = match known.ledger.get(&slice.key) {
+            None => match known.last_failures.get(&slice.key) {
+                Some((run_id, error)) => SliceState::Failed {
+                    run_id: run_id.clone(),
+                    error: error.clone(),
+                },
+                None => SliceState::Missing,
+            },
             Some(committed) => {
                 let mut what = Vec::new();
                 if committed.record.source_fingerprint != source_fingerprint {
@@ -226,11 +333,19 @@ impl Backfill {
             sql,
             files,
             source_fingerprint,
+            will_run: reprocess.wants(&state),
             state,
             ctx,
             plan,
         })
     }
+}
+
+/// What is known of a selection's slices before running them.
+pub(crate) struct Known {
+    pub(crate) ledger: Ledger,
+    /// Slices whose last recorded attempt failed: the run and the error.
+    pub(crate) last_failures: HashMap<String, (String, String)>,
 }
 
 /// A slice to plan the SQL with when validating: any will do, as planning reads no data.

@@ -29,7 +29,8 @@ pub struct RunHeader {
     /// The selection as given: `2024-01-01..2024-01-31` or the keys.
     pub selection: String,
     pub slices: usize,
-    pub force: bool,
+    /// The states of slices the run chose to run.
+    pub reprocess: Vec<String>,
     pub concurrency: usize,
     pub retries: u32,
     pub started_at: DateTime<Utc>,
@@ -179,7 +180,12 @@ impl RunHeader {
             pipeline: pipeline.to_string(),
             selection,
             slices,
-            force: options.force,
+            reprocess: options
+                .reprocess
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
             concurrency: options.concurrency,
             retries: options.retries,
             started_at: Utc::now(),

@@ -21,7 +21,7 @@ pub mod slice;
 pub mod source;
 pub mod template;
 
-pub use engine::{Backfill, OpenOptions, PlannedSlice, SliceState};
+pub use engine::{Backfill, OpenOptions, PlannedSlice, Reprocess, SliceState};
 pub use error::{Error, Fault, Result};
 pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome, SliceStatus};
 pub use slice::Selection;

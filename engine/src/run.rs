@@ -17,17 +17,17 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::assertions;
-use crate::engine::{Backfill, SliceState};
+use crate::engine::{Backfill, Known, Reprocess};
 use crate::error::{Error, Fault, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
-use crate::ledger::{Ledger, SliceRecord};
+use crate::ledger::SliceRecord;
 use crate::slice::{Selection, Slice};
 
 /// How a run behaves, beyond which slices it runs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Redo slices that are already done.
-    pub force: bool,
+    /// Which slices to run, by their state.
+    pub reprocess: Reprocess,
     /// Slices in flight at once.
     pub concurrency: usize,
     /// Further attempts for a slice that failed for a transient reason.
@@ -43,7 +43,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            force: false,
+            reprocess: Reprocess::default(),
             concurrency: default_concurrency(),
             retries: 2,
             backoff: Duration::from_secs(1),
@@ -87,8 +87,8 @@ pub struct SliceOutcome {
 pub enum SliceStatus {
     /// Published in table version `version`.
     Committed { version: u64, rows: u64, bytes: u64 },
-    /// Already done with unchanged inputs.
-    Skipped,
+    /// Not run: its state (`done`, or one not chosen by `Reprocess`).
+    Skipped { state: String },
     /// Nothing was committed; `fault` says whose move it is.
     Failed { error: String, fault: Fault },
 }
@@ -112,7 +112,7 @@ impl RunSummary {
 }
 
 impl Backfill {
-    /// Runs the selected slices that are missing or changed (all of them with `force`).
+    /// Runs the selected slices whose state `options.reprocess` chooses.
     /// Errors in the selection come back before anything runs; a slice's own failure
     /// is in its outcome, and the other slices go on.
     pub async fn run(
@@ -127,7 +127,7 @@ impl Backfill {
         }
         let run_id = new_run_id();
         let run = Arc::new(RunContext {
-            ledger: self.ledger().await?,
+            known: self.known().await?,
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
         });
@@ -179,7 +179,7 @@ impl Backfill {
         let end = RunEnd {
             ended_at: chrono::Utc::now(),
             committed: summary.count(|s| matches!(s, SliceStatus::Committed { .. })),
-            skipped: summary.count(|s| matches!(s, SliceStatus::Skipped)),
+            skipped: summary.count(|s| matches!(s, SliceStatus::Skipped { .. })),
             failed: summary.failed(),
         };
         run.history.end(&summary.run_id, &end).await?;
@@ -201,9 +201,9 @@ impl Backfill {
             let started = Instant::now();
             let running = self.run_slice(
                 slice.clone(),
-                &run.ledger,
+                &run.known,
                 &run.run_id,
-                options.force,
+                options.reprocess,
                 started,
             );
             let result = match options.slice_timeout {
@@ -252,14 +252,16 @@ impl Backfill {
     async fn run_slice(
         &self,
         slice: Slice,
-        ledger: &Ledger,
+        known: &Known,
         run_id: &str,
-        force: bool,
+        reprocess: Reprocess,
         started: Instant,
     ) -> Result<SliceStatus> {
-        let planned = self.plan_slice(slice, ledger).await?;
-        if !force && matches!(planned.state, SliceState::Done { .. }) {
-            return Ok(SliceStatus::Skipped);
+        let planned = self.plan_slice(slice, known, reprocess).await?;
+        if !planned.will_run {
+            return Ok(SliceStatus::Skipped {
+                state: planned.state.name().to_string(),
+            });
         }
         let slice = &planned.slice;
         let previous = planned.state.committed().map(|c| &c.record);
@@ -348,8 +350,8 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 /// What every slice of one run shares.
 struct RunContext {
     run_id: String,
-    /// The Delta log's records as the run started.
-    ledger: Ledger,
+    /// The Delta log's records and the failed slices, as the run started.
+    known: Known,
     history: History,
 }
 

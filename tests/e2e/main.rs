@@ -560,3 +560,85 @@ fn history_lists_runs_and_show_lists_their_attempts() {
         .unwrap()
         .contains("rows = 2000 < 1000000"));
 }
+
+#[test]
+fn reprocess_chooses_slices_by_state_and_plan_shows_the_choice() {
+    let case = Case::new("orders_clean");
+    case.edit_pipeline("rate = 0.05", "rate = 0.01");
+    let range = ["--start", "2024-01-08", "--end", "2024-01-10"];
+    let run = case.json("run", &range, 1);
+    assert_eq!(
+        statuses(&run),
+        ["committed", "failed", "committed"],
+        "2024-01-09 is the noisy day"
+    );
+
+    let plan = case.json("plan", &["--start", "2024-01-08", "--end", "2024-01-11"], 0);
+    assert_eq!(
+        slice_states(&plan),
+        states(&[
+            ("2024-01-08", "done"),
+            ("2024-01-09", "failed"),
+            ("2024-01-10", "done"),
+            ("2024-01-11", "missing")
+        ])
+    );
+    let will_run = |plan: &Value| {
+        plan.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["will_run"].as_bool().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(will_run(&plan), [false, true, false, true]);
+    assert!(plan[1]["state"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("null rate of amount"));
+
+    let only_missing = [
+        "--start",
+        "2024-01-08",
+        "--end",
+        "2024-01-11",
+        "--reprocess",
+        "missing",
+    ];
+    assert_eq!(
+        will_run(&case.json("plan", &only_missing, 0)),
+        [false, false, false, true]
+    );
+    let run = case.json("run", &only_missing, 0);
+    assert_eq!(
+        statuses(&run),
+        ["skipped", "skipped", "skipped", "committed"]
+    );
+    assert_eq!(
+        run["outcomes"][1]["state"], "failed",
+        "skipped because failed was not chosen"
+    );
+
+    case.edit_pipeline("rate = 0.01", "rate = 0.05");
+    let run = case.json(
+        "run",
+        &[
+            "--start",
+            "2024-01-08",
+            "--end",
+            "2024-01-11",
+            "--reprocess",
+            "failed",
+        ],
+        0,
+    );
+    assert_eq!(
+        statuses(&run),
+        ["skipped", "committed", "skipped", "skipped"]
+    );
+    let plan = case.json("plan", &["--start", "2024-01-08", "--end", "2024-01-11"], 0);
+    assert_eq!(
+        will_run(&plan),
+        [false, false, false, false],
+        "everything is done"
+    );
+}
