@@ -225,6 +225,22 @@ impl Overrides {
 enum Outcome {
     Success,
     SlicesFailed,
+    /// Stopped by Ctrl-C: 130, as shells report a command ended by SIGINT.
+    Interrupted,
+}
+
+/// First Ctrl-C: start no new slice and let those in flight finish. Second: abandon them.
+fn stop_on_ctrl_c(stop: backfill_engine::run::Stop) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.stop_starting();
+            eprintln!("stopping: no new slices start; slices in flight finish (Ctrl-C again to abandon them)");
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.abandon_in_flight();
+            eprintln!("abandoning the slices in flight: what they staged stays invisible");
+        }
+    });
 }
 
 fn main() -> ExitCode {
@@ -243,6 +259,7 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli.command)) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::SlicesFailed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(error) => {
             eprintln!("error: {error:#}");
             let user = error
@@ -302,12 +319,16 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
                 newest_first: order == Order::Desc,
                 ..RunOptions::default()
             };
+            stop_on_ctrl_c(options.stop.clone());
             let reporter = Arc::new(output::Progress::new(json));
             let summary = backfill
                 .run(&selection.selection(), &options, reporter.clone())
                 .await?;
             reporter.finish();
             output::summary(&summary, json)?;
+            if summary.stopped {
+                return Ok(Outcome::Interrupted);
+            }
             if summary.failed() > 0 {
                 return Ok(Outcome::SlicesFailed);
             }

@@ -113,9 +113,41 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
         println!(
             "run {}: {} slices, {committed} committed, {skipped} skipped, {} failed",
             summary.run_id,
-            summary.outcomes.len(),
+            match summary.not_started.len() {
+                0 => summary.outcomes.len().to_string(),
+                n => format!(
+                    "{} of {}",
+                    summary.outcomes.len(),
+                    summary.outcomes.len() + n
+                ),
+            },
             summary.failed()
         );
+        if summary.stopped {
+            // After a stop, say exactly what is in the table and what is not.
+            let keys = |matches: fn(&SliceStatus) -> bool| {
+                let keys: Vec<&str> = summary
+                    .outcomes
+                    .iter()
+                    .filter(|o| matches(&o.status))
+                    .map(|o| o.slice.as_str())
+                    .collect();
+                if keys.is_empty() {
+                    "none".to_string()
+                } else {
+                    keys.join(", ")
+                }
+            };
+            println!(
+                "stopped. committed: {}",
+                keys(|s| matches!(s, SliceStatus::Committed { .. }))
+            );
+            println!(
+                "not committed: {}",
+                keys(|s| matches!(s, SliceStatus::Failed { .. } | SliceStatus::Abandoned))
+            );
+            println!("not started: {}", summary.not_started.join(", "));
+        }
     }
     Ok(())
 }
@@ -209,6 +241,7 @@ pub fn show(run: &RunRecord, json: bool) -> anyhow::Result<()> {
             }
             SliceStatus::Skipped { state } => format!("skipped ({state})"),
             SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
+            SliceStatus::Abandoned => "abandoned".to_string(),
         };
         println!(
             "  {:<16} attempt {} {took:>8}  {what}",
@@ -267,6 +300,10 @@ impl Reporter for Progress {
                 )
             }
             SliceStatus::Skipped { state } => format!("{:<16} skipped   ({state})", outcome.slice),
+            SliceStatus::Abandoned => format!(
+                "{:<16} abandoned {took:>8}  (stopped; nothing committed)",
+                outcome.slice
+            ),
             SliceStatus::Failed { error, .. } => {
                 format!("{:<16} FAILED    {took:>8}  {error}", outcome.slice)
             }

@@ -229,7 +229,7 @@ impl Backfill {
                     SliceStatus::Committed { .. } => {
                         last_failures.remove(&attempt.slice);
                     }
-                    SliceStatus::Skipped { .. } => {}
+                    SliceStatus::Skipped { .. } | SliceStatus::Abandoned => {}
                 }
             }
         }

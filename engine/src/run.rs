@@ -20,8 +20,9 @@ use crate::assertions;
 use crate::engine::{Backfill, Known, Reprocess};
 use crate::error::{Error, Fault, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
-use crate::ledger::SliceRecord;
+use crate::ledger::{Ledger, SliceRecord};
 use crate::slice::{Selection, Slice};
+use tokio_util::sync::CancellationToken;
 
 /// How a run behaves, beyond which slices it runs.
 #[derive(Debug, Clone)]
@@ -38,6 +39,34 @@ pub struct RunOptions {
     pub slice_timeout: Option<Duration>,
     /// Run the newest slices first.
     pub newest_first: bool,
+    /// Lets another task stop the run (on Ctrl-C, say).
+    pub stop: Stop,
+}
+
+/// Stops a run in two steps: first no new slice starts and the ones in flight finish;
+/// then the ones in flight are abandoned. Either way nothing is half-written: a slice's
+/// commit is atomic, and what it staged stays invisible.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    starting: CancellationToken,
+    in_flight: CancellationToken,
+}
+
+impl Stop {
+    /// Start no new slice.
+    pub fn stop_starting(&self) {
+        self.starting.cancel();
+    }
+
+    /// Abandon the slices in flight too.
+    pub fn abandon_in_flight(&self) {
+        self.starting.cancel();
+        self.in_flight.cancel();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.starting.is_cancelled()
+    }
 }
 
 impl Default for RunOptions {
@@ -49,6 +78,7 @@ impl Default for RunOptions {
             backoff: Duration::from_secs(1),
             slice_timeout: None,
             newest_first: false,
+            stop: Stop::default(),
         }
     }
 }
@@ -91,14 +121,20 @@ pub enum SliceStatus {
     Skipped { state: String },
     /// Nothing was committed; `fault` says whose move it is.
     Failed { error: String, fault: Fault },
+    /// Left unfinished when the run was stopped; nothing was committed.
+    Abandoned,
 }
 
-/// The result of a run: every selected slice's outcome, in slice order.
+/// The result of a run: every started slice's outcome, in run order.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub run_id: String,
     pub pipeline: String,
     pub outcomes: Vec<SliceOutcome>,
+    /// Whether the run was stopped before it had started every slice.
+    pub stopped: bool,
+    /// The selected slices it never started, in run order.
+    pub not_started: Vec<String>,
 }
 
 impl RunSummary {
@@ -140,41 +176,53 @@ impl Backfill {
         );
         run.history.start(&header).await?;
         reporter.run_started(&run_id, slices.len());
-        let mut outcomes: Vec<(usize, SliceOutcome)> =
-            futures::stream::iter(slices.into_iter().enumerate())
-                .map(|(index, slice)| {
-                    let (this, run, reporter, options) =
-                        (self.clone(), run.clone(), reporter.clone(), options.clone());
-                    // Each slice on its own task, so slices compute on all cores at once.
-                    tokio::spawn(async move {
-                        reporter.slice_started(&slice.key);
-                        let started = Instant::now();
-                        let (status, attempts) =
-                            this.attempt_slice(&slice, index, &run, &options).await;
-                        let outcome = SliceOutcome {
-                            slice: slice.key,
-                            status,
-                            duration_ms: millis(started.elapsed()),
-                            attempts,
-                        };
-                        reporter.slice_finished(&outcome);
-                        (index, outcome)
-                    })
-                })
-                .buffer_unordered(options.concurrency.max(1))
-                .map(|joined| {
-                    joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
-                })
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_>>()?;
-        // Slices finish in any order; the summary lists them in slice order.
+        let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
+        let stop = options.stop.clone();
+        let mut outcomes: Vec<(usize, SliceOutcome)> = futures::stream::iter(
+            slices.into_iter().enumerate(),
+        )
+        // Asked each time a place frees up: once stopping, no new slice starts.
+        .take_while(move |_| std::future::ready(!stop.is_stopping()))
+        .map(|(index, slice)| {
+            let (this, run, reporter, options) =
+                (self.clone(), run.clone(), reporter.clone(), options.clone());
+            // Each slice on its own task, so slices compute on all cores at once.
+            tokio::spawn(async move {
+                reporter.slice_started(&slice.key);
+                let started = Instant::now();
+                let (status, attempts) = tokio::select! {
+                    finished = this.attempt_slice(&slice, index, &run, &options) => finished,
+                    _ = options.stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
+                };
+                let outcome = SliceOutcome {
+                    slice: slice.key,
+                    status,
+                    duration_ms: millis(started.elapsed()),
+                    attempts,
+                };
+                reporter.slice_finished(&outcome);
+                (index, outcome)
+            })
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .map(|joined| joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}"))))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+        // Slices finish in any order; the summary lists them in run order.
         outcomes.sort_by_key(|(index, _)| *index);
+        let mut outcomes: Vec<SliceOutcome> =
+            outcomes.into_iter().map(|(_, outcome)| outcome).collect();
+        if outcomes.iter().any(|o| o.status == SliceStatus::Abandoned) {
+            self.settle_abandoned(&mut outcomes, &run.run_id).await?;
+        }
         let summary = RunSummary {
             run_id,
             pipeline: self.pipeline.name.clone(),
-            outcomes: outcomes.into_iter().map(|(_, outcome)| outcome).collect(),
+            not_started: keys[outcomes.len()..].to_vec(),
+            stopped: options.stop.is_stopping() && outcomes.len() < keys.len(),
+            outcomes,
         };
         let end = RunEnd {
             ended_at: chrono::Utc::now(),
@@ -184,6 +232,29 @@ impl Backfill {
         };
         run.history.end(&summary.run_id, &end).await?;
         Ok(summary)
+    }
+
+    /// An abandoned slice may have committed just before it was dropped: the Delta log,
+    /// read afresh, says which did, so the summary tells exactly what is in the table.
+    async fn settle_abandoned(&self, outcomes: &mut [SliceOutcome], run_id: &str) -> Result<()> {
+        let ledger = Ledger::read(self.sink.reload().await?.as_ref(), &self.pipeline.name).await?;
+        for outcome in outcomes
+            .iter_mut()
+            .filter(|o| o.status == SliceStatus::Abandoned)
+        {
+            if let Some(committed) = ledger
+                .get(&outcome.slice)
+                .filter(|c| c.record.run_id == run_id)
+            {
+                let record = &committed.record;
+                outcome.status = SliceStatus::Committed {
+                    version: committed.version.unwrap_or_default(),
+                    rows: record.rows,
+                    bytes: record.bytes,
+                };
+            }
+        }
+        Ok(())
     }
 
     /// Runs a slice until it succeeds, fails for a reason retrying cannot fix, or has used

@@ -642,3 +642,64 @@ fn reprocess_chooses_slices_by_state_and_plan_shows_the_choice() {
         "everything is done"
     );
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_starting_slices_and_a_rerun_finishes_the_job() {
+    use std::io::{BufRead, BufReader};
+    let case = Case::new("orders_clean");
+    let range = ["--start", "2024-01-01", "--end", "2024-01-14"];
+    let args = case.args("run", &[&range[..], &["--concurrency", "1"]].concat());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap);
+    // Interrupt once the first slice has committed.
+    let mut output: Vec<String> = lines
+        .by_ref()
+        .take_while(|line| !line.contains(" committed "))
+        .collect();
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    output.extend(lines);
+    let output = output.join("\n");
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{output}");
+    assert!(
+        output.contains("stopped. committed: 2024-01-01"),
+        "{output}"
+    );
+    assert!(
+        output.contains("not started: ") && output.contains("2024-01-14"),
+        "{output}"
+    );
+    let committed = case.json("status", &[], 0).as_array().unwrap().len();
+    assert!(
+        (1..14).contains(&committed),
+        "{committed} slices committed before the stop"
+    );
+
+    let run = case.json("run", &range, 0);
+    assert_eq!(
+        statuses(&run).iter().filter(|s| *s == "committed").count(),
+        14 - committed
+    );
+    let stored = case
+        .stored("SELECT order_id, amount, dt FROM t ORDER BY order_id")
+        .await;
+    let expected = case
+        .expected("SELECT order_id, amount, dt FROM orders ORDER BY order_id")
+        .await;
+    assert_eq!(stored, expected, "the table an uninterrupted run gives");
+    assert_eq!(
+        case.version().await,
+        13,
+        "one commit per slice, no duplicates"
+    );
+}

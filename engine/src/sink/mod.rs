@@ -113,6 +113,25 @@ impl Sink {
         self.store.clone()
     }
 
+    /// Reads the table afresh from storage, for when this sink's view may be behind.
+    pub async fn reload(&self) -> Result<Option<DeltaTable>> {
+        let context = || format!("destination {}", self.url);
+        let mut table = deltalake::DeltaTableBuilder::from_url(self.url.clone())
+            .context(context)?
+            .build()
+            .context(context)?;
+        if !table
+            .log_store()
+            .is_delta_table_location()
+            .await
+            .context(context)?
+        {
+            return Ok(None);
+        }
+        table.load().await.context(context)?;
+        Ok(Some(table))
+    }
+
     /// The table as it is now, or `None` if nothing was ever committed.
     pub async fn table(&self) -> Option<DeltaTable> {
         self.table.lock().await.clone()
