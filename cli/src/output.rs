@@ -1,7 +1,8 @@
 //! Presentation: tables and lines for people, JSON for machines, a progress bar on a
 //! terminal. Everything here formats what the engine returned; nothing decides.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use backfill_engine::history::RunRecord;
 use backfill_engine::ledger::Ledger;
@@ -255,6 +256,38 @@ pub fn show(run: &RunRecord, json: bool) -> anyhow::Result<()> {
 pub struct Progress {
     bar: ProgressBar,
     json: bool,
+    totals: Mutex<Totals>,
+}
+
+/// What the bar's message shows: work done so far and the slices in flight.
+struct Totals {
+    started: Instant,
+    failed: u64,
+    rows: u64,
+    bytes: u64,
+    in_flight: Vec<String>,
+}
+
+impl Totals {
+    fn message(&self) -> String {
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        let in_flight = match self.in_flight.len() {
+            0 => String::new(),
+            1..=3 => format!(", in flight: {}", self.in_flight.join(" ")),
+            n => format!(
+                ", in flight: {} and {} more",
+                self.in_flight[..3].join(" "),
+                n - 3
+            ),
+        };
+        format!(
+            "{} failed, {} rows, {} ({:.0} rows/s){in_flight}",
+            self.failed,
+            self.rows,
+            human_bytes(self.bytes),
+            self.rows as f64 / seconds
+        )
+    }
 }
 
 impl Progress {
@@ -262,12 +295,23 @@ impl Progress {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} slices {msg}",
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} slices, ETA {eta}: {msg}",
             )
             .expect("a valid template"),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress { bar, json }
+        let totals = Totals {
+            started: Instant::now(),
+            failed: 0,
+            rows: 0,
+            bytes: 0,
+            in_flight: vec![],
+        };
+        Progress {
+            bar,
+            json,
+            totals: Mutex::new(totals),
+        }
     }
 
     pub fn finish(&self) {
@@ -278,10 +322,32 @@ impl Progress {
 impl Reporter for Progress {
     fn run_started(&self, run_id: &str, slices: usize) {
         self.bar.set_length(slices as u64);
-        self.bar.set_message(format!("run {run_id}"));
+        if !self.json {
+            self.bar
+                .suspend(|| println!("run {run_id}: {slices} slices"));
+        }
+    }
+
+    fn slice_started(&self, slice: &str) {
+        let mut totals = self.totals.lock().expect("not poisoned");
+        totals.in_flight.push(slice.to_string());
+        self.bar.set_message(totals.message());
     }
 
     fn slice_finished(&self, outcome: &SliceOutcome) {
+        {
+            let mut totals = self.totals.lock().expect("not poisoned");
+            totals.in_flight.retain(|s| *s != outcome.slice);
+            match &outcome.status {
+                SliceStatus::Committed { rows, bytes, .. } => {
+                    totals.rows += rows;
+                    totals.bytes += bytes;
+                }
+                SliceStatus::Failed { .. } | SliceStatus::Abandoned => totals.failed += 1,
+                SliceStatus::Skipped { .. } => {}
+            }
+            self.bar.set_message(totals.message());
+        }
         self.bar.inc(1);
         if self.json {
             return;
