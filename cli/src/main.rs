@@ -91,6 +91,9 @@ enum Command {
     Status {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
+        /// Without a selection, the committed slices.
+        #[command(flatten)]
+        selection: SelectionArgs,
         #[command(flatten)]
         overrides: Overrides,
         #[arg(long)]
@@ -335,11 +338,14 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Status {
             pipeline,
+            selection,
             overrides,
             json,
         } => {
             let backfill = open(&pipeline, &overrides).await?;
-            output::status(&backfill.ledger().await?, json)?;
+            let chosen = (selection.start.is_some() || !selection.keys.is_empty())
+                .then(|| selection.selection());
+            output::status(&backfill.status(chosen.as_ref()).await?, json)?;
         }
         Command::History {
             pipeline,

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backfill_engine::history::RunRecord;
-use backfill_engine::ledger::Ledger;
 use backfill_engine::run::{Reporter, SliceOutcome, SliceStatus};
+use backfill_engine::status::Status;
 use backfill_engine::{Backfill, PlannedSlice, RunSummary, SliceState};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -153,34 +153,71 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(ledger: &Ledger, json: bool) -> anyhow::Result<()> {
-    let committed = ledger.committed();
+pub fn status(status: &Status, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&committed)?);
+        println!("{}", serde_json::to_string_pretty(status)?);
         return Ok(());
     }
     println!(
-        "{:<16} {:>8} {:>10} {:>9} {:>8}  {:<22} run",
-        "slice", "rows", "bytes", "duration", "version", "committed"
+        "{:<16} {:<8} {:>8} {:>10} {:>9} {:>7} {:>7}  {:<24} note",
+        "slice", "state", "rows", "bytes", "duration", "retries", "version", "run"
     );
-    for c in &committed {
-        let when = c
-            .committed_at
-            .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
-            .unwrap_or_default();
-        println!(
-            "{:<16} {:>8} {:>10} {:>9} {:>8}  {:<22} {}",
-            c.record.slice,
-            c.record.rows,
-            human_bytes(c.record.bytes),
-            human_duration(c.record.duration_ms),
-            c.version.map(|v| v.to_string()).unwrap_or_default(),
-            when,
-            c.record.run_id
+    let or_blank = |value: Option<String>| value.unwrap_or_default();
+    for s in &status.slices {
+        let note = match (&s.last_error, s.skewed) {
+            (Some(error), _) => error.clone(),
+            (None, true) => format!(
+                "skewed: over {}x the median",
+                backfill_engine::status::SKEW_FACTOR
+            ),
+            (None, false) => String::new(),
+        };
+        let line = format!(
+            "{:<16} {:<8} {:>8} {:>10} {:>9} {:>7} {:>7}  {:<24} {note}",
+            s.slice,
+            s.state,
+            or_blank(s.rows.map(|r| r.to_string())),
+            or_blank(s.bytes.map(human_bytes)),
+            or_blank(s.duration_ms.map(human_duration)),
+            s.retries,
+            or_blank(s.version.map(|v| v.to_string())),
+            or_blank(s.run_id.clone()),
         );
+        println!("{}", line.trim_end());
     }
-    println!("{} committed slices", committed.len());
+    let durations: Vec<Option<u64>> = status.slices.iter().map(|s| s.duration_ms).collect();
+    if durations.iter().flatten().count() > 1 {
+        println!("durations in slice order: {}", sparkline(&durations));
+    }
+    let median = status
+        .median_duration_ms
+        .map(|m| format!(", median duration {}", human_duration(m)))
+        .unwrap_or_default();
+    let skewed = status.slices.iter().filter(|s| s.skewed).count();
+    println!(
+        "{} done, {} remaining{median}, {skewed} skewed",
+        status.done, status.remaining
+    );
     Ok(())
+}
+
+/// Durations as a line of bars, blank where a slice has none: the trend at a glance.
+fn sparkline(durations: &[Option<u64>]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = durations
+        .iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    durations
+        .iter()
+        .map(|d| match d {
+            Some(d) => BARS[((*d as f64 / max as f64) * (BARS.len() - 1) as f64).round() as usize],
+            None => ' ',
+        })
+        .collect()
 }
 
 pub fn history(runs: &[RunRecord], json: bool) -> anyhow::Result<()> {

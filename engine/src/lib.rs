@@ -19,6 +19,7 @@ pub mod run;
 pub mod sink;
 pub mod slice;
 pub mod source;
+pub mod status;
 pub mod template;
 
 pub use engine::{Backfill, OpenOptions, PlannedSlice, Reprocess, SliceState};

@@ -97,12 +97,16 @@ async fn rerun_is_a_no_op_and_force_rewrites_identical_contents() {
         "a forced re-run leaves identical contents"
     );
 
-    let status = case.json("status", &[], 0);
-    let txn: Vec<i64> = status
+    let plan = case.json("plan", &range, 0);
+    let txn: Vec<i64> = plan
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["record"]["txn_version"].as_i64().unwrap())
+        .map(|p| {
+            p["state"]["committed"]["record"]["txn_version"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(
         txn,
@@ -679,7 +683,7 @@ async fn ctrl_c_stops_starting_slices_and_a_rerun_finishes_the_job() {
         output.contains("not started: ") && output.contains("2024-01-14"),
         "{output}"
     );
-    let committed = case.json("status", &[], 0).as_array().unwrap().len();
+    let committed = case.json("status", &[], 0)["done"].as_u64().unwrap() as usize;
     assert!(
         (1..14).contains(&committed),
         "{committed} slices committed before the stop"
@@ -702,4 +706,42 @@ async fn ctrl_c_stops_starting_slices_and_a_rerun_finishes_the_job() {
         13,
         "one commit per slice, no duplicates"
     );
+}
+
+#[test]
+fn status_shows_done_remaining_and_the_last_error_of_failed_slices() {
+    let case = Case::new("orders_clean");
+    case.edit_pipeline("rate = 0.05", "rate = 0.01");
+    case.ok("run", &["--start", "2024-01-08", "--end", "2024-01-10"], 1);
+
+    let status = case.json(
+        "status",
+        &["--start", "2024-01-08", "--end", "2024-01-11"],
+        0,
+    );
+    assert_eq!(
+        (status["done"].as_u64(), status["remaining"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let lines = status["slices"].as_array().unwrap();
+    let states: Vec<&str> = lines.iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["done", "failed", "done", "missing"]);
+    assert!(lines[1]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("null rate of amount = 0.0295 > 0.01"));
+    assert_eq!(lines[0]["rows"], 2000);
+    assert!(lines[0]["duration_ms"].as_u64().is_some() && lines[3]["duration_ms"].is_null());
+    assert!(status["median_duration_ms"].as_u64().is_some());
+
+    // Without a selection: the committed slices.
+    let committed = case.json("status", &[], 0);
+    assert_eq!(committed["slices"].as_array().unwrap().len(), 2);
+    let text = case.ok(
+        "status",
+        &["--start", "2024-01-08", "--end", "2024-01-11"],
+        0,
+    );
+    assert!(text.contains("2 done, 2 remaining"), "{text}");
+    assert!(text.contains("durations in slice order: "), "{text}");
 }

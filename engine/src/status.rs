@@ -1,0 +1,141 @@
+//! The status of a pipeline's slices: what is done, what remains, what is slow.
+//!
+//! Combines the Delta log (which slices are done, their rows and durations) with the run
+//! history (retries, the last error of slices that are not done). Reads only; decides
+//! nothing.
+
+use serde::Serialize;
+
+use crate::engine::{Backfill, Known};
+use crate::error::Result;
+use crate::slice::Selection;
+
+/// A committed slice is flagged as skewed when it took longer than this many times the
+/// median duration of the committed slices.
+pub const SKEW_FACTOR: f64 = 3.0;
+
+/// One slice's line in the status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SliceLine {
+    pub slice: String,
+    /// `done`, `failed` (not done, and its last attempt failed) or `missing`.
+    pub state: &'static str,
+    pub rows: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Duration of the committing attempt.
+    pub duration_ms: Option<u64>,
+    /// Slower than [`SKEW_FACTOR`] times the median: a hot or skewed slice.
+    pub skewed: bool,
+    /// Attempts beyond the first, over every recorded run.
+    pub retries: u32,
+    pub last_error: Option<String>,
+    pub version: Option<u64>,
+    pub run_id: Option<String>,
+}
+
+/// The status of a selection (or of every committed slice).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub slices: Vec<SliceLine>,
+    pub done: usize,
+    pub remaining: usize,
+    pub median_duration_ms: Option<u64>,
+}
+
+impl Backfill {
+    /// The status of the selected slices; with no selection, of every committed slice.
+    pub async fn status(&self, selection: Option<&Selection>) -> Result<Status> {
+        let known = self.known().await?;
+        let keys: Vec<String> = match selection {
+            Some(selection) => self.slices(selection)?.into_iter().map(|s| s.key).collect(),
+            None => known
+                .ledger
+                .committed()
+                .iter()
+                .map(|c| c.record.slice.clone())
+                .collect(),
+        };
+        let retries = self.retries().await?;
+        let mut slices: Vec<SliceLine> = keys
+            .iter()
+            .map(|key| line(key, &known, retries.get(key).copied()))
+            .collect();
+        let durations: Vec<Option<u64>> = slices.iter().map(|s| s.duration_ms).collect();
+        let (median, skewed) = skew(&durations);
+        for (slice, skewed) in slices.iter_mut().zip(skewed) {
+            slice.skewed = skewed;
+        }
+        let done = slices.iter().filter(|s| s.state == "done").count();
+        Ok(Status {
+            remaining: slices.len() - done,
+            done,
+            slices,
+            median_duration_ms: median,
+        })
+    }
+
+    /// Retries per slice, over every recorded run of this pipeline.
+    async fn retries(&self) -> Result<std::collections::HashMap<String, u32>> {
+        let mut retries = std::collections::HashMap::new();
+        for run in self.history().runs(&self.pipeline.name).await? {
+            for attempt in run.attempts.iter().filter(|a| a.attempt > 1) {
+                *retries.entry(attempt.slice.clone()).or_insert(0) += 1;
+            }
+        }
+        Ok(retries)
+    }
+}
+
+fn line(key: &str, known: &Known, retries: Option<u32>) -> SliceLine {
+    let committed = known.ledger.get(key);
+    let failure = known.last_failures.get(key).filter(|_| committed.is_none());
+    SliceLine {
+        slice: key.to_string(),
+        state: match (committed, failure) {
+            (Some(_), _) => "done",
+            (None, Some(_)) => "failed",
+            (None, None) => "missing",
+        },
+        rows: committed.map(|c| c.record.rows),
+        bytes: committed.map(|c| c.record.bytes),
+        duration_ms: committed.map(|c| c.record.duration_ms),
+        skewed: false,
+        retries: retries.unwrap_or(0),
+        last_error: failure.map(|(_, error)| error.clone()),
+        version: committed.and_then(|c| c.version),
+        run_id: committed.map(|c| c.record.run_id.clone()),
+    }
+}
+
+/// The median of the known durations, and for each slice whether it took longer than
+/// [`SKEW_FACTOR`] times that median.
+pub fn skew(durations: &[Option<u64>]) -> (Option<u64>, Vec<bool>) {
+    let mut known: Vec<u64> = durations.iter().flatten().copied().collect();
+    if known.is_empty() {
+        return (None, vec![false; durations.len()]);
+    }
+    known.sort_unstable();
+    let median = known[known.len() / 2];
+    let limit = median as f64 * SKEW_FACTOR;
+    let flags = durations
+        .iter()
+        .map(|d| d.is_some_and(|d| d as f64 > limit))
+        .collect();
+    (Some(median), flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_slower_than_three_medians_are_skewed() {
+        let (median, flags) = skew(&[Some(100), Some(110), None, Some(90), Some(301), Some(300)]);
+        assert_eq!(median, Some(110));
+        assert_eq!(flags, [false, false, false, false, false, false]);
+        let (median, flags) = skew(&[Some(100), Some(100), Some(100), Some(400), None]);
+        assert_eq!(median, Some(100));
+        assert_eq!(flags, [false, false, false, true, false]);
+        assert_eq!(skew(&[None, None]), (None, vec![false, false]));
+    }
+}
