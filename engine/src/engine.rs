@@ -217,9 +217,12 @@ impl Backfill {
     /// run history the slices whose last attempt failed.
     pub(crate) async fn known(&self) -> Result<Known> {
         let ledger = self.ledger().await?;
-        let mut last_failures = HashMap::new();
+        let (mut last_failures, mut retries) = (HashMap::new(), HashMap::new());
         for run in self.history().runs(&self.pipeline.name).await? {
             for attempt in run.attempts {
+                if attempt.attempt > 1 {
+                    *retries.entry(attempt.slice.clone()).or_insert(0) += 1;
+                }
                 // A skipped attempt says nothing new about the slice: only a commit ends
                 // a failure.
                 match attempt.status {
@@ -236,6 +239,7 @@ impl Backfill {
         Ok(Known {
             ledger,
             last_failures,
+            retries,
         })
     }
 
@@ -346,6 +350,8 @@ pub(crate) struct Known {
     pub(crate) ledger: Ledger,
     /// Slices whose last recorded attempt failed: the run and the error.
     pub(crate) last_failures: HashMap<String, (String, String)>,
+    /// Attempts beyond the first, per slice, over every recorded run.
+    pub(crate) retries: HashMap<String, u32>,
 }
 
 /// A slice to plan the SQL with when validating: any will do, as planning reads no data.

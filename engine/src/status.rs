@@ -55,11 +55,7 @@ impl Backfill {
                 .map(|c| c.record.slice.clone())
                 .collect(),
         };
-        let retries = self.retries().await?;
-        let mut slices: Vec<SliceLine> = keys
-            .iter()
-            .map(|key| line(key, &known, retries.get(key).copied()))
-            .collect();
+        let mut slices: Vec<SliceLine> = keys.iter().map(|key| line(key, &known)).collect();
         let durations: Vec<Option<u64>> = slices.iter().map(|s| s.duration_ms).collect();
         let (median, skewed) = skew(&durations);
         for (slice, skewed) in slices.iter_mut().zip(skewed) {
@@ -73,20 +69,9 @@ impl Backfill {
             median_duration_ms: median,
         })
     }
-
-    /// Retries per slice, over every recorded run of this pipeline.
-    async fn retries(&self) -> Result<std::collections::HashMap<String, u32>> {
-        let mut retries = std::collections::HashMap::new();
-        for run in self.history().runs(&self.pipeline.name).await? {
-            for attempt in run.attempts.iter().filter(|a| a.attempt > 1) {
-                *retries.entry(attempt.slice.clone()).or_insert(0) += 1;
-            }
-        }
-        Ok(retries)
-    }
 }
 
-fn line(key: &str, known: &Known, retries: Option<u32>) -> SliceLine {
+fn line(key: &str, known: &Known) -> SliceLine {
     let committed = known.ledger.get(key);
     let failure = known.last_failures.get(key).filter(|_| committed.is_none());
     SliceLine {
@@ -100,7 +85,7 @@ fn line(key: &str, known: &Known, retries: Option<u32>) -> SliceLine {
         bytes: committed.map(|c| c.record.bytes),
         duration_ms: committed.map(|c| c.record.duration_ms),
         skewed: false,
-        retries: retries.unwrap_or(0),
+        retries: known.retries.get(key).copied().unwrap_or(0),
         last_error: failure.map(|(_, error)| error.clone()),
         version: committed.and_then(|c| c.version),
         run_id: committed.map(|c| c.record.run_id.clone()),

@@ -294,6 +294,15 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
         .iter()
         .any(|a| a.attempt > 1 && matches!(a.status, SliceStatus::Committed { .. })));
     assert_eq!(run.end.unwrap().committed, 3);
+
+    // `status` counts the same retries.
+    let selection = Selection::Keys(days.iter().map(|d| d.to_string()).collect());
+    let status = backfill.status(Some(&selection)).await.unwrap();
+    assert_eq!(
+        status.slices.iter().map(|s| s.retries).sum::<u32>(),
+        attempts - 3
+    );
+    assert_eq!((status.done, status.remaining), (3, 0));
 }
 
 #[tokio::test]

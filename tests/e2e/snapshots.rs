@@ -13,7 +13,10 @@ fn settings(scratch: &Scratch) -> insta::Settings {
     settings.add_filter(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "[RUN]");
     settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z", "[TIME]");
     settings.add_filter(r" +\d+(\.\d+)?m?s\b", " [DURATION]");
-    settings.add_filter(r"durations in slice order: .*", "durations in slice order: [TREND]");
+    settings.add_filter(
+        r"durations in slice order: .*",
+        "durations in slice order: [TREND]",
+    );
     settings.add_filter(r"median duration [^,]+", "median duration [DURATION]");
     settings
 }
