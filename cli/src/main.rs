@@ -5,6 +5,7 @@
 //! run could not proceed, 2 a usage or configuration error (nothing ran).
 
 mod output;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,6 +119,19 @@ enum Command {
         overrides: Overrides,
         #[arg(long)]
         json: bool,
+    },
+    /// Write one run as a single self-contained HTML page (no network needed to view it):
+    /// summary, slices coloured by status, duration per slice, retries and failures.
+    Report {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The run id, as `history` lists it.
+        run: String,
+        /// Where to write the page.
+        #[arg(short, long, default_value = "report.html")]
+        output: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Write a deterministic fixture bucket of hive-partitioned Parquet (orders,
     /// customers, events, signups). Without options, the bundled one.
@@ -273,6 +287,19 @@ fn main() -> ExitCode {
     }
 }
 
+async fn find_run(
+    backfill: &Backfill,
+    run: &str,
+) -> anyhow::Result<backfill_engine::history::RunRecord> {
+    let record = backfill.history().run(run).await?;
+    Ok(record.ok_or_else(|| {
+        backfill_engine::Error::config(
+            "RUN",
+            format!("no run `{run}` in the history of this destination"),
+        )
+    })?)
+}
+
 async fn open(path: &std::path::Path, overrides: &Overrides) -> anyhow::Result<Backfill> {
     let pipeline = overrides.load(path)?;
     Ok(Backfill::open(pipeline, OpenOptions::default()).await?)
@@ -365,14 +392,20 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             json,
         } => {
             let backfill = open(&pipeline, &overrides).await?;
-            let record = backfill.history().run(&run).await?;
-            let record = record.ok_or_else(|| {
-                backfill_engine::Error::config(
-                    "RUN",
-                    format!("no run `{run}` in the history of this destination"),
-                )
-            })?;
+            let record = find_run(&backfill, &run).await?;
             output::show(&record, json)?;
+        }
+        Command::Report {
+            pipeline,
+            run,
+            output,
+            overrides,
+        } => {
+            let backfill = open(&pipeline, &overrides).await?;
+            let record = find_run(&backfill, &run).await?;
+            std::fs::write(&output, report::render(&record))
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!("wrote {}", output.display());
         }
         Command::Fixtures {
             out,

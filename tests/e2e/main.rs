@@ -745,3 +745,31 @@ fn status_shows_done_remaining_and_the_last_error_of_failed_slices() {
     assert!(text.contains("2 done, 2 remaining"), "{text}");
     assert!(text.contains("durations in slice order: "), "{text}");
 }
+
+#[test]
+fn report_is_one_self_contained_html_page() {
+    let case = Case::new("tenant_signups");
+    case.ok("run", &[], 0);
+    let run = case.json("history", &[], 0)[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = case.scratch.path("report.html");
+    case.ok("report", &[&run, "-o", page.to_str().unwrap()], 0);
+
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    for external in ["<script", "<link", "src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(external),
+            "the page must not load anything: found {external}"
+        );
+    }
+    assert!(html.contains(&format!("Run {run} of tenant_signups")));
+    assert!(html.contains("3 committed, 0 skipped, 0 failed"));
+    assert!(
+        html.contains("o&#39;brien") && !html.contains("o'brien"),
+        "keys are escaped"
+    );
+    assert_eq!(html.matches("class=\"cell committed\"").count(), 3);
+}
