@@ -773,3 +773,56 @@ fn report_is_one_self_contained_html_page() {
     );
     assert_eq!(html.matches("class=\"cell committed\"").count(), 3);
 }
+
+#[tokio::test]
+async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
+    let range = ["--start", "2024-01-01", "--end", "2024-01-14"];
+    let clean = Case::new("orders_clean");
+    clean.ok("run", &range, 0);
+    let all = "SELECT * FROM t ORDER BY order_id";
+    let expected = clean.stored(all).await;
+
+    // Kill at several moments: before, during and between slices' staging and commits.
+    let mut committed_when_killed = Vec::new();
+    for delay_ms in [40, 120, 250, 400, 650] {
+        let case = Case::new("orders_clean");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(case.args("run", &range))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
+        child.wait().unwrap();
+        let status = case.json("status", &range, 0);
+        committed_when_killed.push(status["done"].as_u64().unwrap());
+
+        case.ok("run", &range, 0);
+        assert_eq!(
+            case.stored(all).await,
+            expected,
+            "killed after {delay_ms} ms"
+        );
+        let plan = case.json("plan", &range, 0);
+        let txn: Vec<i64> = plan
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p["state"]["committed"]["record"]["txn_version"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            txn,
+            vec![1; 14],
+            "killed after {delay_ms} ms: every slice committed exactly once"
+        );
+    }
+    assert!(
+        committed_when_killed.iter().any(|n| (1..14).contains(n)),
+        "at least one kill must land in the middle of the run: {committed_when_killed:?}"
+    );
+}
