@@ -784,7 +784,7 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
 
     // Kill at several moments: before, during and between slices' staging and commits.
     let mut committed_when_killed = Vec::new();
-    for delay_ms in [40, 120, 250, 400, 650] {
+    for delay_ms in [40, 120, 250, 400, 650, 1000, 1600] {
         let case = Case::new("orders_clean");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
             .args(case.args("run", &range))
