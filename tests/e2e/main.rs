@@ -28,6 +28,18 @@ fn states(expected: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The application transaction version of each committed slice of a `plan --json`.
+fn txn_versions(plan: &Value) -> Vec<i64> {
+    let slices = plan.as_array().unwrap().iter();
+    slices
+        .map(|p| {
+            p["state"]["committed"]["record"]["txn_version"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The `status` of each slice of a `run --json`.
 fn statuses(run: &Value) -> Vec<String> {
     run["outcomes"]
@@ -97,17 +109,7 @@ async fn rerun_is_a_no_op_and_force_rewrites_identical_contents() {
         "a forced re-run leaves identical contents"
     );
 
-    let plan = case.json("plan", &range, 0);
-    let txn: Vec<i64> = plan
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            p["state"]["committed"]["record"]["txn_version"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let txn = txn_versions(&case.json("plan", &range, 0));
     assert_eq!(
         txn,
         vec![2, 2, 2],
@@ -804,17 +806,7 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
             expected,
             "killed after {delay_ms} ms"
         );
-        let plan = case.json("plan", &range, 0);
-        let txn: Vec<i64> = plan
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                p["state"]["committed"]["record"]["txn_version"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .collect();
+        let txn = txn_versions(&case.json("plan", &range, 0));
         assert_eq!(
             txn,
             vec![1; 14],
