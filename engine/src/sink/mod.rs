@@ -83,17 +83,8 @@ impl Sink {
             // delta-rs refuses a local table location that does not exist yet.
             std::fs::create_dir_all(&path).context(context)?;
         }
-        let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
-            .context(context)?
-            .build()
-            .context(context)?;
-        let exists = table
-            .log_store()
-            .is_delta_table_location()
-            .await
-            .context(context)?;
+        let (table, exists) = load_table(&url).await?;
         if exists {
-            table.load().await.context(context)?;
             check_compatible(&table, &schema, &destination.partition_by)
                 .map_err(|m| Error::config(context(), m))?;
         }
@@ -115,21 +106,8 @@ impl Sink {
 
     /// Reads the table afresh from storage, for when this sink's view may be behind.
     pub async fn reload(&self) -> Result<Option<DeltaTable>> {
-        let context = || format!("destination {}", self.url);
-        let mut table = deltalake::DeltaTableBuilder::from_url(self.url.clone())
-            .context(context)?
-            .build()
-            .context(context)?;
-        if !table
-            .log_store()
-            .is_delta_table_location()
-            .await
-            .context(context)?
-        {
-            return Ok(None);
-        }
-        table.load().await.context(context)?;
-        Ok(Some(table))
+        let (table, exists) = load_table(&self.url).await?;
+        Ok(exists.then_some(table))
     }
 
     /// The table as it is now, or `None` if nothing was ever committed.
@@ -350,6 +328,25 @@ impl Sink {
         }
         Ok(PartitionGuard { expected })
     }
+}
+
+/// The table at `url`, loaded if it exists, and whether it does. A table that does not
+/// exist yet still gives the object store the sink writes through.
+async fn load_table(url: &Url) -> Result<(DeltaTable, bool)> {
+    let context = || format!("destination {url}");
+    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .context(context)?
+        .build()
+        .context(context)?;
+    let exists = table
+        .log_store()
+        .is_delta_table_location()
+        .await
+        .context(context)?;
+    if exists {
+        table.load().await.context(context)?;
+    }
+    Ok((table, exists))
 }
 
 /// Refuses rows outside the slice's partitions.
