@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use backfill_engine::fixtures::{generate, FixtureSpec};
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
+use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection};
 
 const ROW_LEVEL: &str =
     "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt \
@@ -135,13 +135,7 @@ async fn run_once(bucket: &Path, sql: &str, selection: &Selection, options: &Run
         .await
         .expect("runs");
     let seconds = started.elapsed().as_secs_f64();
-    assert!(
-        summary
-            .outcomes
-            .iter()
-            .all(|o| matches!(o.status, SliceStatus::Committed { .. })),
-        "{summary:?}"
-    );
+    assert_eq!(summary.committed(), summary.outcomes.len(), "{summary:?}");
     seconds
 }
 

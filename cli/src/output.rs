@@ -106,13 +106,11 @@ fn committed_detail(committed: &backfill_engine::ledger::Committed) -> String {
 }
 
 pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
-    let committed = summary.count(|s| matches!(s, SliceStatus::Committed { .. }));
-    let skipped = summary.count(|s| matches!(s, SliceStatus::Skipped { .. }));
     if json {
         println!("{}", serde_json::to_string_pretty(summary)?);
     } else {
         println!(
-            "run {}: {} slices, {committed} committed, {skipped} skipped, {} failed",
+            "run {}: {} slices, {} committed, {} skipped, {} failed",
             summary.run_id,
             match summary.not_started.len() {
                 0 => summary.outcomes.len().to_string(),
@@ -122,6 +120,8 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
                     summary.outcomes.len() + n
                 ),
             },
+            summary.committed(),
+            summary.skipped(),
             summary.failed()
         );
         if summary.stopped {

@@ -142,6 +142,14 @@ impl RunSummary {
         self.outcomes.iter().filter(|o| matches(&o.status)).count()
     }
 
+    pub fn committed(&self) -> usize {
+        self.count(|s| matches!(s, SliceStatus::Committed { .. }))
+    }
+
+    pub fn skipped(&self) -> usize {
+        self.count(|s| matches!(s, SliceStatus::Skipped { .. }))
+    }
+
     pub fn failed(&self) -> usize {
         self.count(|s| matches!(s, SliceStatus::Failed { .. }))
     }
@@ -226,8 +234,8 @@ impl Backfill {
         };
         let end = RunEnd {
             ended_at: chrono::Utc::now(),
-            committed: summary.count(|s| matches!(s, SliceStatus::Committed { .. })),
-            skipped: summary.count(|s| matches!(s, SliceStatus::Skipped { .. })),
+            committed: summary.committed(),
+            skipped: summary.skipped(),
             failed: summary.failed(),
         };
         run.history.end(&summary.run_id, &end).await?;
