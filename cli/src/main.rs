@@ -326,7 +326,8 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             let planned = backfill
                 .plan(&selection.selection(), choice.reprocess(), concurrency)
                 .await?;
-            output::plan(&planned, json)?;
+            let swap = backfill.swap_preview(&planned).await?;
+            output::plan(&planned, swap, json)?;
         }
         Command::Run {
             pipeline,
@@ -359,7 +360,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             if summary.stopped {
                 return Ok(Outcome::Interrupted);
             }
-            if summary.failed() > 0 {
+            if summary.incomplete() {
                 return Ok(Outcome::SlicesFailed);
             }
         }

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backfill_engine::history::RunRecord;
-use backfill_engine::run::{Reporter, SliceOutcome, SliceStatus};
+use backfill_engine::run::{RebuildOutcome, Reporter, SliceOutcome, SliceStatus};
+use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::status::Status;
 use backfill_engine::{Backfill, PlannedSlice, RunSummary, SliceState};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,7 +38,7 @@ pub fn validated(backfill: &Backfill) {
     );
 }
 
-pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
+pub fn plan(planned: &[PlannedSlice], swap: Option<Replaced>, json: bool) -> anyhow::Result<()> {
     if json {
         let slices: Vec<_> = planned
             .iter()
@@ -52,7 +53,8 @@ pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&slices)?);
+        let plan = json!({ "slices": slices, "rebuild": swap });
+        println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
     }
     println!(
@@ -69,29 +71,63 @@ pub fn plan(planned: &[PlannedSlice], json: bool) -> anyhow::Result<()> {
                 what.join(" and "),
                 committed_detail(committed)
             ),
+            SliceState::Staged {
+                rows, staged_at, ..
+            } => format!(
+                "{rows} rows staged {} for the rebuild",
+                staged_at.format("%Y-%m-%d %H:%M:%SZ")
+            ),
         };
         let bytes: u64 = p.files.iter().map(|f| f.size).sum();
         let line = format!(
             "{:<16} {:<8} {:<4} {:>6} {:>10}  {detail}",
             p.slice.key,
             p.state.name(),
-            if p.will_run { "yes" } else { "no" },
+            match (&p.state, p.will_run) {
+                (SliceState::Staged { .. }, _) => "reuse",
+                (_, true) => "yes",
+                (_, false) => "no",
+            },
             p.files.len(),
             human_bytes(bytes)
         );
         println!("{}", line.trim_end());
     }
     let count = |name: &str| planned.iter().filter(|p| p.state.name() == name).count();
+    let staged = match count("staged") {
+        0 => String::new(),
+        n => format!(", {n} staged"),
+    };
     println!(
-        "{} slices: {} done, {} missing, {} changed, {} failed; a run would run {}",
+        "{} slices: {} done, {} missing, {} changed, {} failed{staged}; a run would run {}",
         planned.len(),
         count("done"),
         count("missing"),
         count("changed"),
         count("failed"),
-        planned.iter().filter(|p| p.will_run).count()
+        planned.iter().filter(|p| p.will_run).count() - count("staged")
     );
+    if let Some(swap) = swap {
+        println!("rebuild: {}", describe_swap(&swap));
+    }
     Ok(())
+}
+
+/// What a rebuild's swap would replace, for people.
+fn describe_swap(swap: &Replaced) -> String {
+    let Some(version) = swap.version else {
+        return "no table yet; the swap creates it".to_string();
+    };
+    let schema = if swap.schema_changes {
+        "; the table's columns or partitioning change"
+    } else {
+        ""
+    };
+    format!(
+        "the swap replaces {} files ({}) of table version {version}{schema}",
+        swap.files,
+        human_bytes(swap.bytes)
+    )
 }
 
 fn committed_detail(committed: &backfill_engine::ledger::Committed) -> String {
@@ -124,6 +160,9 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
             summary.skipped(),
             summary.failed()
         );
+        if let Some(rebuild) = &summary.rebuild {
+            println!("rebuild: {}", describe_rebuild(rebuild));
+        }
         if summary.stopped {
             // After a stop, say exactly what is in the table and what is not.
             let keys = |matches: fn(&SliceStatus) -> bool| {
@@ -151,6 +190,25 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
+    match rebuild {
+        RebuildOutcome::Swapped {
+            version,
+            removed_files,
+            added_files,
+            kept_slices,
+        } => format!(
+            "swapped in version {version}: {added_files} files added, {removed_files} removed, {kept_slices} done slices kept"
+        ),
+        RebuildOutcome::Unchanged => "nothing to swap: the table already is this rebuild".into(),
+        RebuildOutcome::Waiting { staged, waiting } => format!(
+            "not swapped, the table is unchanged: {staged} slices staged, waiting for {}. Run again to finish: staged slices are reused",
+            waiting.join(", ")
+        ),
+        RebuildOutcome::Refused { error } => format!("not swapped: {error}"),
+    }
 }
 
 pub fn status(status: &Status, json: bool) -> anyhow::Result<()> {
@@ -277,6 +335,12 @@ pub fn show(run: &RunRecord, json: bool) -> anyhow::Result<()> {
             SliceStatus::Committed { version, rows, .. } => {
                 format!("committed {rows} rows, version {version}")
             }
+            SliceStatus::Staged { rows, reused, .. } => {
+                format!(
+                    "staged {rows} rows{}",
+                    if *reused { " (reused)" } else { "" }
+                )
+            }
             SliceStatus::Skipped { state } => format!("skipped ({state})"),
             SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
             SliceStatus::Abandoned => "abandoned".to_string(),
@@ -376,7 +440,8 @@ impl Reporter for Progress {
             let mut totals = self.totals.lock().expect("not poisoned");
             totals.in_flight.retain(|s| *s != outcome.slice);
             match &outcome.status {
-                SliceStatus::Committed { rows, bytes, .. } => {
+                SliceStatus::Committed { rows, bytes, .. }
+                | SliceStatus::Staged { rows, bytes, .. } => {
                     totals.rows += rows;
                     totals.bytes += bytes;
                 }
@@ -398,6 +463,22 @@ impl Reporter for Progress {
             } => {
                 format!(
                     "{:<16} committed {rows:>9} rows {:>10} {took:>8}  version {version}",
+                    outcome.slice,
+                    human_bytes(*bytes)
+                )
+            }
+            SliceStatus::Staged {
+                rows,
+                bytes,
+                reused,
+            } => {
+                let note = if *reused {
+                    "reused from an earlier run"
+                } else {
+                    "awaiting the swap"
+                };
+                format!(
+                    "{:<16} staged    {rows:>9} rows {:>10} {took:>8}  {note}",
                     outcome.slice,
                     human_bytes(*bytes)
                 )

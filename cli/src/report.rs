@@ -130,6 +130,10 @@ fn describe(status: &SliceStatus) -> (&'static str, String) {
             "committed",
             format!("committed {rows} rows in version {version}"),
         ),
+        SliceStatus::Staged { rows, .. } => (
+            "staged",
+            format!("staged {rows} rows for the rebuild's swap"),
+        ),
         SliceStatus::Skipped { state } => ("skipped", format!("skipped ({state})")),
         SliceStatus::Failed { error, .. } => ("failed", error.clone()),
         SliceStatus::Abandoned => (

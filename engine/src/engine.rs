@@ -16,8 +16,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{Committed, Ledger};
+use crate::pipeline::Strategy;
 use crate::pipeline::{Assertion, Pipeline};
 use crate::run::SliceStatus;
+use crate::sink::rebuild::{Replaced, StagedSlice};
 use crate::sink::Sink;
 use crate::slice::{self, Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
@@ -107,6 +109,8 @@ impl Reprocess {
             SliceState::Failed { .. } => self.failed,
             SliceState::Changed { .. } => self.changed,
             SliceState::Done { .. } => self.done,
+            // Checked output waiting for a rebuild's swap: finishing it costs no compute.
+            SliceState::Staged { .. } => true,
         }
     }
 }
@@ -139,6 +143,15 @@ pub enum SliceState {
         committed: Box<Committed>,
         what: Vec<String>,
     },
+    /// Computed and checked for a rebuild that has not swapped yet; still valid for the
+    /// slice's inputs, so a run reuses it instead of computing it again.
+    Staged {
+        rows: u64,
+        bytes: u64,
+        staged_at: chrono::DateTime<chrono::Utc>,
+        #[serde(skip)]
+        staged: Box<StagedSlice>,
+    },
 }
 
 impl SliceState {
@@ -148,12 +161,13 @@ impl SliceState {
             SliceState::Failed { .. } => "failed",
             SliceState::Done { .. } => "done",
             SliceState::Changed { .. } => "changed",
+            SliceState::Staged { .. } => "staged",
         }
     }
 
     pub fn committed(&self) -> Option<&Committed> {
         match self {
-            SliceState::Missing | SliceState::Failed { .. } => None,
+            SliceState::Missing | SliceState::Failed { .. } | SliceState::Staged { .. } => None,
             SliceState::Done { committed } | SliceState::Changed { committed, .. } => {
                 Some(committed)
             }
@@ -229,17 +243,26 @@ impl Backfill {
                     SliceStatus::Failed { error, .. } => {
                         last_failures.insert(attempt.slice, (run.header.run_id.clone(), error));
                     }
-                    SliceStatus::Committed { .. } => {
+                    SliceStatus::Committed { .. } | SliceStatus::Staged { .. } => {
                         last_failures.remove(&attempt.slice);
                     }
                     SliceStatus::Skipped { .. } | SliceStatus::Abandoned => {}
                 }
             }
         }
+        let (staged, table_fits) = match self.pipeline.destination.strategy {
+            Strategy::Rebuild => (
+                self.sink.staged_slices().await?,
+                self.sink.fits_table().await,
+            ),
+            _ => (HashMap::new(), true),
+        };
         Ok(Known {
             ledger,
             last_failures,
             retries,
+            staged,
+            table_fits,
         })
     }
 
@@ -258,6 +281,20 @@ impl Backfill {
             .buffered(concurrency.max(1))
             .try_collect()
             .await
+    }
+
+    /// For a rebuild, what swapping in the output of `planned` would replace in the table
+    /// as it is now: every file but those of the done slices the run keeps.
+    pub async fn swap_preview(&self, planned: &[PlannedSlice]) -> Result<Option<Replaced>> {
+        if self.pipeline.destination.strategy != Strategy::Rebuild {
+            return Ok(None);
+        }
+        let kept = planned
+            .iter()
+            .filter(|p| !p.will_run && matches!(p.state, SliceState::Done { .. }))
+            .map(|p| p.slice.key.as_str())
+            .collect();
+        self.sink.replaced(&kept).await.map(Some)
     }
 
     /// Renders and plans one slice's SQL; the physical plan names the files it reads.
@@ -324,6 +361,9 @@ impl Backfill {
                 if committed.record.sql_fingerprint != self.sql_fingerprint {
                     what.push("SQL".to_string());
                 }
+                if !known.table_fits {
+                    what.push("table schema".to_string());
+                }
                 let committed = Box::new(committed.clone());
                 if what.is_empty() {
                     SliceState::Done { committed }
@@ -331,6 +371,22 @@ impl Backfill {
                     SliceState::Changed { committed, what }
                 }
             }
+        };
+        let state = match known.staged.get(&slice.key) {
+            // A manifest whose record is the committed one was already swapped in.
+            Some(staged)
+                if (reprocess.done || !matches!(state, SliceState::Done { .. }))
+                    && state.committed().is_none_or(|c| c.record != staged.record)
+                    && staged.staging_key == self.staging_key(&slice, &source_fingerprint) =>
+            {
+                SliceState::Staged {
+                    rows: staged.record.rows,
+                    bytes: staged.record.bytes,
+                    staged_at: staged.staged_at,
+                    staged: Box::new(staged.clone()),
+                }
+            }
+            _ => state,
         };
         Ok(PlannedSlice {
             slice,
@@ -345,6 +401,35 @@ impl Backfill {
     }
 }
 
+impl Backfill {
+    /// Sums up everything a slice's checked output depends on: its inputs, the SQL, the
+    /// output's columns and partitioning, and the assertions it passed.
+    pub(crate) fn staging_key(&self, slice: &Slice, source_fingerprint: &str) -> String {
+        let columns: Vec<String> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect();
+        let assertions: Vec<String> = self
+            .pipeline
+            .assertions
+            .iter()
+            .map(|a| a.describe())
+            .collect();
+        let described = serde_json::json!({
+            "pipeline": self.pipeline.name,
+            "slice": slice.key,
+            "sources": source_fingerprint,
+            "sql": self.sql_fingerprint,
+            "columns": columns,
+            "partition_by": self.pipeline.destination.partition_by,
+            "assertions": assertions,
+        });
+        source::fingerprint_text(&described.to_string())
+    }
+}
+
 /// What is known of a selection's slices before running them.
 pub(crate) struct Known {
     pub(crate) ledger: Ledger,
@@ -352,6 +437,11 @@ pub(crate) struct Known {
     pub(crate) last_failures: HashMap<String, (String, String)>,
     /// Attempts beyond the first, per slice, over every recorded run.
     pub(crate) retries: HashMap<String, u32>,
+    /// A rebuild's staged slices, by key; always empty for other strategies.
+    pub(crate) staged: HashMap<String, StagedSlice>,
+    /// Whether the table (if any) has the pipeline's columns and partitioning. When it
+    /// has not, a rebuild cannot keep any of its files.
+    pub(crate) table_fits: bool,
 }
 
 /// A slice to plan the SQL with when validating: any will do, as planning reads no data.

@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, ResultExt};
-use crate::run::{RunOptions, SliceStatus};
+use crate::run::{RebuildOutcome, RunOptions, SliceStatus};
 
 const RUNS: &str = "_backfill/runs";
 
@@ -55,6 +55,9 @@ pub struct RunEnd {
     pub committed: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// For a rebuild, what became of the swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildOutcome>,
 }
 
 /// A run as read back: its header, its attempts in order, and its end if it ended.

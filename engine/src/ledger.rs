@@ -3,8 +3,10 @@
 //! Every slice commit carries its own record: an application transaction (`txn`) whose id
 //! names the pipeline and slice, and a [`SliceRecord`] under the `backfill` key of the
 //! commit's `commitInfo`. Both are in the same atomic commit as the data, so data and
-//! progress can never disagree. This module only reads the log; writing records is the
-//! sink's job.
+//! progress can never disagree. A rebuild's swap commit carries a [`SwapRecord`] there
+//! instead: the records of every slice now in the table. A swap replaced the whole table,
+//! so records older than it no longer describe anything. This module only reads the log;
+//! writing records is the sink's job.
 
 use std::collections::HashMap;
 
@@ -42,6 +44,32 @@ pub struct SliceRecord {
     pub source_fingerprint: String,
     pub sql_fingerprint: String,
     pub assertions: Vec<AssertionResult>,
+}
+
+/// The record a rebuild's swap commit carries: every slice of the new table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapRecord {
+    pub rebuild: RebuildRecord,
+    pub slices: Vec<SliceRecord>,
+}
+
+/// What a swap replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebuildRecord {
+    pub pipeline: String,
+    pub run_id: String,
+    /// The table version the rebuild read and replaced; `None` if there was no table.
+    pub replaced_version: Option<u64>,
+    pub removed_files: u64,
+    pub added_files: u64,
+}
+
+/// What `commitInfo.backfill` holds: one slice's record, or a swap's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CommitRecord {
+    Slice(SliceRecord),
+    Swap(SwapRecord),
 }
 
 /// The outcome of one assertion on one slice.
@@ -83,18 +111,28 @@ impl Ledger {
             let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
                 continue;
             };
-            let Ok(record) = serde_json::from_value::<SliceRecord>(value.clone()) else {
+            let Ok(found) = serde_json::from_value::<CommitRecord>(value.clone()) else {
                 continue;
             };
-            if record.pipeline != pipeline || latest.contains_key(&record.slice) {
-                continue;
+            let (records, replaced_table) = match found {
+                CommitRecord::Slice(record) => (vec![record], false),
+                CommitRecord::Swap(swap) => (swap.slices, true),
+            };
+            for record in records {
+                if record.pipeline != pipeline || latest.contains_key(&record.slice) {
+                    continue;
+                }
+                let committed = Committed {
+                    record,
+                    version: current.map(|v| v - index as u64),
+                    committed_at: info.timestamp.and_then(DateTime::from_timestamp_millis),
+                };
+                latest.insert(committed.record.slice.clone(), committed);
             }
-            let committed = Committed {
-                record,
-                version: current.map(|v| v - index as u64),
-                committed_at: info.timestamp.and_then(DateTime::from_timestamp_millis),
-            };
-            latest.insert(committed.record.slice.clone(), committed);
+            // Whatever older commits wrote, of any pipeline, the swap removed.
+            if replaced_table {
+                break;
+            }
         }
         Ok(Ledger { latest })
     }

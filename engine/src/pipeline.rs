@@ -67,6 +67,9 @@ pub enum Strategy {
     Merge { keys: Vec<String> },
     /// Add the rows; a slice's earlier rows are replaced, never duplicated.
     Append,
+    /// Stage and check every slice of the range, then replace the whole table with
+    /// their output in one commit.
+    Rebuild,
 }
 
 impl Strategy {
@@ -75,6 +78,7 @@ impl Strategy {
             Strategy::Overwrite => "overwrite",
             Strategy::Merge { .. } => "merge",
             Strategy::Append => "append",
+            Strategy::Rebuild => "rebuild",
         }
     }
 }
@@ -418,6 +422,7 @@ fn destination(
     let strategy = match (raw.strategy.get_ref().as_str(), raw.merge_keys) {
         ("overwrite", None) => Strategy::Overwrite,
         ("append", None) => Strategy::Append,
+        ("rebuild", None) => Strategy::Rebuild,
         ("merge", Some(keys)) if !keys.get_ref().is_empty() => Strategy::Merge {
             keys: keys.into_inner(),
         },
@@ -427,18 +432,18 @@ fn destination(
                 "destination.merge_keys is required for strategy = \"merge\"",
             ))
         }
-        ("overwrite" | "append", Some(keys)) => {
+        ("overwrite" | "append" | "rebuild", Some(keys)) => {
             return Err(at.error(
                 keys.span(),
                 "destination.merge_keys is only for strategy = \"merge\"",
             ))
         }
-        (other, _) => {
-            return Err(at.error(
-                raw.strategy.span(),
-                format!("destination.strategy: `{other}` is not one of overwrite, merge, append"),
-            ))
-        }
+        (other, _) => return Err(at.error(
+            raw.strategy.span(),
+            format!(
+                "destination.strategy: `{other}` is not one of overwrite, merge, append, rebuild"
+            ),
+        )),
     };
     if strategy == Strategy::Overwrite {
         if let Some(missing) = slices

@@ -9,6 +9,7 @@
 //! is tried again with exponential backoff and jitter; a failed check, bad SQL or bad
 //! data is not. Progress goes to a [`Reporter`]; this module never prints.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,12 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::assertions;
-use crate::engine::{Backfill, Known, Reprocess};
+use crate::engine::{Backfill, Known, Reprocess, SliceState};
 use crate::error::{Error, Fault, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Ledger, SliceRecord};
+use crate::pipeline::Strategy;
+use crate::sink::rebuild::StagedSlice;
 use crate::slice::{Selection, Slice};
 use tokio_util::sync::CancellationToken;
 
@@ -117,6 +120,9 @@ pub struct SliceOutcome {
 pub enum SliceStatus {
     /// Published in table version `version`.
     Committed { version: u64, rows: u64, bytes: u64 },
+    /// Checked and staged for a rebuild's swap, which has not happened (yet); `reused`
+    /// when an earlier run had staged it.
+    Staged { rows: u64, bytes: u64, reused: bool },
     /// Not run: its state (`done`, or one not chosen by `Reprocess`).
     Skipped { state: String },
     /// Nothing was committed; `fault` says whose move it is.
@@ -135,6 +141,30 @@ pub struct RunSummary {
     pub stopped: bool,
     /// The selected slices it never started, in run order.
     pub not_started: Vec<String>,
+    /// For a rebuild, whether and how the table was swapped.
+    pub rebuild: Option<RebuildOutcome>,
+}
+
+/// How a rebuild's run ended for the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "swap", rename_all = "snake_case")]
+pub enum RebuildOutcome {
+    /// One commit replaced the table: the staged slices' files in, every file not of a
+    /// kept (done) slice out.
+    Swapped {
+        version: u64,
+        removed_files: u64,
+        added_files: u64,
+        kept_slices: usize,
+    },
+    /// Every slice was done and the table held nothing else: nothing to commit.
+    Unchanged,
+    /// Not every slice is staged or done: nothing was committed. A rerun reuses what is
+    /// staged and swaps once the rest passes.
+    Waiting { staged: usize, waiting: Vec<String> },
+    /// The swap itself failed (another writer committed, say): the table is unchanged
+    /// and what was staged is kept for a rerun.
+    Refused { error: String },
 }
 
 impl RunSummary {
@@ -152,6 +182,16 @@ impl RunSummary {
 
     pub fn failed(&self) -> usize {
         self.count(|s| matches!(s, SliceStatus::Failed { .. }))
+    }
+
+    /// Whether the run left work undone that a rerun would do: failed slices, or a
+    /// rebuild that did not swap.
+    pub fn incomplete(&self) -> bool {
+        self.failed() > 0
+            || matches!(
+                self.rebuild,
+                Some(RebuildOutcome::Waiting { .. } | RebuildOutcome::Refused { .. })
+            )
     }
 }
 
@@ -174,6 +214,7 @@ impl Backfill {
             known: self.known().await?,
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
+            staged: Default::default(),
         });
         let header = RunHeader::new(
             &run_id,
@@ -225,21 +266,101 @@ impl Backfill {
         if outcomes.iter().any(|o| o.status == SliceStatus::Abandoned) {
             self.settle_abandoned(&mut outcomes, &run.run_id).await?;
         }
+        let not_started = keys[outcomes.len()..].to_vec();
+        let rebuild = match self.pipeline.destination.strategy {
+            Strategy::Rebuild => {
+                let staged = std::mem::take(&mut *run.staged.lock().expect("not poisoned"));
+                Some(
+                    self.finish_rebuild(&run, &mut outcomes, &not_started, staged)
+                        .await,
+                )
+            }
+            _ => None,
+        };
         let summary = RunSummary {
             run_id,
             pipeline: self.pipeline.name.clone(),
-            not_started: keys[outcomes.len()..].to_vec(),
-            stopped: options.stop.is_stopping() && outcomes.len() < keys.len(),
+            stopped: options.stop.is_stopping() && !not_started.is_empty(),
+            not_started,
             outcomes,
+            rebuild,
         };
         let end = RunEnd {
             ended_at: chrono::Utc::now(),
             committed: summary.committed(),
             skipped: summary.skipped(),
             failed: summary.failed(),
+            rebuild: summary.rebuild.clone(),
         };
         run.history.end(&summary.run_id, &end).await?;
         Ok(summary)
+    }
+
+    /// Swaps a rebuild's staged slices in if every selected slice is staged or done, and
+    /// turns the staged outcomes into committed ones if it did.
+    async fn finish_rebuild(
+        &self,
+        run: &RunContext,
+        outcomes: &mut [SliceOutcome],
+        not_started: &[String],
+        mut staged: HashMap<String, StagedSlice>,
+    ) -> RebuildOutcome {
+        let (mut ready, mut kept, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+        for outcome in outcomes.iter() {
+            let done = run.known.ledger.get(&outcome.slice);
+            match (&outcome.status, staged.remove(&outcome.slice), done) {
+                (SliceStatus::Staged { .. }, Some(slice), _) => ready.push(slice),
+                (SliceStatus::Skipped { .. }, _, Some(done)) => kept.push(done.record.clone()),
+                _ => waiting.push(outcome.slice.clone()),
+            }
+        }
+        waiting.extend(not_started.iter().cloned());
+        if !waiting.is_empty() {
+            return RebuildOutcome::Waiting {
+                staged: ready.len(),
+                waiting,
+            };
+        }
+        let swapped = async {
+            if ready.is_empty() {
+                let kept_keys = kept.iter().map(|r| r.slice.as_str()).collect();
+                let replaced = self.sink.replaced(&kept_keys).await?;
+                if replaced.files == 0 && !replaced.schema_changes {
+                    return Ok(None);
+                }
+            }
+            self.sink.swap(&run.run_id, &ready, &kept).await.map(Some)
+        }
+        .await;
+        let outcome = match swapped {
+            Err(error) => {
+                return RebuildOutcome::Refused {
+                    error: error.to_string(),
+                }
+            }
+            Ok(None) => RebuildOutcome::Unchanged,
+            Ok(Some(swapped)) => {
+                for outcome in outcomes.iter_mut() {
+                    if let SliceStatus::Staged { rows, bytes, .. } = outcome.status {
+                        outcome.status = SliceStatus::Committed {
+                            version: swapped.version,
+                            rows,
+                            bytes,
+                        };
+                    }
+                }
+                RebuildOutcome::Swapped {
+                    version: swapped.version,
+                    removed_files: swapped.removed_files,
+                    added_files: swapped.added_files,
+                    kept_slices: kept.len(),
+                }
+            }
+        };
+        // The swapped manifests, and any left by a crash right after an earlier swap.
+        let forgotten = ready.iter().map(|s| &s.record).chain(&kept);
+        self.sink.forget(forgotten.map(|r| r.slice.as_str())).await;
+        outcome
     }
 
     /// An abandoned slice may have committed just before it was dropped: the Delta log,
@@ -278,13 +399,7 @@ impl Backfill {
         loop {
             attempt += 1;
             let started = Instant::now();
-            let running = self.run_slice(
-                slice.clone(),
-                &run.known,
-                &run.run_id,
-                options.reprocess,
-                started,
-            );
+            let running = self.run_slice(slice.clone(), run, options.reprocess, started);
             let result = match options.slice_timeout {
                 None => running.await,
                 Some(limit) => tokio::time::timeout(limit, running)
@@ -331,18 +446,29 @@ impl Backfill {
     async fn run_slice(
         &self,
         slice: Slice,
-        known: &Known,
-        run_id: &str,
+        run: &RunContext,
         reprocess: Reprocess,
         started: Instant,
     ) -> Result<SliceStatus> {
-        let planned = self.plan_slice(slice, known, reprocess).await?;
+        let planned = self.plan_slice(slice, &run.known, reprocess).await?;
         if !planned.will_run {
             return Ok(SliceStatus::Skipped {
                 state: planned.state.name().to_string(),
             });
         }
         let slice = &planned.slice;
+        if let SliceState::Staged { staged, .. } = &planned.state {
+            if self.sink.still_staged(staged).await? {
+                let (rows, bytes) = (staged.record.rows, staged.record.bytes);
+                run.remember_staged(staged.as_ref().clone());
+                return Ok(SliceStatus::Staged {
+                    rows,
+                    bytes,
+                    reused: true,
+                });
+            }
+            tracing::warn!(slice = %slice.key, "staged files are gone: computing the slice again");
+        }
         let previous = planned.state.committed().map(|c| &c.record);
         let stream = execute_stream(planned.plan.clone(), planned.ctx.task_ctx())
             .context(|| format!("slice {}: running the transform", slice.key))?;
@@ -382,7 +508,7 @@ impl Backfill {
         let record = SliceRecord {
             pipeline: self.pipeline.name.clone(),
             slice: slice.key.clone(),
-            run_id: run_id.to_string(),
+            run_id: run.run_id.clone(),
             strategy: self.pipeline.destination.strategy.name().to_string(),
             txn_version: previous.map_or(1, |p| p.txn_version + 1),
             rows: staged.rows,
@@ -395,6 +521,24 @@ impl Backfill {
             assertions: results,
         };
         let checked_at = started.elapsed();
+        if self.pipeline.destination.strategy == Strategy::Rebuild {
+            let staged_slice = StagedSlice {
+                staging_key: self.staging_key(slice, &planned.source_fingerprint),
+                record,
+                adds: staged.adds.clone(),
+                staged_at: chrono::Utc::now(),
+            };
+            if let Err(error) = self.sink.remember(&staged_slice).await {
+                self.sink.discard(&staged).await;
+                return Err(error);
+            }
+            run.remember_staged(staged_slice);
+            return Ok(SliceStatus::Staged {
+                rows: staged.rows,
+                bytes: staged.bytes,
+                reused: false,
+            });
+        }
         match self.sink.publish(slice, &staged, &record).await {
             Ok(version) => {
                 tracing::debug!(
@@ -432,6 +576,15 @@ struct RunContext {
     /// The Delta log's records and the failed slices, as the run started.
     known: Known,
     history: History,
+    /// A rebuild's slices staged (or found staged) by this run, for its swap.
+    staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
+}
+
+impl RunContext {
+    fn remember_staged(&self, staged: StagedSlice) {
+        let mut all = self.staged.lock().expect("not poisoned");
+        all.insert(staged.record.slice.clone(), staged);
+    }
 }
 
 /// A selection as people write it, for the run history.

@@ -2,6 +2,7 @@
 //! table read back and compared with the same query run directly over the Parquet sources.
 
 mod reads;
+mod rebuild;
 mod snapshots;
 mod support;
 
@@ -109,7 +110,7 @@ async fn rerun_is_a_no_op_and_force_rewrites_identical_contents() {
         "a forced re-run leaves identical contents"
     );
 
-    let txn = txn_versions(&case.json("plan", &range, 0));
+    let txn = txn_versions(&case.plan(&range, 0));
     assert_eq!(
         txn,
         vec![2, 2, 2],
@@ -178,7 +179,7 @@ async fn late_arriving_source_file_is_planned_as_changed_and_rerun() {
         day.join("part-00001.parquet"),
     )
     .unwrap();
-    let plan = case.json("plan", &range, 0);
+    let plan = case.plan(&range, 0);
     assert_eq!(
         slice_states(&plan),
         states(&[
@@ -211,7 +212,7 @@ async fn changed_sql_is_planned_as_changed() {
     let case = Case::new("orders_clean");
     case.ok("run", &["--keys", "2024-01-01"], 0);
     case.edit_pipeline("upper(status)", "lower(status)");
-    let plan = case.json("plan", &["--keys", "2024-01-01"], 0);
+    let plan = case.plan(&["--keys", "2024-01-01"], 0);
     assert_eq!(plan[0]["state"]["state"], "changed");
     assert_eq!(plan[0]["state"]["what"], serde_json::json!(["SQL"]));
 }
@@ -219,7 +220,7 @@ async fn changed_sql_is_planned_as_changed() {
 #[tokio::test]
 async fn partition_pruning_plans_only_the_slice_files() {
     let case = Case::new("daily_revenue");
-    let plan = case.json("plan", &["--keys", "2024-01-03"], 0);
+    let plan = case.plan(&["--keys", "2024-01-03"], 0);
     // The day's orders file and the dimension table, and nothing of the other 13 days.
     assert_eq!(plan[0]["source_files"], 2, "{plan}");
     let size = |file: &str| std::fs::metadata(case.scratch.path(file)).unwrap().len();
@@ -274,7 +275,7 @@ async fn list_slices_from_a_manifest_handle_an_awkward_key() {
     );
     // Planning that key alone finds it done.
     assert_eq!(
-        slice_states(&case.json("plan", &["--keys", "o'brien"], 0)),
+        slice_states(&case.plan(&["--keys", "o'brien"], 0)),
         states(&[("o'brien", "done")])
     );
 }
@@ -337,7 +338,7 @@ async fn append_after_the_log_history_expired_replaces_instead_of_duplicating() 
     for version in 0..=1 {
         std::fs::remove_file(case.table.join(format!("_delta_log/{version:020}.json"))).unwrap();
     }
-    let plan = case.json("plan", &range, 0);
+    let plan = case.plan(&range, 0);
     assert_eq!(
         slice_states(&plan),
         states(&[
@@ -579,7 +580,7 @@ fn reprocess_chooses_slices_by_state_and_plan_shows_the_choice() {
         "2024-01-09 is the noisy day"
     );
 
-    let plan = case.json("plan", &["--start", "2024-01-08", "--end", "2024-01-11"], 0);
+    let plan = case.plan(&["--start", "2024-01-08", "--end", "2024-01-11"], 0);
     assert_eq!(
         slice_states(&plan),
         states(&[
@@ -611,7 +612,7 @@ fn reprocess_chooses_slices_by_state_and_plan_shows_the_choice() {
         "missing",
     ];
     assert_eq!(
-        will_run(&case.json("plan", &only_missing, 0)),
+        will_run(&case.plan(&only_missing, 0)),
         [false, false, false, true]
     );
     let run = case.json("run", &only_missing, 0);
@@ -641,7 +642,7 @@ fn reprocess_chooses_slices_by_state_and_plan_shows_the_choice() {
         statuses(&run),
         ["skipped", "committed", "skipped", "skipped"]
     );
-    let plan = case.json("plan", &["--start", "2024-01-08", "--end", "2024-01-11"], 0);
+    let plan = case.plan(&["--start", "2024-01-08", "--end", "2024-01-11"], 0);
     assert_eq!(
         will_run(&plan),
         [false, false, false, false],
@@ -806,7 +807,7 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
             expected,
             "killed after {delay_ms} ms"
         );
-        let txn = txn_versions(&case.json("plan", &range, 0));
+        let txn = txn_versions(&case.plan(&range, 0));
         assert_eq!(
             txn,
             vec![1; 14],

@@ -102,7 +102,7 @@ pub async fn query_sources(bucket: &Path, sql: &str) -> Vec<String> {
     rows(&ctx, sql).await
 }
 
-async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+pub async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let text = pretty_format_batches(&batches).unwrap().to_string();
     text.lines().map(str::to_string).collect()
@@ -222,6 +222,11 @@ impl Case {
     /// Runs a command with `--json` and parses stdout, asserting the exit code.
     pub fn json(&self, command: &str, rest: &[&str], code: i32) -> serde_json::Value {
         json(&self.args(command, &[rest, &["--json"]].concat()), code)
+    }
+
+    /// The slices of `plan --json`.
+    pub fn plan(&self, rest: &[&str], code: i32) -> serde_json::Value {
+        self.json("plan", rest, code)["slices"].clone()
     }
 
     /// Rows of `sql` over the destination table, registered as `t`.

@@ -5,11 +5,13 @@
 //! `_backfill/staging/` for merge) and counts rows and nulls on the way. Then, only if
 //! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
 //! that also carries the slice's `txn` and [`SliceRecord`]; or [`Sink::discard`] deletes
-//! them. One file per strategy: [`overwrite`], [`append`], [`merge`].
+//! them. One file per strategy: [`overwrite`], [`append`], [`merge`]; [`rebuild`] stages
+//! every slice the same way but publishes them all at once with [`Sink::swap`].
 
 mod append;
 mod merge;
 mod overwrite;
+pub mod rebuild;
 
 use std::sync::Arc;
 
@@ -84,7 +86,8 @@ impl Sink {
             std::fs::create_dir_all(&path).context(context)?;
         }
         let (table, exists) = load_table(&url).await?;
-        if exists {
+        // A rebuild may change the table's columns: its swap replaces the schema too.
+        if exists && destination.strategy != Strategy::Rebuild {
             check_compatible(&table, &schema, &destination.partition_by)
                 .map_err(|m| Error::config(context(), m))?;
         }
@@ -130,7 +133,9 @@ impl Sink {
                     .expect("a valid path"),
                 vec![],
             ),
-            Strategy::Overwrite | Strategy::Append => (self.url.clone(), self.partition_by.clone()),
+            Strategy::Overwrite | Strategy::Append | Strategy::Rebuild => {
+                (self.url.clone(), self.partition_by.clone())
+            }
         };
         let context = || format!("slice {}: writing to {base}", slice.key);
         let mut writer = RecordBatchWriter::try_new(
@@ -244,6 +249,11 @@ impl Sink {
             Strategy::Merge { keys } => {
                 merge::publish(self, &mut table, slice, staged, keys, properties).await
             }
+            Strategy::Rebuild => {
+                return Err(Error::Internal(
+                    "a rebuild's slices are published together by Sink::swap".into(),
+                ))
+            }
         }
         .context(context)?;
         Ok(version)
@@ -300,8 +310,7 @@ impl Sink {
     }
 
     fn partition_guard(&self, slice: &Slice) -> Result<PartitionGuard> {
-        let replaces_partitions =
-            matches!(self.strategy, Strategy::Overwrite | Strategy::Merge { .. });
+        let replaces_partitions = !matches!(self.strategy, Strategy::Append);
         let owned = slice
             .partition
             .iter()
@@ -440,13 +449,18 @@ fn partition_predicate(slice: &Slice, qualifier: &str) -> String {
         .join(" AND ")
 }
 
-/// Whether an active file was written by `pipeline` for `slice`.
-fn is_tagged_with(file: &deltalake::kernel::LogicalFileView, pipeline: &str, slice: &str) -> bool {
+/// The pipeline and slice that wrote an active file, from its tags.
+fn written_by(file: &LogicalFileView) -> (Option<String>, Option<String>) {
     // The view exposes tags only through the (deprecated) conversion to an `Add`.
     #[allow(deprecated)]
     let tags = file.add_action().tags.unwrap_or_default();
     let tag = |key: &str| tags.get(key).cloned().flatten();
-    tag(PIPELINE_TAG).as_deref() == Some(pipeline) && tag(SLICE_TAG).as_deref() == Some(slice)
+    (tag(PIPELINE_TAG), tag(SLICE_TAG))
+}
+
+/// Whether an active file was written by `pipeline` for `slice`.
+fn is_tagged_with(file: &LogicalFileView, pipeline: &str, slice: &str) -> bool {
+    written_by(file) == (Some(pipeline.to_string()), Some(slice.to_string()))
 }
 
 /// The active files of `table` that lie in the slice's partitions.

@@ -1,0 +1,299 @@
+//! `rebuild`: replace the whole table with the output of a range's slices, in one commit.
+//!
+//! Each slice's output is staged as uncommitted files in the table's folder (as for
+//! overwrite), checked, and then remembered in a manifest under
+//! `_backfill/rebuild/<pipeline>/`: the files it wrote and the record it will carry. A
+//! manifest is what lets an interrupted rebuild resume without recomputing the slices that
+//! already passed. Only when every slice of the range is staged, or done and kept, does
+//! [`Sink::swap`] commit: it removes every other file of the table and adds the staged
+//! ones, with the new schema if it changed. Readers see the old table until that commit
+//! and the new one after it.
+//!
+//! The swap must land on the very version the rebuild read: if any other writer committed
+//! since, it is refused (Delta's conflict checker would let a full overwrite through on
+//! top of a concurrent append, silently dropping it) and the table stays as it was.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, LogicalFileView, Metadata, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::DeltaTableError;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::{check_compatible, written_by, Sink};
+use crate::error::{Error, Result, ResultExt};
+use crate::ledger::{CommitRecord, RebuildRecord, SliceRecord, SwapRecord, COMMIT_INFO_KEY};
+
+const REBUILD: &str = "_backfill/rebuild";
+
+/// A slice's checked output, staged for a rebuild and remembered durably.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedSlice {
+    /// Sums up everything the output depends on (see `Backfill::staging_key`); staged
+    /// output is reused only while it matches.
+    pub staging_key: String,
+    /// The record the swap commit will carry for this slice.
+    pub record: SliceRecord,
+    /// The staged files, relative to the table's root, tagged with pipeline and slice.
+    pub adds: Vec<Add>,
+    pub staged_at: DateTime<Utc>,
+}
+
+/// What a swap committed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Swapped {
+    pub version: u64,
+    pub removed_files: u64,
+    pub added_files: u64,
+}
+
+/// What a swap would do to the table as this sink read it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Replaced {
+    /// The version the swap must land on top of; `None` if there is no table yet.
+    pub version: Option<u64>,
+    pub files: u64,
+    pub bytes: u64,
+    /// Whether the swap changes the table's columns or partitioning.
+    pub schema_changes: bool,
+}
+
+impl Sink {
+    /// Durably remembers a staged, checked slice. Until this returns, the slice's files
+    /// are an invisible leftover; after it, a later run can swap them in.
+    pub(crate) async fn remember(&self, staged: &StagedSlice) -> Result<()> {
+        let path = self.manifest_path(&staged.record.slice);
+        let bytes = serde_json::to_vec(staged).expect("a staged slice serializes");
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .context(|| format!("slice {}: writing {path}", staged.record.slice))?;
+        Ok(())
+    }
+
+    /// Every staged slice of this pipeline that a swap has not yet consumed, by key.
+    pub(crate) async fn staged_slices(&self) -> Result<HashMap<String, StagedSlice>> {
+        let folder = StorePath::from_iter([REBUILD, &self.pipeline]);
+        let context = || format!("reading the staged slices under {}{folder}", self.url);
+        let paths: Vec<StorePath> = self
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .context(context)?;
+        let mut staged = HashMap::new();
+        for path in paths {
+            let bytes = match self.store.get(&path).await {
+                Ok(found) => found.bytes().await.context(context)?,
+                // Consumed by a swap since it was listed.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(error) => return Err(Error::execution(context(), error)),
+            };
+            // A manifest that does not parse (written by another version, say) is only a
+            // missed chance to reuse work: the slice is computed again.
+            if let Ok(slice) = serde_json::from_slice::<StagedSlice>(&bytes) {
+                staged.insert(slice.record.slice.clone(), slice);
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Whether every file of a staged slice is still there, with its size.
+    pub(crate) async fn still_staged(&self, staged: &StagedSlice) -> Result<bool> {
+        for add in &staged.adds {
+            let Some(path) = self.store_path(&self.url, &add.path) else {
+                return Ok(false);
+            };
+            match self.store.head(&path).await {
+                Ok(meta) if meta.size == add.size as u64 => {}
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(error) => {
+                    return Err(Error::execution(
+                        format!("slice {}: checking {path}", staged.record.slice),
+                        error,
+                    ))
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes the manifests of swapped slices, so their files are never added twice.
+    /// Best effort: a manifest left behind matches no slice that is done.
+    pub(crate) async fn forget<'a>(&self, slices: impl Iterator<Item = &'a str>) {
+        let paths: Vec<_> = slices.map(|s| Ok(self.manifest_path(s))).collect();
+        let deleted: Vec<_> = self
+            .store
+            .delete_stream(futures::stream::iter(paths).boxed())
+            .collect()
+            .await;
+        for result in deleted {
+            if let Err(error) = result {
+                if !matches!(error, object_store::Error::NotFound { .. }) {
+                    tracing::warn!("could not delete a staged slice's manifest: {error}");
+                }
+            }
+        }
+    }
+
+    /// Whether the table, if there is one, has the pipeline's columns and partitioning.
+    pub(crate) async fn fits_table(&self) -> bool {
+        let table = self.table.lock().await;
+        table.as_ref().is_none_or(|existing| {
+            check_compatible(existing, &self.schema, &self.partition_by).is_ok()
+        })
+    }
+
+    /// What a swap keeping the files of `kept` slices would replace.
+    pub(crate) async fn replaced(&self, kept: &HashSet<&str>) -> Result<Replaced> {
+        let table = self.table.lock().await;
+        let Some(existing) = table.as_ref() else {
+            return Ok(Replaced {
+                version: None,
+                files: 0,
+                bytes: 0,
+                schema_changes: false,
+            });
+        };
+        let snapshot = existing.snapshot().context(|| self.url.to_string())?;
+        let (mut files, mut bytes) = (0, 0);
+        for file in snapshot.log_data().iter() {
+            if !self.is_kept(&file, kept) {
+                files += 1;
+                bytes += file.size() as u64;
+            }
+        }
+        Ok(Replaced {
+            version: existing.version().map(|v| v as u64),
+            files,
+            bytes,
+            schema_changes: check_compatible(existing, &self.schema, &self.partition_by).is_err(),
+        })
+    }
+
+    /// Replaces the table with the staged slices plus the files of the `kept` ones, in
+    /// one commit on top of the version this sink read, or refuses if that is not the
+    /// latest version any more.
+    pub(crate) async fn swap(
+        &self,
+        run_id: &str,
+        staged: &[StagedSlice],
+        kept: &[SliceRecord],
+    ) -> Result<Swapped> {
+        let mut table = self.table.lock().await;
+        let context = || format!("rebuild of {}", self.url);
+        let kept_keys: HashSet<&str> = kept.iter().map(|r| r.slice.as_str()).collect();
+        let (mut actions, mut removed_files) = (Vec::new(), 0);
+        let replaced_version = table.as_ref().and_then(|t| t.version()).map(|v| v as u64);
+        if let Some(existing) = table.as_ref() {
+            let snapshot = existing.snapshot().context(context)?;
+            for file in snapshot.log_data().iter() {
+                if !self.is_kept(&file, &kept_keys) {
+                    actions.push(Action::Remove(file.remove_action(true)));
+                }
+            }
+            removed_files = actions.len() as u64;
+            if check_compatible(existing, &self.schema, &self.partition_by).is_err() {
+                let metadata = self
+                    .replaced_metadata(snapshot.metadata())
+                    .context(context)?;
+                actions.push(Action::Metadata(metadata));
+            }
+        }
+        let adds: Vec<Action> = staged
+            .iter()
+            .flat_map(|s| s.adds.iter().cloned().map(Action::Add))
+            .collect();
+        let added_files = adds.len() as u64;
+        actions.extend(adds);
+        let record = CommitRecord::Swap(SwapRecord {
+            rebuild: RebuildRecord {
+                pipeline: self.pipeline.clone(),
+                run_id: run_id.to_string(),
+                replaced_version,
+                removed_files,
+                added_files,
+            },
+            slices: staged
+                .iter()
+                .map(|s| s.record.clone())
+                .chain(kept.iter().cloned())
+                .collect(),
+        });
+        let transactions = staged
+            .iter()
+            .map(|s| {
+                let app_id = crate::ledger::app_id(&self.pipeline, &s.record.slice);
+                Transaction::new(app_id, s.record.txn_version)
+            })
+            .collect();
+        let properties = CommitProperties::default()
+            .with_cleanup_expired_logs(Some(false))
+            .with_max_retries(0)
+            .with_application_transactions(transactions)
+            .with_metadata([(
+                COMMIT_INFO_KEY.to_string(),
+                serde_json::to_value(&record).expect("a record serializes"),
+            )]);
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: Some(self.partition_by.clone()),
+            predicate: None,
+        };
+        let version = match self
+            .commit(&mut table, actions, operation, properties)
+            .await
+        {
+            Ok(version) => version,
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::MaxCommitAttempts(_),
+            }) => {
+                let read = replaced_version.map_or("none".to_string(), |v| v.to_string());
+                return Err(Error::execution(
+                    context(),
+                    format!("another writer committed to the table after this rebuild read it (version {read}), so the swap was refused and the table is unchanged. Run again to rebuild on top of the new version: staged slices are reused"),
+                ));
+            }
+            Err(error) => return Err(Error::execution(context(), error)),
+        };
+        Ok(Swapped {
+            version,
+            removed_files,
+            added_files,
+        })
+    }
+
+    fn is_kept(&self, file: &LogicalFileView, kept: &HashSet<&str>) -> bool {
+        let (pipeline, slice) = written_by(file);
+        pipeline.as_deref() == Some(self.pipeline.as_str())
+            && slice.is_some_and(|slice| kept.contains(slice.as_str()))
+    }
+
+    /// The table's metadata with the pipeline's columns and partitioning, keeping the
+    /// table's id, name and configuration.
+    fn replaced_metadata(&self, current: &Metadata) -> deltalake::DeltaResult<Metadata> {
+        use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+        let schema: StructType = self.schema.as_ref().try_into_kernel()?;
+        let value = serde_json::json!({
+            "id": current.id(),
+            "name": current.name(),
+            "description": current.description(),
+            "format": { "provider": "parquet", "options": {} },
+            "schemaString": serde_json::to_string(&schema)?,
+            "partitionColumns": self.partition_by,
+            "configuration": current.configuration(),
+            "createdTime": current.created_time(),
+        });
+        Ok(serde_json::from_value(value)?)
+    }
+
+    fn manifest_path(&self, slice: &str) -> StorePath {
+        StorePath::from_iter([REBUILD, &self.pipeline, &format!("{slice}.json")])
+    }
+}

@@ -1,0 +1,336 @@
+//! `strategy = "rebuild"`: every slice staged and checked, then one commit swaps the whole
+//! table. Readers see the old table or the new one, never a mix; an interrupted rebuild
+//! resumes from what it staged and still swaps exactly once.
+
+use std::sync::Arc;
+
+use backfill_engine::run::RebuildOutcome;
+use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection};
+use serde_json::Value;
+
+use crate::support::*;
+
+const ALL: &str = "SELECT * FROM t ORDER BY order_id";
+
+/// What `orders_rebuild` should leave for days `start..=end`, computed from the sources.
+async fn expected_rebuild(case: &Case, start: &str, end: &str) -> Vec<String> {
+    case.expected(&format!(
+        "SELECT order_id, customer_id, amount, CAST(round(amount * 100) AS BIGINT) AS amount_cents,
+                upper(status) AS status, ordered_at, dt
+         FROM orders WHERE dt BETWEEN '{start}' AND '{end}' ORDER BY order_id"
+    ))
+    .await
+}
+
+/// Fills the case's table with another pipeline first: `orders_clean` for `start..=end`,
+/// one overwrite commit per day.
+fn write_with_orders_clean(case: &Case, start: &str, end: &str) {
+    let clean = case.scratch.path("pipelines/orders_clean.toml");
+    let args = [
+        "run",
+        clean.to_str().unwrap(),
+        "--start",
+        start,
+        "--end",
+        end,
+        "--destination",
+        case.table.to_str().unwrap(),
+    ];
+    backfill_ok(&args, 0);
+}
+
+/// The `status` of each attempt of a run, with `reused` for staged ones.
+fn attempt_statuses(run: &Value) -> Vec<String> {
+    let attempts = run["attempts"].as_array().unwrap().iter();
+    attempts
+        .map(|a| match a["reused"].as_bool() {
+            Some(true) => format!("{} (reused)", a["status"].as_str().unwrap()),
+            _ => a["status"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// Parquet files in the table's folder that its current version does not reference.
+async fn unreferenced_files(case: &Case) -> Vec<String> {
+    let table = open(&case.table).await;
+    let active: Vec<String> = table
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| uri.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let folder = case.table.strip_prefix(case.scratch.path("")).unwrap();
+    let files = case.scratch.files_under(folder.to_str().unwrap());
+    files
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet") && !f.starts_with("_"))
+        .filter(|f| !active.iter().any(|a| f.ends_with(a.as_str())))
+        .collect()
+}
+
+#[tokio::test]
+async fn rebuild_replaces_the_whole_table_in_one_commit() {
+    let case = Case::new("orders_rebuild");
+    write_with_orders_clean(&case, "2024-01-01", "2024-01-05");
+    let old_version = case.version().await;
+    let old = case.stored(ALL).await;
+    let range = ["--start", "2024-01-03", "--end", "2024-01-07"];
+
+    let plan = case.json("plan", &range, 0);
+    assert_eq!(
+        plan["rebuild"],
+        serde_json::json!({
+            "version": old_version,
+            "files": 5,
+            "bytes": plan["rebuild"]["bytes"],
+            "schema_changes": true,
+        })
+    );
+
+    let run = case.json("run", &range, 0);
+    assert_eq!(run["rebuild"]["swap"], "swapped", "{run:#}");
+    assert_eq!(run["rebuild"]["removed_files"], 5);
+    assert_eq!(run["rebuild"]["version"], old_version + 1);
+    assert_eq!(
+        case.version().await,
+        old_version + 1,
+        "one commit, the swap"
+    );
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_rebuild(&case, "2024-01-03", "2024-01-07").await,
+        "the table is exactly the rebuild: new column, days 1 and 2 gone"
+    );
+
+    // The version before the swap is still the old table, for readers that pinned it.
+    let mut pinned = open(&case.table).await;
+    pinned.load_version(old_version).await.unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    pinned.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", pinned.table_provider().await.unwrap())
+        .unwrap();
+    assert_eq!(rows(&ctx, ALL).await, old);
+
+    // Plain Delta still, and the staging manifests are gone.
+    let table = open(&case.table).await;
+    let protocol = table.snapshot().unwrap().protocol().clone();
+    assert_eq!(
+        (protocol.min_reader_version(), protocol.min_writer_version()),
+        (1, 2)
+    );
+    assert_eq!(
+        case.scratch
+            .files_under("warehouse/orders_rebuild/_backfill/rebuild"),
+        Vec::<String>::new()
+    );
+
+    // Done is done: the same command swaps nothing.
+    let rerun = case.json("run", &range, 0);
+    assert_eq!(rerun["rebuild"]["swap"], "unchanged", "{rerun:#}");
+    assert_eq!(case.version().await, old_version + 1);
+
+    // A narrower rebuild keeps the done days' files and drops the rest, computing nothing.
+    let narrower = ["--start", "2024-01-04", "--end", "2024-01-05"];
+    let run = case.json("run", &narrower, 0);
+    assert_eq!(run["rebuild"]["swap"], "swapped", "{run:#}");
+    assert_eq!(run["rebuild"]["kept_slices"], 2);
+    assert_eq!(run["rebuild"]["added_files"], 0);
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_rebuild(&case, "2024-01-04", "2024-01-05").await
+    );
+}
+
+#[tokio::test]
+async fn a_failed_slice_leaves_the_old_table_and_the_rerun_reuses_what_passed() {
+    let case = Case::new("orders_rebuild");
+    write_with_orders_clean(&case, "2024-01-07", "2024-01-10");
+    let (version, before) = (case.version().await, case.stored(ALL).await);
+    let range = ["--start", "2024-01-07", "--end", "2024-01-10"];
+
+    // 2024-01-09 has 2.95% null amounts; the rebuild allows 2%.
+    let run = case.json("run", &range, 1);
+    let statuses: Vec<&str> = run["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["staged", "staged", "failed", "staged"]);
+    assert_eq!(run["rebuild"]["swap"], "waiting");
+    assert_eq!(run["rebuild"]["waiting"], serde_json::json!(["2024-01-09"]));
+    assert_eq!(case.version().await, version, "nothing was committed");
+    assert_eq!(
+        case.stored(ALL).await,
+        before,
+        "readers still see the old table"
+    );
+    assert_eq!(
+        unreferenced_files(&case).await.len(),
+        3,
+        "the staged files of the three slices that passed, none of the failed one"
+    );
+    let plan = case.plan(&range, 0);
+    let states: Vec<&str> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["staged", "staged", "failed", "staged"]);
+
+    // Fix the data, then the same command computes only the fixed day and swaps.
+    let day = case.scratch.path("buckets/shop/orders/dt=2024-01-09");
+    rewrite_parquet(&day, "SELECT * FROM day WHERE amount IS NOT NULL").await;
+    let run = case.json("run", &range, 0);
+    assert_eq!(run["rebuild"]["swap"], "swapped", "{run:#}");
+    assert_eq!(case.version().await, version + 1);
+    let run_id = run["run_id"].as_str().unwrap();
+    assert_eq!(
+        attempt_statuses(&case.json("show", &[run_id], 0)),
+        [
+            "staged (reused)",
+            "staged (reused)",
+            "staged",
+            "staged (reused)"
+        ]
+    );
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_rebuild(&case, "2024-01-07", "2024-01-10").await
+    );
+}
+
+/// Replaces the Parquet files of `folder` by one file holding `sql` over them (as `day`).
+async fn rewrite_parquet(folder: &std::path::Path, sql: &str) {
+    use datafusion::dataframe::DataFrameWriteOptions;
+    // Plain Utf8, like the fixture files: not the view types DataFusion reads by default.
+    let config = datafusion::prelude::SessionConfig::new().set_bool(
+        "datafusion.execution.parquet.schema_force_view_types",
+        false,
+    );
+    let ctx = datafusion::prelude::SessionContext::new_with_config(config);
+    let options = datafusion::prelude::ParquetReadOptions::default();
+    ctx.register_parquet("day", folder.to_str().unwrap(), options)
+        .await
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    for entry in std::fs::read_dir(folder).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let written = ctx.read_batches(batches).unwrap();
+    let file = folder.join("part-00000.parquet");
+    written
+        .write_parquet(
+            file.to_str().unwrap(),
+            DataFrameWriteOptions::new().with_single_file_output(true),
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_swap_is_refused_when_another_writer_committed_after_the_rebuild_read_the_table() {
+    let case = Case::new("orders_rebuild");
+    write_with_orders_clean(&case, "2024-01-01", "2024-01-02");
+    let mut pipeline = pipeline::load(&case.pipeline).unwrap();
+    pipeline.destination.url = url::Url::from_directory_path(&case.table).unwrap();
+    let rebuild = Arc::new(
+        Backfill::open(pipeline, OpenOptions::default())
+            .await
+            .unwrap(),
+    );
+
+    // Another writer commits a day while the rebuild is under way.
+    write_with_orders_clean(&case, "2024-01-03", "2024-01-03");
+    let version = case.version().await;
+    let written_by_other = case.stored(ALL).await;
+
+    let selection = Selection::Range {
+        start: "2024-01-01".into(),
+        end: "2024-01-03".into(),
+    };
+    let silent = Arc::new(backfill_engine::run::Silent);
+    let summary = rebuild
+        .run(&selection, &RunOptions::default(), silent)
+        .await
+        .unwrap();
+    match &summary.rebuild {
+        Some(RebuildOutcome::Refused { error }) => {
+            assert!(error.contains("another writer committed"), "{error}")
+        }
+        other => panic!("the swap must be refused, got {other:?}"),
+    }
+    assert!(summary.incomplete());
+    assert_eq!(case.version().await, version);
+    assert_eq!(
+        case.stored(ALL).await,
+        written_by_other,
+        "the other writer's commit is intact"
+    );
+
+    // Running again rebuilds on top of the new version, reusing every staged slice.
+    let run = case.json("run", &["--start", "2024-01-01", "--end", "2024-01-03"], 0);
+    assert_eq!(run["rebuild"]["swap"], "swapped", "{run:#}");
+    assert_eq!(run["rebuild"]["removed_files"], 3);
+    let run_id = run["run_id"].as_str().unwrap();
+    assert_eq!(
+        attempt_statuses(&case.json("show", &[run_id], 0)),
+        ["staged (reused)"; 3]
+    );
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_rebuild(&case, "2024-01-01", "2024-01-03").await
+    );
+}
+
+#[tokio::test]
+async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
+    let range = ["--start", "2024-01-01", "--end", "2024-01-08"];
+    let clean = Case::new("orders_rebuild");
+    clean.ok("run", &range, 0);
+    let expected = clean.stored(ALL).await;
+
+    let mut staged_when_killed = Vec::new();
+    for delay_ms in [60, 200, 400, 700, 1100] {
+        let case = Case::new("orders_rebuild");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(case.args("run", &range))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
+        child.wait().unwrap();
+        let plan = case.plan(&range, 0);
+        let states: Vec<&str> = plan
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["state"]["state"].as_str().unwrap())
+            .collect();
+        // Either the swap happened (all done) or readers see no table at all.
+        let done = states.iter().filter(|s| **s == "done").count();
+        assert!(
+            done == 0 || done == 8,
+            "killed after {delay_ms} ms: {states:?}"
+        );
+        if done == 0 {
+            assert!(!case.table.join("_delta_log").exists());
+        }
+        staged_when_killed.push(states.iter().filter(|s| **s == "staged").count());
+
+        case.ok("run", &range, 0);
+        assert_eq!(
+            case.stored(ALL).await,
+            expected,
+            "killed after {delay_ms} ms"
+        );
+        assert_eq!(case.version().await, 0, "one swap, which created the table");
+    }
+    assert!(
+        staged_when_killed.iter().any(|n| (1..8).contains(n)),
+        "at least one kill must land in the middle of the staging: {staged_when_killed:?}"
+    );
+}
