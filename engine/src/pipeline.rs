@@ -438,12 +438,14 @@ fn destination(
                 "destination.merge_keys is only for strategy = \"merge\"",
             ))
         }
-        (other, _) => return Err(at.error(
-            raw.strategy.span(),
-            format!(
+        (other, _) => {
+            return Err(at.error(
+                raw.strategy.span(),
+                format!(
                 "destination.strategy: `{other}` is not one of overwrite, merge, append, rebuild"
             ),
-        )),
+            ))
+        }
     };
     if strategy == Strategy::Overwrite {
         if let Some(missing) = slices

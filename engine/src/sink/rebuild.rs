@@ -170,7 +170,7 @@ impl Sink {
             }
         }
         Ok(Replaced {
-            version: existing.version().map(|v| v as u64),
+            version: existing.version(),
             files,
             bytes,
             schema_changes: check_compatible(existing, &self.schema, &self.partition_by).is_err(),
@@ -190,7 +190,7 @@ impl Sink {
         let context = || format!("rebuild of {}", self.url);
         let kept_keys: HashSet<&str> = kept.iter().map(|r| r.slice.as_str()).collect();
         let (mut actions, mut removed_files) = (Vec::new(), 0);
-        let replaced_version = table.as_ref().and_then(|t| t.version()).map(|v| v as u64);
+        let replaced_version = table.as_ref().and_then(|t| t.version());
         if let Some(existing) = table.as_ref() {
             let snapshot = existing.snapshot().context(context)?;
             for file in snapshot.log_data().iter() {
