@@ -133,6 +133,24 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Query a rebuild before its swap. `staged` is the table the swap would make (the
+    /// staged slices plus the done ones it keeps); `current` is the table readers see now.
+    /// Without --sql, lists the slices and the rows each holds in `staged`.
+    RebuildPreview {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// A query over `staged` and `current`, e.g.
+        /// "SELECT count(*) FROM staged EXCEPT SELECT count(*) FROM current".
+        #[arg(long)]
+        sql: Option<String>,
+        /// Print the slices as JSON (ignored with --sql).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a deterministic fixture bucket of hive-partitioned Parquet (orders,
     /// customers, events, signups). Without options, the bundled one.
     Fixtures {
@@ -407,6 +425,20 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             std::fs::write(&output, report::render(&record))
                 .with_context(|| format!("writing {}", output.display()))?;
             println!("wrote {}", output.display());
+        }
+        Command::RebuildPreview {
+            pipeline,
+            selection,
+            overrides,
+            sql,
+            json,
+        } => {
+            let backfill = open(&pipeline, &overrides).await?;
+            let preview = backfill.rebuild_preview(&selection.selection()).await?;
+            match sql {
+                Some(sql) => output::batches(&preview.query(&sql).await?)?,
+                None => output::preview(&preview, json)?,
+            }
         }
         Command::Fixtures {
             out,

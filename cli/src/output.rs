@@ -4,7 +4,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use backfill_engine::arrow::array::RecordBatch;
+use backfill_engine::arrow::util::pretty::pretty_format_batches;
 use backfill_engine::history::RunRecord;
+use backfill_engine::preview::RebuildPreview;
 use backfill_engine::run::{RebuildOutcome, Reporter, SliceOutcome, SliceStatus};
 use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::status::Status;
@@ -209,6 +212,42 @@ fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
         ),
         RebuildOutcome::Refused { error } => format!("not swapped: {error}"),
     }
+}
+
+pub fn preview(preview: &RebuildPreview, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&preview.slices)?);
+        return Ok(());
+    }
+    println!("{:<16} {:<8} {:>9}", "slice", "state", "rows");
+    for slice in &preview.slices {
+        let rows = slice.rows.map_or("-".to_string(), |r| r.to_string());
+        println!("{:<16} {:<8} {rows:>9}", slice.slice, slice.state);
+    }
+    let absent: Vec<&str> = preview
+        .slices
+        .iter()
+        .filter(|s| s.rows.is_none())
+        .map(|s| s.slice.as_str())
+        .collect();
+    let total: u64 = preview.slices.iter().filter_map(|s| s.rows).sum();
+    println!(
+        "{} of {} slices in `staged` ({total} rows); {}",
+        preview.slices.len() - absent.len(),
+        preview.slices.len(),
+        if absent.is_empty() {
+            "a run would swap it in".to_string()
+        } else {
+            format!("still to stage: {}", absent.join(", "))
+        }
+    );
+    println!("query it with --sql, e.g. --sql \"SELECT count(*) FROM staged\"");
+    Ok(())
+}
+
+pub fn batches(batches: &[RecordBatch]) -> anyhow::Result<()> {
+    println!("{}", pretty_format_batches(batches)?);
+    Ok(())
 }
 
 pub fn status(status: &Status, json: bool) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod history;
 pub mod ledger;
 pub mod pipeline;
+pub mod preview;
 pub mod run;
 pub mod sink;
 pub mod slice;
@@ -22,6 +23,7 @@ pub mod source;
 pub mod status;
 pub mod template;
 
+pub use datafusion::arrow;
 pub use engine::{Backfill, OpenOptions, PlannedSlice, Reprocess, SliceState};
 pub use error::{Error, Fault, Result};
 pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome, SliceStatus};

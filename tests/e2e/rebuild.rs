@@ -178,6 +178,37 @@ async fn a_failed_slice_leaves_the_old_table_and_the_rerun_reuses_what_passed() 
         .collect();
     assert_eq!(states, ["staged", "staged", "failed", "staged"]);
 
+    // Before any swap, the staged table can be read and compared with the current one.
+    let staged_days = "dt IN ('2024-01-07', '2024-01-08', '2024-01-10')";
+    let preview = case.ok(
+        "rebuild-preview",
+        &[
+            &range[..],
+            &["--sql", "SELECT * FROM staged ORDER BY order_id"],
+        ]
+        .concat(),
+        0,
+    );
+    let expected = case
+        .expected(&format!(
+            "SELECT order_id, customer_id, amount, CAST(round(amount * 100) AS BIGINT) AS amount_cents,
+                    upper(status) AS status, ordered_at, dt
+             FROM orders WHERE {staged_days} ORDER BY order_id"
+        ))
+        .await;
+    assert_eq!(preview.lines().collect::<Vec<_>>(), expected);
+    let current = case.ok(
+        "rebuild-preview",
+        &[&range[..], &["--sql", "SELECT count(*) AS n FROM current"]].concat(),
+        0,
+    );
+    assert!(current.contains("| 8000 |"), "{current}");
+    let listed = case.json("rebuild-preview", &range, 0);
+    assert_eq!(
+        listed[2],
+        serde_json::json!({"slice": "2024-01-09", "state": "failed", "rows": null})
+    );
+
     // Fix the data, then the same command computes only the fixed day and swaps.
     let day = case.scratch.path("buckets/shop/orders/dt=2024-01-09");
     rewrite_parquet(&day, "SELECT * FROM day WHERE amount IS NOT NULL").await;

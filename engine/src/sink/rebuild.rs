@@ -150,6 +150,20 @@ impl Sink {
         })
     }
 
+    /// The active files this pipeline wrote for the `kept` slices, as their adds.
+    pub(crate) async fn files_of(&self, kept: &HashSet<&str>) -> Result<Vec<Add>> {
+        let table = self.table.lock().await;
+        let Some(existing) = table.as_ref() else {
+            return Ok(vec![]);
+        };
+        let snapshot = existing.snapshot().context(|| self.url.to_string())?;
+        let files = snapshot.log_data();
+        let kept_files = files.iter().filter(|file| self.is_kept(file, kept));
+        // The view exposes a file's tags and stats only through its (deprecated) `Add`.
+        #[allow(deprecated)]
+        Ok(kept_files.map(|file| file.add_action()).collect())
+    }
+
     /// What a swap keeping the files of `kept` slices would replace.
     pub(crate) async fn replaced(&self, kept: &HashSet<&str>) -> Result<Replaced> {
         let table = self.table.lock().await;
