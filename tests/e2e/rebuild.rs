@@ -128,6 +128,16 @@ async fn rebuild_replaces_the_whole_table_in_one_commit() {
     assert_eq!(rerun["rebuild"]["swap"], "unchanged", "{rerun:#}");
     assert_eq!(case.version().await, old_version + 1);
 
+    // --force recomputes every slice and swaps again, to identical contents.
+    let forced = case.json("run", &[&range[..], &["--force"]].concat(), 0);
+    assert_eq!(forced["rebuild"]["swap"], "swapped", "{forced:#}");
+    assert_eq!(forced["rebuild"]["kept_slices"], 0);
+    assert_eq!(case.version().await, old_version + 2);
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_rebuild(&case, "2024-01-03", "2024-01-07").await
+    );
+
     // A narrower rebuild keeps the done days' files and drops the rest, computing nothing.
     let narrower = ["--start", "2024-01-04", "--end", "2024-01-05"];
     let run = case.json("run", &narrower, 0);
