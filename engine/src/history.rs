@@ -191,7 +191,7 @@ impl RunHeader {
                 .collect(),
             concurrency: options.concurrency,
             retries: options.retries,
-            started_at: Utc::now(),
+            started_at: options.clock.now(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! and reports progress through [`run::Reporter`].
 
 pub mod assertions;
+pub mod clock;
 mod engine;
 pub mod error;
 pub mod fixtures;

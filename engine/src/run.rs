@@ -18,6 +18,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::assertions;
+use crate::clock::{Clock, SystemClock};
 use crate::engine::{Backfill, Known, Reprocess, SliceState};
 use crate::error::{Error, Fault, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub newest_first: bool,
     /// Lets another task stop the run (on Ctrl-C, say).
     pub stop: Stop,
+    /// The time stamped on records, and the waits between retries.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Stops a run in two steps: first no new slice starts and the ones in flight finish;
@@ -82,6 +85,7 @@ impl Default for RunOptions {
             slice_timeout: None,
             newest_first: false,
             stop: Stop::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -209,12 +213,13 @@ impl Backfill {
         if options.newest_first {
             slices.reverse();
         }
-        let run_id = new_run_id();
+        let run_id = new_run_id(options.clock.now());
         let run = Arc::new(RunContext {
             known: self.known().await?,
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
             staged: Default::default(),
+            clock: options.clock.clone(),
         });
         let header = RunHeader::new(
             &run_id,
@@ -286,7 +291,7 @@ impl Backfill {
             rebuild,
         };
         let end = RunEnd {
-            ended_at: chrono::Utc::now(),
+            ended_at: options.clock.now(),
             committed: summary.committed(),
             skipped: summary.skipped(),
             failed: summary.failed(),
@@ -420,7 +425,7 @@ impl Backfill {
                 attempt,
                 status: status.clone(),
                 duration_ms: millis(started.elapsed()),
-                finished_at: chrono::Utc::now(),
+                finished_at: run.clock.now(),
             };
             if let Err(error) = run.history.attempt(&run.run_id, index, &record).await {
                 // The Delta log, not the history, says what is done: losing this record
@@ -439,7 +444,7 @@ impl Backfill {
             }
             let wait = backoff(options.backoff, attempt);
             tracing::warn!(slice = %slice.key, attempt, "retrying in {wait:?} after a transient failure");
-            tokio::time::sleep(wait).await;
+            run.clock.sleep(wait).await;
         }
     }
 
@@ -526,7 +531,7 @@ impl Backfill {
                 staging_key: self.staging_key(slice, &planned.source_fingerprint),
                 record,
                 adds: staged.adds.clone(),
-                staged_at: chrono::Utc::now(),
+                staged_at: run.clock.now(),
             };
             if let Err(error) = self.sink.remember(&staged_slice).await {
                 self.sink.discard(&staged).await;
@@ -578,6 +583,7 @@ struct RunContext {
     history: History,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
     staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl RunContext {
@@ -596,8 +602,8 @@ fn describe(selection: &Selection) -> String {
     }
 }
 
-fn new_run_id() -> String {
-    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    let now = now.format("%Y%m%dT%H%M%SZ");
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
     format!("{now}-{suffix}")
 }

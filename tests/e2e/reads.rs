@@ -1,11 +1,14 @@
 //! What a slice reads, seen at the object store: the engine runs over a store that wraps
-//! the local file system, records every read, and can fail reads on purpose.
+//! the local file system, records every read, and can fail or hang reads on purpose.
+//! Retries run on a manual clock, so their waits pass at once and can be read back.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use backfill_engine::clock::Clock;
 use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -18,16 +21,28 @@ use object_store::{
 
 use crate::support::{Case, Scratch};
 
-/// A local file system that records the path and size of every read, and fails the next
-/// `failing_reads` reads with a transient-looking error.
+/// A local file system that records the path and size of every read, fails the next
+/// `failing_reads` reads with a transient-looking error, and never answers the next
+/// `hanging_reads` reads.
 #[derive(Debug, Default)]
 struct CountingStore {
     inner: LocalFileSystem,
     reads: Mutex<Vec<(String, u64)>>,
     failing_reads: AtomicUsize,
+    hanging_reads: AtomicUsize,
 }
 
 impl CountingStore {
+    /// Hangs this read forever if hangs are still due.
+    async fn maybe_hang(&self) {
+        let due = self
+            .hanging_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if due.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Fails this read if failures are still due.
     fn maybe_fail(&self, location: &Path) -> Result<()> {
         let due = self
@@ -93,6 +108,7 @@ impl ObjectStore for CountingStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.maybe_fail(location)?;
+        self.maybe_hang().await;
         let result = self.inner.get_opts(location, options).await?;
         self.record(location, result.range.end - result.range.start);
         Ok(result)
@@ -100,6 +116,7 @@ impl ObjectStore for CountingStore {
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.maybe_fail(location)?;
+        self.maybe_hang().await;
         let result = self.inner.get_ranges(location, ranges).await?;
         self.record(location, result.iter().map(|b| b.len() as u64).sum());
         Ok(result)
@@ -227,11 +244,11 @@ async fn merge_reads_the_slice_sources_once_like_overwrite() {
     );
 }
 
-/// Retries that do not wait long, so the tests stay quick.
+/// Retries whose waits pass at once, on a clock the test controls.
 fn quick_retries(retries: u32) -> RunOptions {
     RunOptions {
         retries,
-        backoff: std::time::Duration::from_millis(5),
+        clock: ManualClock::new(),
         ..RunOptions::default()
     }
 }
@@ -341,4 +358,122 @@ async fn failed_assertions_are_not_retried() {
             ..
         }
     ));
+}
+
+/// A clock that stands still until the run sleeps, and then jumps: retries happen at once,
+/// and the history's timestamps show exactly the waits the run chose.
+#[derive(Debug)]
+struct ManualClock {
+    start: chrono::DateTime<chrono::Utc>,
+    slept: Mutex<Duration>,
+}
+
+impl ManualClock {
+    fn new() -> Arc<Self> {
+        Arc::new(ManualClock {
+            start: "2024-06-01T00:00:00Z".parse().unwrap(),
+            slept: Mutex::new(Duration::ZERO),
+        })
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.start + *self.slept.lock().unwrap()
+    }
+
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        *self.slept.lock().unwrap() += duration;
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[tokio::test]
+async fn retries_back_off_exponentially_with_jitter() {
+    let case = Case::new("orders_clean");
+    let store = Arc::new(CountingStore::default());
+    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    store.failing_reads.store(3, Ordering::SeqCst);
+    let base = Duration::from_secs(600);
+    let options = RunOptions {
+        concurrency: 1,
+        retries: 5,
+        backoff: base,
+        clock: ManualClock::new(),
+        ..RunOptions::default()
+    };
+    let summary = run(&backfill, &["2024-01-01"], &options).await;
+    assert!(
+        matches!(summary.outcomes[0].status, SliceStatus::Committed { .. }),
+        "{summary:#?}"
+    );
+    assert!(summary.outcomes[0].attempts > 1, "{summary:#?}");
+
+    // Retry n waits base * 2^(n-1), scaled by a factor in [0.5, 1.5).
+    let history = backfill
+        .history()
+        .run(&summary.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let ends: Vec<_> = history.attempts.iter().map(|a| a.finished_at).collect();
+    for (retry, pair) in ends.windows(2).enumerate() {
+        let waited = (pair[1] - pair[0]).to_std().unwrap();
+        let nominal = base * 2u32.pow(retry as u32);
+        assert!(
+            waited >= nominal / 2 && waited < nominal * 3 / 2,
+            "retry {} waited {waited:?}, expected about {nominal:?}",
+            retry + 1
+        );
+    }
+    assert_eq!(
+        history.header.started_at,
+        "2024-06-01T00:00:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    );
+    assert!(
+        summary.run_id.starts_with("20240601T000000Z-"),
+        "{}",
+        summary.run_id
+    );
+}
+
+#[tokio::test]
+async fn a_hung_attempt_times_out_and_is_retried() {
+    let case = Case::new("orders_clean");
+    let store = Arc::new(CountingStore::default());
+    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    store.hanging_reads.store(1, Ordering::SeqCst);
+    let options = RunOptions {
+        concurrency: 1,
+        retries: 1,
+        slice_timeout: Some(Duration::from_millis(500)),
+        clock: ManualClock::new(),
+        ..RunOptions::default()
+    };
+    let summary = run(&backfill, &["2024-01-02"], &options).await;
+    assert!(
+        matches!(summary.outcomes[0].status, SliceStatus::Committed { .. }),
+        "{summary:#?}"
+    );
+    let history = backfill
+        .history()
+        .run(&summary.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    match &history.attempts[0].status {
+        SliceStatus::Failed { error, fault } => {
+            assert!(error.contains("timed out after 500ms"), "{error}");
+            assert_eq!(*fault, backfill_engine::Fault::Environment);
+        }
+        other => panic!("the hung attempt should have failed, got {other:?}"),
+    }
+    assert_eq!(history.attempts.len(), 2);
+    assert_eq!(
+        case.stored("SELECT count(*) AS n FROM t").await,
+        case.expected("SELECT count(*) AS n FROM orders WHERE dt = '2024-01-02'")
+            .await
+    );
 }
