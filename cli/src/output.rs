@@ -185,6 +185,12 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
                 "stopped. committed: {}",
                 keys(|s| matches!(s, SliceStatus::Committed { .. }))
             );
+            if summary.rebuild.is_some() {
+                println!(
+                    "staged for the rebuild's swap: {}",
+                    keys(|s| matches!(s, SliceStatus::Staged { .. }))
+                );
+            }
             println!(
                 "not committed: {}",
                 keys(|s| matches!(s, SliceStatus::Failed { .. } | SliceStatus::Abandoned))

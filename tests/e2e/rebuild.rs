@@ -326,6 +326,71 @@ async fn the_swap_is_refused_when_another_writer_committed_after_the_rebuild_rea
 }
 
 #[tokio::test]
+async fn ctrl_c_stops_a_rebuild_before_its_swap_and_the_rerun_finishes_it() {
+    use std::io::{BufRead, BufReader};
+    let case = Case::new("orders_rebuild");
+    let range = ["--start", "2024-01-01", "--end", "2024-01-08"];
+    let args = case.args("run", &[&range[..], &["--concurrency", "1"]].concat());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap);
+    // Interrupt once the first slice is staged.
+    let mut output: Vec<String> = lines
+        .by_ref()
+        .take_while(|line| !line.contains(" staged "))
+        .collect();
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    output.extend(lines);
+    let output = output.join("\n");
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{output}");
+    assert!(
+        output.contains("staged for the rebuild's swap: 2024-01-01"),
+        "{output}"
+    );
+    assert!(output.contains("rebuild: not swapped"), "{output}");
+    assert!(
+        !case.table.join("_delta_log").exists(),
+        "nothing was committed"
+    );
+
+    let plan = case.plan(&range, 0);
+    let staged = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"]["state"] == "staged")
+        .count();
+    assert!(
+        (1..8).contains(&staged),
+        "{staged} slices staged before the stop"
+    );
+
+    let run = case.json("run", &range, 0);
+    assert_eq!(run["rebuild"]["swap"], "swapped", "{run:#}");
+    let run_id = run["run_id"].as_str().unwrap();
+    let attempts = attempt_statuses(&case.json("show", &[run_id], 0));
+    assert_eq!(
+        attempts.iter().filter(|a| a.contains("reused")).count(),
+        staged
+    );
+    assert_eq!(case.version().await, 0, "one swap, which created the table");
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_rebuild(&case, "2024-01-01", "2024-01-08").await
+    );
+}
+
+#[tokio::test]
 async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
     let range = ["--start", "2024-01-01", "--end", "2024-01-08"];
     let clean = Case::new("orders_rebuild");
