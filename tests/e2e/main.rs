@@ -41,16 +41,6 @@ fn txn_versions(plan: &Value) -> Vec<i64> {
         .collect()
 }
 
-/// The `status` of each slice of a `run --json`.
-fn statuses(run: &Value) -> Vec<String> {
-    run["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["status"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn overwrite_table_matches_the_sql_run_over_the_sources() {
     let case = Case::new("daily_revenue");
@@ -652,32 +642,12 @@ fn reprocess_chooses_slices_by_state_and_plan_shows_the_choice() {
 
 #[tokio::test]
 async fn ctrl_c_stops_starting_slices_and_a_rerun_finishes_the_job() {
-    use std::io::{BufRead, BufReader};
     let case = Case::new("orders_clean");
     let range = ["--start", "2024-01-01", "--end", "2024-01-14"];
     let args = case.args("run", &[&range[..], &["--concurrency", "1"]].concat());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(Result::unwrap);
     // Interrupt once the first slice has committed.
-    let mut output: Vec<String> = lines
-        .by_ref()
-        .take_while(|line| !line.contains(" committed "))
-        .collect();
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
-    output.extend(lines);
-    let output = output.join("\n");
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{output}");
+    let (code, output) = interrupt_when(&args, |line| line.contains(" committed "));
+    assert_eq!(code, Some(130), "{output}");
     assert!(
         output.contains("stopped. committed: 2024-01-01"),
         "{output}"
@@ -789,15 +759,7 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
     let mut committed_when_killed = Vec::new();
     for delay_ms in [40, 120, 250, 400, 650, 1000, 1600] {
         let case = Case::new("orders_clean");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-            .args(case.args("run", &range))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
-        child.wait().unwrap();
+        kill_after(&case.args("run", &range), delay_ms);
         let status = case.json("status", &range, 0);
         committed_when_killed.push(status["done"].as_u64().unwrap());
 

@@ -159,13 +159,7 @@ async fn a_failed_slice_leaves_the_old_table_and_the_rerun_reuses_what_passed() 
 
     // 2024-01-09 has 2.95% null amounts; the rebuild allows 2%.
     let run = case.json("run", &range, 1);
-    let statuses: Vec<&str> = run["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["staged", "staged", "failed", "staged"]);
+    assert_eq!(statuses(&run), ["staged", "staged", "failed", "staged"]);
     assert_eq!(run["rebuild"]["swap"], "waiting");
     assert_eq!(run["rebuild"]["waiting"], serde_json::json!(["2024-01-09"]));
     assert_eq!(case.version().await, version, "nothing was committed");
@@ -179,14 +173,10 @@ async fn a_failed_slice_leaves_the_old_table_and_the_rerun_reuses_what_passed() 
         3,
         "the staged files of the three slices that passed, none of the failed one"
     );
-    let plan = case.plan(&range, 0);
-    let states: Vec<&str> = plan
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["state"]["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["staged", "staged", "failed", "staged"]);
+    assert_eq!(
+        plan_states(&case.plan(&range, 0)),
+        ["staged", "staged", "failed", "staged"]
+    );
 
     // Before any swap, the staged table can be read and compared with the current one.
     let staged_days = "dt IN ('2024-01-07', '2024-01-08', '2024-01-10')";
@@ -327,32 +317,12 @@ async fn the_swap_is_refused_when_another_writer_committed_after_the_rebuild_rea
 
 #[tokio::test]
 async fn ctrl_c_stops_a_rebuild_before_its_swap_and_the_rerun_finishes_it() {
-    use std::io::{BufRead, BufReader};
     let case = Case::new("orders_rebuild");
     let range = ["--start", "2024-01-01", "--end", "2024-01-08"];
     let args = case.args("run", &[&range[..], &["--concurrency", "1"]].concat());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(Result::unwrap);
     // Interrupt once the first slice is staged.
-    let mut output: Vec<String> = lines
-        .by_ref()
-        .take_while(|line| !line.contains(" staged "))
-        .collect();
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
-    output.extend(lines);
-    let output = output.join("\n");
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{output}");
+    let (code, output) = interrupt_when(&args, |line| line.contains(" staged "));
+    assert_eq!(code, Some(130), "{output}");
     assert!(
         output.contains("staged for the rebuild's swap: 2024-01-01"),
         "{output}"
@@ -363,13 +333,8 @@ async fn ctrl_c_stops_a_rebuild_before_its_swap_and_the_rerun_finishes_it() {
         "nothing was committed"
     );
 
-    let plan = case.plan(&range, 0);
-    let staged = plan
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["state"]["state"] == "staged")
-        .count();
+    let states = plan_states(&case.plan(&range, 0));
+    let staged = states.iter().filter(|s| *s == "staged").count();
     assert!(
         (1..8).contains(&staged),
         "{staged} slices staged before the stop"
@@ -400,24 +365,10 @@ async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
     let mut staged_when_killed = Vec::new();
     for delay_ms in [60, 200, 400, 700, 1100] {
         let case = Case::new("orders_rebuild");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-            .args(case.args("run", &range))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        child.kill().unwrap(); // SIGKILL: no cleanup of any kind runs
-        child.wait().unwrap();
-        let plan = case.plan(&range, 0);
-        let states: Vec<&str> = plan
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["state"]["state"].as_str().unwrap())
-            .collect();
+        kill_after(&case.args("run", &range), delay_ms);
+        let states = plan_states(&case.plan(&range, 0));
         // Either the swap happened (all done) or readers see no table at all.
-        let done = states.iter().filter(|s| **s == "done").count();
+        let done = states.iter().filter(|s| *s == "done").count();
         assert!(
             done == 0 || done == 8,
             "killed after {delay_ms} ms: {states:?}"
@@ -425,7 +376,7 @@ async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
         if done == 0 {
             assert!(!case.table.join("_delta_log").exists());
         }
-        staged_when_killed.push(states.iter().filter(|s| **s == "staged").count());
+        staged_when_killed.push(states.iter().filter(|s| *s == "staged").count());
 
         case.ok("run", &range, 0);
         assert_eq!(

@@ -49,6 +49,60 @@ pub fn backfill_ok(args: &[&str], code: i32) -> String {
     stdout
 }
 
+/// Runs `backfill` and sends it SIGINT as soon as a line of its stdout matches `when`;
+/// returns its exit code and everything it printed.
+pub fn interrupt_when(args: &[&str], when: impl Fn(&str) -> bool) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap);
+    let mut output: Vec<String> = lines.by_ref().take_while(|line| !when(line)).collect();
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    output.extend(lines);
+    (child.wait().unwrap().code(), output.join("\n"))
+}
+
+/// Runs `backfill` and kills it with SIGKILL after `delay_ms`: no cleanup of any kind runs.
+pub fn kill_after(args: &[&str], delay_ms: u64) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The `status` of each slice of a `run --json`.
+pub fn statuses(run: &serde_json::Value) -> Vec<String> {
+    run["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The state of each slice of `plan --json`'s slices.
+pub fn plan_states(plan: &serde_json::Value) -> Vec<String> {
+    let slices = plan.as_array().unwrap().iter();
+    slices
+        .map(|p| p["state"]["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn json(args: &[&str], code: i32) -> serde_json::Value {
     let stdout = backfill_ok(args, code);
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
