@@ -315,7 +315,11 @@ impl Backfill {
             let done = run.known.ledger.get(&outcome.slice);
             match (&outcome.status, staged.remove(&outcome.slice), done) {
                 (SliceStatus::Staged { .. }, Some(slice), _) => ready.push(slice),
-                (SliceStatus::Skipped { .. }, _, Some(done)) => kept.push(done.record.clone()),
+                // Only a done slice's files fit the new table; a changed one that was
+                // not chosen (say, with new columns) must be recomputed first.
+                (SliceStatus::Skipped { state }, _, Some(done)) if state == "done" => {
+                    kept.push(done.record.clone())
+                }
                 _ => waiting.push(outcome.slice.clone()),
             }
         }

@@ -148,6 +148,14 @@ async fn rebuild_replaces_the_whole_table_in_one_commit() {
         case.stored(ALL).await,
         expected_rebuild(&case, "2024-01-04", "2024-01-05").await
     );
+
+    // Changed slices that a run does not choose are not kept: nothing is swapped.
+    let version = case.version().await;
+    case.edit_pipeline("upper(status) AS status", "lower(status) AS status");
+    let missing_only = [&narrower[..], &["--reprocess", "missing"]].concat();
+    let run = case.json("run", &missing_only, 1);
+    assert_eq!(run["rebuild"]["swap"], "waiting", "{run:#}");
+    assert_eq!(case.version().await, version);
 }
 
 #[tokio::test]
