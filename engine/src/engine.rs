@@ -470,8 +470,10 @@ fn sample_slice(pipeline: &Pipeline) -> Slice {
 fn output_schema(schema: &Schema) -> std::result::Result<SchemaRef, String> {
     fn storable(name: &str, data_type: &DataType) -> std::result::Result<DataType, String> {
         Ok(match data_type {
-            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-            DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+            DataType::Utf8View
+            | DataType::LargeUtf8
+            | DataType::BinaryView
+            | DataType::LargeBinary => source::plain_type(data_type),
             DataType::Timestamp(_, None) => {
                 DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
             }

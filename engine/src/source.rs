@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -21,7 +21,8 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use object_store::ObjectStore;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore};
 use sha2::{Digest, Sha256};
 use url::Url;
 
@@ -90,15 +91,12 @@ impl Sources {
             let options = ListingOptions::new(Arc::new(parquet_format()))
                 .with_file_extension(".parquet")
                 .with_table_partition_cols(partitions);
-            let schema = options
-                .infer_schema(&ctx.state(), &url)
-                .await
-                .map_err(|e| {
-                    Error::config(
-                        context(),
-                        format!("cannot read a schema from its Parquet files: {e}"),
-                    )
-                })?;
+            let schema = infer_schema(&ctx, &options, &url).await.map_err(|e| {
+                Error::config(
+                    context(),
+                    format!("cannot read a schema from its Parquet files: {e}"),
+                )
+            })?;
             if let Some(clash) = source
                 .partitioning
                 .iter()
@@ -142,6 +140,60 @@ fn session_config() -> SessionConfig {
         .parquet
         .schema_force_view_types = false;
     config
+}
+
+/// Infers a source's schema from the footers of all its files. Writers spell the same
+/// column differently (polars writes strings as `LargeUtf8`, DataFusion as `Utf8View`,
+/// Spark as `Utf8`), and DataFusion refuses to merge those, so each file's schema is
+/// reduced to the plain types first; reading casts every file to the merged schema.
+async fn infer_schema(
+    ctx: &SessionContext,
+    options: &ListingOptions,
+    url: &ListingTableUrl,
+) -> datafusion::error::Result<SchemaRef> {
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url)?;
+    let mut files: Vec<ObjectMeta> = url
+        .list_all_files(&state, store.as_ref(), &options.file_extension)
+        .await?
+        .try_filter(|meta| std::future::ready(meta.size > 0))
+        .try_collect()
+        .await?;
+    if files.is_empty() {
+        return Err(datafusion::error::DataFusionError::Plan(format!(
+            "no {} files at {url}",
+            options.file_extension
+        )));
+    }
+    // Merging adds columns in the order it meets them: sorted files give a stable order.
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let concurrency = state.config_options().execution.meta_fetch_concurrency;
+    let schemas: Vec<SchemaRef> = futures::stream::iter(files)
+        .map(|file| {
+            let (state, store) = (&state, &store);
+            async move { options.format.infer_schema(state, store, &[file]).await }
+        })
+        .buffered(concurrency.get())
+        .try_collect()
+        .await?;
+    let plain = schemas.iter().map(|schema| {
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+            .collect();
+        Schema::new(fields)
+    });
+    Ok(Arc::new(Schema::try_merge(plain)?))
+}
+
+/// The plain spelling of a string or binary type: `Utf8` or `Binary`.
+pub(crate) fn plain_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        other => other.clone(),
+    }
 }
 
 /// How every Parquet file is read. A listing's format carries its own options rather

@@ -75,6 +75,24 @@ async fn overwrite_table_matches_the_sql_run_over_the_sources() {
 }
 
 #[tokio::test]
+async fn sources_whose_files_spell_strings_differently_are_read_as_one_table() {
+    let case = Case::new("orders_clean");
+    let all = "SELECT order_id, status, dt FROM orders WHERE dt BETWEEN '2024-01-01' AND '2024-01-03' ORDER BY order_id";
+    let expected = case.expected(all).await;
+    // As polars writes strings (LargeUtf8), and as DataFusion does by default (Utf8View).
+    for (day, string_type) in [("2024-01-02", "LargeUtf8"), ("2024-01-03", "Utf8View")] {
+        let folder = case.scratch.path(&format!("buckets/shop/orders/dt={day}"));
+        let sql = format!("SELECT order_id, customer_id, amount, arrow_cast(status, '{string_type}') AS status, ordered_at FROM day");
+        rewrite_parquet(&folder, &sql).await;
+    }
+    case.ok("run", &["--start", "2024-01-01", "--end", "2024-01-03"], 0);
+    let stored = case
+        .stored("SELECT order_id, lower(status) AS status, dt FROM t ORDER BY order_id")
+        .await;
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
 async fn rerun_is_a_no_op_and_force_rewrites_identical_contents() {
     let case = Case::new("orders_clean");
     let range = ["--start", "2024-01-02", "--end", "2024-01-04"];

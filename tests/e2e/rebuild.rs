@@ -239,35 +239,6 @@ async fn a_failed_slice_leaves_the_old_table_and_the_rerun_reuses_what_passed() 
     );
 }
 
-/// Replaces the Parquet files of `folder` by one file holding `sql` over them (as `day`).
-async fn rewrite_parquet(folder: &std::path::Path, sql: &str) {
-    use datafusion::dataframe::DataFrameWriteOptions;
-    // Plain Utf8, like the fixture files: not the view types DataFusion reads by default.
-    let config = datafusion::prelude::SessionConfig::new().set_bool(
-        "datafusion.execution.parquet.schema_force_view_types",
-        false,
-    );
-    let ctx = datafusion::prelude::SessionContext::new_with_config(config);
-    let options = datafusion::prelude::ParquetReadOptions::default();
-    ctx.register_parquet("day", folder.to_str().unwrap(), options)
-        .await
-        .unwrap();
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    for entry in std::fs::read_dir(folder).unwrap() {
-        std::fs::remove_file(entry.unwrap().path()).unwrap();
-    }
-    let written = ctx.read_batches(batches).unwrap();
-    let file = folder.join("part-00000.parquet");
-    written
-        .write_parquet(
-            file.to_str().unwrap(),
-            DataFrameWriteOptions::new().with_single_file_output(true),
-            None,
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn the_swap_is_refused_when_another_writer_committed_after_the_rebuild_read_the_table() {
     let case = Case::new("orders_rebuild");
