@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use backfill_engine::estimate::Budget;
 use backfill_engine::pipeline::{self, location_to_url};
 use backfill_engine::{Backfill, Fault, OpenOptions, Reprocess, RunOptions, Selection};
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,10 @@ enum Command {
         choice: ChoiceArgs,
         #[command(flatten)]
         overrides: Overrides,
+        /// The slices in flight the duration estimate assumes, as `run --concurrency`
+        /// [default: the number of cores].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: Option<u16>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -83,6 +88,16 @@ enum Command {
         /// Run the slices oldest first (asc) or newest first (desc).
         #[arg(long, value_enum, default_value_t = Order::Asc)]
         order: Order,
+        /// Run slices whose sources have no files for them (by default, run refuses to
+        /// start: expired data, a wrong path or a wrong range would pass silently).
+        #[arg(long)]
+        allow_empty: bool,
+        /// Refuse to start if the slices to run would read more than this, e.g. 50GiB.
+        #[arg(long, value_name = "SIZE")]
+        max_bytes: Option<bytesize::ByteSize>,
+        /// Refuse to start if more than this many slices would run.
+        #[arg(long, value_name = "N")]
+        max_slices: Option<usize>,
         /// Print a JSON summary instead of a line per slice.
         #[arg(long)]
         json: bool,
@@ -337,15 +352,18 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             selection,
             choice,
             overrides,
+            concurrency,
             json,
         } => {
             let backfill = open(&pipeline, &overrides).await?;
-            let concurrency = backfill_engine::run::default_concurrency();
+            let concurrency =
+                concurrency.map_or_else(backfill_engine::run::default_concurrency, usize::from);
             let planned = backfill
                 .plan(&selection.selection(), choice.reprocess(), concurrency)
                 .await?;
+            let estimate = backfill.estimate(&planned, concurrency).await?;
             let swap = backfill.swap_preview(&planned).await?;
-            output::plan(&planned, swap, json)?;
+            output::plan(&planned, &estimate, swap, json)?;
         }
         Command::Run {
             pipeline,
@@ -356,6 +374,9 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             retries,
             slice_timeout,
             order,
+            allow_empty,
+            max_bytes,
+            max_slices,
             json,
         } => {
             let backfill = Arc::new(open(&pipeline, &overrides).await?);
@@ -366,6 +387,11 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
                 retries,
                 slice_timeout,
                 newest_first: order == Order::Desc,
+                budget: Budget {
+                    allow_empty,
+                    max_bytes: max_bytes.map(|size| size.as_u64()),
+                    max_slices,
+                },
                 ..RunOptions::default()
             };
             stop_on_ctrl_c(options.stop.clone());

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use backfill_engine::arrow::array::RecordBatch;
 use backfill_engine::arrow::util::pretty::pretty_format_batches;
+use backfill_engine::estimate::{human_bytes, Basis, Estimate};
 use backfill_engine::history::RunRecord;
 use backfill_engine::preview::RebuildPreview;
 use backfill_engine::run::{RebuildOutcome, Reporter, SliceOutcome, SliceStatus};
@@ -41,7 +42,12 @@ pub fn validated(backfill: &Backfill) {
     );
 }
 
-pub fn plan(planned: &[PlannedSlice], swap: Option<Replaced>, json: bool) -> anyhow::Result<()> {
+pub fn plan(
+    planned: &[PlannedSlice],
+    estimate: &Estimate,
+    swap: Option<Replaced>,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         let slices: Vec<_> = planned
             .iter()
@@ -51,18 +57,21 @@ pub fn plan(planned: &[PlannedSlice], swap: Option<Replaced>, json: bool) -> any
                     "state": p.state,
                     "will_run": p.will_run,
                     "source_files": p.files.len(),
-                    "source_bytes": p.files.iter().map(|f| f.size).sum::<u64>(),
+                    "source_bytes": p.source_bytes(),
+                    "source_rows": p.source_rows(),
+                    "no_source_data": p.empty_sources,
+                    "estimated_ms": estimate.slice_ms(p.source_bytes()),
                     "source_fingerprint": p.source_fingerprint,
                 })
             })
             .collect();
-        let plan = json!({ "slices": slices, "rebuild": swap });
+        let plan = json!({ "slices": slices, "estimate": estimate, "rebuild": swap });
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
     }
     println!(
-        "{:<16} {:<8} {:<4} {:>6} {:>10}  detail",
-        "slice", "state", "run", "files", "bytes"
+        "{:<16} {:<8} {:<5} {:>5} {:>10} {:>9}  detail",
+        "slice", "state", "run", "files", "bytes", "rows"
     );
     for p in planned {
         let detail = match &p.state {
@@ -81,9 +90,12 @@ pub fn plan(planned: &[PlannedSlice], swap: Option<Replaced>, json: bool) -> any
                 staged_at.format("%Y-%m-%d %H:%M:%SZ")
             ),
         };
-        let bytes: u64 = p.files.iter().map(|f| f.size).sum();
+        let detail = match p.empty_sources.as_slice() {
+            [] => detail,
+            empty => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
+        };
         let line = format!(
-            "{:<16} {:<8} {:<4} {:>6} {:>10}  {detail}",
+            "{:<16} {:<8} {:<5} {:>5} {:>10} {:>9}  {detail}",
             p.slice.key,
             p.state.name(),
             match (&p.state, p.will_run) {
@@ -92,7 +104,8 @@ pub fn plan(planned: &[PlannedSlice], swap: Option<Replaced>, json: bool) -> any
                 (_, false) => "no",
             },
             p.files.len(),
-            human_bytes(bytes)
+            human_bytes(p.source_bytes()),
+            p.source_rows().map_or("?".to_string(), |r| r.to_string())
         );
         println!("{}", line.trim_end());
     }
@@ -110,10 +123,46 @@ pub fn plan(planned: &[PlannedSlice], swap: Option<Replaced>, json: bool) -> any
         count("failed"),
         planned.iter().filter(|p| p.will_run).count() - count("staged")
     );
+    if estimate.slices > 0 {
+        println!("a run would read {}", describe_estimate(estimate));
+    }
+    let empty = planned
+        .iter()
+        .filter(|p| p.will_run && !p.empty_sources.is_empty())
+        .count();
+    if empty > 0 {
+        println!(
+            "{empty} slices to run have no source data: run refuses to start unless --allow-empty"
+        );
+    }
     if let Some(swap) = swap {
         println!("rebuild: {}", describe_swap(&swap));
     }
     Ok(())
+}
+
+fn describe_estimate(estimate: &Estimate) -> String {
+    let rows = estimate
+        .rows
+        .map_or(String::new(), |rows| format!(", {rows} rows"));
+    let read = format!(
+        "{} files, {}{rows}",
+        estimate.files,
+        human_bytes(estimate.bytes)
+    );
+    let (Some(basis), Some(ms)) = (&estimate.basis, estimate.duration_ms) else {
+        return read;
+    };
+    let rate = human_bytes(basis.bytes_per_second() as u64);
+    let from = match basis {
+        Basis::History { slices, .. } => format!("this pipeline's {slices} committed slices"),
+        Basis::Sample { slice, .. } => format!("a sample run of slice {slice}"),
+    };
+    format!(
+        "{read}; about {} with {} slices at a time (at {rate}/s, from {from})",
+        human_duration(ms),
+        estimate.concurrency
+    )
 }
 
 /// What a rebuild's swap would replace, for people.
@@ -542,21 +591,6 @@ impl Reporter for Progress {
             attempts => format!("{line}  ({attempts} attempts)"),
         };
         self.bar.suspend(|| println!("{line}"));
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -120,6 +120,8 @@ pub struct PlannedSlice {
     pub slice: Slice,
     pub sql: String,
     pub files: Vec<SourceFile>,
+    /// The sources the SQL reads that have no file for this slice.
+    pub empty_sources: Vec<String>,
     pub source_fingerprint: String,
     pub state: SliceState,
     /// Whether a run with the same `Reprocess` choice runs this slice.
@@ -276,8 +278,19 @@ impl Backfill {
     ) -> Result<Vec<PlannedSlice>> {
         let slices = self.slices(selection)?;
         let known = self.known().await?;
+        self.plan_slices(slices, &known, reprocess, concurrency)
+            .await
+    }
+
+    pub(crate) async fn plan_slices(
+        &self,
+        slices: Vec<Slice>,
+        known: &Known,
+        reprocess: Reprocess,
+        concurrency: usize,
+    ) -> Result<Vec<PlannedSlice>> {
         futures::stream::iter(slices)
-            .map(|slice| self.plan_slice(slice, &known, reprocess))
+            .map(|slice| self.plan_slice(slice, known, reprocess))
             .buffered(concurrency.max(1))
             .try_collect()
             .await
@@ -342,8 +355,15 @@ impl Backfill {
                 ),
             ));
         }
+        let referenced = referenced_tables(frame.logical_plan());
         let plan = frame.create_physical_plan().await.context(context)?;
-        let files = source::scanned_files(&plan);
+        let files = self.sources.scanned_files(&plan);
+        // A source the SQL reads but whose partitions hold no file for this slice:
+        // expired by retention, a wrong path, or a range beyond the data.
+        let empty_sources = referenced
+            .into_iter()
+            .filter(|name| self.sources.has(name) && !files.iter().any(|f| &f.source == name))
+            .collect();
         let source_fingerprint = source::fingerprint_files(&files);
         let state = match known.ledger.get(&slice.key) {
             None => match known.last_failures.get(&slice.key) {
@@ -392,6 +412,7 @@ impl Backfill {
             slice,
             sql,
             files,
+            empty_sources,
             source_fingerprint,
             will_run: reprocess.wants(&state),
             state,
@@ -428,6 +449,34 @@ impl Backfill {
         });
         source::fingerprint_text(&described.to_string())
     }
+}
+
+impl PlannedSlice {
+    pub fn source_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Rows in the files it reads, from their footers; `None` if a footer did not say.
+    pub fn source_rows(&self) -> Option<u64> {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+}
+
+/// The names of the tables a logical plan scans.
+fn referenced_tables(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut names = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            names.push(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("the visitor never fails");
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// What is known of a selection's slices before running them.

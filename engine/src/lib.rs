@@ -12,6 +12,7 @@ pub mod assertions;
 pub mod clock;
 mod engine;
 pub mod error;
+pub mod estimate;
 pub mod fixtures;
 pub mod history;
 pub mod ledger;

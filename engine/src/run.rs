@@ -21,6 +21,7 @@ use crate::assertions;
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Backfill, Known, Reprocess, SliceState};
 use crate::error::{Error, Fault, Result, ResultExt};
+use crate::estimate::Budget;
 use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Ledger, SliceRecord};
 use crate::pipeline::Strategy;
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub stop: Stop,
     /// The time stamped on records, and the waits between retries.
     pub clock: Arc<dyn Clock>,
+    /// What the run must stay within, checked before any slice starts.
+    pub budget: Budget,
 }
 
 /// Stops a run in two steps: first no new slice starts and the ones in flight finish;
@@ -86,9 +89,13 @@ impl Default for RunOptions {
             newest_first: false,
             stop: Stop::default(),
             clock: Arc::new(SystemClock),
+            budget: Budget::default(),
         }
     }
 }
+
+/// Slices planned at once before a run: planning waits on listings and footers, not cores.
+const PREFLIGHT_CONCURRENCY: usize = 16;
 
 /// The number of cores, the default number of slices in flight.
 pub fn default_concurrency() -> usize {
@@ -213,9 +220,23 @@ impl Backfill {
         if options.newest_first {
             slices.reverse();
         }
+        let known = self.known().await?;
+        // Pre-flight: every slice planned (listings and footers, no data) before any
+        // starts. Each slice plans again when it starts, so it sees files that arrive
+        // in between.
+        let planned = self
+            .plan_slices(
+                slices.clone(),
+                &known,
+                options.reprocess,
+                PREFLIGHT_CONCURRENCY,
+            )
+            .await?;
+        self.preflight(&planned, &options.budget)?;
+        drop(planned);
         let run_id = new_run_id(options.clock.now());
         let run = Arc::new(RunContext {
-            known: self.known().await?,
+            known,
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
             staged: Default::default(),

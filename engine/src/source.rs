@@ -45,6 +45,10 @@ pub struct SourceFile {
     /// Modification time (RFC 3339) and ETag where the store gives them.
     pub modified: String,
     pub e_tag: Option<String>,
+    /// The source it belongs to.
+    pub source: String,
+    /// Rows, from the file's Parquet footer (read while planning, not from the data).
+    pub rows: Option<u64>,
 }
 
 /// Object stores to use instead of the defaults, keyed by URL (`file:///`, `s3://bucket`).
@@ -118,6 +122,11 @@ impl Sources {
             config,
             runtime,
         })
+    }
+
+    /// Whether `name` is one of the pipeline's sources.
+    pub fn has(&self, name: &str) -> bool {
+        self.tables.iter().any(|(source, _)| source == name)
     }
 
     /// A fresh context for one slice (or one validation), with every source registered.
@@ -202,29 +211,44 @@ pub(crate) fn parquet_format() -> ParquetFormat {
     ParquetFormat::default().with_force_view_types(false)
 }
 
-/// The files a physical plan scans, sorted: what a slice actually reads after pruning.
-pub fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> Vec<SourceFile> {
-    let mut files = Vec::new();
-    plan.apply(|node| {
-        if let Some(exec) = node.downcast_ref::<DataSourceExec>() {
-            if let Some(scan) = exec.data_source().downcast_ref::<FileScanConfig>() {
-                for file in scan.file_groups.iter().flat_map(|group| group.files()) {
-                    let meta = &file.object_meta;
-                    files.push(SourceFile {
-                        path: meta.location.to_string(),
-                        size: meta.size,
-                        modified: meta.last_modified.to_rfc3339(),
-                        e_tag: meta.e_tag.clone(),
-                    });
+impl Sources {
+    /// The files a physical plan scans, sorted: what a slice actually reads after pruning.
+    pub fn scanned_files(&self, plan: &Arc<dyn ExecutionPlan>) -> Vec<SourceFile> {
+        let mut files = Vec::new();
+        plan.apply(|node| {
+            if let Some(exec) = node.downcast_ref::<DataSourceExec>() {
+                if let Some(scan) = exec.data_source().downcast_ref::<FileScanConfig>() {
+                    for file in scan.file_groups.iter().flat_map(|group| group.files()) {
+                        let meta = &file.object_meta;
+                        let rows = file.statistics.as_ref();
+                        files.push(SourceFile {
+                            path: meta.location.to_string(),
+                            size: meta.size,
+                            modified: meta.last_modified.to_rfc3339(),
+                            e_tag: meta.e_tag.clone(),
+                            source: self.source_of(&meta.location).unwrap_or_default(),
+                            rows: rows.and_then(|s| s.num_rows.get_value().map(|n| *n as u64)),
+                        });
+                    }
                 }
             }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .expect("the visitor never fails");
-    files.sort();
-    files.dedup();
-    files
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .expect("the visitor never fails");
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// The source whose folder holds `path`.
+    fn source_of(&self, path: &object_store::path::Path) -> Option<String> {
+        self.tables.iter().find_map(|(name, table)| {
+            let mut folders = table.table_paths().iter();
+            folders
+                .any(|url| path.prefix_matches(url.prefix()))
+                .then(|| name.clone())
+        })
+    }
 }
 
 /// A stable fingerprint of a list of source files.

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `backfill` binary over the fixture bucket, with every Delta
 //! table read back and compared with the same query run directly over the Parquet sources.
 
+mod preflight;
 mod reads;
 mod rebuild;
 mod snapshots;

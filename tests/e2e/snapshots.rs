@@ -18,6 +18,7 @@ fn settings(scratch: &Scratch) -> insta::Settings {
         "durations in slice order: [TREND]",
     );
     settings.add_filter(r"median duration [^,]+", "median duration [DURATION]");
+    settings.add_filter(r"at [\d.]+ [KMG]?i?B/s", "at [RATE]");
     settings
 }
 
@@ -62,6 +63,8 @@ fn validate_plan_run_status_output() {
             "2024-01-01",
             "--end",
             "2024-01-03",
+            "--concurrency",
+            "2",
             "--destination",
             t,
         ],

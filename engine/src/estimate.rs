@@ -1,0 +1,214 @@
+//! What a backfill will cost, before it runs, and the checks that refuse to launch it.
+//!
+//! Files and bytes come from the listings a plan already made, rows from the Parquet
+//! footers planning already read: no data is read for them. The duration is estimated
+//! from the throughput of this pipeline's slices recorded in the Delta log or, with none
+//! recorded, from running the transform of one slice (a sample, labelled as such). The
+//! pre-flight checks use the same figures: a slice whose sources have no files, or a
+//! backfill over its budget, stops a run before anything starts. Nothing here writes.
+
+use std::time::Instant;
+
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::physical_plan::execute_stream;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::engine::{Backfill, PlannedSlice, SliceState};
+use crate::error::{Error, Result, ResultExt};
+
+/// The cost of running the slices a plan would run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    /// Slices a run would compute (staged ones are reused, not computed).
+    pub slices: usize,
+    pub files: u64,
+    pub bytes: u64,
+    /// Rows in the files read, from their footers; `None` if a footer did not say.
+    pub rows: Option<u64>,
+    /// The throughput the duration is estimated from; `None` with nothing to measure.
+    pub basis: Option<Basis>,
+    /// The whole run's estimated duration with `concurrency` slices at a time.
+    pub duration_ms: Option<u64>,
+    pub concurrency: usize,
+}
+
+/// Where an estimate's throughput comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Basis {
+    /// This pipeline's committed slices, as the Delta log records them.
+    History {
+        slices: usize,
+        bytes_per_second: f64,
+    },
+    /// One slice's transform, run now without writing anything.
+    Sample {
+        slice: String,
+        bytes_per_second: f64,
+    },
+}
+
+impl Basis {
+    pub fn bytes_per_second(&self) -> f64 {
+        match self {
+            Basis::History {
+                bytes_per_second, ..
+            }
+            | Basis::Sample {
+                bytes_per_second, ..
+            } => *bytes_per_second,
+        }
+    }
+}
+
+impl Estimate {
+    /// The estimated duration of a slice reading `bytes`.
+    pub fn slice_ms(&self, bytes: u64) -> Option<u64> {
+        let rate = self.basis.as_ref()?.bytes_per_second();
+        Some((bytes as f64 / rate * 1000.0).ceil() as u64)
+    }
+}
+
+/// Limits a run must stay within, or refuse to start.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// Run slices whose sources have no files instead of refusing.
+    pub allow_empty: bool,
+    pub max_bytes: Option<u64>,
+    pub max_slices: Option<usize>,
+}
+
+/// The slices a run would compute: chosen, and not merely reused from a staged rebuild.
+fn computed(planned: &[PlannedSlice]) -> impl Iterator<Item = &PlannedSlice> {
+    planned
+        .iter()
+        .filter(|p| p.will_run && !matches!(p.state, SliceState::Staged { .. }))
+}
+
+impl Backfill {
+    /// Estimates running the slices of `planned` that a run would compute.
+    pub async fn estimate(&self, planned: &[PlannedSlice], concurrency: usize) -> Result<Estimate> {
+        let to_run: Vec<&PlannedSlice> = computed(planned).collect();
+        let basis = match self.history_basis().await? {
+            Some(basis) => Some(basis),
+            None => match to_run.iter().find(|p| p.source_bytes() > 0) {
+                Some(sample) => Some(sample_basis(sample).await?),
+                None => None,
+            },
+        };
+        let mut estimate = Estimate {
+            slices: to_run.len(),
+            files: to_run.iter().map(|p| p.files.len() as u64).sum(),
+            bytes: to_run.iter().map(|p| p.source_bytes()).sum(),
+            rows: to_run.iter().map(|p| p.source_rows()).sum(),
+            basis,
+            duration_ms: None,
+            concurrency: concurrency.max(1),
+        };
+        let slice_ms: Option<u64> = to_run
+            .iter()
+            .map(|p| estimate.slice_ms(p.source_bytes()))
+            .sum();
+        let parallel = estimate.concurrency.min(to_run.len()).max(1) as u64;
+        estimate.duration_ms = slice_ms.map(|ms| ms.div_ceil(parallel));
+        Ok(estimate)
+    }
+
+    /// Bytes per second over this pipeline's committed slices, if any read something.
+    async fn history_basis(&self) -> Result<Option<Basis>> {
+        let ledger = self.ledger().await?;
+        let records: Vec<_> = ledger.committed().into_iter().map(|c| &c.record).collect();
+        let bytes: u64 = records.iter().map(|r| r.source_bytes).sum();
+        let millis: u64 = records.iter().map(|r| r.duration_ms).sum();
+        Ok((bytes > 0 && millis > 0).then(|| Basis::History {
+            slices: records.len(),
+            bytes_per_second: bytes as f64 * 1000.0 / millis as f64,
+        }))
+    }
+
+    /// Refuses a run that would compute a slice without source data (unless allowed) or
+    /// go over its budget. Nothing has run when this fails.
+    pub fn preflight(&self, planned: &[PlannedSlice], budget: &Budget) -> Result<()> {
+        let location = self.pipeline.file.display().to_string();
+        let to_run: Vec<&PlannedSlice> = computed(planned).collect();
+        let empty: Vec<String> = to_run
+            .iter()
+            .filter(|p| !p.empty_sources.is_empty())
+            .map(|p| format!("{} ({})", p.slice.key, p.empty_sources.join(", ")))
+            .collect();
+        if !empty.is_empty() && !budget.allow_empty {
+            return Err(Error::config(
+                location,
+                format!(
+                    "{} of {} slices to run have no source data: {}; nothing ran. Check the range and the sources' paths, or pass --allow-empty to run them anyway",
+                    empty.len(),
+                    to_run.len(),
+                    list_some(&empty)
+                ),
+            ));
+        }
+        if let Some(max) = budget.max_slices.filter(|max| to_run.len() > *max) {
+            return Err(Error::config(
+                location,
+                format!(
+                    "the backfill would run {} slices, {} over --max-slices {max}; nothing ran",
+                    to_run.len(),
+                    to_run.len() - max
+                ),
+            ));
+        }
+        let bytes: u64 = to_run.iter().map(|p| p.source_bytes()).sum();
+        if let Some(max) = budget.max_bytes.filter(|max| bytes > *max) {
+            return Err(Error::config(
+                location,
+                format!(
+                    "the backfill would read {} from {} slices, {} over --max-bytes {}; nothing ran",
+                    human_bytes(bytes),
+                    to_run.len(),
+                    human_bytes(bytes - max),
+                    human_bytes(max)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a slice's transform to the end and encodes its output as Parquet into nowhere,
+/// and measures the throughput: the work of a slice but for storage and the commit.
+async fn sample_basis(sample: &PlannedSlice) -> Result<Basis> {
+    let context = || format!("slice {}: sampling the transform", sample.slice.key);
+    let started = Instant::now();
+    let mut stream = execute_stream(sample.plan.clone(), sample.ctx.task_ctx()).context(context)?;
+    let mut encoder = ArrowWriter::try_new(std::io::sink(), stream.schema(), None)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.context(context)?;
+        encoder
+            .write(&batch)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    encoder
+        .close()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let seconds = started.elapsed().as_secs_f64().max(0.001);
+    Ok(Basis::Sample {
+        slice: sample.slice.key.clone(),
+        bytes_per_second: sample.source_bytes() as f64 / seconds,
+    })
+}
+
+/// The first few items of a list, and how many more there are.
+fn list_some(items: &[String]) -> String {
+    const SHOWN: usize = 10;
+    match items.len() {
+        n if n <= SHOWN => items.join(", "),
+        n => format!("{} and {} more", items[..SHOWN].join(", "), n - SHOWN),
+    }
+}
+
+/// A size for people, in binary units: `1.5 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
