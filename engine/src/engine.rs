@@ -194,6 +194,7 @@ impl Backfill {
         check_columns(&pipeline, &schema)?;
         check_assertion_sql(&pipeline, &ctx, &schema, &sample).await?;
         let sink = Sink::open(&pipeline.name, &pipeline.destination, schema.clone()).await?;
+        sink.register_store(sources.runtime());
         let sql_fingerprint = source::fingerprint_text(&pipeline.sql);
         Ok(Backfill {
             pipeline,

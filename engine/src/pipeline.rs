@@ -30,6 +30,8 @@ pub struct Pipeline {
     pub sql_origin: String,
     pub destination: Destination,
     pub assertions: Vec<Assertion>,
+    /// Requests in flight at once to each source's object store, across all slices.
+    pub max_source_requests: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,29 @@ pub struct Source {
     pub url: Url,
     /// Hive partition columns in folder order, always read as text.
     pub partitioning: Vec<String>,
+    pub storage_options: StorageOptions,
+}
+
+/// Options for an object store (`aws_region`, `aws_endpoint`, ...), with `${VAR}`
+/// references already expanded from the environment. Values may be secrets, so they
+/// are never shown: `Debug` prints the keys only, and nothing stores them.
+#[derive(Clone, Default, PartialEq)]
+pub struct StorageOptions(BTreeMap<String, String>);
+
+impl StorageOptions {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// How a run's range or keys are cut into slices.
@@ -56,6 +81,7 @@ pub struct Destination {
     pub url: Url,
     pub partition_by: Vec<String>,
     pub strategy: Strategy,
+    pub storage_options: StorageOptions,
 }
 
 /// How a slice's output is published.
@@ -120,6 +146,7 @@ struct RawPipeline {
     destination: Spanned<RawDestination>,
     #[serde(default)]
     assertions: Vec<Spanned<RawAssertion>>,
+    max_source_requests: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +156,7 @@ struct RawSource {
     format: Spanned<String>,
     #[serde(default)]
     partitioning: Vec<String>,
+    storage_options: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +190,7 @@ struct RawDestination {
     partition_by: Vec<String>,
     strategy: Spanned<String>,
     merge_keys: Option<Spanned<Vec<String>>>,
+    storage_options: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +274,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
             name: source_name.clone(),
             url: at.url(&source.url, base)?,
             partitioning: source.partitioning.clone(),
+            storage_options: at.storage_options(
+                &format!("sources.{source_name}"),
+                source.storage_options.as_ref(),
+            )?,
         });
     }
 
@@ -256,6 +289,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
     for assertion in raw.assertions {
         assertions.push(self::assertion(&at, assertion)?);
     }
+    if let Some(zero) = raw
+        .max_source_requests
+        .as_ref()
+        .filter(|n| *n.get_ref() == 0)
+    {
+        return Err(at.error(zero.span(), "max_source_requests must be at least 1"));
+    }
 
     Ok(Pipeline {
         name,
@@ -266,6 +306,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
         sql_origin,
         destination,
         assertions,
+        max_source_requests: raw.max_source_requests.map(Spanned::into_inner),
     })
 }
 
@@ -465,6 +506,7 @@ fn destination(
         url: at.url(&raw.url, base)?,
         partition_by: raw.partition_by,
         strategy,
+        storage_options: at.storage_options("destination", raw.storage_options.as_ref())?,
     })
 }
 
@@ -513,7 +555,13 @@ pub(crate) fn is_identifier(name: &str) -> bool {
 /// URLs pass through, paths are made absolute against `base`.
 pub fn location_to_url(location: &str, base: &Path) -> std::result::Result<Url, String> {
     if location.contains("://") {
-        return Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"));
+        let mut url =
+            Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"))?;
+        // A location is a folder: paths inside it are joined onto it.
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        return Ok(url);
     }
     let absolute =
         std::path::absolute(base.join(location)).map_err(|e| format!("`{location}`: {e}"))?;
@@ -550,6 +598,46 @@ impl Locator<'_> {
         location_to_url(location.get_ref(), base)
             .map_err(|message| self.error(location.span(), message))
     }
+
+    /// Expands `${VAR}` in each value. Errors name the key and the variable, never a value.
+    fn storage_options(
+        &self,
+        table: &str,
+        raw: Option<&Spanned<BTreeMap<String, String>>>,
+    ) -> Result<StorageOptions> {
+        let Some(raw) = raw else {
+            return Ok(StorageOptions::default());
+        };
+        let mut options = BTreeMap::new();
+        for (key, value) in raw.get_ref() {
+            let expanded = expand_env(value).map_err(|variable| {
+                self.error(
+                    raw.span(),
+                    format!("{table}.storage_options.{key}: environment variable `{variable}` is not set"),
+                )
+            })?;
+            options.insert(key.clone(), expanded);
+        }
+        Ok(StorageOptions(options))
+    }
+}
+
+/// Replaces every `${NAME}` in `value` with the environment variable `NAME`, or returns
+/// the name of the first one that is not set.
+fn expand_env(value: &str) -> std::result::Result<String, String> {
+    let mut expanded = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let Some(length) = rest[start + 2..].find('}') else {
+            break;
+        };
+        let name = &rest[start + 2..start + 2 + length];
+        expanded.push_str(&rest[..start]);
+        expanded.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
+        rest = &rest[start + 3 + length..];
+    }
+    expanded.push_str(rest);
+    Ok(expanded)
 }
 
 #[cfg(test)]
@@ -664,5 +752,43 @@ max_null_rate = { column = "amount", rate = 0.01 }
         std::fs::write(&path, "# nothing\n\n").unwrap();
         let error = read_manifest(&path).unwrap_err().to_string();
         assert!(error.ends_with("the manifest lists no keys"), "{error}");
+    }
+
+    #[test]
+    fn storage_options_expand_the_environment_and_never_show_values() {
+        std::env::set_var("BACKFILL_TEST_SECRET", "s3cr3t");
+        let text = VALID.replace(
+            "partitioning = [\"dt\"]",
+            "partitioning = [\"dt\"]\nstorage_options = { aws_region = \"eu-west-1\", aws_secret_access_key = \"${BACKFILL_TEST_SECRET}\" }",
+        );
+        let p = parse_at(&text).unwrap();
+        let options: Vec<_> = p.sources[0].storage_options.iter().collect();
+        assert_eq!(
+            options[1],
+            (&"aws_secret_access_key".to_string(), &"s3cr3t".to_string())
+        );
+        let shown = format!("{p:?}");
+        assert!(
+            shown.contains("aws_secret_access_key") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+
+        let unset = text.replace("BACKFILL_TEST_SECRET", "BACKFILL_TEST_UNSET");
+        let error = parse_at(&unset).unwrap_err().to_string();
+        assert!(
+            error.ends_with("sources.orders.storage_options.aws_secret_access_key: environment variable `BACKFILL_TEST_UNSET` is not set"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn expand_env_leaves_text_without_references_alone() {
+        std::env::set_var("BACKFILL_TEST_REGION", "eu");
+        assert_eq!(expand_env("plain $HOME {x}").unwrap(), "plain $HOME {x}");
+        assert_eq!(expand_env("a-${BACKFILL_TEST_REGION}-b").unwrap(), "a-eu-b");
+        assert_eq!(
+            expand_env("${BACKFILL_TEST_NOPE}").unwrap_err(),
+            "BACKFILL_TEST_NOPE"
+        );
     }
 }

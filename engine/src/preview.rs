@@ -90,6 +90,7 @@ impl Backfill {
             null_counts: vec![],
         };
         let ctx = SessionContext::new();
+        self.sink.register_store(ctx.runtime_env().as_ref());
         let internal = |e: datafusion::error::DataFusionError| Error::Internal(e.to_string());
         let table = crate::assertions::staged_table(&ctx, &self.schema, &staged)
             .await

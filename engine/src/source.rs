@@ -22,12 +22,15 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::limit::LimitStore;
+use object_store::local::LocalFileSystem;
 use object_store::{ObjectMeta, ObjectStore};
 use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, StorageOptions};
 
 /// The resolved sources of a pipeline and the runtime their slices share.
 #[derive(Clone)]
@@ -51,7 +54,8 @@ pub struct SourceFile {
     pub rows: Option<u64>,
 }
 
-/// Object stores to use instead of the defaults, keyed by URL (`file:///`, `s3://bucket`).
+/// Object stores to use instead of the defaults, keyed by their root (`file:///`,
+/// `s3://bucket/`).
 pub type StoreOverrides = Vec<(Url, Arc<dyn ObjectStore>)>;
 
 impl Sources {
@@ -70,7 +74,32 @@ impl Sources {
             .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
             .build()
             .map_err(|e| Error::Internal(format!("cannot build the DataFusion runtime: {e}")))?;
-        for (url, store) in stores {
+        let mut registered: Vec<Url> = Vec::new();
+        for source in &pipeline.sources {
+            let root = store_root(&source.url);
+            if registered.contains(&root) {
+                continue;
+            }
+            let given = stores.iter().find(|(url, _)| *url == root);
+            let store = match given {
+                Some((_, store)) => store.clone(),
+                None => object_store_for(&source.url, &source.storage_options).map_err(|m| {
+                    Error::config(
+                        format!("{}: sources.{}", pipeline.file.display(), source.name),
+                        m,
+                    )
+                })?,
+            };
+            // One limited store per bucket, shared by every slice: the cap holds across
+            // the slices in flight.
+            let store: Arc<dyn ObjectStore> = match pipeline.max_source_requests {
+                Some(max) => Arc::new(LimitStore::new(store, max)),
+                None => store,
+            };
+            runtime.register_object_store(&root, store);
+            registered.push(root);
+        }
+        for (url, store) in stores.iter().filter(|(url, _)| !registered.contains(url)) {
             runtime.register_object_store(url, store.clone());
         }
         let runtime = Arc::new(runtime);
@@ -124,6 +153,10 @@ impl Sources {
         })
     }
 
+    pub fn runtime(&self) -> &RuntimeEnv {
+        &self.runtime
+    }
+
     /// Whether `name` is one of the pipeline's sources.
     pub fn has(&self, name: &str) -> bool {
         self.tables.iter().any(|(source, _)| source == name)
@@ -149,6 +182,41 @@ fn session_config() -> SessionConfig {
         .parquet
         .schema_force_view_types = false;
     config
+}
+
+/// The root of the object store holding `url`: `s3://bucket/`, or `file:///`.
+pub(crate) fn store_root(url: &Url) -> Url {
+    let root = format!("{}://{}/", url.scheme(), url.host_str().unwrap_or(""));
+    Url::parse(&root).expect("a scheme and a host make a URL")
+}
+
+/// The object store for a source at `url`: the local disk, or S3 configured from the
+/// standard `AWS_*` environment variables and then the source's `storage_options`.
+/// Errors name options by key only: their values may be secrets.
+fn object_store_for(
+    url: &Url,
+    options: &StorageOptions,
+) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+    match url.scheme() {
+        "file" => Ok(Arc::new(LocalFileSystem::new())),
+        "s3" | "s3a" => {
+            let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+            for (key, value) in options.iter() {
+                let parsed: AmazonS3ConfigKey = key
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| format!("storage_options.{key} is not an S3 option"))?;
+                builder = builder.with_config(parsed, value);
+            }
+            let store = builder
+                .build()
+                .map_err(|e| format!("cannot configure S3 for {url}: {e}"))?;
+            Ok(Arc::new(store))
+        }
+        other => Err(format!(
+            "`{other}://` sources are not supported; use a local path, file:// or s3://"
+        )),
+    }
 }
 
 /// Infers a source's schema from the footers of all its files. Writers spell the same

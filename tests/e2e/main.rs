@@ -4,6 +4,7 @@
 mod preflight;
 mod reads;
 mod rebuild;
+mod s3;
 mod snapshots;
 mod support;
 

@@ -30,9 +30,24 @@ struct CountingStore {
     reads: Mutex<Vec<(String, u64)>>,
     failing_reads: AtomicUsize,
     hanging_reads: AtomicUsize,
+    /// How long each read takes, so that concurrent reads overlap measurably.
+    read_delay: Mutex<Duration>,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 impl CountingStore {
+    /// Counts a read in flight for as long as it takes, and the most ever at once.
+    async fn in_flight<T>(&self, read: impl std::future::Future<Output = T>) -> T {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = *self.read_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let result = read.await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
     /// Hangs this read forever if hangs are still due.
     async fn maybe_hang(&self) {
         let due = self
@@ -109,7 +124,9 @@ impl ObjectStore for CountingStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.maybe_fail(location)?;
         self.maybe_hang().await;
-        let result = self.inner.get_opts(location, options).await?;
+        let result = self
+            .in_flight(self.inner.get_opts(location, options))
+            .await?;
         self.record(location, result.range.end - result.range.start);
         Ok(result)
     }
@@ -117,7 +134,9 @@ impl ObjectStore for CountingStore {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.maybe_fail(location)?;
         self.maybe_hang().await;
-        let result = self.inner.get_ranges(location, ranges).await?;
+        let result = self
+            .in_flight(self.inner.get_ranges(location, ranges))
+            .await?;
         self.record(location, result.iter().map(|b| b.len() as u64).sum());
         Ok(result)
     }
@@ -476,4 +495,33 @@ async fn a_hung_attempt_times_out_and_is_retried() {
         case.expected("SELECT count(*) AS n FROM orders WHERE dt = '2024-01-02'")
             .await
     );
+}
+
+#[tokio::test]
+async fn max_source_requests_caps_concurrent_reads_across_slices() {
+    let days: Vec<String> = (1..=6).map(|d| format!("2024-01-{d:02}")).collect();
+    let days: Vec<&str> = days.iter().map(String::as_str).collect();
+    let options = RunOptions {
+        concurrency: 6,
+        ..RunOptions::default()
+    };
+    let mut most = Vec::new();
+    for limit in ["", "max_source_requests = 2\n"] {
+        let case = Case::new("orders_clean");
+        case.edit_pipeline(
+            "name = \"orders_clean\"\n",
+            &format!("name = \"orders_clean\"\n{limit}"),
+        );
+        let store = Arc::new(CountingStore::default());
+        let backfill = open_over(&store, &case.pipeline, &case.table).await;
+        *store.read_delay.lock().unwrap() = Duration::from_millis(30);
+        let summary = run(&backfill, &days, &options).await;
+        assert_eq!(summary.committed(), 6, "{summary:#?}");
+        most.push(store.most_in_flight.load(Ordering::SeqCst));
+    }
+    assert!(
+        most[0] > 2,
+        "without a cap, six slices read at once: {most:?}"
+    );
+    assert!(most[1] <= 2, "with max_source_requests = 2: {most:?}");
 }

@@ -117,10 +117,12 @@ async fn rebuild_replaces_the_whole_table_in_one_commit() {
         (protocol.min_reader_version(), protocol.min_writer_version()),
         (1, 2)
     );
-    assert_eq!(
-        case.scratch
-            .files_under("warehouse/orders_rebuild/_backfill/rebuild"),
-        Vec::<String>::new()
+    let backfill_folder = case
+        .scratch
+        .files_under("warehouse/orders_rebuild/_backfill");
+    assert!(
+        backfill_folder.iter().all(|f| f.starts_with("runs/")),
+        "only the run history stays: {backfill_folder:?}"
     );
 
     // Done is done: the same command swaps nothing.
@@ -181,6 +183,11 @@ async fn a_failed_slice_leaves_the_old_table_and_the_rerun_reuses_what_passed() 
         3,
         "the staged files of the three slices that passed, none of the failed one"
     );
+    let manifests = "warehouse/orders_rebuild/_backfill/rebuild/orders_rebuild";
+    assert_eq!(
+        case.scratch.files_under(manifests),
+        ["2024-01-07.json", "2024-01-08.json", "2024-01-10.json"]
+    );
     assert_eq!(
         plan_states(&case.plan(&range, 0)),
         ["staged", "staged", "failed", "staged"]
@@ -237,6 +244,7 @@ async fn a_failed_slice_leaves_the_old_table_and_the_rerun_reuses_what_passed() 
         case.stored(ALL).await,
         expected_rebuild(&case, "2024-01-07", "2024-01-10").await
     );
+    assert_eq!(case.scratch.files_under(manifests), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -46,6 +46,7 @@ async fn merge(
     }
     let existing = table.take().expect("created above");
     let ctx = SessionContext::new();
+    sink.register_store(ctx.runtime_env().as_ref());
     let source = ctx
         .read_table(crate::assertions::staged_table(&ctx, &sink.schema, staged).await?)
         .map_err(deltalake::DeltaTableError::from)?;

@@ -13,6 +13,7 @@ mod merge;
 mod overwrite;
 pub mod rebuild;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -54,6 +55,10 @@ pub struct Sink {
     strategy: Strategy,
     schema: SchemaRef,
     store: Arc<dyn ObjectStore>,
+    /// The store at the root of the table's bucket (or disk), for DataFusion to read
+    /// staged files through.
+    root_store: Arc<dyn ObjectStore>,
+    storage_options: HashMap<String, String>,
     /// The table as last seen; `None` until it exists. Held while committing, so the
     /// commits of one run are serialized while their slices compute in parallel.
     table: Mutex<Option<DeltaTable>>,
@@ -85,7 +90,12 @@ impl Sink {
             // delta-rs refuses a local table location that does not exist yet.
             std::fs::create_dir_all(&path).context(context)?;
         }
-        let (table, exists) = load_table(&url).await?;
+        let storage_options: HashMap<String, String> = destination
+            .storage_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (table, exists) = load_table(&url, &storage_options).await?;
         // A rebuild may change the table's columns: its swap replaces the schema too.
         if exists && destination.strategy != Strategy::Rebuild {
             check_compatible(&table, &schema, &destination.partition_by)
@@ -94,6 +104,8 @@ impl Sink {
         Ok(Sink {
             pipeline: pipeline.to_string(),
             store: table.object_store(),
+            root_store: table.log_store().root_object_store(None),
+            storage_options,
             url,
             partition_by: destination.partition_by.clone(),
             strategy: destination.strategy.clone(),
@@ -109,8 +121,19 @@ impl Sink {
 
     /// Reads the table afresh from storage, for when this sink's view may be behind.
     pub async fn reload(&self) -> Result<Option<DeltaTable>> {
-        let (table, exists) = load_table(&self.url).await?;
+        let (table, exists) = load_table(&self.url, &self.storage_options).await?;
         Ok(exists.then_some(table))
+    }
+
+    /// Lets DataFusion sessions of `runtime` read the destination's files (staged output,
+    /// for assertions and merges), unless a store for that bucket is registered already.
+    pub fn register_store(&self, runtime: &datafusion::execution::runtime_env::RuntimeEnv) {
+        let root = crate::source::store_root(&self.url);
+        let key = datafusion::execution::object_store::ObjectStoreUrl::parse(root.as_str())
+            .expect("a store root is a valid object store URL");
+        if runtime.object_store(&key).is_err() {
+            runtime.register_object_store(&root, self.root_store.clone());
+        }
     }
 
     /// The table as it is now, or `None` if nothing was ever committed.
@@ -289,6 +312,7 @@ impl Sink {
     ) -> deltalake::DeltaResult<u64> {
         let schema: StructType = self.schema.as_ref().try_into_kernel()?;
         let created = deltalake::DeltaTableBuilder::from_url(self.url.clone())?
+            .with_storage_options(self.storage_options.clone())
             .build()?
             .create()
             .with_columns(schema.fields().cloned())
@@ -341,10 +365,14 @@ impl Sink {
 
 /// The table at `url`, loaded if it exists, and whether it does. A table that does not
 /// exist yet still gives the object store the sink writes through.
-async fn load_table(url: &Url) -> Result<(DeltaTable, bool)> {
+async fn load_table(
+    url: &Url,
+    storage_options: &HashMap<String, String>,
+) -> Result<(DeltaTable, bool)> {
     let context = || format!("destination {url}");
     let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
         .context(context)?
+        .with_storage_options(storage_options.clone())
         .build()
         .context(context)?;
     let exists = table

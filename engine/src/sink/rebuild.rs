@@ -29,8 +29,6 @@ use super::{check_compatible, written_by, Sink};
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{CommitRecord, RebuildRecord, SliceRecord, SwapRecord, COMMIT_INFO_KEY};
 
-const REBUILD: &str = "_backfill/rebuild";
-
 /// A slice's checked output, staged for a rebuild and remembered durably.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StagedSlice {
@@ -78,7 +76,7 @@ impl Sink {
 
     /// Every staged slice of this pipeline that a swap has not yet consumed, by key.
     pub(crate) async fn staged_slices(&self) -> Result<HashMap<String, StagedSlice>> {
-        let folder = StorePath::from_iter([REBUILD, &self.pipeline]);
+        let folder = StorePath::from_iter(["_backfill", "rebuild", &self.pipeline]);
         let context = || format!("reading the staged slices under {}{folder}", self.url);
         let paths: Vec<StorePath> = self
             .store
@@ -308,6 +306,11 @@ impl Sink {
     }
 
     fn manifest_path(&self, slice: &str) -> StorePath {
-        StorePath::from_iter([REBUILD, &self.pipeline, &format!("{slice}.json")])
+        StorePath::from_iter([
+            "_backfill",
+            "rebuild",
+            &self.pipeline,
+            &format!("{slice}.json"),
+        ])
     }
 }

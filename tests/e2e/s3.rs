@@ -1,0 +1,363 @@
+//! The same scenarios against a real S3-compatible server: `moto` in server mode on
+//! loopback, one server per test. `.ci/run` installs it; without it these tests fail with
+//! a message saying how to install it, they are never skipped.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::support::*;
+
+/// Signs every request; moto accepts any key, and no output may ever show this one.
+const SECRET: &str = "backfill-test-secret-9f3a1c";
+const ALL: &str = "SELECT * FROM t ORDER BY order_id";
+
+/// A moto S3 server on a free loopback port, stopped when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let binary = moto_server().unwrap_or_else(|| {
+            panic!(
+                "moto_server was not found. Install it with\n  python3 -m venv ~/.cache/backfill/moto-venv && ~/.cache/backfill/moto-venv/bin/pip install 'moto[server]'\n(as .ci/run does), or set BACKFILL_MOTO_SERVER to its path"
+            )
+        });
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The standard AWS variables pointing at this server.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    fn bucket(&self, name: &str) -> Arc<AmazonS3> {
+        let store = AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key(SECRET)
+            .with_bucket_name(name)
+            .build()
+            .unwrap();
+        Arc::new(store)
+    }
+
+    /// Creates a bucket: a bare `PUT /<bucket>`, which moto accepts unsigned.
+    fn create_bucket(&self, name: &str) {
+        use std::io::{Read, Write};
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(address).unwrap();
+        let request = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+
+    /// Uploads a local folder tree under `prefix` of `bucket`.
+    async fn upload(&self, bucket: &str, local: &Path, prefix: &str) {
+        let store = self.bucket(bucket);
+        let mut files = Vec::new();
+        collect_files(local, &mut files);
+        for file in files {
+            let relative = file.strip_prefix(local).unwrap().to_str().unwrap();
+            let path = object_store::path::Path::from(format!("{prefix}/{relative}"));
+            let bytes = std::fs::read(&file).unwrap();
+            store.put(&path, PutPayload::from(bytes)).await.unwrap();
+        }
+    }
+
+    /// Every object of a bucket, as text where it is text.
+    async fn contents(&self, bucket: &str) -> String {
+        use futures::TryStreamExt;
+        let store = self.bucket(bucket);
+        let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
+        let mut all = String::new();
+        for object in objects {
+            let bytes = store.get(&object.location).await.unwrap().bytes().await;
+            all.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
+        }
+        all
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_server() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("BACKFILL_MOTO_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let venv = Path::new(&home).join(".cache/backfill/moto-venv/bin/moto_server");
+    if venv.exists() {
+        return Some(venv);
+    }
+    let found = Command::new("moto_server").arg("--help").output();
+    found.is_ok().then(|| PathBuf::from("moto_server"))
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// A scratch copy of the fixtures uploaded to a `source` bucket, a `warehouse` bucket for
+/// tables, and a pipeline rewritten to read from S3.
+struct S3Case {
+    moto: Moto,
+    scratch: Scratch,
+    pipeline: PathBuf,
+    table: String,
+    /// Everything the commands printed, to look for secrets in.
+    printed: std::cell::RefCell<String>,
+}
+
+impl S3Case {
+    async fn new(pipeline: &str) -> S3Case {
+        let moto = Moto::start();
+        moto.create_bucket("source");
+        moto.create_bucket("warehouse");
+        let scratch = Scratch::new();
+        moto.upload("source", &scratch.path("buckets/shop"), "shop")
+            .await;
+        // The source's secret comes from a variable the pipeline names, not from AWS_*.
+        let text = std::fs::read_to_string(scratch.path(&format!("pipelines/{pipeline}.toml")))
+            .unwrap()
+            .replace(
+                "url = \"../buckets/shop/orders\"",
+                "url = \"s3://source/shop/orders\"\nstorage_options = { aws_secret_access_key = \"${BACKFILL_S3_SECRET}\", aws_region = \"us-east-1\" }",
+            );
+        let pipeline = scratch.pipeline(&format!("{pipeline}_s3"), &text);
+        S3Case {
+            moto,
+            scratch,
+            pipeline,
+            table: "s3://warehouse/tables/t".to_string(),
+            printed: Default::default(),
+        }
+    }
+
+    fn backfill(&self, command: &str, rest: &[&str]) -> Output {
+        let mut args = vec![command, self.pipeline.to_str().unwrap()];
+        args.extend_from_slice(rest);
+        args.extend_from_slice(&["--destination", &self.table]);
+        let output = Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(&args)
+            .envs(self.moto.env())
+            .env("BACKFILL_S3_SECRET", SECRET)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let mut printed = self.printed.borrow_mut();
+        printed.push_str(&String::from_utf8_lossy(&output.stdout));
+        printed.push_str(&String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    fn json(&self, command: &str, rest: &[&str], code: i32) -> serde_json::Value {
+        let output = self.backfill(command, &[rest, &["--json"]].concat());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{stdout}\n{stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    }
+
+    async fn stored(&self, sql: &str) -> Vec<String> {
+        let options = [
+            ("AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let url = url::Url::parse(&self.table).unwrap();
+        let table = deltalake::open_table_with_storage_options(url, options)
+            .await
+            .unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        rows(&ctx, sql).await
+    }
+
+    async fn expected(&self, sql: &str) -> Vec<String> {
+        query_sources(&self.scratch.path("buckets/shop"), sql).await
+    }
+
+    /// No command printed the secret, and nothing in the table's bucket holds it.
+    async fn assert_secret_never_shown(&self) {
+        assert!(
+            !self.printed.borrow().contains(SECRET),
+            "a command printed the secret"
+        );
+        assert!(!self.printed.borrow().is_empty());
+        let stored = self.moto.contents("warehouse").await;
+        assert!(stored.contains("\"backfill\""), "the log was read");
+        assert!(
+            !stored.contains(SECRET),
+            "the secret was written next to the table"
+        );
+    }
+}
+
+#[tokio::test]
+async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
+    let case = S3Case::new("orders_clean").await;
+    let range = ["--start", "2024-01-01", "--end", "2024-01-06"];
+    let plan = case.json("plan", &range, 0);
+    assert_eq!(plan["estimate"]["files"], 6);
+
+    let run = case.json("run", &[&range[..], &["--concurrency", "6"]].concat(), 0);
+    assert_eq!(statuses(&run), ["committed"; 6], "{run:#}");
+    let expected = case
+        .expected(
+            "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt
+             FROM orders WHERE dt <= '2024-01-06' ORDER BY order_id",
+        )
+        .await;
+    assert_eq!(case.stored(ALL).await, expected);
+
+    // Done is read back from the log on S3: the same command does nothing.
+    let rerun = case.json("run", &range, 0);
+    assert_eq!(statuses(&rerun), ["skipped"; 6]);
+    let history = case.json("history", &[], 0);
+    assert_eq!(history.as_array().unwrap().len(), 2);
+
+    // Pre-flight on S3: days past the data are refused before anything runs.
+    let beyond = case.backfill("run", &["--start", "2024-01-14", "--end", "2024-01-16"]);
+    let stderr = String::from_utf8_lossy(&beyond.stderr);
+    assert_eq!(beyond.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("2024-01-15 (orders), 2024-01-16 (orders)"),
+        "{stderr}"
+    );
+
+    case.assert_secret_never_shown().await;
+}
+
+#[tokio::test]
+async fn s3_merge_upserts_without_duplicates() {
+    let case = S3Case::new("orders_merge").await;
+    let range = ["--start", "2024-01-01", "--end", "2024-01-03"];
+    case.json("run", &range, 0);
+    let forced = case.json("run", &[&range[..], &["--force"]].concat(), 0);
+    assert_eq!(statuses(&forced), ["committed"; 3]);
+    let stored = case
+        .stored("SELECT order_id, customer_id, amount, status, dt FROM t ORDER BY order_id")
+        .await;
+    let expected = case
+        .expected(
+            "SELECT order_id, customer_id, amount, status, dt FROM orders
+             WHERE dt <= '2024-01-03' ORDER BY order_id",
+        )
+        .await;
+    assert_eq!(stored, expected, "upserted twice, stored once");
+    let staging = case.moto.bucket("warehouse");
+    let leftovers = {
+        use futures::TryStreamExt;
+        let prefix = object_store::path::Path::from("tables/t/_backfill/staging");
+        staging
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    };
+    assert!(
+        leftovers.is_empty(),
+        "merge staging is cleaned up: {leftovers:?}"
+    );
+    case.assert_secret_never_shown().await;
+}
+
+#[tokio::test]
+async fn s3_rebuild_waits_for_a_failed_slice_then_resumes_and_swaps_once() {
+    let case = S3Case::new("orders_rebuild").await;
+    let range = ["--start", "2024-01-07", "--end", "2024-01-10"];
+    // 2024-01-09's null rate fails the rebuild's check: nothing is swapped.
+    let run = case.json("run", &range, 1);
+    assert_eq!(statuses(&run), ["staged", "staged", "failed", "staged"]);
+    assert_eq!(run["rebuild"]["swap"], "waiting");
+
+    // Fix that day's data in the bucket; the rerun computes only it, then swaps.
+    let day = case.scratch.path("buckets/shop/orders/dt=2024-01-09");
+    rewrite_parquet(&day, "SELECT * FROM day WHERE amount IS NOT NULL").await;
+    let store = case.moto.bucket("source");
+    store
+        .delete(&"shop/orders/dt=2024-01-09/part-00000.parquet".into())
+        .await
+        .unwrap();
+    case.moto
+        .upload("source", &day, "shop/orders/dt=2024-01-09")
+        .await;
+    let run = case.json("run", &range, 0);
+    assert_eq!(run["rebuild"]["swap"], "swapped", "{run:#}");
+    assert_eq!(run["rebuild"]["version"], 0, "one swap created the table");
+    let shown = case.json("show", &[run["run_id"].as_str().unwrap()], 0);
+    let reused = shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reused"] == true)
+        .count();
+    assert_eq!(reused, 3);
+    let expected = case
+        .expected(
+            "SELECT order_id, customer_id, amount, CAST(round(amount * 100) AS BIGINT) AS amount_cents,
+                    upper(status) AS status, ordered_at, dt
+             FROM orders WHERE dt BETWEEN '2024-01-07' AND '2024-01-10' ORDER BY order_id",
+        )
+        .await;
+    assert_eq!(case.stored(ALL).await, expected);
+    case.assert_secret_never_shown().await;
+}
