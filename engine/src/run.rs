@@ -222,18 +222,15 @@ impl Backfill {
         }
         let known = self.known().await?;
         // Pre-flight: every slice planned (listings and footers, no data) before any
-        // starts. Each slice plans again when it starts, so it sees files that arrive
-        // in between.
-        let planned = self
-            .plan_slices(
-                slices.clone(),
-                &known,
-                options.reprocess,
-                PREFLIGHT_CONCURRENCY,
-            )
-            .await?;
-        self.preflight(&planned, &options.budget)?;
-        drop(planned);
+        // starts. The plans are not kept: each slice plans again when it starts, so it
+        // sees files that arrive in between.
+        {
+            let slices = slices.clone();
+            let planned = self
+                .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
+                .await?;
+            self.preflight(&planned, &options.budget)?;
+        }
         let run_id = new_run_id(options.clock.now());
         let run = Arc::new(RunContext {
             known,

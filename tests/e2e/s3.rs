@@ -257,6 +257,9 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
     let range = ["--start", "2024-01-01", "--end", "2024-01-06"];
     let plan = case.json("plan", &range, 0);
     assert_eq!(plan["estimate"]["files"], 6);
+    let estimated_bytes = plan["estimate"]["bytes"].as_u64().unwrap();
+    let over_budget = case.backfill("run", &[&range[..], &["--max-slices", "5"]].concat());
+    assert_eq!(over_budget.status.code(), Some(2));
 
     let run = case.json("run", &[&range[..], &["--concurrency", "6"]].concat(), 0);
     assert_eq!(statuses(&run), ["committed"; 6], "{run:#}");
@@ -267,6 +270,22 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
         )
         .await;
     assert_eq!(case.stored(ALL).await, expected);
+
+    let plan = case.json("plan", &[&range[..], &["--force"]].concat(), 0);
+    let read: u64 = plan["slices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["state"]["committed"]["record"]["source_bytes"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        read, estimated_bytes,
+        "the run read exactly the estimated bytes"
+    );
 
     // Done is read back from the log on S3: the same command does nothing.
     let rerun = case.json("run", &range, 0);
