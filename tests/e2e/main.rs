@@ -95,6 +95,37 @@ async fn sources_whose_files_spell_strings_differently_are_read_as_one_table() {
 }
 
 #[tokio::test]
+async fn two_runs_racing_to_create_the_table_both_commit() {
+    let case = Case::new("orders_clean");
+    let spawn = |start: &str, end: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(case.args("run", &["--start", start, "--end", end]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (
+        spawn("2024-01-01", "2024-01-07"),
+        spawn("2024-01-08", "2024-01-14"),
+    );
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{printed}");
+        assert!(printed.contains("7 committed"), "{printed}");
+    }
+    let stored = case
+        .stored("SELECT order_id, dt FROM t ORDER BY order_id")
+        .await;
+    let expected = case
+        .expected("SELECT order_id, dt FROM orders ORDER BY order_id")
+        .await;
+    assert_eq!(stored, expected);
+    assert_eq!(case.version().await, 13, "one commit per slice");
+}
+
+#[tokio::test]
 async fn rerun_is_a_no_op_and_force_rewrites_identical_contents() {
     let case = Case::new("orders_clean");
     let range = ["--start", "2024-01-02", "--end", "2024-01-04"];

@@ -184,21 +184,30 @@ impl S3Case {
         }
     }
 
-    fn backfill(&self, command: &str, rest: &[&str]) -> Output {
+    /// `backfill <command> <pipeline> <rest> --destination <table>` against the server.
+    fn command(&self, command: &str, rest: &[&str]) -> Command {
         let mut args = vec![command, self.pipeline.to_str().unwrap()];
         args.extend_from_slice(rest);
         args.extend_from_slice(&["--destination", &self.table]);
-        let output = Command::new(env!("CARGO_BIN_EXE_backfill"))
+        let mut backfill = Command::new(env!("CARGO_BIN_EXE_backfill"));
+        backfill
             .args(&args)
             .envs(self.moto.env())
             .env("BACKFILL_S3_SECRET", SECRET)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
+            .env("NO_COLOR", "1");
+        backfill
+    }
+
+    fn backfill(&self, command: &str, rest: &[&str]) -> Output {
+        let output = self.command(command, rest).output().unwrap();
+        self.printed(&output);
+        output
+    }
+
+    fn printed(&self, output: &Output) {
         let mut printed = self.printed.borrow_mut();
         printed.push_str(&String::from_utf8_lossy(&output.stdout));
         printed.push_str(&String::from_utf8_lossy(&output.stderr));
-        output
     }
 
     fn json(&self, command: &str, rest: &[&str], code: i32) -> serde_json::Value {
@@ -302,6 +311,37 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
         "{stderr}"
     );
 
+    case.assert_secret_never_shown().await;
+}
+
+#[tokio::test]
+async fn s3_two_processes_committing_at_once_both_land() {
+    let case = S3Case::new("orders_clean").await;
+    // Two runs race to create the table and then to commit their slices: conditional
+    // puts on S3 let exactly one writer have each version, and the other retries on top.
+    let spawn = |start: &str, end: &str| {
+        let mut command = case.command("run", &["--start", start, "--end", end]);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn().unwrap()
+    };
+    let (first, second) = (
+        spawn("2024-01-01", "2024-01-04"),
+        spawn("2024-01-05", "2024-01-08"),
+    );
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        case.printed(&output);
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{printed}");
+        assert!(printed.contains("4 committed"), "{printed}");
+    }
+    let expected = case
+        .expected(
+            "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt
+             FROM orders WHERE dt <= '2024-01-08' ORDER BY order_id",
+        )
+        .await;
+    assert_eq!(case.stored(ALL).await, expected);
     case.assert_secret_never_shown().await;
 }
 

@@ -41,8 +41,15 @@ async fn merge(
     if table.is_none() {
         // MERGE needs a target. An empty table is created only now, after the first
         // slice passed its checks, so a run that fails everything leaves no table.
-        sink.create(table, vec![], CommitProperties::default())
-            .await?;
+        let created = sink
+            .create(table, vec![], CommitProperties::default())
+            .await;
+        // Another writer may have created it since we looked: merge into theirs.
+        if let Err(error) = created {
+            if !sink.adopt_existing(table).await {
+                return Err(error);
+            }
+        }
     }
     let existing = table.take().expect("created above");
     let ctx = SessionContext::new();

@@ -283,7 +283,8 @@ impl Sink {
     }
 
     /// Commits `actions` on top of `table`, or creates the table with them if it does
-    /// not exist yet, so that the first slice and the table appear in one commit.
+    /// not exist yet, so that the first slice and the table appear in one commit. If
+    /// another writer created the table meanwhile, commits on top of theirs.
     async fn commit(
         &self,
         table: &mut Option<DeltaTable>,
@@ -291,16 +292,36 @@ impl Sink {
         operation: DeltaOperation,
         properties: CommitProperties,
     ) -> deltalake::DeltaResult<u64> {
-        if let Some(existing) = table.as_mut() {
-            let committed = CommitBuilder::from(properties)
-                .with_actions(actions)
-                .build(Some(existing.snapshot()?), existing.log_store(), operation)
-                .await?;
-            // The commit returns the new snapshot: no need to read the log again.
-            existing.state = Some(committed.snapshot());
-            return Ok(committed.version());
+        if table.is_none() {
+            let created = self
+                .create(table, actions.clone(), properties.clone())
+                .await;
+            match created {
+                Ok(version) => return Ok(version),
+                Err(error) if !self.adopt_existing(table).await => return Err(error),
+                Err(_) => {}
+            }
         }
-        self.create(table, actions, properties).await
+        let existing = table.as_mut().expect("created or loaded above");
+        let committed = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(existing.snapshot()?), existing.log_store(), operation)
+            .await?;
+        // The commit returns the new snapshot: no need to read the log again.
+        existing.state = Some(committed.snapshot());
+        Ok(committed.version())
+    }
+
+    /// After a failed create: loads the table if another writer created it meanwhile, and
+    /// says whether it did.
+    async fn adopt_existing(&self, table: &mut Option<DeltaTable>) -> bool {
+        match load_table(&self.url, &self.storage_options).await {
+            Ok((theirs, true)) => {
+                *table = Some(theirs);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Creates the table with `actions` in its first commit.

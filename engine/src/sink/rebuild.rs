@@ -25,7 +25,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{check_compatible, written_by, Sink};
+use super::{check_compatible, load_table, written_by, Sink};
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{CommitRecord, RebuildRecord, SliceRecord, SwapRecord, COMMIT_INFO_KEY};
 
@@ -258,21 +258,37 @@ impl Sink {
             partition_by: Some(self.partition_by.clone()),
             predicate: None,
         };
-        let version = match self
-            .commit(&mut table, actions, operation, properties)
-            .await
-        {
+        // Without a table, the swap creates it. If another writer created one meanwhile,
+        // the swap is refused like any commit landing after the version the rebuild read.
+        let committed = match table.is_some() {
+            true => {
+                self.commit(&mut table, actions, operation, properties)
+                    .await
+            }
+            false => self.create(&mut table, actions, properties).await,
+        };
+        let version = match committed {
             Ok(version) => version,
-            Err(DeltaTableError::Transaction {
-                source: TransactionError::MaxCommitAttempts(_),
-            }) => {
+            Err(error) => {
+                let moved_on = match &error {
+                    DeltaTableError::Transaction {
+                        source: TransactionError::MaxCommitAttempts(_),
+                    } => true,
+                    _ if replaced_version.is_none() => {
+                        let now = load_table(&self.url, &self.storage_options).await;
+                        matches!(now, Ok((_, true)))
+                    }
+                    _ => false,
+                };
+                if !moved_on {
+                    return Err(Error::execution(context(), error));
+                }
                 let read = replaced_version.map_or("none".to_string(), |v| v.to_string());
                 return Err(Error::execution(
                     context(),
                     format!("another writer committed to the table after this rebuild read it (version {read}), so the swap was refused and the table is unchanged. Run again to rebuild on top of the new version: staged slices are reused"),
                 ));
             }
-            Err(error) => return Err(Error::execution(context(), error)),
         };
         Ok(Swapped {
             version,
