@@ -165,7 +165,7 @@ impl Sink {
             base.as_str(),
             self.schema.clone(),
             Some(partition_columns.clone()),
-            None,
+            Some(self.storage_options.clone()),
         )
         .context(context)?;
         let guard = self.partition_guard(slice)?;
