@@ -19,6 +19,15 @@ fn bytes_under(case: &Case, folder: &str) -> u64 {
         .sum()
 }
 
+/// Runs `backfill run` expecting a refusal (exit 2) and returns what it said.
+fn refused(case: &Case, rest: &[&str]) -> String {
+    let output = backfill(&case.args("run", rest));
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!case.table.join("_delta_log").exists(), "nothing ran");
+    stderr
+}
+
 #[tokio::test]
 async fn plan_estimates_what_the_run_then_reads() {
     let case = Case::new("orders_clean");
@@ -95,14 +104,11 @@ fn run_refuses_slices_without_source_data_unless_allowed() {
         "{text}"
     );
 
-    let refused = backfill(&case.args("run", &range));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&case, &range);
     assert!(
         stderr.contains("2 of 4 slices to run have no source data: 2024-01-15 (orders), 2024-01-16 (orders); nothing ran"),
         "{stderr}"
     );
-    assert!(!case.table.join("_delta_log").exists(), "nothing ran");
 
     // Allowed, they run, and their own checks decide: an empty day fails `min_rows = 1`.
     let run = case.json("run", &[&range[..], &["--allow-empty"]].concat(), 1);
@@ -118,29 +124,24 @@ fn budgets_refuse_to_launch_and_say_by_how_much() {
     let estimate = case.json("plan", &FIRST_THREE_DAYS, 0)["estimate"].clone();
     let bytes = estimate["bytes"].as_u64().unwrap();
 
-    let refused = backfill(&case.args(
-        "run",
+    let stderr = refused(
+        &case,
         &[&FIRST_THREE_DAYS[..], &["--max-slices", "2"]].concat(),
-    ));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    );
     assert!(
         stderr.contains("would run 3 slices, 1 over --max-slices 2; nothing ran"),
         "{stderr}"
     );
 
     let under = (bytes - 100).to_string();
-    let refused = backfill(&case.args(
-        "run",
+    let stderr = refused(
+        &case,
         &[&FIRST_THREE_DAYS[..], &["--max-bytes", &under]].concat(),
-    ));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    );
     assert!(
         stderr.contains("from 3 slices, 100 B over --max-bytes"),
         "{stderr}"
     );
-    assert!(!case.table.join("_delta_log").exists(), "nothing ran");
 
     // Exactly the budget is within it.
     let exact = bytes.to_string();

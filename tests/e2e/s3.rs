@@ -265,6 +265,15 @@ impl S3Case {
     }
 }
 
+/// What `orders_clean` should leave for the days up to `last`, from the sources.
+async fn expected_clean(case: &S3Case, last: &str) -> Vec<String> {
+    case.expected(&format!(
+        "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt
+         FROM orders WHERE dt <= '{last}' ORDER BY order_id"
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
     let case = S3Case::new("orders_clean").await;
@@ -277,13 +286,10 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
 
     let run = case.json("run", &[&range[..], &["--concurrency", "6"]].concat(), 0);
     assert_eq!(statuses(&run), ["committed"; 6], "{run:#}");
-    let expected = case
-        .expected(
-            "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt
-             FROM orders WHERE dt <= '2024-01-06' ORDER BY order_id",
-        )
-        .await;
-    assert_eq!(case.stored(ALL).await, expected);
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_clean(&case, "2024-01-06").await
+    );
 
     let plan = case.json("plan", &[&range[..], &["--force"]].concat(), 0);
     let read: u64 = plan["slices"]
@@ -340,13 +346,10 @@ async fn s3_two_processes_committing_at_once_both_land() {
         assert_eq!(output.status.code(), Some(0), "{printed}");
         assert!(printed.contains("4 committed"), "{printed}");
     }
-    let expected = case
-        .expected(
-            "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt
-             FROM orders WHERE dt <= '2024-01-08' ORDER BY order_id",
-        )
-        .await;
-    assert_eq!(case.stored(ALL).await, expected);
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_clean(&case, "2024-01-08").await
+    );
     case.assert_secret_never_shown().await;
 }
 
