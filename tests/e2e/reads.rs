@@ -161,29 +161,25 @@ impl ObjectStore for CountingStore {
     }
 }
 
-/// Opens `pipeline` writing to `table`, with every source read going through `store`.
-async fn open_over(
-    store: &Arc<CountingStore>,
+/// Opens `pipeline` writing to `table`, with every source read going through a new
+/// counting store, and returns both.
+async fn open_counted(
     pipeline: &std::path::Path,
     table: &std::path::Path,
-) -> Arc<Backfill> {
+) -> (Arc<CountingStore>, Arc<Backfill>) {
+    let store = Arc::new(CountingStore::default());
     let mut pipeline = pipeline::load(pipeline).unwrap();
     pipeline.destination.url = url::Url::from_directory_path(table).unwrap();
     let stores = vec![(
         url::Url::parse("file:///").unwrap(),
         store.clone() as Arc<dyn ObjectStore>,
     )];
-    Arc::new(
-        Backfill::open(
-            pipeline,
-            OpenOptions {
-                stores,
-                ..OpenOptions::default()
-            },
-        )
-        .await
-        .unwrap(),
-    )
+    let options = OpenOptions {
+        stores,
+        ..OpenOptions::default()
+    };
+    let backfill = Backfill::open(pipeline, options).await.unwrap();
+    (store, Arc::new(backfill))
 }
 
 async fn run(
@@ -205,8 +201,7 @@ async fn run_counting(
     table: &std::path::Path,
     day: &str,
 ) -> Arc<CountingStore> {
-    let store = Arc::new(CountingStore::default());
-    let backfill = open_over(&store, pipeline, table).await;
+    let (store, backfill) = open_counted(pipeline, table).await;
     store.reads.lock().unwrap().clear(); // count the slice, not the schema inference
     let summary = run(&backfill, &[day], &RunOptions::default()).await;
     assert!(
@@ -275,8 +270,7 @@ fn quick_retries(retries: u32) -> RunOptions {
 #[tokio::test]
 async fn transient_read_failures_are_retried_into_the_same_table() {
     let case = Case::new("orders_clean");
-    let store = Arc::new(CountingStore::default());
-    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
     store.failing_reads.store(3, Ordering::SeqCst);
     let days = ["2024-01-01", "2024-01-02", "2024-01-03"];
     let summary = run(&backfill, &days, &quick_retries(5)).await;
@@ -338,8 +332,7 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
 #[tokio::test]
 async fn without_retries_a_transient_failure_fails_only_its_slice() {
     let case = Case::new("orders_clean");
-    let store = Arc::new(CountingStore::default());
-    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
     store.failing_reads.store(1, Ordering::SeqCst);
     let options = RunOptions {
         concurrency: 1,
@@ -366,8 +359,7 @@ async fn without_retries_a_transient_failure_fails_only_its_slice() {
 async fn failed_assertions_are_not_retried() {
     let case = Case::new("orders_clean");
     case.edit_pipeline("min_rows = 1000", "min_rows = 1000000");
-    let store = Arc::new(CountingStore::default());
-    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    let (_, backfill) = open_counted(&case.pipeline, &case.table).await;
     let summary = run(&backfill, &["2024-01-01"], &quick_retries(3)).await;
     assert_eq!(summary.outcomes[0].attempts, 1, "{summary:#?}");
     assert!(matches!(
@@ -410,8 +402,7 @@ impl Clock for ManualClock {
 #[tokio::test]
 async fn retries_back_off_exponentially_with_jitter() {
     let case = Case::new("orders_clean");
-    let store = Arc::new(CountingStore::default());
-    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
     store.failing_reads.store(3, Ordering::SeqCst);
     let base = Duration::from_secs(600);
     let options = RunOptions {
@@ -461,8 +452,7 @@ async fn retries_back_off_exponentially_with_jitter() {
 #[tokio::test]
 async fn a_hung_attempt_times_out_and_is_retried() {
     let case = Case::new("orders_clean");
-    let store = Arc::new(CountingStore::default());
-    let backfill = open_over(&store, &case.pipeline, &case.table).await;
+    let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
     store.hanging_reads.store(1, Ordering::SeqCst);
     let options = RunOptions {
         concurrency: 1,
@@ -512,8 +502,7 @@ async fn max_source_requests_caps_concurrent_reads_across_slices() {
             "name = \"orders_clean\"\n",
             &format!("name = \"orders_clean\"\n{limit}"),
         );
-        let store = Arc::new(CountingStore::default());
-        let backfill = open_over(&store, &case.pipeline, &case.table).await;
+        let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
         *store.read_delay.lock().unwrap() = Duration::from_millis(30);
         let summary = run(&backfill, &days, &options).await;
         assert_eq!(summary.committed(), 6, "{summary:#?}");
