@@ -17,6 +17,8 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::{ident, lit, DataFrame, SessionContext};
+use deltalake::kernel::Add;
+use url::Url;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::AssertionResult;
@@ -172,20 +174,38 @@ pub async fn staged_table(
     schema: &SchemaRef,
     staged: &Staged,
 ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+    files_table(
+        ctx,
+        schema,
+        &staged.base,
+        &staged.partition_columns,
+        &staged.adds,
+    )
+    .await
+}
+
+/// Data files as a table: `adds` (paths relative to `base`), with the partition columns
+/// written as folders added back as typed constants, in the output's column order.
+pub(crate) async fn files_table(
+    ctx: &SessionContext,
+    schema: &SchemaRef,
+    base: &Url,
+    partition_columns: &[String],
+    adds: &[Add],
+) -> datafusion::error::Result<Arc<dyn TableProvider>> {
     let file_schema = Arc::new(Schema::new(
         schema
             .fields()
             .iter()
-            .filter(|f| !staged.partition_columns.contains(f.name()))
+            .filter(|f| !partition_columns.contains(f.name()))
             .cloned()
             .collect::<Vec<_>>(),
     ));
     let mut groups: BTreeMap<Vec<(String, Option<String>)>, Vec<ListingTableUrl>> = BTreeMap::new();
-    for add in &staged.adds {
+    for add in adds {
         let mut partition: Vec<_> = add.partition_values.clone().into_iter().collect();
         partition.sort();
-        let url = staged
-            .base
+        let url = base
             .join(&add.path)
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         groups

@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::engine::{Backfill, Reprocess, SliceState};
 use crate::error::{Error, Result, ResultExt};
 use crate::pipeline::Strategy;
-use crate::sink::Staged;
 use crate::slice::Selection;
 
 /// A rebuild as staged so far, ready to be queried.
@@ -81,20 +80,19 @@ impl Backfill {
             });
         }
         staged_adds.extend(self.sink.files_of(&kept).await?);
-        let staged = Staged {
-            adds: staged_adds,
-            base: self.pipeline.destination.url.clone(),
-            partition_columns: self.pipeline.destination.partition_by.clone(),
-            rows: 0,
-            bytes: 0,
-            null_counts: vec![],
-        };
         let ctx = SessionContext::new();
         self.sink.register_store(ctx.runtime_env().as_ref());
         let internal = |e: datafusion::error::DataFusionError| Error::Internal(e.to_string());
-        let table = crate::assertions::staged_table(&ctx, &self.schema, &staged)
-            .await
-            .map_err(internal)?;
+        let destination = &self.pipeline.destination;
+        let table = crate::assertions::files_table(
+            &ctx,
+            &self.schema,
+            &destination.url,
+            &destination.partition_by,
+            &staged_adds,
+        )
+        .await
+        .map_err(internal)?;
         ctx.register_table("staged", table).map_err(internal)?;
         if let Some(current) = self.sink.table().await {
             current
