@@ -123,6 +123,15 @@ async fn two_runs_racing_to_create_the_table_both_commit() {
         .await;
     assert_eq!(stored, expected);
     assert_eq!(case.version().await, 13, "one commit per slice");
+    // Only the table's creation sets metadata: the run that lost the race to create it
+    // committed its slices on top, not a second creation.
+    let log = case.table.join("_delta_log");
+    let with_metadata = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default())
+        .filter(|commit| commit.contains("\"metaData\""))
+        .count();
+    assert_eq!(with_metadata, 1);
 }
 
 #[tokio::test]

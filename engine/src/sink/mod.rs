@@ -264,7 +264,7 @@ impl Sink {
             )]);
         let mut table = self.table.lock().await;
         let context = || format!("slice {}: committing to {}", slice.key, self.url);
-        let version = match &self.strategy {
+        let published = match &self.strategy {
             Strategy::Overwrite => {
                 overwrite::publish(self, &mut table, slice, staged, properties).await
             }
@@ -277,9 +277,15 @@ impl Sink {
                     "a rebuild's slices are published together by Sink::swap".into(),
                 ))
             }
+        };
+        if published.is_err() {
+            // The commit may have lost to another writer's (a new table, new metadata):
+            // a retry must start from the table as it is now, not as this sink last saw it.
+            if let Ok((latest, exists)) = load_table(&self.url, &self.storage_options).await {
+                *table = exists.then_some(latest);
+            }
         }
-        .context(context)?;
-        Ok(version)
+        published.context(context)
     }
 
     /// Commits `actions` on top of `table`, or creates the table with them if it does
@@ -339,7 +345,9 @@ impl Sink {
             .with_columns(schema.fields().cloned())
             .with_partition_columns(self.partition_by.clone())
             .with_actions(actions)
-            .with_commit_properties(properties)
+            // If another writer creates the table first, delta-rs would retry this create
+            // as the next version, metadata and all, on top of theirs: fail instead.
+            .with_commit_properties(properties.with_max_retries(0))
             .await?;
         let version = created.version().unwrap_or(0);
         *table = Some(created);
