@@ -197,8 +197,13 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(summary)?);
     } else {
+        let meanwhile = match summary.count(|s| matches!(s, SliceStatus::CommittedMeanwhile { .. }))
+        {
+            0 => String::new(),
+            n => format!(", {n} committed meanwhile by other runs"),
+        };
         println!(
-            "run {}: {} slices, {} committed, {} skipped, {} failed",
+            "run {}: {} slices, {} committed, {} skipped, {} failed{meanwhile}",
             summary.run_id,
             match summary.not_started.len() {
                 0 => summary.outcomes.len().to_string(),
@@ -232,7 +237,10 @@ pub fn summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
             };
             println!(
                 "stopped. committed: {}",
-                keys(|s| matches!(s, SliceStatus::Committed { .. }))
+                keys(|s| matches!(
+                    s,
+                    SliceStatus::Committed { .. } | SliceStatus::CommittedMeanwhile { .. }
+                ))
             );
             if summary.rebuild.is_some() {
                 println!(
@@ -435,6 +443,9 @@ pub fn show(run: &RunRecord, json: bool) -> anyhow::Result<()> {
                     if *reused { " (reused)" } else { "" }
                 )
             }
+            SliceStatus::CommittedMeanwhile { by_run, version } => {
+                format!("committed meanwhile by run {by_run}, version {version}")
+            }
             SliceStatus::Skipped { state } => format!("skipped ({state})"),
             SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
             SliceStatus::Abandoned => "abandoned".to_string(),
@@ -540,7 +551,7 @@ impl Reporter for Progress {
                     totals.bytes += bytes;
                 }
                 SliceStatus::Failed { .. } | SliceStatus::Abandoned => totals.failed += 1,
-                SliceStatus::Skipped { .. } => {}
+                SliceStatus::Skipped { .. } | SliceStatus::CommittedMeanwhile { .. } => {}
             }
             self.bar.set_message(totals.message());
         }
@@ -578,6 +589,10 @@ impl Reporter for Progress {
                 )
             }
             SliceStatus::Skipped { state } => format!("{:<16} skipped   ({state})", outcome.slice),
+            SliceStatus::CommittedMeanwhile { by_run, version } => format!(
+                "{:<16} skipped   (committed meanwhile by run {by_run}, version {version})",
+                outcome.slice
+            ),
             SliceStatus::Abandoned => format!(
                 "{:<16} abandoned {took:>8}  (stopped; nothing committed)",
                 outcome.slice

@@ -135,6 +135,10 @@ fn describe(status: &SliceStatus) -> (&'static str, String) {
             format!("staged {rows} rows for the rebuild's swap"),
         ),
         SliceStatus::Skipped { state } => ("skipped", format!("skipped ({state})")),
+        SliceStatus::CommittedMeanwhile { by_run, version } => (
+            "skipped",
+            format!("committed meanwhile by run {by_run} in version {version}"),
+        ),
         SliceStatus::Failed { error, .. } => ("failed", error.clone()),
         SliceStatus::Abandoned => (
             "abandoned",

@@ -142,10 +142,8 @@ async fn unique(ctx: &SessionContext, columns: &[String]) -> Result<(bool, Strin
 
 async fn custom(ctx: &SessionContext, sql: &str) -> Result<(bool, String)> {
     let context = || format!("assertion `{sql}`");
-    let batches = ctx
-        .sql(sql)
-        .await
-        .context(context)?
+    let batches = crate::source::read_only_query(ctx, sql, context)
+        .await?
         .collect()
         .await
         .context(context)?;

@@ -39,6 +39,9 @@ pub struct Backfill {
 pub struct OpenOptions {
     /// Object stores to use instead of the defaults (tests count requests this way).
     pub stores: StoreOverrides,
+    /// A store to reach the destination table through instead of the one its URL names
+    /// (tests inject storage faults this way). Rooted at the root of the bucket or disk.
+    pub destination_store: Option<Arc<dyn object_store::ObjectStore>>,
     /// Memory for query execution across all slices in flight, in bytes.
     pub memory_limit: usize,
 }
@@ -47,6 +50,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             stores: vec![],
+            destination_store: None,
             memory_limit: 4 << 30,
         }
     }
@@ -185,15 +189,21 @@ impl Backfill {
         let sample = sample_slice(&pipeline);
         let sql = template::render(&pipeline.sql, &sample.variables(), &pipeline.sql_origin)?;
         let ctx = sources.context()?;
-        let frame = ctx
-            .sql(&sql)
-            .await
-            .context(|| format!("{}: transform", pipeline.sql_origin))?;
+        let frame =
+            source::read_only_query(&ctx, &sql, || format!("{}: transform", pipeline.sql_origin))
+                .await?;
         let schema = output_schema(frame.schema().as_arrow())
             .map_err(|m| Error::config(&pipeline.sql_origin, m))?;
         check_columns(&pipeline, &schema)?;
+        check_destination_apart(&pipeline)?;
         check_assertion_sql(&pipeline, &ctx, &schema, &sample).await?;
-        let sink = Sink::open(&pipeline.name, &pipeline.destination, schema.clone()).await?;
+        let sink = Sink::open(
+            &pipeline.name,
+            &pipeline.destination,
+            schema.clone(),
+            options.destination_store,
+        )
+        .await?;
         sink.register_store(sources.runtime());
         let sql_fingerprint = source::fingerprint_text(&pipeline.sql);
         Ok(Backfill {
@@ -246,7 +256,9 @@ impl Backfill {
                     SliceStatus::Failed { error, .. } => {
                         last_failures.insert(attempt.slice, (run.header.run_id.clone(), error));
                     }
-                    SliceStatus::Committed { .. } | SliceStatus::Staged { .. } => {
+                    SliceStatus::Committed { .. }
+                    | SliceStatus::CommittedMeanwhile { .. }
+                    | SliceStatus::Staged { .. } => {
                         last_failures.remove(&attempt.slice);
                     }
                     SliceStatus::Skipped { .. } | SliceStatus::Abandoned => {}
@@ -325,7 +337,7 @@ impl Backfill {
         )?;
         let ctx = self.sources.context()?;
         let context = || format!("slice {}: planning the transform", slice.key);
-        let frame = ctx.sql(&sql).await.context(context)?;
+        let frame = source::read_only_query(&ctx, &sql, context).await?;
         let casts: Vec<_> = frame
             .schema()
             .iter()
@@ -384,6 +396,18 @@ impl Backfill {
                 }
                 if !known.table_fits {
                     what.push("table schema".to_string());
+                }
+                // A done slice is skipped, so its files are checked: a table that points
+                // at files gone from storage fails every reader, and rewriting the slice
+                // is what repairs it.
+                if what.is_empty() {
+                    let missing = self.sink.missing_files(&slice).await?;
+                    if let Some(first) = missing.first() {
+                        what.push(format!(
+                            "table files ({} missing from storage, such as {first})",
+                            missing.len()
+                        ));
+                    }
                 }
                 let committed = Box::new(committed.clone());
                 if what.is_empty() {
@@ -574,10 +598,29 @@ async fn check_assertion_sql(
         };
         let rendered = template::render(sql, &sample.variables(), &file)?;
         let context = || format!("{file}: assertion `{sql}`");
-        let frame = ctx.sql(&rendered).await.context(context)?;
+        let frame = source::read_only_query(ctx, &rendered, context).await?;
         let fields = frame.schema().fields();
         if fields.len() != 1 || fields[0].data_type() != &DataType::Boolean {
             return Err(Error::config(context(), "must return one boolean column"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a destination that is, holds or lies inside a source's folder: every run would
+/// read its own output back, and a day's rows would double each time.
+fn check_destination_apart(pipeline: &Pipeline) -> Result<()> {
+    let destination = pipeline.destination.url.as_str();
+    for source in &pipeline.sources {
+        let location = source.url.as_str();
+        if destination.starts_with(location) || location.starts_with(destination) {
+            return Err(Error::config(
+                pipeline.file.display().to_string(),
+                format!(
+                    "the destination {destination} overlaps source `{}` at {location}: each run would read its own output back. Write the table outside the sources' folders",
+                    source.name
+                ),
+            ));
         }
     }
     Ok(())

@@ -32,6 +32,11 @@ pub struct SliceRecord {
     pub pipeline: String,
     pub slice: String,
     pub run_id: String,
+    /// Which attempt of the run made the commit (1, 2, ...). With `run_id` it names one
+    /// attempt, so an attempt whose commit failed ambiguously can find out whether it
+    /// landed. Records written before it existed read as 0.
+    #[serde(default)]
+    pub attempt: u32,
     pub strategy: String,
     /// The slice's application transaction version: 1 for its first commit, then 2, ...
     pub txn_version: i64,
@@ -70,6 +75,28 @@ pub struct RebuildRecord {
 pub enum CommitRecord {
     Slice(SliceRecord),
     Swap(SwapRecord),
+}
+
+impl CommitRecord {
+    /// The record carried by one commit entry of the log (`_delta_log/<version>.json`),
+    /// if it is a `backfill` commit.
+    pub fn in_commit_entry(entry: &[u8]) -> Option<CommitRecord> {
+        entry
+            .split(|byte| *byte == b'\n')
+            .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+            .find_map(|action| {
+                let value = action.get("commitInfo")?.get(COMMIT_INFO_KEY)?;
+                serde_json::from_value(value.clone()).ok()
+            })
+    }
+
+    /// The slice records it carries: one, or every slice of a swap.
+    pub fn slices(&self) -> &[SliceRecord] {
+        match self {
+            CommitRecord::Slice(record) => std::slice::from_ref(record),
+            CommitRecord::Swap(swap) => &swap.slices,
+        }
+    }
 }
 
 /// The outcome of one assertion on one slice.

@@ -553,6 +553,9 @@ pub fn location_to_url(location: &str, base: &Path) -> std::result::Result<Url, 
     if location.contains("://") {
         let mut url =
             Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"))?;
+        if url.scheme() != "file" && url.host_str().unwrap_or("").is_empty() {
+            return Err(format!("`{location}` names no bucket"));
+        }
         // A location is a folder: paths inside it are joined onto it.
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));

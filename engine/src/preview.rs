@@ -43,7 +43,7 @@ impl RebuildPreview {
     /// Runs `sql` over the tables `staged` and `current`.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         let context = || format!("preview query `{sql}`");
-        let frame = self.ctx.sql(sql).await.context(context)?;
+        let frame = crate::source::read_only_query(&self.ctx, sql, context).await?;
         frame.collect().await.context(context)
     }
 }

@@ -26,6 +26,7 @@ use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Ledger, SliceRecord};
 use crate::pipeline::Strategy;
 use crate::sink::rebuild::StagedSlice;
+use crate::sink::Committer;
 use crate::slice::{Selection, Slice};
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +132,9 @@ pub struct SliceOutcome {
 pub enum SliceStatus {
     /// Published in table version `version`.
     Committed { version: u64, rows: u64, bytes: u64 },
+    /// Committed by another run (`by_run`, in table version `version`) after this run
+    /// read the log; this run did not commit it again.
+    CommittedMeanwhile { by_run: String, version: u64 },
     /// Checked and staged for a rebuild's swap, which has not happened (yet); `reused`
     /// when an earlier run had staged it.
     Staged { rows: u64, bytes: u64, reused: bool },
@@ -426,7 +430,7 @@ impl Backfill {
         loop {
             attempt += 1;
             let started = Instant::now();
-            let running = self.run_slice(slice.clone(), run, options.reprocess, started);
+            let running = self.run_slice(slice.clone(), attempt, run, options.reprocess, started);
             let result = match options.slice_timeout {
                 None => running.await,
                 Some(limit) => tokio::time::timeout(limit, running)
@@ -473,6 +477,7 @@ impl Backfill {
     async fn run_slice(
         &self,
         slice: Slice,
+        attempt: u32,
         run: &RunContext,
         reprocess: Reprocess,
         started: Instant,
@@ -536,6 +541,7 @@ impl Backfill {
             pipeline: self.pipeline.name.clone(),
             slice: slice.key.clone(),
             run_id: run.run_id.clone(),
+            attempt,
             strategy: self.pipeline.destination.strategy.name().to_string(),
             txn_version: previous.map_or(1, |p| p.txn_version + 1),
             rows: staged.rows,
@@ -566,27 +572,26 @@ impl Backfill {
                 reused: false,
             });
         }
-        match self.sink.publish(slice, &staged, &record).await {
-            Ok(version) => {
-                tracing::debug!(
-                    slice = %slice.key,
-                    planned_ms = millis(planned_at),
-                    staged_ms = millis(staged_at - planned_at),
-                    checked_ms = millis(checked_at - staged_at),
-                    committed_ms = millis(started.elapsed() - checked_at),
-                    "slice committed"
-                );
-                Ok(SliceStatus::Committed {
-                    version,
-                    rows: staged.rows,
-                    bytes: staged.bytes,
-                })
-            }
-            Err(error) => {
-                self.sink.discard(&staged).await;
-                Err(error)
-            }
-        }
+        let published = self.sink.publish(slice, &staged, &record).await?;
+        tracing::debug!(
+            slice = %slice.key,
+            planned_ms = millis(planned_at),
+            staged_ms = millis(staged_at - planned_at),
+            checked_ms = millis(checked_at - staged_at),
+            committed_ms = millis(started.elapsed() - checked_at),
+            "slice published"
+        );
+        Ok(match published.by {
+            Committer::ThisAttempt | Committer::EarlierAttempt => SliceStatus::Committed {
+                version: published.version,
+                rows: staged.rows,
+                bytes: staged.bytes,
+            },
+            Committer::OtherRun { run_id } => SliceStatus::CommittedMeanwhile {
+                by_run: run_id,
+                version: published.version,
+            },
+        })
     }
 }
 

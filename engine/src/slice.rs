@@ -68,6 +68,20 @@ impl Slice {
 
 /// Cuts a selection into slices, in order, refusing anything malformed before work starts.
 /// `file_keys` are the list keys given in the pipeline file, used when no keys are selected.
+/// The most slices one selection may cut: a decade of hours. Past it a range is a typo
+/// (`--end 9999-12-31`), and planning it would hold millions of slices in memory.
+pub const MAX_SLICES: i64 = 100_000;
+
+fn ensure_bounded(count: i64, start: &str, end: &str) -> Result<()> {
+    if count > MAX_SLICES {
+        return Err(Error::config(
+            "--start/--end",
+            format!("{start}..{end} is {count} slices, more than the {MAX_SLICES} one run or plan can take; narrow the range"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn cut(
     kind: SliceKind,
     columns: &[String],
@@ -79,6 +93,7 @@ pub fn cut(
             let first = parse_day(start, "--start")?;
             let last = parse_day(end, "--end")?;
             ensure_ordered(first <= last, start, end)?;
+            ensure_bounded((last - first).num_days() + 1, start, end)?;
             Ok(first.iter_days().take_while(|d| *d <= last).map(|d| daily(columns, d)).collect())
         }
         (SliceKind::Hourly, Selection::Range { start, end }) => {
@@ -86,6 +101,7 @@ pub fn cut(
             let last = parse_hour(end, "--end")?;
             ensure_ordered(first <= last, start, end)?;
             let count = (last - first).num_hours() + 1;
+            ensure_bounded(count, start, end)?;
             Ok((0..count).map(|h| hourly(columns, first + Duration::hours(h))).collect())
         }
         (SliceKind::List, Selection::Range { .. }) => Err(Error::config(
@@ -212,6 +228,27 @@ mod tests {
             start: start.into(),
             end: end.into(),
         }
+    }
+
+    #[test]
+    fn a_range_to_the_year_9999_is_refused_before_any_slice_is_made() {
+        let daily = cut(
+            SliceKind::Daily,
+            &cols(&["dt"]),
+            &range("2013-01-01", "9999-12-31"),
+            None,
+        );
+        let message = daily.unwrap_err().to_string();
+        assert!(message.contains("2917191 slices"), "{message}");
+        let hourly = range("2000-01-01T00", "2020-01-01T00");
+        assert!(cut(SliceKind::Hourly, &cols(&["dt", "hr"]), &hourly, None).is_err());
+        let decade = range("2010-01-01T00", "2019-12-31T23");
+        assert_eq!(
+            cut(SliceKind::Hourly, &cols(&["dt", "hr"]), &decade, None)
+                .unwrap()
+                .len(),
+            87648
+        );
     }
 
     #[test]

@@ -17,10 +17,11 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::limit::LimitStore;
@@ -124,12 +125,17 @@ impl Sources {
             let options = ListingOptions::new(Arc::new(parquet_format()))
                 .with_file_extension(".parquet")
                 .with_table_partition_cols(partitions);
-            let schema = infer_schema(&ctx, &options, &url).await.map_err(|e| {
-                Error::config(
-                    context(),
-                    format!("cannot read a schema from its Parquet files: {e}"),
-                )
-            })?;
+            let schema = infer_schema_patiently(&ctx, &options, &url)
+                .await
+                .map_err(|e| match is_storage_error(&e) {
+                    true => {
+                        Error::execution(context(), format!("cannot list or read its files: {e}"))
+                    }
+                    false => Error::config(
+                        context(),
+                        format!("cannot read a schema from its Parquet files: {e}"),
+                    ),
+                })?;
             if let Some(clash) = source
                 .partitioning
                 .iter()
@@ -171,6 +177,56 @@ impl Sources {
         }
         Ok(ctx)
     }
+}
+
+/// Plans `sql` as exactly one read-only query: `SELECT`, `WITH ... SELECT` or `VALUES`.
+///
+/// DataFusion's `sql` executes whatever it is given: `COPY ... TO` and `INSERT INTO` a
+/// listing table write files, `CREATE EXTERNAL TABLE` reads any path, DDL changes the
+/// session. Anything but a query is refused before it is planned, naming `location`
+/// (the file, or the option, the SQL came from); planning then disallows DDL, DML and
+/// statements as well, in case a query ever smuggles one in.
+pub(crate) async fn read_only_query(
+    ctx: &SessionContext,
+    sql: &str,
+    location: impl Fn() -> String,
+) -> Result<DataFrame> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+    let statements = DFParser::parse_sql(sql).context(&location)?;
+    let allowed = "a single read-only query (SELECT, WITH ... SELECT or VALUES)";
+    match statements.len() {
+        1 => {}
+        0 => {
+            return Err(Error::config(
+                location(),
+                format!("holds no SQL; it must be {allowed}"),
+            ))
+        }
+        n => {
+            return Err(Error::config(
+                location(),
+                format!("holds {n} SQL statements; it must be {allowed}"),
+            ))
+        }
+    }
+    if !matches!(&statements[0], Statement::Statement(s) if matches!(**s, SqlStatement::Query(_))) {
+        let text = statements[0].to_string();
+        let kind: String = text
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Err(Error::config(
+            location(),
+            format!("`{kind} ...` is not allowed: the SQL must be {allowed}, which cannot write or read outside the declared sources"),
+        ));
+    }
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    ctx.sql_with_options(sql, options).await.context(location)
 }
 
 fn session_config() -> SessionConfig {
@@ -216,6 +272,41 @@ fn object_store_for(
         other => Err(format!(
             "`{other}://` sources are not supported; use a local path, file:// or s3://"
         )),
+    }
+}
+
+/// Times schema inference is tried when storage fails: listings and footer reads at
+/// start-up meet the same passing faults (resets, 5xx) as a slice's reads.
+const INFER_TRIES: u32 = 3;
+
+async fn infer_schema_patiently(
+    ctx: &SessionContext,
+    options: &ListingOptions,
+    url: &ListingTableUrl,
+) -> datafusion::error::Result<SchemaRef> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match infer_schema(ctx, options, url).await {
+            Err(error) if tries < INFER_TRIES && is_storage_error(&error) => {
+                tracing::warn!("reading the schema of {url} again: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(250 << tries)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether an error came from the object store rather than from what it returned.
+fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    match error.find_root() {
+        E::ObjectStore(_) | E::IoError(_) => true,
+        E::ParquetError(parquet) => matches!(
+            parquet.as_ref(),
+            datafusion::parquet::errors::ParquetError::External(_)
+        ),
+        _ => false,
     }
 }
 

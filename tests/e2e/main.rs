@@ -1,11 +1,14 @@
 //! End-to-end tests: the real `backfill` binary over the fixture bucket, with every Delta
 //! table read back and compared with the same query run directly over the Parquet sources.
 
+mod ambiguous;
+mod concurrent;
 mod preflight;
 mod reads;
 mod rebuild;
 mod s3;
 mod snapshots;
+mod stores;
 mod support;
 
 use serde_json::Value;

@@ -2,172 +2,24 @@
 //! the local file system, records every read, and can fail or hang reads on purpose.
 //! Retries run on a manual clock, so their waits pass at once and can be read back.
 
-use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use backfill_engine::clock::Clock;
 use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-};
+use object_store::ObjectStore;
 
+use crate::stores::TestStore;
 use crate::support::{Case, Scratch};
-
-/// A local file system that records the path and size of every read, fails the next
-/// `failing_reads` reads with a transient-looking error, and never answers the next
-/// `hanging_reads` reads.
-#[derive(Debug, Default)]
-struct CountingStore {
-    inner: LocalFileSystem,
-    reads: Mutex<Vec<(String, u64)>>,
-    failing_reads: AtomicUsize,
-    hanging_reads: AtomicUsize,
-    /// How long each read takes, so that concurrent reads overlap measurably.
-    read_delay: Mutex<Duration>,
-    in_flight: AtomicUsize,
-    most_in_flight: AtomicUsize,
-}
-
-impl CountingStore {
-    /// Counts a read in flight for as long as it takes, and the most ever at once.
-    async fn in_flight<T>(&self, read: impl std::future::Future<Output = T>) -> T {
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
-        let delay = *self.read_delay.lock().unwrap();
-        tokio::time::sleep(delay).await;
-        let result = read.await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
-
-    /// Hangs this read forever if hangs are still due.
-    async fn maybe_hang(&self) {
-        let due = self
-            .hanging_reads
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if due.is_ok() {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// Fails this read if failures are still due.
-    fn maybe_fail(&self, location: &Path) -> Result<()> {
-        let due = self
-            .failing_reads
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        match due {
-            Ok(_) => Err(object_store::Error::Generic {
-                store: "CountingStore",
-                source: format!("injected failure reading {location}").into(),
-            }),
-            Err(_) => Ok(()),
-        }
-    }
-
-    fn record(&self, location: &Path, bytes: u64) {
-        self.reads
-            .lock()
-            .unwrap()
-            .push((location.to_string(), bytes));
-    }
-
-    /// Reads of files whose path contains `part`: (requests, bytes).
-    fn reads_of(&self, part: &str) -> (usize, u64) {
-        let reads = self.reads.lock().unwrap();
-        let matching = reads.iter().filter(|(path, _)| path.contains(part));
-        matching.fold((0, 0), |(n, total), (_, bytes)| (n + 1, total + bytes))
-    }
-
-    fn paths_read(&self) -> Vec<String> {
-        self.reads
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(path, _)| path.clone())
-            .collect()
-    }
-}
-
-impl std::fmt::Display for CountingStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CountingStore({})", self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for CountingStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.maybe_fail(location)?;
-        self.maybe_hang().await;
-        let result = self
-            .in_flight(self.inner.get_opts(location, options))
-            .await?;
-        self.record(location, result.range.end - result.range.start);
-        Ok(result)
-    }
-
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.maybe_fail(location)?;
-        self.maybe_hang().await;
-        let result = self
-            .in_flight(self.inner.get_ranges(location, ranges))
-            .await?;
-        self.record(location, result.iter().map(|b| b.len() as u64).sum());
-        Ok(result)
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
 
 /// Opens `pipeline` writing to `table`, with every source read going through a new
 /// counting store, and returns both.
 async fn open_counted(
     pipeline: &std::path::Path,
     table: &std::path::Path,
-) -> (Arc<CountingStore>, Arc<Backfill>) {
-    let store = Arc::new(CountingStore::default());
+) -> (Arc<TestStore>, Arc<Backfill>) {
+    let store = Arc::new(TestStore::default());
     let mut pipeline = pipeline::load(pipeline).unwrap();
     pipeline.destination.url = url::Url::from_directory_path(table).unwrap();
     let stores = vec![(
@@ -200,7 +52,7 @@ async fn run_counting(
     pipeline: &std::path::Path,
     table: &std::path::Path,
     day: &str,
-) -> Arc<CountingStore> {
+) -> Arc<TestStore> {
     let (store, backfill) = open_counted(pipeline, table).await;
     store.reads.lock().unwrap().clear(); // count the slice, not the schema inference
     let summary = run(&backfill, &[day], &RunOptions::default()).await;

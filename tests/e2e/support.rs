@@ -333,4 +333,47 @@ impl Case {
     pub async fn version(&self) -> u64 {
         version(&self.table).await
     }
+
+    /// Every commit entry of the table's log, oldest first, as arrays of actions.
+    pub fn commit_entries(&self) -> Vec<serde_json::Value> {
+        let log = self.table.join("_delta_log");
+        let mut names: Vec<_> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".json"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(log.join(name)).unwrap();
+                let actions = text.lines().map(|l| serde_json::from_str(l).unwrap());
+                serde_json::Value::Array(actions.collect())
+            })
+            .collect()
+    }
+
+    /// The slice of every record the log's commits carry (a swap carries several),
+    /// sorted: a slice committed twice is there twice.
+    pub fn committed_slices(&self) -> Vec<String> {
+        let mut slices = Vec::new();
+        for commit in self.commit_entries() {
+            for action in commit.as_array().unwrap() {
+                let Some(record) = action.pointer("/commitInfo/backfill") else {
+                    continue;
+                };
+                let records = match record.get("slices") {
+                    Some(swap) => swap.as_array().unwrap().clone(),
+                    None => vec![record.clone()],
+                };
+                slices.extend(
+                    records
+                        .iter()
+                        .map(|r| r["slice"].as_str().unwrap().to_string()),
+                );
+            }
+        }
+        slices.sort();
+        slices
+    }
 }

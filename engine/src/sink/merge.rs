@@ -3,7 +3,8 @@
 //! The slice's output was staged under `_backfill/staging/` and checked; the MERGE reads
 //! it from there, so the transform SQL runs once, however often MERGE scans its source.
 //! The join predicate includes the slice's partitions so the target is pruned to them.
-//! The staged folder is deleted afterwards, whether the merge committed or not.
+//! The sink deletes the staged folder once the slice is settled, committed or not (not
+//! before: a merge that lost the race to create the table is tried again from it).
 
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitProperties;
@@ -20,36 +21,12 @@ pub(super) async fn publish(
     keys: &[String],
     properties: CommitProperties,
 ) -> deltalake::DeltaResult<u64> {
-    let merged = merge(sink, table, slice, staged, keys, properties).await;
-    // The staged files were only the merge's source: gone whether it committed or not.
-    sink.discard(staged).await;
-    if let Ok(folder) = staged.base.to_file_path() {
-        // Object stores have no folders, but a local disk keeps the emptied one.
-        let _ = std::fs::remove_dir(folder);
-    }
-    merged
-}
-
-async fn merge(
-    sink: &Sink,
-    table: &mut Option<DeltaTable>,
-    slice: &Slice,
-    staged: &Staged,
-    keys: &[String],
-    properties: CommitProperties,
-) -> deltalake::DeltaResult<u64> {
     if table.is_none() {
         // MERGE needs a target. An empty table is created only now, after the first
-        // slice passed its checks, so a run that fails everything leaves no table.
-        let created = sink
-            .create(table, vec![], CommitProperties::default())
-            .await;
-        // Another writer may have created it since we looked: merge into theirs.
-        if let Err(error) = created {
-            if !sink.adopt_existing(table).await {
-                return Err(error);
-            }
-        }
+        // slice passed its checks, so a run that fails everything leaves no table. If
+        // another writer creates it first, this fails and the sink merges into theirs.
+        sink.create(table, vec![], CommitProperties::default())
+            .await?;
     }
     let existing = table.take().expect("created above");
     let ctx = SessionContext::new();

@@ -12,9 +12,11 @@ mod append;
 mod merge;
 mod overwrite;
 pub mod rebuild;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::kernels::cmp::distinct;
@@ -38,6 +40,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{SliceRecord, COMMIT_INFO_KEY};
 use crate::pipeline::{Destination, Strategy};
 use crate::slice::Slice;
+use view::TableView;
 
 /// Files are closed and a new one started past this size, so no file grows without bound.
 const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
@@ -59,9 +62,30 @@ pub struct Sink {
     /// staged files through.
     root_store: Arc<dyn ObjectStore>,
     storage_options: HashMap<String, String>,
-    /// The table as last seen; `None` until it exists. Held while committing, so the
-    /// commits of one run are serialized while their slices compute in parallel.
-    table: Mutex<Option<DeltaTable>>,
+    /// A store to reach the destination through instead of the one its URL names.
+    given_store: Option<Arc<dyn ObjectStore>>,
+    /// The table as last seen (`None` until it exists), and the slice commits seen since
+    /// the sink opened. Held while committing, so the commits of one run are serialized
+    /// while their slices compute in parallel.
+    view: Mutex<TableView>,
+}
+
+/// A slice that is in the table after [`Sink::publish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub version: u64,
+    pub by: Committer,
+}
+
+/// Who committed a published slice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Committer {
+    /// This attempt, as asked.
+    ThisAttempt,
+    /// An earlier attempt of this run whose commit failed ambiguously but landed.
+    EarlierAttempt,
+    /// Another run, after this one read the log: this one did not commit it again.
+    OtherRun { run_id: String },
 }
 
 /// A slice's output, written but not visible to any reader.
@@ -79,14 +103,23 @@ pub struct Staged {
 
 impl Sink {
     /// Opens the destination, checking that an existing table fits the pipeline's output.
+    /// `store`, if given, is used to reach the destination instead of the one its URL
+    /// names (tests inject faults this way).
     pub async fn open(
         pipeline: &str,
         destination: &Destination,
         schema: SchemaRef,
+        store: Option<Arc<dyn ObjectStore>>,
     ) -> Result<Self> {
         let url = destination.url.clone();
         let context = || format!("destination {url}");
         if let Ok(path) = url.to_file_path() {
+            if path.is_file() {
+                return Err(Error::config(
+                    context(),
+                    "is a file, not a folder for a table",
+                ));
+            }
             // delta-rs refuses a local table location that does not exist yet.
             std::fs::create_dir_all(&path).context(context)?;
         }
@@ -95,7 +128,10 @@ impl Sink {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let (table, exists) = load_table(&url, &storage_options).await?;
+        let (table, exists) = load_table(&url, &storage_options, &store).await?;
+        if !exists {
+            refuse_foreign_files(&table, &url).await?;
+        }
         // A rebuild may change the table's columns: its swap replaces the schema too.
         if exists && destination.strategy != Strategy::Rebuild {
             check_compatible(&table, &schema, &destination.partition_by)
@@ -106,11 +142,12 @@ impl Sink {
             store: table.object_store(),
             root_store: table.log_store().root_object_store(None),
             storage_options,
+            given_store: store,
             url,
             partition_by: destination.partition_by.clone(),
             strategy: destination.strategy.clone(),
             schema,
-            table: Mutex::new(exists.then_some(table)),
+            view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
         })
     }
 
@@ -121,7 +158,8 @@ impl Sink {
 
     /// Reads the table afresh from storage, for when this sink's view may be behind.
     pub async fn reload(&self) -> Result<Option<DeltaTable>> {
-        let (table, exists) = load_table(&self.url, &self.storage_options).await?;
+        let (table, exists) =
+            load_table(&self.url, &self.storage_options, &self.given_store).await?;
         Ok(exists.then_some(table))
     }
 
@@ -138,7 +176,7 @@ impl Sink {
 
     /// The table as it is now, or `None` if nothing was ever committed.
     pub async fn table(&self) -> Option<DeltaTable> {
-        self.table.lock().await.clone()
+        self.view.lock().await.table.clone()
     }
 
     /// Streams a slice's output into files no reader sees. Rows outside the slice's
@@ -242,13 +280,51 @@ impl Sink {
         }
     }
 
-    /// Publishes a staged slice in one atomic commit carrying its `txn` and `record`.
+    /// Publishes a staged slice in one atomic commit carrying its `txn` and `record`,
+    /// unless the slice was committed since the run read the log.
+    ///
+    /// A failed commit may still have landed: a PUT can take effect while the client sees
+    /// an error, and object_store's retry then finds the version taken (by this very
+    /// commit). So after a failure the log is read again before anything is deleted. The
+    /// staged files are deleted only when the log says no commit references them; when
+    /// the log cannot be read either, they are kept (invisible, for clean-up) and the
+    /// error says the outcome is unknown.
     pub async fn publish(
         &self,
         slice: &Slice,
         staged: &Staged,
         record: &SliceRecord,
-    ) -> Result<u64> {
+    ) -> Result<Published> {
+        let mut view = self.view.lock().await;
+        let published = self.publish_locked(&mut view, slice, staged, record).await;
+        drop(view);
+        let (keep, result) = match published {
+            Ok(published) => (published.by == Committer::ThisAttempt, Ok(published)),
+            Err(Unsettled::NotCommitted(error)) => (false, Err(error)),
+            Err(Unsettled::Unknown(error)) => (true, Err(error)),
+        };
+        // Merge's staged files are only its source, never part of the table.
+        let merged = matches!(self.strategy, Strategy::Merge { .. });
+        if !keep || merged {
+            self.discard(staged).await;
+        }
+        if merged {
+            if let Ok(folder) = staged.base.to_file_path() {
+                // Object stores have no folders, but a local disk keeps the emptied one.
+                let _ = std::fs::remove_dir(folder);
+            }
+        }
+        result
+    }
+
+    async fn publish_locked(
+        &self,
+        view: &mut TableView,
+        slice: &Slice,
+        staged: &Staged,
+        record: &SliceRecord,
+    ) -> std::result::Result<Published, Unsettled> {
+        let context = || format!("slice {}: committing to {}", slice.key, self.url);
         // Expired-log cleanup lists the whole log after every commit, and would delete the
         // history that slice records are read from in the middle of a backfill: it is
         // table maintenance, left to the table's owner.
@@ -262,35 +338,91 @@ impl Sink {
                 COMMIT_INFO_KEY.to_string(),
                 serde_json::to_value(record).expect("a record serializes"),
             )]);
-        let mut table = self.table.lock().await;
-        let context = || format!("slice {}: committing to {}", slice.key, self.url);
-        let published = match &self.strategy {
-            Strategy::Overwrite => {
-                overwrite::publish(self, &mut table, slice, staged, properties).await
+        // A second pass only when the first lost the race to create the table.
+        for _ in 0..2 {
+            if let Some(published) = committed_since(view, record) {
+                return Ok(published);
             }
-            Strategy::Append => append::publish(self, &mut table, slice, staged, properties).await,
-            Strategy::Merge { keys } => {
-                merge::publish(self, &mut table, slice, staged, keys, properties).await
+            let had_table = view.table.is_some();
+            // The strategy commits on a copy, so the view still knows the version it
+            // read when the commit is done or has failed.
+            let mut table = view.table.clone();
+            let committed = match &self.strategy {
+                Strategy::Overwrite => {
+                    overwrite::publish(self, &mut table, slice, staged, properties.clone()).await
+                }
+                Strategy::Append => {
+                    append::publish(self, &mut table, slice, staged, properties.clone()).await
+                }
+                Strategy::Merge { keys } => {
+                    merge::publish(self, &mut table, slice, staged, keys, properties.clone()).await
+                }
+                Strategy::Rebuild => {
+                    return Err(Unsettled::NotCommitted(Error::Internal(
+                        "a rebuild's slices are published together by Sink::swap".into(),
+                    )))
+                }
+            };
+            let failure = match committed {
+                Ok(version) => {
+                    if let Err(error) = view.step_to(table, Some(version)).await {
+                        // The slice is committed. The view stays at the version it had, so
+                        // the next commit is checked against everything after it.
+                        tracing::warn!("{error}");
+                    }
+                    return Ok(Published {
+                        version,
+                        by: Committer::ThisAttempt,
+                    });
+                }
+                Err(failure) => failure,
+            };
+            tracing::warn!(slice = %slice.key, "the commit failed; reading the log to see whether it landed: {failure}");
+            let settled = async {
+                let latest = self.reload_patiently().await?;
+                view.step_to(latest, None).await
+            };
+            if let Err(error) = settled.await {
+                return Err(Unsettled::Unknown(Error::execution(
+                    context(),
+                    format!("the commit failed ({failure}) and the log could not be read to tell whether it landed ({error}); the slice's files are kept"),
+                )));
             }
-            Strategy::Rebuild => {
-                return Err(Error::Internal(
-                    "a rebuild's slices are published together by Sink::swap".into(),
-                ))
+            if let Some(published) = committed_since(view, record) {
+                return Ok(published);
             }
-        };
-        if published.is_err() {
-            // The commit may have lost to another writer's (a new table, new metadata):
-            // a retry must start from the table as it is now, not as this sink last saw it.
-            if let Ok((latest, exists)) = load_table(&self.url, &self.storage_options).await {
-                *table = exists.then_some(latest);
+            let lost_creation_race = !had_table && view.table.is_some();
+            if !lost_creation_race {
+                return Err(Unsettled::NotCommitted(Error::execution(
+                    context(),
+                    failure,
+                )));
             }
         }
-        published.context(context)
+        Err(Unsettled::NotCommitted(Error::Internal(format!(
+            "slice {}: the table was created twice while committing",
+            slice.key
+        ))))
+    }
+
+    /// Reads the table again, trying a few times: it decides whether staged files may be
+    /// deleted, so a passing storage fault should not leave that unknown.
+    async fn reload_patiently(&self) -> Result<Option<DeltaTable>> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.reload().await {
+                Err(error) if tries < RELOAD_TRIES => {
+                    tracing::warn!("reading the table again: {error}");
+                    tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Commits `actions` on top of `table`, or creates the table with them if it does
-    /// not exist yet, so that the first slice and the table appear in one commit. If
-    /// another writer created the table meanwhile, commits on top of theirs.
+    /// not exist yet, so that the first slice and the table appear in one commit.
     async fn commit(
         &self,
         table: &mut Option<DeltaTable>,
@@ -298,17 +430,9 @@ impl Sink {
         operation: DeltaOperation,
         properties: CommitProperties,
     ) -> deltalake::DeltaResult<u64> {
-        if table.is_none() {
-            let created = self
-                .create(table, actions.clone(), properties.clone())
-                .await;
-            match created {
-                Ok(version) => return Ok(version),
-                Err(error) if !self.adopt_existing(table).await => return Err(error),
-                Err(_) => {}
-            }
-        }
-        let existing = table.as_mut().expect("created or loaded above");
+        let Some(existing) = table.as_mut() else {
+            return self.create(table, actions, properties).await;
+        };
         let committed = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(Some(existing.snapshot()?), existing.log_store(), operation)
@@ -316,18 +440,6 @@ impl Sink {
         // The commit returns the new snapshot: no need to read the log again.
         existing.state = Some(committed.snapshot());
         Ok(committed.version())
-    }
-
-    /// After a failed create: loads the table if another writer created it meanwhile, and
-    /// says whether it did.
-    async fn adopt_existing(&self, table: &mut Option<DeltaTable>) -> bool {
-        match load_table(&self.url, &self.storage_options).await {
-            Ok((theirs, true)) => {
-                *table = Some(theirs);
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Creates the table with `actions` in its first commit.
@@ -338,8 +450,7 @@ impl Sink {
         properties: CommitProperties,
     ) -> deltalake::DeltaResult<u64> {
         let schema: StructType = self.schema.as_ref().try_into_kernel()?;
-        let created = deltalake::DeltaTableBuilder::from_url(self.url.clone())?
-            .with_storage_options(self.storage_options.clone())
+        let created = table_builder(&self.url, &self.storage_options, &self.given_store)?
             .build()?
             .create()
             .with_columns(schema.fields().cloned())
@@ -392,16 +503,45 @@ impl Sink {
     }
 }
 
+/// How often a failed commit reads the log again before giving up on knowing its outcome.
+const RELOAD_TRIES: u32 = 4;
+
+/// Why a slice was not published.
+enum Unsettled {
+    /// No commit references its staged files: they can go.
+    NotCommitted(Error),
+    /// Whether its commit landed is unknown: its files must stay.
+    Unknown(Error),
+}
+
+/// Who committed the attempt's slice since the run read the log, if anyone did.
+fn committed_since(view: &TableView, record: &SliceRecord) -> Option<Published> {
+    let sighting = view.sighting(&record.slice)?;
+    let by = if sighting.is_attempt(record) {
+        Committer::ThisAttempt
+    } else if sighting.run_id == record.run_id {
+        Committer::EarlierAttempt
+    } else {
+        Committer::OtherRun {
+            run_id: sighting.run_id.clone(),
+        }
+    };
+    Some(Published {
+        version: sighting.version,
+        by,
+    })
+}
+
 /// The table at `url`, loaded if it exists, and whether it does. A table that does not
 /// exist yet still gives the object store the sink writes through.
 async fn load_table(
     url: &Url,
     storage_options: &HashMap<String, String>,
+    store: &Option<Arc<dyn ObjectStore>>,
 ) -> Result<(DeltaTable, bool)> {
     let context = || format!("destination {url}");
-    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
+    let mut table = table_builder(url, storage_options, store)
         .context(context)?
-        .with_storage_options(storage_options.clone())
         .build()
         .context(context)?;
     let exists = table
@@ -413,6 +553,54 @@ async fn load_table(
         table.load().await.context(context)?;
     }
     Ok((table, exists))
+}
+
+/// Refuses a location that holds files but no Delta table: making a table around them
+/// would let a later VACUUM delete them. A folder with `_backfill/` or `_delta_log/` was
+/// started by a backfill (history, or files of attempts that never committed) and is fine.
+async fn refuse_foreign_files(table: &DeltaTable, url: &Url) -> Result<()> {
+    let listed = table
+        .object_store()
+        .list_with_delimiter(None)
+        .await
+        .context(|| format!("destination {url}: listing it"))?;
+    let folders: Vec<String> = listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect();
+    if folders
+        .iter()
+        .any(|f| *f == "_backfill" || *f == "_delta_log")
+    {
+        return Ok(());
+    }
+    let example = listed
+        .objects
+        .first()
+        .map(|o| o.location.to_string())
+        .or_else(|| folders.first().map(|f| format!("{f}/")));
+    match example {
+        None => Ok(()),
+        Some(example) => Err(Error::config(
+            format!("destination {url}"),
+            format!("holds files (such as `{example}`) but no Delta table; backfill writes only to an empty folder or a Delta table, since a table made around other files could later delete them"),
+        )),
+    }
+}
+
+/// A builder for the table at `url`, through `store` if one is given.
+fn table_builder(
+    url: &Url,
+    storage_options: &HashMap<String, String>,
+    store: &Option<Arc<dyn ObjectStore>>,
+) -> deltalake::DeltaResult<deltalake::DeltaTableBuilder> {
+    let builder = deltalake::DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(storage_options.clone());
+    Ok(match store {
+        Some(store) => builder.with_storage_backend(store.clone(), url.clone()),
+        None => builder,
+    })
 }
 
 /// Refuses rows outside the slice's partitions.
@@ -504,6 +692,62 @@ fn partition_predicate(slice: &Slice, qualifier: &str) -> String {
         .map(|(column, value)| format!("{qualifier}\"{column}\" = '{}'", value.replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(" AND ")
+}
+
+impl Sink {
+    /// The files of the table's current version that hold `slice`'s rows but are gone
+    /// from storage, as paths relative to the table. Readers of the table fail on them;
+    /// rewriting the slice replaces them. One listing per folder the slice's files are in.
+    pub(crate) async fn missing_files(&self, slice: &Slice) -> Result<Vec<String>> {
+        let Some(table) = self.table().await else {
+            return Ok(vec![]);
+        };
+        let context = || format!("slice {}: listing its files in {}", slice.key, self.url);
+        let owns_partitions = !slice.partition.is_empty()
+            && slice
+                .partition
+                .iter()
+                .all(|(column, _)| self.partition_by.contains(column));
+        let in_partitions: Vec<StorePath> = match owns_partitions {
+            true => files_in_partitions(self, &table, slice)
+                .context(context)?
+                .iter()
+                .map(|f| f.object_store_path())
+                .collect(),
+            false => vec![],
+        };
+        let log_data = table.snapshot().context(context)?.log_data();
+        let tagged = log_data
+            .iter()
+            .filter(|file| is_tagged_with(file, &self.pipeline, &slice.key))
+            .map(|file| file.object_store_path());
+        let mut by_folder: HashMap<Option<StorePath>, Vec<StorePath>> = HashMap::new();
+        for path in in_partitions.into_iter().chain(tagged) {
+            let parts: Vec<_> = path.parts().collect();
+            let folder = (parts.len() > 1)
+                .then(|| StorePath::from_iter(parts[..parts.len() - 1].iter().cloned()));
+            by_folder.entry(folder).or_default().push(path);
+        }
+        let mut missing = Vec::new();
+        for (folder, files) in by_folder {
+            let listed = self
+                .store
+                .list_with_delimiter(folder.as_ref())
+                .await
+                .context(context)?;
+            let present: std::collections::HashSet<&StorePath> =
+                listed.objects.iter().map(|o| &o.location).collect();
+            missing.extend(
+                files
+                    .iter()
+                    .filter(|f| !present.contains(f))
+                    .map(|f| f.to_string()),
+            );
+        }
+        missing.sort();
+        missing.dedup();
+        Ok(missing)
+    }
 }
 
 /// The pipeline and slice that wrote an active file, from its tags.

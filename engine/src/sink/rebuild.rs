@@ -16,16 +16,15 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{Action, Add, LogicalFileView, Metadata, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::DeltaTableError;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{check_compatible, load_table, written_by, Sink};
+use super::{check_compatible, written_by, Sink};
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{CommitRecord, RebuildRecord, SliceRecord, SwapRecord, COMMIT_INFO_KEY};
 
@@ -142,16 +141,16 @@ impl Sink {
 
     /// Whether the table, if there is one, has the pipeline's columns and partitioning.
     pub(crate) async fn fits_table(&self) -> bool {
-        let table = self.table.lock().await;
-        table.as_ref().is_none_or(|existing| {
+        let view = self.view.lock().await;
+        view.table.as_ref().is_none_or(|existing| {
             check_compatible(existing, &self.schema, &self.partition_by).is_ok()
         })
     }
 
     /// The active files this pipeline wrote for the `kept` slices, as their adds.
     pub(crate) async fn files_of(&self, kept: &HashSet<&str>) -> Result<Vec<Add>> {
-        let table = self.table.lock().await;
-        let Some(existing) = table.as_ref() else {
+        let view = self.view.lock().await;
+        let Some(existing) = view.table.as_ref() else {
             return Ok(vec![]);
         };
         let snapshot = existing.snapshot().context(|| self.url.to_string())?;
@@ -164,8 +163,8 @@ impl Sink {
 
     /// What a swap keeping the files of `kept` slices would replace.
     pub(crate) async fn replaced(&self, kept: &HashSet<&str>) -> Result<Replaced> {
-        let table = self.table.lock().await;
-        let Some(existing) = table.as_ref() else {
+        let view = self.view.lock().await;
+        let Some(existing) = view.table.as_ref() else {
             return Ok(Replaced {
                 version: None,
                 files: 0,
@@ -198,7 +197,9 @@ impl Sink {
         staged: &[StagedSlice],
         kept: &[SliceRecord],
     ) -> Result<Swapped> {
-        let mut table = self.table.lock().await;
+        let mut view = self.view.lock().await;
+        // The swap commits on a copy, so the view still knows the version it read.
+        let mut table = view.table.clone();
         let context = || format!("rebuild of {}", self.url);
         let kept_keys: HashSet<&str> = kept.iter().map(|r| r.slice.as_str()).collect();
         let (mut actions, mut removed_files) = (Vec::new(), 0);
@@ -268,26 +269,39 @@ impl Sink {
             false => self.create(&mut table, actions, properties).await,
         };
         let version = match committed {
-            Ok(version) => version,
-            Err(error) => {
-                let moved_on = match &error {
-                    DeltaTableError::Transaction {
-                        source: TransactionError::MaxCommitAttempts(_),
-                    } => true,
-                    _ if replaced_version.is_none() => {
-                        let now = load_table(&self.url, &self.storage_options).await;
-                        matches!(now, Ok((_, true)))
-                    }
-                    _ => false,
-                };
-                if !moved_on {
-                    return Err(Error::execution(context(), error));
+            Ok(version) => {
+                if let Err(error) = view.step_to(table, Some(version)).await {
+                    tracing::warn!("{error}");
                 }
-                let read = replaced_version.map_or("none".to_string(), |v| v.to_string());
-                return Err(Error::execution(
-                    context(),
-                    format!("another writer committed to the table after this rebuild read it (version {read}), so the swap was refused and the table is unchanged. Run again to rebuild on top of the new version: staged slices are reused"),
-                ));
+                version
+            }
+            Err(failure) => {
+                // The swap's PUT may have landed although it reported an error: the log,
+                // read again, says whether this run's swap is in it.
+                let settled = async {
+                    let latest = self.reload_patiently().await?;
+                    view.step_to(latest, None).await
+                };
+                if let Err(error) = settled.await {
+                    return Err(Error::execution(
+                        context(),
+                        format!("the swap failed ({failure}) and the log could not be read to tell whether it landed ({error}); run again to find out: staged slices are reused"),
+                    ));
+                }
+                if let Some(version) = view.swap_of(run_id) {
+                    tracing::warn!(
+                        "the swap reported an error but landed as version {version}: {failure}"
+                    );
+                    version
+                } else if view.version() != replaced_version {
+                    let read = replaced_version.map_or("none".to_string(), |v| v.to_string());
+                    return Err(Error::execution(
+                        context(),
+                        format!("another writer committed to the table after this rebuild read it (version {read}), so the swap was refused and the table is unchanged. Run again to rebuild on top of the new version: staged slices are reused"),
+                    ));
+                } else {
+                    return Err(Error::execution(context(), failure));
+                }
             }
         };
         Ok(Swapped {

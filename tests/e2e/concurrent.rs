@@ -1,0 +1,150 @@
+//! Two runs of the same backfill at once (a user or a scheduler starting the same command
+//! twice): every slice is committed exactly once, by one of them, and the other says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backfill_engine::run::RebuildOutcome;
+use backfill_engine::SliceStatus;
+use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, RunSummary, Selection};
+use object_store::ObjectStore;
+
+use crate::stores::TestStore;
+use crate::support::*;
+
+const DAYS: [&str; 4] = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"];
+
+/// Opens the case's pipeline with its sources behind a store whose every read takes
+/// 40 ms, so that each slice takes long enough for two runs to be inside it together.
+async fn open_slow(case: &Case) -> Arc<Backfill> {
+    let store = TestStore::default();
+    *store.read_delay.lock().unwrap() = Duration::from_millis(40);
+    let mut pipeline = pipeline::load(&case.pipeline).unwrap();
+    pipeline.destination.url = url::Url::from_directory_path(&case.table).unwrap();
+    let options = OpenOptions {
+        stores: vec![(
+            url::Url::parse("file:///").unwrap(),
+            Arc::new(store) as Arc<dyn ObjectStore>,
+        )],
+        ..OpenOptions::default()
+    };
+    Arc::new(Backfill::open(pipeline, options).await.unwrap())
+}
+
+/// Runs the same selection twice at once, one slice at a time each, in the same order:
+/// both read the log before either commits, and then race on every slice.
+async fn run_twice_at_once(case: &Case) -> (RunSummary, RunSummary) {
+    let (first, second) = (open_slow(case).await, open_slow(case).await);
+    let selection = Selection::Keys(DAYS.iter().map(|d| d.to_string()).collect());
+    let options = RunOptions {
+        concurrency: 1,
+        ..RunOptions::default()
+    };
+    let silent = || Arc::new(backfill_engine::run::Silent);
+    let (first, second) = tokio::join!(
+        first.run(&selection, &options, silent()),
+        second.run(&selection, &options, silent())
+    );
+    (first.unwrap(), second.unwrap())
+}
+
+/// Each slice is committed by one run, and the other run names it as the committer.
+fn assert_each_slice_committed_by_one(first: &RunSummary, second: &RunSummary) {
+    for (a, b) in first.outcomes.iter().zip(&second.outcomes) {
+        assert_eq!(a.slice, b.slice);
+        let meanwhile_by = |status: &SliceStatus| match status {
+            SliceStatus::CommittedMeanwhile { by_run, .. } => Some(by_run.clone()),
+            _ => None,
+        };
+        let committed = |status: &SliceStatus| matches!(status, SliceStatus::Committed { .. });
+        let one_way = committed(&a.status) && meanwhile_by(&b.status) == Some(first.run_id.clone());
+        let other_way =
+            committed(&b.status) && meanwhile_by(&a.status) == Some(second.run_id.clone());
+        assert!(one_way || other_way, "{a:?}\n{b:?}");
+    }
+}
+
+async fn assert_two_runs_commit_each_slice_once(pipeline: &str, stored: &str, expected: &str) {
+    let case = Case::new(pipeline);
+    let (first, second) = run_twice_at_once(&case).await;
+    assert_each_slice_committed_by_one(&first, &second);
+    assert_eq!(case.committed_slices(), DAYS.to_vec());
+    assert_eq!(case.stored(stored).await, case.expected(expected).await);
+}
+
+#[tokio::test]
+async fn two_overwrite_runs_at_once_commit_each_slice_once() {
+    assert_two_runs_commit_each_slice_once(
+        "orders_clean",
+        "SELECT order_id, dt FROM t ORDER BY order_id",
+        "SELECT order_id, dt FROM orders WHERE dt <= '2024-01-04' ORDER BY order_id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_append_runs_at_once_never_duplicate_rows() {
+    assert_two_runs_commit_each_slice_once(
+        "orders_append",
+        "SELECT order_id FROM t ORDER BY order_id",
+        "SELECT order_id FROM orders WHERE status = 'shipped' AND dt <= '2024-01-04' ORDER BY order_id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_merge_runs_at_once_commit_each_slice_once() {
+    assert_two_runs_commit_each_slice_once(
+        "orders_merge",
+        "SELECT order_id, amount, dt FROM t ORDER BY order_id",
+        "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-04' ORDER BY order_id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_rebuild_runs_at_once_swap_once() {
+    let case = Case::new("orders_rebuild");
+    let (first, second) = run_twice_at_once(&case).await;
+    let outcomes = [first.rebuild.clone(), second.rebuild.clone()];
+    let swapped = |o: &Option<RebuildOutcome>| matches!(o, Some(RebuildOutcome::Swapped { .. }));
+    let refused = |o: &Option<RebuildOutcome>| matches!(o, Some(RebuildOutcome::Refused { .. }));
+    assert!(
+        (swapped(&outcomes[0]) && refused(&outcomes[1]))
+            || (refused(&outcomes[0]) && swapped(&outcomes[1])),
+        "{outcomes:?}"
+    );
+    assert_eq!(case.version().await, 0, "one swap created the table");
+    assert_eq!(case.committed_slices(), DAYS.to_vec());
+}
+
+/// The same command started twice as real processes, as a scheduler would: both exit 0,
+/// and the table holds each day's rows once.
+#[tokio::test]
+async fn the_same_command_started_twice_commits_each_slice_once() {
+    let case = Case::new("orders_append");
+    let args = case.args("run", &["--start", "2024-01-01", "--end", "2024-01-14"]);
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn(), spawn()];
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout);
+        let errors = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{printed}\n{errors}");
+    }
+    let days: Vec<String> = (1..=14).map(|d| format!("2024-01-{d:02}")).collect();
+    assert_eq!(case.committed_slices(), days);
+    assert_eq!(
+        case.stored("SELECT order_id FROM t ORDER BY order_id")
+            .await,
+        case.expected("SELECT order_id FROM orders WHERE status = 'shipped' ORDER BY order_id")
+            .await
+    );
+}

@@ -1,0 +1,203 @@
+//! An object store for tests: the local disk, watched and disturbed on purpose. It
+//! records every read, can fail or hang reads, slow them down, and make commits of a
+//! Delta log ambiguous: written, then reported as failed, as a client of object storage
+//! sees a PUT that landed when the answer is lost.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+/// A local file system that records the path and size of every read, fails the next
+/// `failing_reads` reads with a transient-looking error, never answers the next
+/// `hanging_reads` reads, and makes every `ambiguous_commits`-th commit ambiguous.
+#[derive(Debug, Default)]
+pub struct TestStore {
+    inner: LocalFileSystem,
+    pub reads: Mutex<Vec<(String, u64)>>,
+    pub failing_reads: AtomicUsize,
+    pub hanging_reads: AtomicUsize,
+    /// How long each read takes, so that concurrent reads overlap measurably.
+    pub read_delay: Mutex<Duration>,
+    in_flight: AtomicUsize,
+    pub most_in_flight: AtomicUsize,
+    /// Every n-th commit of a Delta log (0: none) is written and then reported as
+    /// failed, alternating between the two ways a client sees that (see [`Ambiguity`]).
+    pub ambiguous_commits: AtomicUsize,
+    commits: AtomicUsize,
+    /// Commits made ambiguous so far.
+    pub ambiguous: AtomicUsize,
+}
+
+/// How a commit PUT that took effect is reported as failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ambiguity {
+    /// What object_store reports when its retry of a PUT that landed meets HTTP 412.
+    VersionTaken,
+    /// The connection dropped before the answer arrived.
+    ConnectionReset,
+}
+
+impl TestStore {
+    /// Counts a read in flight for as long as it takes, and the most ever at once.
+    async fn in_flight<T>(&self, read: impl std::future::Future<Output = T>) -> T {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = *self.read_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let result = read.await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Hangs this read forever if hangs are still due.
+    async fn maybe_hang(&self) {
+        let due = self
+            .hanging_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if due.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The error to report after writing `location`, if it is a commit to make ambiguous.
+    fn ambiguity(&self, location: &Path, opts: &PutOptions) -> Option<object_store::Error> {
+        let every = self.ambiguous_commits.load(Ordering::SeqCst);
+        let in_log = location.parts().any(|part| part.as_ref() == "_delta_log");
+        let commit = in_log && opts.mode == PutMode::Create;
+        if every == 0 || !commit || (self.commits.fetch_add(1, Ordering::SeqCst) + 1) % every != 0 {
+            return None;
+        }
+        let fault = match self.ambiguous.fetch_add(1, Ordering::SeqCst) % 2 {
+            0 => Ambiguity::VersionTaken,
+            _ => Ambiguity::ConnectionReset,
+        };
+        Some(match fault {
+            Ambiguity::VersionTaken => object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "HTTP 412 Precondition Failed on a retried PUT".into(),
+            },
+            Ambiguity::ConnectionReset => object_store::Error::Generic {
+                store: "TestStore",
+                source: "error sending request: connection reset by peer".into(),
+            },
+        })
+    }
+
+    /// Fails this read if failures are still due.
+    fn maybe_fail(&self, location: &Path) -> Result<()> {
+        let due = self
+            .failing_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match due {
+            Ok(_) => Err(object_store::Error::Generic {
+                store: "TestStore",
+                source: format!("injected failure reading {location}").into(),
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn record(&self, location: &Path, bytes: u64) {
+        self.reads
+            .lock()
+            .unwrap()
+            .push((location.to_string(), bytes));
+    }
+
+    /// Reads of files whose path contains `part`: (requests, bytes).
+    pub fn reads_of(&self, part: &str) -> (usize, u64) {
+        let reads = self.reads.lock().unwrap();
+        let matching = reads.iter().filter(|(path, _)| path.contains(part));
+        matching.fold((0, 0), |(n, total), (_, bytes)| (n + 1, total + bytes))
+    }
+
+    pub fn paths_read(&self) -> Vec<String> {
+        self.reads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for TestStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for TestStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let ambiguity = self.ambiguity(location, &opts);
+        let written = self.inner.put_opts(location, payload, opts).await?;
+        match ambiguity {
+            Some(error) => Err(error),
+            None => Ok(written),
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.maybe_fail(location)?;
+        self.maybe_hang().await;
+        let result = self
+            .in_flight(self.inner.get_opts(location, options))
+            .await?;
+        self.record(location, result.range.end - result.range.start);
+        Ok(result)
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.maybe_fail(location)?;
+        self.maybe_hang().await;
+        let result = self
+            .in_flight(self.inner.get_ranges(location, ranges))
+            .await?;
+        self.record(location, result.iter().map(|b| b.len() as u64).sum());
+        Ok(result)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
