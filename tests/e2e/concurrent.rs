@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backfill_engine::run::RebuildOutcome;
-use backfill_engine::SliceStatus;
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, RunSummary, Selection};
-use object_store::ObjectStore;
+use backfill_engine::{Backfill, RunOptions, RunSummary, Selection, SliceStatus};
 
-use crate::stores::TestStore;
+use crate::stores::{open_over, TestStore};
 use crate::support::*;
 
 const DAYS: [&str; 4] = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"];
@@ -19,16 +17,8 @@ const DAYS: [&str; 4] = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"]
 async fn open_slow(case: &Case) -> Arc<Backfill> {
     let store = TestStore::default();
     *store.read_delay.lock().unwrap() = Duration::from_millis(40);
-    let mut pipeline = pipeline::load(&case.pipeline).unwrap();
-    pipeline.destination.url = url::Url::from_directory_path(&case.table).unwrap();
-    let options = OpenOptions {
-        stores: vec![(
-            url::Url::parse("file:///").unwrap(),
-            Arc::new(store) as Arc<dyn ObjectStore>,
-        )],
-        ..OpenOptions::default()
-    };
-    Arc::new(Backfill::open(pipeline, options).await.unwrap())
+    let backfill = open_over(Arc::new(store), &case.pipeline, &case.table).await;
+    Arc::new(backfill.unwrap())
 }
 
 /// Runs the same selection twice at once, one slice at a time each, in the same order:

@@ -3,6 +3,7 @@
 
 mod ambiguous;
 mod concurrent;
+mod hostile;
 mod preflight;
 mod reads;
 mod rebuild;

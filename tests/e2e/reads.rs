@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_engine::clock::Clock;
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
-use object_store::ObjectStore;
+use backfill_engine::{Backfill, RunOptions, Selection, SliceStatus};
 
-use crate::stores::TestStore;
+use crate::stores::{open_over, TestStore};
 use crate::support::{Case, Scratch};
 
 /// Opens `pipeline` writing to `table`, with every source read going through a new
@@ -20,17 +19,7 @@ async fn open_counted(
     table: &std::path::Path,
 ) -> (Arc<TestStore>, Arc<Backfill>) {
     let store = Arc::new(TestStore::default());
-    let mut pipeline = pipeline::load(pipeline).unwrap();
-    pipeline.destination.url = url::Url::from_directory_path(table).unwrap();
-    let stores = vec![(
-        url::Url::parse("file:///").unwrap(),
-        store.clone() as Arc<dyn ObjectStore>,
-    )];
-    let options = OpenOptions {
-        stores,
-        ..OpenOptions::default()
-    };
-    let backfill = Backfill::open(pipeline, options).await.unwrap();
+    let backfill = open_over(store.clone(), pipeline, table).await.unwrap();
     (store, Arc::new(backfill))
 }
 
@@ -365,4 +354,34 @@ async fn max_source_requests_caps_concurrent_reads_across_slices() {
         "without a cap, six slices read at once: {most:?}"
     );
     assert!(most[1] <= 2, "with max_source_requests = 2: {most:?}");
+}
+
+#[tokio::test]
+async fn a_passing_storage_fault_while_reading_schemas_at_start_up_is_retried() {
+    let scratch = Scratch::new();
+    let (pipeline, table) = (
+        scratch.path("pipelines/orders_clean.toml"),
+        scratch.path("warehouse/t"),
+    );
+    let store = Arc::new(TestStore::default());
+    store.failing_reads.store(2, Ordering::SeqCst);
+    open_over(store.clone(), &pipeline, &table).await.unwrap();
+    assert_eq!(
+        store.failing_reads.load(Ordering::SeqCst),
+        0,
+        "both faults were met"
+    );
+
+    // A store that keeps failing is the environment's fault (exit 1), not the pipeline's.
+    store.failing_reads.store(usize::MAX, Ordering::SeqCst);
+    let error = open_over(store, &pipeline, &table).await.err().unwrap();
+    assert_eq!(
+        error.fault(),
+        backfill_engine::Fault::Environment,
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("cannot list or read its files"),
+        "{error}"
+    );
 }

@@ -5,10 +5,11 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backfill_engine::{pipeline, Backfill, OpenOptions};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
@@ -200,4 +201,23 @@ impl ObjectStore for TestStore {
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
+}
+
+/// Opens `pipeline` writing to `table`, with every source read going through `store`.
+pub async fn open_over(
+    store: Arc<TestStore>,
+    pipeline: &std::path::Path,
+    table: &std::path::Path,
+) -> backfill_engine::Result<Backfill> {
+    let mut pipeline = pipeline::load(pipeline)?;
+    pipeline.destination.url = url::Url::from_directory_path(table).unwrap();
+    let stores = vec![(
+        url::Url::parse("file:///").unwrap(),
+        store as Arc<dyn ObjectStore>,
+    )];
+    let options = OpenOptions {
+        stores,
+        ..OpenOptions::default()
+    };
+    Backfill::open(pipeline, options).await
 }

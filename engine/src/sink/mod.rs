@@ -114,6 +114,8 @@ impl Sink {
         let url = destination.url.clone();
         let context = || format!("destination {url}");
         if let Ok(path) = url.to_file_path() {
+            // Without the trailing slash of a folder URL, so that a file is seen as one.
+            let path: std::path::PathBuf = path.iter().collect();
             if path.is_file() {
                 return Err(Error::config(
                     context(),
