@@ -333,9 +333,18 @@ async fn find_run(
     })?)
 }
 
-async fn open(path: &std::path::Path, overrides: &Overrides) -> anyhow::Result<Backfill> {
+/// Opens a pipeline; `scope` is the selection the command works on, if it has one.
+async fn open(
+    path: &std::path::Path,
+    overrides: &Overrides,
+    scope: Option<Selection>,
+) -> anyhow::Result<Backfill> {
     let pipeline = overrides.load(path)?;
-    Ok(Backfill::open(pipeline, OpenOptions::default()).await?)
+    let options = OpenOptions {
+        scope,
+        ..OpenOptions::default()
+    };
+    Ok(Backfill::open(pipeline, options).await?)
 }
 
 async fn execute(command: Command) -> anyhow::Result<Outcome> {
@@ -344,7 +353,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             pipeline,
             overrides,
         } => {
-            let backfill = open(&pipeline, &overrides).await?;
+            let backfill = open(&pipeline, &overrides, None).await?;
             output::validated(&backfill);
         }
         Command::Plan {
@@ -355,7 +364,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             concurrency,
             json,
         } => {
-            let backfill = open(&pipeline, &overrides).await?;
+            let backfill = open(&pipeline, &overrides, Some(selection.selection())).await?;
             let concurrency =
                 concurrency.map_or_else(backfill_engine::run::default_concurrency, usize::from);
             let planned = backfill
@@ -379,7 +388,8 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             max_slices,
             json,
         } => {
-            let backfill = Arc::new(open(&pipeline, &overrides).await?);
+            let backfill =
+                Arc::new(open(&pipeline, &overrides, Some(selection.selection())).await?);
             let options = RunOptions {
                 reprocess: choice.reprocess(),
                 concurrency: concurrency
@@ -414,9 +424,9 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             overrides,
             json,
         } => {
-            let backfill = open(&pipeline, &overrides).await?;
             let chosen = (selection.start.is_some() || !selection.keys.is_empty())
                 .then(|| selection.selection());
+            let backfill = open(&pipeline, &overrides, chosen.clone()).await?;
             output::status(&backfill.status(chosen.as_ref()).await?, json)?;
         }
         Command::History {
@@ -424,7 +434,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             overrides,
             json,
         } => {
-            let backfill = open(&pipeline, &overrides).await?;
+            let backfill = open(&pipeline, &overrides, None).await?;
             output::history(
                 &backfill.history().runs(&backfill.pipeline().name).await?,
                 json,
@@ -436,7 +446,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             overrides,
             json,
         } => {
-            let backfill = open(&pipeline, &overrides).await?;
+            let backfill = open(&pipeline, &overrides, None).await?;
             let record = find_run(&backfill, &run).await?;
             output::show(&record, json)?;
         }
@@ -446,7 +456,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             output,
             overrides,
         } => {
-            let backfill = open(&pipeline, &overrides).await?;
+            let backfill = open(&pipeline, &overrides, None).await?;
             let record = find_run(&backfill, &run).await?;
             std::fs::write(&output, report::render(&record))
                 .with_context(|| format!("writing {}", output.display()))?;
@@ -459,7 +469,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             sql,
             json,
         } => {
-            let backfill = open(&pipeline, &overrides).await?;
+            let backfill = open(&pipeline, &overrides, Some(selection.selection())).await?;
             let preview = backfill.rebuild_preview(&selection.selection()).await?;
             match sql {
                 Some(sql) => output::batches(&preview.query(&sql).await?)?,

@@ -60,6 +60,7 @@ pub fn plan(
                     "source_bytes": p.source_bytes(),
                     "source_rows": p.source_rows(),
                     "no_source_data": p.empty_sources,
+                    "problem": p.problem,
                     "estimated_ms": estimate.slice_ms(p.source_bytes()),
                     "source_fingerprint": p.source_fingerprint,
                 })
@@ -93,6 +94,10 @@ pub fn plan(
         let detail = match p.empty_sources.as_slice() {
             [] => detail,
             empty => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
+        };
+        let detail = match &p.problem {
+            Some(problem) => format!("CANNOT RUN: {problem} {detail}"),
+            None => detail,
         };
         let line = format!(
             "{:<16} {:<8} {:<5} {:>5} {:>10} {:>9}  {detail}",

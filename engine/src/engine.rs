@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::Column;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{Expr, SessionContext};
 use futures::{StreamExt, TryStreamExt};
@@ -44,6 +45,10 @@ pub struct OpenOptions {
     pub destination_store: Option<Arc<dyn object_store::ObjectStore>>,
     /// Memory for query execution across all slices in flight, in bytes.
     pub memory_limit: usize,
+    /// The slices the command works on, if it knows: sources partitioned like the slices
+    /// then read the footers of those slices' files only to learn their schema, so a bad
+    /// or old file elsewhere neither costs a read nor blocks the run.
+    pub scope: Option<Selection>,
 }
 
 impl Default for OpenOptions {
@@ -52,6 +57,7 @@ impl Default for OpenOptions {
             stores: vec![],
             destination_store: None,
             memory_limit: 4 << 30,
+            scope: None,
         }
     }
 }
@@ -130,6 +136,9 @@ pub struct PlannedSlice {
     pub state: SliceState,
     /// Whether a run with the same `Reprocess` choice runs this slice.
     pub will_run: bool,
+    /// Why the slice cannot run as its sources are now (a source file it reads is not
+    /// valid Parquet, say); running it fails with this, and only it.
+    pub problem: Option<String>,
     pub(crate) ctx: SessionContext,
     pub(crate) plan: Arc<dyn ExecutionPlan>,
 }
@@ -185,7 +194,17 @@ impl Backfill {
     /// Opens a pipeline: resolves its sources, plans its SQL for a sample slice, and
     /// checks the output against the assertions and the destination.
     pub async fn open(pipeline: Pipeline, options: OpenOptions) -> Result<Self> {
-        let sources = Sources::resolve(&pipeline, &options.stores, options.memory_limit).await?;
+        let scope = match &options.scope {
+            Some(selection) => Some(pipeline.cut(selection)?),
+            None => None,
+        };
+        let sources = Sources::resolve(
+            &pipeline,
+            &options.stores,
+            options.memory_limit,
+            scope.as_deref(),
+        )
+        .await?;
         let sample = sample_slice(&pipeline);
         let sql = template::render(&pipeline.sql, &sample.variables(), &pipeline.sql_origin)?;
         let ctx = sources.context()?;
@@ -226,8 +245,7 @@ impl Backfill {
 
     /// Cuts a selection into slices. Pure: no IO.
     pub fn slices(&self, selection: &Selection) -> Result<Vec<Slice>> {
-        let spec = &self.pipeline.slices;
-        slice::cut(spec.kind, &spec.columns, selection, spec.keys.as_deref())
+        self.pipeline.cut(selection)
     }
 
     /// The run history kept next to the destination table.
@@ -369,13 +387,29 @@ impl Backfill {
             ));
         }
         let referenced = referenced_tables(frame.logical_plan());
-        let plan = frame.create_physical_plan().await.context(context)?;
-        let files = self.sources.scanned_files(&plan);
+        let (plan, files, problem) = match frame.create_physical_plan().await.context(context) {
+            Ok(plan) => {
+                let files = self.sources.scanned_files(&plan);
+                let problem = self.sources.left_out(&files).map(|(file, why)| {
+                    format!("source file {file} was left out of the source's schema: {why}")
+                });
+                (plan, files, problem)
+            }
+            // A source file that is not valid Parquet fails this slice only; `plan` shows
+            // it rather than failing for every slice.
+            Err(Error::Data { message, .. }) => {
+                let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(self.schema.clone()));
+                (empty, vec![], Some(message))
+            }
+            Err(error) => return Err(error),
+        };
         // A source the SQL reads but whose partitions hold no file for this slice:
         // expired by retention, a wrong path, or a range beyond the data.
         let empty_sources = referenced
             .into_iter()
             .filter(|name| self.sources.has(name) && !files.iter().any(|f| &f.source == name))
+            // Without a plan, which files the slice reads is not known.
+            .filter(|_| problem.is_none())
             .collect();
         let source_fingerprint = source::fingerprint_files(&files);
         let state = match known.ledger.get(&slice.key) {
@@ -441,6 +475,7 @@ impl Backfill {
             source_fingerprint,
             will_run: reprocess.wants(&state),
             state,
+            problem,
             ctx,
             plan,
         })

@@ -1,9 +1,10 @@
 //! The engine's error type, classified by who is at fault.
 //!
 //! Like DataFusion's errors, every variant says whose move it is: the user fixes a
-//! [`Error::Config`] or [`Error::Sql`], a slice that fails a check is the data's fault
-//! ([`Error::Assertion`]), [`Error::Execution`] comes from storage or the runtime and may
-//! succeed when retried, and [`Error::Internal`] is a bug in `backfill`.
+//! [`Error::Config`] or [`Error::Sql`]; a slice that fails a check, or reads a file that
+//! is not valid, is the data's fault ([`Error::Assertion`], [`Error::Data`]);
+//! [`Error::Execution`] comes from storage or the runtime and may succeed when retried;
+//! and [`Error::Internal`] is a bug in `backfill`.
 //! The CLI maps these classes to exit codes; nothing in the engine prints or exits.
 
 /// Result type of the engine.
@@ -32,6 +33,11 @@ pub enum Error {
         slice: String,
         failures: Vec<String>,
     },
+
+    /// A source file cannot be read, or its contents do not fit: retrying cannot help,
+    /// and only the slices that read it fail.
+    #[error("{context}: {message}")]
+    Data { context: String, message: String },
 
     /// Reading, computing or writing failed at run time (storage, Delta log, DataFusion).
     #[error("{context}: {message}")]
@@ -85,7 +91,7 @@ impl Error {
     pub fn fault(&self) -> Fault {
         match self {
             Error::Config { .. } | Error::Sql { .. } => Fault::User,
-            Error::Assertion { .. } => Fault::Data,
+            Error::Assertion { .. } | Error::Data { .. } => Fault::Data,
             Error::Execution { .. } => Fault::Environment,
             Error::Internal(_) => Fault::Internal,
         }
@@ -105,8 +111,31 @@ impl<T> ResultExt<T> for std::result::Result<T, datafusion::error::DataFusionErr
             E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
                 Error::sql(context(), error)
             }
+            // A file that is not valid Parquet stays invalid however often it is read; a
+            // storage failure while reading it arrives as `External` and may pass.
+            E::ParquetError(parquet)
+                if !matches!(
+                    **parquet,
+                    datafusion::parquet::errors::ParquetError::External(_)
+                ) =>
+            {
+                Error::Data {
+                    context: context(),
+                    message: one_line(&error),
+                }
+            }
             _ => Error::execution(context(), error),
         })
+    }
+}
+
+/// A DataFusion error on one line: its contexts, then the root cause, joined by colons.
+fn one_line(error: &datafusion::error::DataFusionError) -> String {
+    match error {
+        datafusion::error::DataFusionError::Context(context, inner) => {
+            format!("{context}: {}", one_line(inner))
+        }
+        other => other.to_string(),
     }
 }
 

@@ -34,6 +34,14 @@ pub struct Pipeline {
     pub max_source_requests: Option<usize>,
 }
 
+impl Pipeline {
+    /// Cuts a selection into this pipeline's slices. Pure: no IO.
+    pub fn cut(&self, selection: &crate::slice::Selection) -> Result<Vec<crate::slice::Slice>> {
+        let spec = &self.slices;
+        crate::slice::cut(spec.kind, &spec.columns, selection, spec.keys.as_deref())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Source {
     /// The SQL table name the source is registered under.

@@ -489,6 +489,12 @@ impl Backfill {
             });
         }
         let slice = &planned.slice;
+        if let Some(problem) = planned.problem {
+            return Err(Error::Data {
+                context: format!("slice {}", slice.key),
+                message: problem,
+            });
+        }
         if let SliceState::Staged { staged, .. } = &planned.state {
             if self.sink.still_staged(staged).await? {
                 let (rows, bytes) = (staged.record.rows, staged.record.bytes);

@@ -6,16 +6,24 @@
 //! registers leaks into another slice. Listings are never cached across slices, so each
 //! slice sees its source files as they are when it starts. This module does not write.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::Statistics;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::{FileFormat, FileMeta};
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -32,11 +40,15 @@ use url::Url;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::pipeline::{Pipeline, StorageOptions};
+use crate::slice::Slice;
 
 /// The resolved sources of a pipeline and the runtime their slices share.
 #[derive(Clone)]
 pub struct Sources {
     tables: Vec<(String, Arc<ListingTable>)>,
+    /// Files left out of the schemas (not valid Parquet, or columns that conflict), with
+    /// the reason: a slice that reads one fails, naming it.
+    left_out: Arc<HashMap<String, String>>,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
 }
@@ -60,11 +72,15 @@ pub struct SourceFile {
 pub type StoreOverrides = Vec<(Url, Arc<dyn ObjectStore>)>;
 
 impl Sources {
-    /// Resolves every source of `pipeline`: infers its schema once, from its files.
+    /// Resolves every source of `pipeline`: infers its schema once, from its files. With a
+    /// `scope`, a source partitioned like the slices reads only the footers of the scope's
+    /// partitions. Files that are not valid Parquet, or whose columns do not fit the
+    /// others', are left out of the schema and remembered: only slices that read them fail.
     pub async fn resolve(
         pipeline: &Pipeline,
         stores: &StoreOverrides,
         memory_limit: usize,
+        scope: Option<&[Slice]>,
     ) -> Result<Self> {
         let config = session_config();
         let runtime = RuntimeEnvBuilder::new()
@@ -106,7 +122,7 @@ impl Sources {
         let runtime = Arc::new(runtime);
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
 
-        let mut tables = Vec::new();
+        let (mut tables, mut left_out) = (Vec::new(), HashMap::new());
         for source in &pipeline.sources {
             let context = || {
                 format!(
@@ -122,20 +138,24 @@ impl Sources {
                 .iter()
                 .map(|c| (c.clone(), DataType::Utf8))
                 .collect();
-            let options = ListingOptions::new(Arc::new(parquet_format()))
+            let options = ListingOptions::new(Arc::new(SourceFormat(parquet_format())))
                 .with_file_extension(".parquet")
                 .with_table_partition_cols(partitions);
-            let schema = infer_schema_patiently(&ctx, &options, &url)
-                .await
-                .map_err(|e| match is_storage_error(&e) {
-                    true => {
-                        Error::execution(context(), format!("cannot list or read its files: {e}"))
-                    }
-                    false => Error::config(
-                        context(),
-                        format!("cannot read a schema from its Parquet files: {e}"),
-                    ),
-                })?;
+            let prefixes =
+                scope.and_then(|slices| partition_prefixes(&source.partitioning, slices));
+            let (schema, unreadable) =
+                infer_schema_patiently(&ctx, &options, &url, prefixes.as_deref())
+                    .await
+                    .map_err(|e| match is_storage_error(&e) {
+                        true => Error::execution(
+                            context(),
+                            format!("cannot list or read its files: {e}"),
+                        ),
+                        false => Error::config(
+                            context(),
+                            format!("cannot read a schema from its Parquet files: {e}"),
+                        ),
+                    })?;
             if let Some(clash) = source
                 .partitioning
                 .iter()
@@ -146,6 +166,10 @@ impl Sources {
                     format!("partition column `{clash}` is also a column inside the Parquet files"),
                 ));
             }
+            for (file, why) in unreadable {
+                tracing::warn!(source = %source.name, "left out of the schema: {file}: {why}");
+                left_out.insert(file, why);
+            }
             let config = ListingTableConfig::new(url)
                 .with_listing_options(options)
                 .with_schema(schema);
@@ -154,6 +178,7 @@ impl Sources {
         }
         Ok(Sources {
             tables,
+            left_out: Arc::new(left_out),
             config,
             runtime,
         })
@@ -161,6 +186,14 @@ impl Sources {
 
     pub fn runtime(&self) -> &RuntimeEnv {
         &self.runtime
+    }
+
+    /// The first of `files` that was left out of the schema, and why.
+    pub fn left_out<'a>(&'a self, files: &'a [SourceFile]) -> Option<(&'a str, &'a str)> {
+        files.iter().find_map(|file| {
+            let why = self.left_out.get(&file.path)?;
+            Some((file.path.as_str(), why.as_str()))
+        })
     }
 
     /// Whether `name` is one of the pipeline's sources.
@@ -283,11 +316,12 @@ async fn infer_schema_patiently(
     ctx: &SessionContext,
     options: &ListingOptions,
     url: &ListingTableUrl,
-) -> datafusion::error::Result<SchemaRef> {
+    prefixes: Option<&[String]>,
+) -> datafusion::error::Result<(SchemaRef, Vec<(String, String)>)> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match infer_schema(ctx, options, url).await {
+        match infer_schema(ctx, options, url, prefixes).await {
             Err(error) if tries < INFER_TRIES && is_storage_error(&error) => {
                 tracing::warn!("reading the schema of {url} again: {error}");
                 tokio::time::sleep(std::time::Duration::from_millis(250 << tries)).await;
@@ -295,6 +329,22 @@ async fn infer_schema_patiently(
             result => return result,
         }
     }
+}
+
+/// The folders (`dt=2024-01-01/`) of a source partitioned like the slices that hold the
+/// slices' rows, or `None` when the source's first partition column is not the slices'.
+fn partition_prefixes(partitioning: &[String], slices: &[Slice]) -> Option<Vec<String>> {
+    let first = partitioning.first()?;
+    let mut prefixes = slices
+        .iter()
+        .map(|slice| {
+            let (_, value) = slice.partition.iter().find(|(column, _)| column == first)?;
+            Some(format!("{first}={value}/"))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    prefixes.sort();
+    prefixes.dedup();
+    Some(prefixes)
 }
 
 /// Whether an error came from the object store rather than from what it returned.
@@ -310,49 +360,108 @@ fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
     }
 }
 
-/// Infers a source's schema from the footers of all its files. Writers spell the same
-/// column differently (polars writes strings as `LargeUtf8`, DataFusion as `Utf8View`,
-/// Spark as `Utf8`), and DataFusion refuses to merge those, so each file's schema is
-/// reduced to the plain types first; reading casts every file to the merged schema.
+/// Infers a source's schema from the footers of its files: those under `prefixes` if
+/// given (all of them if those hold none), else all. Writers spell the same column
+/// differently (polars writes strings as `LargeUtf8`, DataFusion as `Utf8View`, Spark as
+/// `Utf8`), and DataFusion refuses to merge those, so each file's schema is reduced to the
+/// plain types first; reading casts every file to the merged schema. Files are merged
+/// newest first (by path), so the newest define the schema; a file whose footer cannot be
+/// read, or whose columns conflict with the newer files', is returned with the reason.
 async fn infer_schema(
     ctx: &SessionContext,
     options: &ListingOptions,
     url: &ListingTableUrl,
-) -> datafusion::error::Result<SchemaRef> {
+    prefixes: Option<&[String]>,
+) -> datafusion::error::Result<(SchemaRef, Vec<(String, String)>)> {
     let state = ctx.state();
     let store = state.runtime_env().object_store(url)?;
-    let mut files: Vec<ObjectMeta> = url
-        .list_all_files(&state, store.as_ref(), &options.file_extension)
-        .await?
-        .try_filter(|meta| std::future::ready(meta.size > 0))
-        .try_collect()
-        .await?;
+    let list = |url: ListingTableUrl| {
+        let (state, store) = (&state, &store);
+        async move {
+            url.list_all_files(state, store.as_ref(), &options.file_extension)
+                .await?
+                .try_filter(|meta| std::future::ready(meta.size > 0))
+                .try_collect::<Vec<ObjectMeta>>()
+                .await
+        }
+    };
+    let mut files = Vec::new();
+    for prefix in prefixes.unwrap_or_default() {
+        let folder = url
+            .get_url()
+            .join(prefix)
+            .map_err(|e| datafusion::error::DataFusionError::Plan(format!("{url}{prefix}: {e}")))?;
+        files.extend(list(ListingTableUrl::parse(folder.as_str())?).await?);
+    }
+    if files.is_empty() {
+        files = list(url.clone()).await?;
+    }
     if files.is_empty() {
         return Err(datafusion::error::DataFusionError::Plan(format!(
             "no {} files at {url}",
             options.file_extension
         )));
     }
-    // Merging adds columns in the order it meets them: sorted files give a stable order.
-    files.sort_by(|a, b| a.location.cmp(&b.location));
+    files.sort_by(|a, b| b.location.cmp(&a.location));
     let concurrency = state.config_options().execution.meta_fetch_concurrency;
-    let schemas: Vec<SchemaRef> = futures::stream::iter(files)
-        .map(|file| {
-            let (state, store) = (&state, &store);
-            async move { options.format.infer_schema(state, store, &[file]).await }
-        })
-        .buffered(concurrency.get())
-        .try_collect()
-        .await?;
-    let plain = schemas.iter().map(|schema| {
-        let fields: Vec<Field> = schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
-            .collect();
-        Schema::new(fields)
-    });
-    Ok(Arc::new(Schema::try_merge(plain)?))
+    let schemas: Vec<(ObjectMeta, datafusion::error::Result<SchemaRef>)> =
+        futures::stream::iter(files)
+            .map(|file| {
+                let (state, store) = (&state, &store);
+                async move {
+                    let schema = options
+                        .format
+                        .infer_schema(state, store, std::slice::from_ref(&file))
+                        .await;
+                    (file, schema)
+                }
+            })
+            .buffered(concurrency.get())
+            .collect()
+            .await;
+    let (mut merged, mut unreadable): (Option<Schema>, Vec<(String, String)>) = (None, vec![]);
+    for (file, schema) in schemas {
+        let schema = match schema {
+            Ok(schema) => plain_schema(&schema),
+            // Storage failing is not the file's fault: the whole inference is retried.
+            Err(error) if is_storage_error(&error) => return Err(error),
+            Err(error) => {
+                unreadable.push((file.location.to_string(), error.find_root().to_string()));
+                continue;
+            }
+        };
+        merged = match merged {
+            None => Some(schema),
+            Some(so_far) => match Schema::try_merge([so_far.clone(), schema]) {
+                Ok(wider) => Some(wider),
+                Err(error) => {
+                    let why = format!("its columns do not fit the newer files': {error}");
+                    unreadable.push((file.location.to_string(), why));
+                    Some(so_far)
+                }
+            },
+        };
+    }
+    match merged {
+        Some(schema) => Ok((Arc::new(schema), unreadable)),
+        None => {
+            let (file, why) = &unreadable[0];
+            Err(datafusion::error::DataFusionError::Plan(format!(
+                "none of its {} files can be read, such as {file}: {why}",
+                unreadable.len()
+            )))
+        }
+    }
+}
+
+/// A file's schema with plain string and binary types.
+fn plain_schema(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+        .collect();
+    Schema::new(fields)
 }
 
 /// The plain spelling of a string or binary type: `Utf8` or `Binary`.
@@ -361,6 +470,79 @@ pub(crate) fn plain_type(data_type: &DataType) -> DataType {
         DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
         DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
         other => other.clone(),
+    }
+}
+
+/// Parquet, with the file named in every error about one: DataFusion reports a corrupt
+/// footer met while planning without saying whose it is.
+#[derive(Debug)]
+struct SourceFormat(ParquetFormat);
+
+fn naming(file: &ObjectMeta, error: DataFusionError) -> DataFusionError {
+    error.context(format!("source file {}", file.location))
+}
+
+#[async_trait::async_trait]
+impl FileFormat for SourceFormat {
+    fn get_ext(&self) -> String {
+        self.0.get_ext()
+    }
+
+    fn get_ext_with_compression(&self, compression: &FileCompressionType) -> DfResult<String> {
+        self.0.get_ext_with_compression(compression)
+    }
+
+    fn compression_type(&self) -> Option<FileCompressionType> {
+        self.0.compression_type()
+    }
+
+    async fn infer_schema(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        objects: &[ObjectMeta],
+    ) -> DfResult<SchemaRef> {
+        let schema = self.0.infer_schema(state, store, objects).await;
+        match objects {
+            [file] => schema.map_err(|e| naming(file, e)),
+            _ => schema,
+        }
+    }
+
+    async fn infer_stats(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> DfResult<Statistics> {
+        let stats = self.0.infer_stats(state, store, table_schema, object).await;
+        stats.map_err(|e| naming(object, e))
+    }
+
+    async fn infer_stats_and_ordering(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> DfResult<FileMeta> {
+        let meta = self
+            .0
+            .infer_stats_and_ordering(state, store, table_schema, object);
+        meta.await.map_err(|e| naming(object, e))
+    }
+
+    async fn create_physical_plan(
+        &self,
+        state: &dyn Session,
+        conf: FileScanConfig,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.0.create_physical_plan(state, conf).await
+    }
+
+    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
+        self.0.file_source(table_schema)
     }
 }
 

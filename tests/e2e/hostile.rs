@@ -252,3 +252,86 @@ fn file_tagged(case: &Case, slice: &str) -> std::path::PathBuf {
     }
     case.table.join(found.unwrap())
 }
+
+/// One truncated file and one file whose `amount` is text, as a bad day from another
+/// writer would be: only the two slices that read them fail, each naming its file; the
+/// rest commit, and a run that reads neither day never opens them.
+#[tokio::test]
+async fn a_bad_source_file_fails_only_the_slices_that_read_it() {
+    let case = Case::new("orders_clean");
+    let day = |d: &str| case.scratch.path(&format!("buckets/shop/orders/dt={d}"));
+    let truncated = day("2024-01-05").join("part-00000.parquet");
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let sql = "SELECT order_id, customer_id, CAST(amount AS VARCHAR) AS amount, status, ordered_at FROM day";
+    rewrite_parquet(&day("2024-01-09"), sql).await;
+
+    let ten_days = ["--start", "2024-01-01", "--end", "2024-01-10"];
+    let plan = case.plan(&ten_days, 0);
+    let problems: Vec<(usize, String)> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s["problem"].as_str().map(|p| (i, p.to_string())))
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].0, 4);
+    assert!(
+        problems[0].1.contains("dt=2024-01-05/part-00000.parquet"),
+        "{problems:?}"
+    );
+    assert_eq!(problems[1].0, 8);
+    assert!(
+        problems[1].1.contains("dt=2024-01-09/part-00000.parquet"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].1.contains("left out of the source's schema"),
+        "{problems:?}"
+    );
+
+    let run = case.json("run", &ten_days, 1);
+    let failed: Vec<(&str, &str, &str)> = run["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["status"] == "failed")
+        .map(|o| {
+            let slice = o["slice"].as_str().unwrap();
+            (
+                slice,
+                o["error"].as_str().unwrap(),
+                o["fault"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for (slice, error, fault) in &failed {
+        assert!(
+            error.contains(&format!("dt={slice}/part-00000.parquet")),
+            "{error}"
+        );
+        assert_eq!(*fault, "data", "not retried as a storage fault: {error}");
+    }
+    // The expected rows come from the pristine bucket: the scratch copy's bad files would
+    // break the oracle as well.
+    let good = "dt NOT IN ('2024-01-05', '2024-01-09') AND dt <= '2024-01-10'";
+    assert_eq!(
+        case.stored("SELECT order_id, dt FROM t ORDER BY order_id")
+            .await,
+        query_sources(
+            &bucket(),
+            &format!("SELECT order_id, dt FROM orders WHERE {good} ORDER BY order_id")
+        )
+        .await
+    );
+
+    let output = backfill(&case.args("run", &["--start", "2024-01-11", "--end", "2024-01-12"]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("left out"),
+        "read a footer outside its slices: {stderr}"
+    );
+}
