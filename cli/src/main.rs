@@ -166,6 +166,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete what attempts of this pipeline that never committed left in the table's
+    /// folder (killed runs' staged files, merge staging, log temporaries): only files no
+    /// retained version or rebuild manifest references, whose Parquet footer names this
+    /// pipeline, and that are older than --older-than.
+    Clean {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Keep leftovers younger than this, e.g. 7d or 36h: an attempt still running may
+        /// be about to commit a file it wrote. Under an hour needs --no-run-in-flight.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        older_than: std::time::Duration,
+        /// Assert that no run of this pipeline is in flight anywhere, which allows
+        /// --older-than under an hour.
+        #[arg(long)]
+        no_run_in_flight: bool,
+        /// List what would be deleted without deleting it.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a deterministic fixture bucket of hive-partitioned Parquet (orders,
     /// customers, events, signups). Without options, the bundled one.
     Fixtures {
@@ -270,6 +293,10 @@ impl Overrides {
         Ok(pipeline)
     }
 }
+
+/// The shortest `clean --older-than` allowed without --no-run-in-flight: longer than any
+/// attempt's time between writing a file and committing it.
+const SHORTEST_SAFE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How the command ended, for the exit code.
 enum Outcome {
@@ -475,6 +502,25 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
                 Some(sql) => output::batches(&preview.query(&sql).await?)?,
                 None => output::preview(&preview, json)?,
             }
+        }
+        Command::Clean {
+            pipeline,
+            overrides,
+            older_than,
+            no_run_in_flight,
+            dry_run,
+            json,
+        } => {
+            if older_than < SHORTEST_SAFE_WINDOW && !no_run_in_flight {
+                return Err(backfill_engine::Error::config(
+                    "--older-than",
+                    format!("{} could delete files that a run still in flight is about to commit, leaving the table pointing at missing files; use at least 1h, or stop every run of this pipeline and pass --no-run-in-flight", humantime::format_duration(older_than)),
+                )
+                .into());
+            }
+            let backfill = open(&pipeline, &overrides, None).await?;
+            let now = backfill_engine::clock::Clock::now(&backfill_engine::clock::SystemClock);
+            output::cleaned(&backfill.clean(older_than, now, dry_run).await?, json)?;
         }
         Command::Fixtures {
             out,

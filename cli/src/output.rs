@@ -10,11 +10,41 @@ use backfill_engine::estimate::{human_bytes, Basis, Estimate};
 use backfill_engine::history::RunRecord;
 use backfill_engine::preview::RebuildPreview;
 use backfill_engine::run::{RebuildOutcome, Reporter, SliceOutcome, SliceStatus};
+use backfill_engine::sink::clean::Cleaned;
 use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::status::Status;
 use backfill_engine::{Backfill, PlannedSlice, RunSummary, SliceState};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+
+pub fn cleaned(cleaned: &Cleaned, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(cleaned)?);
+        return Ok(());
+    }
+    for path in &cleaned.deleted {
+        println!(
+            "{} {path}",
+            if cleaned.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            }
+        );
+    }
+    println!(
+        "{} {} leftover file(s), {}; {} younger one(s) kept",
+        if cleaned.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        },
+        cleaned.deleted.len(),
+        human_bytes(cleaned.bytes),
+        cleaned.too_young
+    );
+    Ok(())
+}
 
 pub fn validated(backfill: &Backfill) {
     let pipeline = backfill.pipeline();

@@ -248,6 +248,17 @@ impl Backfill {
         self.pipeline.cut(selection)
     }
 
+    /// Deletes what this pipeline's attempts left in the table's folder without ever
+    /// committing it, if older than `older_than` as of `now`; see [`crate::sink::clean`].
+    pub async fn clean(
+        &self,
+        older_than: std::time::Duration,
+        now: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<crate::sink::clean::Cleaned> {
+        self.sink.clean(older_than, now, dry_run).await
+    }
+
     /// The run history kept next to the destination table.
     pub fn history(&self) -> crate::history::History {
         crate::history::History::new(self.sink.store())

@@ -9,6 +9,7 @@
 //! every slice the same way but publishes them all at once with [`Sink::swap`].
 
 mod append;
+pub mod clean;
 mod merge;
 mod overwrite;
 pub mod rebuild;
@@ -22,6 +23,9 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::metadata::KeyValue;
+use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -201,13 +205,24 @@ impl Sink {
             }
         };
         let context = || format!("slice {}: writing to {base}", slice.key);
+        // The footer names the writer, so that `clean` can tell this pipeline's leftovers
+        // from other files when no commit references them.
+        let footer_tags = [(PIPELINE_TAG, &self.pipeline), (SLICE_TAG, &slice.key)]
+            .iter()
+            .map(|(key, value)| KeyValue::new(key.to_string(), value.to_string()))
+            .collect();
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_key_value_metadata(Some(footer_tags))
+            .build();
         let mut writer = RecordBatchWriter::try_new(
             base.as_str(),
             self.schema.clone(),
             Some(partition_columns.clone()),
             Some(self.storage_options.clone()),
         )
-        .context(context)?;
+        .context(context)?
+        .with_writer_properties(properties);
         let guard = self.partition_guard(slice)?;
         let single_partition = guard.single_partition(&partition_columns);
         let mut staged = Staged {

@@ -76,15 +76,29 @@ impl Sink {
     /// Every staged slice of this pipeline that a swap has not yet consumed, by key.
     pub(crate) async fn staged_slices(&self) -> Result<HashMap<String, StagedSlice>> {
         let folder = StorePath::from_iter(["_backfill", "rebuild", &self.pipeline]);
+        let manifests = self.manifests_under(&folder).await?;
+        Ok(manifests
+            .into_iter()
+            .map(|slice| (slice.record.slice.clone(), slice))
+            .collect())
+    }
+
+    /// Every staged slice of every pipeline writing to the table.
+    pub(crate) async fn all_staged_slices(&self) -> Result<Vec<StagedSlice>> {
+        self.manifests_under(&StorePath::from_iter(["_backfill", "rebuild"]))
+            .await
+    }
+
+    async fn manifests_under(&self, folder: &StorePath) -> Result<Vec<StagedSlice>> {
         let context = || format!("reading the staged slices under {}{folder}", self.url);
         let paths: Vec<StorePath> = self
             .store
-            .list(Some(&folder))
+            .list(Some(folder))
             .map_ok(|meta| meta.location)
             .try_collect()
             .await
             .context(context)?;
-        let mut staged = HashMap::new();
+        let mut staged = Vec::new();
         for path in paths {
             let bytes = match self.store.get(&path).await {
                 Ok(found) => found.bytes().await.context(context)?,
@@ -95,7 +109,7 @@ impl Sink {
             // A manifest that does not parse (written by another version, say) is only a
             // missed chance to reuse work: the slice is computed again.
             if let Ok(slice) = serde_json::from_slice::<StagedSlice>(&bytes) {
-                staged.insert(slice.record.slice.clone(), slice);
+                staged.push(slice);
             }
         }
         Ok(staged)
