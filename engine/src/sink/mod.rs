@@ -5,8 +5,12 @@
 //! `_backfill/staging/` for merge) and counts rows and nulls on the way. Then, only if
 //! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
 //! that also carries the slice's `txn` and [`SliceRecord`]; or [`Sink::discard`] deletes
-//! them. One file per strategy: [`overwrite`], [`append`], [`merge`]; [`rebuild`] stages
-//! every slice the same way but publishes them all at once with [`Sink::swap`].
+//! them. A commit that fails is settled against the log before anything is deleted, and a
+//! slice another run committed meanwhile is not committed again (see [`view`]). One file
+//! per strategy: [`overwrite`], [`append`], [`merge`]; [`rebuild`] stages every slice the
+//! same way but publishes them all at once with [`Sink::swap`]. [`clean`] deletes what
+//! attempts that never committed left behind. This module never deletes a file that a
+//! committed version references.
 
 mod append;
 pub mod clean;
@@ -49,8 +53,9 @@ use view::TableView;
 /// Files are closed and a new one started past this size, so no file grows without bound.
 const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
 
-/// The `add.tags` keys naming the pipeline and slice that wrote a file. Tags live in the
-/// table state (and its checkpoints), so they outlast the log's commit history.
+/// The keys naming the pipeline and slice that wrote a file, in its `add.tags` and in its
+/// Parquet footer. Tags live in the table state (and its checkpoints), so they outlast the
+/// log's commit history; the footer names the writer of a file no commit references.
 pub const PIPELINE_TAG: &str = "backfill.pipeline";
 pub const SLICE_TAG: &str = "backfill.slice";
 
