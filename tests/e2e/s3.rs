@@ -148,6 +148,42 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A TCP proxy on loopback in front of `upstream` that holds every chunk of the server's
+/// answers for `delay`: slow storage, so that runs started together stay inside the same
+/// slices. It forwards until the test process ends.
+fn slow_proxy(upstream: &str, delay: Duration) -> String {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&upstream)) else {
+                continue;
+            };
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+                let _ = to_server.shutdown(Shutdown::Write);
+            });
+            let (mut from_server, mut to_client) = (server, client);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut chunk) {
+                    std::thread::sleep(delay);
+                    if to_client.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_client.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
 /// A scratch copy of the fixtures uploaded to a `source` bucket, a `warehouse` bucket for
 /// tables, and a pipeline rewritten to read from S3.
 struct S3Case {
@@ -188,6 +224,11 @@ impl S3Case {
 
     /// `backfill <command> <pipeline> <rest> --destination <table>` against the server.
     fn command(&self, command: &str, rest: &[&str]) -> Command {
+        self.command_via(&self.moto.endpoint, command, rest)
+    }
+
+    /// The same, reaching the server at `endpoint` (a proxy in front of it).
+    fn command_via(&self, endpoint: &str, command: &str, rest: &[&str]) -> Command {
         let mut args = vec![command, self.pipeline.to_str().unwrap()];
         args.extend_from_slice(rest);
         args.extend_from_slice(&["--destination", &self.table]);
@@ -195,6 +236,7 @@ impl S3Case {
         backfill
             .args(&args)
             .envs(self.moto.env())
+            .env("AWS_ENDPOINT_URL", endpoint)
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env("BACKFILL_S3_SECRET", SECRET)
             // Debug logs too must never show the secret.
@@ -351,6 +393,46 @@ async fn s3_two_processes_committing_at_once_both_land() {
         expected_clean(&case, "2024-01-08").await
     );
     case.assert_secret_never_shown().await;
+}
+
+/// The same command started twice as real processes, over storage slow enough that both
+/// read the log before either commits and then race on every slice: each slice is
+/// committed by one process, and the other says `committed meanwhile`, for every
+/// strategy that commits slice by slice.
+#[tokio::test]
+async fn s3_the_same_command_started_twice_commits_each_slice_once() {
+    for (pipeline, stored, expected) in [
+        ("orders_clean", "SELECT order_id, dt FROM t ORDER BY order_id", "SELECT order_id, dt FROM orders WHERE dt <= '2024-01-02' ORDER BY order_id"),
+        ("orders_append", "SELECT order_id FROM t ORDER BY order_id", "SELECT order_id FROM orders WHERE status = 'shipped' AND dt <= '2024-01-02' ORDER BY order_id"),
+        ("orders_merge", "SELECT order_id, amount, dt FROM t ORDER BY order_id", "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-02' ORDER BY order_id"),
+    ] {
+        let case = S3Case::new(pipeline).await;
+        let slow = slow_proxy(&case.moto.endpoint, Duration::from_millis(40));
+        let range = ["--start", "2024-01-01", "--end", "2024-01-02", "--concurrency", "1", "--json"];
+        let spawn = || {
+            let mut command = case.command_via(&slow, "run", &range);
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            command.spawn().unwrap()
+        };
+        let children = [spawn(), spawn()];
+        let mut runs = Vec::new();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            case.printed(&output);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(0), "{pipeline}: {stdout}\n{stderr}");
+            runs.push(serde_json::from_str::<serde_json::Value>(&stdout).unwrap());
+        }
+        let (first, second) = (statuses(&runs[0]), statuses(&runs[1]));
+        for (a, b) in first.iter().zip(&second) {
+            let mut pair = [a.as_str(), b.as_str()];
+            pair.sort();
+            assert_eq!(pair, ["committed", "committed_meanwhile"], "{pipeline}: {first:?} {second:?}");
+        }
+        assert_eq!(case.stored(stored).await, case.expected(expected).await, "{pipeline}");
+        case.assert_secret_never_shown().await;
+    }
 }
 
 #[tokio::test]
