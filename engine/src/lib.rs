@@ -18,6 +18,7 @@ pub mod history;
 pub mod ledger;
 pub mod pipeline;
 pub mod preview;
+mod retry;
 pub mod run;
 pub mod sink;
 pub mod slice;

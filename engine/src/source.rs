@@ -143,19 +143,21 @@ impl Sources {
                 .with_table_partition_cols(partitions);
             let prefixes =
                 scope.and_then(|slices| partition_prefixes(&source.partitioning, slices));
+            let reading = format!("reading the schema of {url}");
             let (schema, unreadable) =
-                infer_schema_patiently(&ctx, &options, &url, prefixes.as_deref())
-                    .await
-                    .map_err(|e| match is_storage_error(&e) {
-                        true => Error::execution(
-                            context(),
-                            format!("cannot list or read its files: {e}"),
-                        ),
-                        false => Error::config(
-                            context(),
-                            format!("cannot read a schema from its Parquet files: {e}"),
-                        ),
-                    })?;
+                crate::retry::patiently(&reading, INFER_TRIES, is_storage_error, || {
+                    infer_schema(&ctx, &options, &url, prefixes.as_deref())
+                })
+                .await
+                .map_err(|e| match is_storage_error(&e) {
+                    true => {
+                        Error::execution(context(), format!("cannot list or read its files: {e}"))
+                    }
+                    false => Error::config(
+                        context(),
+                        format!("cannot read a schema from its Parquet files: {e}"),
+                    ),
+                })?;
             if let Some(clash) = source
                 .partitioning
                 .iter()
@@ -311,25 +313,6 @@ fn object_store_for(
 /// Times schema inference is tried when storage fails: listings and footer reads at
 /// start-up meet the same passing faults (resets, 5xx) as a slice's reads.
 const INFER_TRIES: u32 = 3;
-
-async fn infer_schema_patiently(
-    ctx: &SessionContext,
-    options: &ListingOptions,
-    url: &ListingTableUrl,
-    prefixes: Option<&[String]>,
-) -> datafusion::error::Result<(SchemaRef, Vec<(String, String)>)> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match infer_schema(ctx, options, url, prefixes).await {
-            Err(error) if tries < INFER_TRIES && is_storage_error(&error) => {
-                tracing::warn!("reading the schema of {url} again: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(250 << tries)).await;
-            }
-            result => return result,
-        }
-    }
-}
 
 /// The folders (`dt=2024-01-01/`) of a source partitioned like the slices that hold the
 /// slices' rows, or `None` when the source's first partition column is not the slices'.

@@ -21,7 +21,6 @@ mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::kernels::cmp::distinct;
@@ -430,17 +429,9 @@ impl Sink {
     /// Reads the table again, trying a few times: it decides whether staged files may be
     /// deleted, so a passing storage fault should not leave that unknown.
     async fn reload_patiently(&self) -> Result<Option<DeltaTable>> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.reload().await {
-                Err(error) if tries < RELOAD_TRIES => {
-                    tracing::warn!("reading the table again: {error}");
-                    tokio::time::sleep(Duration::from_millis(200 << tries)).await;
-                }
-                result => return result,
-            }
-        }
+        let transient = |error: &Error| error.fault() == crate::error::Fault::Environment;
+        let reading = format!("reading the log of {}", self.url);
+        crate::retry::patiently(&reading, RELOAD_TRIES, transient, || self.reload()).await
     }
 
     /// Commits `actions` on top of `table`, or creates the table with them if it does
