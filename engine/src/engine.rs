@@ -301,12 +301,14 @@ impl Backfill {
             ),
             _ => (HashMap::new(), true),
         };
+        let table_files = self.sink.table_files(&self.pipeline.slices.columns).await?;
         Ok(Known {
             ledger,
             last_failures,
             retries,
             staged,
             table_fits,
+            table_files,
         })
     }
 
@@ -446,7 +448,7 @@ impl Backfill {
                 // at files gone from storage fails every reader, and rewriting the slice
                 // is what repairs it.
                 if what.is_empty() {
-                    let missing = self.sink.missing_files(&slice).await?;
+                    let missing = self.sink.missing_files(&known.table_files, &slice).await?;
                     if let Some(first) = missing.first() {
                         what.push(format!(
                             "table files ({} missing from storage, such as {first})",
@@ -562,6 +564,8 @@ pub(crate) struct Known {
     /// Whether the table (if any) has the pipeline's columns and partitioning. When it
     /// has not, a rebuild cannot keep any of its files.
     pub(crate) table_fits: bool,
+    /// The table's files by slice, to look for a done slice's files in storage.
+    pub(crate) table_files: crate::sink::TableFiles,
 }
 
 /// A slice to plan the SQL with when validating: any will do, as planning reads no data.

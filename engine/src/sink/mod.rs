@@ -15,9 +15,12 @@
 mod append;
 pub mod clean;
 mod merge;
+mod missing;
 mod overwrite;
 pub mod rebuild;
 mod view;
+
+pub use missing::TableFiles;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -705,62 +708,6 @@ fn partition_predicate(slice: &Slice, qualifier: &str) -> String {
         .map(|(column, value)| format!("{qualifier}\"{column}\" = '{}'", value.replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(" AND ")
-}
-
-impl Sink {
-    /// The files of the table's current version that hold `slice`'s rows but are gone
-    /// from storage, as paths relative to the table. Readers of the table fail on them;
-    /// rewriting the slice replaces them. One listing per folder the slice's files are in.
-    pub(crate) async fn missing_files(&self, slice: &Slice) -> Result<Vec<String>> {
-        let Some(table) = self.table().await else {
-            return Ok(vec![]);
-        };
-        let context = || format!("slice {}: listing its files in {}", slice.key, self.url);
-        let owns_partitions = !slice.partition.is_empty()
-            && slice
-                .partition
-                .iter()
-                .all(|(column, _)| self.partition_by.contains(column));
-        let in_partitions: Vec<StorePath> = match owns_partitions {
-            true => files_in_partitions(self, &table, slice)
-                .context(context)?
-                .iter()
-                .map(|f| f.object_store_path())
-                .collect(),
-            false => vec![],
-        };
-        let log_data = table.snapshot().context(context)?.log_data();
-        let tagged = log_data
-            .iter()
-            .filter(|file| is_tagged_with(file, &self.pipeline, &slice.key))
-            .map(|file| file.object_store_path());
-        let mut by_folder: HashMap<Option<StorePath>, Vec<StorePath>> = HashMap::new();
-        for path in in_partitions.into_iter().chain(tagged) {
-            let parts: Vec<_> = path.parts().collect();
-            let folder = (parts.len() > 1)
-                .then(|| StorePath::from_iter(parts[..parts.len() - 1].iter().cloned()));
-            by_folder.entry(folder).or_default().push(path);
-        }
-        let mut missing = Vec::new();
-        for (folder, files) in by_folder {
-            let listed = self
-                .store
-                .list_with_delimiter(folder.as_ref())
-                .await
-                .context(context)?;
-            let present: std::collections::HashSet<&StorePath> =
-                listed.objects.iter().map(|o| &o.location).collect();
-            missing.extend(
-                files
-                    .iter()
-                    .filter(|f| !present.contains(f))
-                    .map(|f| f.to_string()),
-            );
-        }
-        missing.sort();
-        missing.dedup();
-        Ok(missing)
-    }
 }
 
 /// The pipeline and slice that wrote an active file, from its tags.
