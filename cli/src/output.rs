@@ -9,11 +9,12 @@ use backfill_engine::arrow::util::pretty::pretty_format_batches;
 use backfill_engine::estimate::{human_bytes, Basis, Estimate};
 use backfill_engine::history::RunRecord;
 use backfill_engine::preview::RebuildPreview;
-use backfill_engine::run::{RebuildOutcome, Reporter, SliceOutcome, SliceStatus};
+use backfill_engine::run::{Reporter, SliceOutcome};
 use backfill_engine::sink::clean::Cleaned;
 use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::status::Status;
 use backfill_engine::{Backfill, PlannedSlice, RunSummary, SliceState};
+use backfill_engine::{RebuildOutcome, SliceStatus};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 

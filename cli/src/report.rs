@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use backfill_engine::history::RunRecord;
-use backfill_engine::run::SliceStatus;
+use backfill_engine::SliceStatus;
 
 /// How a slice ended in the run: its last attempt, and how many attempts it took.
 struct SliceEnd<'a> {

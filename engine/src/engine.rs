@@ -13,17 +13,16 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{Expr, SessionContext};
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::ledger::{Committed, Ledger};
+use crate::ledger::{Ledger, StagedSlice};
 use crate::pipeline::Strategy;
 use crate::pipeline::{Assertion, Pipeline};
-use crate::run::SliceStatus;
-use crate::sink::rebuild::{Replaced, StagedSlice};
+use crate::sink::rebuild::Replaced;
 use crate::sink::Sink;
 use crate::slice::{self, Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
+use crate::states::{Reprocess, SliceState, SliceStatus};
 use crate::template;
 use std::collections::HashMap;
 
@@ -62,69 +61,6 @@ impl Default for OpenOptions {
     }
 }
 
-/// Which states of slices a run (re)processes; `plan` shows the same choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reprocess {
-    pub missing: bool,
-    pub changed: bool,
-    pub failed: bool,
-    /// Slices that are done, with unchanged inputs (`--force`).
-    pub done: bool,
-}
-
-impl Default for Reprocess {
-    /// Everything that is not done.
-    fn default() -> Self {
-        Reprocess {
-            missing: true,
-            changed: true,
-            failed: true,
-            done: false,
-        }
-    }
-}
-
-impl Reprocess {
-    pub const ALL: Reprocess = Reprocess {
-        missing: true,
-        changed: true,
-        failed: true,
-        done: true,
-    };
-    pub const NOTHING: Reprocess = Reprocess {
-        missing: false,
-        changed: false,
-        failed: false,
-        done: false,
-    };
-
-    /// The chosen states, for people: `missing, changed, failed`.
-    pub fn names(&self) -> Vec<&'static str> {
-        let chosen = [
-            (self.missing, "missing"),
-            (self.changed, "changed"),
-            (self.failed, "failed"),
-            (self.done, "done"),
-        ];
-        chosen
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, name)| name)
-            .collect()
-    }
-
-    pub fn wants(&self, state: &SliceState) -> bool {
-        match state {
-            SliceState::Missing => self.missing,
-            SliceState::Failed { .. } => self.failed,
-            SliceState::Changed { .. } => self.changed,
-            SliceState::Done { .. } => self.done,
-            // Checked output waiting for a rebuild's swap: finishing it costs no compute.
-            SliceState::Staged { .. } => true,
-        }
-    }
-}
-
 /// A slice with its plan: the SQL as rendered, the files it reads, and its state.
 pub struct PlannedSlice {
     pub slice: Slice,
@@ -141,53 +77,6 @@ pub struct PlannedSlice {
     pub problem: Option<String>,
     pub(crate) ctx: SessionContext,
     pub(crate) plan: Arc<dyn ExecutionPlan>,
-}
-
-/// What the Delta log says of a slice, compared with its inputs now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum SliceState {
-    /// Never committed.
-    Missing,
-    /// Never committed, and its last recorded attempt failed.
-    Failed { run_id: String, error: String },
-    /// Committed, and its source files and SQL are the ones recorded.
-    Done { committed: Box<Committed> },
-    /// Committed, but its source files or SQL differ from what the commit recorded.
-    Changed {
-        committed: Box<Committed>,
-        what: Vec<String>,
-    },
-    /// Computed and checked for a rebuild that has not swapped yet; still valid for the
-    /// slice's inputs, so a run reuses it instead of computing it again.
-    Staged {
-        rows: u64,
-        bytes: u64,
-        staged_at: chrono::DateTime<chrono::Utc>,
-        #[serde(skip)]
-        staged: Box<StagedSlice>,
-    },
-}
-
-impl SliceState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            SliceState::Missing => "missing",
-            SliceState::Failed { .. } => "failed",
-            SliceState::Done { .. } => "done",
-            SliceState::Changed { .. } => "changed",
-            SliceState::Staged { .. } => "staged",
-        }
-    }
-
-    pub fn committed(&self) -> Option<&Committed> {
-        match self {
-            SliceState::Missing | SliceState::Failed { .. } | SliceState::Staged { .. } => None,
-            SliceState::Done { committed } | SliceState::Changed { committed, .. } => {
-                Some(committed)
-            }
-        }
-    }
 }
 
 impl Backfill {

@@ -14,8 +14,9 @@ use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::engine::{Backfill, PlannedSlice, SliceState};
+use crate::engine::{Backfill, PlannedSlice};
 use crate::error::{Error, Result, ResultExt};
+use crate::states::SliceState;
 
 /// The cost of running the slices a plan would run.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, ResultExt};
-use crate::run::{RebuildOutcome, RunOptions, SliceStatus};
+use crate::states::{RebuildOutcome, SliceStatus};
 
 const RUNS: &str = "_backfill/runs";
 
@@ -168,30 +168,4 @@ impl History {
 
 fn run_path(run_id: &str, name: &str) -> Path {
     Path::from(format!("{RUNS}/{run_id}/{name}"))
-}
-
-impl RunHeader {
-    pub(crate) fn new(
-        run_id: &str,
-        pipeline: &str,
-        selection: String,
-        slices: usize,
-        options: &RunOptions,
-    ) -> Self {
-        RunHeader {
-            run_id: run_id.to_string(),
-            pipeline: pipeline.to_string(),
-            selection,
-            slices,
-            reprocess: options
-                .reprocess
-                .names()
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            concurrency: options.concurrency,
-            retries: options.retries,
-            started_at: options.clock.now(),
-        }
-    }
 }

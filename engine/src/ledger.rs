@@ -5,12 +5,14 @@
 //! commit's `commitInfo`. Both are in the same atomic commit as the data, so data and
 //! progress can never disagree. A rebuild's swap commit carries a [`SwapRecord`] there
 //! instead: the records of every slice now in the table. A swap replaced the whole table,
-//! so records older than it no longer describe anything. This module only reads the log;
-//! writing records is the sink's job.
+//! so records older than it no longer describe anything. A rebuild's [`StagedSlice`] is the
+//! record of a checked slice waiting for its swap. This module only reads the log; writing
+//! records is the sink's job.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use deltalake::kernel::Add;
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,19 @@ impl CommitRecord {
             CommitRecord::Swap(swap) => &swap.slices,
         }
     }
+}
+
+/// A slice's checked output, staged for a rebuild and remembered durably.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedSlice {
+    /// Sums up everything the output depends on (see `Backfill::staging_key`); staged
+    /// output is reused only while it matches.
+    pub staging_key: String,
+    /// The record the swap commit will carry for this slice.
+    pub record: SliceRecord,
+    /// The staged files, relative to the table's root, tagged with pipeline and slice.
+    pub adds: Vec<Add>,
+    pub staged_at: DateTime<Utc>,
 }
 
 /// The outcome of one assertion on one slice.

@@ -23,11 +23,13 @@ pub mod run;
 pub mod sink;
 pub mod slice;
 pub mod source;
+pub mod states;
 pub mod status;
 pub mod template;
 
 pub use datafusion::arrow;
-pub use engine::{Backfill, OpenOptions, PlannedSlice, Reprocess, SliceState};
+pub use engine::{Backfill, OpenOptions, PlannedSlice};
 pub use error::{Error, Fault, Result};
-pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome, SliceStatus};
+pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome};
 pub use slice::Selection;
+pub use states::{RebuildOutcome, Reprocess, SliceState, SliceStatus};

@@ -12,10 +12,11 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
-use crate::engine::{Backfill, Reprocess, SliceState};
+use crate::engine::Backfill;
 use crate::error::{Error, Result, ResultExt};
 use crate::pipeline::Strategy;
 use crate::slice::Selection;
+use crate::states::{Reprocess, SliceState};
 
 /// A rebuild as staged so far, ready to be queried.
 pub struct RebuildPreview {
@@ -84,7 +85,7 @@ impl Backfill {
         self.sink.register_store(ctx.runtime_env().as_ref());
         let internal = |e: datafusion::error::DataFusionError| Error::Internal(e.to_string());
         let destination = &self.pipeline.destination;
-        let table = crate::assertions::files_table(
+        let table = crate::sink::files_table(
             &ctx,
             &self.schema,
             &destination.url,

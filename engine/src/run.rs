@@ -15,19 +15,19 @@ use std::time::{Duration, Instant};
 
 use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::assertions;
 use crate::clock::{Clock, SystemClock};
-use crate::engine::{Backfill, Known, Reprocess, SliceState};
+use crate::engine::{Backfill, Known};
 use crate::error::{Error, Fault, Result, ResultExt};
 use crate::estimate::Budget;
 use crate::history::{Attempt, History, RunEnd, RunHeader};
-use crate::ledger::{Ledger, SliceRecord};
+use crate::ledger::{Ledger, SliceRecord, StagedSlice};
 use crate::pipeline::Strategy;
-use crate::sink::rebuild::StagedSlice;
 use crate::sink::Committer;
 use crate::slice::{Selection, Slice};
+use crate::states::{RebuildOutcome, Reprocess, SliceState, SliceStatus};
 use tokio_util::sync::CancellationToken;
 
 /// How a run behaves, beyond which slices it runs.
@@ -127,25 +127,6 @@ pub struct SliceOutcome {
     pub attempts: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum SliceStatus {
-    /// Published in table version `version`.
-    Committed { version: u64, rows: u64, bytes: u64 },
-    /// Committed by another run (`by_run`, in table version `version`) after this run
-    /// read the log; this run did not commit it again.
-    CommittedMeanwhile { by_run: String, version: u64 },
-    /// Checked and staged for a rebuild's swap, which has not happened (yet); `reused`
-    /// when an earlier run had staged it.
-    Staged { rows: u64, bytes: u64, reused: bool },
-    /// Not run: its state (`done`, or one not chosen by `Reprocess`).
-    Skipped { state: String },
-    /// Nothing was committed; `fault` says whose move it is.
-    Failed { error: String, fault: Fault },
-    /// Left unfinished when the run was stopped; nothing was committed.
-    Abandoned,
-}
-
 /// The result of a run: every started slice's outcome, in run order.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -158,28 +139,6 @@ pub struct RunSummary {
     pub not_started: Vec<String>,
     /// For a rebuild, whether and how the table was swapped.
     pub rebuild: Option<RebuildOutcome>,
-}
-
-/// How a rebuild's run ended for the table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "swap", rename_all = "snake_case")]
-pub enum RebuildOutcome {
-    /// One commit replaced the table: the staged slices' files in, every file not of a
-    /// kept (done) slice out.
-    Swapped {
-        version: u64,
-        removed_files: u64,
-        added_files: u64,
-        kept_slices: usize,
-    },
-    /// Every slice was done and the table held nothing else: nothing to commit.
-    Unchanged,
-    /// Not every slice is staged or done: nothing was committed. A rerun reuses what is
-    /// staged and swaps once the rest passes.
-    Waiting { staged: usize, waiting: Vec<String> },
-    /// The swap itself failed (another writer committed, say): the table is unchanged
-    /// and what was staged is kept for a rerun.
-    Refused { error: String },
 }
 
 impl RunSummary {
@@ -243,13 +202,21 @@ impl Backfill {
             staged: Default::default(),
             clock: options.clock.clone(),
         });
-        let header = RunHeader::new(
-            &run_id,
-            &self.pipeline.name,
-            describe(selection),
-            slices.len(),
-            options,
-        );
+        let header = RunHeader {
+            run_id: run_id.clone(),
+            pipeline: self.pipeline.name.clone(),
+            selection: describe(selection),
+            slices: slices.len(),
+            reprocess: options
+                .reprocess
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            concurrency: options.concurrency,
+            retries: options.retries,
+            started_at: options.clock.now(),
+        };
         run.history.start(&header).await?;
         reporter.run_started(&run_id, slices.len());
         let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();

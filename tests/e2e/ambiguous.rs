@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use backfill_engine::run::RebuildOutcome;
+use backfill_engine::RebuildOutcome;
 use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
 use datafusion::prelude::SessionContext;
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backfill_engine::run::RebuildOutcome;
+use backfill_engine::RebuildOutcome;
 use backfill_engine::{Backfill, RunOptions, RunSummary, Selection, SliceStatus};
 
 use crate::stores::{open_over, TestStore};

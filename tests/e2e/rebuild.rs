@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use backfill_engine::run::RebuildOutcome;
+use backfill_engine::RebuildOutcome;
 use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection};
 use serde_json::Value;
 

@@ -32,7 +32,7 @@ pub(super) async fn publish(
     let ctx = SessionContext::new();
     sink.register_store(ctx.runtime_env().as_ref());
     let source = ctx
-        .read_table(crate::assertions::staged_table(&ctx, &sink.schema, staged).await?)
+        .read_table(staged.table(&ctx, &sink.schema).await?)
         .map_err(deltalake::DeltaTableError::from)?;
     let mut predicate: Vec<String> = keys
         .iter()

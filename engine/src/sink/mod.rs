@@ -18,9 +18,11 @@ mod merge;
 mod missing;
 mod overwrite;
 pub mod rebuild;
+mod staged;
 mod view;
 
 pub use missing::TableFiles;
+pub(crate) use staged::files_table;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -15,31 +15,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{Action, Add, LogicalFileView, Metadata, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{check_compatible, written_by, Sink};
 use crate::error::{Error, Result, ResultExt};
-use crate::ledger::{CommitRecord, RebuildRecord, SliceRecord, SwapRecord, COMMIT_INFO_KEY};
-
-/// A slice's checked output, staged for a rebuild and remembered durably.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StagedSlice {
-    /// Sums up everything the output depends on (see `Backfill::staging_key`); staged
-    /// output is reused only while it matches.
-    pub staging_key: String,
-    /// The record the swap commit will carry for this slice.
-    pub record: SliceRecord,
-    /// The staged files, relative to the table's root, tagged with pipeline and slice.
-    pub adds: Vec<Add>,
-    pub staged_at: DateTime<Utc>,
-}
+use crate::ledger::{
+    CommitRecord, RebuildRecord, SliceRecord, StagedSlice, SwapRecord, COMMIT_INFO_KEY,
+};
 
 /// What a swap committed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
