@@ -485,7 +485,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         } => {
             let backfill = open(&pipeline, &overrides, None).await?;
             let record = find_run(&backfill, &run).await?;
-            std::fs::write(&output, report::render(&record))
+            std::fs::write(&output, report::render(&record)?)
                 .with_context(|| format!("writing {}", output.display()))?;
             println!("wrote {}", output.display());
         }

@@ -645,7 +645,7 @@ impl Reporter for Progress {
     }
 }
 
-fn human_duration(ms: u64) -> String {
+pub(crate) fn human_duration(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
     } else {

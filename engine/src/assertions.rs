@@ -5,7 +5,6 @@
 //! exposed as the table `slice`, so they spill rather than hold the slice in memory.
 //! This module reads staged files; it never commits or deletes anything.
 
-
 use datafusion::arrow::array::{Array, BooleanArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;

@@ -806,7 +806,7 @@ fn report_is_one_self_contained_html_page() {
     assert!(html.contains(&format!("Run {run} of tenant_signups")));
     assert!(html.contains("3 committed, 0 skipped, 0 failed"));
     assert!(
-        html.contains("o&#39;brien") && !html.contains("o'brien"),
+        html.contains("o&#x27;brien") && !html.contains("o'brien"),
         "keys are escaped"
     );
     assert_eq!(html.matches("class=\"cell committed\"").count(), 3);

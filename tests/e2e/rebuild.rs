@@ -378,3 +378,61 @@ async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
         "at least one kill must land in the middle of the staging: {staged_when_killed:?}"
     );
 }
+
+/// A rebuild waiting on a failed day: its report shows the staged slices in a colour of
+/// their own, named in the legend, in the grid and in the duration chart alike.
+#[test]
+fn a_rebuild_report_gives_every_status_its_own_style_and_legend_entry() {
+    let case = Case::new("orders_rebuild");
+    case.ok("run", &["--start", "2024-01-07", "--end", "2024-01-10"], 1);
+    let run = case.json("history", &[], 0)[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = case.scratch.path("report.html");
+    case.ok("report", &[&run, "-o", page.to_str().unwrap()], 0);
+    let html = std::fs::read_to_string(&page).unwrap();
+
+    let colour_of = |class: &str| {
+        let rule = format!(".{class} {{ background: ");
+        let start = html
+            .find(&rule)
+            .unwrap_or_else(|| panic!("no style for {class}"))
+            + rule.len();
+        html[start..start + 7].to_string()
+    };
+    let cells: Vec<&str> = html
+        .split("class=\"cell ")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    assert_eq!(cells, ["staged", "staged", "failed", "staged"]);
+    let legend =
+        &html[html.find("class=\"legend\"").unwrap()..html.find("class=\"grid\"").unwrap()];
+    for class in [
+        "committed",
+        "meanwhile",
+        "staged",
+        "skipped",
+        "failed",
+        "abandoned",
+    ] {
+        assert!(
+            legend.contains(&format!("<span class=\"{class}\">")),
+            "{class} not in the legend"
+        );
+        let colour = colour_of(class);
+        assert_eq!(
+            html.matches(&format!(": {colour}; }}")).count(),
+            1,
+            "{class}'s colour {colour} is its own"
+        );
+    }
+    let staged_bars = html
+        .matches(&format!("fill=\"{}\"", colour_of("staged")))
+        .count();
+    assert_eq!(
+        staged_bars, 3,
+        "the chart draws staged slices in the staged colour"
+    );
+}
