@@ -22,7 +22,7 @@ use crate::sink::rebuild::Replaced;
 use crate::sink::Sink;
 use crate::slice::{self, Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
-use crate::states::{Reprocess, SliceState, SliceStatus};
+use crate::states::{self, Facts, Reprocess, SliceState, SliceStatus};
 use crate::template;
 use std::collections::HashMap;
 
@@ -314,61 +314,24 @@ impl Backfill {
             .filter(|_| problem.is_none())
             .collect();
         let source_fingerprint = source::fingerprint_files(&files);
-        let state = match known.ledger.get(&slice.key) {
-            None => match known.last_failures.get(&slice.key) {
-                Some((run_id, error)) => SliceState::Failed {
-                    run_id: run_id.clone(),
-                    error: error.clone(),
-                },
-                None => SliceState::Missing,
-            },
-            Some(committed) => {
-                let mut what = Vec::new();
-                if committed.record.source_fingerprint != source_fingerprint {
-                    what.push("source files".to_string());
-                }
-                if committed.record.sql_fingerprint != self.sql_fingerprint {
-                    what.push("SQL".to_string());
-                }
-                if !known.table_fits {
-                    what.push("table schema".to_string());
-                }
-                // A done slice is skipped, so its files are checked: a table that points
-                // at files gone from storage fails every reader, and rewriting the slice
-                // is what repairs it.
-                if what.is_empty() {
-                    let missing = self.sink.missing_files(&known.table_files, &slice).await?;
-                    if let Some(first) = missing.first() {
-                        what.push(format!(
-                            "table files ({} missing from storage, such as {first})",
-                            missing.len()
-                        ));
-                    }
-                }
-                let committed = Box::new(committed.clone());
-                if what.is_empty() {
-                    SliceState::Done { committed }
-                } else {
-                    SliceState::Changed { committed, what }
-                }
-            }
+        let committed = known.ledger.get(&slice.key);
+        // A done slice is skipped, so its files are looked for: a table that points at
+        // files gone from storage fails every reader, and rewriting the slice repairs it.
+        let missing_files = match committed {
+            Some(_) => self.sink.missing_files(&known.table_files, &slice).await?,
+            None => vec![],
         };
-        let state = match known.staged.get(&slice.key) {
-            // A manifest whose record is the committed one was already swapped in.
-            Some(staged)
-                if (reprocess.done || !matches!(state, SliceState::Done { .. }))
-                    && state.committed().is_none_or(|c| c.record != staged.record)
-                    && staged.staging_key == self.staging_key(&slice, &source_fingerprint) =>
-            {
-                SliceState::Staged {
-                    rows: staged.record.rows,
-                    bytes: staged.record.bytes,
-                    staged_at: staged.staged_at,
-                    staged: Box::new(staged.clone()),
-                }
-            }
-            _ => state,
-        };
+        let state = states::decide(&Facts {
+            committed,
+            last_failure: known.last_failures.get(&slice.key),
+            source_fingerprint: &source_fingerprint,
+            sql_fingerprint: &self.sql_fingerprint,
+            table_fits: known.table_fits,
+            missing_files: &missing_files,
+            staged: known.staged.get(&slice.key),
+            staging_key: &self.staging_key(&slice, &source_fingerprint),
+            reprocess,
+        });
         Ok(PlannedSlice {
             slice,
             sql,

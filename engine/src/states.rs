@@ -1,7 +1,8 @@
 //! The vocabulary of slice states, shared by every layer: what the Delta log says of a
 //! slice before a run ([`SliceState`]), which states a run takes on ([`Reprocess`]), what
 //! became of a slice in a run ([`SliceStatus`]) and how a rebuild ended for the table
-//! ([`RebuildOutcome`]). Plain data: no IO, and nothing here decides a state.
+//! ([`RebuildOutcome`]). Plain data, and [`decide`], the pure function from what is known
+//! of a slice to its state. No IO.
 
 use serde::{Deserialize, Serialize};
 
@@ -157,4 +158,291 @@ pub enum RebuildOutcome {
     /// The swap itself failed (another writer committed, say): the table is unchanged
     /// and what was staged is kept for a rerun.
     Refused { error: String },
+}
+
+/// Everything that decides a slice's state, gathered by the planner.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The slice's latest commit in the log, if any.
+    pub committed: Option<&'a Committed>,
+    /// The run and error of the slice's last recorded attempt, if it failed.
+    pub last_failure: Option<&'a (String, String)>,
+    /// The fingerprints of the slice's inputs now.
+    pub source_fingerprint: &'a str,
+    pub sql_fingerprint: &'a str,
+    /// Whether the table has the pipeline's columns and partitioning.
+    pub table_fits: bool,
+    /// The committed slice's files that are gone from storage.
+    pub missing_files: &'a [String],
+    /// A rebuild's manifest for the slice, and the staging key its inputs give now.
+    pub staged: Option<&'a StagedSlice>,
+    pub staging_key: &'a str,
+    pub reprocess: Reprocess,
+}
+
+/// A slice's state: `missing` or `failed` without a commit; `done` when the commit's
+/// record matches the inputs now and its files are all there, `changed` (saying what)
+/// otherwise; `staged` when a rebuild's manifest for exactly these inputs waits for the
+/// swap and is not already the committed record.
+pub fn decide(facts: &Facts) -> SliceState {
+    let state = match facts.committed {
+        None => match facts.last_failure {
+            Some((run_id, error)) => SliceState::Failed {
+                run_id: run_id.clone(),
+                error: error.clone(),
+            },
+            None => SliceState::Missing,
+        },
+        Some(committed) => {
+            let mut what = Vec::new();
+            if committed.record.source_fingerprint != facts.source_fingerprint {
+                what.push("source files".to_string());
+            }
+            if committed.record.sql_fingerprint != facts.sql_fingerprint {
+                what.push("SQL".to_string());
+            }
+            if !facts.table_fits {
+                what.push("table schema".to_string());
+            }
+            if let (true, Some(first)) = (what.is_empty(), facts.missing_files.first()) {
+                what.push(format!(
+                    "table files ({} missing from storage, such as {first})",
+                    facts.missing_files.len()
+                ));
+            }
+            let committed = Box::new(committed.clone());
+            match what.is_empty() {
+                true => SliceState::Done { committed },
+                false => SliceState::Changed { committed, what },
+            }
+        }
+    };
+    match facts.staged {
+        // A manifest whose record is the committed one was already swapped in.
+        Some(staged)
+            if (facts.reprocess.done || !matches!(state, SliceState::Done { .. }))
+                && state.committed().is_none_or(|c| c.record != staged.record)
+                && staged.staging_key == facts.staging_key =>
+        {
+            SliceState::Staged {
+                rows: staged.record.rows,
+                bytes: staged.record.bytes,
+                staged_at: staged.staged_at,
+                staged: Box::new(staged.clone()),
+            }
+        }
+        _ => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::SliceRecord;
+
+    fn record(source: &str, sql: &str, run: &str) -> SliceRecord {
+        SliceRecord {
+            pipeline: "p".into(),
+            slice: "2024-01-01".into(),
+            run_id: run.into(),
+            attempt: 1,
+            strategy: "overwrite".into(),
+            txn_version: 1,
+            rows: 10,
+            bytes: 100,
+            duration_ms: 5,
+            source_files: 1,
+            source_bytes: 50,
+            source_fingerprint: source.into(),
+            sql_fingerprint: sql.into(),
+            assertions: vec![],
+        }
+    }
+
+    fn committed(source: &str, sql: &str) -> Committed {
+        Committed {
+            record: record(source, sql, "r1"),
+            version: Some(3),
+            committed_at: None,
+        }
+    }
+
+    fn staged(key: &str, record: SliceRecord) -> StagedSlice {
+        StagedSlice {
+            staging_key: key.into(),
+            record,
+            adds: vec![],
+            staged_at: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
+    /// The state's name, and what changed for a changed slice.
+    fn described(state: &SliceState) -> String {
+        match state {
+            SliceState::Changed { what, .. } => format!("changed: {}", what.join(", ")),
+            other => other.name().to_string(),
+        }
+    }
+
+    #[test]
+    fn the_state_follows_from_the_facts() {
+        let done = committed("src", "sql");
+        let failure = ("r0".to_string(), "boom".to_string());
+        let missing = ["dt=1/a.parquet".to_string()];
+        let fresh = staged("key", record("src2", "sql", "r2"));
+        let swapped = staged("key", done.record.clone());
+        let base = Facts {
+            committed: None,
+            last_failure: None,
+            source_fingerprint: "src",
+            sql_fingerprint: "sql",
+            table_fits: true,
+            missing_files: &[],
+            staged: None,
+            staging_key: "key",
+            reprocess: Reprocess::default(),
+        };
+        let cases: Vec<(&str, Facts, &str)> = vec![
+            ("never committed", base, "missing"),
+            (
+                "last attempt failed",
+                Facts {
+                    last_failure: Some(&failure),
+                    ..base
+                },
+                "failed",
+            ),
+            (
+                "inputs as recorded",
+                Facts {
+                    committed: Some(&done),
+                    ..base
+                },
+                "done",
+            ),
+            (
+                "a commit ends a failure",
+                Facts {
+                    committed: Some(&done),
+                    last_failure: Some(&failure),
+                    ..base
+                },
+                "done",
+            ),
+            (
+                "new source files",
+                Facts {
+                    committed: Some(&done),
+                    source_fingerprint: "src2",
+                    ..base
+                },
+                "changed: source files",
+            ),
+            (
+                "new SQL",
+                Facts {
+                    committed: Some(&done),
+                    sql_fingerprint: "sql2",
+                    ..base
+                },
+                "changed: SQL",
+            ),
+            (
+                "both",
+                Facts {
+                    committed: Some(&done),
+                    source_fingerprint: "x",
+                    sql_fingerprint: "y",
+                    ..base
+                },
+                "changed: source files, SQL",
+            ),
+            (
+                "the table's columns differ",
+                Facts {
+                    committed: Some(&done),
+                    table_fits: false,
+                    ..base
+                },
+                "changed: table schema",
+            ),
+            (
+                "files gone from storage",
+                Facts {
+                    committed: Some(&done),
+                    missing_files: &missing,
+                    ..base
+                },
+                "changed: table files (1 missing from storage, such as dt=1/a.parquet)",
+            ),
+            (
+                "missing files only named when nothing else changed",
+                Facts {
+                    committed: Some(&done),
+                    missing_files: &missing,
+                    sql_fingerprint: "y",
+                    ..base
+                },
+                "changed: SQL",
+            ),
+            (
+                "staged for these inputs",
+                Facts {
+                    staged: Some(&fresh),
+                    ..base
+                },
+                "staged",
+            ),
+            (
+                "staged for other inputs",
+                Facts {
+                    staged: Some(&fresh),
+                    staging_key: "other",
+                    ..base
+                },
+                "missing",
+            ),
+            (
+                "staged over a failure",
+                Facts {
+                    staged: Some(&fresh),
+                    last_failure: Some(&failure),
+                    ..base
+                },
+                "staged",
+            ),
+            (
+                "staged while done: kept done",
+                Facts {
+                    committed: Some(&done),
+                    staged: Some(&fresh),
+                    ..base
+                },
+                "done",
+            ),
+            (
+                "staged while done, forced: reused",
+                Facts {
+                    committed: Some(&done),
+                    staged: Some(&fresh),
+                    reprocess: Reprocess::ALL,
+                    ..base
+                },
+                "staged",
+            ),
+            (
+                "a manifest already swapped in",
+                Facts {
+                    committed: Some(&done),
+                    staged: Some(&swapped),
+                    reprocess: Reprocess::ALL,
+                    ..base
+                },
+                "done",
+            ),
+        ];
+        for (case, facts, expected) in cases {
+            assert_eq!(described(&decide(&facts)), expected, "{case}");
+        }
+    }
 }
