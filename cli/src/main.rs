@@ -394,12 +394,10 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             let backfill = open(&pipeline, &overrides, Some(selection.selection())).await?;
             let concurrency =
                 concurrency.map_or_else(backfill_engine::run::default_concurrency, usize::from);
-            let planned = backfill
+            let plan = backfill
                 .plan(&selection.selection(), choice.reprocess(), concurrency)
                 .await?;
-            let estimate = backfill.estimate(&planned, concurrency).await?;
-            let swap = backfill.swap_preview(&planned).await?;
-            output::plan(&planned, &estimate, swap, json)?;
+            output::plan(&plan, json)?;
         }
         Command::Run {
             pipeline,

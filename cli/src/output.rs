@@ -13,10 +13,9 @@ use backfill_engine::run::{Reporter, SliceOutcome};
 use backfill_engine::sink::clean::Cleaned;
 use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::status::Status;
-use backfill_engine::{Backfill, PlannedSlice, RunSummary, SliceState};
+use backfill_engine::{Backfill, Plan, RunSummary, SliceState};
 use backfill_engine::{RebuildOutcome, SliceStatus};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 pub fn cleaned(cleaned: &Cleaned, json: bool) -> anyhow::Result<()> {
     if json {
@@ -73,34 +72,12 @@ pub fn validated(backfill: &Backfill) {
     );
 }
 
-pub fn plan(
-    planned: &[PlannedSlice],
-    estimate: &Estimate,
-    swap: Option<Replaced>,
-    json: bool,
-) -> anyhow::Result<()> {
+pub fn plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
     if json {
-        let slices: Vec<_> = planned
-            .iter()
-            .map(|p| {
-                json!({
-                    "slice": p.slice.key,
-                    "state": p.state,
-                    "will_run": p.will_run,
-                    "source_files": p.files.len(),
-                    "source_bytes": p.source_bytes(),
-                    "source_rows": p.source_rows(),
-                    "no_source_data": p.empty_sources,
-                    "problem": p.problem,
-                    "estimated_ms": estimate.slice_ms(p.source_bytes()),
-                    "source_fingerprint": p.source_fingerprint,
-                })
-            })
-            .collect();
-        let plan = json!({ "slices": slices, "estimate": estimate, "rebuild": swap });
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        println!("{}", serde_json::to_string_pretty(plan)?);
         return Ok(());
     }
+    let (planned, estimate) = (&plan.slices, &plan.estimate);
     println!(
         "{:<16} {:<8} {:<5} {:>5} {:>10} {:>9}  detail",
         "slice", "state", "run", "files", "bytes", "rows"
@@ -171,8 +148,8 @@ pub fn plan(
             "{empty} slices to run have no source data: run refuses to start unless --allow-empty"
         );
     }
-    if let Some(swap) = swap {
-        println!("rebuild: {}", describe_swap(&swap));
+    if let Some(swap) = &plan.rebuild {
+        println!("rebuild: {}", describe_swap(swap));
     }
     Ok(())
 }

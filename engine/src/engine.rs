@@ -13,6 +13,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{Expr, SessionContext};
 use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{Ledger, StagedSlice};
@@ -61,8 +62,12 @@ impl Default for OpenOptions {
     }
 }
 
-/// A slice with its plan: the SQL as rendered, the files it reads, and its state.
-pub struct PlannedSlice {
+/// A slice's plan, as plain data: the SQL as rendered, the files it reads, their
+/// fingerprint, the slice's state and whether a run runs it. It holds no execution
+/// handles: the runner prepares execution from the slice when the slice starts (seeing
+/// the files there are by then), and `plan --json` is this type serialized.
+#[derive(Debug, Clone)]
+pub struct SlicePlan {
     pub slice: Slice,
     pub sql: String,
     pub files: Vec<SourceFile>,
@@ -75,8 +80,46 @@ pub struct PlannedSlice {
     /// Why the slice cannot run as its sources are now (a source file it reads is not
     /// valid Parquet, say); running it fails with this, and only it.
     pub problem: Option<String>,
+    /// How long computing it should take, once a plan's estimate has a basis.
+    pub estimated_ms: Option<u64>,
+}
+
+impl Serialize for SlicePlan {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut plan = serializer.serialize_struct("SlicePlan", 11)?;
+        plan.serialize_field("slice", &self.slice.key)?;
+        plan.serialize_field("state", &self.state)?;
+        plan.serialize_field("will_run", &self.will_run)?;
+        plan.serialize_field("source_files", &self.files.len())?;
+        plan.serialize_field("source_bytes", &self.source_bytes())?;
+        plan.serialize_field("source_rows", &self.source_rows())?;
+        plan.serialize_field("no_source_data", &self.empty_sources)?;
+        plan.serialize_field("problem", &self.problem)?;
+        plan.serialize_field("estimated_ms", &self.estimated_ms)?;
+        plan.serialize_field("source_fingerprint", &self.source_fingerprint)?;
+        plan.serialize_field("sql", &self.sql)?;
+        plan.end()
+    }
+}
+
+/// What a slice runs with: its DataFusion session and physical plan, prepared when the
+/// slice starts (or for a sample), never kept in a [`SlicePlan`].
+pub(crate) struct Prepared {
     pub(crate) ctx: SessionContext,
     pub(crate) plan: Arc<dyn ExecutionPlan>,
+}
+
+/// A slice's transform, planned: the data of its plan and what executes it.
+pub(crate) struct Transform {
+    sql: String,
+    files: Vec<SourceFile>,
+    empty_sources: Vec<String>,
+    problem: Option<String>,
+    pub(crate) prepared: Prepared,
 }
 
 impl Backfill {
@@ -201,14 +244,13 @@ impl Backfill {
         })
     }
 
-    /// Plans every slice of a selection and tells its state and whether a run with the
-    /// same `reprocess` choice would run it, `concurrency` at a time.
-    pub async fn plan(
+    /// The plans of a selection's slices, without an estimate.
+    pub async fn slice_plans(
         &self,
         selection: &Selection,
         reprocess: Reprocess,
         concurrency: usize,
-    ) -> Result<Vec<PlannedSlice>> {
+    ) -> Result<Vec<SlicePlan>> {
         let slices = self.slices(selection)?;
         let known = self.known().await?;
         self.plan_slices(slices, &known, reprocess, concurrency)
@@ -221,9 +263,12 @@ impl Backfill {
         known: &Known,
         reprocess: Reprocess,
         concurrency: usize,
-    ) -> Result<Vec<PlannedSlice>> {
+    ) -> Result<Vec<SlicePlan>> {
         futures::stream::iter(slices)
-            .map(|slice| self.plan_slice(slice, known, reprocess))
+            .map(|slice| async {
+                let (plan, _prepared) = self.plan_slice(slice, known, reprocess).await?;
+                Ok::<_, Error>(plan)
+            })
             .buffered(concurrency.max(1))
             .try_collect()
             .await
@@ -231,7 +276,7 @@ impl Backfill {
 
     /// For a rebuild, what swapping in the output of `planned` would replace in the table
     /// as it is now: every file but those of the done slices the run keeps.
-    pub async fn swap_preview(&self, planned: &[PlannedSlice]) -> Result<Option<Replaced>> {
+    pub(crate) async fn swap_preview(&self, planned: &[SlicePlan]) -> Result<Option<Replaced>> {
         if self.pipeline.destination.strategy != Strategy::Rebuild {
             return Ok(None);
         }
@@ -243,13 +288,49 @@ impl Backfill {
         self.sink.replaced(&kept).await.map(Some)
     }
 
-    /// Renders and plans one slice's SQL; the physical plan names the files it reads.
+    /// Plans one slice: its transform, and its state from what is `known`.
     pub(crate) async fn plan_slice(
         &self,
         slice: Slice,
         known: &Known,
         reprocess: Reprocess,
-    ) -> Result<PlannedSlice> {
+    ) -> Result<(SlicePlan, Prepared)> {
+        let transform = self.plan_transform(&slice).await?;
+        let source_fingerprint = source::fingerprint_files(&transform.files);
+        let committed = known.ledger.get(&slice.key);
+        // A done slice is skipped, so its files are looked for: a table that points at
+        // files gone from storage fails every reader, and rewriting the slice repairs it.
+        let missing_files = match committed {
+            Some(_) => self.sink.missing_files(&known.table_files, &slice).await?,
+            None => vec![],
+        };
+        let state = states::decide(&Facts {
+            committed,
+            last_failure: known.last_failures.get(&slice.key),
+            source_fingerprint: &source_fingerprint,
+            sql_fingerprint: &self.sql_fingerprint,
+            table_fits: known.table_fits,
+            missing_files: &missing_files,
+            staged: known.staged.get(&slice.key),
+            staging_key: &self.staging_key(&slice, &source_fingerprint),
+            reprocess,
+        });
+        let plan = SlicePlan {
+            slice,
+            sql: transform.sql,
+            files: transform.files,
+            empty_sources: transform.empty_sources,
+            source_fingerprint,
+            will_run: reprocess.wants(&state),
+            state,
+            problem: transform.problem,
+            estimated_ms: None,
+        };
+        Ok((plan, transform.prepared))
+    }
+
+    /// Renders and plans one slice's SQL; the physical plan names the files it reads.
+    pub(crate) async fn plan_transform(&self, slice: &Slice) -> Result<Transform> {
         let sql = template::render(
             &self.pipeline.sql,
             &slice.variables(),
@@ -313,36 +394,12 @@ impl Backfill {
             // Without a plan, which files the slice reads is not known.
             .filter(|_| problem.is_none())
             .collect();
-        let source_fingerprint = source::fingerprint_files(&files);
-        let committed = known.ledger.get(&slice.key);
-        // A done slice is skipped, so its files are looked for: a table that points at
-        // files gone from storage fails every reader, and rewriting the slice repairs it.
-        let missing_files = match committed {
-            Some(_) => self.sink.missing_files(&known.table_files, &slice).await?,
-            None => vec![],
-        };
-        let state = states::decide(&Facts {
-            committed,
-            last_failure: known.last_failures.get(&slice.key),
-            source_fingerprint: &source_fingerprint,
-            sql_fingerprint: &self.sql_fingerprint,
-            table_fits: known.table_fits,
-            missing_files: &missing_files,
-            staged: known.staged.get(&slice.key),
-            staging_key: &self.staging_key(&slice, &source_fingerprint),
-            reprocess,
-        });
-        Ok(PlannedSlice {
-            slice,
+        Ok(Transform {
             sql,
             files,
             empty_sources,
-            source_fingerprint,
-            will_run: reprocess.wants(&state),
-            state,
             problem,
-            ctx,
-            plan,
+            prepared: Prepared { ctx, plan },
         })
     }
 }
@@ -376,7 +433,7 @@ impl Backfill {
     }
 }
 
-impl PlannedSlice {
+impl SlicePlan {
     pub fn source_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }

@@ -14,7 +14,7 @@ use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::engine::{Backfill, PlannedSlice};
+use crate::engine::{Backfill, SlicePlan};
 use crate::error::{Error, Result, ResultExt};
 use crate::states::SliceState;
 
@@ -81,7 +81,7 @@ pub struct Budget {
 }
 
 /// The slices a run would compute: chosen, and not merely reused from a staged rebuild.
-fn computed(planned: &[PlannedSlice]) -> impl Iterator<Item = &PlannedSlice> {
+fn computed(planned: &[SlicePlan]) -> impl Iterator<Item = &SlicePlan> {
     planned
         .iter()
         .filter(|p| p.will_run && !matches!(p.state, SliceState::Staged { .. }))
@@ -89,12 +89,12 @@ fn computed(planned: &[PlannedSlice]) -> impl Iterator<Item = &PlannedSlice> {
 
 impl Backfill {
     /// Estimates running the slices of `planned` that a run would compute.
-    pub async fn estimate(&self, planned: &[PlannedSlice], concurrency: usize) -> Result<Estimate> {
-        let to_run: Vec<&PlannedSlice> = computed(planned).collect();
+    pub async fn estimate(&self, planned: &[SlicePlan], concurrency: usize) -> Result<Estimate> {
+        let to_run: Vec<&SlicePlan> = computed(planned).collect();
         let basis = match self.history_basis().await? {
             Some(basis) => Some(basis),
             None => match to_run.iter().find(|p| p.source_bytes() > 0) {
-                Some(sample) => Some(sample_basis(sample).await?),
+                Some(sample) => Some(sample_basis(self, sample).await?),
                 None => None,
             },
         };
@@ -130,9 +130,9 @@ impl Backfill {
 
     /// Refuses a run that would compute a slice without source data (unless allowed) or
     /// go over its budget. Nothing has run when this fails.
-    pub fn preflight(&self, planned: &[PlannedSlice], budget: &Budget) -> Result<()> {
+    pub fn preflight(&self, planned: &[SlicePlan], budget: &Budget) -> Result<()> {
         let location = self.pipeline.file.display().to_string();
-        let to_run: Vec<&PlannedSlice> = computed(planned).collect();
+        let to_run: Vec<&SlicePlan> = computed(planned).collect();
         let empty: Vec<String> = to_run
             .iter()
             .filter(|p| !p.empty_sources.is_empty())
@@ -178,10 +178,12 @@ impl Backfill {
 
 /// Runs a slice's transform to the end and encodes its output as Parquet into nowhere,
 /// and measures the throughput: the work of a slice but for storage and the commit.
-async fn sample_basis(sample: &PlannedSlice) -> Result<Basis> {
+async fn sample_basis(backfill: &Backfill, sample: &SlicePlan) -> Result<Basis> {
     let context = || format!("slice {}: sampling the transform", sample.slice.key);
     let started = Instant::now();
-    let mut stream = execute_stream(sample.plan.clone(), sample.ctx.task_ctx()).context(context)?;
+    let prepared = backfill.plan_transform(&sample.slice).await?.prepared;
+    let mut stream =
+        execute_stream(prepared.plan.clone(), prepared.ctx.task_ctx()).context(context)?;
     let mut encoder = ArrowWriter::try_new(std::io::sink(), stream.schema(), None)
         .map_err(|e| Error::Internal(e.to_string()))?;
     while let Some(batch) = stream.next().await {

@@ -17,6 +17,7 @@ pub mod fixtures;
 pub mod history;
 pub mod ledger;
 pub mod pipeline;
+pub mod plan;
 pub mod preview;
 mod retry;
 pub mod run;
@@ -28,8 +29,9 @@ pub mod status;
 pub mod template;
 
 pub use datafusion::arrow;
-pub use engine::{Backfill, OpenOptions, PlannedSlice};
+pub use engine::{Backfill, OpenOptions, SlicePlan};
 pub use error::{Error, Fault, Result};
+pub use plan::Plan;
 pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome};
 pub use slice::Selection;
 pub use states::{RebuildOutcome, Reprocess, SliceState, SliceStatus};

@@ -58,7 +58,7 @@ impl Backfill {
                 "rebuild-preview is for pipelines with destination.strategy = \"rebuild\"",
             ));
         }
-        let planned = self.plan(selection, Reprocess::default(), 1).await?;
+        let planned = self.slice_plans(selection, Reprocess::default(), 1).await?;
         let mut slices = Vec::with_capacity(planned.len());
         let mut staged_adds = Vec::new();
         let mut kept = HashSet::new();

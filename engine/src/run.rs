@@ -449,7 +449,7 @@ impl Backfill {
         reprocess: Reprocess,
         started: Instant,
     ) -> Result<SliceStatus> {
-        let planned = self.plan_slice(slice, &run.known, reprocess).await?;
+        let (planned, prepared) = self.plan_slice(slice, &run.known, reprocess).await?;
         if !planned.will_run {
             return Ok(SliceStatus::Skipped {
                 state: planned.state.name().to_string(),
@@ -475,14 +475,14 @@ impl Backfill {
             tracing::warn!(slice = %slice.key, "staged files are gone: computing the slice again");
         }
         let previous = planned.state.committed().map(|c| &c.record);
-        let stream = execute_stream(planned.plan.clone(), planned.ctx.task_ctx())
+        let stream = execute_stream(prepared.plan.clone(), prepared.ctx.task_ctx())
             .context(|| format!("slice {}: running the transform", slice.key))?;
         let planned_at = started.elapsed();
         let staged = self.sink.stage(slice, stream).await?;
         let staged_at = started.elapsed();
 
         let checked = assertions::check(
-            &planned.ctx,
+            &prepared.ctx,
             &self.pipeline.assertions,
             &staged,
             &self.schema,

@@ -1,0 +1,45 @@
+//! [`Plan`]: what `plan` shows before a run, as one value: every slice's [`SlicePlan`],
+//! the estimate of the run, and for a rebuild what its swap would replace. `plan --json`
+//! is this value serialized. Reading only.
+
+use serde::Serialize;
+
+use crate::engine::{Backfill, SlicePlan};
+use crate::error::Result;
+use crate::estimate::Estimate;
+use crate::sink::rebuild::Replaced;
+use crate::slice::Selection;
+use crate::states::Reprocess;
+
+/// The plan of a selection: every slice's plan, what a run would read and take, and for a
+/// rebuild what its swap would replace.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub slices: Vec<SlicePlan>,
+    pub estimate: Estimate,
+    pub rebuild: Option<Replaced>,
+}
+
+impl Backfill {
+    /// Plans every slice of a selection: its state, whether a run with the same
+    /// `reprocess` choice would run it, what it reads, and an estimate of the whole
+    /// (`concurrency` slices at a time, as the run would go).
+    pub async fn plan(
+        &self,
+        selection: &Selection,
+        reprocess: Reprocess,
+        concurrency: usize,
+    ) -> Result<Plan> {
+        let mut slices = self.slice_plans(selection, reprocess, concurrency).await?;
+        let estimate = self.estimate(&slices, concurrency).await?;
+        for slice in &mut slices {
+            slice.estimated_ms = estimate.slice_ms(slice.source_bytes());
+        }
+        let rebuild = self.swap_preview(&slices).await?;
+        Ok(Plan {
+            slices,
+            estimate,
+            rebuild,
+        })
+    }
+}
