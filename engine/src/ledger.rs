@@ -71,12 +71,21 @@ pub struct RebuildRecord {
     pub added_files: u64,
 }
 
-/// What `commitInfo.backfill` holds: one slice's record, or a swap's.
+/// The record a commit of several slices carries: one record per slice, each slice with
+/// its own `txn` in the same commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub slices: Vec<SliceRecord>,
+}
+
+/// What `commitInfo.backfill` holds: one slice's record, a swap's, or a group's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum CommitRecord {
     Slice(SliceRecord),
+    // Before `Group`: a swap's record has `slices` too, and `rebuild` besides.
     Swap(SwapRecord),
+    Group(GroupRecord),
 }
 
 impl CommitRecord {
@@ -92,11 +101,12 @@ impl CommitRecord {
             })
     }
 
-    /// The slice records it carries: one, or every slice of a swap.
+    /// The slice records it carries: one, or every slice of a swap or a group.
     pub fn slices(&self) -> &[SliceRecord] {
         match self {
             CommitRecord::Slice(record) => std::slice::from_ref(record),
             CommitRecord::Swap(swap) => &swap.slices,
+            CommitRecord::Group(group) => &group.slices,
         }
     }
 }
@@ -159,6 +169,7 @@ impl Ledger {
             let (records, replaced_table) = match found {
                 CommitRecord::Slice(record) => (vec![record], false),
                 CommitRecord::Swap(swap) => (swap.slices, true),
+                CommitRecord::Group(group) => (group.slices, false),
             };
             for record in records {
                 if record.pipeline != pipeline || latest.contains_key(&record.slice) {

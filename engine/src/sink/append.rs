@@ -5,7 +5,6 @@
 //! before, found by their tags, are removed in the same commit that adds the new ones: the
 //! slice's rows are replaced, not duplicated, and rows appended by anyone else stay.
 
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
@@ -13,25 +12,28 @@ use deltalake::DeltaTable;
 use super::{is_tagged_with, Sink, Staged};
 use crate::slice::Slice;
 
-pub(super) async fn publish(
+/// The actions that add the slice's staged files and remove the files it added before.
+pub(super) fn actions(
     sink: &Sink,
-    table: &mut Option<DeltaTable>,
+    table: Option<&DeltaTable>,
     slice: &Slice,
     staged: &Staged,
-    properties: CommitProperties,
-) -> deltalake::DeltaResult<u64> {
+) -> deltalake::DeltaResult<Vec<Action>> {
     let mut actions: Vec<Action> = staged.adds.iter().cloned().map(Action::Add).collect();
-    if let Some(existing) = table.as_ref() {
+    if let Some(existing) = table {
         let log_data = existing.snapshot()?.log_data();
         let replaced = log_data
             .iter()
             .filter(|file| is_tagged_with(file, &sink.pipeline, &slice.key));
         actions.extend(replaced.map(|file| Action::Remove(file.remove_action(true))));
     }
-    let operation = DeltaOperation::Write {
+    Ok(actions)
+}
+
+pub(super) fn operation(sink: &Sink) -> DeltaOperation {
+    DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: Some(sink.partition_by.clone()),
         predicate: None,
-    };
-    sink.commit(table, actions, operation, properties).await
+    }
 }

@@ -19,6 +19,8 @@ mod missing;
 mod overwrite;
 pub mod rebuild;
 mod staged;
+#[cfg(test)]
+mod tests;
 mod view;
 
 pub use missing::TableFiles;
@@ -49,7 +51,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::ledger::{SliceRecord, COMMIT_INFO_KEY};
+use crate::ledger::{app_id, CommitRecord, GroupRecord, SliceRecord, COMMIT_INFO_KEY};
 use crate::pipeline::{Destination, Strategy};
 use crate::slice::Slice;
 use view::TableView;
@@ -99,6 +101,13 @@ pub enum Committer {
     EarlierAttempt,
     /// Another run, after this one read the log: this one did not commit it again.
     OtherRun { run_id: String },
+}
+
+/// One slice's share of a commit: its staged output and the record it carries.
+pub struct SliceCommit<'a> {
+    pub slice: &'a Slice,
+    pub staged: &'a Staged,
+    pub record: &'a SliceRecord,
 }
 
 /// A slice's output, written but not visible to any reader.
@@ -308,6 +317,29 @@ impl Sink {
 
     /// Publishes a staged slice in one atomic commit carrying its `txn` and `record`,
     /// unless the slice was committed since the run read the log.
+    pub async fn publish(
+        &self,
+        slice: &Slice,
+        staged: &Staged,
+        record: &SliceRecord,
+    ) -> Result<Published> {
+        let published = self
+            .publish_together(&[SliceCommit {
+                slice,
+                staged,
+                record,
+            }])
+            .await?;
+        Ok(published
+            .into_iter()
+            .next()
+            .expect("one slice, one outcome"))
+    }
+
+    /// Publishes staged slices together, in one atomic commit that carries each slice's
+    /// `txn` and record (for one slice, exactly as [`Sink::publish`]). A slice committed
+    /// since the run read the log is left out of the commit. Merge publishes one slice at
+    /// a time. Returns each slice's outcome, in order.
     ///
     /// A failed commit may still have landed: a PUT can take effect while the client sees
     /// an error, and object_store's retry then finds the version taken (by this very
@@ -315,29 +347,32 @@ impl Sink {
     /// staged files are deleted only when the log says no commit references them; when
     /// the log cannot be read either, they are kept (invisible, for clean-up) and the
     /// error says the outcome is unknown.
-    pub async fn publish(
-        &self,
-        slice: &Slice,
-        staged: &Staged,
-        record: &SliceRecord,
-    ) -> Result<Published> {
+    pub async fn publish_together(&self, group: &[SliceCommit<'_>]) -> Result<Vec<Published>> {
         let mut view = self.view.lock().await;
-        let published = self.publish_locked(&mut view, slice, staged, record).await;
+        let published = self.publish_locked(&mut view, group).await;
         drop(view);
-        let (keep, result) = match published {
-            Ok(published) => (published.by == Committer::ThisAttempt, Ok(published)),
-            Err(Unsettled::NotCommitted(error)) => (false, Err(error)),
-            Err(Unsettled::Unknown(error)) => (true, Err(error)),
-        };
-        // Merge's staged files are only its source, never part of the table.
         let merged = matches!(self.strategy, Strategy::Merge { .. });
-        if !keep || merged {
-            self.discard(staged).await;
-        }
-        if merged {
-            if let Ok(folder) = staged.base.to_file_path() {
-                // Object stores have no folders, but a local disk keeps the emptied one.
-                let _ = std::fs::remove_dir(folder);
+        let (kept, result): (Vec<bool>, _) = match published {
+            Ok(published) => (
+                published
+                    .iter()
+                    .map(|p| p.by == Committer::ThisAttempt)
+                    .collect(),
+                Ok(published),
+            ),
+            Err(Unsettled::NotCommitted(error)) => (vec![false; group.len()], Err(error)),
+            Err(Unsettled::Unknown(error)) => (vec![true; group.len()], Err(error)),
+        };
+        for (member, kept) in group.iter().zip(kept) {
+            // Merge's staged files are only its source, never part of the table.
+            if !kept || merged {
+                self.discard(member.staged).await;
+            }
+            if merged {
+                if let Ok(folder) = member.staged.base.to_file_path() {
+                    // Object stores have no folders, but a local disk keeps the emptied one.
+                    let _ = std::fs::remove_dir(folder);
+                }
             }
         }
         result
@@ -346,89 +381,161 @@ impl Sink {
     async fn publish_locked(
         &self,
         view: &mut TableView,
-        slice: &Slice,
-        staged: &Staged,
-        record: &SliceRecord,
-    ) -> std::result::Result<Published, Unsettled> {
-        let context = || format!("slice {}: committing to {}", slice.key, self.url);
+        group: &[SliceCommit<'_>],
+    ) -> std::result::Result<Vec<Published>, Unsettled> {
+        let keys: Vec<&str> = group.iter().map(|m| m.slice.key.as_str()).collect();
+        let context = || format!("slice {}: committing to {}", keys.join(", "), self.url);
+        let mut settled: Vec<Option<Published>> = vec![None; group.len()];
+        // A second pass only when the first lost the race to create the table.
+        for _ in 0..2 {
+            for (member, settled) in group.iter().zip(settled.iter_mut()) {
+                if settled.is_none() {
+                    *settled = committed_since(view, member.record);
+                }
+            }
+            let pending: Vec<&SliceCommit> = group
+                .iter()
+                .zip(&settled)
+                .filter(|(_, settled)| settled.is_none())
+                .map(|(member, _)| member)
+                .collect();
+            if pending.is_empty() {
+                return Ok(settled.into_iter().flatten().collect());
+            }
+            let had_table = view.table.is_some();
+            // The commit is made on a copy, so the view still knows the version it read
+            // when the commit is done or has failed.
+            let mut table = view.table.clone();
+            let committed = self.commit_slices(&mut table, &pending).await;
+            let failure = match committed {
+                Ok(version) => {
+                    if let Err(error) = view.step_to(table, Some(version)).await {
+                        // The slices are committed. The view stays at the version it had,
+                        // so the next commit is checked against everything after it.
+                        tracing::warn!("{error}");
+                    }
+                    let published = Published {
+                        version,
+                        by: Committer::ThisAttempt,
+                    };
+                    for settled in settled.iter_mut().filter(|s| s.is_none()) {
+                        *settled = Some(published.clone());
+                    }
+                    return Ok(settled.into_iter().flatten().collect());
+                }
+                Err(Unsettled::NotCommitted(error)) => error,
+                Err(unknown) => return Err(unknown),
+            };
+            tracing::warn!(slices = ?keys, "the commit failed; reading the log to see whether it landed: {failure}");
+            let settled_now = async {
+                let latest = self.reload_patiently().await?;
+                view.step_to(latest, None).await
+            };
+            if let Err(error) = settled_now.await {
+                return Err(Unsettled::Unknown(Error::execution(
+                    context(),
+                    format!("the commit failed ({failure}) and the log could not be read to tell whether it landed ({error}); the staged files are kept"),
+                )));
+            }
+            let landed = pending
+                .iter()
+                .all(|member| committed_since(view, member.record).is_some());
+            let lost_creation_race = !had_table && view.table.is_some();
+            if !landed && !lost_creation_race {
+                return Err(Unsettled::NotCommitted(failure));
+            }
+        }
+        // Settled by the log after the second pass, or created twice meanwhile.
+        for (member, settled) in group.iter().zip(settled.iter_mut()) {
+            if settled.is_none() {
+                *settled = committed_since(view, member.record);
+            }
+        }
+        match settled.iter().all(Option::is_some) {
+            true => Ok(settled.into_iter().flatten().collect()),
+            false => Err(Unsettled::NotCommitted(Error::Internal(format!(
+                "{}: the table was created twice while committing",
+                context()
+            )))),
+        }
+    }
+
+    /// Commits `pending` in one commit on top of `table` (creating the table if there is
+    /// none): one `txn` per slice, and their records.
+    async fn commit_slices(
+        &self,
+        table: &mut Option<DeltaTable>,
+        pending: &[&SliceCommit<'_>],
+    ) -> std::result::Result<u64, Unsettled> {
+        let keys: Vec<&str> = pending.iter().map(|m| m.slice.key.as_str()).collect();
+        let context = || format!("slice {}: committing to {}", keys.join(", "), self.url);
+        let not_committed = |error: deltalake::DeltaTableError| {
+            Unsettled::NotCommitted(Error::execution(context(), error))
+        };
+        let records: Vec<SliceRecord> = pending.iter().map(|m| m.record.clone()).collect();
+        let record = match records.as_slice() {
+            [one] => CommitRecord::Slice(one.clone()),
+            _ => CommitRecord::Group(GroupRecord { slices: records }),
+        };
+        let transactions = pending
+            .iter()
+            .map(|m| {
+                Transaction::new(
+                    app_id(&m.record.pipeline, &m.slice.key),
+                    m.record.txn_version,
+                )
+            })
+            .collect();
         // Expired-log cleanup lists the whole log after every commit, and would delete the
         // history that slice records are read from in the middle of a backfill: it is
         // table maintenance, left to the table's owner.
         let properties = CommitProperties::default()
             .with_cleanup_expired_logs(Some(false))
-            .with_application_transaction(Transaction::new(
-                crate::ledger::app_id(&record.pipeline, &slice.key),
-                record.txn_version,
-            ))
+            .with_application_transactions(transactions)
             .with_metadata([(
                 COMMIT_INFO_KEY.to_string(),
-                serde_json::to_value(record).expect("a record serializes"),
+                serde_json::to_value(&record).expect("a record serializes"),
             )]);
-        // A second pass only when the first lost the race to create the table.
-        for _ in 0..2 {
-            if let Some(published) = committed_since(view, record) {
-                return Ok(published);
+        let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
+        let actions = |each: fn(
+            &Sink,
+            Option<&DeltaTable>,
+            &Slice,
+            &Staged,
+        ) -> deltalake::DeltaResult<Vec<Action>>,
+                       table: Option<&DeltaTable>| {
+            let mut all = Vec::new();
+            for member in pending {
+                all.extend(each(self, table, member.slice, member.staged)?);
             }
-            let had_table = view.table.is_some();
-            // The strategy commits on a copy, so the view still knows the version it
-            // read when the commit is done or has failed.
-            let mut table = view.table.clone();
-            let committed = match &self.strategy {
-                Strategy::Overwrite => {
-                    overwrite::publish(self, &mut table, slice, staged, properties.clone()).await
-                }
-                Strategy::Append => {
-                    append::publish(self, &mut table, slice, staged, properties.clone()).await
-                }
-                Strategy::Merge { keys } => {
-                    merge::publish(self, &mut table, slice, staged, keys, properties.clone()).await
-                }
-                Strategy::Rebuild => {
+            Ok::<_, deltalake::DeltaTableError>(all)
+        };
+        let committed = match &self.strategy {
+            Strategy::Overwrite => {
+                let actions = actions(overwrite::actions, table.as_ref()).map_err(not_committed)?;
+                let operation = overwrite::operation(self, &slices);
+                self.commit(table, actions, operation, properties).await
+            }
+            Strategy::Append => {
+                let actions = actions(append::actions, table.as_ref()).map_err(not_committed)?;
+                self.commit(table, actions, append::operation(self), properties)
+                    .await
+            }
+            Strategy::Merge { keys } => match pending {
+                [one] => merge::publish(self, table, one.slice, one.staged, keys, properties).await,
+                _ => {
                     return Err(Unsettled::NotCommitted(Error::Internal(
-                        "a rebuild's slices are published together by Sink::swap".into(),
+                        "merge commits one slice at a time".into(),
                     )))
                 }
-            };
-            let failure = match committed {
-                Ok(version) => {
-                    if let Err(error) = view.step_to(table, Some(version)).await {
-                        // The slice is committed. The view stays at the version it had, so
-                        // the next commit is checked against everything after it.
-                        tracing::warn!("{error}");
-                    }
-                    return Ok(Published {
-                        version,
-                        by: Committer::ThisAttempt,
-                    });
-                }
-                Err(failure) => failure,
-            };
-            tracing::warn!(slice = %slice.key, "the commit failed; reading the log to see whether it landed: {failure}");
-            let settled = async {
-                let latest = self.reload_patiently().await?;
-                view.step_to(latest, None).await
-            };
-            if let Err(error) = settled.await {
-                return Err(Unsettled::Unknown(Error::execution(
-                    context(),
-                    format!("the commit failed ({failure}) and the log could not be read to tell whether it landed ({error}); the slice's files are kept"),
-                )));
+            },
+            Strategy::Rebuild => {
+                return Err(Unsettled::NotCommitted(Error::Internal(
+                    "a rebuild's slices are published together by Sink::swap".into(),
+                )))
             }
-            if let Some(published) = committed_since(view, record) {
-                return Ok(published);
-            }
-            let lost_creation_race = !had_table && view.table.is_some();
-            if !lost_creation_race {
-                return Err(Unsettled::NotCommitted(Error::execution(
-                    context(),
-                    failure,
-                )));
-            }
-        }
-        Err(Unsettled::NotCommitted(Error::Internal(format!(
-            "slice {}: the table was created twice while committing",
-            slice.key
-        ))))
+        };
+        committed.map_err(not_committed)
     }
 
     /// Reads the table again, trying a few times: it decides whether staged files may be

@@ -1,11 +1,11 @@
 //! `overwrite`: replace exactly the slice's partitions (replaceWhere semantics).
 //!
-//! The commit removes every file in the slice's partitions and adds the staged ones. Its
-//! predicate names those partitions, so Delta's conflict checker refuses the commit if
+//! The commit removes every file in the slice's partitions and adds the staged ones (for
+//! every slice of the commit, when several go together). Its predicate names those
+//! partitions, so Delta's conflict checker refuses the commit if
 //! another writer added files there since the table was read, while commits of other
 //! slices (other partitions) go through.
 
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
@@ -13,15 +13,15 @@ use deltalake::DeltaTable;
 use super::{files_in_partitions, partition_predicate, Sink, Staged};
 use crate::slice::Slice;
 
-pub(super) async fn publish(
+/// The actions that replace the slice's partitions with its staged files.
+pub(super) fn actions(
     sink: &Sink,
-    table: &mut Option<DeltaTable>,
+    table: Option<&DeltaTable>,
     slice: &Slice,
     staged: &Staged,
-    properties: CommitProperties,
-) -> deltalake::DeltaResult<u64> {
+) -> deltalake::DeltaResult<Vec<Action>> {
     let mut actions: Vec<Action> = staged.adds.iter().cloned().map(Action::Add).collect();
-    if let Some(existing) = table.as_ref() {
+    if let Some(existing) = table {
         let replaced = files_in_partitions(sink, existing, slice)?;
         actions.extend(
             replaced
@@ -29,10 +29,18 @@ pub(super) async fn publish(
                 .map(|file| Action::Remove(file.remove_action(true))),
         );
     }
-    let operation = DeltaOperation::Write {
+    Ok(actions)
+}
+
+/// A commit replacing the partitions of `slices`: its predicate names them all.
+pub(super) fn operation(sink: &Sink, slices: &[&Slice]) -> DeltaOperation {
+    let predicates: Vec<String> = slices
+        .iter()
+        .map(|slice| format!("({})", partition_predicate(slice, "")))
+        .collect();
+    DeltaOperation::Write {
         mode: SaveMode::Overwrite,
         partition_by: Some(sink.partition_by.clone()),
-        predicate: Some(partition_predicate(slice, "")),
-    };
-    sink.commit(table, actions, operation, properties).await
+        predicate: Some(predicates.join(" OR ")),
+    }
 }

@@ -1,0 +1,168 @@
+//! The committer on real Delta tables in a temporary folder: several slices in one commit,
+//! each with its own `txn` and record, read back by the ledger.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::physical_plan::memory::MemoryStream;
+use deltalake::DeltaTable;
+
+use super::{Committer, Published, Sink, SliceCommit, Staged};
+use crate::ledger::{app_id, Ledger, SliceRecord};
+use crate::pipeline::{Destination, Strategy};
+use crate::slice::{cut, Selection, Slice, SliceKind};
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("dt", DataType::Utf8, true),
+    ]))
+}
+
+async fn sink(folder: &std::path::Path, strategy: Strategy) -> Sink {
+    let partition_by = match strategy {
+        Strategy::Append => vec![],
+        _ => vec!["dt".to_string()],
+    };
+    let destination = Destination {
+        url: url::Url::from_directory_path(folder).unwrap(),
+        partition_by,
+        strategy,
+        storage_options: Default::default(),
+    };
+    Sink::open("p", &destination, schema(), None).await.unwrap()
+}
+
+fn days(start: &str, end: &str) -> Vec<Slice> {
+    let range = Selection::Range {
+        start: start.into(),
+        end: end.into(),
+    };
+    cut(SliceKind::Daily, &["dt".to_string()], &range, None).unwrap()
+}
+
+/// Stages `rows` rows of `slice` (ids from `first`).
+async fn stage(sink: &Sink, slice: &Slice, first: i64, rows: i64) -> Staged {
+    let ids: Vec<i64> = (first..first + rows).collect();
+    let dt = vec![slice.key.clone(); ids.len()];
+    let batch = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(StringArray::from(dt)),
+        ],
+    )
+    .unwrap();
+    let stream = MemoryStream::try_new(vec![batch], schema(), None).unwrap();
+    sink.stage(slice, Box::pin(stream)).await.unwrap()
+}
+
+fn record(slice: &Slice, staged: &Staged, txn_version: i64) -> SliceRecord {
+    SliceRecord {
+        pipeline: "p".into(),
+        slice: slice.key.clone(),
+        run_id: format!("run-{txn_version}"),
+        attempt: 1,
+        strategy: "test".into(),
+        txn_version,
+        rows: staged.rows,
+        bytes: staged.bytes,
+        duration_ms: 1,
+        source_files: 0,
+        source_bytes: 0,
+        source_fingerprint: String::new(),
+        sql_fingerprint: String::new(),
+        assertions: vec![],
+    }
+}
+
+/// Stages and publishes `slices` together, `rows` rows each, as txn version `txn`.
+async fn publish_together(sink: &Sink, slices: &[Slice], rows: i64, txn: i64) -> Vec<Published> {
+    let mut staged = Vec::new();
+    for (i, slice) in slices.iter().enumerate() {
+        staged.push(stage(sink, slice, i as i64 * 1000, rows).await);
+    }
+    let records: Vec<SliceRecord> = slices
+        .iter()
+        .zip(&staged)
+        .map(|(slice, staged)| record(slice, staged, txn))
+        .collect();
+    let group: Vec<SliceCommit> = slices
+        .iter()
+        .zip(&staged)
+        .zip(&records)
+        .map(|((slice, staged), record)| SliceCommit {
+            slice,
+            staged,
+            record,
+        })
+        .collect();
+    sink.publish_together(&group).await.unwrap()
+}
+
+async fn rows(table: &DeltaTable) -> usize {
+    let ctx = datafusion::prelude::SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx.sql("SELECT * FROM t").await.unwrap().collect().await;
+    batches.unwrap().iter().map(|b| b.num_rows()).sum()
+}
+
+/// Each slice's record in the ledger, at `version`, and its `txn` at `txn`.
+async fn assert_recorded(table: &DeltaTable, slices: &[Slice], version: u64, txn: i64) {
+    let ledger = Ledger::read(Some(table), "p").await.unwrap();
+    let snapshot = table.snapshot().unwrap();
+    for slice in slices {
+        let committed = ledger.get(&slice.key).unwrap();
+        assert_eq!(committed.version, Some(version), "{}", slice.key);
+        assert_eq!(committed.record.txn_version, txn);
+        let app = app_id("p", &slice.key);
+        let log_store = table.log_store();
+        let recorded = snapshot.transaction_version(log_store.as_ref(), app).await;
+        assert_eq!(recorded.unwrap(), Some(txn), "{}", slice.key);
+    }
+}
+
+#[tokio::test]
+async fn several_overwrite_slices_go_in_one_commit_each_with_its_txn_and_record() {
+    let folder = tempfile::tempdir().unwrap();
+    let sink = sink(folder.path(), Strategy::Overwrite).await;
+    let three = days("2024-01-01", "2024-01-03");
+    let published = publish_together(&sink, &three, 10, 1).await;
+    let created = Published {
+        version: 0,
+        by: Committer::ThisAttempt,
+    };
+    assert_eq!(published, vec![created; 3], "one commit creates the table");
+    let table = sink.table().await.unwrap();
+    assert_eq!(rows(&table).await, 30);
+    assert_recorded(&table, &three, 0, 1).await;
+
+    // Two of them again, together: their partitions are replaced, the third stays.
+    let published = publish_together(&sink, &three[..2], 4, 2).await;
+    assert!(published.iter().all(|p| p.version == 1));
+    let table = sink.table().await.unwrap();
+    assert_eq!(table.version(), Some(1));
+    assert_eq!(rows(&table).await, 4 + 4 + 10);
+    assert_recorded(&table, &three[..2], 1, 2).await;
+    assert_recorded(&table, &three[2..], 0, 1).await;
+}
+
+#[tokio::test]
+async fn several_append_slices_go_in_one_commit_and_replace_their_own_rows() {
+    let folder = tempfile::tempdir().unwrap();
+    let sink = sink(folder.path(), Strategy::Append).await;
+    let four = days("2024-01-01", "2024-01-04");
+    publish_together(&sink, &four[..1], 5, 1).await;
+    let published = publish_together(&sink, &four, 7, 2).await;
+    assert!(published.iter().all(|p| p.version == 1), "{published:?}");
+    let table = sink.table().await.unwrap();
+    assert_eq!(
+        rows(&table).await,
+        4 * 7,
+        "the first slice's rows were replaced"
+    );
+    assert_recorded(&table, &four, 1, 2).await;
+}
