@@ -40,8 +40,15 @@ pub enum Error {
     Data { context: String, message: String },
 
     /// Reading, computing or writing failed at run time (storage, Delta log, DataFusion).
+    /// `transient` when asking again may succeed (a reset connection, a 5xx, a conflict
+    /// with another writer, a time limit); not when storage said no for good (access
+    /// denied, an invalid path) or what it returned cannot be read (corrupt JSON).
     #[error("{context}: {message}")]
-    Execution { context: String, message: String },
+    Execution {
+        context: String,
+        message: String,
+        transient: bool,
+    },
 
     /// A bug: an invariant of `backfill` itself did not hold.
     #[error("internal error (a bug in backfill): {0}")]
@@ -81,11 +88,33 @@ impl Error {
         }
     }
 
+    /// A run-time failure that may pass when the work is tried again.
     pub fn execution(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
         Error::Execution {
             context: context.into(),
             message: message.to_string(),
+            transient: true,
         }
+    }
+
+    /// A run-time failure that trying again cannot fix.
+    pub fn lasting(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Execution {
+            context: context.into(),
+            message: message.to_string(),
+            transient: false,
+        }
+    }
+
+    /// Whether trying the same work again may succeed: only such failures are retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Execution {
+                transient: true,
+                ..
+            }
+        )
     }
 
     pub fn fault(&self) -> Fault {
@@ -124,8 +153,67 @@ impl<T> ResultExt<T> for std::result::Result<T, datafusion::error::DataFusionErr
                     message: one_line(&error),
                 }
             }
+            _ if store_error_in(&error).is_some_and(|e| !store_error_is_transient(e)) => {
+                Error::lasting(context(), error)
+            }
             _ => Error::execution(context(), error),
         })
+    }
+}
+
+/// The object store's error behind `error`, however deeply DataFusion and Parquet wrapped
+/// it.
+fn store_error_in<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a object_store::Error> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(store) = current.downcast_ref::<object_store::Error>() {
+            return Some(store);
+        }
+        if let Some(datafusion::error::DataFusionError::ObjectStore(store)) = current.downcast_ref()
+        {
+            return Some(store);
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// Whether an object store's answer may change if asked again. `NotFound` may (a file
+/// replaced between listing and reading), as may the answers of racing writers; access
+/// denied, a bad path or an unsupported request will not.
+fn store_error_is_transient(error: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    !matches!(
+        error,
+        E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::UnknownConfigurationKey { .. }
+    )
+}
+
+/// Whether a delta-rs error may pass if the work is tried again: storage by the object
+/// store's rule, conflicts with other writers yes, a log or file that cannot be read as
+/// Delta or Parquet no.
+fn delta_error_is_transient(error: &deltalake::DeltaTableError) -> bool {
+    use deltalake::DeltaTableError as E;
+    match error {
+        E::ObjectStore { source } => store_error_is_transient(source),
+        E::InvalidJsonLog { .. }
+        | E::InvalidStatsJson { .. }
+        | E::SerializeLogJson { .. }
+        | E::Parquet { .. }
+        | E::Arrow { .. }
+        | E::InvalidData { .. }
+        | E::NotATable(_)
+        | E::InvalidTableLocation(_)
+        | E::SchemaMismatch { .. }
+        | E::MissingFeature { .. } => false,
+        _ => true,
     }
 }
 
@@ -141,13 +229,19 @@ fn one_line(error: &datafusion::error::DataFusionError) -> String {
 
 impl<T> ResultExt<T> for std::result::Result<T, deltalake::DeltaTableError> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|error| Error::execution(context(), error))
+        self.map_err(|error| match delta_error_is_transient(&error) {
+            true => Error::execution(context(), error),
+            false => Error::lasting(context(), error),
+        })
     }
 }
 
 impl<T> ResultExt<T> for std::result::Result<T, object_store::Error> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|error| Error::execution(context(), error))
+        self.map_err(|error| match store_error_is_transient(&error) {
+            true => Error::execution(context(), error),
+            false => Error::lasting(context(), error),
+        })
     }
 }
 

@@ -158,11 +158,13 @@ impl History {
         let bytes = match self.store.get(path).await {
             Ok(found) => found.bytes().await.context(|| format!("reading {path}"))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => return Err(Error::execution(format!("reading {path}"), error)),
+            Err(error) => return Err(error).context(|| format!("reading {path}")),
         };
+        // An object that is not the JSON this version writes stays so however often it
+        // is read.
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| Error::execution(format!("reading {path}"), e))
+            .map_err(|e| Error::lasting(format!("reading {path}"), e))
     }
 }
 

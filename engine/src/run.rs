@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::assertions;
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Backfill, Known};
-use crate::error::{Error, Fault, Result, ResultExt};
+use crate::error::{Error, Result, ResultExt};
 use crate::estimate::Budget;
 use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Ledger, SliceRecord, StagedSlice};
@@ -409,10 +409,16 @@ impl Backfill {
                         ))
                     }),
             };
-            let status = result.unwrap_or_else(|error| SliceStatus::Failed {
-                error: error.to_string(),
-                fault: error.fault(),
-            });
+            let (status, transient) = match result {
+                Ok(status) => (status, false),
+                Err(error) => {
+                    let failed = SliceStatus::Failed {
+                        error: error.to_string(),
+                        fault: error.fault(),
+                    };
+                    (failed, error.is_transient())
+                }
+            };
             let record = Attempt {
                 slice: slice.key.clone(),
                 attempt,
@@ -425,13 +431,6 @@ impl Backfill {
                 // loses a line of history, never data.
                 tracing::warn!(slice = %slice.key, "could not record the attempt in the run history: {error}");
             }
-            let transient = matches!(
-                status,
-                SliceStatus::Failed {
-                    fault: Fault::Environment,
-                    ..
-                }
-            );
             if !transient || attempt > options.retries {
                 return (status, attempt);
             }

@@ -197,6 +197,26 @@ async fn without_retries_a_transient_failure_fails_only_its_slice() {
 }
 
 #[tokio::test]
+async fn access_denied_is_not_retried() {
+    let case = Case::new("orders_clean");
+    let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
+    store.denied_reads.store(1, Ordering::SeqCst);
+    let summary = run(&backfill, &["2024-01-01"], &quick_retries(3)).await;
+    let only = &summary.outcomes[0];
+    assert_eq!(
+        only.attempts, 1,
+        "asking again gives the same answer: {summary:#?}"
+    );
+    match &only.status {
+        SliceStatus::Failed { error, fault } => {
+            assert_eq!(*fault, backfill_engine::Fault::Environment);
+            assert!(error.contains("access denied"), "{error}");
+        }
+        other => panic!("the slice should fail, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn failed_assertions_are_not_retried() {
     let case = Case::new("orders_clean");
     case.edit_pipeline("min_rows = 1000", "min_rows = 1000000");

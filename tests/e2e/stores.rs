@@ -20,13 +20,16 @@ use object_store::{
 };
 
 /// A local file system that records the path and size of every read, fails the next
-/// `failing_reads` reads with a transient-looking error, never answers the next
+/// `failing_reads` reads with a transient-looking error, denies the next `denied_reads`,
+/// never answers the next
 /// `hanging_reads` reads, and makes every `ambiguous_commits`-th commit ambiguous.
 #[derive(Debug, Default)]
 pub struct TestStore {
     inner: LocalFileSystem,
     pub reads: Mutex<Vec<(String, u64)>>,
     pub failing_reads: AtomicUsize,
+    /// Reads still to be answered "access denied", which no retry changes.
+    pub denied_reads: AtomicUsize,
     pub hanging_reads: AtomicUsize,
     /// How long each read takes, so that concurrent reads overlap measurably.
     pub read_delay: Mutex<Duration>,
@@ -100,10 +103,19 @@ impl TestStore {
         let due = self
             .failing_reads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        match due {
-            Ok(_) => Err(object_store::Error::Generic {
+        if due.is_ok() {
+            return Err(object_store::Error::Generic {
                 store: "TestStore",
                 source: format!("injected failure reading {location}").into(),
+            });
+        }
+        let denied = self
+            .denied_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match denied {
+            Ok(_) => Err(object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "injected: access denied".into(),
             }),
             Err(_) => Ok(()),
         }

@@ -56,6 +56,9 @@ pub(super) async fn publish(
         .with_source_alias("source")
         .with_target_alias("target")
         .with_commit_properties(properties)
+        // The files MERGE writes name the pipeline too: a merge killed before its commit
+        // leaves files that `clean` can recognise.
+        .with_writer_properties(sink.writer_properties(slice))
         .when_matched_update(|update| {
             columns.iter().fold(update, |u, c| {
                 u.update(format!("\"{c}\""), format!("source.\"{c}\""))

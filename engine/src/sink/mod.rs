@@ -223,16 +223,6 @@ impl Sink {
             }
         };
         let context = || format!("slice {}: writing to {base}", slice.key);
-        // The footer names the writer, so that `clean` can tell this pipeline's leftovers
-        // from other files when no commit references them.
-        let footer_tags = [(PIPELINE_TAG, &self.pipeline), (SLICE_TAG, &slice.key)]
-            .iter()
-            .map(|(key, value)| KeyValue::new(key.to_string(), value.to_string()))
-            .collect();
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_key_value_metadata(Some(footer_tags))
-            .build();
         let mut writer = RecordBatchWriter::try_new(
             base.as_str(),
             self.schema.clone(),
@@ -240,7 +230,7 @@ impl Sink {
             Some(self.storage_options.clone()),
         )
         .context(context)?
-        .with_writer_properties(properties);
+        .with_writer_properties(self.writer_properties(slice));
         let guard = self.partition_guard(slice)?;
         let single_partition = guard.single_partition(&partition_columns);
         let mut staged = Staged {
@@ -294,6 +284,19 @@ impl Sink {
         }
         staged.bytes = staged.adds.iter().map(|add| add.size as u64).sum();
         Ok(staged)
+    }
+
+    /// How the files of `slice` are written. The footer names the writer, so that `clean`
+    /// can tell this pipeline's leftovers from other files when no commit references them.
+    fn writer_properties(&self, slice: &Slice) -> WriterProperties {
+        let footer_tags = [(PIPELINE_TAG, &self.pipeline), (SLICE_TAG, &slice.key)]
+            .iter()
+            .map(|(key, value)| KeyValue::new(key.to_string(), value.to_string()))
+            .collect();
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_key_value_metadata(Some(footer_tags))
+            .build()
     }
 
     /// Deletes staged files; deleting them twice is harmless. Best effort: they are
@@ -541,9 +544,11 @@ impl Sink {
     /// Reads the table again, trying a few times: it decides whether staged files may be
     /// deleted, so a passing storage fault should not leave that unknown.
     async fn reload_patiently(&self) -> Result<Option<DeltaTable>> {
-        let transient = |error: &Error| error.fault() == crate::error::Fault::Environment;
         let reading = format!("reading the log of {}", self.url);
-        crate::retry::patiently(&reading, RELOAD_TRIES, transient, || self.reload()).await
+        crate::retry::patiently(&reading, RELOAD_TRIES, Error::is_transient, || {
+            self.reload()
+        })
+        .await
     }
 
     /// Commits `actions` on top of `table`, or creates the table with them if it does
