@@ -347,9 +347,10 @@ fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
 /// given (all of them if those hold none), else all. Writers spell the same column
 /// differently (polars writes strings as `LargeUtf8`, DataFusion as `Utf8View`, Spark as
 /// `Utf8`), and DataFusion refuses to merge those, so each file's schema is reduced to the
-/// plain types first; reading casts every file to the merged schema. Files are merged
-/// newest first (by path), so the newest define the schema; a file whose footer cannot be
-/// read, or whose columns conflict with the newer files', is returned with the reason.
+/// plain types first; reading casts every file to the merged schema. The columns most
+/// files agree on come first, then the others' are added in order, newest first (by
+/// path); a file whose footer cannot be read, or whose columns conflict, is returned with
+/// the reason.
 async fn infer_schema(
     ctx: &SessionContext,
     options: &ListingOptions,
@@ -402,39 +403,46 @@ async fn infer_schema(
             .buffered(concurrency.get())
             .collect()
             .await;
-    let (mut merged, mut unreadable): (Option<Schema>, Vec<(String, String)>) = (None, vec![]);
+    let mut unreadable: Vec<(String, String)> = vec![];
+    let mut readable: Vec<(ObjectMeta, Schema)> = vec![];
     for (file, schema) in schemas {
-        let schema = match schema {
-            Ok(schema) => plain_schema(&schema),
+        match schema {
+            Ok(schema) => readable.push((file, plain_schema(&schema))),
             // Storage failing is not the file's fault: the whole inference is retried.
             Err(error) if is_storage_error(&error) => return Err(error),
             Err(error) => {
-                unreadable.push((file.location.to_string(), error.find_root().to_string()));
-                continue;
+                unreadable.push((file.location.to_string(), error.find_root().to_string()))
             }
-        };
-        merged = match merged {
-            None => Some(schema),
-            Some(so_far) => match Schema::try_merge([so_far.clone(), schema]) {
-                Ok(wider) => Some(wider),
-                Err(error) => {
-                    let why = format!("its columns do not fit the newer files': {error}");
-                    unreadable.push((file.location.to_string(), why));
-                    Some(so_far)
-                }
-            },
-        };
-    }
-    match merged {
-        Some(schema) => Ok((Arc::new(schema), unreadable)),
-        None => {
-            let (file, why) = &unreadable[0];
-            Err(datafusion::error::DataFusionError::Plan(format!(
-                "none of its {} files can be read, such as {file}: {why}",
-                unreadable.len()
-            )))
         }
     }
+    // The columns most files agree on (the newest such file's, on a tie) come first, so
+    // one odd file, even the newest, cannot change the schema of all the others.
+    let mut agreeing: Vec<(&Schema, usize)> = vec![];
+    for (_, schema) in &readable {
+        match agreeing.iter_mut().find(|(seen, _)| *seen == schema) {
+            Some((_, count)) => *count += 1,
+            None => agreeing.push((schema, 1)),
+        }
+    }
+    let most = agreeing.iter().map(|(_, count)| *count).max().unwrap_or(0);
+    let Some(&(base, _)) = agreeing.iter().find(|(_, count)| *count == most) else {
+        let (file, why) = &unreadable[0];
+        return Err(datafusion::error::DataFusionError::Plan(format!(
+            "none of its {} files can be read, such as {file}: {why}",
+            unreadable.len()
+        )));
+    };
+    let mut merged = base.clone();
+    for (file, schema) in &readable {
+        match Schema::try_merge([merged.clone(), schema.clone()]) {
+            Ok(wider) => merged = wider,
+            Err(error) => {
+                let why = format!("its columns do not fit the other files': {error}");
+                unreadable.push((file.location.to_string(), why));
+            }
+        }
+    }
+    Ok((Arc::new(merged), unreadable))
 }
 
 /// A file's schema with plain string and binary types.

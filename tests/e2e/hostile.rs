@@ -291,6 +291,17 @@ async fn a_bad_source_file_fails_only_the_slices_that_read_it() {
         "{problems:?}"
     );
 
+    // The odd file is the newest of the selection: the columns most files agree on still
+    // win, and only its slice cannot run.
+    let newest_odd = case.plan(&["--start", "2024-01-06", "--end", "2024-01-09"], 0);
+    let cannot_run: Vec<bool> = newest_odd
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["problem"].is_string())
+        .collect();
+    assert_eq!(cannot_run, [false, false, false, true], "{newest_odd:#}");
+
     let run = case.json("run", &ten_days, 1);
     let failed: Vec<(&str, &str, &str)> = run["outcomes"]
         .as_array()
