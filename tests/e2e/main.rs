@@ -788,14 +788,7 @@ fn status_shows_done_remaining_and_the_last_error_of_failed_slices() {
 fn report_is_one_self_contained_html_page() {
     let case = Case::new("tenant_signups");
     case.ok("run", &[], 0);
-    let run = case.json("history", &[], 0)[0]["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let page = case.scratch.path("report.html");
-    case.ok("report", &[&run, "-o", page.to_str().unwrap()], 0);
-
-    let html = std::fs::read_to_string(&page).unwrap();
+    let (html, run) = case.report_of_last_run();
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
     for external in ["<script", "<link", "src=", "href=", "@import", "url("] {
         assert!(

@@ -385,13 +385,7 @@ async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
 fn a_rebuild_report_gives_every_status_its_own_style_and_legend_entry() {
     let case = Case::new("orders_rebuild");
     case.ok("run", &["--start", "2024-01-07", "--end", "2024-01-10"], 1);
-    let run = case.json("history", &[], 0)[0]["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let page = case.scratch.path("report.html");
-    case.ok("report", &[&run, "-o", page.to_str().unwrap()], 0);
-    let html = std::fs::read_to_string(&page).unwrap();
+    let (html, _) = case.report_of_last_run();
 
     let colour_of = |class: &str| {
         let rule = format!(".{class} {{ background: ");

@@ -334,6 +334,17 @@ impl Case {
         version(&self.table).await
     }
 
+    /// The HTML report of the newest run in the history, and that run's id.
+    pub fn report_of_last_run(&self) -> (String, String) {
+        let run = self.json("history", &[], 0)[0]["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let page = self.scratch.path("report.html");
+        self.ok("report", &[&run, "-o", page.to_str().unwrap()], 0);
+        (std::fs::read_to_string(&page).unwrap(), run)
+    }
+
     /// Every commit entry of the table's log, oldest first, as arrays of actions.
     pub fn commit_entries(&self) -> Vec<serde_json::Value> {
         let log = self.table.join("_delta_log");
