@@ -88,22 +88,27 @@ impl Error {
         }
     }
 
-    /// A run-time failure that may pass when the work is tried again.
-    pub fn execution(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+    /// A run-time failure, `transient` if it may pass when the work is tried again.
+    pub fn run_time(
+        transient: bool,
+        context: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> Self {
         Error::Execution {
             context: context.into(),
             message: message.to_string(),
-            transient: true,
+            transient,
         }
+    }
+
+    /// A run-time failure that may pass when the work is tried again.
+    pub fn execution(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::run_time(true, context, message)
     }
 
     /// A run-time failure that trying again cannot fix.
     pub fn lasting(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        Error::Execution {
-            context: context.into(),
-            message: message.to_string(),
-            transient: false,
-        }
+        Error::run_time(false, context, message)
     }
 
     /// Whether trying the same work again may succeed: only such failures are retried.
@@ -229,19 +234,13 @@ fn one_line(error: &datafusion::error::DataFusionError) -> String {
 
 impl<T> ResultExt<T> for std::result::Result<T, deltalake::DeltaTableError> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|error| match delta_error_is_transient(&error) {
-            true => Error::execution(context(), error),
-            false => Error::lasting(context(), error),
-        })
+        self.map_err(|error| Error::run_time(delta_error_is_transient(&error), context(), error))
     }
 }
 
 impl<T> ResultExt<T> for std::result::Result<T, object_store::Error> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|error| match store_error_is_transient(&error) {
-            true => Error::execution(context(), error),
-            false => Error::lasting(context(), error),
-        })
+        self.map_err(|error| Error::run_time(store_error_is_transient(&error), context(), error))
     }
 }
 

@@ -114,7 +114,7 @@ impl Sink {
     }
 
     /// A partition value by its typed meaning, so that `7` and `07` are one integer.
-    fn typed(&self, column: &str, text: Option<&str>) -> Option<ScalarValue> {
+    pub(super) fn typed(&self, column: &str, text: Option<&str>) -> Option<ScalarValue> {
         let data_type = self.schema.field_with_name(column).ok()?.data_type();
         ScalarValue::try_from_string(text?.to_string(), data_type).ok()
     }

@@ -848,21 +848,17 @@ fn files_in_partitions(
     table: &DeltaTable,
     slice: &Slice,
 ) -> deltalake::DeltaResult<Vec<LogicalFileView>> {
-    let typed = |column: &str, text: &str| {
-        let data_type = sink.schema.field_with_name(column).ok()?.data_type();
-        ScalarValue::try_from_string(text.to_string(), data_type).ok()
-    };
     let wanted: Vec<(&str, Option<ScalarValue>)> = slice
         .partition
         .iter()
-        .map(|(column, value)| (column.as_str(), typed(column, value)))
+        .map(|(column, value)| (column.as_str(), sink.typed(column, Some(value))))
         .collect();
     let log_data = table.snapshot()?.log_data();
     let files = log_data.iter().filter(|file| {
         let values = file.partition_values_map();
         wanted.iter().all(|(column, value)| {
             let stored = values.get(*column).cloned().flatten();
-            value.is_some() && stored.and_then(|text| typed(column, &text)) == *value
+            value.is_some() && sink.typed(column, stored.as_deref()) == *value
         })
     });
     Ok(files.collect())
