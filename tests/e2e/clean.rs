@@ -132,3 +132,47 @@ fn a_window_under_an_hour_needs_no_run_in_flight() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--no-run-in-flight"), "{stderr}");
 }
+
+/// A process killed while the local store writes a file leaves `<name>#<n>`, which the
+/// store's listings hide; clean finds them on disk, and only once they are old enough.
+#[test]
+fn clean_deletes_the_local_stores_half_written_temporaries() {
+    let case = Case::new("orders_clean");
+    case.ok("run", &["--start", "2024-01-01", "--end", "2024-01-01"], 0);
+    let data = case
+        .table
+        .join("dt=2024-01-01/part-00000-killed.snappy.parquet#1");
+    let commit = case.table.join("_delta_log/00000000000000000001.json#3");
+    let not_ours = case.table.join("dt=2024-01-01/notes.txt#1");
+    for file in [&data, &commit, &not_ours] {
+        std::fs::write(file, b"half written").unwrap();
+    }
+
+    let cleaned = clean(&case, &[]);
+    assert_eq!(cleaned["deleted"].as_array().unwrap().len(), 0, "{cleaned}");
+    assert_eq!(cleaned["too_young"], 2, "{cleaned}");
+    let dry = clean(
+        &case,
+        &["--older-than", "0s", "--no-run-in-flight", "--dry-run"],
+    );
+    assert_eq!(dry["deleted"].as_array().unwrap().len(), 2, "{dry}");
+    assert!(
+        data.exists() && commit.exists(),
+        "a dry run deletes nothing"
+    );
+
+    let cleaned = clean_now(&case);
+    assert_eq!(
+        cleaned["deleted"],
+        serde_json::json!([
+            "_delta_log/00000000000000000001.json#3",
+            "dt=2024-01-01/part-00000-killed.snappy.parquet#1"
+        ])
+    );
+    assert!(!data.exists() && !commit.exists());
+    assert!(
+        not_ours.exists(),
+        "only Parquet and commit temporaries are ours to judge"
+    );
+    case.ok("run", &["--start", "2024-01-01", "--end", "2024-01-02"], 0);
+}

@@ -1,9 +1,10 @@
 //! `clean`: deletes what attempts that never committed left in the table's folder.
 //!
 //! A process killed between staging and committing leaves invisible Parquet files behind
-//! (merge's under `_backfill/staging/`), and one killed inside a commit may leave the
-//! local store's temporary `_delta_log/<version>.json#<n>`. None of them is part of any
-//! table version, so no reader sees them, but they cost storage. Deleting them is safe
+//! (merge's under `_backfill/staging/`). On a local disk, one killed while writing a file
+//! leaves the store's temporary `<name>#<n>` (a half-written Parquet file or commit),
+//! which the store hides from its listings. None of them is part of any table version,
+//! so no reader sees them, but they cost storage. Deleting them is safe
 //! only under three conditions, and a file is deleted only when all hold:
 //!
 //! - **no retained version references it**: not the current snapshot's files, not any
@@ -11,8 +12,9 @@
 //!   rebuild's manifest keeps for its swap;
 //! - **this pipeline wrote it**: its Parquet footer carries the pipeline's name
 //!   ([`PIPELINE_TAG`]), so files of other writers sharing the table, or files written
-//!   before tagging existed, are never touched (a log temporary carries no tag, so it is
-//!   judged by its name and age alone);
+//!   before tagging existed, are never touched (a temporary has no complete footer, so it
+//!   is judged by its name and age alone: no version can reference a name the store
+//!   reserves for uploads in progress);
 //! - **it is older than the window**: an attempt still running (in this process or
 //!   another) may be about to commit a file it just wrote, so only files older than any
 //!   attempt can be are candidates. The window defaults to a week, as Delta's VACUUM.
@@ -21,6 +23,7 @@
 //! knows the table's retention settings.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -79,6 +82,18 @@ impl Sink {
             cleaned.deleted.push(object.location.to_string());
             doomed.push(object.location);
         }
+        let temporaries = self.local_temporaries().context(context)?;
+        let mut doomed_temporaries = Vec::new();
+        for (path, relative, meta) in temporaries {
+            let modified: DateTime<Utc> = meta.modified().context(context)?.into();
+            if modified > cutoff {
+                cleaned.too_young += 1;
+                continue;
+            }
+            cleaned.bytes += meta.len();
+            cleaned.deleted.push(relative);
+            doomed_temporaries.push(path);
+        }
         cleaned.deleted.sort();
         if !dry_run {
             let paths = futures::stream::iter(doomed.into_iter().map(Ok));
@@ -87,9 +102,48 @@ impl Sink {
                 .try_collect::<Vec<_>>()
                 .await
                 .context(context)?;
+            for path in doomed_temporaries {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).context(context);
+                    }
+                    _ => {}
+                }
+            }
             self.remove_empty_staging_folders();
         }
         Ok(cleaned)
+    }
+
+    /// The local store's upload temporaries under the table's folder (none for object
+    /// stores, whose unfinished uploads are never visible): a Parquet file's or a
+    /// commit's `<name>#<n>`. The store's own listing hides them, so the disk is walked.
+    fn local_temporaries(&self) -> std::io::Result<Vec<(PathBuf, String, std::fs::Metadata)>> {
+        let Ok(root) = self.url.to_file_path() else {
+            return Ok(vec![]);
+        };
+        let mut found = Vec::new();
+        let mut folders = vec![root.clone()];
+        while let Some(folder) = folders.pop() {
+            let entries = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                let path = entry.path();
+                if meta.is_dir() {
+                    folders.push(path);
+                } else if entry.file_name().to_str().is_some_and(is_upload_temporary) {
+                    let relative = path.strip_prefix(&root).unwrap_or(&path);
+                    let relative = relative.to_string_lossy().replace('\\', "/");
+                    found.push((path, relative, meta));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Whether `object` is something an attempt of this pipeline left and no version
@@ -106,7 +160,7 @@ impl Sink {
             .collect();
         let name = parts.last().map(String::as_str).unwrap_or_default();
         match parts.first().map(String::as_str) {
-            Some("_delta_log") => Ok(parts.len() == 2 && is_log_temporary(name)),
+            Some("_delta_log") => Ok(false),
             Some("_backfill") if parts.get(1).map(String::as_str) != Some("staging") => Ok(false),
             _ if referenced.contains(&object.location) || !name.ends_with(".parquet") => Ok(false),
             _ => Ok(self.written_by_this_pipeline(object).await),
@@ -188,10 +242,14 @@ fn is_commit_entry(name: &str) -> bool {
         .is_some_and(|version| version.len() == 20 && version.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// `00000000000000000042.json#1`: the local store's temporary for a commit in progress.
-fn is_log_temporary(name: &str) -> bool {
-    name.split_once('#')
-        .is_some_and(|(entry, n)| is_commit_entry(entry) && n.bytes().all(|b| b.is_ascii_digit()))
+/// `00000000000000000042.json#1` or `part-….parquet#1`: the local store's temporary for
+/// a commit or a data file being written.
+fn is_upload_temporary(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(file, n)| {
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && (is_commit_entry(file) || file.ends_with(".parquet"))
+    })
 }
 
 /// The paths of the files a commit entry adds, as the store names them.
@@ -219,13 +277,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_commit_entries_and_their_temporaries_are_recognised() {
+    fn only_commit_entries_and_upload_temporaries_are_recognised() {
         assert!(is_commit_entry("00000000000000000042.json"));
         assert!(!is_commit_entry("00000000000000000042.checkpoint.parquet"));
         assert!(!is_commit_entry("_last_checkpoint"));
-        assert!(is_log_temporary("00000000000000000042.json#1"));
-        assert!(!is_log_temporary("00000000000000000042.json"));
-        assert!(!is_log_temporary("notes.json#1"));
+        assert!(is_upload_temporary("00000000000000000042.json#1"));
+        assert!(is_upload_temporary("part-00000-1f.snappy.parquet#12"));
+        assert!(!is_upload_temporary("00000000000000000042.json"));
+        assert!(!is_upload_temporary("part-00000-1f.snappy.parquet#"));
+        assert!(!is_upload_temporary("part-00000-1f.snappy.parquet#v2"));
+        assert!(!is_upload_temporary("notes.json#1"));
     }
 
     #[test]
