@@ -154,6 +154,10 @@ mod tests {
 
     #[test]
     fn placeholder_in_identifier_is_refused() {
-        assert!(render("SELECT \"{{ slice }}\"", &vars("a"), "p").is_err());
+        let error = render("SELECT \"{{ slice }}\"", &vars("a"), "p").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "p: SQL line 1: placeholders cannot stand inside a double-quoted identifier"
+        );
     }
 }

@@ -43,9 +43,15 @@ async fn after_kills_and_reruns_clean_leaves_only_files_the_log_references() {
         reference.ok("run", &range, 0);
         let all = "SELECT * FROM t ORDER BY order_id";
         let expected = reference.stored(all).await;
-        for delay_ms in [150, 300, 500, 800] {
+        let moments = [
+            Moment::Files(1),
+            Moment::Files(3),
+            Moment::Commits(2),
+            Moment::Commits(5),
+        ];
+        for moment in moments {
             let case = Case::new(pipeline);
-            kill_after(&case.args("run", &range), delay_ms);
+            kill_at(&case.args("run", &range), &case.table, moment);
             case.ok("run", &range, 0);
             let before = parquet_files(&case);
             let cleaned = clean_now(&case);
@@ -54,7 +60,7 @@ async fn after_kills_and_reruns_clean_leaves_only_files_the_log_references() {
             assert_eq!(
                 after,
                 added_by_the_log(&case),
-                "{pipeline} killed after {delay_ms} ms"
+                "{pipeline} killed at {moment:?}"
             );
             assert_eq!(
                 before.len() - after.len(),
@@ -68,7 +74,7 @@ async fn after_kills_and_reruns_clean_leaves_only_files_the_log_references() {
             assert_eq!(
                 case.stored(all).await,
                 expected,
-                "{pipeline} after {delay_ms} ms"
+                "{pipeline} killed at {moment:?}"
             );
         }
     }

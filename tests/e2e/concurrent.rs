@@ -108,6 +108,53 @@ async fn two_rebuild_runs_at_once_swap_once() {
     assert_eq!(case.committed_slices(), DAYS.to_vec());
 }
 
+/// Two runs of disjoint days, both opened while there is no table: the second to commit
+/// still believes there is none, so its first commit tries to create the table, loses to
+/// the first run's creation, and must commit on top of it instead. The race is forced,
+/// not hoped for: the second run starts only after the first has finished.
+#[tokio::test]
+async fn the_run_that_loses_the_race_to_create_the_table_commits_on_top() {
+    let case = Case::new("orders_clean");
+    let (first, second) = (open_slow(&case).await, open_slow(&case).await);
+    let week = |from: u32| {
+        Selection::Keys(
+            (from..from + 7)
+                .map(|d| format!("2024-01-{d:02}"))
+                .collect(),
+        )
+    };
+    let silent = || Arc::new(backfill_engine::run::Silent);
+    let options = RunOptions::default();
+
+    let summary = first.run(&week(1), &options, silent()).await.unwrap();
+    assert_eq!(summary.committed(), 7);
+    assert!(
+        second.ledger().await.unwrap().committed().is_empty(),
+        "the second run must still see no table, or there is no race"
+    );
+    let summary = second.run(&week(8), &options, silent()).await.unwrap();
+    assert_eq!(summary.committed(), 7, "{:?}", summary.outcomes);
+
+    let days: Vec<String> = (1..=14).map(|d| format!("2024-01-{d:02}")).collect();
+    assert_eq!(case.committed_slices(), days);
+    assert_eq!(case.version().await, 13, "one commit per slice");
+    assert_eq!(
+        case.stored("SELECT order_id, dt FROM t ORDER BY order_id")
+            .await,
+        case.expected("SELECT order_id, dt FROM orders ORDER BY order_id")
+            .await
+    );
+    // Only the table's creation sets metadata: the loser committed its slices on top, not
+    // a second creation.
+    let creations = case.commit_entries().into_iter().filter(|commit| {
+        let actions = commit.as_array().unwrap();
+        actions
+            .iter()
+            .any(|action| action.get("metaData").is_some())
+    });
+    assert_eq!(creations.count(), 1);
+}
+
 /// The same command started twice as real processes, as a scheduler would: both exit 0,
 /// and the table holds each day's rows once.
 #[tokio::test]

@@ -100,46 +100,6 @@ async fn sources_whose_files_spell_strings_differently_are_read_as_one_table() {
 }
 
 #[tokio::test]
-async fn two_runs_racing_to_create_the_table_both_commit() {
-    let case = Case::new("orders_clean");
-    let spawn = |start: &str, end: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-            .args(case.args("run", &["--start", start, "--end", end]))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (first, second) = (
-        spawn("2024-01-01", "2024-01-07"),
-        spawn("2024-01-08", "2024-01-14"),
-    );
-    for child in [first, second] {
-        let output = child.wait_with_output().unwrap();
-        let printed = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(output.status.code(), Some(0), "{printed}");
-        assert!(printed.contains("7 committed"), "{printed}");
-    }
-    let stored = case
-        .stored("SELECT order_id, dt FROM t ORDER BY order_id")
-        .await;
-    let expected = case
-        .expected("SELECT order_id, dt FROM orders ORDER BY order_id")
-        .await;
-    assert_eq!(stored, expected);
-    assert_eq!(case.version().await, 13, "one commit per slice");
-    // Only the table's creation sets metadata: the run that lost the race to create it
-    // committed its slices on top, not a second creation.
-    let log = case.table.join("_delta_log");
-    let with_metadata = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default())
-        .filter(|commit| commit.contains("\"metaData\""))
-        .count();
-    assert_eq!(with_metadata, 1);
-}
-
-#[tokio::test]
 async fn rerun_is_a_no_op_and_force_rewrites_identical_contents() {
     let case = Case::new("orders_clean");
     let range = ["--start", "2024-01-02", "--end", "2024-01-04"];
@@ -815,23 +775,28 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
 
     // Kill at several moments: before, during and between slices' staging and commits.
     let mut committed_when_killed = Vec::new();
-    for delay_ms in [40, 120, 250, 400, 650, 1000, 1600] {
+    let moments = [
+        Moment::Start,
+        Moment::Files(1),
+        Moment::Commits(1),
+        Moment::Files(6),
+        Moment::Commits(4),
+        Moment::Commits(9),
+        Moment::Commits(13),
+    ];
+    for moment in moments {
         let case = Case::new("orders_clean");
-        kill_after(&case.args("run", &range), delay_ms);
+        kill_at(&case.args("run", &range), &case.table, moment);
         let status = case.json("status", &range, 0);
         committed_when_killed.push(status["done"].as_u64().unwrap());
 
         case.ok("run", &range, 0);
-        assert_eq!(
-            case.stored(all).await,
-            expected,
-            "killed after {delay_ms} ms"
-        );
+        assert_eq!(case.stored(all).await, expected, "killed at {moment:?}");
         let txn = txn_versions(&case.plan(&range, 0));
         assert_eq!(
             txn,
             vec![1; 14],
-            "killed after {delay_ms} ms: every slice committed exactly once"
+            "killed at {moment:?}: every slice committed exactly once"
         );
     }
     assert!(

@@ -350,27 +350,27 @@ async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
     let expected = clean.stored(ALL).await;
 
     let mut staged_when_killed = Vec::new();
-    for delay_ms in [60, 200, 400, 700, 1100] {
+    let moments = [
+        Moment::Start,
+        Moment::Files(1),
+        Moment::Files(4),
+        Moment::Files(8),
+        Moment::Commits(1),
+    ];
+    for moment in moments {
         let case = Case::new("orders_rebuild");
-        kill_after(&case.args("run", &range), delay_ms);
+        kill_at(&case.args("run", &range), &case.table, moment);
         let states = plan_states(&case.plan(&range, 0));
         // Either the swap happened (all done) or readers see no table at all.
         let done = states.iter().filter(|s| *s == "done").count();
-        assert!(
-            done == 0 || done == 8,
-            "killed after {delay_ms} ms: {states:?}"
-        );
+        assert!(done == 0 || done == 8, "killed at {moment:?}: {states:?}");
         if done == 0 {
             assert!(!case.table.join("_delta_log").exists());
         }
         staged_when_killed.push(states.iter().filter(|s| *s == "staged").count());
 
         case.ok("run", &range, 0);
-        assert_eq!(
-            case.stored(ALL).await,
-            expected,
-            "killed after {delay_ms} ms"
-        );
+        assert_eq!(case.stored(ALL).await, expected, "killed at {moment:?}");
         assert_eq!(case.version().await, 0, "one swap, which created the table");
     }
     assert!(

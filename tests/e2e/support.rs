@@ -72,16 +72,70 @@ pub fn interrupt_when(args: &[&str], when: impl Fn(&str) -> bool) -> (Option<i32
     (child.wait().unwrap().code(), output.join("\n"))
 }
 
-/// Runs `backfill` and kills it with SIGKILL after `delay_ms`: no cleanup of any kind runs.
-pub fn kill_after(args: &[&str], delay_ms: u64) {
+/// A moment of a run, seen on disk, at which a kill test kills it.
+#[derive(Debug, Clone, Copy)]
+pub enum Moment {
+    /// As soon as the process is started.
+    Start,
+    /// Once the table's folder holds this many finished Parquet files (staged or
+    /// committed, merge's staging included).
+    Files(usize),
+    /// Once the Delta log holds this many commits.
+    Commits(usize),
+}
+
+impl Moment {
+    fn reached(self, table: &Path) -> bool {
+        match self {
+            Moment::Start => true,
+            Moment::Files(n) => count_files(table, &|name| name.ends_with(".parquet")) >= n,
+            Moment::Commits(n) => {
+                let is_commit = |name: &str| name.len() == 25 && name.ends_with(".json");
+                count_files(&table.join("_delta_log"), &is_commit) >= n
+            }
+        }
+    }
+}
+
+fn count_files(folder: &Path, counts: &dyn Fn(&str) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() && entry.file_name() != "_delta_log" => {
+                count_files(&entry.path(), counts)
+            }
+            Ok(kind) if kind.is_file() => entry.file_name().to_str().is_some_and(counts) as usize,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Runs `backfill` and kills it with SIGKILL, so that no cleanup of any kind runs, as soon
+/// as `moment` is seen in `table`'s folder. Panics if the run ends before that moment:
+/// the kill would have tested nothing.
+pub fn kill_at(args: &[&str], table: &Path, moment: Moment) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-    child.kill().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !moment.reached(table) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before {moment:?}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{moment:?} never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // The run may have ended just after the moment; killing it then is harmless.
+    let _ = child.kill();
     child.wait().unwrap();
 }
 
