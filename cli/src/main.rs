@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use backfill_engine::estimate::Budget;
 use backfill_engine::pipeline::{self, location_to_url};
-use backfill_engine::{Backfill, Fault, OpenOptions, Reprocess, RunOptions, Selection};
+use backfill_engine::{Backfill, Fault, OpenOptions, Reprocess, RunOptions, Selection, Setting};
 use clap::{Args, Parser, Subcommand};
 
 /// Replays a pipeline over history into a Delta table, one checked, atomic commit per slice.
@@ -338,12 +338,36 @@ fn main() -> ExitCode {
         Ok(Outcome::SlicesFailed) => ExitCode::from(1),
         Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", in_cli_words(&error));
             let user = error
                 .downcast_ref::<backfill_engine::Error>()
                 .is_some_and(|e| e.fault() == Fault::User);
             ExitCode::from(if user { 2 } else { 1 })
         }
+    }
+}
+
+/// The error and its causes, with the engine's run settings named by their flags.
+fn in_cli_words(error: &anyhow::Error) -> String {
+    let causes = error.chain().map(
+        |cause| match cause.downcast_ref::<backfill_engine::Error>() {
+            Some(engine) => engine.worded(&|setting| flag(setting).to_string()),
+            None => cause.to_string(),
+        },
+    );
+    causes.collect::<Vec<_>>().join(": ")
+}
+
+/// The flag that sets each of the engine's run settings.
+fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Start => "--start",
+        Setting::End => "--end",
+        Setting::Keys => "--keys",
+        Setting::MaxSlices => "--max-slices",
+        Setting::MaxBytes => "--max-bytes",
+        Setting::AllowEmpty => "--allow-empty",
+        Setting::OlderThan => "--older-than",
     }
 }
 

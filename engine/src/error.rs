@@ -13,10 +13,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The pipeline file or the run's options are wrong. `location` names the file and,
-    /// where known, the line (`pipelines/daily.toml:12`) or the option (`--start`).
+    /// The pipeline file is wrong. `location` names the file and, where known, the line
+    /// (`pipelines/daily.toml:12`).
     #[error("{location}: {message}")]
     Config { location: String, message: String },
+
+    /// A run setting (the selection, a budget) is wrong. The message names settings as
+    /// `{start}`-style placeholders, so each front end words them its own way
+    /// ([`Error::worded`]); shown as is, they read as the library's names.
+    #[error("{}", in_words(.settings, .message, &|s| s.name().to_string()))]
+    Setting {
+        settings: Vec<Setting>,
+        message: String,
+    },
 
     /// The transform or an assertion's SQL does not parse or plan.
     // The DataFusion error is shown in full here and deliberately not chained as a
@@ -55,6 +64,55 @@ pub enum Error {
     Internal(String),
 }
 
+/// A setting of a run, as the engine's API names it; front ends have their own names for
+/// them (the CLI its flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Start,
+    End,
+    Keys,
+    MaxSlices,
+    MaxBytes,
+    AllowEmpty,
+    OlderThan,
+}
+
+impl Setting {
+    pub const ALL: [Setting; 7] = [
+        Setting::Start,
+        Setting::End,
+        Setting::Keys,
+        Setting::MaxSlices,
+        Setting::MaxBytes,
+        Setting::AllowEmpty,
+        Setting::OlderThan,
+    ];
+
+    /// The name of the field that holds it in the engine's API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Start => "start",
+            Setting::End => "end",
+            Setting::Keys => "keys",
+            Setting::MaxSlices => "max_slices",
+            Setting::MaxBytes => "max_bytes",
+            Setting::AllowEmpty => "allow_empty",
+            Setting::OlderThan => "older_than",
+        }
+    }
+}
+
+/// `settings: message`, with every `{name}` placeholder in the message replaced by how
+/// `word` names that setting.
+fn in_words(settings: &[Setting], message: &str, word: &dyn Fn(Setting) -> String) -> String {
+    let mut message = message.to_string();
+    for setting in Setting::ALL {
+        message = message.replace(&format!("{{{}}}", setting.name()), &word(setting));
+    }
+    let settings: Vec<String> = settings.iter().map(|s| word(*s)).collect();
+    format!("{}: {message}", settings.join("/"))
+}
+
 /// Who has to act for an error to go away; the CLI's exit code follows from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +132,23 @@ impl Error {
         Error::Config {
             location: location.into(),
             message: message.into(),
+        }
+    }
+
+    /// An error about run settings; `message` names settings as `{start}`, `{keys}`, ….
+    pub fn setting(settings: &[Setting], message: impl Into<String>) -> Self {
+        Error::Setting {
+            settings: settings.to_vec(),
+            message: message.into(),
+        }
+    }
+
+    /// The error as a front end words it, naming each run setting by `word`: the CLI
+    /// passes its flags. Errors that name no setting read as they display.
+    pub fn worded(&self, word: &dyn Fn(Setting) -> String) -> String {
+        match self {
+            Error::Setting { settings, message } => in_words(settings, message, word),
+            other => other.to_string(),
         }
     }
 
@@ -124,7 +199,7 @@ impl Error {
 
     pub fn fault(&self) -> Fault {
         match self {
-            Error::Config { .. } | Error::Sql { .. } => Fault::User,
+            Error::Config { .. } | Error::Setting { .. } | Error::Sql { .. } => Fault::User,
             Error::Assertion { .. } | Error::Data { .. } => Fault::Data,
             Error::Execution { .. } => Fault::Environment,
             Error::Internal(_) => Fault::Internal,
@@ -247,5 +322,28 @@ impl<T> ResultExt<T> for std::result::Result<T, object_store::Error> {
 impl<T> ResultExt<T> for std::result::Result<T, std::io::Error> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|error| Error::execution(context(), error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_read_as_the_api_names_them_unless_a_front_end_words_them() {
+        let error = Error::setting(
+            &[Setting::Start, Setting::End],
+            "the range is reversed: {start} 2 is after {end} 1; or give {keys}",
+        );
+        assert_eq!(
+            error.to_string(),
+            "start/end: the range is reversed: start 2 is after end 1; or give keys"
+        );
+        let flags = error.worded(&|s| format!("--{}", s.name().replace('_', "-")));
+        assert_eq!(
+            flags,
+            "--start/--end: the range is reversed: --start 2 is after --end 1; or give --keys"
+        );
+        assert_eq!(error.fault(), Fault::User);
     }
 }

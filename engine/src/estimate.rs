@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::engine::{Backfill, SlicePlan};
-use crate::error::{Error, Result, ResultExt};
+use crate::error::{Error, Result, ResultExt, Setting};
 use crate::states::SliceState;
 
 /// The cost of running the slices a plan would run.
@@ -131,7 +131,6 @@ impl Backfill {
     /// Refuses a run that would compute a slice without source data (unless allowed) or
     /// go over its budget. Nothing has run when this fails.
     pub fn preflight(&self, planned: &[SlicePlan], budget: &Budget) -> Result<()> {
-        let location = self.pipeline.file.display().to_string();
         let to_run: Vec<&SlicePlan> = computed(planned).collect();
         let empty: Vec<String> = to_run
             .iter()
@@ -139,10 +138,10 @@ impl Backfill {
             .map(|p| format!("{} ({})", p.slice.key, p.empty_sources.join(", ")))
             .collect();
         if !empty.is_empty() && !budget.allow_empty {
-            return Err(Error::config(
-                location,
+            return Err(Error::setting(
+                &[Setting::AllowEmpty],
                 format!(
-                    "{} of {} slices to run have no source data: {}; nothing ran. Check the range and the sources' paths, or pass --allow-empty to run them anyway",
+                    "{} of {} slices to run have no source data: {}; nothing ran. Check the range and the sources' paths, or set {{allow_empty}} to run them anyway",
                     empty.len(),
                     to_run.len(),
                     list_some(&empty)
@@ -150,10 +149,10 @@ impl Backfill {
             ));
         }
         if let Some(max) = budget.max_slices.filter(|max| to_run.len() > *max) {
-            return Err(Error::config(
-                location,
+            return Err(Error::setting(
+                &[Setting::MaxSlices],
                 format!(
-                    "the backfill would run {} slices, {} over --max-slices {max}; nothing ran",
+                    "the backfill would run {} slices, {} over {{max_slices}} {max}; nothing ran",
                     to_run.len(),
                     to_run.len() - max
                 ),
@@ -161,10 +160,10 @@ impl Backfill {
         }
         let bytes: u64 = to_run.iter().map(|p| p.source_bytes()).sum();
         if let Some(max) = budget.max_bytes.filter(|max| bytes > *max) {
-            return Err(Error::config(
-                location,
+            return Err(Error::setting(
+                &[Setting::MaxBytes],
                 format!(
-                    "the backfill would read {} from {} slices, {} over --max-bytes {}; nothing ran",
+                    "the backfill would read {} from {} slices, {} over {{max_bytes}} {}; nothing ran",
                     human_bytes(bytes),
                     to_run.len(),
                     human_bytes(bytes - max),

@@ -30,7 +30,7 @@ pub mod template;
 
 pub use datafusion::arrow;
 pub use engine::{Backfill, OpenOptions, SlicePlan};
-pub use error::{Error, Fault, Result};
+pub use error::{Error, Fault, Result, Setting};
 pub use plan::Plan;
 pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome};
 pub use slice::Selection;

@@ -55,7 +55,7 @@ impl Backfill {
         if self.pipeline.destination.strategy != Strategy::Rebuild {
             return Err(Error::config(
                 self.pipeline.file.display().to_string(),
-                "rebuild-preview is for pipelines with destination.strategy = \"rebuild\"",
+                "a rebuild preview is for pipelines with destination.strategy = \"rebuild\"",
             ));
         }
         let planned = self.slice_plans(selection, Reprocess::default(), 1).await?;

@@ -6,7 +6,7 @@
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SliceKind {
@@ -69,13 +69,13 @@ impl Slice {
 /// Cuts a selection into slices, in order, refusing anything malformed before work starts.
 /// `file_keys` are the list keys given in the pipeline file, used when no keys are selected.
 /// The most slices one selection may cut: a decade of hours. Past it a range is a typo
-/// (`--end 9999-12-31`), and planning it would hold millions of slices in memory.
+/// (an end of 9999-12-31), and planning it would hold millions of slices in memory.
 pub const MAX_SLICES: i64 = 100_000;
 
 fn ensure_bounded(count: i64, start: &str, end: &str) -> Result<()> {
     if count > MAX_SLICES {
-        return Err(Error::config(
-            "--start/--end",
+        return Err(Error::setting(
+            &[Setting::Start, Setting::End],
             format!("{start}..{end} is {count} slices, more than the {MAX_SLICES} one run or plan can take; narrow the range"),
         ));
     }
@@ -90,44 +90,44 @@ pub fn cut(
 ) -> Result<Vec<Slice>> {
     match (kind, selection) {
         (SliceKind::Daily, Selection::Range { start, end }) => {
-            let first = parse_day(start, "--start")?;
-            let last = parse_day(end, "--end")?;
+            let first = parse_day(start, Setting::Start)?;
+            let last = parse_day(end, Setting::End)?;
             ensure_ordered(first <= last, start, end)?;
             ensure_bounded((last - first).num_days() + 1, start, end)?;
             Ok(first.iter_days().take_while(|d| *d <= last).map(|d| daily(columns, d)).collect())
         }
         (SliceKind::Hourly, Selection::Range { start, end }) => {
-            let first = parse_hour(start, "--start")?;
-            let last = parse_hour(end, "--end")?;
+            let first = parse_hour(start, Setting::Start)?;
+            let last = parse_hour(end, Setting::End)?;
             ensure_ordered(first <= last, start, end)?;
             let count = (last - first).num_hours() + 1;
             ensure_bounded(count, start, end)?;
             Ok((0..count).map(|h| hourly(columns, first + Duration::hours(h))).collect())
         }
-        (SliceKind::List, Selection::Range { .. }) => Err(Error::config(
-            "--start/--end",
-            "list slices take keys (--keys, or `keys`/`manifest` in the pipeline file), not a range",
+        (SliceKind::List, Selection::Range { .. }) => Err(Error::setting(
+            &[Setting::Start, Setting::End],
+            "list slices take keys ({keys}, or `keys`/`manifest` in the pipeline file), not a range",
         )),
         (_, Selection::Keys(keys)) => {
             let keys: Vec<String> = match (keys.is_empty(), file_keys) {
                 (false, _) => keys.clone(),
                 (true, Some(file_keys)) => file_keys.to_vec(),
                 (true, None) => {
-                    return Err(Error::config(
-                        "--keys",
-                        format!("no slices selected: give --start and --end{}", if kind == SliceKind::List { ", --keys, or keys in the pipeline file" } else { " or --keys" }),
+                    return Err(Error::setting(
+                        &[Setting::Keys],
+                        format!("no slices selected: give {{start}} and {{end}}{}", if kind == SliceKind::List { ", {keys}, or keys in the pipeline file" } else { " or {keys}" }),
                     ))
                 }
             };
             let mut slices: Vec<Slice> = Vec::with_capacity(keys.len());
             for key in &keys {
                 let slice = match kind {
-                    SliceKind::Daily => daily(columns, parse_day(key, "--keys")?),
-                    SliceKind::Hourly => hourly(columns, parse_hour(key, "--keys")?),
+                    SliceKind::Daily => daily(columns, parse_day(key, Setting::Keys)?),
+                    SliceKind::Hourly => hourly(columns, parse_hour(key, Setting::Keys)?),
                     SliceKind::List => list(columns, key)?,
                 };
                 if slices.iter().any(|s| s.key == slice.key) {
-                    return Err(Error::config("--keys", format!("key {key:?} is given twice")));
+                    return Err(Error::setting(&[Setting::Keys], format!("key {key:?} is given twice")));
                 }
                 slices.push(slice);
             }
@@ -163,8 +163,8 @@ fn hourly(columns: &[String], start: NaiveDateTime) -> Slice {
 
 fn list(columns: &[String], key: &str) -> Result<Slice> {
     if key.trim().is_empty() || key.contains(['/', '\n']) {
-        return Err(Error::config(
-            "--keys",
+        return Err(Error::setting(
+            &[Setting::Keys],
             format!("key {key:?} is empty or contains `/` or a newline"),
         ));
     }
@@ -175,27 +175,27 @@ fn list(columns: &[String], key: &str) -> Result<Slice> {
     })
 }
 
-fn parse_day(text: &str, option: &str) -> Result<NaiveDate> {
+fn parse_day(text: &str, setting: Setting) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .ok()
         .filter(|d| d.format("%Y-%m-%d").to_string() == text)
         .ok_or_else(|| {
-            Error::config(
-                option,
+            Error::setting(
+                &[setting],
                 format!("`{text}` is not a day of the form YYYY-MM-DD"),
             )
         })
 }
 
-fn parse_hour(text: &str, option: &str) -> Result<NaiveDateTime> {
+fn parse_hour(text: &str, setting: Setting) -> Result<NaiveDateTime> {
     let bad = || {
-        Error::config(
-            option,
+        Error::setting(
+            &[setting],
             format!("`{text}` is not an hour of the form YYYY-MM-DDTHH (e.g. 2024-01-31T07)"),
         )
     };
     let (day, hour) = text.split_once('T').ok_or_else(bad)?;
-    let day = parse_day(day, option).map_err(|_| bad())?;
+    let day = parse_day(day, setting).map_err(|_| bad())?;
     let hour: u32 = (hour.len() == 2)
         .then(|| hour.parse().ok())
         .flatten()
@@ -208,9 +208,9 @@ fn ensure_ordered(ordered: bool, start: &str, end: &str) -> Result<()> {
     if ordered {
         Ok(())
     } else {
-        Err(Error::config(
-            "--start/--end",
-            format!("the range is reversed: --start {start} is after --end {end}"),
+        Err(Error::setting(
+            &[Setting::Start, Setting::End],
+            format!("the range is reversed: {{start}} {start} is after {{end}} {end}"),
         ))
     }
 }
@@ -319,15 +319,15 @@ mod tests {
         };
         assert_eq!(
             daily("2024-1-05", "2024-01-06"),
-            "--start: `2024-1-05` is not a day of the form YYYY-MM-DD"
+            "start: `2024-1-05` is not a day of the form YYYY-MM-DD"
         );
         assert_eq!(
             daily("2024-01-05", "2024-02-30"),
-            "--end: `2024-02-30` is not a day of the form YYYY-MM-DD"
+            "end: `2024-02-30` is not a day of the form YYYY-MM-DD"
         );
         assert_eq!(
             daily("2024-01-06", "2024-01-05"),
-            "--start/--end: the range is reversed: --start 2024-01-06 is after --end 2024-01-05"
+            "start/end: the range is reversed: start 2024-01-06 is after end 2024-01-05"
         );
         let hourly = cut(
             SliceKind::Hourly,
@@ -390,6 +390,6 @@ mod tests {
             None,
         )
         .unwrap_err();
-        assert_eq!(error.to_string(), "--keys: key \"eu\" is given twice");
+        assert_eq!(error.to_string(), "keys: key \"eu\" is given twice");
     }
 }

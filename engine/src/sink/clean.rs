@@ -34,7 +34,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 
 use super::{Sink, PIPELINE_TAG};
-use crate::error::{Error, Result, ResultExt};
+use crate::error::{Error, Result, ResultExt, Setting};
 
 /// What a clean-up deleted, or would delete on a dry run.
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +59,7 @@ impl Sink {
         let context = || format!("cleaning up {}", self.url);
         let cutoff = now
             - chrono::Duration::from_std(older_than)
-                .map_err(|e| Error::config("--older-than", e.to_string()))?;
+                .map_err(|e| Error::setting(&[Setting::OlderThan], e.to_string()))?;
         let referenced = self.referenced_files().await?;
         let objects: Vec<ObjectMeta> =
             self.store.list(None).try_collect().await.context(context)?;
