@@ -10,7 +10,7 @@ use backfill_engine::history::{RunEnd, RunHeader, RunRecord};
 use backfill_engine::SliceStatus;
 use serde::Serialize;
 
-use crate::output::human_duration;
+use crate::printer::human_duration;
 
 const TEMPLATE: &str = include_str!("report.html");
 

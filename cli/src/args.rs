@@ -1,0 +1,124 @@
+//! Argument groups several commands share, and opening a pipeline with them: settings
+//! are layered as the pipeline file, then these overrides, then the engine's validation.
+
+use std::path::Path;
+
+use backfill_engine::history::RunRecord;
+use backfill_engine::pipeline::{self, location_to_url};
+use backfill_engine::{Backfill, OpenOptions, Reprocess, Selection};
+use clap::Args;
+
+/// Which states of slices to run.
+#[derive(Args)]
+pub struct ChoiceArgs {
+    /// The states to run, comma-separated [default: missing,changed,failed].
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "force")]
+    reprocess: Vec<State>,
+    /// Redo every selected slice, done ones too (still one atomic commit each, no
+    /// duplicates); the same as --reprocess all.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum State {
+    Missing,
+    Changed,
+    Failed,
+    All,
+}
+
+impl ChoiceArgs {
+    pub fn reprocess(&self) -> Reprocess {
+        if self.force || self.reprocess.contains(&State::All) {
+            return Reprocess::ALL;
+        }
+        if self.reprocess.is_empty() {
+            return Reprocess::default();
+        }
+        let has = |state| self.reprocess.contains(&state);
+        Reprocess {
+            missing: has(State::Missing),
+            changed: has(State::Changed),
+            failed: has(State::Failed),
+            done: false,
+        }
+    }
+}
+
+/// Which slices: an inclusive range, or keys.
+#[derive(Args)]
+pub struct SelectionArgs {
+    /// First slice, inclusive: YYYY-MM-DD (daily) or YYYY-MM-DDTHH (hourly).
+    #[arg(long, requires = "end", conflicts_with = "keys")]
+    start: Option<String>,
+    /// Last slice, inclusive.
+    #[arg(long, requires = "start")]
+    end: Option<String>,
+    /// Slice keys, comma-separated. For list slices, defaults to the pipeline's keys.
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<String>,
+}
+
+impl SelectionArgs {
+    pub fn selection(&self) -> Selection {
+        match (&self.start, &self.end) {
+            (Some(start), Some(end)) => Selection::Range {
+                start: start.clone(),
+                end: end.clone(),
+            },
+            _ => Selection::Keys(self.keys.clone()),
+        }
+    }
+
+    /// The selection, if one was given at all.
+    pub fn given(&self) -> Option<Selection> {
+        (self.start.is_some() || !self.keys.is_empty()).then(|| self.selection())
+    }
+}
+
+/// Settings that override the pipeline file for this invocation.
+#[derive(Args)]
+pub struct Overrides {
+    /// Write to this Delta table instead of the pipeline's destination.url
+    /// (a path relative to the working directory, or a URL).
+    #[arg(long, value_name = "PATH_OR_URL")]
+    destination: Option<String>,
+}
+
+impl Overrides {
+    fn load(&self, path: &Path) -> backfill_engine::Result<pipeline::Pipeline> {
+        let mut pipeline = pipeline::load(path)?;
+        if let Some(destination) = &self.destination {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            pipeline.destination.url = location_to_url(destination, &cwd)
+                .map_err(|m| backfill_engine::Error::config("--destination", m))?;
+        }
+        Ok(pipeline)
+    }
+}
+
+/// Opens a pipeline; `scope` is the selection the command works on, if it has one.
+pub async fn open(
+    path: &Path,
+    overrides: &Overrides,
+    scope: Option<Selection>,
+) -> anyhow::Result<Backfill> {
+    let pipeline = overrides.load(path)?;
+    let options = OpenOptions {
+        scope,
+        ..OpenOptions::default()
+    };
+    Ok(Backfill::open(pipeline, options).await?)
+}
+
+/// The run `run` of the history, or an error naming it.
+pub async fn find_run(backfill: &Backfill, run: &str) -> anyhow::Result<RunRecord> {
+    let record = backfill.history().run(run).await?;
+    Ok(record.ok_or_else(|| {
+        backfill_engine::Error::config(
+            "RUN",
+            format!("no run `{run}` in the history of this destination"),
+        )
+    })?)
+}

@@ -1,0 +1,64 @@
+//! `backfill history`: the runs recorded next to the destination table.
+
+use std::path::PathBuf;
+
+use backfill_engine::history::RunRecord;
+use clap::Args;
+
+use super::Outcome;
+use crate::args::{open, Overrides};
+use crate::printer::{self, timestamp};
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn execute(args: HistoryArgs) -> anyhow::Result<Outcome> {
+    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let runs = backfill.history().runs(&backfill.pipeline().name).await?;
+    match args.json {
+        true => printer::json(&runs)?,
+        false => print(&runs),
+    }
+    Ok(Outcome::Success)
+}
+
+fn print(runs: &[RunRecord]) {
+    let mut table = printer::table(
+        [
+            "run",
+            "started",
+            "slices",
+            "committed",
+            "skipped",
+            "failed",
+            "selection",
+        ],
+        &[2, 3, 4, 5],
+    );
+    for run in runs {
+        let header = &run.header;
+        let counts = match &run.end {
+            Some(end) => [end.committed, end.skipped, end.failed].map(|n| n.to_string()),
+            None => ["(did not finish)".to_string(), String::new(), String::new()],
+        };
+        let [committed, skipped, failed] = counts;
+        table.add_row([
+            header.run_id.clone(),
+            timestamp(&header.started_at),
+            header.slices.to_string(),
+            committed,
+            skipped,
+            failed,
+            header.selection.clone(),
+        ]);
+    }
+    printer::print_table(&table);
+    println!("{} runs", runs.len());
+}

@@ -1,0 +1,21 @@
+//! One file per command: its arguments, the engine calls it makes, and how it prints
+//! what they return.
+
+pub mod clean;
+pub mod fixtures;
+pub mod history;
+pub mod plan;
+pub mod rebuild_preview;
+pub mod report;
+pub mod run;
+pub mod show;
+pub mod status;
+pub mod validate;
+
+/// How a command ended, for the exit code.
+pub enum Outcome {
+    Success,
+    SlicesFailed,
+    /// Stopped by Ctrl-C: 130, as shells report a command ended by SIGINT.
+    Interrupted,
+}

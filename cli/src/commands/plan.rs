@@ -1,0 +1,180 @@
+//! `backfill plan`: the selected slices, each one's state and whether `run` would run it,
+//! with what a run would read and how long it would take.
+
+use std::path::PathBuf;
+
+use backfill_engine::estimate::{Basis, Estimate};
+use backfill_engine::ledger::Committed;
+use backfill_engine::sink::rebuild::Replaced;
+use backfill_engine::{Plan, SliceState};
+use clap::Args;
+
+use super::Outcome;
+use crate::args::{open, ChoiceArgs, Overrides, SelectionArgs};
+use crate::printer::{self, human_bytes, human_duration, timestamp};
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    #[command(flatten)]
+    choice: ChoiceArgs,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// The slices in flight the duration estimate assumes, as `run --concurrency`
+    /// [default: the number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn execute(args: PlanArgs) -> anyhow::Result<Outcome> {
+    let selection = args.selection.selection();
+    let backfill = open(&args.pipeline, &args.overrides, Some(selection.clone())).await?;
+    let concurrency = args
+        .concurrency
+        .map_or_else(backfill_engine::run::default_concurrency, usize::from);
+    let plan = backfill
+        .plan(&selection, args.choice.reprocess(), concurrency)
+        .await?;
+    match args.json {
+        true => printer::json(&plan)?,
+        false => print(&plan),
+    }
+    Ok(Outcome::Success)
+}
+
+fn print(plan: &Plan) {
+    let (planned, estimate) = (&plan.slices, &plan.estimate);
+    let mut table = printer::table(
+        ["slice", "state", "run", "files", "bytes", "rows", "detail"],
+        &[3, 4, 5],
+    );
+    for p in planned {
+        let detail = match &p.state {
+            SliceState::Missing => String::new(),
+            SliceState::Failed { run_id, error } => format!("run {run_id}: {error}"),
+            SliceState::Done { committed } => committed_detail(committed),
+            SliceState::Changed { committed, what } => format!(
+                "{} changed; {}",
+                what.join(" and "),
+                committed_detail(committed)
+            ),
+            SliceState::Staged {
+                rows, staged_at, ..
+            } => format!(
+                "{rows} rows staged {} for the rebuild",
+                timestamp(staged_at)
+            ),
+        };
+        let detail = match p.empty_sources.as_slice() {
+            [] => detail,
+            empty => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
+        };
+        let detail = match &p.problem {
+            Some(problem) => format!("CANNOT RUN: {problem} {detail}"),
+            None => detail,
+        };
+        let run = match (&p.state, p.will_run) {
+            (SliceState::Staged { .. }, _) => "reuse",
+            (_, true) => "yes",
+            (_, false) => "no",
+        };
+        table.add_row([
+            p.slice.key.clone(),
+            p.state.name().to_string(),
+            run.to_string(),
+            p.files.len().to_string(),
+            human_bytes(p.source_bytes()),
+            p.source_rows().map_or("?".to_string(), |r| r.to_string()),
+            detail.trim_end().to_string(),
+        ]);
+    }
+    printer::print_table(&table);
+    let count = |name: &str| planned.iter().filter(|p| p.state.name() == name).count();
+    let staged = match count("staged") {
+        0 => String::new(),
+        n => format!(", {n} staged"),
+    };
+    println!(
+        "{} slices: {} done, {} missing, {} changed, {} failed{staged}; a run would run {}",
+        planned.len(),
+        count("done"),
+        count("missing"),
+        count("changed"),
+        count("failed"),
+        planned.iter().filter(|p| p.will_run).count() - count("staged")
+    );
+    if estimate.slices > 0 {
+        println!("a run would read {}", describe_estimate(estimate));
+    }
+    let empty = planned
+        .iter()
+        .filter(|p| p.will_run && !p.empty_sources.is_empty())
+        .count();
+    if empty > 0 {
+        println!(
+            "{empty} slices to run have no source data: run refuses to start unless --allow-empty"
+        );
+    }
+    if let Some(swap) = &plan.rebuild {
+        println!("rebuild: {}", describe_swap(swap));
+    }
+}
+
+fn describe_estimate(estimate: &Estimate) -> String {
+    let rows = estimate
+        .rows
+        .map_or(String::new(), |rows| format!(", {rows} rows"));
+    let read = format!(
+        "{} files, {}{rows}",
+        estimate.files,
+        human_bytes(estimate.bytes)
+    );
+    let (Some(basis), Some(ms)) = (&estimate.basis, estimate.duration_ms) else {
+        return read;
+    };
+    let rate = human_bytes(basis.bytes_per_second() as u64);
+    let from = match basis {
+        Basis::History { slices, .. } => format!("this pipeline's {slices} committed slices"),
+        Basis::Sample { slice, .. } => format!("a sample run of slice {slice}"),
+    };
+    format!(
+        "{read}; about {} with {} slices at a time (at {rate}/s, from {from})",
+        human_duration(ms),
+        estimate.concurrency
+    )
+}
+
+/// What a rebuild's swap would replace, for people.
+fn describe_swap(swap: &Replaced) -> String {
+    let Some(version) = swap.version else {
+        return "no table yet; the swap creates it".to_string();
+    };
+    let schema = if swap.schema_changes {
+        "; the table's columns or partitioning change"
+    } else {
+        ""
+    };
+    format!(
+        "the swap replaces {} files ({}) of table version {version}{schema}",
+        swap.files,
+        human_bytes(swap.bytes)
+    )
+}
+
+fn committed_detail(committed: &Committed) -> String {
+    let when = committed
+        .committed_at
+        .as_ref()
+        .map(timestamp)
+        .unwrap_or_default();
+    format!(
+        "committed {when}, {} rows, run {}",
+        committed.record.rows, committed.record.run_id
+    )
+}

@@ -1,0 +1,188 @@
+//! `backfill run`: runs the selected slices that need it, with live progress, Ctrl-C
+//! handling and a summary that says exactly what is in the table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use backfill_engine::estimate::Budget;
+use backfill_engine::run::Stop;
+use backfill_engine::{RebuildOutcome, RunOptions, RunSummary, SliceStatus};
+use clap::Args;
+
+use super::Outcome;
+use crate::args::{open, ChoiceArgs, Overrides, SelectionArgs};
+use crate::printer;
+use crate::progress::Progress;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    #[command(flatten)]
+    choice: ChoiceArgs,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Slices in flight at once [default: the number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
+    /// Further attempts for a slice that failed for a transient reason (storage, a
+    /// conflict with another writer, the time limit), with exponential backoff and
+    /// jitter. Failed checks, SQL errors and bad data are never retried.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Fail an attempt that runs longer than this, e.g. 90s or 15m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    slice_timeout: Option<std::time::Duration>,
+    /// Run the slices oldest first (asc) or newest first (desc).
+    #[arg(long, value_enum, default_value_t = Order::Asc)]
+    order: Order,
+    /// Run slices whose sources have no files for them (by default, run refuses to
+    /// start: expired data, a wrong path or a wrong range would pass silently).
+    #[arg(long)]
+    allow_empty: bool,
+    /// Refuse to start if the slices to run would read more than this, e.g. 50GiB.
+    #[arg(long, value_name = "SIZE")]
+    max_bytes: Option<bytesize::ByteSize>,
+    /// Refuse to start if more than this many slices would run.
+    #[arg(long, value_name = "N")]
+    max_slices: Option<usize>,
+    /// Print a JSON summary instead of a line per slice.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Order {
+    Asc,
+    Desc,
+}
+
+pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
+    let selection = args.selection.selection();
+    let backfill = Arc::new(open(&args.pipeline, &args.overrides, Some(selection.clone())).await?);
+    let options = RunOptions {
+        reprocess: args.choice.reprocess(),
+        concurrency: args
+            .concurrency
+            .map_or_else(backfill_engine::run::default_concurrency, usize::from),
+        retries: args.retries,
+        slice_timeout: args.slice_timeout,
+        newest_first: args.order == Order::Desc,
+        budget: Budget {
+            allow_empty: args.allow_empty,
+            max_bytes: args.max_bytes.map(|size| size.as_u64()),
+            max_slices: args.max_slices,
+        },
+        ..RunOptions::default()
+    };
+    stop_on_ctrl_c(options.stop.clone());
+    let reporter = Arc::new(Progress::new(args.json));
+    let summary = backfill.run(&selection, &options, reporter.clone()).await?;
+    reporter.finish();
+    match args.json {
+        true => printer::json(&summary)?,
+        false => print(&summary),
+    }
+    Ok(if summary.stopped {
+        Outcome::Interrupted
+    } else if summary.incomplete() {
+        Outcome::SlicesFailed
+    } else {
+        Outcome::Success
+    })
+}
+
+/// First Ctrl-C: start no new slice and let those in flight finish. Second: abandon them.
+fn stop_on_ctrl_c(stop: Stop) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.stop_starting();
+            eprintln!("stopping: no new slices start; slices in flight finish (Ctrl-C again to abandon them)");
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.abandon_in_flight();
+            eprintln!("abandoning the slices in flight: what they staged stays invisible");
+        }
+    });
+}
+
+fn print(summary: &RunSummary) {
+    let meanwhile = match summary.count(|s| matches!(s, SliceStatus::CommittedMeanwhile { .. })) {
+        0 => String::new(),
+        n => format!(", {n} committed meanwhile by other runs"),
+    };
+    let slices = match summary.not_started.len() {
+        0 => summary.outcomes.len().to_string(),
+        n => format!(
+            "{} of {}",
+            summary.outcomes.len(),
+            summary.outcomes.len() + n
+        ),
+    };
+    println!(
+        "run {}: {slices} slices, {} committed, {} skipped, {} failed{meanwhile}",
+        summary.run_id,
+        summary.committed(),
+        summary.skipped(),
+        summary.failed()
+    );
+    if let Some(rebuild) = &summary.rebuild {
+        println!("rebuild: {}", describe_rebuild(rebuild));
+    }
+    if !summary.stopped {
+        return;
+    }
+    // After a stop, say exactly what is in the table and what is not.
+    let keys = |matches: fn(&SliceStatus) -> bool| {
+        let keys: Vec<&str> = summary
+            .outcomes
+            .iter()
+            .filter(|o| matches(&o.status))
+            .map(|o| o.slice.as_str())
+            .collect();
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    };
+    println!(
+        "stopped. committed: {}",
+        keys(|s| matches!(
+            s,
+            SliceStatus::Committed { .. } | SliceStatus::CommittedMeanwhile { .. }
+        ))
+    );
+    if summary.rebuild.is_some() {
+        println!(
+            "staged for the rebuild's swap: {}",
+            keys(|s| matches!(s, SliceStatus::Staged { .. }))
+        );
+    }
+    println!(
+        "not committed: {}",
+        keys(|s| matches!(s, SliceStatus::Failed { .. } | SliceStatus::Abandoned))
+    );
+    println!("not started: {}", summary.not_started.join(", "));
+}
+
+fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
+    match rebuild {
+        RebuildOutcome::Swapped {
+            version,
+            removed_files,
+            added_files,
+            kept_slices,
+        } => format!(
+            "swapped in version {version}: {added_files} files added, {removed_files} removed, {kept_slices} done slices kept"
+        ),
+        RebuildOutcome::Unchanged => "nothing to swap: the table already is this rebuild".into(),
+        RebuildOutcome::Waiting { staged, waiting } => format!(
+            "not swapped, the table is unchanged: {staged} slices staged, waiting for {}. Run again to finish: staged slices are reused",
+            waiting.join(", ")
+        ),
+        RebuildOutcome::Refused { error } => format!("not swapped: {error}"),
+    }
+}

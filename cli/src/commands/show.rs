@@ -1,0 +1,85 @@
+//! `backfill show`: one run, what it was asked to do and every attempt it made.
+
+use std::path::PathBuf;
+
+use backfill_engine::history::RunRecord;
+use backfill_engine::SliceStatus;
+use clap::Args;
+
+use super::Outcome;
+use crate::args::{find_run, open, Overrides};
+use crate::printer::{self, human_duration, timestamp};
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    /// The run id, as `history` lists it.
+    run: String,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn execute(args: ShowArgs) -> anyhow::Result<Outcome> {
+    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let record = find_run(&backfill, &args.run).await?;
+    match args.json {
+        true => printer::json(&record)?,
+        false => print(&record),
+    }
+    Ok(Outcome::Success)
+}
+
+fn print(run: &RunRecord) {
+    let header = &run.header;
+    println!(
+        "run {} of {}: {} ({} slices)",
+        header.run_id, header.pipeline, header.selection, header.slices
+    );
+    println!(
+        "  started {}, reprocess {}, concurrency {}, retries {}",
+        timestamp(&header.started_at),
+        header.reprocess.join(","),
+        header.concurrency,
+        header.retries
+    );
+    match &run.end {
+        Some(end) => println!(
+            "  ended {}: {} committed, {} skipped, {} failed",
+            timestamp(&end.ended_at),
+            end.committed,
+            end.skipped,
+            end.failed
+        ),
+        None => println!("  did not finish (still running, or interrupted)"),
+    }
+    let mut table = printer::table(["slice", "attempt", "took", "outcome"], &[1, 2]);
+    for attempt in &run.attempts {
+        let what = match &attempt.status {
+            SliceStatus::Committed { version, rows, .. } => {
+                format!("committed {rows} rows, version {version}")
+            }
+            SliceStatus::Staged { rows, reused, .. } => {
+                format!(
+                    "staged {rows} rows{}",
+                    if *reused { " (reused)" } else { "" }
+                )
+            }
+            SliceStatus::CommittedMeanwhile { by_run, version } => {
+                format!("committed meanwhile by run {by_run}, version {version}")
+            }
+            SliceStatus::Skipped { state } => format!("skipped ({state})"),
+            SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
+            SliceStatus::Abandoned => "abandoned".to_string(),
+        };
+        table.add_row([
+            attempt.slice.clone(),
+            attempt.attempt.to_string(),
+            human_duration(attempt.duration_ms),
+            what,
+        ]);
+    }
+    printer::print_table(&table);
+}

@@ -1,0 +1,95 @@
+//! `backfill status`: what the destination's Delta log records for each slice, with the
+//! last attempt's error and the durations' trend.
+
+use std::path::PathBuf;
+
+use backfill_engine::status::{Status, SKEW_FACTOR};
+use clap::Args;
+
+use super::Outcome;
+use crate::args::{open, Overrides, SelectionArgs};
+use crate::printer::{self, human_bytes, human_duration, or_blank};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    /// Without a selection, the committed slices.
+    #[command(flatten)]
+    selection: SelectionArgs,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn execute(args: StatusArgs) -> anyhow::Result<Outcome> {
+    let chosen = args.selection.given();
+    let backfill = open(&args.pipeline, &args.overrides, chosen.clone()).await?;
+    let status = backfill.status(chosen.as_ref()).await?;
+    match args.json {
+        true => printer::json(&status)?,
+        false => print(&status),
+    }
+    Ok(Outcome::Success)
+}
+
+fn print(status: &Status) {
+    let mut table = printer::table(
+        [
+            "slice", "state", "rows", "bytes", "duration", "retries", "version", "run", "note",
+        ],
+        &[2, 3, 4, 5, 6],
+    );
+    for s in &status.slices {
+        let note = match (&s.last_error, s.skewed) {
+            (Some(error), _) => error.clone(),
+            (None, true) => format!("skewed: over {SKEW_FACTOR}x the median"),
+            (None, false) => String::new(),
+        };
+        table.add_row([
+            s.slice.clone(),
+            s.state.to_string(),
+            or_blank(s.rows),
+            or_blank(s.bytes.map(human_bytes)),
+            or_blank(s.duration_ms.map(human_duration)),
+            s.retries.to_string(),
+            or_blank(s.version),
+            or_blank(s.run_id.clone()),
+            note,
+        ]);
+    }
+    printer::print_table(&table);
+    let durations: Vec<Option<u64>> = status.slices.iter().map(|s| s.duration_ms).collect();
+    if durations.iter().flatten().count() > 1 {
+        println!("durations in slice order: {}", sparkline(&durations));
+    }
+    let median = status
+        .median_duration_ms
+        .map(|m| format!(", median duration {}", human_duration(m)))
+        .unwrap_or_default();
+    let skewed = status.slices.iter().filter(|s| s.skewed).count();
+    println!(
+        "{} done, {} remaining{median}, {skewed} skewed",
+        status.done, status.remaining
+    );
+}
+
+/// Durations as a line of bars, blank where a slice has none: the trend at a glance.
+fn sparkline(durations: &[Option<u64>]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = durations
+        .iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    durations
+        .iter()
+        .map(|d| match d {
+            Some(d) => BARS[((*d as f64 / max as f64) * (BARS.len() - 1) as f64).round() as usize],
+            None => ' ',
+        })
+        .collect()
+}

@@ -1,0 +1,45 @@
+//! `backfill validate`: opens the pipeline (sources resolved, SQL planned) and says what
+//! it found.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Outcome;
+use crate::args::{open, Overrides};
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+pub async fn execute(args: ValidateArgs) -> anyhow::Result<Outcome> {
+    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let pipeline = backfill.pipeline();
+    println!("pipeline {} is valid", pipeline.name);
+    for source in &pipeline.sources {
+        println!("  source {} at {}", source.name, source.url);
+    }
+    let columns: Vec<String> = backfill
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    println!("  output ({})", columns.join(", "));
+    println!(
+        "  destination {} ({}, partitioned by {:?})",
+        pipeline.destination.url,
+        pipeline.destination.strategy.name(),
+        pipeline.destination.partition_by
+    );
+    println!(
+        "  {} slices, {} assertion(s)",
+        pipeline.slices.kind.name(),
+        pipeline.assertions.len()
+    );
+    Ok(Outcome::Success)
+}
