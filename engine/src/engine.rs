@@ -16,6 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
+use crate::history::Summaries;
 use crate::ledger::{Ledger, StagedSlice};
 use crate::pipeline::Strategy;
 use crate::pipeline::{Assertion, Pipeline};
@@ -23,7 +24,7 @@ use crate::sink::rebuild::Replaced;
 use crate::sink::Sink;
 use crate::slice::{self, Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
-use crate::states::{self, Facts, Reprocess, SliceState, SliceStatus};
+use crate::states::{self, Facts, Reprocess, SliceState};
 use crate::template;
 use std::collections::HashMap;
 
@@ -203,29 +204,12 @@ impl Backfill {
 
     /// What is known of the slices before a run: the Delta log's records, and from the
     /// run history the slices whose last attempt failed.
-    pub(crate) async fn known(&self) -> Result<Known> {
+    pub(crate) async fn known(&self, summaries: Summaries) -> Result<Known> {
         let ledger = self.ledger().await?;
-        let (mut last_failures, mut retries) = (HashMap::new(), HashMap::new());
-        for run in self.history().runs(&self.pipeline.name).await? {
-            for attempt in run.attempts {
-                if attempt.attempt > 1 {
-                    *retries.entry(attempt.slice.clone()).or_insert(0) += 1;
-                }
-                // A skipped attempt says nothing new about the slice: only a commit ends
-                // a failure.
-                match attempt.status {
-                    SliceStatus::Failed { error, .. } => {
-                        last_failures.insert(attempt.slice, (run.header.run_id.clone(), error));
-                    }
-                    SliceStatus::Committed { .. }
-                    | SliceStatus::CommittedMeanwhile { .. }
-                    | SliceStatus::Staged { .. } => {
-                        last_failures.remove(&attempt.slice);
-                    }
-                    SliceStatus::Skipped { .. } | SliceStatus::Abandoned => {}
-                }
-            }
-        }
+        let history = self
+            .history()
+            .slices(&self.pipeline.name, summaries)
+            .await?;
         let (staged, table_fits) = match self.pipeline.destination.strategy {
             Strategy::Rebuild => (
                 self.sink.staged_slices().await?,
@@ -236,8 +220,8 @@ impl Backfill {
         let table_files = self.sink.table_files(&self.pipeline.slices.columns).await?;
         Ok(Known {
             ledger,
-            last_failures,
-            retries,
+            last_failures: history.last_failures(),
+            retries: history.retries(),
             staged,
             table_fits,
             table_files,
@@ -252,7 +236,7 @@ impl Backfill {
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
         let slices = self.slices(selection)?;
-        let known = self.known().await?;
+        let known = self.known(Summaries::ReadOnly).await?;
         self.plan_slices(slices, &known, reprocess, concurrency)
             .await
     }

@@ -6,7 +6,13 @@
 //! `<run>/end.json` when it ends. Anyone who can read the table can read its history; a
 //! crash loses at most the attempts in flight. This module writes nothing but these
 //! objects, and never anything a Delta reader sees. Whether a slice is done is never
-//! decided here: that is the Delta log's job ([`crate::ledger`]).
+//! decided here: that is the Delta log's job ([`crate::ledger`]). What the history says
+//! of each slice is folded into summaries so that it costs the same after a thousand runs
+//! ([`summary`]).
+
+mod summary;
+
+pub use summary::{SliceHistory, Summaries};
 
 use std::sync::Arc;
 
@@ -97,19 +103,26 @@ impl History {
         self.put(&run_path(run_id, "end.json"), end).await
     }
 
-    /// Every run of `pipeline`, oldest first.
-    pub async fn runs(&self, pipeline: &str) -> Result<Vec<RunRecord>> {
+    /// The ids of every run against this destination, in id (start) order.
+    async fn run_ids(&self) -> Result<Vec<String>> {
         let listed = self
             .store
             .list_with_delimiter(Some(&Path::from(RUNS)))
             .await
             .context(|| "listing run history".into())?;
+        let folders = listed.common_prefixes.iter();
+        let mut ids: Vec<String> = folders
+            .filter_map(|folder| folder.filename().map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Every run of `pipeline`, oldest first.
+    pub async fn runs(&self, pipeline: &str) -> Result<Vec<RunRecord>> {
         let mut runs = Vec::new();
-        for folder in listed.common_prefixes {
-            let Some(run_id) = folder.filename() else {
-                continue;
-            };
-            if let Some(run) = self.run(run_id).await? {
+        for run_id in self.run_ids().await? {
+            if let Some(run) = self.run(&run_id).await? {
                 if run.header.pipeline == pipeline {
                     runs.push(run);
                 }
@@ -125,15 +138,7 @@ impl History {
             return Ok(None);
         };
         let end = self.get::<RunEnd>(&run_path(run_id, "end.json")).await?;
-        let prefix = run_path(run_id, "attempts");
-        let mut names: Vec<Path> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await
-            .context(|| format!("listing the attempts of run {run_id}"))?;
-        names.sort();
+        let names = self.list(&run_path(run_id, "attempts")).await?;
         let mut attempts = Vec::with_capacity(names.len());
         for name in names {
             attempts.extend(self.get::<Attempt>(&name).await?);
@@ -143,6 +148,19 @@ impl History {
             end,
             attempts,
         }))
+    }
+
+    /// The objects under `prefix`, sorted.
+    async fn list(&self, prefix: &Path) -> Result<Vec<Path>> {
+        let mut names: Vec<Path> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .context(|| format!("listing {prefix}"))?;
+        names.sort();
+        Ok(names)
     }
 
     async fn put<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {

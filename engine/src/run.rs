@@ -22,7 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{Backfill, Known};
 use crate::error::{Error, Result, ResultExt};
 use crate::estimate::Budget;
-use crate::history::{Attempt, History, RunEnd, RunHeader};
+use crate::history::{Attempt, History, RunEnd, RunHeader, Summaries};
 use crate::ledger::{Ledger, SliceRecord, StagedSlice};
 use crate::pipeline::Strategy;
 use crate::sink::Committer;
@@ -183,7 +183,7 @@ impl Backfill {
         if options.newest_first {
             slices.reverse();
         }
-        let known = self.known().await?;
+        let known = self.known(Summaries::Save).await?;
         // Pre-flight: every slice planned (listings and footers, no data) before any
         // starts. The plans are not kept: each slice plans again when it starts, so it
         // sees files that arrive in between.

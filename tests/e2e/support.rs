@@ -380,7 +380,9 @@ impl Case {
     pub fn data_files(&self) -> Vec<String> {
         let relative = self.table.strip_prefix(self.scratch.dir.path()).unwrap();
         let mut files = self.scratch.files_under(relative.to_str().unwrap());
-        files.retain(|file| !file.starts_with("_backfill/runs/"));
+        files.retain(|file| {
+            !file.starts_with("_backfill/runs/") && !file.starts_with("_backfill/summaries/")
+        });
         files
     }
 
