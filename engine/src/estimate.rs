@@ -64,6 +64,28 @@ impl Basis {
 }
 
 impl Estimate {
+    /// The cost of the slices of `planned` a run would compute, at `basis`'s throughput
+    /// with `concurrency` slices at a time.
+    pub fn of(planned: &[SlicePlan], basis: Option<Basis>, concurrency: usize) -> Estimate {
+        let to_run: Vec<&SlicePlan> = computed(planned).collect();
+        let mut estimate = Estimate {
+            slices: to_run.len(),
+            files: to_run.iter().map(|p| p.files.len() as u64).sum(),
+            bytes: to_run.iter().map(|p| p.source_bytes()).sum(),
+            rows: to_run.iter().map(|p| p.source_rows()).sum(),
+            basis,
+            duration_ms: None,
+            concurrency: concurrency.max(1),
+        };
+        let slice_ms: Option<u64> = to_run
+            .iter()
+            .map(|p| estimate.slice_ms(p.source_bytes()))
+            .sum();
+        let parallel = estimate.concurrency.min(to_run.len()).max(1) as u64;
+        estimate.duration_ms = slice_ms.map(|ms| ms.div_ceil(parallel));
+        estimate
+    }
+
     /// The estimated duration of a slice reading `bytes`.
     pub fn slice_ms(&self, bytes: u64) -> Option<u64> {
         let rate = self.basis.as_ref()?.bytes_per_second();
@@ -98,22 +120,7 @@ impl Backfill {
                 None => None,
             },
         };
-        let mut estimate = Estimate {
-            slices: to_run.len(),
-            files: to_run.iter().map(|p| p.files.len() as u64).sum(),
-            bytes: to_run.iter().map(|p| p.source_bytes()).sum(),
-            rows: to_run.iter().map(|p| p.source_rows()).sum(),
-            basis,
-            duration_ms: None,
-            concurrency: concurrency.max(1),
-        };
-        let slice_ms: Option<u64> = to_run
-            .iter()
-            .map(|p| estimate.slice_ms(p.source_bytes()))
-            .sum();
-        let parallel = estimate.concurrency.min(to_run.len()).max(1) as u64;
-        estimate.duration_ms = slice_ms.map(|ms| ms.div_ceil(parallel));
-        Ok(estimate)
+        Ok(Estimate::of(planned, basis, concurrency))
     }
 
     /// Bytes per second over this pipeline's committed slices, if any read something.
@@ -127,52 +134,52 @@ impl Backfill {
             bytes_per_second: bytes as f64 * 1000.0 / millis as f64,
         }))
     }
+}
 
-    /// Refuses a run that would compute a slice without source data (unless allowed) or
-    /// go over its budget. Nothing has run when this fails.
-    pub fn preflight(&self, planned: &[SlicePlan], budget: &Budget) -> Result<()> {
-        let to_run: Vec<&SlicePlan> = computed(planned).collect();
-        let empty: Vec<String> = to_run
-            .iter()
-            .filter(|p| !p.empty_sources.is_empty())
-            .map(|p| format!("{} ({})", p.slice.key, p.empty_sources.join(", ")))
-            .collect();
-        if !empty.is_empty() && !budget.allow_empty {
-            return Err(Error::setting(
-                &[Setting::AllowEmpty],
-                format!(
-                    "{} of {} slices to run have no source data: {}; nothing ran. Check the range and the sources' paths, or set {{allow_empty}} to run them anyway",
-                    empty.len(),
-                    to_run.len(),
-                    list_some(&empty)
-                ),
-            ));
-        }
-        if let Some(max) = budget.max_slices.filter(|max| to_run.len() > *max) {
-            return Err(Error::setting(
-                &[Setting::MaxSlices],
-                format!(
-                    "the backfill would run {} slices, {} over {{max_slices}} {max}; nothing ran",
-                    to_run.len(),
-                    to_run.len() - max
-                ),
-            ));
-        }
-        let bytes: u64 = to_run.iter().map(|p| p.source_bytes()).sum();
-        if let Some(max) = budget.max_bytes.filter(|max| bytes > *max) {
-            return Err(Error::setting(
-                &[Setting::MaxBytes],
-                format!(
-                    "the backfill would read {} from {} slices, {} over {{max_bytes}} {}; nothing ran",
-                    human_bytes(bytes),
-                    to_run.len(),
-                    human_bytes(bytes - max),
-                    human_bytes(max)
-                ),
-            ));
-        }
-        Ok(())
+/// Refuses a run that would compute a slice without source data (unless allowed) or
+/// go over its budget. Nothing has run when this fails.
+pub fn preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
+    let to_run: Vec<&SlicePlan> = computed(planned).collect();
+    let empty: Vec<String> = to_run
+        .iter()
+        .filter(|p| !p.empty_sources.is_empty())
+        .map(|p| format!("{} ({})", p.slice.key, p.empty_sources.join(", ")))
+        .collect();
+    if !empty.is_empty() && !budget.allow_empty {
+        return Err(Error::setting(
+            &[Setting::AllowEmpty],
+            format!(
+                "{} of {} slices to run have no source data: {}; nothing ran. Check the range and the sources' paths, or set {{allow_empty}} to run them anyway",
+                empty.len(),
+                to_run.len(),
+                list_some(&empty)
+            ),
+        ));
     }
+    if let Some(max) = budget.max_slices.filter(|max| to_run.len() > *max) {
+        return Err(Error::setting(
+            &[Setting::MaxSlices],
+            format!(
+                "the backfill would run {} slices, {} over {{max_slices}} {max}; nothing ran",
+                to_run.len(),
+                to_run.len() - max
+            ),
+        ));
+    }
+    let bytes: u64 = to_run.iter().map(|p| p.source_bytes()).sum();
+    if let Some(max) = budget.max_bytes.filter(|max| bytes > *max) {
+        return Err(Error::setting(
+            &[Setting::MaxBytes],
+            format!(
+                "the backfill would read {} from {} slices, {} over {{max_bytes}} {}; nothing ran",
+                human_bytes(bytes),
+                to_run.len(),
+                human_bytes(bytes - max),
+                human_bytes(max)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs a slice's transform to the end and encodes its output as Parquet into nowhere,
@@ -213,4 +220,157 @@ fn list_some(items: &[String]) -> String {
 /// A size for people, in binary units: `1.5 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::ledger::{SliceRecord, StagedSlice};
+    use crate::slice::Slice;
+    use crate::source::SourceFile;
+
+    /// A slice's plan reading files of `sizes` bytes (with `rows` rows each, if known).
+    fn planned(key: &str, state: SliceState, will_run: bool, sizes: &[u64]) -> SlicePlan {
+        let files = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| SourceFile {
+                path: format!("{key}/{i}.parquet"),
+                size: *size,
+                modified: String::new(),
+                e_tag: None,
+                source: "orders".into(),
+                rows: Some(size / 10),
+            })
+            .collect();
+        SlicePlan {
+            slice: Slice {
+                key: key.into(),
+                partition: vec![("dt".into(), key.into())],
+                window: None,
+            },
+            sql: "SELECT 1".into(),
+            files,
+            empty_sources: if sizes.is_empty() {
+                vec!["orders".into()]
+            } else {
+                vec![]
+            },
+            source_fingerprint: String::new(),
+            state,
+            will_run,
+            problem: None,
+            estimated_ms: None,
+        }
+    }
+
+    fn staged() -> SliceState {
+        let record = SliceRecord::example("s", "r1");
+        SliceState::Staged {
+            rows: record.rows,
+            bytes: record.bytes,
+            staged_at: chrono::DateTime::UNIX_EPOCH,
+            staged: Box::new(StagedSlice {
+                staging_key: "k".into(),
+                record,
+                adds: vec![],
+                staged_at: chrono::DateTime::UNIX_EPOCH,
+            }),
+        }
+    }
+
+    fn plans() -> Vec<SlicePlan> {
+        vec![
+            planned("a", SliceState::Missing, true, &[1000, 1000]),
+            planned("b", SliceState::Missing, false, &[500]),
+            planned("c", staged(), true, &[4000]),
+            planned("d", SliceState::Missing, true, &[1000]),
+        ]
+    }
+
+    #[test]
+    fn an_estimate_counts_the_slices_a_run_computes_and_spreads_them_over_concurrency() {
+        let basis = Basis::Sample {
+            slice: "a".into(),
+            bytes_per_second: 1000.0,
+        };
+        let estimate = Estimate::of(&plans(), Some(basis.clone()), 2);
+        // Not b (not chosen), not c (staged: reused, not computed).
+        assert_eq!(
+            (
+                estimate.slices,
+                estimate.files,
+                estimate.bytes,
+                estimate.rows
+            ),
+            (2, 3, 3000, Some(300))
+        );
+        assert_eq!(estimate.duration_ms, Some(1500), "3 s of work, 2 at a time");
+        let one_at_a_time = Estimate::of(&plans(), Some(basis), 1);
+        assert_eq!(one_at_a_time.duration_ms, Some(3000));
+        let unmeasured = Estimate::of(&plans(), None, 2);
+        assert_eq!(unmeasured.duration_ms, None);
+
+        let mut unknown_rows = plans();
+        unknown_rows[0].files[0].rows = None;
+        assert_eq!(Estimate::of(&unknown_rows, None, 2).rows, None);
+    }
+
+    fn refused_setting(planned: &[SlicePlan], budget: &Budget) -> (Vec<Setting>, String) {
+        match preflight(planned, budget) {
+            Err(Error::Setting { settings, message }) => (settings, message),
+            other => panic!("expected a refused setting, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn preflight_refuses_empty_sources_and_budgets_naming_the_setting() {
+        assert!(preflight(&plans(), &Budget::default()).is_ok());
+
+        let mut with_empty = plans();
+        with_empty.push(planned("e", SliceState::Missing, true, &[]));
+        let (settings, message) = refused_setting(&with_empty, &Budget::default());
+        assert_eq!(settings, [Setting::AllowEmpty]);
+        assert!(
+            message.starts_with("1 of 3 slices to run have no source data: e (orders)"),
+            "{message}"
+        );
+        let allowed = Budget {
+            allow_empty: true,
+            ..Budget::default()
+        };
+        assert!(preflight(&with_empty, &allowed).is_ok());
+
+        let few = Budget {
+            max_slices: Some(1),
+            ..Budget::default()
+        };
+        let (settings, message) = refused_setting(&plans(), &few);
+        assert_eq!(settings, [Setting::MaxSlices]);
+        assert!(
+            message.contains("would run 2 slices, 1 over {max_slices} 1"),
+            "{message}"
+        );
+
+        let small = Budget {
+            max_bytes: Some(2999),
+            ..Budget::default()
+        };
+        let (settings, message) = refused_setting(&plans(), &small);
+        assert_eq!(settings, [Setting::MaxBytes]);
+        assert!(
+            message.contains("would read 2.9 KiB from 2 slices, 1 B over"),
+            "{message}"
+        );
+        let enough = Budget {
+            max_bytes: Some(3000),
+            max_slices: Some(2),
+            ..Budget::default()
+        };
+        assert!(
+            preflight(&plans(), &enough).is_ok(),
+            "the limits are inclusive"
+        );
+    }
 }

@@ -53,6 +53,29 @@ pub struct SliceRecord {
     pub assertions: Vec<AssertionResult>,
 }
 
+#[cfg(test)]
+impl SliceRecord {
+    /// A record of `slice` of pipeline `p`, committed by `run_id`, for tests to adjust.
+    pub(crate) fn example(slice: &str, run_id: &str) -> Self {
+        SliceRecord {
+            pipeline: "p".into(),
+            slice: slice.into(),
+            run_id: run_id.into(),
+            attempt: 1,
+            strategy: "overwrite".into(),
+            txn_version: 1,
+            rows: 10,
+            bytes: 100,
+            duration_ms: 5,
+            source_files: 1,
+            source_bytes: 50,
+            source_fingerprint: "files".into(),
+            sql_fingerprint: "sql".into(),
+            assertions: vec![],
+        }
+    }
+}
+
 /// The record a rebuild's swap commit carries: every slice of the new table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwapRecord {
@@ -199,5 +222,103 @@ impl Ledger {
         let mut all: Vec<_> = self.latest.values().collect();
         all.sort_by(|a, b| a.record.slice.cmp(&b.record.slice));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::{DataType, StructField};
+    use deltalake::protocol::{DeltaOperation, SaveMode};
+
+    use super::*;
+
+    /// Commits nothing but `record` (as `backfill` would with a slice's files).
+    async fn commit(table: &mut DeltaTable, record: &CommitRecord) {
+        let value = serde_json::to_value(record).unwrap();
+        let properties =
+            CommitProperties::default().with_metadata([(COMMIT_INFO_KEY.to_string(), value)]);
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        let committed = CommitBuilder::from(properties)
+            .build(
+                Some(table.snapshot().unwrap()),
+                table.log_store(),
+                operation,
+            )
+            .await
+            .unwrap();
+        table.state = Some(committed.snapshot());
+    }
+
+    fn slice(key: &str, run: &str) -> SliceRecord {
+        SliceRecord::example(key, run)
+    }
+
+    #[tokio::test]
+    async fn the_ledger_keeps_each_slices_newest_record_and_nothing_from_before_a_swap() {
+        let folder = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(folder.path()).unwrap();
+        let mut table = deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap()
+            .create()
+            .with_columns([StructField::new("id", DataType::LONG, true)])
+            .await
+            .unwrap();
+        assert!(Ledger::read(None, "p")
+            .await
+            .unwrap()
+            .committed()
+            .is_empty());
+
+        // v1: a and b (to be voided by the swap); v2: a group of b and c; v3: the swap of
+        // c and d; v4: another pipeline's d; v5: a again.
+        commit(&mut table, &CommitRecord::Slice(slice("a", "r1"))).await;
+        let group = GroupRecord {
+            slices: vec![slice("b", "r2"), slice("c", "r2")],
+        };
+        commit(&mut table, &CommitRecord::Group(group)).await;
+        let swap = SwapRecord {
+            rebuild: RebuildRecord {
+                pipeline: "p".into(),
+                run_id: "r3".into(),
+                replaced_version: Some(2),
+                removed_files: 0,
+                added_files: 0,
+            },
+            slices: vec![slice("c", "r3"), slice("d", "r3")],
+        };
+        commit(&mut table, &CommitRecord::Swap(swap)).await;
+        let other = SliceRecord {
+            pipeline: "q".into(),
+            ..slice("d", "r4")
+        };
+        commit(&mut table, &CommitRecord::Slice(other)).await;
+        commit(&mut table, &CommitRecord::Slice(slice("a", "r5"))).await;
+
+        let ledger = Ledger::read(Some(&table), "p").await.unwrap();
+        let seen: Vec<(&str, &str, Option<u64>)> = ledger
+            .committed()
+            .into_iter()
+            .map(|c| (c.record.slice.as_str(), c.record.run_id.as_str(), c.version))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", "r5", Some(5)),
+                ("c", "r3", Some(3)),
+                ("d", "r3", Some(3))
+            ],
+            "b was committed before the swap, which removed it"
+        );
+        let entry = std::fs::read(folder.path().join("_delta_log/00000000000000000003.json"));
+        let record = CommitRecord::in_commit_entry(&entry.unwrap()).unwrap();
+        assert!(matches!(record, CommitRecord::Swap(_)), "{record:?}");
+        assert_eq!(record.slices().len(), 2);
     }
 }

@@ -242,20 +242,9 @@ mod tests {
 
     fn record(source: &str, sql: &str, run: &str) -> SliceRecord {
         SliceRecord {
-            pipeline: "p".into(),
-            slice: "2024-01-01".into(),
-            run_id: run.into(),
-            attempt: 1,
-            strategy: "overwrite".into(),
-            txn_version: 1,
-            rows: 10,
-            bytes: 100,
-            duration_ms: 5,
-            source_files: 1,
-            source_bytes: 50,
             source_fingerprint: source.into(),
             sql_fingerprint: sql.into(),
-            assertions: vec![],
+            ..SliceRecord::example("2024-01-01", run)
         }
     }
 

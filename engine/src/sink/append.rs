@@ -5,15 +5,37 @@
 //! before, found by their tags, are removed in the same commit that adds the new ones: the
 //! slice's rows are replaced, not duplicated, and rows appended by anyone else stay.
 
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
-use super::{is_tagged_with, Sink, Staged};
+use super::{actions_of_all, is_tagged_with, Sink, SliceCommit, Staged, Writes};
 use crate::slice::Slice;
 
+pub(super) struct Append;
+
+#[async_trait::async_trait]
+impl Writes for Append {
+    /// Appended rows may land in any partition: nothing is replaced there.
+    fn keeps_to_its_partitions(&self) -> bool {
+        false
+    }
+
+    async fn commit(
+        &self,
+        sink: &Sink,
+        table: &mut Option<DeltaTable>,
+        pending: &[&SliceCommit<'_>],
+        properties: CommitProperties,
+    ) -> deltalake::DeltaResult<u64> {
+        let all = actions_of_all(sink, table.as_ref(), pending, actions)?;
+        sink.commit(table, all, operation(sink), properties).await
+    }
+}
+
 /// The actions that add the slice's staged files and remove the files it added before.
-pub(super) fn actions(
+fn actions(
     sink: &Sink,
     table: Option<&DeltaTable>,
     slice: &Slice,
@@ -30,7 +52,7 @@ pub(super) fn actions(
     Ok(actions)
 }
 
-pub(super) fn operation(sink: &Sink) -> DeltaOperation {
+fn operation(sink: &Sink) -> DeltaOperation {
     DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: Some(sink.partition_by.clone()),

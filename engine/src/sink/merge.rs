@@ -10,10 +10,40 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::DeltaTable;
 
-use super::{partition_predicate, Sink, Staged};
+use super::{partition_predicate, Sink, SliceCommit, Staged, Writes};
 use crate::slice::Slice;
 
-pub(super) async fn publish(
+pub(super) struct Merge {
+    /// The business keys rows are matched on.
+    pub keys: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl Writes for Merge {
+    fn stages_apart(&self) -> bool {
+        true
+    }
+
+    fn most_per_commit(&self) -> usize {
+        1
+    }
+
+    async fn commit(
+        &self,
+        sink: &Sink,
+        table: &mut Option<DeltaTable>,
+        pending: &[&SliceCommit<'_>],
+        properties: CommitProperties,
+    ) -> deltalake::DeltaResult<u64> {
+        let [one] = pending else {
+            let refused = "merge commits one slice at a time".to_string();
+            return Err(deltalake::DeltaTableError::Generic(refused));
+        };
+        publish(sink, table, one.slice, one.staged, &self.keys, properties).await
+    }
+}
+
+async fn publish(
     sink: &Sink,
     table: &mut Option<DeltaTable>,
     slice: &Slice,

@@ -7,10 +7,10 @@
 //! that also carries the slice's `txn` and [`SliceRecord`]; or [`Sink::discard`] deletes
 //! them. A commit that fails is settled against the log before anything is deleted, and a
 //! slice another run committed meanwhile is not committed again (see [`view`]). One file
-//! per strategy: [`overwrite`], [`append`], [`merge`]; [`rebuild`] stages every slice the
-//! same way but publishes them all at once with [`Sink::swap`]. [`clean`] deletes what
-//! attempts that never committed left behind. This module never deletes a file that a
-//! committed version references.
+//! per strategy, each a `Writes`: [`overwrite`], [`append`], [`merge`]; [`rebuild`]
+//! stages every slice the same way but publishes them all at once with [`Sink::swap`].
+//! [`clean`] deletes what attempts that never committed left behind. This module never
+//! deletes a file that a committed version references.
 
 mod append;
 pub mod clean;
@@ -65,12 +65,76 @@ const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
 pub const PIPELINE_TAG: &str = "backfill.pipeline";
 pub const SLICE_TAG: &str = "backfill.slice";
 
+/// What a write strategy decides in the sink: where its slices are staged, what they may
+/// hold, and what a commit of staged slices does. One file per strategy implements it;
+/// [`writes`] picks the one a pipeline names, and nothing else in the sink asks which
+/// strategy it is.
+#[async_trait::async_trait]
+trait Writes: Send + Sync {
+    /// Whether a slice is staged apart, under `_backfill/staging/`, as the source of its
+    /// commit rather than the files it adds (merge); such files go once it is settled.
+    fn stages_apart(&self) -> bool {
+        false
+    }
+
+    /// Whether a slice's rows must lie in its own partitions, because its commit replaces
+    /// or merges exactly those.
+    fn keeps_to_its_partitions(&self) -> bool {
+        true
+    }
+
+    /// The most slices one commit may publish: merge runs one MERGE per slice, and a
+    /// rebuild publishes only through its swap.
+    fn most_per_commit(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Commits `pending` on top of `table` (creating the table if there is none) with
+    /// `properties`, which carry each slice's `txn` and the record; returns the version.
+    async fn commit(
+        &self,
+        sink: &Sink,
+        table: &mut Option<DeltaTable>,
+        pending: &[&SliceCommit<'_>],
+        properties: CommitProperties,
+    ) -> deltalake::DeltaResult<u64>;
+}
+
+/// The actions that publish one slice's staged files, for strategies that commit the
+/// actions of each slice of a group together.
+type SliceActions =
+    fn(&Sink, Option<&DeltaTable>, &Slice, &Staged) -> deltalake::DeltaResult<Vec<Action>>;
+
+/// The actions of every slice of `pending`, in order.
+fn actions_of_all(
+    sink: &Sink,
+    table: Option<&DeltaTable>,
+    pending: &[&SliceCommit<'_>],
+    actions: SliceActions,
+) -> deltalake::DeltaResult<Vec<Action>> {
+    let mut all = Vec::new();
+    for member in pending {
+        all.extend(actions(sink, table, member.slice, member.staged)?);
+    }
+    Ok(all)
+}
+
+/// The [`Writes`] of a strategy.
+fn writes(strategy: &Strategy) -> Box<dyn Writes> {
+    match strategy {
+        Strategy::Overwrite => Box::new(overwrite::Overwrite),
+        Strategy::Append => Box::new(append::Append),
+        Strategy::Merge { keys } => Box::new(merge::Merge { keys: keys.clone() }),
+        Strategy::Rebuild => Box::new(rebuild::Rebuild),
+    }
+}
+
 /// The destination table of a run.
 pub struct Sink {
     pipeline: String,
     url: Url,
     partition_by: Vec<String>,
-    strategy: Strategy,
+    writes: Box<dyn Writes>,
     schema: SchemaRef,
     store: Arc<dyn ObjectStore>,
     /// The store at the root of the table's bucket (or disk), for DataFusion to read
@@ -169,7 +233,7 @@ impl Sink {
             given_store: store,
             url,
             partition_by: destination.partition_by.clone(),
-            strategy: destination.strategy.clone(),
+            writes: writes(&destination.strategy),
             schema,
             view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
         })
@@ -211,16 +275,14 @@ impl Sink {
         slice: &Slice,
         mut stream: SendableRecordBatchStream,
     ) -> Result<Staged> {
-        let (base, partition_columns) = match self.strategy {
-            Strategy::Merge { .. } => (
+        let (base, partition_columns) = match self.writes.stages_apart() {
+            true => (
                 self.url
                     .join(&format!("_backfill/staging/{}/", uuid::Uuid::new_v4()))
                     .expect("a valid path"),
                 vec![],
             ),
-            Strategy::Overwrite | Strategy::Append | Strategy::Rebuild => {
-                (self.url.clone(), self.partition_by.clone())
-            }
+            false => (self.url.clone(), self.partition_by.clone()),
         };
         let context = || format!("slice {}: writing to {base}", slice.key);
         let mut writer = RecordBatchWriter::try_new(
@@ -354,7 +416,7 @@ impl Sink {
         let mut view = self.view.lock().await;
         let published = self.publish_locked(&mut view, group).await;
         drop(view);
-        let merged = matches!(self.strategy, Strategy::Merge { .. });
+        let staged_apart = self.writes.stages_apart();
         let (kept, result): (Vec<bool>, _) = match published {
             Ok(published) => (
                 published
@@ -367,11 +429,11 @@ impl Sink {
             Err(Unsettled::Unknown(error)) => (vec![true; group.len()], Err(error)),
         };
         for (member, kept) in group.iter().zip(kept) {
-            // Merge's staged files are only its source, never part of the table.
-            if !kept || merged {
+            // Files staged apart are only the commit's source, never part of the table.
+            if !kept || staged_apart {
                 self.discard(member.staged).await;
             }
-            if merged {
+            if staged_apart {
                 if let Ok(folder) = member.staged.base.to_file_path() {
                     // Object stores have no folders, but a local disk keeps the emptied one.
                     let _ = std::fs::remove_dir(folder);
@@ -499,45 +561,14 @@ impl Sink {
                 COMMIT_INFO_KEY.to_string(),
                 serde_json::to_value(&record).expect("a record serializes"),
             )]);
-        let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
-        let actions = |each: fn(
-            &Sink,
-            Option<&DeltaTable>,
-            &Slice,
-            &Staged,
-        ) -> deltalake::DeltaResult<Vec<Action>>,
-                       table: Option<&DeltaTable>| {
-            let mut all = Vec::new();
-            for member in pending {
-                all.extend(each(self, table, member.slice, member.staged)?);
-            }
-            Ok::<_, deltalake::DeltaTableError>(all)
-        };
-        let committed = match &self.strategy {
-            Strategy::Overwrite => {
-                let actions = actions(overwrite::actions, table.as_ref()).map_err(not_committed)?;
-                let operation = overwrite::operation(self, &slices);
-                self.commit(table, actions, operation, properties).await
-            }
-            Strategy::Append => {
-                let actions = actions(append::actions, table.as_ref()).map_err(not_committed)?;
-                self.commit(table, actions, append::operation(self), properties)
-                    .await
-            }
-            Strategy::Merge { keys } => match pending {
-                [one] => merge::publish(self, table, one.slice, one.staged, keys, properties).await,
-                _ => {
-                    return Err(Unsettled::NotCommitted(Error::Internal(
-                        "merge commits one slice at a time".into(),
-                    )))
-                }
-            },
-            Strategy::Rebuild => {
-                return Err(Unsettled::NotCommitted(Error::Internal(
-                    "a rebuild's slices are published together by Sink::swap".into(),
-                )))
-            }
-        };
+        if pending.len() > self.writes.most_per_commit() {
+            return Err(Unsettled::NotCommitted(Error::Internal(format!(
+                "{}: {} slices in one commit, more than this strategy commits at once",
+                context(),
+                pending.len()
+            ))));
+        }
+        let committed = self.writes.commit(self, table, pending, properties).await;
         committed.map_err(not_committed)
     }
 
@@ -604,7 +635,7 @@ impl Sink {
     }
 
     fn partition_guard(&self, slice: &Slice) -> Result<PartitionGuard> {
-        let replaces_partitions = !matches!(self.strategy, Strategy::Append);
+        let replaces_partitions = self.writes.keeps_to_its_partitions();
         let owned = slice
             .partition
             .iter()

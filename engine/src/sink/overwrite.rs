@@ -6,15 +6,36 @@
 //! another writer added files there since the table was read, while commits of other
 //! slices (other partitions) go through.
 
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
-use super::{files_in_partitions, partition_predicate, Sink, Staged};
+use super::{
+    actions_of_all, files_in_partitions, partition_predicate, Sink, SliceCommit, Staged, Writes,
+};
 use crate::slice::Slice;
 
+pub(super) struct Overwrite;
+
+#[async_trait::async_trait]
+impl Writes for Overwrite {
+    async fn commit(
+        &self,
+        sink: &Sink,
+        table: &mut Option<DeltaTable>,
+        pending: &[&SliceCommit<'_>],
+        properties: CommitProperties,
+    ) -> deltalake::DeltaResult<u64> {
+        let all = actions_of_all(sink, table.as_ref(), pending, actions)?;
+        let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
+        let operation = operation(sink, &slices);
+        sink.commit(table, all, operation, properties).await
+    }
+}
+
 /// The actions that replace the slice's partitions with its staged files.
-pub(super) fn actions(
+fn actions(
     sink: &Sink,
     table: Option<&DeltaTable>,
     slice: &Slice,
@@ -33,7 +54,7 @@ pub(super) fn actions(
 }
 
 /// A commit replacing the partitions of `slices`: its predicate names them all.
-pub(super) fn operation(sink: &Sink, slices: &[&Slice]) -> DeltaOperation {
+fn operation(sink: &Sink, slices: &[&Slice]) -> DeltaOperation {
     let predicates: Vec<String> = slices
         .iter()
         .map(|slice| format!("({})", partition_predicate(slice, "")))

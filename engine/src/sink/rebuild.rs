@@ -23,7 +23,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
-use super::{check_compatible, written_by, Sink};
+use super::{check_compatible, written_by, Sink, SliceCommit, Writes};
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{
     CommitRecord, RebuildRecord, SliceRecord, StagedSlice, SwapRecord, COMMIT_INFO_KEY,
@@ -46,6 +46,28 @@ pub struct Replaced {
     pub bytes: u64,
     /// Whether the swap changes the table's columns or partitioning.
     pub schema_changes: bool,
+}
+
+/// A rebuild stages its slices in the table's folder like overwrite, and publishes them
+/// only all at once, through [`Sink::swap`].
+pub(super) struct Rebuild;
+
+#[async_trait::async_trait]
+impl Writes for Rebuild {
+    fn most_per_commit(&self) -> usize {
+        0
+    }
+
+    async fn commit(
+        &self,
+        _sink: &Sink,
+        _table: &mut Option<deltalake::DeltaTable>,
+        _pending: &[&SliceCommit<'_>],
+        _properties: CommitProperties,
+    ) -> deltalake::DeltaResult<u64> {
+        let refused = "a rebuild's slices are published together by Sink::swap".to_string();
+        Err(deltalake::DeltaTableError::Generic(refused))
+    }
 }
 
 impl Sink {

@@ -60,25 +60,25 @@ async fn stage(sink: &Sink, slice: &Slice, first: i64, rows: i64) -> Staged {
 
 fn record(slice: &Slice, staged: &Staged, txn_version: i64) -> SliceRecord {
     SliceRecord {
-        pipeline: "p".into(),
-        slice: slice.key.clone(),
-        run_id: format!("run-{txn_version}"),
-        attempt: 1,
         strategy: "test".into(),
         txn_version,
         rows: staged.rows,
         bytes: staged.bytes,
-        duration_ms: 1,
-        source_files: 0,
-        source_bytes: 0,
-        source_fingerprint: String::new(),
-        sql_fingerprint: String::new(),
-        assertions: vec![],
+        ..SliceRecord::example(&slice.key, &format!("run-{txn_version}"))
     }
 }
 
 /// Stages and publishes `slices` together, `rows` rows each, as txn version `txn`.
 async fn publish_together(sink: &Sink, slices: &[Slice], rows: i64, txn: i64) -> Vec<Published> {
+    try_publish_together(sink, slices, rows, txn).await.unwrap()
+}
+
+async fn try_publish_together(
+    sink: &Sink,
+    slices: &[Slice],
+    rows: i64,
+    txn: i64,
+) -> crate::Result<Vec<Published>> {
     let mut staged = Vec::new();
     for (i, slice) in slices.iter().enumerate() {
         staged.push(stage(sink, slice, i as i64 * 1000, rows).await);
@@ -98,7 +98,7 @@ async fn publish_together(sink: &Sink, slices: &[Slice], rows: i64, txn: i64) ->
             record,
         })
         .collect();
-    sink.publish_together(&group).await.unwrap()
+    sink.publish_together(&group).await
 }
 
 async fn rows(table: &DeltaTable) -> usize {
@@ -165,4 +165,56 @@ async fn several_append_slices_go_in_one_commit_and_replace_their_own_rows() {
         "the first slice's rows were replaced"
     );
     assert_recorded(&table, &four, 1, 2).await;
+}
+
+#[tokio::test]
+async fn merge_and_rebuild_refuse_a_group_and_commit_nothing() {
+    for strategy in [
+        Strategy::Merge {
+            keys: vec!["id".into()],
+        },
+        Strategy::Rebuild,
+    ] {
+        let folder = tempfile::tempdir().unwrap();
+        let sink = sink(folder.path(), strategy.clone()).await;
+        let two = days("2024-01-01", "2024-01-02");
+        let refused = try_publish_together(&sink, &two, 3, 1).await.unwrap_err();
+        assert!(
+            matches!(&refused, crate::Error::Internal(m) if m.contains("2 slices in one commit")),
+            "{strategy:?}: {refused}"
+        );
+        assert!(
+            sink.table().await.is_none(),
+            "{strategy:?} committed nothing"
+        );
+        let parquet = walk(folder.path())
+            .filter(|p| p.ends_with(".parquet"))
+            .count();
+        assert_eq!(parquet, 0, "{strategy:?}: the staged files were discarded");
+    }
+    // Merge publishes one slice per commit.
+    let folder = tempfile::tempdir().unwrap();
+    let merge = Strategy::Merge {
+        keys: vec!["id".into()],
+    };
+    let sink = sink(folder.path(), merge).await;
+    let one = days("2024-01-01", "2024-01-01");
+    let published = publish_together(&sink, &one, 3, 1).await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(rows(&sink.table().await.unwrap()).await, 3);
+}
+
+/// Every file under `folder`, as paths.
+fn walk(folder: &std::path::Path) -> impl Iterator<Item = String> {
+    let mut files = Vec::new();
+    let mut folders = vec![folder.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap().flatten() {
+            match entry.file_type().unwrap().is_dir() {
+                true => folders.push(entry.path()),
+                false => files.push(entry.path().display().to_string()),
+            }
+        }
+    }
+    files.into_iter()
 }

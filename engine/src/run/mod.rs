@@ -1,0 +1,364 @@
+//! Running slices: plan, skip what is done, stage, check, publish.
+//!
+//! Slices run concurrently (each on its own task, `concurrency` in flight), each one
+//! streaming from its sources through the transform into staged files, so both cores
+//! stay busy with reading, computing and writing at once. A slice is the unit of retry
+//! and is idempotent: whatever happens to it, the table either has all of its new
+//! output, in one commit, or none of it. That is what makes retrying safe: a slice that
+//! fails for a transient reason (storage, a conflict with another writer, a time limit)
+//! is tried again with exponential backoff and jitter; a failed check, bad SQL or bad
+//! data is not. Progress goes to a [`Reporter`]; this module never prints.
+//!
+//! This file holds the run's API types, its loop (concurrency, stop, reporter, the
+//! history's header and end) and `Run`, one run in progress, whose jobs are in their
+//! own files: `attempts.rs` retries and time limits, `slice_task.rs` one attempt at one
+//! slice, `executor.rs` where a slice's plan executes, `rebuild.rs` the swap that ends a
+//! rebuild.
+
+mod attempts;
+mod executor;
+mod rebuild;
+mod slice_task;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{Backfill, Known};
+use crate::error::{Error, Result};
+use crate::estimate::Budget;
+use crate::history::{History, RunEnd, RunHeader, Summaries};
+use crate::ledger::{Ledger, StagedSlice};
+use crate::pipeline::Strategy;
+use crate::slice::Selection;
+use crate::states::{RebuildOutcome, Reprocess, SliceStatus};
+use tokio_util::sync::CancellationToken;
+
+/// How a run behaves, beyond which slices it runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Which slices to run, by their state.
+    pub reprocess: Reprocess,
+    /// Slices in flight at once.
+    pub concurrency: usize,
+    /// Further attempts for a slice that failed for a transient reason.
+    pub retries: u32,
+    /// About how long the first retry waits; each later one waits twice as long.
+    pub backoff: Duration,
+    /// An attempt running longer than this fails (and may be retried).
+    pub slice_timeout: Option<Duration>,
+    /// Run the newest slices first.
+    pub newest_first: bool,
+    /// Lets another task stop the run (on Ctrl-C, say).
+    pub stop: Stop,
+    /// The time stamped on records, and the waits between retries.
+    pub clock: Arc<dyn Clock>,
+    /// What the run must stay within, checked before any slice starts.
+    pub budget: Budget,
+}
+
+/// Stops a run in two steps: first no new slice starts and the ones in flight finish;
+/// then the ones in flight are abandoned. Either way nothing is half-written: a slice's
+/// commit is atomic, and what it staged stays invisible.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    starting: CancellationToken,
+    in_flight: CancellationToken,
+}
+
+impl Stop {
+    /// Start no new slice.
+    pub fn stop_starting(&self) {
+        self.starting.cancel();
+    }
+
+    /// Abandon the slices in flight too.
+    pub fn abandon_in_flight(&self) {
+        self.starting.cancel();
+        self.in_flight.cancel();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.starting.is_cancelled()
+    }
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            reprocess: Reprocess::default(),
+            concurrency: default_concurrency(),
+            retries: 2,
+            backoff: Duration::from_secs(1),
+            slice_timeout: None,
+            newest_first: false,
+            stop: Stop::default(),
+            clock: Arc::new(SystemClock),
+            budget: Budget::default(),
+        }
+    }
+}
+
+/// Slices planned at once before a run: planning waits on listings and footers, not cores.
+const PREFLIGHT_CONCURRENCY: usize = 16;
+
+/// The number of cores, the default number of slices in flight.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Receives progress from a run. Only the CLI draws; the engine only reports.
+pub trait Reporter: Send + Sync {
+    fn run_started(&self, _run_id: &str, _slices: usize) {}
+    fn slice_started(&self, _slice: &str) {}
+    fn slice_finished(&self, _outcome: &SliceOutcome) {}
+}
+
+/// A reporter that ignores everything.
+pub struct Silent;
+impl Reporter for Silent {}
+
+/// What became of one slice in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceOutcome {
+    pub slice: String,
+    #[serde(flatten)]
+    pub status: SliceStatus,
+    pub duration_ms: u64,
+    /// Attempts made: 1 unless transient failures were retried.
+    pub attempts: u32,
+}
+
+/// The result of a run: every started slice's outcome, in run order.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub pipeline: String,
+    pub outcomes: Vec<SliceOutcome>,
+    /// Whether the run was stopped before it had started every slice.
+    pub stopped: bool,
+    /// The selected slices it never started, in run order.
+    pub not_started: Vec<String>,
+    /// For a rebuild, whether and how the table was swapped.
+    pub rebuild: Option<RebuildOutcome>,
+}
+
+impl RunSummary {
+    pub fn count(&self, matches: impl Fn(&SliceStatus) -> bool) -> usize {
+        self.outcomes.iter().filter(|o| matches(&o.status)).count()
+    }
+
+    pub fn committed(&self) -> usize {
+        self.count(|s| matches!(s, SliceStatus::Committed { .. }))
+    }
+
+    pub fn skipped(&self) -> usize {
+        self.count(|s| matches!(s, SliceStatus::Skipped { .. }))
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(|s| matches!(s, SliceStatus::Failed { .. }))
+    }
+
+    /// Whether the run left work undone that a rerun would do: failed slices, or a
+    /// rebuild that did not swap.
+    pub fn incomplete(&self) -> bool {
+        self.failed() > 0
+            || matches!(
+                self.rebuild,
+                Some(RebuildOutcome::Waiting { .. } | RebuildOutcome::Refused { .. })
+            )
+    }
+}
+
+impl Backfill {
+    /// Runs the selected slices whose state `options.reprocess` chooses.
+    /// Errors in the selection come back before anything runs; a slice's own failure
+    /// is in its outcome, and the other slices go on.
+    pub async fn run(
+        self: Arc<Self>,
+        selection: &Selection,
+        options: &RunOptions,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<RunSummary> {
+        let mut slices = self.slices(selection)?;
+        if options.newest_first {
+            slices.reverse();
+        }
+        let known = self.known(Summaries::Save).await?;
+        // Pre-flight: every slice planned (listings and footers, no data) before any
+        // starts. The plans are not kept: each slice plans again when it starts, so it
+        // sees files that arrive in between.
+        {
+            let slices = slices.clone();
+            let planned = self
+                .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
+                .await?;
+            crate::estimate::preflight(&planned, &options.budget)?;
+        }
+        let run_id = new_run_id(options.clock.now());
+        let run = Arc::new(Run {
+            backfill: self.clone(),
+            options: options.clone(),
+            known,
+            history: History::new(self.sink.store()),
+            run_id: run_id.clone(),
+            staged: Default::default(),
+        });
+        let header = RunHeader {
+            run_id: run_id.clone(),
+            pipeline: self.pipeline.name.clone(),
+            selection: describe(selection),
+            slices: slices.len(),
+            reprocess: options
+                .reprocess
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            concurrency: options.concurrency,
+            retries: options.retries,
+            started_at: options.clock.now(),
+        };
+        run.history.start(&header).await?;
+        reporter.run_started(&run_id, slices.len());
+        let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
+        let stop = options.stop.clone();
+        let mut outcomes: Vec<(usize, SliceOutcome)> =
+            futures::stream::iter(slices.into_iter().enumerate())
+                // Asked each time a place frees up: once stopping, no new slice starts.
+                .take_while(move |_| std::future::ready(!stop.is_stopping()))
+                .map(|(index, slice)| {
+                    let (run, reporter, stop) =
+                        (run.clone(), reporter.clone(), options.stop.clone());
+                    // Each slice on its own task, so slices compute on all cores at once.
+                    tokio::spawn(async move {
+                        reporter.slice_started(&slice.key);
+                        let started = Instant::now();
+                        let (status, attempts) = tokio::select! {
+                            finished = run.attempt_slice(&slice, index) => finished,
+                            _ = stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
+                        };
+                        let outcome = SliceOutcome {
+                            slice: slice.key,
+                            status,
+                            duration_ms: millis(started.elapsed()),
+                            attempts,
+                        };
+                        reporter.slice_finished(&outcome);
+                        (index, outcome)
+                    })
+                })
+                .buffer_unordered(options.concurrency.max(1))
+                .map(|joined| {
+                    joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
+                })
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
+        // Slices finish in any order; the summary lists them in run order.
+        outcomes.sort_by_key(|(index, _)| *index);
+        let mut outcomes: Vec<SliceOutcome> =
+            outcomes.into_iter().map(|(_, outcome)| outcome).collect();
+        if outcomes.iter().any(|o| o.status == SliceStatus::Abandoned) {
+            self.settle_abandoned(&mut outcomes, &run.run_id).await?;
+        }
+        let not_started = keys[outcomes.len()..].to_vec();
+        let rebuild = match self.pipeline.destination.strategy {
+            Strategy::Rebuild => {
+                let staged = std::mem::take(&mut *run.staged.lock().expect("not poisoned"));
+                Some(
+                    run.finish_rebuild(&mut outcomes, &not_started, staged)
+                        .await,
+                )
+            }
+            _ => None,
+        };
+        let summary = RunSummary {
+            run_id,
+            pipeline: self.pipeline.name.clone(),
+            stopped: options.stop.is_stopping() && !not_started.is_empty(),
+            not_started,
+            outcomes,
+            rebuild,
+        };
+        let end = RunEnd {
+            ended_at: options.clock.now(),
+            committed: summary.committed(),
+            skipped: summary.skipped(),
+            failed: summary.failed(),
+            rebuild: summary.rebuild.clone(),
+        };
+        run.history.end(&summary.run_id, &end).await?;
+        Ok(summary)
+    }
+
+    /// An abandoned slice may have committed just before it was dropped: the Delta log,
+    /// read afresh, says which did, so the summary tells exactly what is in the table.
+    async fn settle_abandoned(&self, outcomes: &mut [SliceOutcome], run_id: &str) -> Result<()> {
+        let ledger = Ledger::read(self.sink.reload().await?.as_ref(), &self.pipeline.name).await?;
+        for outcome in outcomes
+            .iter_mut()
+            .filter(|o| o.status == SliceStatus::Abandoned)
+        {
+            if let Some(committed) = ledger
+                .get(&outcome.slice)
+                .filter(|c| c.record.run_id == run_id)
+            {
+                let record = &committed.record;
+                outcome.status = SliceStatus::Committed {
+                    version: committed.version.unwrap_or_default(),
+                    rows: record.rows,
+                    bytes: record.bytes,
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One run in progress: what its slices share, and the jobs of running them (attempts,
+/// one slice's task, finishing a rebuild), each in its own file.
+struct Run {
+    backfill: Arc<Backfill>,
+    options: RunOptions,
+    run_id: String,
+    /// The Delta log's records and the failed slices, as the run started.
+    known: Known,
+    history: History,
+    /// A rebuild's slices staged (or found staged) by this run, for its swap.
+    staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
+}
+
+impl Run {
+    fn remember_staged(&self, staged: StagedSlice) {
+        let mut all = self.staged.lock().expect("not poisoned");
+        all.insert(staged.record.slice.clone(), staged);
+    }
+}
+
+/// A selection as people write it, for the run history.
+fn describe(selection: &Selection) -> String {
+    match selection {
+        Selection::Range { start, end } => format!("{start}..{end}"),
+        Selection::Keys(keys) if keys.is_empty() => "the pipeline's keys".to_string(),
+        Selection::Keys(keys) => keys.join(","),
+    }
+}
+
+fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    let now = now.format("%Y%m%dT%H%M%SZ");
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{now}-{suffix}")
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}

@@ -1,0 +1,86 @@
+//! Finishing a rebuild: once every selected slice is staged or done, the swap.
+
+use std::collections::HashMap;
+
+use super::{Run, SliceOutcome};
+use crate::ledger::StagedSlice;
+use crate::states::{RebuildOutcome, SliceStatus};
+
+impl Run {
+    /// Swaps a rebuild's staged slices in if every selected slice is staged or done, and
+    /// turns the staged outcomes into committed ones if it did.
+    pub(super) async fn finish_rebuild(
+        &self,
+        outcomes: &mut [SliceOutcome],
+        not_started: &[String],
+        mut staged: HashMap<String, StagedSlice>,
+    ) -> RebuildOutcome {
+        let (mut ready, mut kept, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+        for outcome in outcomes.iter() {
+            let done = self.known.ledger.get(&outcome.slice);
+            match (&outcome.status, staged.remove(&outcome.slice), done) {
+                (SliceStatus::Staged { .. }, Some(slice), _) => ready.push(slice),
+                // Only a done slice's files fit the new table; a changed one that was
+                // not chosen (say, with new columns) must be recomputed first.
+                (SliceStatus::Skipped { state }, _, Some(done)) if state == "done" => {
+                    kept.push(done.record.clone())
+                }
+                _ => waiting.push(outcome.slice.clone()),
+            }
+        }
+        waiting.extend(not_started.iter().cloned());
+        if !waiting.is_empty() {
+            return RebuildOutcome::Waiting {
+                staged: ready.len(),
+                waiting,
+            };
+        }
+        let swapped = async {
+            if ready.is_empty() {
+                let kept_keys = kept.iter().map(|r| r.slice.as_str()).collect();
+                let replaced = self.backfill.sink.replaced(&kept_keys).await?;
+                if replaced.files == 0 && !replaced.schema_changes {
+                    return Ok(None);
+                }
+            }
+            self.backfill
+                .sink
+                .swap(&self.run_id, &ready, &kept)
+                .await
+                .map(Some)
+        }
+        .await;
+        let outcome = match swapped {
+            Err(error) => {
+                return RebuildOutcome::Refused {
+                    error: error.to_string(),
+                }
+            }
+            Ok(None) => RebuildOutcome::Unchanged,
+            Ok(Some(swapped)) => {
+                for outcome in outcomes.iter_mut() {
+                    if let SliceStatus::Staged { rows, bytes, .. } = outcome.status {
+                        outcome.status = SliceStatus::Committed {
+                            version: swapped.version,
+                            rows,
+                            bytes,
+                        };
+                    }
+                }
+                RebuildOutcome::Swapped {
+                    version: swapped.version,
+                    removed_files: swapped.removed_files,
+                    added_files: swapped.added_files,
+                    kept_slices: kept.len(),
+                }
+            }
+        };
+        // The swapped manifests, and any left by a crash right after an earlier swap.
+        let forgotten = ready.iter().map(|s| &s.record).chain(&kept);
+        self.backfill
+            .sink
+            .forget(forgotten.map(|r| r.slice.as_str()))
+            .await;
+        outcome
+    }
+}

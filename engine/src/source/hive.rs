@@ -1,0 +1,349 @@
+//! The hive-partitioned Parquet source: a folder of `col=value/` folders of Parquet files,
+//! read as one table whose schema is inferred once, from the footers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Statistics;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::{FileFormat, FileMeta};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::physical_plan::FileSource;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore};
+
+use super::SourceTable;
+use crate::error::{Error, Result, ResultExt};
+use crate::pipeline::{Pipeline, Source};
+use crate::slice::Slice;
+
+/// A hive-partitioned Parquet source, resolved: its table, and the files left out of its
+/// schema with the reason (not valid Parquet, or columns that conflict).
+pub struct HiveParquet {
+    table: Arc<ListingTable>,
+    left_out: HashMap<String, String>,
+}
+
+impl HiveParquet {
+    /// Infers `source`'s schema once, from its files. With a `scope`, a source
+    /// partitioned like the slices reads only the footers of the scope's partitions.
+    pub async fn resolve(
+        pipeline: &Pipeline,
+        source: &Source,
+        ctx: &SessionContext,
+        scope: Option<&[Slice]>,
+    ) -> Result<Self> {
+        let context = || {
+            format!(
+                "{}: source `{}` at {}",
+                pipeline.file.display(),
+                source.name,
+                source.url
+            )
+        };
+        let url = ListingTableUrl::parse(source.url.as_str()).context(context)?;
+        let partitions = source
+            .partitioning
+            .iter()
+            .map(|c| (c.clone(), DataType::Utf8))
+            .collect();
+        let options = ListingOptions::new(Arc::new(SourceFormat(parquet_format())))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(partitions);
+        let prefixes = scope.and_then(|slices| partition_prefixes(&source.partitioning, slices));
+        let reading = format!("reading the schema of {url}");
+        let (schema, unreadable) =
+            crate::retry::patiently(&reading, INFER_TRIES, is_storage_error, || {
+                infer_schema(ctx, &options, &url, prefixes.as_deref())
+            })
+            .await
+            .map_err(|e| match is_storage_error(&e) {
+                true => Error::execution(context(), format!("cannot list or read its files: {e}")),
+                false => Error::config(
+                    context(),
+                    format!("cannot read a schema from its Parquet files: {e}"),
+                ),
+            })?;
+        if let Some(clash) = source
+            .partitioning
+            .iter()
+            .find(|c| schema.field_with_name(c).is_ok())
+        {
+            return Err(Error::config(
+                context(),
+                format!("partition column `{clash}` is also a column inside the Parquet files"),
+            ));
+        }
+        let mut left_out = HashMap::new();
+        for (file, why) in unreadable {
+            tracing::warn!(source = %source.name, "left out of the schema: {file}: {why}");
+            left_out.insert(file, why);
+        }
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema);
+        let table = ListingTable::try_new(config).context(context)?;
+        Ok(HiveParquet {
+            table: Arc::new(table),
+            left_out,
+        })
+    }
+}
+
+impl SourceTable for HiveParquet {
+    fn provider(&self) -> Arc<dyn TableProvider> {
+        self.table.clone()
+    }
+
+    fn owns(&self, path: &object_store::path::Path) -> bool {
+        let mut folders = self.table.table_paths().iter();
+        folders.any(|url| path.prefix_matches(url.prefix()))
+    }
+
+    fn left_out(&self, path: &str) -> Option<&str> {
+        self.left_out.get(path).map(String::as_str)
+    }
+}
+
+/// Times schema inference is tried when storage fails: listings and footer reads at
+/// start-up meet the same passing faults (resets, 5xx) as a slice's reads.
+const INFER_TRIES: u32 = 3;
+
+/// The folders (`dt=2024-01-01/`) of a source partitioned like the slices that hold the
+/// slices' rows, or `None` when the source's first partition column is not the slices'.
+fn partition_prefixes(partitioning: &[String], slices: &[Slice]) -> Option<Vec<String>> {
+    let first = partitioning.first()?;
+    let mut prefixes = slices
+        .iter()
+        .map(|slice| {
+            let (_, value) = slice.partition.iter().find(|(column, _)| column == first)?;
+            Some(format!("{first}={value}/"))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    prefixes.sort();
+    prefixes.dedup();
+    Some(prefixes)
+}
+
+/// Whether an error came from the object store rather than from what it returned.
+pub(super) fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    match error.find_root() {
+        E::ObjectStore(_) | E::IoError(_) => true,
+        E::ParquetError(parquet) => matches!(
+            parquet.as_ref(),
+            datafusion::parquet::errors::ParquetError::External(_)
+        ),
+        _ => false,
+    }
+}
+
+/// Infers a source's schema from the footers of its files: those under `prefixes` if
+/// given (all of them if those hold none), else all. Writers spell the same column
+/// differently (polars writes strings as `LargeUtf8`, DataFusion as `Utf8View`, Spark as
+/// `Utf8`), and DataFusion refuses to merge those, so each file's schema is reduced to the
+/// plain types first; reading casts every file to the merged schema. The columns most
+/// files agree on come first, then the others' are added in order, newest first (by
+/// path); a file whose footer cannot be read, or whose columns conflict, is returned with
+/// the reason.
+async fn infer_schema(
+    ctx: &SessionContext,
+    options: &ListingOptions,
+    url: &ListingTableUrl,
+    prefixes: Option<&[String]>,
+) -> datafusion::error::Result<(SchemaRef, Vec<(String, String)>)> {
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url)?;
+    let list = |url: ListingTableUrl| {
+        let (state, store) = (&state, &store);
+        async move {
+            url.list_all_files(state, store.as_ref(), &options.file_extension)
+                .await?
+                .try_filter(|meta| std::future::ready(meta.size > 0))
+                .try_collect::<Vec<ObjectMeta>>()
+                .await
+        }
+    };
+    let mut files = Vec::new();
+    for prefix in prefixes.unwrap_or_default() {
+        let folder = url
+            .get_url()
+            .join(prefix)
+            .map_err(|e| datafusion::error::DataFusionError::Plan(format!("{url}{prefix}: {e}")))?;
+        files.extend(list(ListingTableUrl::parse(folder.as_str())?).await?);
+    }
+    if files.is_empty() {
+        files = list(url.clone()).await?;
+    }
+    if files.is_empty() {
+        return Err(datafusion::error::DataFusionError::Plan(format!(
+            "no {} files at {url}",
+            options.file_extension
+        )));
+    }
+    files.sort_by(|a, b| b.location.cmp(&a.location));
+    let concurrency = state.config_options().execution.meta_fetch_concurrency;
+    let schemas: Vec<(ObjectMeta, datafusion::error::Result<SchemaRef>)> =
+        futures::stream::iter(files)
+            .map(|file| {
+                let (state, store) = (&state, &store);
+                async move {
+                    let schema = options
+                        .format
+                        .infer_schema(state, store, std::slice::from_ref(&file))
+                        .await;
+                    (file, schema)
+                }
+            })
+            .buffered(concurrency.get())
+            .collect()
+            .await;
+    let mut unreadable: Vec<(String, String)> = vec![];
+    let mut readable: Vec<(ObjectMeta, Schema)> = vec![];
+    for (file, schema) in schemas {
+        match schema {
+            Ok(schema) => readable.push((file, plain_schema(&schema))),
+            // Storage failing is not the file's fault: the whole inference is retried.
+            Err(error) if is_storage_error(&error) => return Err(error),
+            Err(error) => {
+                unreadable.push((file.location.to_string(), error.find_root().to_string()))
+            }
+        }
+    }
+    // The columns most files agree on (the newest such file's, on a tie) come first, so
+    // one odd file, even the newest, cannot change the schema of all the others.
+    let mut agreeing: Vec<(&Schema, usize)> = vec![];
+    for (_, schema) in &readable {
+        match agreeing.iter_mut().find(|(seen, _)| *seen == schema) {
+            Some((_, count)) => *count += 1,
+            None => agreeing.push((schema, 1)),
+        }
+    }
+    let most = agreeing.iter().map(|(_, count)| *count).max().unwrap_or(0);
+    let Some(&(base, _)) = agreeing.iter().find(|(_, count)| *count == most) else {
+        let (file, why) = &unreadable[0];
+        return Err(datafusion::error::DataFusionError::Plan(format!(
+            "none of its {} files can be read, such as {file}: {why}",
+            unreadable.len()
+        )));
+    };
+    let mut merged = base.clone();
+    for (file, schema) in &readable {
+        match Schema::try_merge([merged.clone(), schema.clone()]) {
+            Ok(wider) => merged = wider,
+            Err(error) => {
+                let why = format!("its columns do not fit the other files': {error}");
+                unreadable.push((file.location.to_string(), why));
+            }
+        }
+    }
+    Ok((Arc::new(merged), unreadable))
+}
+
+/// A file's schema with plain string and binary types.
+fn plain_schema(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+        .collect();
+    Schema::new(fields)
+}
+
+/// The plain spelling of a string or binary type: `Utf8` or `Binary`.
+pub(crate) fn plain_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        other => other.clone(),
+    }
+}
+
+/// Parquet, with the file named in every error about one: DataFusion reports a corrupt
+/// footer met while planning without saying whose it is.
+#[derive(Debug)]
+struct SourceFormat(ParquetFormat);
+
+fn naming(file: &ObjectMeta, error: DataFusionError) -> DataFusionError {
+    error.context(format!("source file {}", file.location))
+}
+
+#[async_trait::async_trait]
+impl FileFormat for SourceFormat {
+    fn get_ext(&self) -> String {
+        self.0.get_ext()
+    }
+
+    fn get_ext_with_compression(&self, compression: &FileCompressionType) -> DfResult<String> {
+        self.0.get_ext_with_compression(compression)
+    }
+
+    fn compression_type(&self) -> Option<FileCompressionType> {
+        self.0.compression_type()
+    }
+
+    async fn infer_schema(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        objects: &[ObjectMeta],
+    ) -> DfResult<SchemaRef> {
+        let schema = self.0.infer_schema(state, store, objects).await;
+        match objects {
+            [file] => schema.map_err(|e| naming(file, e)),
+            _ => schema,
+        }
+    }
+
+    async fn infer_stats(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> DfResult<Statistics> {
+        let stats = self.0.infer_stats(state, store, table_schema, object).await;
+        stats.map_err(|e| naming(object, e))
+    }
+
+    async fn infer_stats_and_ordering(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> DfResult<FileMeta> {
+        let meta = self
+            .0
+            .infer_stats_and_ordering(state, store, table_schema, object);
+        meta.await.map_err(|e| naming(object, e))
+    }
+
+    async fn create_physical_plan(
+        &self,
+        state: &dyn Session,
+        conf: FileScanConfig,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.0.create_physical_plan(state, conf).await
+    }
+
+    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
+        self.0.file_source(table_schema)
+    }
+}
+
+/// How every Parquet file is read. A listing's format carries its own options rather
+/// than the session's, so view types are turned off here too.
+pub(crate) fn parquet_format() -> ParquetFormat {
+    ParquetFormat::default().with_force_view_types(false)
+}

@@ -1,0 +1,250 @@
+//! Sources as SQL tables, and the DataFusion sessions slices run in.
+//!
+//! Owns resolving each source once per run (schema inference, table provider) and handing
+//! every slice a fresh [`SessionContext`] over the same providers and runtime: a slice
+//! then sees exactly the source tables plus its own `slice` output, and nothing it
+//! registers leaks into another slice. Listings are never cached across slices, so each
+//! slice sees its source files as they are when it starts. This module does not write.
+//!
+//! A kind of source is a [`SourceTable`] (`hive.rs`: hive-partitioned Parquet);
+//! `query.rs` plans SQL as read-only queries; `stores.rs` makes the object stores.
+
+mod hive;
+mod query;
+mod stores;
+
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::limit::LimitStore;
+use object_store::ObjectStore;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+pub use hive::HiveParquet;
+pub(crate) use hive::{parquet_format, plain_type};
+pub(crate) use query::read_only_query;
+pub(crate) use stores::store_root;
+
+use crate::error::{Error, Result};
+use crate::pipeline::Pipeline;
+use crate::slice::Slice;
+
+/// One kind of source, resolved: what slices query under its name, and which of the
+/// files a slice's plan scans are its own (for the slice's fingerprint and estimate).
+/// [`HiveParquet`] is the one kind today; a new kind implements this and is resolved in
+/// [`Sources::resolve`].
+pub trait SourceTable: Send + Sync {
+    /// The table slices query; registered afresh in each slice's session.
+    fn provider(&self) -> Arc<dyn TableProvider>;
+    /// Whether `path`, a file some slice's plan scans, is this source's.
+    fn owns(&self, path: &object_store::path::Path) -> bool;
+    /// Why `path` was left out of the source's schema, if it was: a slice that reads it
+    /// fails, naming it.
+    fn left_out(&self, path: &str) -> Option<&str>;
+}
+
+/// The resolved sources of a pipeline and the runtime their slices share.
+#[derive(Clone)]
+pub struct Sources {
+    tables: Vec<(String, Arc<dyn SourceTable>)>,
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+}
+
+/// A file a slice's plan reads, as listed by the object store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct SourceFile {
+    pub path: String,
+    pub size: u64,
+    /// Modification time (RFC 3339) and ETag where the store gives them.
+    pub modified: String,
+    pub e_tag: Option<String>,
+    /// The source it belongs to.
+    pub source: String,
+    /// Rows, from the file's Parquet footer (read while planning, not from the data).
+    pub rows: Option<u64>,
+}
+
+/// Object stores to use instead of the defaults, keyed by their root (`file:///`,
+/// `s3://bucket/`).
+pub type StoreOverrides = Vec<(Url, Arc<dyn ObjectStore>)>;
+
+impl Sources {
+    /// Resolves every source of `pipeline`: infers its schema once, from its files. With a
+    /// `scope`, a source partitioned like the slices reads only the footers of the scope's
+    /// partitions. Files that are not valid Parquet, or whose columns do not fit the
+    /// others', are left out of the schema and remembered: only slices that read them fail.
+    pub async fn resolve(
+        pipeline: &Pipeline,
+        stores: &StoreOverrides,
+        memory_limit: usize,
+        scope: Option<&[Slice]>,
+    ) -> Result<Self> {
+        let config = session_config();
+        let runtime = RuntimeEnvBuilder::new()
+            // A cached listing would hide files that arrive while a long backfill runs.
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+            // Shared fairly by the slices in flight; aggregations and sorts past it spill
+            // to disk instead of growing with the slice.
+            .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the DataFusion runtime: {e}")))?;
+        let mut registered: Vec<Url> = Vec::new();
+        for source in &pipeline.sources {
+            let root = store_root(&source.url);
+            if registered.contains(&root) {
+                continue;
+            }
+            let given = stores.iter().find(|(url, _)| *url == root);
+            let store = match given {
+                Some((_, store)) => store.clone(),
+                None => {
+                    stores::object_store_for(&source.url, &source.storage_options).map_err(|m| {
+                        Error::config(
+                            format!("{}: sources.{}", pipeline.file.display(), source.name),
+                            m,
+                        )
+                    })?
+                }
+            };
+            // One limited store per bucket, shared by every slice: the cap holds across
+            // the slices in flight.
+            let store: Arc<dyn ObjectStore> = match pipeline.max_source_requests {
+                Some(max) => Arc::new(LimitStore::new(store, max)),
+                None => store,
+            };
+            runtime.register_object_store(&root, store);
+            registered.push(root);
+        }
+        for (url, store) in stores.iter().filter(|(url, _)| !registered.contains(url)) {
+            runtime.register_object_store(url, store.clone());
+        }
+        let runtime = Arc::new(runtime);
+        let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+
+        let mut tables: Vec<(String, Arc<dyn SourceTable>)> = Vec::new();
+        for source in &pipeline.sources {
+            // Hive-partitioned Parquet is the one kind of source today.
+            let table = HiveParquet::resolve(pipeline, source, &ctx, scope).await?;
+            tables.push((source.name.clone(), Arc::new(table)));
+        }
+        Ok(Sources {
+            tables,
+            config,
+            runtime,
+        })
+    }
+
+    pub fn runtime(&self) -> &RuntimeEnv {
+        &self.runtime
+    }
+
+    /// The first of `files` that was left out of the schema, and why.
+    pub fn left_out<'a>(&'a self, files: &'a [SourceFile]) -> Option<(&'a str, &'a str)> {
+        files.iter().find_map(|file| {
+            let why = self
+                .tables
+                .iter()
+                .find_map(|(_, t)| t.left_out(&file.path))?;
+            Some((file.path.as_str(), why))
+        })
+    }
+
+    /// Whether `name` is one of the pipeline's sources.
+    pub fn has(&self, name: &str) -> bool {
+        self.tables.iter().any(|(source, _)| source == name)
+    }
+
+    /// A fresh context for one slice (or one validation), with every source registered.
+    pub fn context(&self) -> Result<SessionContext> {
+        let ctx = SessionContext::new_with_config_rt(self.config.clone(), self.runtime.clone());
+        for (name, table) in &self.tables {
+            ctx.register_table(name.as_str(), table.provider())
+                .map_err(|e| Error::Internal(format!("cannot register source `{name}`: {e}")))?;
+        }
+        Ok(ctx)
+    }
+}
+
+fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    // Delta stores strings as Utf8; Utf8View would have to be cast back on every batch.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    config
+}
+
+impl Sources {
+    /// The files a physical plan scans, sorted: what a slice actually reads after pruning.
+    pub fn scanned_files(&self, plan: &Arc<dyn ExecutionPlan>) -> Vec<SourceFile> {
+        let mut files = Vec::new();
+        plan.apply(|node| {
+            if let Some(exec) = node.downcast_ref::<DataSourceExec>() {
+                if let Some(scan) = exec.data_source().downcast_ref::<FileScanConfig>() {
+                    for file in scan.file_groups.iter().flat_map(|group| group.files()) {
+                        let meta = &file.object_meta;
+                        let rows = file.statistics.as_ref();
+                        files.push(SourceFile {
+                            path: meta.location.to_string(),
+                            size: meta.size,
+                            modified: meta.last_modified.to_rfc3339(),
+                            e_tag: meta.e_tag.clone(),
+                            source: self.source_of(&meta.location).unwrap_or_default(),
+                            rows: rows.and_then(|s| s.num_rows.get_value().map(|n| *n as u64)),
+                        });
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .expect("the visitor never fails");
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// The source whose folder holds `path`.
+    fn source_of(&self, path: &object_store::path::Path) -> Option<String> {
+        let mut tables = self.tables.iter();
+        tables
+            .find(|(_, table)| table.owns(path))
+            .map(|(name, _)| name.clone())
+    }
+}
+
+/// A stable fingerprint of a list of source files.
+pub fn fingerprint_files(files: &[SourceFile]) -> String {
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.path.as_bytes());
+        hash.update([0]);
+        hash.update(file.size.to_le_bytes());
+        hash.update(file.modified.as_bytes());
+        hash.update([0]);
+        hash.update(file.e_tag.as_deref().unwrap_or("").as_bytes());
+        hash.update([0]);
+    }
+    hex(&hash.finalize())
+}
+
+/// A stable fingerprint of a text, such as the SQL template.
+pub fn fingerprint_text(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// 128 bits of a SHA-256 digest, as hex: plenty to tell inputs apart, short to read.
+fn hex(digest: &[u8]) -> String {
+    hex::encode(&digest[..16])
+}
