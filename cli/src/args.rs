@@ -1,7 +1,7 @@
 //! Argument groups several commands share, and opening a pipeline with them: settings
 //! are layered as the pipeline file, then these overrides, then the engine's validation.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use backfill_engine::history::RunRecord;
 use backfill_engine::pipeline::{self, location_to_url};
@@ -77,18 +77,20 @@ impl SelectionArgs {
     }
 }
 
-/// Settings that override the pipeline file for this invocation.
+/// The pipeline a command works on, and what this invocation overrides in its file.
 #[derive(Args)]
-pub struct Overrides {
+pub struct PipelineArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
     /// Write to this Delta table instead of the pipeline's destination.url
     /// (a path relative to the working directory, or a URL).
     #[arg(long, value_name = "PATH_OR_URL")]
     destination: Option<String>,
 }
 
-impl Overrides {
-    fn load(&self, path: &Path) -> backfill_engine::Result<pipeline::Pipeline> {
-        let mut pipeline = pipeline::load(path)?;
+impl PipelineArgs {
+    fn load(&self) -> backfill_engine::Result<pipeline::Pipeline> {
+        let mut pipeline = pipeline::load(&self.pipeline)?;
         if let Some(destination) = &self.destination {
             let cwd = std::env::current_dir().unwrap_or_default();
             pipeline.destination.url = location_to_url(destination, &cwd)
@@ -96,20 +98,15 @@ impl Overrides {
         }
         Ok(pipeline)
     }
-}
 
-/// Opens a pipeline; `scope` is the selection the command works on, if it has one.
-pub async fn open(
-    path: &Path,
-    overrides: &Overrides,
-    scope: Option<Selection>,
-) -> anyhow::Result<Backfill> {
-    let pipeline = overrides.load(path)?;
-    let options = OpenOptions {
-        scope,
-        ..OpenOptions::default()
-    };
-    Ok(Backfill::open(pipeline, options).await?)
+    /// Opens the pipeline; `scope` is the selection the command works on, if it has one.
+    pub async fn open(&self, scope: Option<Selection>) -> anyhow::Result<Backfill> {
+        let options = OpenOptions {
+            scope,
+            ..OpenOptions::default()
+        };
+        Ok(Backfill::open(self.load()?, options).await?)
+    }
 }
 
 /// The run `run` of the history, or an error naming it.

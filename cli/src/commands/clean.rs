@@ -1,7 +1,6 @@
 //! `backfill clean`: deletes what attempts that never committed left in the table's
 //! folder, refusing a window short enough to race a run still in flight.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use backfill_engine::clock::{Clock, SystemClock};
@@ -9,7 +8,7 @@ use backfill_engine::sink::clean::Cleaned;
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{open, Overrides};
+use crate::args::PipelineArgs;
 use crate::printer::{self, human_bytes};
 
 /// The shortest `--older-than` allowed without --no-run-in-flight: longer than any
@@ -18,10 +17,8 @@ const SHORTEST_SAFE_WINDOW: Duration = Duration::from_secs(3600);
 
 #[derive(Args)]
 pub struct CleanArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
     #[command(flatten)]
-    overrides: Overrides,
+    pipeline: PipelineArgs,
     /// Keep leftovers younger than this, e.g. 7d or 36h: an attempt still running may
     /// be about to commit a file it wrote. Under an hour needs --no-run-in-flight.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
@@ -45,7 +42,7 @@ pub async fn execute(args: CleanArgs) -> anyhow::Result<Outcome> {
         )
         .into());
     }
-    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let backfill = args.pipeline.open(None).await?;
     let now = SystemClock.now();
     let cleaned = backfill.clean(args.older_than, now, args.dry_run).await?;
     match args.json {

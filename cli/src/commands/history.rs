@@ -1,26 +1,22 @@
 //! `backfill history`: the runs recorded next to the destination table.
 
-use std::path::PathBuf;
-
 use backfill_engine::history::RunRecord;
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{open, Overrides};
+use crate::args::PipelineArgs;
 use crate::printer::{self, timestamp};
 
 #[derive(Args)]
 pub struct HistoryArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
     #[command(flatten)]
-    overrides: Overrides,
+    pipeline: PipelineArgs,
     #[arg(long)]
     json: bool,
 }
 
 pub async fn execute(args: HistoryArgs) -> anyhow::Result<Outcome> {
-    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let backfill = args.pipeline.open(None).await?;
     let runs = backfill.history().runs(&backfill.pipeline().name).await?;
     match args.json {
         true => printer::json(&runs)?,

@@ -1,8 +1,6 @@
 //! `backfill plan`: the selected slices, each one's state and whether `run` would run it,
 //! with what a run would read and how long it would take.
 
-use std::path::PathBuf;
-
 use backfill_engine::estimate::{Basis, Estimate};
 use backfill_engine::ledger::Committed;
 use backfill_engine::sink::rebuild::Replaced;
@@ -10,19 +8,17 @@ use backfill_engine::{Plan, SliceState};
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{open, ChoiceArgs, Overrides, SelectionArgs};
+use crate::args::{ChoiceArgs, PipelineArgs, SelectionArgs};
 use crate::printer::{self, human_bytes, human_duration, timestamp};
 
 #[derive(Args)]
 pub struct PlanArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     #[command(flatten)]
     selection: SelectionArgs,
     #[command(flatten)]
     choice: ChoiceArgs,
-    #[command(flatten)]
-    overrides: Overrides,
     /// The slices in flight the duration estimate assumes, as `run --concurrency`
     /// [default: the number of cores].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -34,7 +30,7 @@ pub struct PlanArgs {
 
 pub async fn execute(args: PlanArgs) -> anyhow::Result<Outcome> {
     let selection = args.selection.selection();
-    let backfill = open(&args.pipeline, &args.overrides, Some(selection.clone())).await?;
+    let backfill = args.pipeline.open(Some(selection.clone())).await?;
     let concurrency = args
         .concurrency
         .map_or_else(backfill_engine::run::default_concurrency, usize::from);

@@ -1,23 +1,19 @@
 //! `backfill rebuild-preview`: the table a rebuild would swap in, queried before the swap.
 
-use std::path::PathBuf;
-
 use backfill_engine::arrow::util::pretty::pretty_format_batches;
 use backfill_engine::preview::RebuildPreview;
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{open, Overrides, SelectionArgs};
+use crate::args::{PipelineArgs, SelectionArgs};
 use crate::printer;
 
 #[derive(Args)]
 pub struct RebuildPreviewArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     #[command(flatten)]
     selection: SelectionArgs,
-    #[command(flatten)]
-    overrides: Overrides,
     /// A query over `staged` and `current`, e.g.
     /// "SELECT count(*) FROM staged EXCEPT SELECT count(*) FROM current".
     #[arg(long)]
@@ -29,7 +25,7 @@ pub struct RebuildPreviewArgs {
 
 pub async fn execute(args: RebuildPreviewArgs) -> anyhow::Result<Outcome> {
     let selection = args.selection.selection();
-    let backfill = open(&args.pipeline, &args.overrides, Some(selection.clone())).await?;
+    let backfill = args.pipeline.open(Some(selection.clone())).await?;
     let preview = backfill.rebuild_preview(&selection).await?;
     match (&args.sql, args.json) {
         (Some(sql), _) => println!("{}", pretty_format_batches(&preview.query(sql).await?)?),

@@ -6,23 +6,21 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{find_run, open, Overrides};
+use crate::args::{find_run, PipelineArgs};
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// The run id, as `history` lists it.
     run: String,
     /// Where to write the page.
     #[arg(short, long, default_value = "report.html")]
     output: PathBuf,
-    #[command(flatten)]
-    overrides: Overrides,
 }
 
 pub async fn execute(args: ReportArgs) -> anyhow::Result<Outcome> {
-    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let backfill = args.pipeline.open(None).await?;
     let record = find_run(&backfill, &args.run).await?;
     std::fs::write(&args.output, crate::report::render(&record)?)
         .with_context(|| format!("writing {}", args.output.display()))?;

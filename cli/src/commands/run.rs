@@ -1,7 +1,6 @@
 //! `backfill run`: runs the selected slices that need it, with live progress, Ctrl-C
 //! handling and a summary that says exactly what is in the table.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use backfill_engine::estimate::Budget;
@@ -10,20 +9,18 @@ use backfill_engine::{RebuildOutcome, RunOptions, RunSummary, SliceStatus};
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{open, ChoiceArgs, Overrides, SelectionArgs};
+use crate::args::{ChoiceArgs, PipelineArgs, SelectionArgs};
 use crate::printer;
 use crate::progress::Progress;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     #[command(flatten)]
     selection: SelectionArgs,
     #[command(flatten)]
     choice: ChoiceArgs,
-    #[command(flatten)]
-    overrides: Overrides,
     /// Slices in flight at once [default: the number of cores].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
@@ -61,7 +58,7 @@ enum Order {
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
     let selection = args.selection.selection();
-    let backfill = Arc::new(open(&args.pipeline, &args.overrides, Some(selection.clone())).await?);
+    let backfill = Arc::new(args.pipeline.open(Some(selection.clone())).await?);
     let options = RunOptions {
         reprocess: args.choice.reprocess(),
         concurrency: args

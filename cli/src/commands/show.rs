@@ -1,29 +1,25 @@
 //! `backfill show`: one run, what it was asked to do and every attempt it made.
 
-use std::path::PathBuf;
-
 use backfill_engine::history::RunRecord;
 use backfill_engine::SliceStatus;
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{find_run, open, Overrides};
+use crate::args::{find_run, PipelineArgs};
 use crate::printer::{self, human_duration, timestamp};
 
 #[derive(Args)]
 pub struct ShowArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// The run id, as `history` lists it.
     run: String,
-    #[command(flatten)]
-    overrides: Overrides,
     #[arg(long)]
     json: bool,
 }
 
 pub async fn execute(args: ShowArgs) -> anyhow::Result<Outcome> {
-    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let backfill = args.pipeline.open(None).await?;
     let record = find_run(&backfill, &args.run).await?;
     match args.json {
         true => printer::json(&record)?,

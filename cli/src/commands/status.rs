@@ -1,31 +1,27 @@
 //! `backfill status`: what the destination's Delta log records for each slice, with the
 //! last attempt's error and the durations' trend.
 
-use std::path::PathBuf;
-
 use backfill_engine::status::{Status, SKEW_FACTOR};
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{open, Overrides, SelectionArgs};
+use crate::args::{PipelineArgs, SelectionArgs};
 use crate::printer::{self, human_bytes, human_duration, or_blank};
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// Without a selection, the committed slices.
     #[command(flatten)]
     selection: SelectionArgs,
-    #[command(flatten)]
-    overrides: Overrides,
     #[arg(long)]
     json: bool,
 }
 
 pub async fn execute(args: StatusArgs) -> anyhow::Result<Outcome> {
     let chosen = args.selection.given();
-    let backfill = open(&args.pipeline, &args.overrides, chosen.clone()).await?;
+    let backfill = args.pipeline.open(chosen.clone()).await?;
     let status = backfill.status(chosen.as_ref()).await?;
     match args.json {
         true => printer::json(&status)?,

@@ -1,23 +1,19 @@
 //! `backfill validate`: opens the pipeline (sources resolved, SQL planned) and says what
 //! it found.
 
-use std::path::PathBuf;
-
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{open, Overrides};
+use crate::args::PipelineArgs;
 
 #[derive(Args)]
 pub struct ValidateArgs {
-    /// The pipeline file (TOML).
-    pipeline: PathBuf,
     #[command(flatten)]
-    overrides: Overrides,
+    pipeline: PipelineArgs,
 }
 
 pub async fn execute(args: ValidateArgs) -> anyhow::Result<Outcome> {
-    let backfill = open(&args.pipeline, &args.overrides, None).await?;
+    let backfill = args.pipeline.open(None).await?;
     let pipeline = backfill.pipeline();
     println!("pipeline {} is valid", pipeline.name);
     for source in &pipeline.sources {
