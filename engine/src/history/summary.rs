@@ -125,7 +125,8 @@ impl History {
     pub async fn slices(&self, pipeline: &str, summaries: Summaries) -> Result<SliceHistory> {
         let folder = summary_folder(pipeline);
         let (mut saved, newest) = self.newest_summary(&folder).await?;
-        let mut answer = saved.clone();
+        let covered_before = saved.covered.len();
+        let mut unfinished = Vec::new();
         for run_id in self.run_ids().await? {
             if saved.covered.contains(&run_id) {
                 continue;
@@ -133,45 +134,50 @@ impl History {
             let Some(run) = self.run(&run_id).await? else {
                 continue;
             };
-            answer.fold_run(pipeline, &run);
-            if run.end.is_some() {
-                saved.fold_run(pipeline, &run);
-                saved.covered.insert(run_id.clone());
-                answer.covered.insert(run_id);
+            match run.end {
+                Some(_) => {
+                    saved.fold_run(pipeline, &run);
+                    saved.covered.insert(run_id);
+                }
+                None => unfinished.push(run),
             }
         }
-        let grown = newest.as_ref().map(|(covers, _)| *covers) != Some(saved.covered.len());
-        if summaries == Summaries::Save && grown && !saved.covered.is_empty() {
+        if summaries == Summaries::Save && saved.covered.len() > covered_before {
             // Best effort: failing to save only means the next reader reads more.
             let path = folder.join(format!("{:012}.json", saved.covered.len()));
             match self.put(&path, &saved).await {
                 Ok(()) => {
-                    if let Some((_, older)) = newest {
+                    if let Some(older) = newest {
                         let _ = self.store.delete(&older).await;
                     }
                 }
                 Err(error) => tracing::warn!("could not save the history summary: {error}"),
             }
         }
+        // Runs in flight (or crashed) count now, but are saved only once they have ended.
+        let mut answer = saved;
+        for run in &unfinished {
+            answer.fold_run(pipeline, run);
+        }
         Ok(answer)
     }
 
-    /// The summary covering the most runs, with the number of runs its name gives and its
-    /// path; an empty one if there is none (or it was replaced while being read).
-    async fn newest_summary(&self, folder: &Path) -> Result<(SliceHistory, Option<(usize, Path)>)> {
+    /// The summary covering the most runs (by its name), and its path; an empty one if
+    /// there is none (or it was replaced while being read).
+    async fn newest_summary(&self, folder: &Path) -> Result<(SliceHistory, Option<Path>)> {
         let listed = self.list(folder).await?;
         let newest = listed
             .into_iter()
             .filter_map(|path| {
-                let covers = path.filename()?.strip_suffix(".json")?.parse().ok()?;
+                let covers: usize = path.filename()?.strip_suffix(".json")?.parse().ok()?;
                 Some((covers, path))
             })
             .max();
-        let Some((covers, path)) = newest else {
+        let Some((_, path)) = newest else {
             return Ok((SliceHistory::default(), None));
         };
         let summary = self.get::<SliceHistory>(&path).await?.unwrap_or_default();
-        Ok((summary, Some((covers, path))))
+        Ok((summary, Some(path)))
     }
 }
 

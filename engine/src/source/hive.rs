@@ -136,7 +136,7 @@ fn partition_prefixes(partitioning: &[String], slices: &[Slice]) -> Option<Vec<S
 }
 
 /// Whether an error came from the object store rather than from what it returned.
-pub(super) fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
+fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
     use datafusion::error::DataFusionError as E;
     match error.find_root() {
         E::ObjectStore(_) | E::IoError(_) => true,
