@@ -47,6 +47,22 @@ pub struct Cleaned {
     pub dry_run: bool,
 }
 
+/// A leftover that may be deleted once it is older than the window.
+struct Leftover {
+    /// Its path relative to the table, as reported.
+    relative: String,
+    size: u64,
+    modified: DateTime<Utc>,
+    place: Place,
+}
+
+/// Where a leftover is deleted: through the store, or on disk for the local store's
+/// upload temporaries, whose names the store refuses to address.
+enum Place {
+    Store(StorePath),
+    Disk(PathBuf),
+}
+
 impl Sink {
     /// Deletes this pipeline's leftovers older than `older_than` (as of `now`); with
     /// `dry_run`, only lists them.
@@ -69,40 +85,40 @@ impl Sink {
             too_young: 0,
             dry_run,
         };
-        let mut doomed = Vec::new();
+        let mut leftovers = Vec::new();
         for object in objects {
-            if !self.is_leftover(&object, &referenced).await? {
-                continue;
+            if self.is_leftover(&object, &referenced).await? {
+                leftovers.push(Leftover {
+                    relative: object.location.to_string(),
+                    size: object.size,
+                    modified: object.last_modified,
+                    place: Place::Store(object.location),
+                });
             }
-            if object.last_modified > cutoff {
-                cleaned.too_young += 1;
-                continue;
-            }
-            cleaned.bytes += object.size;
-            cleaned.deleted.push(object.location.to_string());
-            doomed.push(object.location);
         }
-        let temporaries = self.local_temporaries().context(context)?;
-        let mut doomed_temporaries = Vec::new();
-        for (path, relative, meta) in temporaries {
-            let modified: DateTime<Utc> = meta.modified().context(context)?.into();
-            if modified > cutoff {
+        leftovers.extend(self.local_temporaries().context(context)?);
+        let (mut in_store, mut on_disk) = (Vec::new(), Vec::new());
+        for leftover in leftovers {
+            if leftover.modified > cutoff {
                 cleaned.too_young += 1;
                 continue;
             }
-            cleaned.bytes += meta.len();
-            cleaned.deleted.push(relative);
-            doomed_temporaries.push(path);
+            cleaned.bytes += leftover.size;
+            cleaned.deleted.push(leftover.relative);
+            match leftover.place {
+                Place::Store(path) => in_store.push(path),
+                Place::Disk(path) => on_disk.push(path),
+            }
         }
         cleaned.deleted.sort();
         if !dry_run {
-            let paths = futures::stream::iter(doomed.into_iter().map(Ok));
+            let paths = futures::stream::iter(in_store.into_iter().map(Ok));
             self.store
                 .delete_stream(Box::pin(paths))
                 .try_collect::<Vec<_>>()
                 .await
                 .context(context)?;
-            for path in doomed_temporaries {
+            for path in on_disk {
                 match std::fs::remove_file(&path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(e).context(context);
@@ -118,7 +134,7 @@ impl Sink {
     /// The local store's upload temporaries under the table's folder (none for object
     /// stores, whose unfinished uploads are never visible): a Parquet file's or a
     /// commit's `<name>#<n>`. The store's own listing hides them, so the disk is walked.
-    fn local_temporaries(&self) -> std::io::Result<Vec<(PathBuf, String, std::fs::Metadata)>> {
+    fn local_temporaries(&self) -> std::io::Result<Vec<Leftover>> {
         let Ok(root) = self.url.to_file_path() else {
             return Ok(vec![]);
         };
@@ -138,8 +154,12 @@ impl Sink {
                     folders.push(path);
                 } else if entry.file_name().to_str().is_some_and(is_upload_temporary) {
                     let relative = path.strip_prefix(&root).unwrap_or(&path);
-                    let relative = relative.to_string_lossy().replace('\\', "/");
-                    found.push((path, relative, meta));
+                    found.push(Leftover {
+                        relative: relative.to_string_lossy().replace('\\', "/"),
+                        size: meta.len(),
+                        modified: meta.modified()?.into(),
+                        place: Place::Disk(path),
+                    });
                 }
             }
         }
