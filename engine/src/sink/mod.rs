@@ -5,10 +5,12 @@
 //! `_backfill/staging/` for merge) and counts rows and nulls on the way. Then, only if
 //! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
 //! that also carries the slice's `txn` and [`SliceRecord`]; or [`Sink::discard`] deletes
-//! them. A commit that fails is settled against the log before anything is deleted, and a
-//! slice another run committed meanwhile is not committed again (see [`view`]). One file
-//! per strategy, each a `Writes`: [`overwrite`], [`append`], [`merge`]; [`rebuild`]
-//! stages every slice the same way but publishes them all at once with [`Sink::swap`].
+//! them. Every commit, of one slice, of several, or a rebuild's swap, goes through one
+//! committer (`Sink::commit_settled`), which settles a failed commit against the log
+//! before anything is deleted; a slice another run committed meanwhile is not committed
+//! again (see [`view`]). One file per strategy, each a `Writes`: [`overwrite`],
+//! [`append`], [`merge`]; [`rebuild`] stages every slice the same way but publishes them
+//! all at once with [`Sink::swap`].
 //! [`clean`] deletes what attempts that never committed left behind. This module never
 //! deletes a file that a committed version references.
 
@@ -406,12 +408,9 @@ impl Sink {
     /// since the run read the log is left out of the commit. Merge publishes one slice at
     /// a time. Returns each slice's outcome, in order.
     ///
-    /// A failed commit may still have landed: a PUT can take effect while the client sees
-    /// an error, and object_store's retry then finds the version taken (by this very
-    /// commit). So after a failure the log is read again before anything is deleted. The
-    /// staged files are deleted only when the log says no commit references them; when
-    /// the log cannot be read either, they are kept (invisible, for clean-up) and the
-    /// error says the outcome is unknown.
+    /// The staged files are deleted only when the log says no commit references them;
+    /// when a failed commit's outcome cannot be known, they are kept (invisible, for
+    /// clean-up) and the error says so.
     pub async fn publish_together(&self, group: &[SliceCommit<'_>]) -> Result<Vec<Published>> {
         let mut view = self.view.lock().await;
         let published = self.publish_locked(&mut view, group).await;
@@ -449,10 +448,18 @@ impl Sink {
         group: &[SliceCommit<'_>],
     ) -> std::result::Result<Vec<Published>, Unsettled> {
         let keys: Vec<&str> = group.iter().map(|m| m.slice.key.as_str()).collect();
-        let context = || format!("slice {}: committing to {}", keys.join(", "), self.url);
+        let context = format!("slice {}: committing to {}", keys.join(", "), self.url);
+        if group.len() > self.writes.most_per_commit() {
+            return Err(Unsettled::NotCommitted(Error::Internal(format!(
+                "{context}: {} slices in one commit, more than this strategy commits at once",
+                group.len()
+            ))));
+        }
         let mut settled: Vec<Option<Published>> = vec![None; group.len()];
-        // A second pass only when the first lost the race to create the table.
-        for _ in 0..2 {
+        // A second pass only when the first lost the race to create the table, or to
+        // settle slices another run committed meanwhile.
+        let mut pass = 0;
+        loop {
             for (member, settled) in group.iter().zip(settled.iter_mut()) {
                 if settled.is_none() {
                     *settled = committed_since(view, member.record);
@@ -468,17 +475,23 @@ impl Sink {
                 return Ok(settled.into_iter().flatten().collect());
             }
             let had_table = view.table.is_some();
-            // The commit is made on a copy, so the view still knows the version it read
-            // when the commit is done or has failed.
-            let mut table = view.table.clone();
-            let committed = self.commit_slices(&mut table, &pending).await;
-            let failure = match committed {
+            let records: Vec<SliceRecord> = pending.iter().map(|m| m.record.clone()).collect();
+            let commit = Commit {
+                context: context.clone(),
+                transactions: records.iter().map(transaction_of).collect(),
+                record: match records.as_slice() {
+                    [one] => CommitRecord::Slice(one.clone()),
+                    _ => CommitRecord::Group(GroupRecord { slices: records }),
+                },
+                on_version_read: false,
+            };
+            let committed = self
+                .commit_settled(view, commit, async |table, properties| {
+                    self.writes.commit(self, table, &pending, properties).await
+                })
+                .await;
+            match committed {
                 Ok(version) => {
-                    if let Err(error) = view.step_to(table, Some(version)).await {
-                        // The slices are committed. The view stays at the version it had,
-                        // so the next commit is checked against everything after it.
-                        tracing::warn!("{error}");
-                    }
                     let published = Published {
                         version,
                         by: Committer::ThisAttempt,
@@ -488,88 +501,96 @@ impl Sink {
                     }
                     return Ok(settled.into_iter().flatten().collect());
                 }
-                Err(Unsettled::NotCommitted(error)) => error,
+                Err(Unsettled::NotCommitted(error)) => {
+                    // Another run may have committed these slices meanwhile, or created
+                    // the table first: the next pass leaves out what it committed and
+                    // commits the rest on top.
+                    let taken = pending
+                        .iter()
+                        .all(|member| committed_since(view, member.record).is_some());
+                    let lost_creation_race = pass == 0 && !had_table && view.table.is_some();
+                    if !taken && !lost_creation_race {
+                        return Err(Unsettled::NotCommitted(error));
+                    }
+                }
                 Err(unknown) => return Err(unknown),
-            };
-            tracing::warn!(slices = ?keys, "the commit failed; reading the log to see whether it landed: {failure}");
-            let settled_now = async {
-                let latest = self.reload_patiently().await?;
-                view.step_to(latest, None).await
-            };
-            if let Err(error) = settled_now.await {
-                return Err(Unsettled::Unknown(Error::execution(
-                    context(),
-                    format!("the commit failed ({failure}) and the log could not be read to tell whether it landed ({error}); the staged files are kept"),
-                )));
             }
-            let landed = pending
-                .iter()
-                .all(|member| committed_since(view, member.record).is_some());
-            let lost_creation_race = !had_table && view.table.is_some();
-            if !landed && !lost_creation_race {
-                return Err(Unsettled::NotCommitted(failure));
-            }
-        }
-        // Settled by the log after the second pass, or created twice meanwhile.
-        for (member, settled) in group.iter().zip(settled.iter_mut()) {
-            if settled.is_none() {
-                *settled = committed_since(view, member.record);
-            }
-        }
-        match settled.iter().all(Option::is_some) {
-            true => Ok(settled.into_iter().flatten().collect()),
-            false => Err(Unsettled::NotCommitted(Error::Internal(format!(
-                "{}: the table was created twice while committing",
-                context()
-            )))),
+            pass += 1;
         }
     }
 
-    /// Commits `pending` in one commit on top of `table` (creating the table if there is
-    /// none): one `txn` per slice, and their records.
-    async fn commit_slices(
+    /// The one place that commits to the table. `make` commits on a copy of the view's
+    /// table (creating the table if there is none) with properties carrying `commit`'s
+    /// `txn`s and record, and returns the version.
+    ///
+    /// A failed commit may still have landed: a PUT can take effect while the client sees
+    /// an error, and object_store's retry then finds the version taken (by this very
+    /// commit). So after a failure the log is read again, and the commit landed exactly
+    /// when a version since carries its record. When the log cannot be read either, the
+    /// outcome is unknown.
+    async fn commit_settled(
         &self,
-        table: &mut Option<DeltaTable>,
-        pending: &[&SliceCommit<'_>],
+        view: &mut TableView,
+        commit: Commit,
+        make: impl AsyncFnOnce(&mut Option<DeltaTable>, CommitProperties) -> deltalake::DeltaResult<u64>,
     ) -> std::result::Result<u64, Unsettled> {
-        let keys: Vec<&str> = pending.iter().map(|m| m.slice.key.as_str()).collect();
-        let context = || format!("slice {}: committing to {}", keys.join(", "), self.url);
-        let not_committed = |error: deltalake::DeltaTableError| {
-            Unsettled::NotCommitted(Error::execution(context(), error))
-        };
-        let records: Vec<SliceRecord> = pending.iter().map(|m| m.record.clone()).collect();
-        let record = match records.as_slice() {
-            [one] => CommitRecord::Slice(one.clone()),
-            _ => CommitRecord::Group(GroupRecord { slices: records }),
-        };
-        let transactions = pending
-            .iter()
-            .map(|m| {
-                Transaction::new(
-                    app_id(&m.record.pipeline, &m.slice.key),
-                    m.record.txn_version,
-                )
-            })
-            .collect();
         // Expired-log cleanup lists the whole log after every commit, and would delete the
         // history that slice records are read from in the middle of a backfill: it is
         // table maintenance, left to the table's owner.
-        let properties = CommitProperties::default()
+        let mut properties = CommitProperties::default()
             .with_cleanup_expired_logs(Some(false))
-            .with_application_transactions(transactions)
+            .with_application_transactions(commit.transactions)
             .with_metadata([(
                 COMMIT_INFO_KEY.to_string(),
-                serde_json::to_value(&record).expect("a record serializes"),
+                serde_json::to_value(&commit.record).expect("a record serializes"),
             )]);
-        if pending.len() > self.writes.most_per_commit() {
-            return Err(Unsettled::NotCommitted(Error::Internal(format!(
-                "{}: {} slices in one commit, more than this strategy commits at once",
-                context(),
-                pending.len()
-            ))));
+        if commit.on_version_read {
+            properties = properties.with_max_retries(0);
         }
-        let committed = self.writes.commit(self, table, pending, properties).await;
-        committed.map_err(not_committed)
+        // The commit is made on a copy, so the view still knows the version it read when
+        // the commit is done or has failed.
+        let mut table = view.table.clone();
+        let read = view.version();
+        let failure = match make(&mut table, properties).await {
+            Ok(version) => {
+                if let Err(error) = view.step_to(table, Some(version)).await {
+                    // The commit landed. The view stays at the version it had, so the next
+                    // commit is checked against everything after it.
+                    tracing::warn!("{error}");
+                }
+                return Ok(version);
+            }
+            Err(failure) => failure,
+        };
+        let context = commit.context;
+        tracing::warn!(
+            "{context}: the commit failed; reading the log to see whether it landed: {failure}"
+        );
+        let stepped_over = async {
+            let latest = self.reload_patiently().await?;
+            view.step_to(latest, None).await
+        };
+        let stepped_over = match stepped_over.await {
+            Ok(stepped_over) => stepped_over,
+            Err(error) => {
+                return Err(Unsettled::Unknown(Error::execution(
+                    context,
+                    format!("the commit failed ({failure}) and the log could not be read to tell whether it landed ({error}); the staged files are kept"),
+                )))
+            }
+        };
+        if let Some((version, _)) = stepped_over.iter().find(|(_, r)| *r == commit.record) {
+            tracing::warn!("{context}: the commit reported an error but landed as version {version}: {failure}");
+            return Ok(*version);
+        }
+        if commit.on_version_read && view.version() != read {
+            let read = read.map_or("none".to_string(), |v| v.to_string());
+            return Err(Unsettled::NotCommitted(Error::execution(
+                context,
+                format!("another writer committed to the table after it was read (version {read}), so this commit was refused and the table is unchanged"),
+            )));
+        }
+        Err(Unsettled::NotCommitted(Error::execution(context, failure)))
     }
 
     /// Reads the table again, trying a few times: it decides whether staged files may be
@@ -666,6 +687,24 @@ impl Sink {
 
 /// How often a failed commit reads the log again before giving up on knowing its outcome.
 const RELOAD_TRIES: u32 = 4;
+
+/// One commit as [`Sink::commit_settled`] makes and settles it.
+struct Commit {
+    /// Names the commit in errors.
+    context: String,
+    record: CommitRecord,
+    transactions: Vec<Transaction>,
+    /// Whether the commit must land on the very version it was built on. A rebuild's swap
+    /// must: Delta's conflict checker would let a full overwrite through on top of a
+    /// concurrent append, silently dropping it. Otherwise the checker may rebase the
+    /// commit onto versions committed meanwhile, when they touch nothing it replaces.
+    on_version_read: bool,
+}
+
+/// The `txn` that marks a slice's commit, so Delta readers and writers can tell it is in.
+fn transaction_of(record: &SliceRecord) -> Transaction {
+    Transaction::new(app_id(&record.pipeline, &record.slice), record.txn_version)
+}
 
 /// Why a slice was not published.
 enum Unsettled {

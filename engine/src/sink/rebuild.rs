@@ -9,25 +9,26 @@
 //! ones, with the new schema if it changed. Readers see the old table until that commit
 //! and the new one after it.
 //!
-//! The swap must land on the very version the rebuild read: if any other writer committed
-//! since, it is refused (Delta's conflict checker would let a full overwrite through on
-//! top of a concurrent append, silently dropping it) and the table stays as it was.
+//! The swap goes through the sink's one committer, as a commit that must land on the very
+//! version the rebuild read: if any other writer committed since, it is refused (Delta's
+//! conflict checker would let a full overwrite through on top of a concurrent append,
+//! silently dropping it) and the table stays as it was.
 
 use std::collections::{HashMap, HashSet};
 
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{Action, Add, LogicalFileView, Metadata, StructType, Transaction};
+use deltalake::kernel::{Action, Add, LogicalFileView, Metadata, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
-use super::{check_compatible, written_by, Sink, SliceCommit, Writes};
-use crate::error::{Error, Result, ResultExt};
-use crate::ledger::{
-    CommitRecord, RebuildRecord, SliceRecord, StagedSlice, SwapRecord, COMMIT_INFO_KEY,
+use super::{
+    check_compatible, transaction_of, written_by, Commit, Sink, SliceCommit, Unsettled, Writes,
 };
+use crate::error::{Error, Result, ResultExt};
+use crate::ledger::{CommitRecord, RebuildRecord, SliceRecord, StagedSlice, SwapRecord};
 
 /// What a swap committed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -213,8 +214,9 @@ impl Sink {
     }
 
     /// Replaces the table with the staged slices plus the files of the `kept` ones, in
-    /// one commit on top of the version this sink read, or refuses if that is not the
-    /// latest version any more.
+    /// one commit that must land on the version this sink read: the committer refuses it
+    /// if that is not the latest version any more, and settles an ambiguous failure like
+    /// any commit's.
     pub(crate) async fn swap(
         &self,
         run_id: &str,
@@ -222,117 +224,64 @@ impl Sink {
         kept: &[SliceRecord],
     ) -> Result<Swapped> {
         let mut view = self.view.lock().await;
-        // The swap commits on a copy, so the view still knows the version it read.
-        let mut table = view.table.clone();
         let context = || format!("rebuild of {}", self.url);
         let kept_keys: HashSet<&str> = kept.iter().map(|r| r.slice.as_str()).collect();
-        let (mut actions, mut removed_files) = (Vec::new(), 0);
-        let replaced_version = table.as_ref().and_then(|t| t.version());
-        if let Some(existing) = table.as_ref() {
+        let mut actions: Vec<Action> = Vec::new();
+        let mut metadata = None;
+        if let Some(existing) = view.table.as_ref() {
             let snapshot = existing.snapshot().context(context)?;
             for file in snapshot.log_data().iter() {
                 if !self.is_kept(&file, &kept_keys) {
                     actions.push(Action::Remove(file.remove_action(true)));
                 }
             }
-            removed_files = actions.len() as u64;
             if check_compatible(existing, &self.schema, &self.partition_by).is_err() {
-                let metadata = self
-                    .replaced_metadata(snapshot.metadata())
-                    .context(context)?;
-                actions.push(Action::Metadata(metadata));
+                let replaced = self.replaced_metadata(snapshot.metadata());
+                metadata = Some(Action::Metadata(replaced.context(context)?));
             }
         }
-        let adds: Vec<Action> = staged
-            .iter()
-            .flat_map(|s| s.adds.iter().cloned().map(Action::Add))
-            .collect();
-        let added_files = adds.len() as u64;
-        actions.extend(adds);
-        let record = CommitRecord::Swap(SwapRecord {
-            rebuild: RebuildRecord {
-                pipeline: self.pipeline.clone(),
-                run_id: run_id.to_string(),
-                replaced_version,
-                removed_files,
-                added_files,
-            },
-            slices: staged
-                .iter()
-                .map(|s| s.record.clone())
-                .chain(kept.iter().cloned())
-                .collect(),
-        });
-        let transactions = staged
-            .iter()
-            .map(|s| {
-                let app_id = crate::ledger::app_id(&self.pipeline, &s.record.slice);
-                Transaction::new(app_id, s.record.txn_version)
-            })
-            .collect();
-        let properties = CommitProperties::default()
-            .with_cleanup_expired_logs(Some(false))
-            .with_max_retries(0)
-            .with_application_transactions(transactions)
-            .with_metadata([(
-                COMMIT_INFO_KEY.to_string(),
-                serde_json::to_value(&record).expect("a record serializes"),
-            )]);
+        let removed_files = actions.len() as u64;
+        let adds = staged.iter().flat_map(|s| s.adds.iter().cloned());
+        actions.extend(adds.map(Action::Add));
+        let added_files = actions.len() as u64 - removed_files;
+        actions.extend(metadata);
+        let rebuild = RebuildRecord {
+            pipeline: self.pipeline.clone(),
+            run_id: run_id.to_string(),
+            replaced_version: view.version(),
+            removed_files,
+            added_files,
+        };
+        let staged_records = staged.iter().map(|s| &s.record);
+        let commit = Commit {
+            context: context(),
+            // Only the staged slices are committed anew; the kept ones keep their `txn`.
+            transactions: staged_records.clone().map(transaction_of).collect(),
+            record: CommitRecord::Swap(SwapRecord {
+                rebuild,
+                slices: staged_records.chain(kept).cloned().collect(),
+            }),
+            on_version_read: true,
+        };
         let operation = DeltaOperation::Write {
             mode: SaveMode::Overwrite,
             partition_by: Some(self.partition_by.clone()),
             predicate: None,
         };
-        // Without a table, the swap creates it. If another writer created one meanwhile,
-        // the swap is refused like any commit landing after the version the rebuild read.
-        let committed = match table.is_some() {
-            true => {
-                self.commit(&mut table, actions, operation, properties)
-                    .await
-            }
-            false => self.create(&mut table, actions, properties).await,
-        };
-        let version = match committed {
-            Ok(version) => {
-                if let Err(error) = view.step_to(table, Some(version)).await {
-                    tracing::warn!("{error}");
-                }
-                version
-            }
-            Err(failure) => {
-                // The swap's PUT may have landed although it reported an error: the log,
-                // read again, says whether this run's swap is in it.
-                let settled = async {
-                    let latest = self.reload_patiently().await?;
-                    view.step_to(latest, None).await
-                };
-                if let Err(error) = settled.await {
-                    return Err(Error::execution(
-                        context(),
-                        format!("the swap failed ({failure}) and the log could not be read to tell whether it landed ({error}); run again to find out: staged slices are reused"),
-                    ));
-                }
-                if let Some(version) = view.swap_of(run_id) {
-                    tracing::warn!(
-                        "the swap reported an error but landed as version {version}: {failure}"
-                    );
-                    version
-                } else if view.version() != replaced_version {
-                    let read = replaced_version.map_or("none".to_string(), |v| v.to_string());
-                    return Err(Error::execution(
-                        context(),
-                        format!("another writer committed to the table after this rebuild read it (version {read}), so the swap was refused and the table is unchanged. Run again to rebuild on top of the new version: staged slices are reused"),
-                    ));
-                } else {
-                    return Err(Error::execution(context(), failure));
-                }
-            }
-        };
-        Ok(Swapped {
-            version,
-            removed_files,
-            added_files,
-        })
+        let committed = self
+            .commit_settled(&mut view, commit, async |table, properties| {
+                self.commit(table, actions, operation, properties).await
+            })
+            .await;
+        match committed {
+            Ok(version) => Ok(Swapped {
+                version,
+                removed_files,
+                added_files,
+            }),
+            // The staged slices stay either way, for a rerun to swap in.
+            Err(Unsettled::NotCommitted(error) | Unsettled::Unknown(error)) => Err(error),
+        }
     }
 
     fn is_kept(&self, file: &LogicalFileView, kept: &HashSet<&str>) -> bool {

@@ -23,8 +23,6 @@ pub(super) struct TableView {
     pipeline: String,
     /// The newest commit of each slice of the pipeline seen since the sink opened.
     slices: HashMap<String, Sighting>,
-    /// The run id and version of the newest rebuild swap seen since the sink opened.
-    swap: Option<(String, u64)>,
 }
 
 /// A slice commit the view stepped over.
@@ -48,7 +46,6 @@ impl TableView {
             table,
             pipeline: pipeline.to_string(),
             slices: HashMap::new(),
-            swap: None,
         }
     }
 
@@ -61,21 +58,15 @@ impl TableView {
         self.slices.get(slice)
     }
 
-    /// The version of the swap that rebuild run `run_id` committed, if one was seen.
-    pub(super) fn swap_of(&self, run_id: &str) -> Option<u64> {
-        self.swap
-            .as_ref()
-            .filter(|(id, _)| id == run_id)
-            .map(|(_, version)| *version)
-    }
-
     /// Moves the view to `table`, reading the commits between the version it had and
     /// the new one, except `ours` (a commit this sink just made, whose record it knows).
+    /// Returns the records of the commits it stepped over, by version.
     pub(super) async fn step_to(
         &mut self,
         table: Option<DeltaTable>,
         ours: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(u64, CommitRecord)>> {
+        let mut stepped_over = Vec::new();
         let from = self.version().map_or(0, |v| v + 1);
         if let Some(new) = &table {
             let to = new.version().unwrap_or_default();
@@ -93,17 +84,15 @@ impl TableView {
                 };
                 if let Some(record) = CommitRecord::in_commit_entry(&entry) {
                     self.saw(&record, version);
+                    stepped_over.push((version, record));
                 }
             }
         }
         self.table = table;
-        Ok(())
+        Ok(stepped_over)
     }
 
     fn saw(&mut self, record: &CommitRecord, version: u64) {
-        if let CommitRecord::Swap(swap) = record {
-            self.swap = Some((swap.rebuild.run_id.clone(), version));
-        }
         for slice in record.slices() {
             if slice.pipeline != self.pipeline {
                 continue;
