@@ -1,18 +1,23 @@
 """The baseline `backfill` must beat: a hand-written Python loop of polars + delta-rs.
 
-Runs the same slices as `benches/throughput.rs` over the same generated bucket, one
-day at a time: read the day's Parquet with polars, transform, and replace the day's
-partition with delta-rs (`write_deltalake(..., mode="overwrite", predicate=...)`).
+Runs the same slices as `benches/throughput.rs`, over the same generated bucket, one
+slice at a time: read the slice's Parquet with polars, transform, and replace the
+slice's partition with delta-rs (`write_deltalake(..., mode="overwrite", predicate=...)`).
 
-    python benches/polars_loop.py target/bench-buckets/orders-8x1000000 8
+    python benches/polars_loop.py rows     target/bench-buckets/orders-8x1000000
+    python benches/polars_loop.py distinct target/bench-buckets/orders-8x1000000
+    python benches/polars_loop.py hourly   target/bench-buckets/events-84x24x40 [hours]
 
-Like the Rust benchmark, each case runs five times into a fresh table and the median
-run is reported.
+Run the Rust case first: it generates the bucket. Like it, each case runs five times
+(`--repeat N` to change) into a fresh table and reports the median run's wall and CPU
+time, the time per slice over the first and last tenth of its slices, and the process's
+peak memory.
 
 Needs `pip install polars deltalake pyarrow`.
 """
 
 import datetime
+import resource
 import statistics
 import sys
 import tempfile
@@ -23,46 +28,81 @@ import polars as pl
 from deltalake import write_deltalake
 
 
-def row_level(frame: pl.DataFrame) -> pl.DataFrame:
+def rows(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(
         "order_id", "customer_id", "amount", pl.col("status").str.to_uppercase(), "ordered_at", "dt"
     )
 
 
-def aggregating(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.group_by("dt", "customer_id").agg(
+def distinct(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.group_by("dt", "status").agg(
         pl.len().alias("orders"),
+        pl.col("customer_id").n_unique().alias("customers"),
         pl.col("amount").sum().alias("revenue"),
-        pl.col("ordered_at").max().alias("last_order"),
+        pl.col("amount").mean().alias("average_amount"),
     )
 
 
-def run(bucket: Path, days: int, transform) -> float:
-    first = datetime.date(2024, 1, 1)
+def hourly(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.group_by("dt", "hr", "customer_id").agg(
+        pl.len().alias("events"),
+        (pl.col("kind") == "click").cast(pl.Int64).sum().alias("clicks"),
+    )
+
+
+def daily_slices(bucket: Path):
+    days = sorted(p.name.removeprefix("dt=") for p in (bucket / "orders").glob("dt=*"))
+    for day in days:
+        yield bucket / "orders" / f"dt={day}", {"dt": day}, ["dt"]
+
+
+def hourly_slices(bucket: Path, hours: int):
+    first = datetime.datetime(2024, 1, 1)
+    for offset in range(hours):
+        at = first + datetime.timedelta(hours=offset)
+        day, hour = at.date().isoformat(), f"{at.hour:02}"
+        yield bucket / "events" / f"dt={day}" / f"hr={hour}", {"dt": day, "hr": hour}, ["dt", "hr"]
+
+
+def run(slices, transform):
+    """One loop over the slices into a fresh table: wall time, CPU time, finish times."""
     with tempfile.TemporaryDirectory() as destination:
         table = str(Path(destination) / "table")
-        started = time.perf_counter()
-        for offset in range(days):
-            day = (first + datetime.timedelta(days=offset)).isoformat()
-            frame = pl.read_parquet(bucket / "orders" / f"dt={day}" / "*.parquet").with_columns(dt=pl.lit(day))
+        started, cpu = time.perf_counter(), time.process_time()
+        finished = []
+        for folder, partition, partition_by in slices:
+            frame = pl.read_parquet(folder / "*.parquet").with_columns(
+                **{column: pl.lit(value) for column, value in partition.items()}
+            )
+            predicate = " AND ".join(f"{column} = '{value}'" for column, value in partition.items())
             write_deltalake(
                 table,
                 transform(frame).to_arrow(),
                 mode="overwrite",
-                partition_by=["dt"],
-                predicate=f"dt = '{day}'",
+                partition_by=partition_by,
+                predicate=predicate,
             )
-        return time.perf_counter() - started
+            finished.append(time.perf_counter() - started)
+        return time.perf_counter() - started, time.process_time() - cpu, finished
 
 
 def main() -> None:
-    bucket, days = Path(sys.argv[1]), int(sys.argv[2])
-    rows = days * int(bucket.name.split("x")[1])
-    size = sum(f.stat().st_size for f in (bucket / "orders").rglob("*.parquet")) / 1e6
-    print(f"{'case':<14} {'slices':>7} {'rows/s':>12} {'MB/s':>10} {'s total':>9} {'ms/slice':>12}")
-    for case, transform in [("row-level", row_level), ("aggregating", aggregating)]:
-        seconds = statistics.median(run(bucket, days, transform) for _ in range(5))
-        print(f"{case:<14} {days:>7} {rows / seconds:>12.0f} {size / seconds:>10.1f} {seconds:>9.2f} {seconds * 1000 / days:>12.1f}")
+    case, bucket = sys.argv[1], Path(sys.argv[2])
+    repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 5
+    if case == "hourly":
+        hours = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3].isdigit() else 2016
+        slices, transform = lambda: hourly_slices(bucket, hours), hourly
+    else:
+        slices, transform = lambda: daily_slices(bucket), {"rows": rows, "distinct": distinct}[case]
+    runs = sorted((run(slices(), transform) for _ in range(repeat)), key=lambda r: r[0])
+    wall, cpu, finished = runs[len(runs) // 2]
+    n = len(finished)
+    tenth = max(n // 10, 1)
+    first = finished[tenth - 1] * 1000 / tenth
+    last = (finished[-1] - finished[-tenth - 1]) * 1000 / tenth if n > tenth else first
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000
+    print(f"{'case':<9} {'slices':>7} {'wall s':>9} {'cpu s':>9} {'ms/slice':>10} {'first 10%':>12} {'last 10%':>12} {'peak MB':>9}")
+    print(f"{case:<9} {n:>7} {wall:>9.2f} {cpu:>9.2f} {wall * 1000 / n:>10.1f} {first:>12.1f} {last:>12.1f} {peak:>9.0f}")
 
 
 if __name__ == "__main__":

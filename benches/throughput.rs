@@ -1,32 +1,45 @@
-//! Per-slice throughput of real backfills on a generated bucket.
+//! Real backfills of a generated bucket, one shape per invocation:
 //!
-//! `cargo bench -p backfill-engine --bench throughput -- [--days N] [--rows N] [--tiny N] [--concurrency N]`
+//! ```sh
+//! cargo bench -p backfill-engine --bench throughput -- rows     [--days 8] [--rows 1000000]
+//! cargo bench -p backfill-engine --bench throughput -- distinct [--days 8] [--rows 1000000]
+//! cargo bench -p backfill-engine --bench throughput -- hourly   [--hours 2016] [--rows 40]
+//! ```
 //!
-//! Generates (once, cached under `target/bench-buckets/`) a bucket of `--days` days of
-//! `--rows` orders each, then backfills it into a fresh Delta table three ways:
-//! - row-level: every order, one column rewritten (overwrite by day);
-//! - aggregating: per customer and day (overwrite by day);
-//! - tiny slices: `--tiny` days of 100 rows, for the fixed cost of a slice.
+//! - `rows`: every order of a day, one column rewritten (overwrite by day);
+//! - `distinct`: per day and status, `count(*)`, `count(DISTINCT customer_id)`, `sum`, `avg`;
+//! - `hourly`: `--hours` hourly slices of a few events each, aggregated per customer and
+//!   hour (overwrite by day and hour), for the fixed cost of a slice over a long run.
 //!
-//! Each case runs `--repeat` times (default 5) into a fresh table; the median run is
-//! reported: rows/s and MB/s of source read, and milliseconds per slice. Compare with
-//! `benches/polars_loop.py`, the same slices in a Python loop of polars + delta-rs.
+//! The bucket is generated once and cached under `target/bench-buckets/`. Each case runs
+//! `--repeat` times (default 5) into a fresh table; the median run is reported with its
+//! CPU time, and the process's peak memory. For the hourly case, the time per slice over
+//! the first and the last tenth of the median run's slices shows whether cost per slice
+//! stays flat. `benches/polars_loop.py` runs the same slices as a Python loop of polars +
+//! delta-rs and prints the same figures; run both on the same machine, one after the other.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use backfill_engine::fixtures::{generate, FixtureSpec};
+use backfill_engine::run::{Reporter, SliceOutcome};
 use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection};
+use chrono::NaiveDate;
 
-const ROW_LEVEL: &str =
-    "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt \
-                         FROM orders WHERE dt = {{ slice }}";
-const AGGREGATING: &str = "SELECT dt, customer_id, count(*) AS orders, sum(amount) AS revenue, max(ordered_at) AS last_order \
-                           FROM orders WHERE dt = {{ slice }} GROUP BY dt, customer_id";
+const ROWS: &str = "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt \
+                    FROM orders WHERE dt = {{ slice }}";
+const DISTINCT: &str =
+    "SELECT dt, status, count(*) AS orders, count(DISTINCT customer_id) AS customers, \
+                        sum(amount) AS revenue, avg(amount) AS average_amount \
+                        FROM orders WHERE dt = {{ slice }} GROUP BY dt, status";
+const HOURLY: &str = "SELECT dt, hr, customer_id, count(*) AS events, \
+                      sum(CASE WHEN kind = 'click' THEN 1 ELSE 0 END) AS clicks \
+                      FROM events WHERE dt = {{ start_date }} AND hr = {{ hour }} \
+                      GROUP BY dt, hr, customer_id";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let option = |name: &str, default: u64| -> u64 {
         args.iter()
             .position(|a| a == name)
@@ -34,115 +47,218 @@ fn main() {
             .map(|v| v.parse().expect("a number"))
             .unwrap_or(default)
     };
-    let (days, rows, tiny) = (
-        option("--days", 8) as u32,
-        option("--rows", 1_000_000),
-        option("--tiny", 60) as u32,
-    );
+    let case = args
+        .iter()
+        .find(|a| ["rows", "distinct", "hourly"].contains(&a.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("name a case: rows, distinct or hourly"));
     let repeat = option("--repeat", 5) as usize;
     let options = RunOptions {
         concurrency: option("--concurrency", RunOptions::default().concurrency as u64) as usize,
         ..RunOptions::default()
     };
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-buckets");
-
-    let big = bucket(&target, days, rows);
+    let first = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    let bench = match case.as_str() {
+        "hourly" => {
+            let (hours, rows) = (option("--hours", 2016), option("--rows", 40));
+            let days = hours.div_ceil(24) as u32;
+            let spec = FixtureSpec {
+                event_days: days,
+                events_per_hour: rows,
+                ..FixtureSpec::orders_only(0, 0)
+            };
+            let last =
+                first.and_hms_opt(0, 0, 0).unwrap() + chrono::Duration::hours(hours as i64 - 1);
+            Bench {
+                bucket: bucket(&target, &format!("events-{days}x24x{rows}"), &spec),
+                source: ("events", "[\"dt\", \"hr\"]"),
+                slices: "hourly",
+                sql: HOURLY,
+                selection: Selection::Range {
+                    start: first
+                        .and_hms_opt(0, 0, 0)
+                        .unwrap()
+                        .format("%Y-%m-%dT%H")
+                        .to_string(),
+                    end: last.format("%Y-%m-%dT%H").to_string(),
+                },
+                slice_count: hours as usize,
+            }
+        }
+        shape => {
+            let (days, rows) = (option("--days", 8) as u32, option("--rows", 1_000_000));
+            // A customer orders about four times a day: `count(DISTINCT)` has work to do.
+            let spec = FixtureSpec {
+                customers: (rows / 4).max(1),
+                ..FixtureSpec::orders_only(days, rows)
+            };
+            let last = first + chrono::Duration::days(i64::from(days) - 1);
+            Bench {
+                bucket: bucket(&target, &format!("orders-{days}x{rows}"), &spec),
+                source: ("orders", "[\"dt\"]"),
+                slices: "daily",
+                sql: if shape == "rows" { ROWS } else { DISTINCT },
+                selection: Selection::Range {
+                    start: first.to_string(),
+                    end: last.to_string(),
+                },
+                slice_count: days as usize,
+            }
+        }
+    };
+    let source_bytes = dir_bytes(&bench.bucket.join(bench.source.0));
     println!(
-        "bucket {} ({days} days x {rows} orders, {:.1} MB)",
-        big.display(),
-        mb(dir_bytes(&big.join("orders")))
+        "bucket {} ({:.1} MB of Parquet)",
+        bench.bucket.display(),
+        mb(source_bytes)
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let mut runs: Vec<Measured> = (0..repeat.max(1))
+        .map(|_| runtime.block_on(bench.run_once(&options)))
+        .collect();
+    runs.sort_by_key(|run| run.wall);
+    let median = &runs[runs.len() / 2];
+    let (first_tenth, last_tenth) = median.tenths();
+    println!(
+        "{:<9} {:>7} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9}",
+        "case", "slices", "wall s", "cpu s", "ms/slice", "first 10%", "last 10%", "peak MB"
     );
     println!(
-        "{:<14} {:>7} {:>12} {:>10} {:>9} {:>12}",
-        "case", "slices", "rows/s", "MB/s", "s total", "ms/slice"
+        "{case:<9} {:>7} {:>9.2} {:>9.2} {:>10.1} {:>12.1} {:>12.1} {:>9.0}",
+        bench.slice_count,
+        median.wall.as_secs_f64(),
+        median.cpu.as_secs_f64(),
+        median.wall.as_secs_f64() * 1000.0 / bench.slice_count as f64,
+        first_tenth,
+        last_tenth,
+        peak_memory_mb(),
     );
-    for (case, sql) in [("row-level", ROW_LEVEL), ("aggregating", AGGREGATING)] {
-        runtime.block_on(measure(case, &big, sql, days, &options, repeat));
-    }
-    let small = bucket(&target, tiny, 100);
-    runtime.block_on(measure(
-        "tiny slices",
-        &small,
-        ROW_LEVEL,
-        tiny,
-        &options,
-        repeat,
-    ));
 }
 
-/// The bucket for a size, generated on first use.
-fn bucket(target: &Path, days: u32, rows: u64) -> PathBuf {
-    let root = target.join(format!("orders-{days}x{rows}"));
+struct Bench {
+    bucket: PathBuf,
+    /// The source's name and its partitioning.
+    source: (&'static str, &'static str),
+    slices: &'static str,
+    sql: &'static str,
+    selection: Selection,
+    slice_count: usize,
+}
+
+/// One run's wall and CPU time, and when each slice finished.
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+    finished: Vec<Duration>,
+}
+
+impl Measured {
+    /// Milliseconds per slice over the first and the last tenth of the slices to finish.
+    fn tenths(&self) -> (f64, f64) {
+        let n = self.finished.len();
+        let tenth = (n / 10).max(1);
+        let per_slice =
+            |from: Duration, to: Duration| (to - from).as_secs_f64() * 1000.0 / tenth as f64;
+        let first = per_slice(Duration::ZERO, self.finished[tenth - 1]);
+        let last = per_slice(self.finished[n - tenth - 1], self.finished[n - 1]);
+        (first, last)
+    }
+}
+
+/// Remembers when each slice finished, from the start of the run.
+struct Finishes {
+    started: Instant,
+    at: Mutex<Vec<Duration>>,
+}
+
+impl Reporter for Finishes {
+    fn slice_finished(&self, _outcome: &SliceOutcome) {
+        self.at.lock().unwrap().push(self.started.elapsed());
+    }
+}
+
+impl Bench {
+    /// One backfill of the selection into a fresh table, opening included.
+    async fn run_once(&self, options: &RunOptions) -> Measured {
+        let destination = tempfile::tempdir().unwrap();
+        let (source, partitioning) = self.source;
+        let text = format!(
+            "name = \"bench\"\n[sources.{source}]\nurl = \"{}\"\nformat = \"parquet\"\npartitioning = {partitioning}\n\
+             [slices]\nkind = \"{}\"\n[transform]\nsql = \"{}\"\n\
+             [destination]\nurl = \"{}\"\npartition_by = {partitioning}\nstrategy = \"overwrite\"\n",
+            self.bucket.join(source).display(),
+            self.slices,
+            self.sql,
+            destination.path().join("table").display(),
+        );
+        let pipeline = pipeline::parse(&text, &destination.path().join("bench.toml"))
+            .expect("a valid pipeline");
+        let (cpu_before, started) = (cpu_time(), Instant::now());
+        let finishes = Arc::new(Finishes {
+            started,
+            at: Mutex::new(Vec::with_capacity(self.slice_count)),
+        });
+        let backfill = Arc::new(
+            Backfill::open(pipeline, OpenOptions::default())
+                .await
+                .expect("opens"),
+        );
+        let summary = backfill
+            .run(&self.selection, options, finishes.clone())
+            .await
+            .expect("runs");
+        let (wall, cpu) = (started.elapsed(), cpu_time() - cpu_before);
+        assert_eq!(summary.committed(), self.slice_count, "{summary:?}");
+        let finished = finishes.at.lock().unwrap().clone();
+        Measured {
+            wall,
+            cpu,
+            finished,
+        }
+    }
+}
+
+/// The bucket `name`, generated from `spec` on first use.
+fn bucket(target: &Path, name: &str, spec: &FixtureSpec) -> PathBuf {
+    let root = target.join(name);
     if !root.join("done").exists() {
-        generate(&root, &FixtureSpec::orders_only(days, rows)).expect("the bucket is written");
+        generate(&root, spec).expect("the bucket is written");
         std::fs::write(root.join("done"), "").unwrap();
     }
     root
 }
 
-async fn measure(
-    case: &str,
-    bucket: &Path,
-    sql: &str,
-    days: u32,
-    options: &RunOptions,
-    repeat: usize,
-) {
-    let last = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()
-        + chrono::Duration::days(i64::from(days) - 1);
-    let selection = Selection::Range {
-        start: "2024-01-01".into(),
-        end: last.to_string(),
-    };
-    let mut runs = Vec::with_capacity(repeat);
-    for _ in 0..repeat.max(1) {
-        runs.push(run_once(bucket, sql, &selection, options).await);
-    }
-    runs.sort_by(f64::total_cmp);
-    let seconds = runs[runs.len() / 2];
-    let (source_bytes, source_rows) = (dir_bytes(&bucket.join("orders")), rows_in(bucket));
-    println!(
-        "{case:<14} {:>7} {:>12.0} {:>10.1} {:>9.2} {:>12.1}",
-        days,
-        source_rows as f64 / seconds,
-        mb(source_bytes) / seconds,
-        seconds,
-        seconds * 1000.0 / f64::from(days)
-    );
+/// CPU time (user and system) this process has used so far.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are the
+    // 12th and 13th, in clock ticks of 1/100 s on Linux.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    Duration::from_millis(ticks * 10)
 }
 
-/// One backfill of the selection into a fresh table, opening included; its seconds.
-async fn run_once(bucket: &Path, sql: &str, selection: &Selection, options: &RunOptions) -> f64 {
-    let destination = tempfile::tempdir().unwrap();
-    let text = format!(
-        "name = \"bench\"\n[sources.orders]\nurl = \"{}\"\nformat = \"parquet\"\npartitioning = [\"dt\"]\n\
-         [slices]\nkind = \"daily\"\n[transform]\nsql = \"{sql}\"\n\
-         [destination]\nurl = \"{}\"\npartition_by = [\"dt\"]\nstrategy = \"overwrite\"\n",
-        bucket.join("orders").display(),
-        destination.path().join("table").display(),
-    );
-    let pipeline =
-        pipeline::parse(&text, &destination.path().join("bench.toml")).expect("a valid pipeline");
-    let started = Instant::now();
-    let backfill = Arc::new(
-        Backfill::open(pipeline, OpenOptions::default())
-            .await
-            .expect("opens"),
-    );
-    let summary = backfill
-        .run(selection, options, Arc::new(backfill_engine::run::Silent))
-        .await
-        .expect("runs");
-    let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(summary.committed(), summary.outcomes.len(), "{summary:?}");
-    seconds
-}
-
-fn rows_in(bucket: &Path) -> u64 {
-    let name = bucket.file_name().unwrap().to_string_lossy().to_string();
-    let (days, rows) = name.trim_start_matches("orders-").split_once('x').unwrap();
-    days.parse::<u64>().unwrap() * rows.parse::<u64>().unwrap()
+/// The process's peak resident memory, in MB.
+fn peak_memory_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    kb / 1000.0
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -150,12 +266,9 @@ fn dir_bytes(dir: &Path) -> u64 {
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .map(|e| {
-                    if e.path().is_dir() {
-                        dir_bytes(&e.path())
-                    } else {
-                        e.metadata().map(|m| m.len()).unwrap_or(0)
-                    }
+                .map(|e| match e.path().is_dir() {
+                    true => dir_bytes(&e.path()),
+                    false => e.metadata().map(|m| m.len()).unwrap_or(0),
                 })
                 .sum()
         })

@@ -140,7 +140,7 @@ impl Backfill {
         .await?;
         let sample = sample_slice(&pipeline);
         let sql = template::render(&pipeline.sql, &sample.variables(), &pipeline.sql_origin)?;
-        let ctx = sources.context()?;
+        let ctx = sources.context(1)?;
         let frame =
             source::read_only_query(&ctx, &sql, || format!("{}: transform", pipeline.sql_origin))
                 .await?;
@@ -250,7 +250,8 @@ impl Backfill {
     ) -> Result<Vec<SlicePlan>> {
         futures::stream::iter(slices)
             .map(|slice| async {
-                let (plan, _prepared) = self.plan_slice(slice, known, reprocess).await?;
+                // These plans are never executed: one partition is the cheapest to plan.
+                let (plan, _prepared) = self.plan_slice(slice, known, reprocess, 1).await?;
                 Ok::<_, Error>(plan)
             })
             .buffered(concurrency.max(1))
@@ -272,14 +273,16 @@ impl Backfill {
         self.sink.replaced(&kept).await.map(Some)
     }
 
-    /// Plans one slice: its transform, and its state from what is `known`.
+    /// Plans one slice: its transform, split into `partitions` streams, and its state
+    /// from what is `known`.
     pub(crate) async fn plan_slice(
         &self,
         slice: Slice,
         known: &Known,
         reprocess: Reprocess,
+        partitions: usize,
     ) -> Result<(SlicePlan, Prepared)> {
-        let transform = self.plan_transform(&slice).await?;
+        let transform = self.plan_transform(&slice, partitions).await?;
         let source_fingerprint = source::fingerprint_files(&transform.files);
         let committed = known.ledger.get(&slice.key);
         // A done slice is skipped, so its files are looked for: a table that points at
@@ -313,14 +316,19 @@ impl Backfill {
         Ok((plan, transform.prepared))
     }
 
-    /// Renders and plans one slice's SQL; the physical plan names the files it reads.
-    pub(crate) async fn plan_transform(&self, slice: &Slice) -> Result<Transform> {
+    /// Renders and plans one slice's SQL, split into `partitions` streams; the physical
+    /// plan names the files it reads.
+    pub(crate) async fn plan_transform(
+        &self,
+        slice: &Slice,
+        partitions: usize,
+    ) -> Result<Transform> {
         let sql = template::render(
             &self.pipeline.sql,
             &slice.variables(),
             &self.pipeline.sql_origin,
         )?;
-        let ctx = self.sources.context()?;
+        let ctx = self.sources.context(partitions)?;
         let context = || format!("slice {}: planning the transform", slice.key);
         let frame = source::read_only_query(&ctx, &sql, context).await?;
         let casts: Vec<_> = frame

@@ -187,7 +187,8 @@ pub fn preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
 async fn sample_basis(backfill: &Backfill, sample: &SlicePlan) -> Result<Basis> {
     let context = || format!("slice {}: sampling the transform", sample.slice.key);
     let started = Instant::now();
-    let prepared = backfill.plan_transform(&sample.slice).await?.prepared;
+    // On one core, as a slice in flight has: the estimate spreads slices over concurrency.
+    let prepared = backfill.plan_transform(&sample.slice, 1).await?.prepared;
     let mut stream =
         execute_stream(prepared.plan.clone(), prepared.ctx.task_ctx()).context(context)?;
     let mut encoder = ArrowWriter::try_new(std::io::sink(), stream.schema(), None)

@@ -79,7 +79,10 @@ impl TestStore {
         let every = self.ambiguous_commits.load(Ordering::SeqCst);
         let in_log = location.parts().any(|part| part.as_ref() == "_delta_log");
         let commit = in_log && opts.mode == PutMode::Create;
-        if every == 0 || !commit || (self.commits.fetch_add(1, Ordering::SeqCst) + 1) % every != 0 {
+        if every == 0
+            || !commit
+            || !(self.commits.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every)
+        {
             return None;
         }
         let fault = match self.ambiguous.fetch_add(1, Ordering::SeqCst) % 2 {

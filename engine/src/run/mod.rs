@@ -106,6 +106,16 @@ impl Default for RunOptions {
 /// Slices planned at once before a run: planning waits on listings and footers, not cores.
 const PREFLIGHT_CONCURRENCY: usize = 16;
 
+impl RunOptions {
+    /// How many streams DataFusion splits one slice's plan into: the cores left to each
+    /// slice in flight. When slices in flight already keep every core busy, splitting a
+    /// slice further only adds work (repartitioning, merging partial aggregates, which
+    /// for `count(DISTINCT)` means merging whole sets) and runs nothing sooner.
+    pub fn partitions_per_slice(&self) -> usize {
+        (default_concurrency() / self.concurrency.max(1)).max(1)
+    }
+}
+
 /// The number of cores, the default number of slices in flight.
 pub fn default_concurrency() -> usize {
     std::thread::available_parallelism()

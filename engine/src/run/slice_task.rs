@@ -22,7 +22,12 @@ impl Run {
     ) -> Result<SliceStatus> {
         let backfill = &self.backfill;
         let (planned, prepared) = backfill
-            .plan_slice(slice, &self.known, self.options.reprocess)
+            .plan_slice(
+                slice,
+                &self.known,
+                self.options.reprocess,
+                self.options.partitions_per_slice(),
+            )
             .await?;
         if !planned.will_run {
             return Ok(SliceStatus::Skipped {

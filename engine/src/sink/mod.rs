@@ -553,6 +553,9 @@ impl Sink {
         let read = view.version();
         let failure = match make(&mut table, properties).await {
             Ok(version) => {
+                if version.is_multiple_of(READ_AFRESH_EVERY) {
+                    table = self.afresh(table, version).await;
+                }
                 if let Err(error) = view.step_to(table, Some(version)).await {
                     // The commit landed. The view stays at the version it had, so the next
                     // commit is checked against everything after it.
@@ -591,6 +594,27 @@ impl Sink {
             )));
         }
         Err(Unsettled::NotCommitted(Error::execution(context, failure)))
+    }
+
+    /// The table read afresh from storage, if it can be read at `version` or later, or else
+    /// `committed`, the table as a commit at `version` left it.
+    ///
+    /// delta-rs keeps the list of a table's files as one batch per commit since it was
+    /// loaded and replays every batch on the next commit, so each commit of a long run
+    /// would cost more than the last. A table read afresh starts from the latest
+    /// checkpoint (delta-rs writes one every 100 versions by default): a compact list.
+    async fn afresh(&self, committed: Option<DeltaTable>, version: u64) -> Option<DeltaTable> {
+        match self.reload().await {
+            Ok(Some(fresh)) if fresh.version() >= Some(version) => Some(fresh),
+            Ok(_) => committed,
+            Err(error) => {
+                tracing::debug!(
+                    "reading {} afresh after version {version}: {error}",
+                    self.url
+                );
+                committed
+            }
+        }
     }
 
     /// Reads the table again, trying a few times: it decides whether staged files may be
@@ -687,6 +711,10 @@ impl Sink {
 
 /// How often a failed commit reads the log again before giving up on knowing its outcome.
 const RELOAD_TRIES: u32 = 4;
+
+/// The sink reads its table afresh after each commit whose version is a multiple of this
+/// (see [`Sink::afresh`]).
+const READ_AFRESH_EVERY: u64 = 100;
 
 /// One commit as [`Sink::commit_settled`] makes and settles it.
 struct Commit {

@@ -218,3 +218,31 @@ fn walk(folder: &std::path::Path) -> impl Iterator<Item = String> {
     }
     files.into_iter()
 }
+
+#[tokio::test]
+async fn a_sink_that_reads_its_table_afresh_still_sees_what_others_committed() {
+    let folder = tempfile::tempdir().unwrap();
+    let sink = sink(folder.path(), Strategy::Overwrite).await;
+    let all = days("2024-01-01", "2024-04-10");
+    let (ours, theirs) = (&all[..100], &all[100..]);
+    for slice in &ours[..99] {
+        publish_together(&sink, std::slice::from_ref(slice), 1, 1).await;
+    }
+    // Another writer commits version 99; this sink's next commit is version 100, after
+    // which it reads the table afresh.
+    let other = self::sink(folder.path(), Strategy::Overwrite).await;
+    publish_together(&other, theirs, 2, 7).await;
+    let published = publish_together(&sink, &ours[99..], 1, 1).await;
+    assert_eq!(published[0].version, 100);
+    let table = sink.table().await.unwrap();
+    assert_eq!(table.version(), Some(100));
+    assert_eq!(rows(&table).await, 100 + 2);
+
+    // The other writer's slice is known as theirs: it is not committed again.
+    let again = publish_together(&sink, theirs, 3, 8).await;
+    let by_them = Committer::OtherRun {
+        run_id: "run-7".into(),
+    };
+    assert_eq!(again[0].by, by_them);
+    assert_eq!(sink.table().await.unwrap().version(), Some(100));
+}

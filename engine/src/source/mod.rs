@@ -164,9 +164,14 @@ impl Sources {
         self.tables.iter().any(|(source, _)| source == name)
     }
 
-    /// A fresh context for one slice (or one validation), with every source registered.
-    pub fn context(&self) -> Result<SessionContext> {
-        let ctx = SessionContext::new_with_config_rt(self.config.clone(), self.runtime.clone());
+    /// A fresh context for one slice (or one validation), with every source registered,
+    /// whose plans split into `partitions` streams.
+    pub fn context(&self, partitions: usize) -> Result<SessionContext> {
+        let config = self
+            .config
+            .clone()
+            .with_target_partitions(partitions.max(1));
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         for (name, table) in &self.tables {
             ctx.register_table(name.as_str(), table.provider())
                 .map_err(|e| Error::Internal(format!("cannot register source `{name}`: {e}")))?;
@@ -177,12 +182,13 @@ impl Sources {
 
 fn session_config() -> SessionConfig {
     let mut config = SessionConfig::new().with_information_schema(false);
-    // Delta stores strings as Utf8; Utf8View would have to be cast back on every batch.
+    // Strings are read as views, which decode and group faster; only the transform's
+    // output is cast to the plain types Delta stores (see `Backfill::plan_transform`).
     config
         .options_mut()
         .execution
         .parquet
-        .schema_force_view_types = false;
+        .schema_force_view_types = true;
     config
 }
 
