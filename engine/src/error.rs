@@ -197,6 +197,35 @@ impl Error {
         )
     }
 
+    /// The same error again, for each slice of a group commit that failed as one.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Config { location, message } => Error::config(location, message),
+            Error::Setting { settings, message } => Error::Setting {
+                settings: settings.clone(),
+                message: message.clone(),
+            },
+            Error::Sql { context, error } => Error::Sql {
+                context: context.clone(),
+                error: Box::new(datafusion::error::DataFusionError::Plan(error.to_string())),
+            },
+            Error::Assertion { slice, failures } => Error::Assertion {
+                slice: slice.clone(),
+                failures: failures.clone(),
+            },
+            Error::Data { context, message } => Error::Data {
+                context: context.clone(),
+                message: message.clone(),
+            },
+            Error::Execution {
+                context,
+                message,
+                transient,
+            } => Error::run_time(*transient, context, message),
+            Error::Internal(message) => Error::Internal(message.clone()),
+        }
+    }
+
     pub fn fault(&self) -> Fault {
         match self {
             Error::Config { .. } | Error::Setting { .. } | Error::Sql { .. } => Fault::User,

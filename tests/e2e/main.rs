@@ -407,15 +407,27 @@ async fn concurrent_slices_give_the_same_table_as_a_serial_run() {
     let parallel = Case::new("orders_clean");
     let range = ["--start", "2024-01-01", "--end", "2024-01-14"];
     serial.ok("run", &[&range[..], &["--concurrency", "1"]].concat(), 0);
-    parallel.ok("run", &[&range[..], &["--concurrency", "6"]].concat(), 0);
+    let run = parallel.json("run", &[&range[..], &["--concurrency", "6"]].concat(), 0);
     let all = "SELECT * FROM t ORDER BY order_id";
     let rows = serial.stored(all).await;
     assert_eq!(rows.len(), 14 * 2000 + 4);
     assert_eq!(parallel.stored(all).await, rows);
+    // Slices that finish while a commit is in flight go together in the next one.
+    assert!(
+        parallel.version().await <= 13,
+        "at most one commit per slice"
+    );
+    let attempts = run["outcomes"].as_array().unwrap().iter();
+    assert!(
+        attempts
+            .map(|o| o["attempts"].as_u64())
+            .all(|a| a == Some(1)),
+        "none lost to conflicts: {run:#}"
+    );
     assert_eq!(
-        parallel.version().await,
-        13,
-        "one commit per slice, none lost to conflicts"
+        txn_versions(&parallel.plan(&range, 0)),
+        vec![1; 14],
+        "each slice committed once"
     );
 }
 
@@ -802,5 +814,35 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
     assert!(
         committed_when_killed.iter().any(|n| (1..14).contains(n)),
         "at least one kill must land in the middle of the run: {committed_when_killed:?}"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_during_grouped_commits_then_the_same_command_commits_each_slice_once() {
+    // 48 tiny hourly slices, 8 in flight: slices wait for each other's commits and go
+    // together.
+    let range = ["--start", "2024-01-01T00", "--end", "2024-01-02T23"];
+    let eight_at_once = [&range[..], &["--concurrency", "8"]].concat();
+    let clean = Case::new("hourly_events");
+    clean.ok("run", &eight_at_once, 0);
+    let all = "SELECT * FROM t ORDER BY dt, hr, customer_id";
+    let expected = clean.stored(all).await;
+    let mut commits = vec![clean.version().await + 1];
+    for moment in [Moment::Files(5), Moment::Commits(2), Moment::Commits(6)] {
+        let case = Case::new("hourly_events");
+        kill_at(&case.args("run", &eight_at_once), &case.table, moment);
+        case.ok("run", &eight_at_once, 0);
+        assert_eq!(case.stored(all).await, expected, "killed at {moment:?}");
+        let txn = txn_versions(&case.plan(&range, 0));
+        assert_eq!(
+            txn,
+            vec![1; 48],
+            "killed at {moment:?}: each slice committed once"
+        );
+        commits.push(case.version().await + 1);
+    }
+    assert!(
+        commits.iter().any(|&n| n < 48),
+        "some commits must have carried several slices: {commits:?} commits for 48 slices"
     );
 }

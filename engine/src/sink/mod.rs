@@ -4,8 +4,8 @@
 //! Parquet files that no reader sees (uncommitted files in the table, or under
 //! `_backfill/staging/` for merge) and counts rows and nulls on the way. Then, only if
 //! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
-//! that also carries the slice's `txn` and [`SliceRecord`]; or [`Sink::discard`] deletes
-//! them. Every commit, of one slice, of several, or a rebuild's swap, goes through one
+//! that also carries the slice's `txn` and [`SliceRecord`] (and, when other slices were
+//! waiting at the same time, theirs: see [`group`]); or [`Sink::discard`] deletes them. Every commit, of one slice, of several, or a rebuild's swap, goes through one
 //! committer (`Sink::commit_settled`), which settles a failed commit against the log
 //! before anything is deleted; a slice another run committed meanwhile is not committed
 //! again (see [`view`]). One file per strategy, each a `Writes`: [`overwrite`],
@@ -16,6 +16,7 @@
 
 mod append;
 pub mod clean;
+mod group;
 mod merge;
 mod missing;
 mod overwrite;
@@ -149,6 +150,8 @@ pub struct Sink {
     /// the sink opened. Held while committing, so the commits of one run are serialized
     /// while their slices compute in parallel.
     view: Mutex<TableView>,
+    /// Checked slices waiting to be committed together (see [`group`]).
+    line: std::sync::Mutex<group::Line>,
 }
 
 /// A slice that is in the table after [`Sink::publish`].
@@ -177,6 +180,7 @@ pub struct SliceCommit<'a> {
 }
 
 /// A slice's output, written but not visible to any reader.
+#[derive(Clone)]
 pub struct Staged {
     pub adds: Vec<Add>,
     /// The folder the paths of `adds` are relative to.
@@ -238,6 +242,7 @@ impl Sink {
             writes: writes(&destination.strategy),
             schema,
             view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
+            line: Default::default(),
         })
     }
 
@@ -382,27 +387,6 @@ impl Sink {
         }
     }
 
-    /// Publishes a staged slice in one atomic commit carrying its `txn` and `record`,
-    /// unless the slice was committed since the run read the log.
-    pub async fn publish(
-        &self,
-        slice: &Slice,
-        staged: &Staged,
-        record: &SliceRecord,
-    ) -> Result<Published> {
-        let published = self
-            .publish_together(&[SliceCommit {
-                slice,
-                staged,
-                record,
-            }])
-            .await?;
-        Ok(published
-            .into_iter()
-            .next()
-            .expect("one slice, one outcome"))
-    }
-
     /// Publishes staged slices together, in one atomic commit that carries each slice's
     /// `txn` and record (for one slice, exactly as [`Sink::publish`]). A slice committed
     /// since the run read the log is left out of the commit. Merge publishes one slice at
@@ -415,6 +399,16 @@ impl Sink {
         let mut view = self.view.lock().await;
         let published = self.publish_locked(&mut view, group).await;
         drop(view);
+        self.settle_files(group, published).await
+    }
+
+    /// Deletes the staged files of `group` that no commit references, and keeps those
+    /// whose commit's outcome is unknown; returns each slice's outcome.
+    async fn settle_files(
+        &self,
+        group: &[SliceCommit<'_>],
+        published: std::result::Result<Vec<Published>, Unsettled>,
+    ) -> Result<Vec<Published>> {
         let staged_apart = self.writes.stages_apart();
         let (kept, result): (Vec<bool>, _) = match published {
             Ok(published) => (

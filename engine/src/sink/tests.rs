@@ -246,3 +246,76 @@ async fn a_sink_that_reads_its_table_afresh_still_sees_what_others_committed() {
     assert_eq!(again[0].by, by_them);
     assert_eq!(sink.table().await.unwrap().version(), Some(100));
 }
+
+/// Spawns a task publishing each of `slices`, staged with `rows` rows, as txn version 1.
+async fn spawn_publishers(
+    sink: &Arc<Sink>,
+    slices: &[Slice],
+    rows: i64,
+) -> Vec<tokio::task::JoinHandle<crate::Result<Published>>> {
+    let mut tasks = Vec::new();
+    for slice in slices {
+        let staged = stage(sink, slice, 0, rows).await;
+        let record = record(slice, &staged, 1);
+        let (sink, slice) = (sink.clone(), slice.clone());
+        tasks.push(tokio::spawn(async move {
+            sink.publish(&slice, &staged, &record).await
+        }));
+    }
+    tasks
+}
+
+/// Waits until `n` slices wait in the sink's line.
+async fn until_waiting(sink: &Sink, n: usize) {
+    while sink.line.lock().unwrap().len() < n {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn slices_that_finish_while_a_commit_is_in_flight_go_together_in_the_next_one() {
+    let folder = tempfile::tempdir().unwrap();
+    let sink = Arc::new(sink(folder.path(), Strategy::Overwrite).await);
+    let four = days("2024-01-01", "2024-01-04");
+    publish_together(&sink, &four[..1], 1, 1).await;
+
+    // A commit in flight holds the view; three slices finish meanwhile and wait.
+    let in_flight = sink.view.lock().await;
+    let tasks = spawn_publishers(&sink, &four[1..], 5).await;
+    until_waiting(&sink, 3).await;
+    drop(in_flight);
+    let mut published = Vec::new();
+    for task in tasks {
+        published.push(task.await.unwrap().unwrap());
+    }
+    let together = Published {
+        version: 1,
+        by: Committer::ThisAttempt,
+    };
+    assert_eq!(published, vec![together; 3], "one commit for the three");
+    let table = sink.table().await.unwrap();
+    assert_eq!(table.version(), Some(1));
+    assert_eq!(rows(&table).await, 1 + 3 * 5);
+    assert_recorded(&table, &four[1..], 1, 1).await;
+    assert_recorded(&table, &four[..1], 0, 1).await;
+}
+
+#[tokio::test]
+async fn a_slice_whose_task_stops_while_waiting_is_not_committed() {
+    let folder = tempfile::tempdir().unwrap();
+    let sink = Arc::new(sink(folder.path(), Strategy::Overwrite).await);
+    let two = days("2024-01-01", "2024-01-02");
+    let in_flight = sink.view.lock().await;
+    let mut tasks = spawn_publishers(&sink, &two, 5).await;
+    until_waiting(&sink, 2).await;
+    let stopped = tasks.remove(0);
+    stopped.abort();
+    assert!(stopped.await.unwrap_err().is_cancelled());
+    drop(in_flight);
+    let published = tasks.remove(0).await.unwrap().unwrap();
+    assert_eq!(published.version, 0);
+    let table = sink.table().await.unwrap();
+    assert_eq!(rows(&table).await, 5, "only the slice still waiting");
+    let ledger = Ledger::read(Some(&table), "p").await.unwrap();
+    assert!(ledger.get(&two[0].key).is_none());
+}
