@@ -119,22 +119,25 @@ impl Sink {
             line: &self.line,
             id,
         };
+        let interrupted = || {
+            Error::execution(
+                format!("slice {}: committing to {}", slice.key, self.url),
+                "the commit carrying this slice was interrupted, so whether it landed is unknown; the log is read again before the slice is retried",
+            )
+        };
         loop {
-            let view = self.view.lock().await;
-            if let Ok(published) = outcome.try_recv() {
-                return published;
-            }
+            // The outcome may come from another holder of the view before the view is free.
+            let view = tokio::select! {
+                biased;
+                published = &mut outcome => return published.unwrap_or_else(|_| Err(interrupted())),
+                view = self.view.lock() => view,
+            };
             let most = self.writes.most_per_commit();
             let group = self.line.lock().expect("not poisoned").next_group(most);
             if group.is_empty() {
                 // Another holder of the view took this slice and is settling its commit.
                 drop(view);
-                return outcome.await.unwrap_or_else(|_| {
-                    Err(Error::execution(
-                        format!("slice {}: committing to {}", slice.key, self.url),
-                        "the commit carrying this slice was interrupted, so whether it landed is unknown; the log is read again before the slice is retried",
-                    ))
-                });
+                return outcome.await.unwrap_or_else(|_| Err(interrupted()));
             }
             self.commit_group(view, group).await;
         }
