@@ -145,7 +145,7 @@ impl Sink {
 
     /// Commits `group` in one commit while holding the view, settles its staged files,
     /// and sends each slice its outcome.
-    async fn commit_group(&self, mut view: MutexGuard<'_, TableView>, group: Vec<Waiting>) {
+    async fn commit_group(&self, view: MutexGuard<'_, TableView>, group: Vec<Waiting>) {
         let members: Vec<SliceCommit> = group
             .iter()
             .map(|waiting| SliceCommit {
@@ -154,9 +154,7 @@ impl Sink {
                 record: &waiting.record,
             })
             .collect();
-        let published = self.publish_locked(&mut view, &members).await;
-        drop(view);
-        let settled = self.settle_files(&members, published).await;
+        let settled = self.publish_holding(view, &members).await;
         drop(members);
         match settled {
             Ok(published) => {

@@ -5,7 +5,8 @@
 //! `_backfill/staging/` for merge) and counts rows and nulls on the way. Then, only if
 //! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
 //! that also carries the slice's `txn` and [`SliceRecord`] (and, when other slices were
-//! waiting at the same time, theirs: see [`group`]); or [`Sink::discard`] deletes them. Every commit, of one slice, of several, or a rebuild's swap, goes through one
+//! waiting at the same time, theirs: see [`group`]); or [`Sink::discard`] deletes them.
+//! Every commit, of one slice, of several, or a rebuild's swap, goes through one
 //! committer (`Sink::commit_settled`), which settles a failed commit against the log
 //! before anything is deleted; a slice another run committed meanwhile is not committed
 //! again (see [`view`]). One file per strategy, each a `Writes`: [`overwrite`],
@@ -396,19 +397,18 @@ impl Sink {
     /// when a failed commit's outcome cannot be known, they are kept (invisible, for
     /// clean-up) and the error says so.
     pub async fn publish_together(&self, group: &[SliceCommit<'_>]) -> Result<Vec<Published>> {
-        let mut view = self.view.lock().await;
-        let published = self.publish_locked(&mut view, group).await;
-        drop(view);
-        self.settle_files(group, published).await
+        self.publish_holding(self.view.lock().await, group).await
     }
 
-    /// Deletes the staged files of `group` that no commit references, and keeps those
-    /// whose commit's outcome is unknown; returns each slice's outcome.
-    async fn settle_files(
+    /// [`Sink::publish_together`] for a caller that holds the view already; the view is
+    /// let go before the staged files are settled.
+    async fn publish_holding(
         &self,
+        mut view: tokio::sync::MutexGuard<'_, TableView>,
         group: &[SliceCommit<'_>],
-        published: std::result::Result<Vec<Published>, Unsettled>,
     ) -> Result<Vec<Published>> {
+        let published = self.publish_locked(&mut view, group).await;
+        drop(view);
         let staged_apart = self.writes.stages_apart();
         let (kept, result): (Vec<bool>, _) = match published {
             Ok(published) => (
