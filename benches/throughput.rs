@@ -4,12 +4,16 @@
 //! cargo bench -p backfill-engine --bench throughput -- rows     [--days 8] [--rows 1000000]
 //! cargo bench -p backfill-engine --bench throughput -- distinct [--days 8] [--rows 1000000]
 //! cargo bench -p backfill-engine --bench throughput -- hourly   [--hours 2016] [--rows 40]
+//! cargo bench -p backfill-engine --bench throughput -- history  [--hours 10080] [--rows 4]
 //! ```
 //!
 //! - `rows`: every order of a day, one column rewritten (overwrite by day);
 //! - `distinct`: per day and status, `count(*)`, `count(DISTINCT customer_id)`, `sum`, `avg`;
 //! - `hourly`: `--hours` hourly slices of a few events each, aggregated per customer and
-//!   hour (overwrite by day and hour), for the fixed cost of a slice over a long run.
+//!   hour (overwrite by day and hour), for the fixed cost of a slice over a long run;
+//! - `history`: `plan`, `status` and a rerun with nothing to do, over a table whose log
+//!   holds `--hours` committed hourly slices (built once, then kept), for what a long
+//!   history costs the commands that read it.
 //!
 //! The bucket is generated once and cached under `target/bench-buckets/`. Each case runs
 //! `--repeat` times (default 5) into a fresh table; the median run is reported with its
@@ -23,8 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backfill_engine::fixtures::{generate, FixtureSpec};
+use backfill_engine::pipeline::Pipeline;
+use backfill_engine::run::default_concurrency;
 use backfill_engine::run::{Reporter, SliceOutcome};
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection};
+use backfill_engine::{pipeline, Backfill, OpenOptions, Reprocess, RunOptions, Selection};
 use chrono::NaiveDate;
 
 const ROWS: &str = "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt \
@@ -49,9 +55,9 @@ fn main() {
     };
     let case = args
         .iter()
-        .find(|a| ["rows", "distinct", "hourly"].contains(&a.as_str()))
+        .find(|a| ["rows", "distinct", "hourly", "history"].contains(&a.as_str()))
         .cloned()
-        .unwrap_or_else(|| panic!("name a case: rows, distinct or hourly"));
+        .unwrap_or_else(|| panic!("name a case: rows, distinct, hourly or history"));
     let repeat = option("--repeat", 5) as usize;
     let options = RunOptions {
         concurrency: option("--concurrency", RunOptions::default().concurrency as u64) as usize,
@@ -60,8 +66,13 @@ fn main() {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-buckets");
     let first = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
     let bench = match case.as_str() {
-        "hourly" => {
-            let (hours, rows) = (option("--hours", 2016), option("--rows", 40));
+        "hourly" | "history" => {
+            let default_hours = if case == "hourly" { 2016 } else { 10080 };
+            let default_rows = if case == "hourly" { 40 } else { 4 };
+            let (hours, rows) = (
+                option("--hours", default_hours),
+                option("--rows", default_rows),
+            );
             let days = hours.div_ceil(24) as u32;
             let spec = FixtureSpec {
                 event_days: days,
@@ -114,6 +125,9 @@ fn main() {
         mb(source_bytes)
     );
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    if case == "history" {
+        return runtime.block_on(bench.history(&target, repeat));
+    }
     let mut runs: Vec<Measured> = (0..repeat.max(1))
         .map(|_| runtime.block_on(bench.run_once(&options)))
         .collect();
@@ -172,6 +186,15 @@ struct Finishes {
     at: Mutex<Vec<Duration>>,
 }
 
+impl Finishes {
+    fn new() -> Self {
+        Finishes {
+            started: Instant::now(),
+            at: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Reporter for Finishes {
     fn slice_finished(&self, _outcome: &SliceOutcome) {
         self.at.lock().unwrap().push(self.started.elapsed());
@@ -182,18 +205,7 @@ impl Bench {
     /// One backfill of the selection into a fresh table, opening included.
     async fn run_once(&self, options: &RunOptions) -> Measured {
         let destination = tempfile::tempdir().unwrap();
-        let (source, partitioning) = self.source;
-        let text = format!(
-            "name = \"bench\"\n[sources.{source}]\nurl = \"{}\"\nformat = \"parquet\"\npartitioning = {partitioning}\n\
-             [slices]\nkind = \"{}\"\n[transform]\nsql = \"{}\"\n\
-             [destination]\nurl = \"{}\"\npartition_by = {partitioning}\nstrategy = \"overwrite\"\n",
-            self.bucket.join(source).display(),
-            self.slices,
-            self.sql,
-            destination.path().join("table").display(),
-        );
-        let pipeline = pipeline::parse(&text, &destination.path().join("bench.toml"))
-            .expect("a valid pipeline");
+        let pipeline = self.pipeline(destination.path());
         let (cpu_before, started) = (cpu_time(), Instant::now());
         let finishes = Arc::new(Finishes {
             started,
@@ -216,6 +228,108 @@ impl Bench {
             cpu,
             finished,
         }
+    }
+
+    /// Times `plan`, `status` and a rerun with nothing to do, each from opening the
+    /// pipeline, over a table holding every slice of the selection (built on first use).
+    async fn history(&self, target: &Path, repeat: usize) {
+        let folder = target.join(format!(
+            "history-{}-{}",
+            self.slice_count,
+            self.bucket.file_name().unwrap().to_string_lossy()
+        ));
+        let open = || async {
+            Arc::new(
+                Backfill::open(self.pipeline(&folder), OpenOptions::default())
+                    .await
+                    .expect("opens"),
+            )
+        };
+        let everything = RunOptions {
+            concurrency: 8,
+            ..RunOptions::default()
+        };
+        if !folder.join("done").exists() {
+            let _ = std::fs::remove_dir_all(&folder);
+            let started = Instant::now();
+            let summary = open()
+                .await
+                .run(&self.selection, &everything, Arc::new(Finishes::new()))
+                .await
+                .expect("runs");
+            assert_eq!(summary.committed(), self.slice_count, "{summary:?}");
+            println!(
+                "built {} in {:.1} s",
+                folder.display(),
+                started.elapsed().as_secs_f64()
+            );
+            std::fs::write(folder.join("done"), "").unwrap();
+        }
+        println!(
+            "{:<9} {:>7} {:>9} {:>9}",
+            "command", "slices", "wall s", "cpu s"
+        );
+        let timed = |name: &str, times: Vec<(Duration, Duration)>| {
+            let mut times = times;
+            times.sort();
+            let (wall, cpu) = times[times.len() / 2];
+            println!(
+                "{name:<9} {:>7} {:>9.2} {:>9.2}",
+                self.slice_count,
+                wall.as_secs_f64(),
+                cpu.as_secs_f64()
+            );
+        };
+        let mut plans = Vec::new();
+        let mut statuses = Vec::new();
+        let mut reruns = Vec::new();
+        for _ in 0..repeat.max(1) {
+            let (cpu, started) = (cpu_time(), Instant::now());
+            let plan = open()
+                .await
+                .plan(&self.selection, Reprocess::default(), default_concurrency())
+                .await
+                .expect("plans");
+            assert!(plan.slices.iter().all(|p| !p.will_run));
+            plans.push((started.elapsed(), cpu_time() - cpu));
+
+            let (cpu, started) = (cpu_time(), Instant::now());
+            let status = open().await.status(None).await.expect("status");
+            assert_eq!(status.slices.len(), self.slice_count);
+            statuses.push((started.elapsed(), cpu_time() - cpu));
+
+            let (cpu, started) = (cpu_time(), Instant::now());
+            let summary = open()
+                .await
+                .run(
+                    &self.selection,
+                    &RunOptions::default(),
+                    Arc::new(Finishes::new()),
+                )
+                .await
+                .expect("runs");
+            assert_eq!(summary.skipped(), self.slice_count, "{summary:?}");
+            reruns.push((started.elapsed(), cpu_time() - cpu));
+        }
+        timed("plan", plans);
+        timed("status", statuses);
+        timed("rerun", reruns);
+        println!("peak MB {:.0}", peak_memory_mb());
+    }
+
+    /// The pipeline of this bench, writing to `folder/table`.
+    fn pipeline(&self, folder: &Path) -> Pipeline {
+        let (source, partitioning) = self.source;
+        let text = format!(
+            "name = \"bench\"\n[sources.{source}]\nurl = \"{}\"\nformat = \"parquet\"\npartitioning = {partitioning}\n\
+             [slices]\nkind = \"{}\"\n[transform]\nsql = \"{}\"\n\
+             [destination]\nurl = \"{}\"\npartition_by = {partitioning}\nstrategy = \"overwrite\"\n",
+            self.bucket.join(source).display(),
+            self.slices,
+            self.sql,
+            folder.join("table").display(),
+        );
+        pipeline::parse(&text, &folder.join("bench.toml")).expect("a valid pipeline")
     }
 }
 

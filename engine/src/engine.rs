@@ -16,8 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::history::Summaries;
-use crate::ledger::{Ledger, StagedSlice};
+use crate::ledger::{Ledger, StagedSlice, Summaries};
 use crate::pipeline::Strategy;
 use crate::pipeline::{Assertion, Pipeline};
 use crate::sink::rebuild::Replaced;
@@ -199,13 +198,18 @@ impl Backfill {
 
     /// What the destination's Delta log records for this pipeline.
     pub async fn ledger(&self) -> Result<Ledger> {
-        Ledger::read(self.sink.table().await.as_ref(), &self.pipeline.name).await
+        self.read_ledger(Summaries::ReadOnly).await
+    }
+
+    async fn read_ledger(&self, summaries: Summaries) -> Result<Ledger> {
+        let table = self.sink.table().await;
+        Ledger::read(table.as_ref(), &self.pipeline.name, summaries).await
     }
 
     /// What is known of the slices before a run: the Delta log's records, and from the
     /// run history the slices whose last attempt failed.
     pub(crate) async fn known(&self, summaries: Summaries) -> Result<Known> {
-        let ledger = self.ledger().await?;
+        let ledger = self.read_ledger(summaries).await?;
         let history = self
             .history()
             .slices(&self.pipeline.name, summaries)

@@ -12,7 +12,7 @@
 
 mod summary;
 
-pub use summary::{SliceHistory, Summaries};
+pub use summary::SliceHistory;
 
 use std::sync::Arc;
 

@@ -8,13 +8,23 @@
 //! so records older than it no longer describe anything. A rebuild's [`StagedSlice`] is the
 //! record of a checked slice waiting for its swap. This module only reads the log; writing
 //! records is the sink's job.
+//!
+//! Reading every commit entry costs a request per commit, so a long history would make
+//! every `plan` slower. The ledger of a pipeline as of a table version is therefore saved
+//! as a summary under `_backfill/ledger/<pipeline>/<version>.json`; a reader takes the
+//! newest summary of the same table and reads only the commit entries after it. Versions
+//! of a Delta log never change once written, so a summary stays true for as long as its
+//! table exists; one of a table since deleted and created again at the same place is told
+//! apart by the table's id. Summaries are a cache: losing one only means more reading.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use deltalake::kernel::Add;
 use deltalake::DeltaTable;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ResultExt};
@@ -115,13 +125,8 @@ impl CommitRecord {
     /// The record carried by one commit entry of the log (`_delta_log/<version>.json`),
     /// if it is a `backfill` commit.
     pub fn in_commit_entry(entry: &[u8]) -> Option<CommitRecord> {
-        entry
-            .split(|byte| *byte == b'\n')
-            .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
-            .find_map(|action| {
-                let value = action.get("commitInfo")?.get(COMMIT_INFO_KEY)?;
-                serde_json::from_value(value.clone()).ok()
-            })
+        let info = commit_info(entry)?;
+        serde_json::from_value(info.get(COMMIT_INFO_KEY)?.clone()).ok()
     }
 
     /// The slice records it carries: one, or every slice of a swap or a group.
@@ -133,6 +138,122 @@ impl CommitRecord {
         }
     }
 }
+
+const SUMMARIES: &str = "_backfill/ledger";
+
+/// The summary in `folder` of the newest version up to `current` of the table `table_id`;
+/// `None` if there is none, or it cannot be read (it is read again from the log).
+async fn newest_summary(
+    store: &dyn ObjectStore,
+    folder: &Path,
+    table_id: &str,
+    current: u64,
+) -> Option<Summary> {
+    let listed: Vec<_> = store.list(Some(folder)).try_collect().await.ok()?;
+    let mut versions: Vec<(u64, Path)> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let version = meta
+                .location
+                .filename()?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
+            Some((version, meta.location))
+        })
+        .filter(|(version, _)| *version <= current)
+        .collect();
+    versions.sort();
+    // A table created again at the same place may have older summaries of the first.
+    for (_, path) in versions.into_iter().rev() {
+        let Ok(got) = store.get(&path).await else {
+            continue;
+        };
+        let Ok(bytes) = got.bytes().await else {
+            continue;
+        };
+        match serde_json::from_slice::<Summary>(&bytes) {
+            Ok(summary) if summary.table_id == table_id => return Some(summary),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// Saves `summary`, then deletes the summaries of older versions. Best effort: failing
+/// only means the next reader reads more.
+async fn save_summary(store: &dyn ObjectStore, folder: &Path, summary: &Summary) {
+    let path = folder.clone().join(format!("{:020}.json", summary.version));
+    let Ok(bytes) = serde_json::to_vec(summary) else {
+        return;
+    };
+    if let Err(error) = store.put(&path, PutPayload::from(bytes)).await {
+        tracing::warn!("could not save the ledger summary {path}: {error}");
+        return;
+    }
+    let older = older_summaries(store, folder, summary.version).await;
+    for path in older {
+        let _ = store.delete(&path).await;
+    }
+}
+
+/// The summaries in `folder` of versions before `version`.
+async fn older_summaries(store: &dyn ObjectStore, folder: &Path, version: u64) -> Vec<Path> {
+    let listed: Vec<_> = store
+        .list(Some(folder))
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    listed
+        .into_iter()
+        .map(|meta| meta.location)
+        .filter(|path| {
+            let parsed = path
+                .filename()
+                .and_then(|n| n.strip_suffix(".json")?.parse().ok());
+            parsed.is_some_and(|v: u64| v < version)
+        })
+        .collect()
+}
+
+/// The commit entries of versions `from..=to` still in the log, oldest first. One listing
+/// finds them (entries that expired with the log's retention are simply not there).
+async fn commit_entries(
+    store: &dyn ObjectStore,
+    from: u64,
+    to: u64,
+) -> object_store::Result<Vec<(u64, Vec<u8>)>> {
+    if from > to {
+        return Ok(vec![]);
+    }
+    // Listed names come after the offset: `<from>.json` comes after `<from>`.
+    let offset = Path::from(format!("_delta_log/{from:020}"));
+    let listed: Vec<_> = store
+        .list_with_offset(Some(&Path::from("_delta_log")), &offset)
+        .try_collect()
+        .await?;
+    let mut versions: Vec<(u64, Path)> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta.location.filename()?.strip_suffix(".json")?;
+            let version = (name.len() == 20).then(|| name.parse().ok())??;
+            Some((version, meta.location))
+        })
+        .filter(|(version, _)| (from..=to).contains(version))
+        .collect();
+    versions.sort();
+    futures::stream::iter(versions)
+        .map(|(version, path)| async move {
+            let bytes = store.get(&path).await?.bytes().await?;
+            Ok((version, bytes.to_vec()))
+        })
+        .buffered(READS_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+/// Commit entries read at once: enough to hide an object store's latency.
+const READS_AT_ONCE: usize = 16;
 
 /// A slice's checked output, staged for a rebuild and remembered durably.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,8 +277,18 @@ pub struct AssertionResult {
     pub measured: String,
 }
 
+/// The `commitInfo` action of a commit entry, if it has one.
+fn commit_info(entry: &[u8]) -> Option<serde_json::Value> {
+    entry
+        .split(|byte| *byte == b'\n')
+        // Only the line of the `commitInfo` action is worth parsing.
+        .filter(|line| line.windows(12).any(|w| w == b"\"commitInfo\""))
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .find_map(|mut action| Some(action.get_mut("commitInfo")?.take()))
+}
+
 /// A committed slice as read back from the log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Committed {
     pub record: SliceRecord,
     /// The table version of the commit, and when it was made.
@@ -171,46 +302,113 @@ pub struct Ledger {
     latest: HashMap<String, Committed>,
 }
 
+/// Whether a reader may save a summary of what it read next to the table, so that the
+/// next reader reads less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summaries {
+    /// A run: it writes next to the table anyway.
+    Save,
+    /// `plan`, `status`: they write nothing, so read-only credentials are enough.
+    ReadOnly,
+}
+
+/// A reader that read at least this many commit entries after the newest summary saves a
+/// new one. Every commit costs a request, a summary a few.
+const SAVE_AFTER: usize = 100;
+
+/// The ledger of one pipeline as of one version of one table.
+#[derive(Serialize, Deserialize)]
+struct Summary {
+    table_id: String,
+    version: u64,
+    slices: Vec<Committed>,
+}
+
 impl Ledger {
-    /// Reads the log of `table` (if it exists) for the records of `pipeline`.
-    pub async fn read(table: Option<&DeltaTable>, pipeline: &str) -> Result<Self> {
-        let Some(table) = table else {
+    /// Reads the log of `table` (if it exists) for the records of `pipeline`: the newest
+    /// summary, and the commit entries after it.
+    pub async fn read(
+        table: Option<&DeltaTable>,
+        pipeline: &str,
+        summaries: Summaries,
+    ) -> Result<Self> {
+        let save_after = (summaries == Summaries::Save).then_some(SAVE_AFTER);
+        Self::read_saving_after(table, pipeline, save_after).await
+    }
+
+    async fn read_saving_after(
+        table: Option<&DeltaTable>,
+        pipeline: &str,
+        save_after: Option<usize>,
+    ) -> Result<Self> {
+        let Some((table, current)) = table.and_then(|t| Some((t, t.version()?))) else {
             return Ok(Ledger::default());
         };
         let context = || format!("reading the Delta log of {}", table.table_url());
-        let current = table.version();
-        let infos: Vec<_> = table.history(None).try_collect().await.context(context)?;
+        let table_id = table
+            .snapshot()
+            .context(context)?
+            .metadata()
+            .id()
+            .to_string();
+        let store = table.log_store().object_store(None);
+        let folder = Path::from(SUMMARIES).join(pipeline);
+        let saved = newest_summary(store.as_ref(), &folder, &table_id, current).await;
+        let from = saved.as_ref().map_or(0, |s| s.version + 1);
+        let entries = commit_entries(store.as_ref(), from, current)
+            .await
+            .context(context)?;
+
         let mut latest = HashMap::new();
-        // History comes newest first; the first record of a slice is its latest commit.
-        for (index, info) in infos.into_iter().enumerate() {
-            let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
+        let mut replaced_table = false;
+        // Newest first: the first record of a slice is its latest commit.
+        for (version, entry) in entries.iter().rev() {
+            let Some(info) = commit_info(entry) else {
                 continue;
             };
-            let Ok(found) = serde_json::from_value::<CommitRecord>(value.clone()) else {
+            let Some(found) = info
+                .get(COMMIT_INFO_KEY)
+                .and_then(|value| serde_json::from_value::<CommitRecord>(value.clone()).ok())
+            else {
                 continue;
             };
-            let (records, replaced_table) = match found {
-                CommitRecord::Slice(record) => (vec![record], false),
-                CommitRecord::Swap(swap) => (swap.slices, true),
-                CommitRecord::Group(group) => (group.slices, false),
-            };
-            for record in records {
-                if record.pipeline != pipeline || latest.contains_key(&record.slice) {
-                    continue;
+            let committed_at = info
+                .get("timestamp")
+                .and_then(serde_json::Value::as_i64)
+                .and_then(DateTime::from_timestamp_millis);
+            for record in found.slices() {
+                if record.pipeline == pipeline && !latest.contains_key(&record.slice) {
+                    let committed = Committed {
+                        record: record.clone(),
+                        version: Some(*version),
+                        committed_at,
+                    };
+                    latest.insert(record.slice.clone(), committed);
                 }
-                let committed = Committed {
-                    record,
-                    version: current.map(|v| v - index as u64),
-                    committed_at: info.timestamp.and_then(DateTime::from_timestamp_millis),
-                };
-                latest.insert(committed.record.slice.clone(), committed);
             }
             // Whatever older commits wrote, of any pipeline, the swap removed.
-            if replaced_table {
+            if matches!(found, CommitRecord::Swap(_)) {
+                replaced_table = true;
                 break;
             }
         }
-        Ok(Ledger { latest })
+        if let Some(saved) = saved.filter(|_| !replaced_table) {
+            for committed in saved.slices {
+                latest
+                    .entry(committed.record.slice.clone())
+                    .or_insert(committed);
+            }
+        }
+        let ledger = Ledger { latest };
+        if save_after.is_some_and(|after| entries.len() >= after) {
+            let summary = Summary {
+                table_id,
+                version: current,
+                slices: ledger.latest.values().cloned().collect(),
+            };
+            save_summary(store.as_ref(), &folder, &summary).await;
+        }
+        Ok(ledger)
     }
 
     pub fn get(&self, slice: &str) -> Option<&Committed> {
@@ -258,6 +456,137 @@ mod tests {
         SliceRecord::example(key, run)
     }
 
+    /// Each slice's run and version.
+    fn seen(ledger: &Ledger) -> Vec<(&str, &str, Option<u64>)> {
+        let committed = ledger.committed().into_iter();
+        committed
+            .map(|c| (c.record.slice.as_str(), c.record.run_id.as_str(), c.version))
+            .collect()
+    }
+
+    async fn new_table(folder: &std::path::Path) -> DeltaTable {
+        let url = url::Url::from_directory_path(folder).unwrap();
+        deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap()
+            .create()
+            .with_columns([StructField::new("id", DataType::LONG, true)])
+            .await
+            .unwrap()
+    }
+
+    fn summaries(folder: &std::path::Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(folder.join("_backfill/ledger/p")) else {
+            return vec![];
+        };
+        let mut names: Vec<String> = entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_saved_summary_answers_for_the_commits_it_covers_and_a_swap_after_it_voids_it() {
+        let folder = tempfile::tempdir().unwrap();
+        let mut table = new_table(folder.path()).await;
+        commit(&mut table, &CommitRecord::Slice(slice("a", "r1"))).await;
+        let group = GroupRecord {
+            slices: vec![slice("b", "r2"), slice("c", "r2")],
+        };
+        commit(&mut table, &CommitRecord::Group(group)).await;
+        let read_only = Ledger::read(Some(&table), "p", Summaries::ReadOnly).await;
+        assert!(
+            summaries(folder.path()).is_empty(),
+            "read-only readers save nothing"
+        );
+        let whole_log = seen(&read_only.unwrap())
+            .into_iter()
+            .map(|(s, r, v)| (s.to_string(), r.to_string(), v))
+            .collect::<Vec<_>>();
+        let saving = Ledger::read_saving_after(Some(&table), "p", Some(3))
+            .await
+            .unwrap();
+        assert_eq!(summaries(folder.path()), [format!("{:020}.json", 2)]);
+
+        // The summary now answers for versions 0 to 2: their entries are not read again.
+        for version in 0..=2 {
+            let entry = folder.path().join(format!("_delta_log/{version:020}.json"));
+            std::fs::write(entry, "not a commit entry").unwrap();
+        }
+        let from_summary = Ledger::read(Some(&table), "p", Summaries::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(seen(&from_summary), seen(&saving));
+        let expected: Vec<_> = whole_log
+            .iter()
+            .map(|(s, r, v)| (s.as_str(), r.as_str(), *v))
+            .collect();
+        assert_eq!(seen(&from_summary), expected);
+        assert_eq!(
+            expected,
+            [
+                ("a", "r1", Some(1)),
+                ("b", "r2", Some(2)),
+                ("c", "r2", Some(2))
+            ]
+        );
+
+        // A newer commit of a slice overrides the summary's; a newer summary replaces it.
+        commit(&mut table, &CommitRecord::Slice(slice("b", "r3"))).await;
+        commit(&mut table, &CommitRecord::Slice(slice("d", "r3"))).await;
+        let ledger = Ledger::read_saving_after(Some(&table), "p", Some(2))
+            .await
+            .unwrap();
+        let expected = [
+            ("a", "r1", Some(1)),
+            ("b", "r3", Some(3)),
+            ("c", "r2", Some(2)),
+            ("d", "r3", Some(4)),
+        ];
+        assert_eq!(seen(&ledger), expected);
+        assert_eq!(summaries(folder.path()), [format!("{:020}.json", 4)]);
+
+        // A swap after the summary removed everything before it.
+        let swap = SwapRecord {
+            rebuild: RebuildRecord {
+                pipeline: "p".into(),
+                run_id: "r4".into(),
+                replaced_version: Some(4),
+                removed_files: 0,
+                added_files: 0,
+            },
+            slices: vec![slice("a", "r4")],
+        };
+        commit(&mut table, &CommitRecord::Swap(swap)).await;
+        let ledger = Ledger::read(Some(&table), "p", Summaries::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(seen(&ledger), [("a", "r4", Some(5))]);
+    }
+
+    #[tokio::test]
+    async fn a_summary_of_a_table_since_created_again_at_the_same_place_is_not_used() {
+        let folder = tempfile::tempdir().unwrap();
+        let mut first = new_table(folder.path()).await;
+        commit(&mut first, &CommitRecord::Slice(slice("a", "r1"))).await;
+        commit(&mut first, &CommitRecord::Slice(slice("b", "r1"))).await;
+        Ledger::read_saving_after(Some(&first), "p", Some(1))
+            .await
+            .unwrap();
+        assert_eq!(summaries(folder.path()), [format!("{:020}.json", 2)]);
+
+        std::fs::remove_dir_all(folder.path().join("_delta_log")).unwrap();
+        let mut second = new_table(folder.path()).await;
+        commit(&mut second, &CommitRecord::Slice(slice("c", "r2"))).await;
+        commit(&mut second, &CommitRecord::Slice(slice("d", "r2"))).await;
+        let ledger = Ledger::read(Some(&second), "p", Summaries::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(seen(&ledger), [("c", "r2", Some(1)), ("d", "r2", Some(2))]);
+    }
+
     #[tokio::test]
     async fn the_ledger_keeps_each_slices_newest_record_and_nothing_from_before_a_swap() {
         let folder = tempfile::tempdir().unwrap();
@@ -270,7 +599,7 @@ mod tests {
             .with_columns([StructField::new("id", DataType::LONG, true)])
             .await
             .unwrap();
-        assert!(Ledger::read(None, "p")
+        assert!(Ledger::read(None, "p", Summaries::ReadOnly)
             .await
             .unwrap()
             .committed()
@@ -301,14 +630,11 @@ mod tests {
         commit(&mut table, &CommitRecord::Slice(other)).await;
         commit(&mut table, &CommitRecord::Slice(slice("a", "r5"))).await;
 
-        let ledger = Ledger::read(Some(&table), "p").await.unwrap();
-        let seen: Vec<(&str, &str, Option<u64>)> = ledger
-            .committed()
-            .into_iter()
-            .map(|c| (c.record.slice.as_str(), c.record.run_id.as_str(), c.version))
-            .collect();
+        let ledger = Ledger::read(Some(&table), "p", Summaries::ReadOnly)
+            .await
+            .unwrap();
         assert_eq!(
-            seen,
+            seen(&ledger),
             [
                 ("a", "r5", Some(5)),
                 ("c", "r3", Some(3)),

@@ -45,7 +45,7 @@ pub struct Status {
 impl Backfill {
     /// The status of the selected slices; with no selection, of every committed slice.
     pub async fn status(&self, selection: Option<&Selection>) -> Result<Status> {
-        let known = self.known(crate::history::Summaries::ReadOnly).await?;
+        let known = self.known(crate::ledger::Summaries::ReadOnly).await?;
         let keys: Vec<String> = match selection {
             Some(selection) => self.slices(selection)?.into_iter().map(|s| s.key).collect(),
             None => known

@@ -844,3 +844,37 @@ async fn kill_9_during_grouped_commits_then_the_same_command_commits_each_slice_
         "some commits must have carried several slices: {commits:?} commits for 48 slices"
     );
 }
+
+#[tokio::test]
+async fn a_slice_failing_its_check_among_grouped_slices_is_left_out_and_the_rest_commit_once() {
+    // 48 tiny hourly slices, 8 in flight, so that checked slices wait in line for each
+    // other's commits; one hour fails its check.
+    let case = Case::new("hourly_events");
+    case.edit_pipeline(
+        "min_rows = 1",
+        "min_rows = 1\n\n[[assertions]]\nsql = \"SELECT NOT (min(dt) = '2024-01-01' AND min(hr) = '07') FROM slice\"",
+    );
+    let range = ["--start", "2024-01-01T00", "--end", "2024-01-02T23"];
+    let out = case.ok("run", &[&range[..], &["--concurrency", "8"]].concat(), 1);
+    assert!(
+        out.contains("assertion failed on slice 2024-01-01T07"),
+        "{out}"
+    );
+    let plan = case.plan(&range, 0);
+    let failed: Vec<_> = slice_states(&plan)
+        .into_iter()
+        .filter(|(_, state)| state != "done")
+        .collect();
+    assert_eq!(failed, states(&[("2024-01-01T07", "failed")]));
+    let mut done: Vec<String> = slice_states(&plan)
+        .into_iter()
+        .filter(|(_, state)| state == "done")
+        .map(|(slice, _)| slice)
+        .collect();
+    done.sort();
+    assert_eq!(done.len(), 47);
+    assert_eq!(case.committed_slices(), done, "each passing slice once");
+    let failed_hour = "SELECT count(*) AS n FROM t WHERE dt = '2024-01-01' AND hr = '07'";
+    let rows = case.stored(failed_hour).await;
+    assert!(rows.contains(&"| 0 |".to_string()), "{rows:?}");
+}

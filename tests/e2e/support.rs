@@ -386,7 +386,13 @@ impl Case {
         let relative = self.table.strip_prefix(self.scratch.dir.path()).unwrap();
         let mut files = self.scratch.files_under(relative.to_str().unwrap());
         files.retain(|file| {
-            !file.starts_with("_backfill/runs/") && !file.starts_with("_backfill/summaries/")
+            ![
+                "_backfill/runs/",
+                "_backfill/summaries/",
+                "_backfill/ledger/",
+            ]
+            .iter()
+            .any(|history| file.starts_with(history))
         });
         files
     }

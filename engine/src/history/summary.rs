@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Attempt, History, RunRecord};
 use crate::error::Result;
+use crate::ledger::Summaries;
 use crate::states::SliceStatus;
 
 const SUMMARIES: &str = "_backfill/summaries";
@@ -107,15 +108,6 @@ impl SliceHistory {
             }
         }
     }
-}
-
-/// Whether reading the history may save a summary of what it read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Summaries {
-    /// A run: it writes next to the table anyway.
-    Save,
-    /// `plan`, `status`: they write nothing, so read-only credentials are enough.
-    ReadOnly,
 }
 
 impl History {

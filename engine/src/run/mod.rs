@@ -31,8 +31,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{Backfill, Known};
 use crate::error::{Error, Result};
 use crate::estimate::Budget;
-use crate::history::{History, RunEnd, RunHeader, Summaries};
-use crate::ledger::{Ledger, StagedSlice};
+use crate::history::{History, RunEnd, RunHeader};
+use crate::ledger::{Ledger, StagedSlice, Summaries};
 use crate::pipeline::Strategy;
 use crate::slice::Selection;
 use crate::states::{RebuildOutcome, Reprocess, SliceStatus};
@@ -299,6 +299,9 @@ impl Backfill {
             outcomes,
             rebuild,
         };
+        if summary.committed() > 0 || summary.rebuild.is_some() {
+            self.summarize_ledger().await;
+        }
         let end = RunEnd {
             ended_at: options.clock.now(),
             committed: summary.committed(),
@@ -310,10 +313,24 @@ impl Backfill {
         Ok(summary)
     }
 
+    /// Reads the ledger afresh, saving a summary of it if the commits since the last one
+    /// are many, so that the next `plan` reads only what commits after this run. Best
+    /// effort: the run's work is done either way.
+    async fn summarize_ledger(&self) {
+        let read = async {
+            let table = self.sink.reload().await?;
+            Ledger::read(table.as_ref(), &self.pipeline.name, Summaries::Save).await
+        };
+        if let Err(error) = read.await {
+            tracing::warn!("could not summarize the Delta log after the run: {error}");
+        }
+    }
+
     /// An abandoned slice may have committed just before it was dropped: the Delta log,
     /// read afresh, says which did, so the summary tells exactly what is in the table.
     async fn settle_abandoned(&self, outcomes: &mut [SliceOutcome], run_id: &str) -> Result<()> {
-        let ledger = Ledger::read(self.sink.reload().await?.as_ref(), &self.pipeline.name).await?;
+        let table = self.sink.reload().await?;
+        let ledger = Ledger::read(table.as_ref(), &self.pipeline.name, Summaries::ReadOnly).await?;
         for outcome in outcomes
             .iter_mut()
             .filter(|o| o.status == SliceStatus::Abandoned)

@@ -496,14 +496,15 @@ impl Sink {
                     return Ok(settled.into_iter().flatten().collect());
                 }
                 Err(Unsettled::NotCommitted(error)) => {
-                    // Another run may have committed these slices meanwhile, or created
-                    // the table first: the next pass leaves out what it committed and
-                    // commits the rest on top.
-                    let taken = pending
+                    // Another run may have committed some of these slices meanwhile (its
+                    // commit conflicts with this one), or created the table first: the
+                    // next pass leaves out what it committed and commits the rest on top.
+                    // Each pass that does not commit leaves out at least one slice.
+                    let taken_some = pending
                         .iter()
-                        .all(|member| committed_since(view, member.record).is_some());
+                        .any(|member| committed_since(view, member.record).is_some());
                     let lost_creation_race = pass == 0 && !had_table && view.table.is_some();
-                    if !taken && !lost_creation_race {
+                    if !taken_some && !lost_creation_race {
                         return Err(Unsettled::NotCommitted(error));
                     }
                 }

@@ -9,7 +9,7 @@ use datafusion::physical_plan::memory::MemoryStream;
 use deltalake::DeltaTable;
 
 use super::{Committer, Published, Sink, SliceCommit, Staged};
-use crate::ledger::{app_id, Ledger, SliceRecord};
+use crate::ledger::{app_id, Ledger, SliceRecord, Summaries};
 use crate::pipeline::{Destination, Strategy};
 use crate::slice::{cut, Selection, Slice, SliceKind};
 
@@ -112,7 +112,9 @@ async fn rows(table: &DeltaTable) -> usize {
 
 /// Each slice's record in the ledger, at `version`, and its `txn` at `txn`.
 async fn assert_recorded(table: &DeltaTable, slices: &[Slice], version: u64, txn: i64) {
-    let ledger = Ledger::read(Some(table), "p").await.unwrap();
+    let ledger = Ledger::read(Some(table), "p", Summaries::ReadOnly)
+        .await
+        .unwrap();
     let snapshot = table.snapshot().unwrap();
     for slice in slices {
         let committed = ledger.get(&slice.key).unwrap();
@@ -316,6 +318,80 @@ async fn a_slice_whose_task_stops_while_waiting_is_not_committed() {
     assert_eq!(published.version, 0);
     let table = sink.table().await.unwrap();
     assert_eq!(rows(&table).await, 5, "only the slice still waiting");
-    let ledger = Ledger::read(Some(&table), "p").await.unwrap();
+    let ledger = Ledger::read(Some(&table), "p", Summaries::ReadOnly)
+        .await
+        .unwrap();
     assert!(ledger.get(&two[0].key).is_none());
+}
+
+#[tokio::test]
+async fn a_group_that_conflicts_with_another_runs_commit_leaves_that_slice_to_it_and_commits_the_rest(
+) {
+    let folder = tempfile::tempdir().unwrap();
+    let ours = sink(folder.path(), Strategy::Overwrite).await;
+    let three = days("2024-01-01", "2024-01-03");
+    publish_together(&ours, &three, 10, 1).await;
+
+    // Another run, with its own view of the table, rewrites the first day (version 1).
+    let other = sink(folder.path(), Strategy::Overwrite).await;
+    publish_together(&other, &three[..1], 3, 2).await;
+
+    // Ours, still at version 0, rewrites the first two days together: its commit removes
+    // files of the first day that the other run already removed, so it conflicts. The
+    // first day is the other run's now; the second goes alone, on top.
+    let published = publish_together(&ours, &three[..2], 5, 3).await;
+    let by_other = Published {
+        version: 1,
+        by: Committer::OtherRun {
+            run_id: "run-2".into(),
+        },
+    };
+    let ours_alone = Published {
+        version: 2,
+        by: Committer::ThisAttempt,
+    };
+    assert_eq!(published, [by_other, ours_alone]);
+    let table = ours.reload().await.unwrap().unwrap();
+    assert_eq!(table.version(), Some(2));
+    assert_eq!(rows(&table).await, 3 + 5 + 10);
+    assert_recorded(&table, &three[..1], 1, 2).await;
+    assert_recorded(&table, &three[1..2], 2, 3).await;
+}
+
+#[tokio::test]
+async fn a_group_that_conflicts_with_a_writer_of_another_pipeline_commits_none_of_its_slices() {
+    let folder = tempfile::tempdir().unwrap();
+    let ours = sink(folder.path(), Strategy::Overwrite).await;
+    let three = days("2024-01-01", "2024-01-03");
+    publish_together(&ours, &three, 10, 1).await;
+
+    // A writer that is not this pipeline rewrites the first day.
+    let destination = Destination {
+        url: url::Url::from_directory_path(folder.path()).unwrap(),
+        partition_by: vec!["dt".to_string()],
+        strategy: Strategy::Overwrite,
+        storage_options: Default::default(),
+    };
+    let other = Sink::open("q", &destination, schema(), None).await.unwrap();
+    let staged = stage(&other, &three[0], 0, 3).await;
+    let record = SliceRecord {
+        pipeline: "q".into(),
+        ..record(&three[0], &staged, 1)
+    };
+    other.publish(&three[0], &staged, &record).await.unwrap();
+
+    let error = try_publish_together(&ours, &three[..2], 5, 2)
+        .await
+        .unwrap_err();
+    assert!(error.is_transient(), "a conflict is retried: {error}");
+    assert!(
+        error.to_string().contains("slice 2024-01-01, 2024-01-02"),
+        "{error}"
+    );
+    let table = ours.reload().await.unwrap().unwrap();
+    assert_eq!(table.version(), Some(1), "nothing of the group landed");
+    assert_eq!(rows(&table).await, 3 + 10 + 10);
+    assert_recorded(&table, &three[1..], 0, 1).await;
+    let left = std::fs::read_dir(folder.path().join("dt=2024-01-02")).unwrap();
+    assert_eq!(left.count(), 1, "the group's staged files were removed");
 }
