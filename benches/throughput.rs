@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::pipeline::Pipeline;
-use backfill_engine::run::default_concurrency;
 use backfill_engine::run::{Reporter, SliceOutcome};
 use backfill_engine::{pipeline, Backfill, OpenOptions, Reprocess, RunOptions, Selection};
 use chrono::NaiveDate;
@@ -60,7 +59,10 @@ fn main() {
         .unwrap_or_else(|| panic!("name a case: rows, distinct, hourly or history"));
     let repeat = option("--repeat", 5) as usize;
     let options = RunOptions {
-        concurrency: option("--concurrency", RunOptions::default().concurrency as u64) as usize,
+        concurrency: args
+            .iter()
+            .position(|a| a == "--concurrency")
+            .map(|i| args[i + 1].parse().expect("a number")),
         ..RunOptions::default()
     };
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-buckets");
@@ -245,16 +247,16 @@ impl Bench {
                     .expect("opens"),
             )
         };
-        let everything = RunOptions {
-            concurrency: 8,
-            ..RunOptions::default()
-        };
         if !folder.join("done").exists() {
             let _ = std::fs::remove_dir_all(&folder);
             let started = Instant::now();
             let summary = open()
                 .await
-                .run(&self.selection, &everything, Arc::new(Finishes::new()))
+                .run(
+                    &self.selection,
+                    &RunOptions::default(),
+                    Arc::new(Finishes::new()),
+                )
                 .await
                 .expect("runs");
             assert_eq!(summary.committed(), self.slice_count, "{summary:?}");
@@ -287,7 +289,7 @@ impl Bench {
             let (cpu, started) = (cpu_time(), Instant::now());
             let plan = open()
                 .await
-                .plan(&self.selection, Reprocess::default(), default_concurrency())
+                .plan(&self.selection, Reprocess::default(), None)
                 .await
                 .expect("plans");
             assert!(plan.slices.iter().all(|p| !p.will_run));

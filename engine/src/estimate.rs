@@ -102,6 +102,28 @@ pub struct Budget {
     pub max_slices: Option<usize>,
 }
 
+/// A slice to compute that reads at most this much is small: it spends its time waiting on
+/// storage (listings, footers, its commit) more than on a core.
+pub const SMALL_SLICE_BYTES: u64 = 8 << 20;
+
+/// Slices in flight per core when the slices are small.
+const SMALL_SLICES_PER_CORE: usize = 8;
+
+/// Slices in flight for a run that was not told: one per `cores`, or
+/// [`SMALL_SLICES_PER_CORE`] per core when nine in ten slices to compute are small
+/// ([`SMALL_SLICE_BYTES`]). Small slices in flight hold little memory, and checked slices
+/// waiting for a commit go together in the next one; big ones keep a core busy each.
+pub fn chosen_concurrency(planned: &[SlicePlan], cores: usize) -> usize {
+    let mut bytes: Vec<u64> = computed(planned).map(SlicePlan::source_bytes).collect();
+    bytes.sort_unstable();
+    let ninth_tenth = bytes.get(bytes.len() * 9 / 10).copied().unwrap_or(u64::MAX);
+    match ninth_tenth <= SMALL_SLICE_BYTES {
+        true => cores * SMALL_SLICES_PER_CORE,
+        false => cores,
+    }
+    .max(1)
+}
+
 /// The slices a run would compute: chosen, and not merely reused from a staged rebuild.
 fn computed(planned: &[SlicePlan]) -> impl Iterator<Item = &SlicePlan> {
     planned
@@ -288,6 +310,30 @@ mod tests {
             planned("c", staged(), true, &[4000]),
             planned("d", SliceState::Missing, true, &[1000]),
         ]
+    }
+
+    #[test]
+    fn small_slices_run_more_at_once_unless_more_than_one_in_ten_to_compute_is_big() {
+        let big = SMALL_SLICE_BYTES + 1;
+        let small = |n: usize| -> Vec<SlicePlan> {
+            let to_compute = (0..n).map(|i| planned(&format!("s{i}"), SliceState::Missing, true, &[1000]));
+            to_compute.collect()
+        };
+        assert_eq!(chosen_concurrency(&small(20), 2), 16);
+        let mut one_big_in_twenty = small(19);
+        one_big_in_twenty.push(planned("big", SliceState::Missing, true, &[big]));
+        assert_eq!(chosen_concurrency(&one_big_in_twenty, 2), 16);
+        let mut three_in_twenty = small(17);
+        for key in ["x", "y", "z"] {
+            three_in_twenty.push(planned(key, SliceState::Missing, true, &[big / 2, big / 2 + 1]));
+        }
+        assert_eq!(chosen_concurrency(&three_in_twenty, 2), 2);
+        // Only the slices a run computes count: not skipped ones, not reused staged ones.
+        let mut skipped_big = small(5);
+        skipped_big.push(planned("b", SliceState::Missing, false, &[big]));
+        skipped_big.push(planned("c", staged(), true, &[big]));
+        assert_eq!(chosen_concurrency(&skipped_big, 2), 16);
+        assert_eq!(chosen_concurrency(&[], 2), 2, "nothing to compute");
     }
 
     #[test]

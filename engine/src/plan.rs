@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::engine::{Backfill, SlicePlan};
 use crate::error::Result;
-use crate::estimate::Estimate;
+use crate::estimate::{chosen_concurrency, Estimate};
+use crate::run::default_concurrency;
 use crate::sink::rebuild::Replaced;
 use crate::slice::Selection;
 use crate::states::Reprocess;
@@ -23,14 +24,16 @@ pub struct Plan {
 impl Backfill {
     /// Plans every slice of a selection: its state, whether a run with the same
     /// `reprocess` choice would run it, what it reads, and an estimate of the whole
-    /// (`concurrency` slices at a time, as the run would go).
+    /// (`concurrency` slices at a time, or as many as the run would choose).
     pub async fn plan(
         &self,
         selection: &Selection,
         reprocess: Reprocess,
-        concurrency: usize,
+        concurrency: Option<usize>,
     ) -> Result<Plan> {
-        let mut slices = self.slice_plans(selection, reprocess, concurrency).await?;
+        let cores = default_concurrency();
+        let mut slices = self.slice_plans(selection, reprocess, cores).await?;
+        let concurrency = concurrency.unwrap_or_else(|| chosen_concurrency(&slices, cores));
         let estimate = self.estimate(&slices, concurrency).await?;
         for slice in &mut slices {
             slice.estimated_ms = estimate.slice_ms(slice.source_bytes());

@@ -43,7 +43,7 @@ async fn run_behind(case: &Case, store: Arc<TestStore>) -> backfill_engine::RunS
     let selection = Selection::Keys(DAYS.iter().map(|d| d.to_string()).collect());
     let options = RunOptions {
         retries: 0,
-        concurrency: 2,
+        concurrency: Some(2),
         reprocess: backfill_engine::Reprocess::ALL,
         ..RunOptions::default()
     };

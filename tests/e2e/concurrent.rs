@@ -27,7 +27,7 @@ async fn run_twice_at_once(case: &Case) -> (RunSummary, RunSummary) {
     let (first, second) = (open_slow(case).await, open_slow(case).await);
     let selection = Selection::Keys(DAYS.iter().map(|d| d.to_string()).collect());
     let options = RunOptions {
-        concurrency: 1,
+        concurrency: Some(1),
         ..RunOptions::default()
     };
     let silent = || Arc::new(backfill_engine::run::Silent);

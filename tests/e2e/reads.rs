@@ -176,7 +176,7 @@ async fn without_retries_a_transient_failure_fails_only_its_slice() {
     let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
     store.failing_reads.store(1, Ordering::SeqCst);
     let options = RunOptions {
-        concurrency: 1,
+        concurrency: Some(1),
         ..quick_retries(0)
     };
     let summary = run(&backfill, &["2024-01-01", "2024-01-02"], &options).await;
@@ -267,7 +267,7 @@ async fn retries_back_off_exponentially_with_jitter() {
     store.failing_reads.store(3, Ordering::SeqCst);
     let base = Duration::from_secs(600);
     let options = RunOptions {
-        concurrency: 1,
+        concurrency: Some(1),
         retries: 5,
         backoff: base,
         clock: ManualClock::new(),
@@ -316,7 +316,7 @@ async fn a_hung_attempt_times_out_and_is_retried() {
     let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
     store.hanging_reads.store(1, Ordering::SeqCst);
     let options = RunOptions {
-        concurrency: 1,
+        concurrency: Some(1),
         retries: 1,
         slice_timeout: Some(Duration::from_millis(500)),
         clock: ManualClock::new(),
@@ -353,7 +353,7 @@ async fn max_source_requests_caps_concurrent_reads_across_slices() {
     let days: Vec<String> = (1..=6).map(|d| format!("2024-01-{d:02}")).collect();
     let days: Vec<&str> = days.iter().map(String::as_str).collect();
     let options = RunOptions {
-        concurrency: 6,
+        concurrency: Some(6),
         ..RunOptions::default()
     };
     let mut most = Vec::new();

@@ -20,7 +20,7 @@ pub struct PlanArgs {
     #[command(flatten)]
     choice: ChoiceArgs,
     /// The slices in flight the duration estimate assumes, as `run --concurrency`
-    /// [default: the number of cores].
+    /// [default: as `run` chooses].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
     /// Print JSON instead of a table.
@@ -31,9 +31,7 @@ pub struct PlanArgs {
 pub async fn execute(args: PlanArgs) -> anyhow::Result<Outcome> {
     let selection = args.selection.selection();
     let backfill = args.pipeline.open(Some(selection.clone())).await?;
-    let concurrency = args
-        .concurrency
-        .map_or_else(backfill_engine::run::default_concurrency, usize::from);
+    let concurrency = args.concurrency.map(usize::from);
     let plan = backfill
         .plan(&selection, args.choice.reprocess(), concurrency)
         .await?;

@@ -21,7 +21,8 @@ pub struct RunArgs {
     selection: SelectionArgs,
     #[command(flatten)]
     choice: ChoiceArgs,
-    /// Slices in flight at once [default: the number of cores].
+    /// Slices in flight at once [default: one per core, or 8 per core when nine in ten
+    /// slices to compute read at most 8 MiB].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
     /// Further attempts for a slice that failed for a transient reason (storage, a
@@ -61,9 +62,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
     let backfill = Arc::new(args.pipeline.open(Some(selection.clone())).await?);
     let options = RunOptions {
         reprocess: args.choice.reprocess(),
-        concurrency: args
-            .concurrency
-            .map_or_else(backfill_engine::run::default_concurrency, usize::from),
+        concurrency: args.concurrency.map(usize::from),
         retries: args.retries,
         slice_timeout: args.slice_timeout,
         newest_first: args.order == Order::Desc,

@@ -43,8 +43,9 @@ use tokio_util::sync::CancellationToken;
 pub struct RunOptions {
     /// Which slices to run, by their state.
     pub reprocess: Reprocess,
-    /// Slices in flight at once.
-    pub concurrency: usize,
+    /// Slices in flight at once; `None` chooses from the slices' sizes once they are
+    /// planned ([`crate::estimate::chosen_concurrency`]).
+    pub concurrency: Option<usize>,
     /// Further attempts for a slice that failed for a transient reason.
     pub retries: u32,
     /// About how long the first retry waits; each later one waits twice as long.
@@ -91,7 +92,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             reprocess: Reprocess::default(),
-            concurrency: default_concurrency(),
+            concurrency: None,
             retries: 2,
             backoff: Duration::from_secs(1),
             slice_timeout: None,
@@ -112,11 +113,12 @@ impl RunOptions {
     /// slice further only adds work (repartitioning, merging partial aggregates, which
     /// for `count(DISTINCT)` means merging whole sets) and runs nothing sooner.
     pub fn partitions_per_slice(&self) -> usize {
-        (default_concurrency() / self.concurrency.max(1)).max(1)
+        let in_flight = self.concurrency.unwrap_or_else(default_concurrency);
+        (default_concurrency() / in_flight.max(1)).max(1)
     }
 }
 
-/// The number of cores, the default number of slices in flight.
+/// The number of cores: slices in flight for slices that are not small.
 pub fn default_concurrency() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -205,13 +207,19 @@ impl Backfill {
         // Pre-flight: every slice planned (listings and footers, no data) before any
         // starts. The plans are not kept: each slice plans again when it starts, so it
         // sees files that arrive in between.
-        {
+        let concurrency = {
             let slices = slices.clone();
             let planned = self
                 .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
                 .await?;
             crate::estimate::preflight(&planned, &options.budget)?;
-        }
+            let chosen = || crate::estimate::chosen_concurrency(&planned, default_concurrency());
+            options.concurrency.unwrap_or_else(chosen)
+        };
+        let options = &RunOptions {
+            concurrency: Some(concurrency),
+            ..options.clone()
+        };
         let run_id = new_run_id(options.clock.now());
         let run = Arc::new(Run {
             backfill: self.clone(),
@@ -232,7 +240,7 @@ impl Backfill {
                 .into_iter()
                 .map(String::from)
                 .collect(),
-            concurrency: options.concurrency,
+            concurrency,
             retries: options.retries,
             started_at: options.clock.now(),
         };
@@ -265,7 +273,7 @@ impl Backfill {
                         (index, outcome)
                     })
                 })
-                .buffer_unordered(options.concurrency.max(1))
+                .buffer_unordered(concurrency.max(1))
                 .map(|joined| {
                     joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
                 })
