@@ -316,7 +316,8 @@ mod tests {
     fn small_slices_run_more_at_once_unless_more_than_one_in_ten_to_compute_is_big() {
         let big = SMALL_SLICE_BYTES + 1;
         let small = |n: usize| -> Vec<SlicePlan> {
-            let to_compute = (0..n).map(|i| planned(&format!("s{i}"), SliceState::Missing, true, &[1000]));
+            let to_compute =
+                (0..n).map(|i| planned(&format!("s{i}"), SliceState::Missing, true, &[1000]));
             to_compute.collect()
         };
         assert_eq!(chosen_concurrency(&small(20), 2), 16);
@@ -325,7 +326,12 @@ mod tests {
         assert_eq!(chosen_concurrency(&one_big_in_twenty, 2), 16);
         let mut three_in_twenty = small(17);
         for key in ["x", "y", "z"] {
-            three_in_twenty.push(planned(key, SliceState::Missing, true, &[big / 2, big / 2 + 1]));
+            three_in_twenty.push(planned(
+                key,
+                SliceState::Missing,
+                true,
+                &[big / 2, big / 2 + 1],
+            ));
         }
         assert_eq!(chosen_concurrency(&three_in_twenty, 2), 2);
         // Only the slices a run computes count: not skipped ones, not reused staged ones.

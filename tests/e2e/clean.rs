@@ -37,7 +37,14 @@ fn clean_now(case: &Case) -> serde_json::Value {
 #[tokio::test]
 async fn after_kills_and_reruns_clean_leaves_only_files_the_log_references() {
     // Two in flight, so that the eight slices take several commits to kill between.
-    let range = ["--start", "2024-01-01", "--end", "2024-01-08", "--concurrency", "2"];
+    let range = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-08",
+        "--concurrency",
+        "2",
+    ];
     let mut leftovers = 0;
     for pipeline in ["orders_clean", "orders_merge", "orders_append"] {
         let reference = Case::new(pipeline);

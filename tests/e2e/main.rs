@@ -778,7 +778,14 @@ fn report_is_one_self_contained_html_page() {
 #[tokio::test]
 async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
     // Two in flight, so that the fourteen slices take many commits to kill between.
-    let range = ["--start", "2024-01-01", "--end", "2024-01-14", "--concurrency", "2"];
+    let range = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-14",
+        "--concurrency",
+        "2",
+    ];
     let clean = Case::new("orders_clean");
     clean.ok("run", &range, 0);
     let all = "SELECT * FROM t ORDER BY order_id";

@@ -6,12 +6,10 @@
 //! slice's rows are replaced, not duplicated, and rows appended by anyone else stay.
 
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
-use super::{actions_of_all, is_tagged_with, Sink, SliceCommit, Staged, Writes};
-use crate::slice::Slice;
+use super::{files_of_each, replacing, written_by, Sink, SliceCommit, Writes};
 
 pub(super) struct Append;
 
@@ -29,27 +27,15 @@ impl Writes for Append {
         pending: &[&SliceCommit<'_>],
         properties: CommitProperties,
     ) -> deltalake::DeltaResult<u64> {
-        let all = actions_of_all(sink, table.as_ref(), pending, actions)?;
+        // Each slice replaces the files it added before, found by their tags.
+        let keys = pending.iter().map(|m| Some(m.slice.key.clone())).collect();
+        let replaced = files_of_each(table.as_ref(), keys, |file| match written_by(file) {
+            (Some(pipeline), slice) if pipeline == sink.pipeline => slice,
+            _ => None,
+        })?;
+        let all = replacing(pending, replaced);
         sink.commit(table, all, operation(sink), properties).await
     }
-}
-
-/// The actions that add the slice's staged files and remove the files it added before.
-fn actions(
-    sink: &Sink,
-    table: Option<&DeltaTable>,
-    slice: &Slice,
-    staged: &Staged,
-) -> deltalake::DeltaResult<Vec<Action>> {
-    let mut actions: Vec<Action> = staged.adds.iter().cloned().map(Action::Add).collect();
-    if let Some(existing) = table {
-        let log_data = existing.snapshot()?.log_data();
-        let replaced = log_data
-            .iter()
-            .filter(|file| is_tagged_with(file, &sink.pipeline, &slice.key));
-        actions.extend(replaced.map(|file| Action::Remove(file.remove_action(true))));
-    }
-    Ok(actions)
 }
 
 fn operation(sink: &Sink) -> DeltaOperation {

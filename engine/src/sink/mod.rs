@@ -104,23 +104,49 @@ trait Writes: Send + Sync {
     ) -> deltalake::DeltaResult<u64>;
 }
 
-/// The actions that publish one slice's staged files, for strategies that commit the
-/// actions of each slice of a group together.
-type SliceActions =
-    fn(&Sink, Option<&DeltaTable>, &Slice, &Staged) -> deltalake::DeltaResult<Vec<Action>>;
-
-/// The actions of every slice of `pending`, in order.
-fn actions_of_all(
-    sink: &Sink,
-    table: Option<&DeltaTable>,
-    pending: &[&SliceCommit<'_>],
-    actions: SliceActions,
-) -> deltalake::DeltaResult<Vec<Action>> {
+/// The actions of a commit publishing every slice of `pending`, in order: each one's
+/// staged files added, and the files it `replaces` (one list per slice) removed.
+fn replacing(pending: &[&SliceCommit<'_>], replaces: Vec<Vec<LogicalFileView>>) -> Vec<Action> {
     let mut all = Vec::new();
-    for member in pending {
-        all.extend(actions(sink, table, member.slice, member.staged)?);
+    for (member, replaced) in pending.iter().zip(replaces) {
+        all.extend(member.staged.adds.iter().cloned().map(Action::Add));
+        all.extend(
+            replaced
+                .iter()
+                .map(|file| Action::Remove(file.remove_action(true))),
+        );
     }
-    Ok(all)
+    all
+}
+
+/// The active files of `table` that belong to each slice, one list per slice: a file
+/// belongs to the slices whose `wanted` key is the file's `key_of` (a slice without a key
+/// has no file). One pass over the file list, whatever the number of slices: a commit of
+/// a group would otherwise cost the table's size times the group's.
+fn files_of_each<K: std::hash::Hash + Eq>(
+    table: Option<&DeltaTable>,
+    wanted: Vec<Option<K>>,
+    key_of: impl Fn(&LogicalFileView) -> Option<K>,
+) -> deltalake::DeltaResult<Vec<Vec<LogicalFileView>>> {
+    let mut found = vec![Vec::new(); wanted.len()];
+    let Some(table) = table else {
+        return Ok(found);
+    };
+    let mut slices_of: HashMap<K, Vec<usize>> = HashMap::new();
+    for (index, key) in wanted.into_iter().enumerate() {
+        if let Some(key) = key {
+            slices_of.entry(key).or_default().push(index);
+        }
+    }
+    for file in table.snapshot()?.log_data().iter() {
+        let Some(indices) = key_of(&file).and_then(|key| slices_of.get(&key)) else {
+            continue;
+        };
+        for &index in indices {
+            found[index].push(file.clone());
+        }
+    }
+    Ok(found)
 }
 
 /// The [`Writes`] of a strategy.
@@ -926,33 +952,41 @@ fn written_by(file: &LogicalFileView) -> (Option<String>, Option<String>) {
     (tag(PIPELINE_TAG), tag(SLICE_TAG))
 }
 
-/// Whether an active file was written by `pipeline` for `slice`.
-fn is_tagged_with(file: &LogicalFileView, pipeline: &str, slice: &str) -> bool {
-    written_by(file) == (Some(pipeline.to_string()), Some(slice.to_string()))
-}
-
-/// The active files of `table` that lie in the slice's partitions.
+/// The active files of `table` that lie in each slice's partitions, one list per slice.
 ///
 /// This filters the snapshot's file list in memory: delta-rs's partition filters run a
 /// kernel scan over the whole log on every call, which made each commit slower than the
-/// last. Values compare by their typed meaning, so `7` and `07` match for an integer.
+/// last. Values compare by their typed meaning, so `7` and `07` match for an integer. The
+/// slices of a pipeline all have the same partition columns.
 fn files_in_partitions(
     sink: &Sink,
-    table: &DeltaTable,
-    slice: &Slice,
-) -> deltalake::DeltaResult<Vec<LogicalFileView>> {
-    let wanted: Vec<(&str, Option<ScalarValue>)> = slice
-        .partition
+    table: Option<&DeltaTable>,
+    slices: &[&Slice],
+) -> deltalake::DeltaResult<Vec<Vec<LogicalFileView>>> {
+    let Some(first) = slices.first() else {
+        return Ok(vec![]);
+    };
+    let columns: Vec<&str> = first.partition.iter().map(|(c, _)| c.as_str()).collect();
+    let key = |values: &[(&str, Option<&str>)]| -> Option<Vec<ScalarValue>> {
+        values.iter().map(|(c, v)| sink.typed(c, *v)).collect()
+    };
+    let wanted = slices
         .iter()
-        .map(|(column, value)| (column.as_str(), sink.typed(column, Some(value))))
-        .collect();
-    let log_data = table.snapshot()?.log_data();
-    let files = log_data.iter().filter(|file| {
-        let values = file.partition_values_map();
-        wanted.iter().all(|(column, value)| {
-            let stored = values.get(*column).cloned().flatten();
-            value.is_some() && sink.typed(column, stored.as_deref()) == *value
+        .map(|slice| {
+            let values: Vec<_> = slice
+                .partition
+                .iter()
+                .map(|(c, v)| (c.as_str(), Some(v.as_str())))
+                .collect();
+            key(&values)
         })
-    });
-    Ok(files.collect())
+        .collect();
+    files_of_each(table, wanted, |file| {
+        let stored = file.partition_values_map();
+        let values: Vec<_> = columns
+            .iter()
+            .map(|c| (*c, stored.get(*c).and_then(|v| v.as_deref())))
+            .collect();
+        key(&values)
+    })
 }

@@ -7,13 +7,10 @@
 //! slices (other partitions) go through.
 
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::Action;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
-use super::{
-    actions_of_all, files_in_partitions, partition_predicate, Sink, SliceCommit, Staged, Writes,
-};
+use super::{files_in_partitions, partition_predicate, replacing, Sink, SliceCommit, Writes};
 use crate::slice::Slice;
 
 pub(super) struct Overwrite;
@@ -27,30 +24,12 @@ impl Writes for Overwrite {
         pending: &[&SliceCommit<'_>],
         properties: CommitProperties,
     ) -> deltalake::DeltaResult<u64> {
-        let all = actions_of_all(sink, table.as_ref(), pending, actions)?;
         let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
+        let replaced = files_in_partitions(sink, table.as_ref(), &slices)?;
+        let all = replacing(pending, replaced);
         let operation = operation(sink, &slices);
         sink.commit(table, all, operation, properties).await
     }
-}
-
-/// The actions that replace the slice's partitions with its staged files.
-fn actions(
-    sink: &Sink,
-    table: Option<&DeltaTable>,
-    slice: &Slice,
-    staged: &Staged,
-) -> deltalake::DeltaResult<Vec<Action>> {
-    let mut actions: Vec<Action> = staged.adds.iter().cloned().map(Action::Add).collect();
-    if let Some(existing) = table {
-        let replaced = files_in_partitions(sink, existing, slice)?;
-        actions.extend(
-            replaced
-                .iter()
-                .map(|file| Action::Remove(file.remove_action(true))),
-        );
-    }
-    Ok(actions)
 }
 
 /// A commit replacing the partitions of `slices`: its predicate names them all.
