@@ -247,24 +247,18 @@ impl Bench {
                     .expect("opens"),
             )
         };
+        let run_everything = || async {
+            let options = RunOptions::default();
+            let reporter = Arc::new(Finishes::new());
+            let run = open().await.run(&self.selection, &options, reporter).await;
+            run.expect("runs")
+        };
         if !folder.join("done").exists() {
             let _ = std::fs::remove_dir_all(&folder);
-            let started = Instant::now();
-            let summary = open()
-                .await
-                .run(
-                    &self.selection,
-                    &RunOptions::default(),
-                    Arc::new(Finishes::new()),
-                )
-                .await
-                .expect("runs");
+            let (summary, (wall, _)) = measured(run_everything()).await;
             assert_eq!(summary.committed(), self.slice_count, "{summary:?}");
-            println!(
-                "built {} in {:.1} s",
-                folder.display(),
-                started.elapsed().as_secs_f64()
-            );
+            let built = wall.as_secs_f64();
+            println!("built {} in {built:.1} s", folder.display());
             std::fs::write(folder.join("done"), "").unwrap();
         }
         println!(
@@ -286,32 +280,23 @@ impl Bench {
         let mut statuses = Vec::new();
         let mut reruns = Vec::new();
         for _ in 0..repeat.max(1) {
-            let (cpu, started) = (cpu_time(), Instant::now());
-            let plan = open()
-                .await
-                .plan(&self.selection, Reprocess::default(), None)
-                .await
-                .expect("plans");
-            assert!(plan.slices.iter().all(|p| !p.will_run));
-            plans.push((started.elapsed(), cpu_time() - cpu));
+            let plan = async {
+                open()
+                    .await
+                    .plan(&self.selection, Reprocess::default(), None)
+                    .await
+            };
+            let (plan, took) = measured(plan).await;
+            assert!(plan.expect("plans").slices.iter().all(|p| !p.will_run));
+            plans.push(took);
 
-            let (cpu, started) = (cpu_time(), Instant::now());
-            let status = open().await.status(None).await.expect("status");
-            assert_eq!(status.slices.len(), self.slice_count);
-            statuses.push((started.elapsed(), cpu_time() - cpu));
+            let (status, took) = measured(async { open().await.status(None).await }).await;
+            assert_eq!(status.expect("status").slices.len(), self.slice_count);
+            statuses.push(took);
 
-            let (cpu, started) = (cpu_time(), Instant::now());
-            let summary = open()
-                .await
-                .run(
-                    &self.selection,
-                    &RunOptions::default(),
-                    Arc::new(Finishes::new()),
-                )
-                .await
-                .expect("runs");
+            let (summary, took) = measured(run_everything()).await;
             assert_eq!(summary.skipped(), self.slice_count, "{summary:?}");
-            reruns.push((started.elapsed(), cpu_time() - cpu));
+            reruns.push(took);
         }
         timed("plan", plans);
         timed("status", statuses);
@@ -333,6 +318,13 @@ impl Bench {
         );
         pipeline::parse(&text, &folder.join("bench.toml")).expect("a valid pipeline")
     }
+}
+
+/// What `work` returns, with the wall and CPU time it took.
+async fn measured<T>(work: impl std::future::Future<Output = T>) -> (T, (Duration, Duration)) {
+    let (cpu, started) = (cpu_time(), Instant::now());
+    let done = work.await;
+    (done, (started.elapsed(), cpu_time() - cpu))
 }
 
 /// The bucket `name`, generated from `spec` on first use.

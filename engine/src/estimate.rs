@@ -104,7 +104,7 @@ pub struct Budget {
 
 /// A slice to compute that reads at most this much is small: it spends its time waiting on
 /// storage (listings, footers, its commit) more than on a core.
-pub const SMALL_SLICE_BYTES: u64 = 8 << 20;
+const SMALL_SLICE_BYTES: u64 = 8 << 20;
 
 /// Slices in flight per core when the slices are small.
 const SMALL_SLICES_PER_CORE: usize = 8;

@@ -139,122 +139,6 @@ impl CommitRecord {
     }
 }
 
-const SUMMARIES: &str = "_backfill/ledger";
-
-/// The summary in `folder` of the newest version up to `current` of the table `table_id`;
-/// `None` if there is none, or it cannot be read (it is read again from the log).
-async fn newest_summary(
-    store: &dyn ObjectStore,
-    folder: &Path,
-    table_id: &str,
-    current: u64,
-) -> Option<Summary> {
-    let listed: Vec<_> = store.list(Some(folder)).try_collect().await.ok()?;
-    let mut versions: Vec<(u64, Path)> = listed
-        .into_iter()
-        .filter_map(|meta| {
-            let version = meta
-                .location
-                .filename()?
-                .strip_suffix(".json")?
-                .parse()
-                .ok()?;
-            Some((version, meta.location))
-        })
-        .filter(|(version, _)| *version <= current)
-        .collect();
-    versions.sort();
-    // A table created again at the same place may have older summaries of the first.
-    for (_, path) in versions.into_iter().rev() {
-        let Ok(got) = store.get(&path).await else {
-            continue;
-        };
-        let Ok(bytes) = got.bytes().await else {
-            continue;
-        };
-        match serde_json::from_slice::<Summary>(&bytes) {
-            Ok(summary) if summary.table_id == table_id => return Some(summary),
-            _ => continue,
-        }
-    }
-    None
-}
-
-/// Saves `summary`, then deletes the summaries of older versions. Best effort: failing
-/// only means the next reader reads more.
-async fn save_summary(store: &dyn ObjectStore, folder: &Path, summary: &Summary) {
-    let path = folder.clone().join(format!("{:020}.json", summary.version));
-    let Ok(bytes) = serde_json::to_vec(summary) else {
-        return;
-    };
-    if let Err(error) = store.put(&path, PutPayload::from(bytes)).await {
-        tracing::warn!("could not save the ledger summary {path}: {error}");
-        return;
-    }
-    let older = older_summaries(store, folder, summary.version).await;
-    for path in older {
-        let _ = store.delete(&path).await;
-    }
-}
-
-/// The summaries in `folder` of versions before `version`.
-async fn older_summaries(store: &dyn ObjectStore, folder: &Path, version: u64) -> Vec<Path> {
-    let listed: Vec<_> = store
-        .list(Some(folder))
-        .try_collect()
-        .await
-        .unwrap_or_default();
-    listed
-        .into_iter()
-        .map(|meta| meta.location)
-        .filter(|path| {
-            let parsed = path
-                .filename()
-                .and_then(|n| n.strip_suffix(".json")?.parse().ok());
-            parsed.is_some_and(|v: u64| v < version)
-        })
-        .collect()
-}
-
-/// The commit entries of versions `from..=to` still in the log, oldest first. One listing
-/// finds them (entries that expired with the log's retention are simply not there).
-async fn commit_entries(
-    store: &dyn ObjectStore,
-    from: u64,
-    to: u64,
-) -> object_store::Result<Vec<(u64, Vec<u8>)>> {
-    if from > to {
-        return Ok(vec![]);
-    }
-    // Listed names come after the offset: `<from>.json` comes after `<from>`.
-    let offset = Path::from(format!("_delta_log/{from:020}"));
-    let listed: Vec<_> = store
-        .list_with_offset(Some(&Path::from("_delta_log")), &offset)
-        .try_collect()
-        .await?;
-    let mut versions: Vec<(u64, Path)> = listed
-        .into_iter()
-        .filter_map(|meta| {
-            let name = meta.location.filename()?.strip_suffix(".json")?;
-            let version = (name.len() == 20).then(|| name.parse().ok())??;
-            Some((version, meta.location))
-        })
-        .filter(|(version, _)| (from..=to).contains(version))
-        .collect();
-    versions.sort();
-    futures::stream::iter(versions)
-        .map(|(version, path)| async move {
-            let bytes = store.get(&path).await?.bytes().await?;
-            Ok((version, bytes.to_vec()))
-        })
-        .buffered(READS_AT_ONCE)
-        .try_collect()
-        .await
-}
-
-/// Commit entries read at once: enough to hide an object store's latency.
-const READS_AT_ONCE: usize = 16;
-
 /// A slice's checked output, staged for a rebuild and remembered durably.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StagedSlice {
@@ -423,6 +307,110 @@ impl Ledger {
     }
 }
 
+const SUMMARIES: &str = "_backfill/ledger";
+
+/// The summary in `folder` of the newest version up to `current` of the table `table_id`;
+/// `None` if there is none, or it cannot be read (it is read again from the log).
+async fn newest_summary(
+    store: &dyn ObjectStore,
+    folder: &Path,
+    table_id: &str,
+    current: u64,
+) -> Option<Summary> {
+    let saved = summaries_in(store, folder).await.ok()?;
+    let candidates = saved
+        .into_iter()
+        .rev()
+        .filter(|(version, _)| *version <= current);
+    // A table created again at the same place may have older summaries of the first.
+    for (_, path) in candidates {
+        let Ok(got) = store.get(&path).await else {
+            continue;
+        };
+        let Ok(bytes) = got.bytes().await else {
+            continue;
+        };
+        match serde_json::from_slice::<Summary>(&bytes) {
+            Ok(summary) if summary.table_id == table_id => return Some(summary),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// Saves `summary`, then deletes the summaries of older versions. Best effort: failing
+/// only means the next reader reads more.
+async fn save_summary(store: &dyn ObjectStore, folder: &Path, summary: &Summary) {
+    let path = folder.clone().join(format!("{:020}.json", summary.version));
+    let Ok(bytes) = serde_json::to_vec(summary) else {
+        return;
+    };
+    if let Err(error) = store.put(&path, PutPayload::from(bytes)).await {
+        tracing::warn!("could not save the ledger summary {path}: {error}");
+        return;
+    }
+    let saved = summaries_in(store, folder).await.unwrap_or_default();
+    for (_, path) in saved.iter().filter(|(v, _)| *v < summary.version) {
+        let _ = store.delete(path).await;
+    }
+}
+
+/// The summaries in `folder`, by the version each one is of, oldest first.
+async fn summaries_in(
+    store: &dyn ObjectStore,
+    folder: &Path,
+) -> object_store::Result<Vec<(u64, Path)>> {
+    let listed: Vec<_> = store.list(Some(folder)).try_collect().await?;
+    let mut saved: Vec<(u64, Path)> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta.location.filename()?.strip_suffix(".json")?;
+            Some((name.parse().ok()?, meta.location))
+        })
+        .collect();
+    saved.sort();
+    Ok(saved)
+}
+
+/// The commit entries of versions `from..=to` still in the log, oldest first. One listing
+/// finds them (entries that expired with the log's retention are simply not there).
+async fn commit_entries(
+    store: &dyn ObjectStore,
+    from: u64,
+    to: u64,
+) -> object_store::Result<Vec<(u64, Vec<u8>)>> {
+    if from > to {
+        return Ok(vec![]);
+    }
+    // Listed names come after the offset: `<from>.json` comes after `<from>`.
+    let offset = Path::from(format!("_delta_log/{from:020}"));
+    let listed: Vec<_> = store
+        .list_with_offset(Some(&Path::from("_delta_log")), &offset)
+        .try_collect()
+        .await?;
+    let mut versions: Vec<(u64, Path)> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta.location.filename()?.strip_suffix(".json")?;
+            let version = (name.len() == 20).then(|| name.parse().ok())??;
+            Some((version, meta.location))
+        })
+        .filter(|(version, _)| (from..=to).contains(version))
+        .collect();
+    versions.sort();
+    futures::stream::iter(versions)
+        .map(|(version, path)| async move {
+            let bytes = store.get(&path).await?.bytes().await?;
+            Ok((version, bytes.to_vec()))
+        })
+        .buffered(READS_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+/// Commit entries read at once: enough to hide an object store's latency.
+const READS_AT_ONCE: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -590,15 +578,7 @@ mod tests {
     #[tokio::test]
     async fn the_ledger_keeps_each_slices_newest_record_and_nothing_from_before_a_swap() {
         let folder = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(folder.path()).unwrap();
-        let mut table = deltalake::DeltaTableBuilder::from_url(url)
-            .unwrap()
-            .build()
-            .unwrap()
-            .create()
-            .with_columns([StructField::new("id", DataType::LONG, true)])
-            .await
-            .unwrap();
+        let mut table = new_table(folder.path()).await;
         assert!(Ledger::read(None, "p", Summaries::ReadOnly)
             .await
             .unwrap()
