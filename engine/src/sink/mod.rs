@@ -967,26 +967,18 @@ fn files_in_partitions(
         return Ok(vec![]);
     };
     let columns: Vec<&str> = first.partition.iter().map(|(c, _)| c.as_str()).collect();
-    let key = |values: &[(&str, Option<&str>)]| -> Option<Vec<ScalarValue>> {
-        values.iter().map(|(c, v)| sink.typed(c, *v)).collect()
-    };
     let wanted = slices
         .iter()
         .map(|slice| {
-            let values: Vec<_> = slice
-                .partition
-                .iter()
-                .map(|(c, v)| (c.as_str(), Some(v.as_str())))
-                .collect();
-            key(&values)
+            let values = slice.partition.iter();
+            values.map(|(c, v)| sink.typed(c, Some(v))).collect()
         })
         .collect();
     files_of_each(table, wanted, |file| {
         let stored = file.partition_values_map();
-        let values: Vec<_> = columns
-            .iter()
-            .map(|c| (*c, stored.get(*c).and_then(|v| v.as_deref())))
-            .collect();
-        key(&values)
+        let values = columns.iter();
+        values
+            .map(|c| sink.typed(c, stored.get(*c).and_then(|v| v.as_deref())))
+            .collect::<Option<Vec<ScalarValue>>>()
     })
 }

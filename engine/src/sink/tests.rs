@@ -21,6 +21,11 @@ fn schema() -> SchemaRef {
 }
 
 async fn sink(folder: &std::path::Path, strategy: Strategy) -> Sink {
+    sink_of("p", folder, strategy).await
+}
+
+/// The sink of pipeline `pipeline` writing to `folder`.
+async fn sink_of(pipeline: &str, folder: &std::path::Path, strategy: Strategy) -> Sink {
     let partition_by = match strategy {
         Strategy::Append => vec![],
         _ => vec!["dt".to_string()],
@@ -31,7 +36,9 @@ async fn sink(folder: &std::path::Path, strategy: Strategy) -> Sink {
         strategy,
         storage_options: Default::default(),
     };
-    Sink::open("p", &destination, schema(), None).await.unwrap()
+    Sink::open(pipeline, &destination, schema(), None)
+        .await
+        .unwrap()
 }
 
 fn days(start: &str, end: &str) -> Vec<Slice> {
@@ -366,13 +373,7 @@ async fn a_group_that_conflicts_with_a_writer_of_another_pipeline_commits_none_o
     publish_together(&ours, &three, 10, 1).await;
 
     // A writer that is not this pipeline rewrites the first day.
-    let destination = Destination {
-        url: url::Url::from_directory_path(folder.path()).unwrap(),
-        partition_by: vec!["dt".to_string()],
-        strategy: Strategy::Overwrite,
-        storage_options: Default::default(),
-    };
-    let other = Sink::open("q", &destination, schema(), None).await.unwrap();
+    let other = sink_of("q", folder.path(), Strategy::Overwrite).await;
     let staged = stage(&other, &three[0], 0, 3).await;
     let record = SliceRecord {
         pipeline: "q".into(),
