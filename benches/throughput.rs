@@ -22,6 +22,7 @@
 //! stays flat. `benches/polars_loop.py` runs the same slices as a Python loop of polars +
 //! delta-rs and prints the same figures; run both on the same machine, one after the other.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::pipeline::Pipeline;
 use backfill_engine::run::{Reporter, SliceOutcome};
+use backfill_engine::states::SliceStatus;
 use backfill_engine::{pipeline, Backfill, OpenOptions, Reprocess, RunOptions, Selection};
 use chrono::NaiveDate;
 
@@ -137,12 +139,21 @@ fn main() {
     let median = &runs[runs.len() / 2];
     let (first_tenth, last_tenth) = median.tenths();
     println!(
-        "{:<9} {:>7} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9}",
-        "case", "slices", "wall s", "cpu s", "ms/slice", "first 10%", "last 10%", "peak MB"
+        "{:<9} {:>7} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9}",
+        "case",
+        "slices",
+        "commits",
+        "wall s",
+        "cpu s",
+        "ms/slice",
+        "first 10%",
+        "last 10%",
+        "peak MB"
     );
     println!(
-        "{case:<9} {:>7} {:>9.2} {:>9.2} {:>10.1} {:>12.1} {:>12.1} {:>9.0}",
+        "{case:<9} {:>7} {:>8} {:>9.2} {:>9.2} {:>10.1} {:>12.1} {:>12.1} {:>9.0}",
         bench.slice_count,
+        median.commits,
         median.wall.as_secs_f64(),
         median.cpu.as_secs_f64(),
         median.wall.as_secs_f64() * 1000.0 / bench.slice_count as f64,
@@ -162,11 +173,12 @@ struct Bench {
     slice_count: usize,
 }
 
-/// One run's wall and CPU time, and when each slice finished.
+/// One run's wall and CPU time, when each slice finished, and how many commits it made.
 struct Measured {
     wall: Duration,
     cpu: Duration,
     finished: Vec<Duration>,
+    commits: usize,
 }
 
 impl Measured {
@@ -182,10 +194,12 @@ impl Measured {
     }
 }
 
-/// Remembers when each slice finished, from the start of the run.
+/// Remembers when each slice finished, from the start of the run, and the table versions
+/// slices were committed in (several slices share one when they were committed together).
 struct Finishes {
     started: Instant,
     at: Mutex<Vec<Duration>>,
+    versions: Mutex<BTreeSet<u64>>,
 }
 
 impl Finishes {
@@ -193,13 +207,17 @@ impl Finishes {
         Finishes {
             started: Instant::now(),
             at: Mutex::new(Vec::new()),
+            versions: Mutex::new(BTreeSet::new()),
         }
     }
 }
 
 impl Reporter for Finishes {
-    fn slice_finished(&self, _outcome: &SliceOutcome) {
+    fn slice_finished(&self, outcome: &SliceOutcome) {
         self.at.lock().unwrap().push(self.started.elapsed());
+        if let SliceStatus::Committed { version, .. } = outcome.status {
+            self.versions.lock().unwrap().insert(version);
+        }
     }
 }
 
@@ -209,10 +227,7 @@ impl Bench {
         let destination = tempfile::tempdir().unwrap();
         let pipeline = self.pipeline(destination.path());
         let (cpu_before, started) = (cpu_time(), Instant::now());
-        let finishes = Arc::new(Finishes {
-            started,
-            at: Mutex::new(Vec::with_capacity(self.slice_count)),
-        });
+        let finishes = Arc::new(Finishes::new());
         let backfill = Arc::new(
             Backfill::open(pipeline, OpenOptions::default())
                 .await
@@ -225,10 +240,12 @@ impl Bench {
         let (wall, cpu) = (started.elapsed(), cpu_time() - cpu_before);
         assert_eq!(summary.committed(), self.slice_count, "{summary:?}");
         let finished = finishes.at.lock().unwrap().clone();
+        let commits = finishes.versions.lock().unwrap().len();
         Measured {
             wall,
             cpu,
             finished,
+            commits,
         }
     }
 

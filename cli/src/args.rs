@@ -2,6 +2,7 @@
 //! are layered as the pipeline file, then these overrides, then the engine's validation.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use backfill_engine::history::RunRecord;
 use backfill_engine::pipeline::{self, location_to_url};
@@ -100,12 +101,12 @@ impl PipelineArgs {
     }
 
     /// Opens the pipeline; `scope` is the selection the command works on, if it has one.
-    pub async fn open(&self, scope: Option<Selection>) -> anyhow::Result<Backfill> {
+    pub async fn open(&self, scope: Option<Selection>) -> anyhow::Result<Arc<Backfill>> {
         let options = OpenOptions {
             scope,
             ..OpenOptions::default()
         };
-        Ok(Backfill::open(self.load()?, options).await?)
+        Ok(Arc::new(Backfill::open(self.load()?, options).await?))
     }
 }
 

@@ -14,29 +14,42 @@ use crate::error::{Error, Result, ResultExt};
 use crate::ledger::AssertionResult;
 use crate::pipeline::Assertion;
 use crate::sink::Staged;
+use crate::source::Sources;
 use crate::template;
 
-/// Runs every assertion on a staged slice; the results say which passed.
-/// `ctx` is the slice's own context: `slice` is registered in it here.
+/// Runs every assertion on a staged slice; the results say which passed. Assertions
+/// that query the slice run in a session of their own over `sources`, where the staged
+/// slice is the table `slice`, with plans split into `partitions` streams.
 pub async fn check(
-    ctx: &SessionContext,
+    sources: &Sources,
+    partitions: usize,
     assertions: &[Assertion],
     staged: &Staged,
     schema: &SchemaRef,
     variables: &[(&str, String)],
     origin: &str,
 ) -> Result<Vec<AssertionResult>> {
-    if assertions
+    let queried = assertions
         .iter()
-        .any(|a| matches!(a, Assertion::Unique(_) | Assertion::Sql(_)))
-    {
-        let table = staged
-            .table(ctx, schema)
-            .await
-            .context(|| "reading the staged slice".into())?;
-        ctx.register_table("slice", table)
-            .context(|| "registering the staged slice".into())?;
-    }
+        .any(|a| matches!(a, Assertion::Unique(_) | Assertion::Sql(_)));
+    // Only assertions that query the slice pay for a session.
+    let ctx = match queried {
+        true => {
+            let ctx = sources.context(partitions)?;
+            let table = staged
+                .table(&ctx, schema)
+                .await
+                .context(|| "reading the staged slice".into())?;
+            ctx.register_table("slice", table)
+                .context(|| "registering the staged slice".into())?;
+            Some(ctx)
+        }
+        false => None,
+    };
+    let ctx = || {
+        ctx.as_ref()
+            .expect("a session for assertions that query the slice")
+    };
     let mut results = Vec::with_capacity(assertions.len());
     for assertion in assertions {
         let (passed, measured) = match assertion {
@@ -71,10 +84,10 @@ pub async fn check(
                     ),
                 )
             }
-            Assertion::Unique(columns) => unique(ctx, columns).await?,
+            Assertion::Unique(columns) => unique(ctx(), columns).await?,
             Assertion::Sql(sql) => {
                 let sql = template::render(sql, variables, origin)?;
-                custom(ctx, &sql).await?
+                custom(ctx(), &sql).await?
             }
         };
         results.push(AssertionResult {
@@ -133,7 +146,7 @@ async fn unique(ctx: &SessionContext, columns: &[String]) -> Result<(bool, Strin
 
 async fn custom(ctx: &SessionContext, sql: &str) -> Result<(bool, String)> {
     let context = || format!("assertion `{sql}`");
-    let batches = crate::source::read_only_query(ctx, sql, context)
+    let batches = crate::source::read_only_query(ctx.state(), sql, context)
         .await?
         .collect()
         .await

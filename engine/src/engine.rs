@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::Column;
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{Expr, SessionContext};
@@ -106,11 +107,18 @@ impl Serialize for SlicePlan {
     }
 }
 
-/// What a slice runs with: its DataFusion session and physical plan, prepared when the
-/// slice starts (or for a sample), never kept in a [`SlicePlan`].
+/// What a slice runs with: the DataFusion session it was planned in and its physical
+/// plan, prepared when the slice starts (or for a sample), never kept in a [`SlicePlan`].
 pub(crate) struct Prepared {
-    pub(crate) ctx: SessionContext,
+    pub(crate) state: SessionState,
     pub(crate) plan: Arc<dyn ExecutionPlan>,
+}
+
+impl Prepared {
+    /// What the plan executes with: the session it was planned in.
+    pub(crate) fn task_ctx(&self) -> Arc<TaskContext> {
+        Arc::new(TaskContext::from(&self.state))
+    }
 }
 
 /// A slice's transform, planned: the data of its plan and what executes it.
@@ -139,15 +147,15 @@ impl Backfill {
         .await?;
         let sample = sample_slice(&pipeline);
         let sql = template::render(&pipeline.sql, &sample.variables(), &pipeline.sql_origin)?;
-        let ctx = sources.context(1)?;
-        let frame =
-            source::read_only_query(&ctx, &sql, || format!("{}: transform", pipeline.sql_origin))
-                .await?;
+        let frame = source::read_only_query(sources.planning_state(1), &sql, || {
+            format!("{}: transform", pipeline.sql_origin)
+        })
+        .await?;
         let schema = output_schema(frame.schema().as_arrow())
             .map_err(|m| Error::config(&pipeline.sql_origin, m))?;
         check_columns(&pipeline, &schema)?;
         check_destination_apart(&pipeline)?;
-        check_assertion_sql(&pipeline, &ctx, &schema, &sample).await?;
+        check_assertion_sql(&pipeline, &sources.context(1)?, &schema, &sample).await?;
         let sink = Sink::open(
             &pipeline.name,
             &pipeline.destination,
@@ -234,31 +242,39 @@ impl Backfill {
 
     /// The plans of a selection's slices, without an estimate.
     pub async fn slice_plans(
-        &self,
+        self: &Arc<Self>,
         selection: &Selection,
         reprocess: Reprocess,
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
         let slices = self.slices(selection)?;
-        let known = self.known(Summaries::ReadOnly).await?;
+        let known = Arc::new(self.known(Summaries::ReadOnly).await?);
         self.plan_slices(slices, &known, reprocess, concurrency)
             .await
     }
 
+    /// Plans `slices`, `concurrency` at a time, each on a task of its own so that
+    /// planning thousands of slices uses every core; the plans come back in order.
     pub(crate) async fn plan_slices(
-        &self,
+        self: &Arc<Self>,
         slices: Vec<Slice>,
-        known: &Known,
+        known: &Arc<Known>,
         reprocess: Reprocess,
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
         futures::stream::iter(slices)
-            .map(|slice| async {
-                // These plans are never executed: one partition is the cheapest to plan.
-                let (plan, _prepared) = self.plan_slice(slice, known, reprocess, 1).await?;
-                Ok::<_, Error>(plan)
+            .map(|slice| {
+                let (backfill, known) = (self.clone(), known.clone());
+                tokio::spawn(async move {
+                    // These plans are never executed: one partition is the cheapest to plan.
+                    let planned = backfill.plan_slice(slice, &known, reprocess, 1).await;
+                    planned.map(|(plan, _prepared)| plan)
+                })
             })
             .buffered(concurrency.max(1))
+            .map(|joined| {
+                joined.map_err(|e| Error::Internal(format!("planning a slice panicked: {e}")))?
+            })
             .try_collect()
             .await
     }
@@ -332,9 +348,9 @@ impl Backfill {
             &slice.variables(),
             &self.pipeline.sql_origin,
         )?;
-        let ctx = self.sources.context(partitions)?;
+        let state = self.sources.planning_state(partitions);
         let context = || format!("slice {}: planning the transform", slice.key);
-        let frame = source::read_only_query(&ctx, &sql, context).await?;
+        let frame = source::read_only_query(state, &sql, context).await?;
         let casts: Vec<_> = frame
             .schema()
             .iter()
@@ -366,22 +382,25 @@ impl Backfill {
             ));
         }
         let referenced = referenced_tables(frame.logical_plan());
-        let (plan, files, problem) = match frame.create_physical_plan().await.context(context) {
-            Ok(plan) => {
-                let files = self.sources.scanned_files(&plan);
-                let problem = self.sources.left_out(&files).map(|(file, why)| {
-                    format!("source file {file} was left out of the source's schema: {why}")
-                });
-                (plan, files, problem)
-            }
-            // A source file that is not valid Parquet fails this slice only; `plan` shows
-            // it rather than failing for every slice.
-            Err(Error::Data { message, .. }) => {
-                let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(self.schema.clone()));
-                (empty, vec![], Some(message))
-            }
-            Err(error) => return Err(error),
-        };
+        let (state, logical) = frame.into_parts();
+        let (plan, files, problem) =
+            match state.create_physical_plan(&logical).await.context(context) {
+                Ok(plan) => {
+                    let files = self.sources.scanned_files(&plan);
+                    let problem = self.sources.left_out(&files).map(|(file, why)| {
+                        format!("source file {file} was left out of the source's schema: {why}")
+                    });
+                    (plan, files, problem)
+                }
+                // A source file that is not valid Parquet fails this slice only; `plan` shows
+                // it rather than failing for every slice.
+                Err(Error::Data { message, .. }) => {
+                    let empty: Arc<dyn ExecutionPlan> =
+                        Arc::new(EmptyExec::new(self.schema.clone()));
+                    (empty, vec![], Some(message))
+                }
+                Err(error) => return Err(error),
+            };
         // A source the SQL reads but whose partitions hold no file for this slice:
         // expired by retention, a wrong path, or a range beyond the data.
         let empty_sources = referenced
@@ -395,7 +414,7 @@ impl Backfill {
             files,
             empty_sources,
             problem,
-            prepared: Prepared { ctx, plan },
+            prepared: Prepared { state, plan },
         })
     }
 }
@@ -553,7 +572,7 @@ async fn check_assertion_sql(
         };
         let rendered = template::render(sql, &sample.variables(), &file)?;
         let context = || format!("{file}: assertion `{sql}`");
-        let frame = source::read_only_query(ctx, &rendered, context).await?;
+        let frame = source::read_only_query(ctx.state(), &rendered, context).await?;
         let fields = frame.schema().fields();
         if fields.len() != 1 || fields[0].data_type() != &DataType::Boolean {
             return Err(Error::config(context(), "must return one boolean column"));

@@ -211,8 +211,7 @@ async fn sample_basis(backfill: &Backfill, sample: &SlicePlan) -> Result<Basis> 
     let started = Instant::now();
     // On one core, as a slice in flight has: the estimate spreads slices over concurrency.
     let prepared = backfill.plan_transform(&sample.slice, 1).await?.prepared;
-    let mut stream =
-        execute_stream(prepared.plan.clone(), prepared.ctx.task_ctx()).context(context)?;
+    let mut stream = execute_stream(prepared.plan.clone(), prepared.task_ctx()).context(context)?;
     let mut encoder = ArrowWriter::try_new(std::io::sink(), stream.schema(), None)
         .map_err(|e| Error::Internal(e.to_string()))?;
     while let Some(batch) = stream.next().await {

@@ -2,6 +2,8 @@
 //! the estimate of the run, and for a rebuild what its swap would replace. `plan --json`
 //! is this value serialized. Reading only.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::engine::{Backfill, SlicePlan};
@@ -26,7 +28,7 @@ impl Backfill {
     /// `reprocess` choice would run it, what it reads, and an estimate of the whole
     /// (`concurrency` slices at a time, or as many as the run would choose).
     pub async fn plan(
-        &self,
+        self: &Arc<Self>,
         selection: &Selection,
         reprocess: Reprocess,
         concurrency: Option<usize>,

@@ -7,6 +7,7 @@
 //! before anything is swapped. This module reads only; it never writes or commits.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
@@ -44,14 +45,17 @@ impl RebuildPreview {
     /// Runs `sql` over the tables `staged` and `current`.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         let context = || format!("preview query `{sql}`");
-        let frame = crate::source::read_only_query(&self.ctx, sql, context).await?;
+        let frame = crate::source::read_only_query(self.ctx.state(), sql, context).await?;
         frame.collect().await.context(context)
     }
 }
 
 impl Backfill {
     /// The table a rebuild of `selection` would swap in, from what is staged and done.
-    pub async fn rebuild_preview(&self, selection: &Selection) -> Result<RebuildPreview> {
+    pub async fn rebuild_preview(
+        self: &Arc<Self>,
+        selection: &Selection,
+    ) -> Result<RebuildPreview> {
         if self.pipeline.destination.strategy != Strategy::Rebuild {
             return Err(Error::config(
                 self.pipeline.file.display().to_string(),

@@ -59,7 +59,7 @@ enum Order {
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
     let selection = args.selection.selection();
-    let backfill = Arc::new(args.pipeline.open(Some(selection.clone())).await?);
+    let backfill = args.pipeline.open(Some(selection.clone())).await?;
     let options = RunOptions {
         reprocess: args.choice.reprocess(),
         concurrency: args.concurrency.map(usize::from),

@@ -18,7 +18,7 @@ impl Run {
         loop {
             attempt += 1;
             let started = Instant::now();
-            let running = self.run_slice(slice.clone(), attempt, started);
+            let running = self.run_slice(slice.clone(), index, attempt, started);
             let result = match options.slice_timeout {
                 None => running.await,
                 Some(limit) => tokio::time::timeout(limit, running)

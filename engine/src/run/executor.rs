@@ -10,6 +10,6 @@ use crate::slice::Slice;
 
 /// Starts executing `prepared`, the plan of `slice`, and streams its output.
 pub(super) fn execute(slice: &Slice, prepared: &Prepared) -> Result<SendableRecordBatchStream> {
-    execute_stream(prepared.plan.clone(), prepared.ctx.task_ctx())
+    execute_stream(prepared.plan.clone(), prepared.task_ctx())
         .context(|| format!("slice {}: running the transform", slice.key))
 }

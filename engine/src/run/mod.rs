@@ -203,18 +203,23 @@ impl Backfill {
         if options.newest_first {
             slices.reverse();
         }
-        let known = self.known(Summaries::Save).await?;
+        let known = Arc::new(self.known(Summaries::Save).await?);
         // Pre-flight: every slice planned (listings and footers, no data) before any
-        // starts. The plans are not kept: each slice plans again when it starts, so it
-        // sees files that arrive in between.
-        let concurrency = {
+        // starts. The plans are not kept: each slice to run plans again when it starts, so
+        // it sees files that arrive in between. A slice the pre-flight chose not to run
+        // (done, or a state not chosen) is skipped without planning it again.
+        let (concurrency, not_run) = {
             let slices = slices.clone();
             let planned = self
                 .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
                 .await?;
             crate::estimate::preflight(&planned, &options.budget)?;
             let chosen = || crate::estimate::chosen_concurrency(&planned, default_concurrency());
-            options.concurrency.unwrap_or_else(chosen)
+            let not_run = planned
+                .iter()
+                .map(|p| (!p.will_run).then(|| p.state.name()))
+                .collect();
+            (options.concurrency.unwrap_or_else(chosen), not_run)
         };
         let options = &RunOptions {
             concurrency: Some(concurrency),
@@ -225,6 +230,7 @@ impl Backfill {
             backfill: self.clone(),
             options: options.clone(),
             known,
+            not_run,
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
             staged: Default::default(),
@@ -366,7 +372,10 @@ struct Run {
     options: RunOptions,
     run_id: String,
     /// The Delta log's records and the failed slices, as the run started.
-    known: Known,
+    known: Arc<Known>,
+    /// For each slice, in run order, the state for which the pre-flight chose not to run
+    /// it, if it did.
+    not_run: Vec<Option<&'static str>>,
     history: History,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
     staged: std::sync::Mutex<HashMap<String, StagedSlice>>,

@@ -1,6 +1,6 @@
-//! One attempt at one slice: plan it, skip it if it needs no run, execute its transform,
-//! stage the output, check it, and publish it with its record (or, for a rebuild,
-//! remember it for the swap).
+//! One attempt at one slice: skip it if the pre-flight chose not to run it, plan it, skip
+//! it if it needs no run after all, execute its transform, stage the output, check it,
+//! and publish it with its record (or, for a rebuild, remember it for the swap).
 
 use std::time::Instant;
 
@@ -17,9 +17,15 @@ impl Run {
     pub(super) async fn run_slice(
         &self,
         slice: Slice,
+        index: usize,
         attempt: u32,
         started: Instant,
     ) -> Result<SliceStatus> {
+        if let Some(state) = self.not_run[index] {
+            return Ok(SliceStatus::Skipped {
+                state: state.to_string(),
+            });
+        }
         let backfill = &self.backfill;
         let (planned, prepared) = backfill
             .plan_slice(
@@ -60,7 +66,8 @@ impl Run {
         let staged_at = started.elapsed();
 
         let checked = assertions::check(
-            &prepared.ctx,
+            &backfill.sources,
+            self.options.partitions_per_slice(),
             &backfill.pipeline.assertions,
             &staged,
             &backfill.schema,

@@ -1,10 +1,12 @@
 //! Sources as SQL tables, and the DataFusion sessions slices run in.
 //!
-//! Owns resolving each source once per run (schema inference, table provider) and handing
-//! every slice a fresh [`SessionContext`] over the same providers and runtime: a slice
-//! then sees exactly the source tables plus its own `slice` output, and nothing it
-//! registers leaks into another slice. Listings are never cached across slices, so each
-//! slice sees its source files as they are when it starts. This module does not write.
+//! Owns resolving each source once per run (schema inference, table provider) and the
+//! DataFusion sessions over those providers and one runtime: every slice's transform is
+//! planned in one shared session where nothing is registered but the sources, and
+//! whatever registers a table of its own (a slice's checks, a preview) gets a fresh
+//! [`SessionContext`], so nothing it registers leaks into another slice. Listings are
+//! never cached across slices, so each slice sees its source files as they are when it
+//! is planned. This module does not write.
 //!
 //! A kind of source is a [`SourceTable`] (`hive.rs`: hive-partitioned Parquet);
 //! `query.rs` plans SQL as read-only queries; `stores.rs` makes the object stores.
@@ -22,6 +24,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::limit::LimitStore;
@@ -58,6 +61,8 @@ pub struct Sources {
     tables: Vec<(String, Arc<dyn SourceTable>)>,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
+    /// The session transforms are planned in: the sources, and nothing else, ever.
+    planning: SessionContext,
 }
 
 /// A file a slice's plan reads, as listed by the object store.
@@ -137,10 +142,12 @@ impl Sources {
             let table = HiveParquet::resolve(pipeline, source, &ctx, scope).await?;
             tables.push((source.name.clone(), Arc::new(table)));
         }
+        register(&ctx, &tables)?;
         Ok(Sources {
             tables,
             config,
             runtime,
+            planning: ctx,
         })
     }
 
@@ -164,26 +171,43 @@ impl Sources {
         self.tables.iter().any(|(source, _)| source == name)
     }
 
-    /// A fresh context for one slice (or one validation), with every source registered,
-    /// whose plans split into `partitions` streams.
+    /// A session to plan a slice's transform in, whose plans split into `partitions`
+    /// streams. Every slice plans in a copy of the same session, which costs far less
+    /// than building one: with thousands of small slices, that cost adds up.
+    pub fn planning_state(&self, partitions: usize) -> SessionState {
+        let mut state = self.planning.state();
+        state.config_mut().options_mut().execution.target_partitions = partitions.max(1);
+        state
+    }
+
+    /// A fresh context, with every source registered, for work that registers tables of
+    /// its own (a slice's checks, a validation, a preview); its plans split into
+    /// `partitions` streams.
     pub fn context(&self, partitions: usize) -> Result<SessionContext> {
         let config = self
             .config
             .clone()
             .with_target_partitions(partitions.max(1));
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
-        for (name, table) in &self.tables {
-            ctx.register_table(name.as_str(), table.provider())
-                .map_err(|e| Error::Internal(format!("cannot register source `{name}`: {e}")))?;
-        }
+        register(&ctx, &self.tables)?;
         Ok(ctx)
     }
 }
 
+/// Registers each source in `ctx` under its name.
+fn register(ctx: &SessionContext, tables: &[(String, Arc<dyn SourceTable>)]) -> Result<()> {
+    for (name, table) in tables {
+        ctx.register_table(name.as_str(), table.provider())
+            .map_err(|e| Error::Internal(format!("cannot register source `{name}`: {e}")))?;
+    }
+    Ok(())
+}
+
 fn session_config() -> SessionConfig {
     let mut config = SessionConfig::new().with_information_schema(false);
-    // Strings are read as views, which decode and group faster; only the transform's
-    // output is cast to the plain types Delta stores (see `Backfill::plan_transform`).
+    // Readers that follow the session (a Delta table's provider, in a preview) read
+    // strings as views. Sources and staged slices carry their own format, which reads
+    // them plain (see `parquet_format`).
     config
         .options_mut()
         .execution

@@ -1,7 +1,8 @@
 //! The one way SQL is planned: a single read-only query, nothing else.
 
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::execution::SessionState;
+use datafusion::prelude::DataFrame;
 
 use crate::error::{Error, Result, ResultExt};
 
@@ -11,15 +12,16 @@ use crate::error::{Error, Result, ResultExt};
 /// listing table write files, `CREATE EXTERNAL TABLE` reads any path, DDL changes the
 /// session. Anything but a query is refused before it is planned, naming `location`
 /// (the file, or the option, the SQL came from); planning then disallows DDL, DML and
-/// statements as well, in case a query ever smuggles one in.
+/// statements as well, in case a query ever smuggles one in. The frame plans and runs
+/// in `state`.
 pub async fn read_only_query(
-    ctx: &SessionContext,
+    state: SessionState,
     sql: &str,
     location: impl Fn() -> String,
 ) -> Result<DataFrame> {
     use datafusion::sql::parser::{DFParser, Statement};
     use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-    let statements = DFParser::parse_sql(sql).context(&location)?;
+    let mut statements = DFParser::parse_sql(sql).context(&location)?;
     let allowed = "a single read-only query (SELECT, WITH ... SELECT or VALUES)";
     match statements.len() {
         1 => {}
@@ -48,9 +50,16 @@ pub async fn read_only_query(
             format!("`{kind} ...` is not allowed: the SQL must be {allowed}, which cannot write or read outside the declared sources"),
         ));
     }
-    let options = SQLOptions::new()
+    let statement = statements.pop_front().expect("exactly one statement");
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .context(&location)?;
+    SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
-        .with_allow_statements(false);
-    ctx.sql_with_options(sql, options).await.context(location)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .context(&location)?;
+    Ok(DataFrame::new(state, plan))
 }
