@@ -36,7 +36,8 @@ fn clean_now(case: &Case) -> serde_json::Value {
 /// every Parquet file in the folder is one the log adds, and the table is the clean one.
 #[tokio::test]
 async fn after_kills_and_reruns_clean_leaves_only_files_the_log_references() {
-    // Two in flight, so that the eight slices take several commits to kill between.
+    // One slice per commit, so that the eight slices take several commits to kill
+    // between.
     let range = [
         "--start",
         "2024-01-01",
@@ -44,6 +45,8 @@ async fn after_kills_and_reruns_clean_leaves_only_files_the_log_references() {
         "2024-01-08",
         "--concurrency",
         "2",
+        "--max-slices-per-commit",
+        "1",
     ];
     let mut leftovers = 0;
     for pipeline in ["orders_clean", "orders_merge", "orders_append"] {

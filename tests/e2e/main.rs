@@ -343,7 +343,8 @@ async fn append_never_duplicates_on_rerun_or_force() {
 async fn append_after_the_log_history_expired_replaces_instead_of_duplicating() {
     let case = Case::new("orders_append");
     let range = ["--start", "2024-01-01", "--end", "2024-01-03"];
-    case.ok("run", &[&range[..], &["--concurrency", "1"]].concat(), 0);
+    let one_at_a_time = ["--concurrency", "1", "--max-slices-per-commit", "1"];
+    case.ok("run", &[&range[..], &one_at_a_time].concat(), 0);
 
     // Log cleanup: a checkpoint at version 2, then the commits before it (and the records
     // of 2024-01-01 and 2024-01-02 in them) are gone.
@@ -777,7 +778,8 @@ fn report_is_one_self_contained_html_page() {
 
 #[tokio::test]
 async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
-    // Two in flight, so that the fourteen slices take many commits to kill between.
+    // One slice per commit, so that the fourteen slices take many commits to kill
+    // between.
     let range = [
         "--start",
         "2024-01-01",
@@ -785,6 +787,8 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
         "2024-01-14",
         "--concurrency",
         "2",
+        "--max-slices-per-commit",
+        "1",
     ];
     let clean = Case::new("orders_clean");
     clean.ok("run", &range, 0);
@@ -825,10 +829,14 @@ async fn kill_9_at_any_point_then_the_same_command_gives_the_clean_table() {
 
 #[tokio::test]
 async fn kill_9_during_grouped_commits_then_the_same_command_commits_each_slice_once() {
-    // 48 tiny hourly slices, 8 in flight: slices wait for each other's commits and go
-    // together.
+    // 48 tiny hourly slices, 8 computed at once: slices wait for each other's commits and
+    // go together, four at most, so that there are commits to kill between.
     let range = ["--start", "2024-01-01T00", "--end", "2024-01-02T23"];
-    let eight_at_once = [&range[..], &["--concurrency", "8"]].concat();
+    let eight_at_once = [
+        &range[..],
+        &["--concurrency", "8", "--max-slices-per-commit", "4"],
+    ]
+    .concat();
     let clean = Case::new("hourly_events");
     clean.ok("run", &eight_at_once, 0);
     let all = "SELECT * FROM t ORDER BY dt, hr, customer_id";
@@ -850,6 +858,11 @@ async fn kill_9_during_grouped_commits_then_the_same_command_commits_each_slice_
     assert!(
         commits.iter().any(|&n| n < 48),
         "some commits must have carried several slices: {commits:?} commits for 48 slices"
+    );
+    assert!(
+        commits[0] >= 12,
+        "--max-slices-per-commit 4: {} commits for 48 slices",
+        commits[0]
     );
 }
 

@@ -21,10 +21,15 @@ pub struct RunArgs {
     selection: SelectionArgs,
     #[command(flatten)]
     choice: ChoiceArgs,
-    /// Slices in flight at once [default: one per core, or 8 per core when nine in ten
-    /// slices to compute read at most 8 MiB].
+    /// Slices computed at once; checked slices waiting for their commit do not count
+    /// [default: one per core, or 8 per core when nine in ten slices to compute read at
+    /// most 8 MiB].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
+    /// Commit at most N slices together [default: every checked slice waiting for a
+    /// commit, up to 128]; 1 commits each slice on its own.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    max_slices_per_commit: Option<u16>,
     /// Further attempts for a slice that failed for a transient reason (storage, a
     /// conflict with another writer, the time limit), with exponential backoff and
     /// jitter. Failed checks, SQL errors and bad data are never retried.
@@ -63,6 +68,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
     let options = RunOptions {
         reprocess: args.choice.reprocess(),
         concurrency: args.concurrency.map(usize::from),
+        most_per_commit: args.max_slices_per_commit.map(usize::from),
         retries: args.retries,
         slice_timeout: args.slice_timeout,
         newest_first: args.order == Order::Desc,

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::{millis, Run};
 use crate::error::Error;
 use crate::history::Attempt;
@@ -11,14 +13,23 @@ use crate::states::SliceStatus;
 
 impl Run {
     /// Runs a slice until it succeeds, fails for a reason retrying cannot fix, or has used
-    /// its retries. Returns its status and the number of attempts.
-    pub(super) async fn attempt_slice(&self, slice: &Slice, index: usize) -> (SliceStatus, u32) {
+    /// its retries, starting in `place`. Returns its status and the number of attempts.
+    pub(super) async fn attempt_slice(
+        &self,
+        slice: &Slice,
+        index: usize,
+        place: OwnedSemaphorePermit,
+    ) -> (SliceStatus, u32) {
         let options = &self.options;
         let mut attempt = 0;
+        let mut place = Some(place);
         loop {
             attempt += 1;
+            if place.is_none() {
+                place = Some(self.place().await);
+            }
             let started = Instant::now();
-            let running = self.run_slice(slice.clone(), index, attempt, started);
+            let running = self.run_slice(slice.clone(), index, attempt, started, &mut place);
             let result = match options.slice_timeout {
                 None => running.await,
                 Some(limit) => tokio::time::timeout(limit, running)
@@ -55,6 +66,8 @@ impl Run {
             if !transient || attempt > options.retries {
                 return (status, attempt);
             }
+            // Nothing to compute while waiting to retry: the place goes to another slice.
+            place = None;
             let wait = backoff(options.backoff, attempt);
             tracing::warn!(slice = %slice.key, attempt, "retrying in {wait:?} after a transient failure");
             options.clock.sleep(wait).await;

@@ -36,6 +36,7 @@ use crate::ledger::{Ledger, StagedSlice, Summaries};
 use crate::pipeline::Strategy;
 use crate::slice::Selection;
 use crate::states::{RebuildOutcome, Reprocess, SliceStatus};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How a run behaves, beyond which slices it runs.
@@ -43,9 +44,13 @@ use tokio_util::sync::CancellationToken;
 pub struct RunOptions {
     /// Which slices to run, by their state.
     pub reprocess: Reprocess,
-    /// Slices in flight at once; `None` chooses from the slices' sizes once they are
-    /// planned ([`crate::estimate::chosen_concurrency`]).
+    /// Slices computed at once (checked slices waiting for their commit do not count);
+    /// `None` chooses from the slices' sizes once they are planned
+    /// ([`crate::estimate::chosen_concurrency`]).
     pub concurrency: Option<usize>,
+    /// The most slices one commit carries; `None` takes every checked slice waiting, up
+    /// to what the strategy and the sink allow.
+    pub most_per_commit: Option<usize>,
     /// Further attempts for a slice that failed for a transient reason.
     pub retries: u32,
     /// About how long the first retry waits; each later one waits twice as long.
@@ -93,6 +98,7 @@ impl Default for RunOptions {
         RunOptions {
             reprocess: Reprocess::default(),
             concurrency: None,
+            most_per_commit: None,
             retries: 2,
             backoff: Duration::from_secs(1),
             slice_timeout: None,
@@ -106,6 +112,12 @@ impl Default for RunOptions {
 
 /// Slices planned at once before a run: planning waits on listings and footers, not cores.
 const PREFLIGHT_CONCURRENCY: usize = 16;
+
+/// Checked slices that may wait for their commit, per place to compute: waiting, they hold
+/// no place, so other slices compute meanwhile. Commits slow down as the table grows
+/// (delta-rs replays the table's file list after each), and more slices then go in each
+/// one instead of computing stalling until the commit is done.
+const WAITING_PER_PLACE: usize = 3;
 
 impl RunOptions {
     /// How many streams DataFusion splits one slice's plan into: the cores left to each
@@ -231,6 +243,7 @@ impl Backfill {
             options: options.clone(),
             known,
             not_run,
+            places: Arc::new(Semaphore::new(concurrency.max(1))),
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
             staged: Default::default(),
@@ -254,19 +267,29 @@ impl Backfill {
         reporter.run_started(&run_id, slices.len());
         let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
         let stop = options.stop.clone();
-        let mut outcomes: Vec<(usize, SliceOutcome)> =
+        let finished: Vec<(usize, Option<SliceOutcome>)> =
             futures::stream::iter(slices.into_iter().enumerate())
-                // Asked each time a place frees up: once stopping, no new slice starts.
+                // Asked each time a task ends: once stopping, no new slice starts.
                 .take_while(move |_| std::future::ready(!stop.is_stopping()))
-                .map(|(index, slice)| {
+                // Places are taken here, one slice after the other, so slices start in
+                // run order.
+                .then(|(index, slice)| {
+                    let run = run.clone();
+                    async move { (index, slice, run.place().await) }
+                })
+                .map(|(index, slice, place)| {
                     let (run, reporter, stop) =
                         (run.clone(), reporter.clone(), options.stop.clone());
                     // Each slice on its own task, so slices compute on all cores at once.
                     tokio::spawn(async move {
+                        if stop.is_stopping() {
+                            // Stopped while it waited for a place: it never started.
+                            return (index, None);
+                        }
                         reporter.slice_started(&slice.key);
                         let started = Instant::now();
                         let (status, attempts) = tokio::select! {
-                            finished = run.attempt_slice(&slice, index) => finished,
+                            finished = run.attempt_slice(&slice, index, place) => finished,
                             _ = stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
                         };
                         let outcome = SliceOutcome {
@@ -276,10 +299,10 @@ impl Backfill {
                             attempts,
                         };
                         reporter.slice_finished(&outcome);
-                        (index, outcome)
+                        (index, Some(outcome))
                     })
                 })
-                .buffer_unordered(concurrency.max(1))
+                .buffer_unordered(concurrency.max(1) * (1 + WAITING_PER_PLACE))
                 .map(|joined| {
                     joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
                 })
@@ -288,13 +311,20 @@ impl Backfill {
                 .into_iter()
                 .collect::<Result<_>>()?;
         // Slices finish in any order; the summary lists them in run order.
-        outcomes.sort_by_key(|(index, _)| *index);
-        let mut outcomes: Vec<SliceOutcome> =
-            outcomes.into_iter().map(|(_, outcome)| outcome).collect();
+        let mut in_run_order: Vec<Option<SliceOutcome>> = keys.iter().map(|_| None).collect();
+        for (index, outcome) in finished {
+            in_run_order[index] = outcome;
+        }
+        let not_started = keys
+            .iter()
+            .zip(&in_run_order)
+            .filter(|(_, outcome)| outcome.is_none())
+            .map(|(key, _)| key.clone())
+            .collect::<Vec<_>>();
+        let mut outcomes: Vec<SliceOutcome> = in_run_order.into_iter().flatten().collect();
         if outcomes.iter().any(|o| o.status == SliceStatus::Abandoned) {
             self.settle_abandoned(&mut outcomes, &run.run_id).await?;
         }
-        let not_started = keys[outcomes.len()..].to_vec();
         let rebuild = match self.pipeline.destination.strategy {
             Strategy::Rebuild => {
                 let staged = std::mem::take(&mut *run.staged.lock().expect("not poisoned"));
@@ -376,12 +406,24 @@ struct Run {
     /// For each slice, in run order, the state for which the pre-flight chose not to run
     /// it, if it did.
     not_run: Vec<Option<&'static str>>,
+    /// The places to compute a slice in, `concurrency` of them. A checked slice gives
+    /// its place up while it waits for its commit.
+    places: Arc<Semaphore>,
     history: History,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
     staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
 }
 
 impl Run {
+    /// Waits for a place to compute a slice in.
+    async fn place(&self) -> OwnedSemaphorePermit {
+        let places = self.places.clone();
+        places
+            .acquire_owned()
+            .await
+            .expect("the places are never closed")
+    }
+
     fn remember_staged(&self, staged: StagedSlice) {
         let mut all = self.staged.lock().expect("not poisoned");
         all.insert(staged.record.slice.clone(), staged);

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::{millis, Run};
 use crate::assertions;
 use crate::error::{Error, Result};
@@ -20,6 +22,7 @@ impl Run {
         index: usize,
         attempt: u32,
         started: Instant,
+        place: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<SliceStatus> {
         if let Some(state) = self.not_run[index] {
             return Ok(SliceStatus::Skipped {
@@ -130,7 +133,11 @@ impl Run {
                 reused: false,
             });
         }
-        let published = backfill.sink.publish(slice, &staged, &record).await?;
+        // Computing is done: the place goes to another slice while this one waits for its
+        // commit.
+        drop(place.take());
+        let most = self.options.most_per_commit;
+        let published = backfill.sink.publish(slice, &staged, &record, most).await?;
         tracing::debug!(
             slice = %slice.key,
             planned_ms = millis(planned_at),

@@ -99,13 +99,15 @@ impl Drop for LeavesLine<'_> {
 impl Sink {
     /// Publishes a staged slice in one atomic commit carrying its `txn` and `record`,
     /// unless the slice was committed since the run read the log. The commit may carry
-    /// other slices that were waiting at the same time, each with its own `txn` and
-    /// record: the slice is in the table completely, or not at all, either way.
+    /// other slices that were waiting at the same time (`most_per_commit` at most, if
+    /// given), each with its own `txn` and record: the slice is in the table completely,
+    /// or not at all, either way.
     pub async fn publish(
         &self,
         slice: &Slice,
         staged: &Staged,
         record: &SliceRecord,
+        most_per_commit: Option<usize>,
     ) -> Result<Published> {
         let (sender, mut outcome) = oneshot::channel();
         let id = self.line.lock().expect("not poisoned").join(|id| Waiting {
@@ -132,7 +134,10 @@ impl Sink {
                 published = &mut outcome => return published.unwrap_or_else(|_| Err(interrupted())),
                 view = self.view.lock() => view,
             };
-            let most = self.writes.most_per_commit();
+            let most = self
+                .writes
+                .most_per_commit()
+                .min(most_per_commit.unwrap_or(usize::MAX));
             let group = self.line.lock().expect("not poisoned").next_group(most);
             if group.is_empty() {
                 // Another holder of the view took this slice and is settling its commit.

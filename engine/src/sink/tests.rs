@@ -268,7 +268,7 @@ async fn spawn_publishers(
         let record = record(slice, &staged, 1);
         let (sink, slice) = (sink.clone(), slice.clone());
         tasks.push(tokio::spawn(async move {
-            sink.publish(&slice, &staged, &record).await
+            sink.publish(&slice, &staged, &record, None).await
         }));
     }
     tasks
@@ -379,7 +379,10 @@ async fn a_group_that_conflicts_with_a_writer_of_another_pipeline_commits_none_o
         pipeline: "q".into(),
         ..record(&three[0], &staged, 1)
     };
-    other.publish(&three[0], &staged, &record).await.unwrap();
+    other
+        .publish(&three[0], &staged, &record, None)
+        .await
+        .unwrap();
 
     let error = try_publish_together(&ours, &three[..2], 5, 2)
         .await
