@@ -10,8 +10,8 @@ slice's partition with delta-rs (`write_deltalake(..., mode="overwrite", predica
 
 Run the Rust case first: it generates the bucket. Like it, each case runs five times
 (`--repeat N` to change) into a fresh table and reports the median run's wall and CPU
-time, the time per slice over the first and last tenth of its slices, and the process's
-peak memory.
+time, the time per slice over the first and last tenth of its slices, the process's
+peak memory and the size of the table written.
 
 Needs `pip install polars deltalake pyarrow`.
 """
@@ -65,7 +65,8 @@ def hourly_slices(bucket: Path, hours: int):
 
 
 def run(slices, transform):
-    """One loop over the slices into a fresh table: wall time, CPU time, finish times."""
+    """One loop over the slices into a fresh table: wall time, CPU time, finish times, and
+    the size of the table it wrote."""
     with tempfile.TemporaryDirectory() as destination:
         table = str(Path(destination) / "table")
         started, cpu = time.perf_counter(), time.process_time()
@@ -83,7 +84,9 @@ def run(slices, transform):
                 predicate=predicate,
             )
             finished.append(time.perf_counter() - started)
-        return time.perf_counter() - started, time.process_time() - cpu, finished
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        table_bytes = sum(f.stat().st_size for f in Path(table).rglob("*") if f.is_file())
+        return wall, cpu, finished, table_bytes
 
 
 def main() -> None:
@@ -95,14 +98,14 @@ def main() -> None:
     else:
         slices, transform = lambda: daily_slices(bucket), {"rows": rows, "distinct": distinct}[case]
     runs = sorted((run(slices(), transform) for _ in range(repeat)), key=lambda r: r[0])
-    wall, cpu, finished = runs[len(runs) // 2]
+    wall, cpu, finished, table_bytes = runs[len(runs) // 2]
     n = len(finished)
     tenth = max(n // 10, 1)
     first = finished[tenth - 1] * 1000 / tenth
     last = (finished[-1] - finished[-tenth - 1]) * 1000 / tenth if n > tenth else first
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000
-    print(f"{'case':<9} {'slices':>7} {'wall s':>9} {'cpu s':>9} {'ms/slice':>10} {'first 10%':>12} {'last 10%':>12} {'peak MB':>9}")
-    print(f"{case:<9} {n:>7} {wall:>9.2f} {cpu:>9.2f} {wall * 1000 / n:>10.1f} {first:>12.1f} {last:>12.1f} {peak:>9.0f}")
+    print(f"{'case':<9} {'slices':>7} {'wall s':>9} {'cpu s':>9} {'ms/slice':>10} {'first 10%':>12} {'last 10%':>12} {'peak MB':>9} {'table MB':>9}")
+    print(f"{case:<9} {n:>7} {wall:>9.2f} {cpu:>9.2f} {wall * 1000 / n:>10.1f} {first:>12.1f} {last:>12.1f} {peak:>9.0f} {table_bytes / 1e6:>9.1f}")
 
 
 if __name__ == "__main__":

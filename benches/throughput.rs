@@ -17,7 +17,8 @@
 //!
 //! The bucket is generated once and cached under `target/bench-buckets/`. Each case runs
 //! `--repeat` times (default 5) into a fresh table; the median run is reported with its
-//! CPU time, and the process's peak memory. For the hourly case, the time per slice over
+//! CPU time, its commits (a commit carries several slices when they are ready together),
+//! the size of the table it wrote, and the process's peak memory. The time per slice over
 //! the first and the last tenth of the median run's slices shows whether cost per slice
 //! stays flat. `benches/polars_loop.py` runs the same slices as a Python loop of polars +
 //! delta-rs and prints the same figures; run both on the same machine, one after the other.
@@ -139,7 +140,7 @@ fn main() {
     let median = &runs[runs.len() / 2];
     let (first_tenth, last_tenth) = median.tenths();
     println!(
-        "{:<9} {:>7} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9}",
+        "{:<9} {:>7} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>9}",
         "case",
         "slices",
         "commits",
@@ -148,10 +149,11 @@ fn main() {
         "ms/slice",
         "first 10%",
         "last 10%",
-        "peak MB"
+        "peak MB",
+        "table MB"
     );
     println!(
-        "{case:<9} {:>7} {:>8} {:>9.2} {:>9.2} {:>10.1} {:>12.1} {:>12.1} {:>9.0}",
+        "{case:<9} {:>7} {:>8} {:>9.2} {:>9.2} {:>10.1} {:>12.1} {:>12.1} {:>9.0} {:>9.1}",
         bench.slice_count,
         median.commits,
         median.wall.as_secs_f64(),
@@ -160,6 +162,7 @@ fn main() {
         first_tenth,
         last_tenth,
         peak_memory_mb(),
+        mb(median.table_bytes),
     );
 }
 
@@ -173,12 +176,14 @@ struct Bench {
     slice_count: usize,
 }
 
-/// One run's wall and CPU time, when each slice finished, and how many commits it made.
+/// One run's wall and CPU time, when each slice finished, how many commits it made, and
+/// the size of the table it wrote.
 struct Measured {
     wall: Duration,
     cpu: Duration,
     finished: Vec<Duration>,
     commits: usize,
+    table_bytes: u64,
 }
 
 impl Measured {
@@ -246,6 +251,7 @@ impl Bench {
             cpu,
             finished,
             commits,
+            table_bytes: dir_bytes(destination.path()),
         }
     }
 
