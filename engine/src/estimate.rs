@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::engine::{Backfill, SlicePlan};
 use crate::error::{Error, Result, ResultExt, Setting};
+use crate::ledger::Ledger;
 use crate::states::SliceState;
 
 /// The cost of running the slices a plan would run.
@@ -132,10 +133,16 @@ fn computed(planned: &[SlicePlan]) -> impl Iterator<Item = &SlicePlan> {
 }
 
 impl Backfill {
-    /// Estimates running the slices of `planned` that a run would compute.
-    pub async fn estimate(&self, planned: &[SlicePlan], concurrency: usize) -> Result<Estimate> {
+    /// Estimates running the slices of `planned` that a run would compute, from the
+    /// throughput of the slices in `ledger` or else of a sample slice.
+    pub(crate) async fn estimate(
+        &self,
+        planned: &[SlicePlan],
+        ledger: &Ledger,
+        concurrency: usize,
+    ) -> Result<Estimate> {
         let to_run: Vec<&SlicePlan> = computed(planned).collect();
-        let basis = match self.history_basis().await? {
+        let basis = match history_basis(ledger) {
             Some(basis) => Some(basis),
             None => match to_run.iter().find(|p| p.source_bytes() > 0) {
                 Some(sample) => Some(sample_basis(self, sample).await?),
@@ -144,18 +151,17 @@ impl Backfill {
         };
         Ok(Estimate::of(planned, basis, concurrency))
     }
+}
 
-    /// Bytes per second over this pipeline's committed slices, if any read something.
-    async fn history_basis(&self) -> Result<Option<Basis>> {
-        let ledger = self.ledger().await?;
-        let records: Vec<_> = ledger.committed().into_iter().map(|c| &c.record).collect();
-        let bytes: u64 = records.iter().map(|r| r.source_bytes).sum();
-        let millis: u64 = records.iter().map(|r| r.duration_ms).sum();
-        Ok((bytes > 0 && millis > 0).then(|| Basis::History {
-            slices: records.len(),
-            bytes_per_second: bytes as f64 * 1000.0 / millis as f64,
-        }))
-    }
+/// Bytes per second over the committed slices of `ledger`, if any read something.
+fn history_basis(ledger: &Ledger) -> Option<Basis> {
+    let records: Vec<_> = ledger.committed().into_iter().map(|c| &c.record).collect();
+    let bytes: u64 = records.iter().map(|r| r.source_bytes).sum();
+    let millis: u64 = records.iter().map(|r| r.duration_ms).sum();
+    (bytes > 0 && millis > 0).then(|| Basis::History {
+        slices: records.len(),
+        bytes_per_second: bytes as f64 * 1000.0 / millis as f64,
+    })
 }
 
 /// Refuses a run that would compute a slice without source data (unless allowed) or

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::engine::{Backfill, SlicePlan};
 use crate::error::Result;
 use crate::estimate::{chosen_concurrency, Estimate};
+use crate::ledger::Summaries;
 use crate::run::default_concurrency;
 use crate::sink::rebuild::Replaced;
 use crate::slice::Selection;
@@ -34,9 +35,12 @@ impl Backfill {
         concurrency: Option<usize>,
     ) -> Result<Plan> {
         let cores = default_concurrency();
-        let mut slices = self.slice_plans(selection, reprocess, cores).await?;
+        let known = Arc::new(self.known(Summaries::ReadOnly).await?);
+        let mut slices = self
+            .plan_slices(self.slices(selection)?, &known, reprocess, cores)
+            .await?;
         let concurrency = concurrency.unwrap_or_else(|| chosen_concurrency(&slices, cores));
-        let estimate = self.estimate(&slices, concurrency).await?;
+        let estimate = self.estimate(&slices, &known.ledger, concurrency).await?;
         for slice in &mut slices {
             slice.estimated_ms = estimate.slice_ms(slice.source_bytes());
         }

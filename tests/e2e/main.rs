@@ -867,6 +867,50 @@ async fn kill_9_during_grouped_commits_then_the_same_command_commits_each_slice_
 }
 
 #[tokio::test]
+async fn a_slice_waiting_for_its_commit_leaves_its_place_to_the_next_slice() {
+    // One place to compute in, and commits that take a second and a half: while the first
+    // slice's commit is slow, the next slices compute and wait together for the next
+    // commit. If a waiting slice kept its place, each slice would commit on its own.
+    let case = Case::new("orders_clean");
+    let store = std::sync::Arc::new(stores::TestStore::default());
+    *store.commit_delay.lock().unwrap() = std::time::Duration::from_millis(1500);
+    let mut pipeline = backfill_engine::pipeline::load(&case.pipeline).unwrap();
+    pipeline.destination.url = url::Url::from_directory_path(&case.table).unwrap();
+    let options = backfill_engine::OpenOptions {
+        destination_store: Some(store),
+        ..backfill_engine::OpenOptions::default()
+    };
+    let backfill = std::sync::Arc::new(
+        backfill_engine::Backfill::open(pipeline, options)
+            .await
+            .unwrap(),
+    );
+    let selection = backfill_engine::Selection::Range {
+        start: "2024-01-01".into(),
+        end: "2024-01-06".into(),
+    };
+    let options = backfill_engine::RunOptions {
+        concurrency: Some(1),
+        ..backfill_engine::RunOptions::default()
+    };
+    let silent = std::sync::Arc::new(backfill_engine::run::Silent);
+    let summary = backfill.run(&selection, &options, silent).await.unwrap();
+    assert_eq!(summary.committed(), 6, "{summary:?}");
+
+    let commits = case.version().await + 1;
+    assert!(
+        commits < 6,
+        "{commits} commits for 6 slices computed one at a time"
+    );
+    let range = ["--start", "2024-01-01", "--end", "2024-01-06"];
+    let reference = Case::new("orders_clean");
+    reference.ok("run", &range, 0);
+    let all = "SELECT * FROM t ORDER BY order_id";
+    assert_eq!(case.stored(all).await, reference.stored(all).await);
+    assert_eq!(txn_versions(&case.plan(&range, 0)), vec![1; 6]);
+}
+
+#[tokio::test]
 async fn a_slice_failing_its_check_among_grouped_slices_is_left_out_and_the_rest_commit_once() {
     // 48 tiny hourly slices, 8 in flight, so that checked slices wait in line for each
     // other's commits; one hour fails its check.

@@ -21,8 +21,8 @@ use object_store::{
 
 /// A local file system that records the path and size of every read, fails the next
 /// `failing_reads` reads with a transient-looking error, denies the next `denied_reads`,
-/// never answers the next
-/// `hanging_reads` reads, and makes every `ambiguous_commits`-th commit ambiguous.
+/// never answers the next `hanging_reads` reads, makes every `ambiguous_commits`-th
+/// commit ambiguous, and can make commits slow.
 #[derive(Debug, Default)]
 pub struct TestStore {
     inner: LocalFileSystem,
@@ -41,6 +41,8 @@ pub struct TestStore {
     commits: AtomicUsize,
     /// Commits made ambiguous so far.
     pub ambiguous: AtomicUsize,
+    /// How long each commit of a Delta log takes before it is written.
+    pub commit_delay: Mutex<Duration>,
 }
 
 /// How a commit PUT that took effect is reported as failed.
@@ -77,10 +79,8 @@ impl TestStore {
     /// The error to report after writing `location`, if it is a commit to make ambiguous.
     fn ambiguity(&self, location: &Path, opts: &PutOptions) -> Option<object_store::Error> {
         let every = self.ambiguous_commits.load(Ordering::SeqCst);
-        let in_log = location.parts().any(|part| part.as_ref() == "_delta_log");
-        let commit = in_log && opts.mode == PutMode::Create;
         if every == 0
-            || !commit
+            || !is_commit(location, opts)
             || !(self.commits.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every)
         {
             return None;
@@ -148,6 +148,12 @@ impl TestStore {
     }
 }
 
+/// Whether writing `location` with `opts` commits a version of a Delta log.
+fn is_commit(location: &Path, opts: &PutOptions) -> bool {
+    let in_log = location.parts().any(|part| part.as_ref() == "_delta_log");
+    in_log && opts.mode == PutMode::Create
+}
+
 impl std::fmt::Display for TestStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TestStore({})", self.inner)
@@ -162,6 +168,10 @@ impl ObjectStore for TestStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        if is_commit(location, &opts) {
+            let delay = *self.commit_delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+        }
         let ambiguity = self.ambiguity(location, &opts);
         let written = self.inner.put_opts(location, payload, opts).await?;
         match ambiguity {
