@@ -107,13 +107,13 @@ pub struct Budget {
 /// storage (listings, footers, its commit) more than on a core.
 const SMALL_SLICE_BYTES: u64 = 8 << 20;
 
-/// Slices in flight per core when the slices are small.
+/// Slices computed at once per core when the slices are small.
 const SMALL_SLICES_PER_CORE: usize = 8;
 
-/// Slices in flight for a run that was not told: one per `cores`, or
+/// Slices computed at once for a run that was not told: one per `cores`, or
 /// [`SMALL_SLICES_PER_CORE`] per core when nine in ten slices to compute are small
-/// ([`SMALL_SLICE_BYTES`]). Small slices in flight hold little memory, and checked slices
-/// waiting for a commit go together in the next one; big ones keep a core busy each.
+/// ([`SMALL_SLICE_BYTES`]). Small slices hold little memory and wait on storage more than
+/// on a core; big ones keep a core busy each.
 pub fn chosen_concurrency(planned: &[SlicePlan], cores: usize) -> usize {
     let mut bytes: Vec<u64> = computed(planned).map(SlicePlan::source_bytes).collect();
     bytes.sort_unstable();

@@ -1,8 +1,8 @@
 //! Running slices: plan, skip what is done, stage, check, publish.
 //!
-//! Slices run concurrently (each on its own task, `concurrency` in flight), each one
-//! streaming from its sources through the transform into staged files, so both cores
-//! stay busy with reading, computing and writing at once. A slice is the unit of retry
+//! Slices run concurrently (each on its own task, `concurrency` computing at once, more
+//! waiting for their commit), each one streaming from its sources through the transform
+//! into staged files, so both cores stay busy with reading, computing and writing at once. A slice is the unit of retry
 //! and is idempotent: whatever happens to it, the table either has all of its new
 //! output, in one commit, or none of it. That is what makes retrying safe: a slice that
 //! fails for a transient reason (storage, a conflict with another writer, a time limit)
@@ -121,7 +121,7 @@ const WAITING_PER_PLACE: usize = 3;
 
 impl RunOptions {
     /// How many streams DataFusion splits one slice's plan into: the cores left to each
-    /// slice in flight. When slices in flight already keep every core busy, splitting a
+    /// slice computing. When slices computing already keep every core busy, splitting a
     /// slice further only adds work (repartitioning, merging partial aggregates, which
     /// for `count(DISTINCT)` means merging whole sets) and runs nothing sooner.
     pub fn partitions_per_slice(&self) -> usize {
@@ -130,7 +130,7 @@ impl RunOptions {
     }
 }
 
-/// The number of cores: slices in flight for slices that are not small.
+/// The number of cores: slices computed at once for slices that are not small.
 pub fn default_concurrency() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
