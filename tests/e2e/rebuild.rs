@@ -346,7 +346,16 @@ async fn ctrl_c_stops_a_rebuild_before_its_swap_and_the_rerun_finishes_it() {
 
 #[tokio::test]
 async fn kill_9_during_a_rebuild_then_the_same_command_swaps_exactly_once() {
-    let range = ["--start", "2024-01-01", "--end", "2024-01-08"];
+    // Two slices at a time, so that the eight are staged one after the other and a kill
+    // can land between them (by default all eight, small, would stage at once).
+    let range = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-08",
+        "--concurrency",
+        "2",
+    ];
     let clean = Case::new("orders_rebuild");
     clean.ok("run", &range, 0);
     let expected = clean.stored(ALL).await;

@@ -19,7 +19,7 @@ pub struct PlanArgs {
     selection: SelectionArgs,
     #[command(flatten)]
     choice: ChoiceArgs,
-    /// The slices in flight the duration estimate assumes, as `run --concurrency`
+    /// The slices computed at once the duration estimate assumes, as `run --concurrency`
     /// [default: as `run` chooses].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
