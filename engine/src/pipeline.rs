@@ -47,9 +47,20 @@ pub struct Source {
     /// The SQL table name the source is registered under.
     pub name: String,
     pub url: Url,
-    /// Hive partition columns in folder order, always read as text.
+    pub format: SourceFormat,
+    /// Hive partition columns in folder order, always read as text (Parquet only: a Delta
+    /// table's partitioning is in its log).
     pub partitioning: Vec<String>,
     pub storage_options: StorageOptions,
+}
+
+/// How a source's files are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Parquet files in hive-partitioned folders.
+    Parquet,
+    /// A Delta table, read at one version.
+    Delta,
 }
 
 /// Options for an object store (`aws_region`, `aws_endpoint`, ...), with `${VAR}`
@@ -265,18 +276,30 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
                 "`slice` is reserved: assertions read the slice's output under that name",
             ));
         }
-        if source.format.get_ref() != "parquet" {
+        let format = match source.format.get_ref().as_str() {
+            "parquet" => SourceFormat::Parquet,
+            "delta" => SourceFormat::Delta,
+            other => {
+                return Err(at.error(
+                    source.format.span(),
+                    format!(
+                        "sources.{source_name}.format: `{other}` is not supported; use \"parquet\" or \"delta\""
+                    ),
+                ))
+            }
+        };
+        if format == SourceFormat::Delta && !source.partitioning.is_empty() {
             return Err(at.error(
-                source.format.span(),
+                span,
                 format!(
-                    "sources.{source_name}.format: `{}` is not supported; use \"parquet\"",
-                    source.format.get_ref()
+                    "sources.{source_name}.partitioning: a Delta table's partitioning is in its log; remove this key"
                 ),
             ));
         }
         sources.push(Source {
             name: source_name.clone(),
             url: at.url(&source.url, base)?,
+            format,
             partitioning: source.partitioning.clone(),
             storage_options: at.storage_options(
                 &format!("sources.{source_name}"),

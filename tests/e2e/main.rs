@@ -4,6 +4,7 @@
 mod ambiguous;
 mod clean;
 mod concurrent;
+mod delta_sources;
 mod hostile;
 mod preflight;
 mod reads;

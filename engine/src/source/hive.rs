@@ -57,7 +57,7 @@ impl HiveParquet {
             .iter()
             .map(|c| (c.clone(), DataType::Utf8))
             .collect();
-        let options = ListingOptions::new(Arc::new(SourceFormat(parquet_format())))
+        let options = ListingOptions::new(Arc::new(ParquetNamingFiles(parquet_format())))
             .with_file_extension(".parquet")
             .with_table_partition_cols(partitions);
         let prefixes = scope.and_then(|slices| partition_prefixes(&source.partitioning, slices));
@@ -272,14 +272,14 @@ pub(crate) fn plain_type(data_type: &DataType) -> DataType {
 /// Parquet, with the file named in every error about one: DataFusion reports a corrupt
 /// footer met while planning without saying whose it is.
 #[derive(Debug)]
-struct SourceFormat(ParquetFormat);
+struct ParquetNamingFiles(ParquetFormat);
 
 fn naming(file: &ObjectMeta, error: DataFusionError) -> DataFusionError {
     error.context(format!("source file {}", file.location))
 }
 
 #[async_trait::async_trait]
-impl FileFormat for SourceFormat {
+impl FileFormat for ParquetNamingFiles {
     fn get_ext(&self) -> String {
         self.0.get_ext()
     }

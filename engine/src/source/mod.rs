@@ -8,9 +8,11 @@
 //! never cached across slices, so each slice sees its source files as they are when it
 //! is planned. This module does not write.
 //!
-//! A kind of source is a [`SourceTable`] (`hive.rs`: hive-partitioned Parquet);
+//! A kind of source is a [`SourceTable`] (`hive.rs`: hive-partitioned Parquet;
+//! `delta.rs`: a Delta table);
 //! `query.rs` plans SQL as read-only queries; `stores.rs` makes the object stores.
 
+mod delta;
 mod hive;
 mod query;
 mod stores;
@@ -32,21 +34,22 @@ use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+pub use delta::DeltaSource;
 pub use hive::HiveParquet;
 pub(crate) use hive::{parquet_format, plain_type};
 pub(crate) use query::read_only_query;
 pub(crate) use stores::store_root;
 
 use crate::error::{Error, Result};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, SourceFormat};
 use crate::slice::Slice;
 
 /// One kind of source, resolved: what slices query under its name, and which of the
 /// files a slice's plan scans are its own (for the slice's fingerprint and estimate).
-/// [`HiveParquet`] is the one kind today; a new kind implements this and is resolved in
-/// [`Sources::resolve`].
+/// [`HiveParquet`] and [`DeltaSource`] are the kinds today; a new kind implements this and
+/// is resolved in [`Sources::resolve`].
 pub trait SourceTable: Send + Sync {
-    /// The table slices query; registered afresh in each slice's session.
+    /// The table slices query, registered in every session.
     fn provider(&self) -> Arc<dyn TableProvider>;
     /// Whether `path`, a file some slice's plan scans, is this source's.
     fn owns(&self, path: &object_store::path::Path) -> bool;
@@ -138,9 +141,24 @@ impl Sources {
 
         let mut tables: Vec<(String, Arc<dyn SourceTable>)> = Vec::new();
         for source in &pipeline.sources {
-            // Hive-partitioned Parquet is the one kind of source today.
-            let table = HiveParquet::resolve(pipeline, source, &ctx, scope).await?;
-            tables.push((source.name.clone(), Arc::new(table)));
+            let table: Arc<dyn SourceTable> = match source.format {
+                SourceFormat::Parquet => {
+                    Arc::new(HiveParquet::resolve(pipeline, source, &ctx, scope).await?)
+                }
+                SourceFormat::Delta => {
+                    let root = store_root(&source.url);
+                    let store = runtime
+                        .object_store(
+                            datafusion::execution::object_store::ObjectStoreUrl::parse(
+                                root.as_str(),
+                            )
+                            .expect("a store root is a valid object store URL"),
+                        )
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    Arc::new(DeltaSource::resolve(pipeline, source, store, &ctx).await?)
+                }
+            };
+            tables.push((source.name.clone(), table));
         }
         register(&ctx, &tables)?;
         Ok(Sources {
