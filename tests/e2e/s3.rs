@@ -15,6 +15,8 @@ use crate::support::*;
 
 /// Signs every request; moto accepts any key, and no output may ever show this one.
 const SECRET: &str = "backfill-test-secret-9f3a1c";
+/// Storage options that take the secret from a variable, as a pipeline file spells them.
+const OPTIONS: &str = "storage_options = { aws_secret_access_key = \"${BACKFILL_S3_SECRET}\" }";
 const ALL: &str = "SELECT * FROM t ORDER BY order_id";
 
 /// A moto S3 server on a free loopback port, stopped when dropped.
@@ -204,14 +206,13 @@ impl S3Case {
         moto.upload("source", &scratch.path("buckets/shop"), "shop")
             .await;
         // The secret comes from a variable the pipeline's storage options name.
-        let options = "storage_options = { aws_secret_access_key = \"${BACKFILL_S3_SECRET}\" }";
         let text = std::fs::read_to_string(scratch.path(&format!("pipelines/{pipeline}.toml")))
             .unwrap()
             .replace(
                 "url = \"../buckets/shop/orders\"",
-                &format!("url = \"s3://source/shop/orders\"\n{options}"),
+                &format!("url = \"s3://source/shop/orders\"\n{OPTIONS}"),
             )
-            .replace("[destination]\n", &format!("[destination]\n{options}\n"));
+            .replace("[destination]\n", &format!("[destination]\n{OPTIONS}\n"));
         let pipeline = scratch.pipeline(&format!("{pipeline}_s3"), &text);
         S3Case {
             moto,
@@ -229,9 +230,21 @@ impl S3Case {
 
     /// The same, reaching the server at `endpoint` (a proxy in front of it).
     fn command_via(&self, endpoint: &str, command: &str, rest: &[&str]) -> Command {
-        let mut args = vec![command, self.pipeline.to_str().unwrap()];
+        self.command_for(&self.pipeline, &self.table, endpoint, command, rest)
+    }
+
+    /// `backfill <command> <pipeline> <rest> --destination <table>` against `endpoint`.
+    fn command_for(
+        &self,
+        pipeline: &Path,
+        table: &str,
+        endpoint: &str,
+        command: &str,
+        rest: &[&str],
+    ) -> Command {
+        let mut args = vec![command, pipeline.to_str().unwrap()];
         args.extend_from_slice(rest);
-        args.extend_from_slice(&["--destination", &self.table]);
+        args.extend_from_slice(&["--destination", table]);
         let mut backfill = Command::new(env!("CARGO_BIN_EXE_backfill"));
         backfill
             .args(&args)
@@ -266,6 +279,11 @@ impl S3Case {
     }
 
     async fn stored(&self, sql: &str) -> Vec<String> {
+        self.stored_at(&self.table, sql).await
+    }
+
+    /// Rows of `sql` over the Delta table at `table` on the server, registered as `t`.
+    async fn stored_at(&self, table: &str, sql: &str) -> Vec<String> {
         let options = [
             ("AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
             ("AWS_REGION", "us-east-1".to_string()),
@@ -276,7 +294,7 @@ impl S3Case {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let url = url::Url::parse(&self.table).unwrap();
+        let url = url::Url::parse(table).unwrap();
         let table = deltalake::open_table_with_storage_options(url, options)
             .await
             .unwrap();
@@ -508,5 +526,56 @@ async fn s3_rebuild_waits_for_a_failed_slice_then_resumes_and_swaps_once() {
         )
         .await;
     assert_eq!(case.stored(ALL).await, expected);
+    case.assert_secret_never_shown().await;
+}
+
+#[tokio::test]
+async fn s3_a_delta_source_reads_the_upstream_table_on_s3() {
+    let case = S3Case::new("orders_clean").await;
+    let range = ["--start", "2024-01-01", "--end", "2024-01-04"];
+    let run = case.json("run", &range, 0);
+    assert_eq!(statuses(&run), ["committed"; 4], "{run:#}");
+
+    // orders_daily reads that table on the server and writes its own next to it.
+    let text = std::fs::read_to_string(case.scratch.path("pipelines/orders_daily.toml"))
+        .unwrap()
+        .replace(
+            "url = \"../../warehouse/orders_clean\"",
+            &format!("url = \"{}\"\n{OPTIONS}", case.table),
+        )
+        .replace("[destination]\n", &format!("[destination]\n{OPTIONS}\n"));
+    let daily = case.scratch.pipeline("orders_daily_s3", &text);
+    let daily_table = "s3://warehouse/tables/daily";
+    let command = |command: &str| {
+        let rest = [&range[..], &["--json"]].concat();
+        let endpoint = &case.moto.endpoint;
+        let output = case
+            .command_for(&daily, daily_table, endpoint, command, &rest)
+            .output()
+            .unwrap();
+        case.printed(&output);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let plan = command("plan");
+    for slice in plan["slices"].as_array().unwrap() {
+        assert_eq!(
+            slice["source_files"], 1,
+            "a slice reads its own day: {slice}"
+        );
+    }
+    assert_eq!(statuses(&command("run")), ["committed"; 4]);
+    let aggregate = "SELECT dt, status, count(*) AS orders, \
+        count(DISTINCT customer_id) AS customers, round(sum(amount), 2) AS revenue \
+        FROM t GROUP BY dt, status ORDER BY dt, status";
+    let stored = "SELECT dt, status, orders, customers, round(revenue, 2) AS revenue \
+        FROM t ORDER BY dt, status";
+    assert_eq!(
+        case.stored_at(daily_table, stored).await,
+        case.stored(aggregate).await
+    );
+    assert_eq!(statuses(&command("run")), ["skipped"; 4]);
     case.assert_secret_never_shown().await;
 }
