@@ -161,6 +161,76 @@ pub struct AssertionResult {
     pub measured: String,
 }
 
+/// Commits among a table's latest that another writer made (another engine, or another
+/// pipeline), which a rebuild's swap races: the swap is refused if one lands after the
+/// rebuild read the table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtherWriters {
+    /// How many of the table's latest commits the others made, of how many read.
+    pub commits: usize,
+    pub of_latest: usize,
+    /// When the newest of them was made.
+    pub latest_at: Option<DateTime<Utc>>,
+    /// Who made them, each once: `WRITE by delta-rs.1.1.3`, `pipeline orders_clean`.
+    pub writers: Vec<String>,
+}
+
+impl OtherWriters {
+    /// Reads the latest `latest` commit entries of `table` for commits that `pipeline`
+    /// did not make; `None` if there are none.
+    pub async fn of(
+        table: &DeltaTable,
+        pipeline: &str,
+        latest: u64,
+    ) -> Result<Option<OtherWriters>> {
+        let Some(current) = table.version() else {
+            return Ok(None);
+        };
+        let from = (current + 1).saturating_sub(latest);
+        let store = table.log_store().object_store(None);
+        let entries = commit_entries(store.as_ref(), from, current)
+            .await
+            .context(|| format!("reading the Delta log of {}", table.table_url()))?;
+        let mut others = Vec::new();
+        for (_, entry) in &entries {
+            let Some(info) = commit_info(entry) else {
+                continue;
+            };
+            let record = info
+                .get(COMMIT_INFO_KEY)
+                .and_then(|value| serde_json::from_value::<CommitRecord>(value.clone()).ok());
+            let writer = match record {
+                Some(record) => match record.slices().first() {
+                    Some(slice) if slice.pipeline == pipeline => continue,
+                    Some(slice) => format!("pipeline {}", slice.pipeline),
+                    None => continue,
+                },
+                None => {
+                    let text = |key: &str| info.get(key).and_then(|v| v.as_str());
+                    let operation = text("operation").unwrap_or("a commit");
+                    let engine = text("engineInfo").or_else(|| text("clientVersion"));
+                    format!("{operation} by {}", engine.unwrap_or("an unnamed engine"))
+                }
+            };
+            let at = info.get("timestamp").and_then(serde_json::Value::as_i64);
+            others.push((writer, at.and_then(DateTime::from_timestamp_millis)));
+        }
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let latest_at = others.iter().filter_map(|(_, at)| *at).max();
+        let mut writers: Vec<String> = others.iter().map(|(w, _)| w.clone()).collect();
+        writers.sort();
+        writers.dedup();
+        Ok(Some(OtherWriters {
+            commits: others.len(),
+            of_latest: entries.len(),
+            latest_at,
+            writers,
+        }))
+    }
+}
+
 /// The `commitInfo` action of a commit entry, if it has one.
 fn commit_info(entry: &[u8]) -> Option<serde_json::Value> {
     entry

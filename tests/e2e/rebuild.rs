@@ -83,6 +83,13 @@ async fn rebuild_replaces_the_whole_table_in_one_commit() {
             "files": 5,
             "bytes": plan["rebuild"]["bytes"],
             "schema_changes": true,
+            // orders_clean made every commit so far.
+            "other_writers": {
+                "commits": old_version + 1,
+                "of_latest": old_version + 1,
+                "latest_at": plan["rebuild"]["other_writers"]["latest_at"],
+                "writers": ["pipeline orders_clean"],
+            },
         })
     );
 
@@ -341,6 +348,49 @@ async fn ctrl_c_stops_a_rebuild_before_its_swap_and_the_rerun_finishes_it() {
     assert_eq!(
         case.stored(ALL).await,
         expected_rebuild(&case, "2024-01-01", "2024-01-08").await
+    );
+}
+
+#[tokio::test]
+async fn plan_names_the_other_writers_a_rebuilds_swap_would_race() {
+    let range = ["--start", "2024-01-01", "--end", "2024-01-02"];
+    let alone = Case::new("orders_rebuild");
+    alone.ok("run", &range, 0);
+    let plan = alone.json("plan", &range, 0);
+    assert_eq!(plan["rebuild"]["other_writers"], Value::Null, "{plan:#}");
+
+    // Another pipeline commits a day, and another engine deletes rows.
+    let case = Case::new("orders_rebuild");
+    write_with_orders_clean(&case, "2024-01-01", "2024-01-01");
+    let (_, metrics) = open(&case.table)
+        .await
+        .delete()
+        .with_predicate("amount < 10")
+        .await
+        .unwrap();
+    assert!(metrics.num_deleted_rows.unwrap_or(0) > 0);
+
+    let plan = case.json("plan", &range, 0);
+    let others = &plan["rebuild"]["other_writers"];
+    assert_eq!(
+        (&others["commits"], &others["of_latest"]),
+        (&2.into(), &2.into()),
+        "{plan:#}"
+    );
+    let writers: Vec<&str> = others["writers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(writers.len(), 2, "{writers:?}");
+    assert!(writers[0].starts_with("DELETE by "), "{writers:?}");
+    assert_eq!(writers[1], "pipeline orders_clean");
+    let out = case.ok("plan", &range, 0);
+    assert!(
+        out.contains("other writers: 2 of the table's last 2 commits were made by DELETE by ")
+            && out.contains("Pause them"),
+        "{out}"
     );
 }
 

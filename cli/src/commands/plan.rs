@@ -2,7 +2,7 @@
 //! with what a run would read and how long it would take.
 
 use backfill_engine::estimate::{Basis, Estimate};
-use backfill_engine::ledger::Committed;
+use backfill_engine::ledger::{Committed, OtherWriters};
 use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::{Plan, SliceState};
 use clap::Args;
@@ -117,6 +117,9 @@ fn print(plan: &Plan) {
     }
     if let Some(swap) = &plan.rebuild {
         println!("rebuild: {}", describe_swap(swap));
+        if let Some(others) = &swap.other_writers {
+            println!("other writers: {}", describe_other_writers(others));
+        }
     }
 }
 
@@ -158,6 +161,19 @@ fn describe_swap(swap: &Replaced) -> String {
         "the swap replaces {} files ({}) of table version {version}{schema}",
         swap.files,
         human_bytes(swap.bytes)
+    )
+}
+
+/// Who else commits to a rebuild's table, and why it matters.
+fn describe_other_writers(others: &OtherWriters) -> String {
+    let newest = others.latest_at.as_ref().map_or(String::new(), |at| {
+        format!(", the newest at {}", timestamp(at))
+    });
+    format!(
+        "{} of the table's last {} commits were made by {}{newest}. Pause them: the swap is refused if one commits after the rebuild read the table",
+        others.commits,
+        others.of_latest,
+        others.writers.join(", ")
     )
 }
 

@@ -28,7 +28,9 @@ use super::{
     check_compatible, transaction_of, written_by, Commit, Sink, SliceCommit, Unsettled, Writes,
 };
 use crate::error::{Error, Result, ResultExt};
-use crate::ledger::{CommitRecord, RebuildRecord, SliceRecord, StagedSlice, SwapRecord};
+use crate::ledger::{
+    CommitRecord, OtherWriters, RebuildRecord, SliceRecord, StagedSlice, SwapRecord,
+};
 
 /// What a swap committed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -39,7 +41,7 @@ pub struct Swapped {
 }
 
 /// What a swap would do to the table as this sink read it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Replaced {
     /// The version the swap must land on top of; `None` if there is no table yet.
     pub version: Option<u64>,
@@ -47,7 +49,13 @@ pub struct Replaced {
     pub bytes: u64,
     /// Whether the swap changes the table's columns or partitioning.
     pub schema_changes: bool,
+    /// Who else committed among the table's latest commits: the swap is refused if they
+    /// commit after the rebuild read the table, so they are worth pausing.
+    pub other_writers: Option<OtherWriters>,
 }
+
+/// How many of a table's latest commits are read for other writers.
+const RECENT_COMMITS: u64 = 20;
 
 /// A rebuild stages its slices in the table's folder like overwrite, and publishes them
 /// only all at once, through [`Sink::swap`].
@@ -195,6 +203,7 @@ impl Sink {
                 files: 0,
                 bytes: 0,
                 schema_changes: false,
+                other_writers: None,
             });
         };
         let snapshot = existing.snapshot().context(|| self.url.to_string())?;
@@ -210,6 +219,7 @@ impl Sink {
             files,
             bytes,
             schema_changes: check_compatible(existing, &self.schema, &self.partition_by).is_err(),
+            other_writers: OtherWriters::of(existing, &self.pipeline, RECENT_COMMITS).await?,
         })
     }
 
