@@ -284,7 +284,11 @@ async fn the_swap_is_refused_when_another_writer_committed_after_the_rebuild_rea
         .unwrap();
     match &summary.rebuild {
         Some(RebuildOutcome::Refused { error }) => {
-            assert!(error.contains("another writer committed"), "{error}")
+            assert!(
+                error.contains("another writer committed")
+                    && error.contains(": 1 commit since, by pipeline orders_clean"),
+                "{error}"
+            )
         }
         other => panic!("the swap must be refused, got {other:?}"),
     }

@@ -55,7 +55,9 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::ledger::{app_id, CommitRecord, GroupRecord, SliceRecord, COMMIT_INFO_KEY};
+use crate::ledger::{
+    app_id, CommitRecord, GroupRecord, OtherWriters, SliceRecord, COMMIT_INFO_KEY,
+};
 use crate::pipeline::{Destination, Strategy};
 use crate::slice::Slice;
 use view::TableView;
@@ -617,10 +619,31 @@ impl Sink {
             return Ok(*version);
         }
         if commit.on_version_read && view.version() != read {
+            // The versions after the one read: all of them when there was no table.
+            let first_unread = read.map_or(0, |r| r + 1);
+            let since = view.version().map_or(0, |now| now + 1 - first_unread);
+            let who = match view.table.as_ref() {
+                Some(table) => OtherWriters::of(table, &self.pipeline, since).await,
+                None => Ok(None),
+            };
+            // Naming them is best effort: the refusal stands either way.
+            let who = match who {
+                Ok(Some(others)) => format!(
+                    ": {} {} since, by {}",
+                    others.commits,
+                    if others.commits == 1 {
+                        "commit"
+                    } else {
+                        "commits"
+                    },
+                    others.writers.join(", ")
+                ),
+                Ok(None) | Err(_) => String::new(),
+            };
             let read = read.map_or("none".to_string(), |v| v.to_string());
             return Err(Unsettled::NotCommitted(Error::execution(
                 context,
-                format!("another writer committed to the table after it was read (version {read}), so this commit was refused and the table is unchanged"),
+                format!("another writer committed to the table after it was read (version {read}){who}, so this commit was refused and the table is unchanged; pause other writers and run again"),
             )));
         }
         Err(Unsettled::NotCommitted(Error::execution(context, failure)))
