@@ -125,8 +125,7 @@ impl CommitRecord {
     /// The record carried by one commit entry of the log (`_delta_log/<version>.json`),
     /// if it is a `backfill` commit.
     pub fn in_commit_entry(entry: &[u8]) -> Option<CommitRecord> {
-        let info = commit_info(entry)?;
-        serde_json::from_value(info.get(COMMIT_INFO_KEY)?.clone()).ok()
+        record_in(&commit_info(entry)?)
     }
 
     /// The slice records it carries: one, or every slice of a swap or a group.
@@ -196,10 +195,7 @@ impl OtherWriters {
             let Some(info) = commit_info(entry) else {
                 continue;
             };
-            let record = info
-                .get(COMMIT_INFO_KEY)
-                .and_then(|value| serde_json::from_value::<CommitRecord>(value.clone()).ok());
-            let writer = match record {
+            let writer = match record_in(&info) {
                 Some(record) => match record.slices().first() {
                     Some(slice) if slice.pipeline == pipeline => continue,
                     Some(slice) => format!("pipeline {}", slice.pipeline),
@@ -212,8 +208,7 @@ impl OtherWriters {
                     format!("{operation} by {}", engine.unwrap_or("an unnamed engine"))
                 }
             };
-            let at = info.get("timestamp").and_then(serde_json::Value::as_i64);
-            others.push((writer, at.and_then(DateTime::from_timestamp_millis)));
+            others.push((writer, committed_at(&info)));
         }
         if others.is_empty() {
             return Ok(None);
@@ -239,6 +234,17 @@ fn commit_info(entry: &[u8]) -> Option<serde_json::Value> {
         .filter(|line| line.windows(12).any(|w| w == b"\"commitInfo\""))
         .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
         .find_map(|mut action| Some(action.get_mut("commitInfo")?.take()))
+}
+
+/// The `backfill` record of a `commitInfo`, if it is a `backfill` commit.
+fn record_in(info: &serde_json::Value) -> Option<CommitRecord> {
+    serde_json::from_value(info.get(COMMIT_INFO_KEY)?.clone()).ok()
+}
+
+/// When the commit of a `commitInfo` was made.
+fn committed_at(info: &serde_json::Value) -> Option<DateTime<Utc>> {
+    let millis = info.get("timestamp")?.as_i64()?;
+    DateTime::from_timestamp_millis(millis)
 }
 
 /// A committed slice as read back from the log.
@@ -320,16 +326,10 @@ impl Ledger {
             let Some(info) = commit_info(entry) else {
                 continue;
             };
-            let Some(found) = info
-                .get(COMMIT_INFO_KEY)
-                .and_then(|value| serde_json::from_value::<CommitRecord>(value.clone()).ok())
-            else {
+            let Some(found) = record_in(&info) else {
                 continue;
             };
-            let committed_at = info
-                .get("timestamp")
-                .and_then(serde_json::Value::as_i64)
-                .and_then(DateTime::from_timestamp_millis);
+            let committed_at = committed_at(&info);
             for record in found.slices() {
                 if record.pipeline == pipeline && !latest.contains_key(&record.slice) {
                     let committed = Committed {

@@ -35,14 +35,7 @@ impl DeltaSource {
         store: Arc<dyn ObjectStore>,
         ctx: &SessionContext,
     ) -> Result<Self> {
-        let context = || {
-            format!(
-                "{}: source `{}` at {}",
-                pipeline.file.display(),
-                source.name,
-                source.url
-            )
-        };
+        let context = || super::source_context(pipeline, source);
         let opened = async {
             let mut table = deltalake::DeltaTableBuilder::from_url(source.url.clone())?
                 .with_storage_backend(store, source.url.clone())

@@ -43,14 +43,7 @@ impl HiveParquet {
         ctx: &SessionContext,
         scope: Option<&[Slice]>,
     ) -> Result<Self> {
-        let context = || {
-            format!(
-                "{}: source `{}` at {}",
-                pipeline.file.display(),
-                source.name,
-                source.url
-            )
-        };
+        let context = || super::source_context(pipeline, source);
         let url = ListingTableUrl::parse(source.url.as_str()).context(context)?;
         let partitions = source
             .partitioning

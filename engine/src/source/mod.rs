@@ -212,6 +212,16 @@ impl Sources {
     }
 }
 
+/// How errors about `source` of `pipeline` name it: the file, the source and its location.
+fn source_context(pipeline: &Pipeline, source: &crate::pipeline::Source) -> String {
+    format!(
+        "{}: source `{}` at {}",
+        pipeline.file.display(),
+        source.name,
+        source.url
+    )
+}
+
 /// Registers each source in `ctx` under its name.
 fn register(ctx: &SessionContext, tables: &[(String, Arc<dyn SourceTable>)]) -> Result<()> {
     for (name, table) in tables {
