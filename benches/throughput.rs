@@ -218,7 +218,7 @@ impl Finishes {
 }
 
 impl Reporter for Finishes {
-    fn slice_finished(&self, outcome: &SliceOutcome) {
+    fn slice_finished(&self, _pipeline: &str, outcome: &SliceOutcome) {
         self.at.lock().unwrap().push(self.started.elapsed());
         if let SliceStatus::Committed { version, .. } = outcome.status {
             self.versions.lock().unwrap().insert(version);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use backfill_engine::history::RunRecord;
 use backfill_engine::pipeline::{self, location_to_url};
+use backfill_engine::project::{self, Project};
 use backfill_engine::{Backfill, OpenOptions, Reprocess, Selection};
 use clap::Args;
 
@@ -81,7 +82,8 @@ impl SelectionArgs {
 /// The pipeline a command works on, and what this invocation overrides in its file.
 #[derive(Args)]
 pub struct PipelineArgs {
-    /// The pipeline file (TOML).
+    /// The pipeline file (TOML); for plan, run and status, or a project file listing
+    /// pipelines.
     pipeline: PathBuf,
     /// Write to this Delta table instead of the pipeline's destination.url
     /// (a path relative to the working directory, or a URL).
@@ -89,8 +91,68 @@ pub struct PipelineArgs {
     destination: Option<String>,
 }
 
+/// What `plan`, `run` and `status` take a project file with: which environment, and
+/// which of its pipelines.
+#[derive(Args)]
+pub struct ProjectArgs {
+    /// With a project file: the environment whose tables to work on, as the project
+    /// declares it [default: prod].
+    #[arg(long, value_name = "NAME")]
+    env: Option<String>,
+    /// With a project file: only these pipelines (comma-separated); the tables of the
+    /// pipelines they read are read as they are.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pipelines: Vec<String>,
+    /// With --pipelines: every pipeline downstream of them too.
+    #[arg(long, requires = "pipelines")]
+    downstream: bool,
+}
+
+/// What a command works on: one pipeline, or a project's pipelines.
+pub enum Target {
+    Pipeline(Arc<Backfill>),
+    Project(Project),
+}
+
 impl PipelineArgs {
+    /// The pipeline, or the project the file is, narrowed and placed by `project`;
+    /// `scope` is the selection the command works on, if it has one.
+    pub async fn target(
+        &self,
+        project: &ProjectArgs,
+        scope: Option<Selection>,
+    ) -> anyhow::Result<Target> {
+        if !project::is_project_file(&self.pipeline) {
+            let given = [
+                (project.env.is_some(), "--env"),
+                (!project.pipelines.is_empty(), "--pipelines"),
+            ];
+            if let Some((_, flag)) = given.iter().find(|(given, _)| *given) {
+                let message = format!(
+                    "{flag} is for a project file; {} is a pipeline file",
+                    self.pipeline.display()
+                );
+                return Err(backfill_engine::Error::config(*flag, message).into());
+            }
+            return Ok(Target::Pipeline(self.open(scope).await?));
+        }
+        if self.destination.is_some() {
+            let message = "a project places each pipeline's destination (see its environments)";
+            return Err(backfill_engine::Error::config("--destination", message).into());
+        }
+        let loaded = Project::load(&self.pipeline, project.env.as_deref())?;
+        Ok(Target::Project(
+            loaded.select(&project.pipelines, project.downstream)?,
+        ))
+    }
+
     fn load(&self) -> backfill_engine::Result<pipeline::Pipeline> {
+        if project::is_project_file(&self.pipeline) {
+            return Err(backfill_engine::Error::config(
+                self.pipeline.display().to_string(),
+                "is a project file: this command takes one of its pipeline files (plan, run and status take a project)",
+            ));
+        }
         let mut pipeline = pipeline::load(&self.pipeline)?;
         if let Some(destination) = &self.destination {
             let cwd = std::env::current_dir().unwrap_or_default();

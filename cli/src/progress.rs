@@ -14,6 +14,8 @@ use crate::printer::{human_bytes, human_duration};
 pub struct Progress {
     bar: ProgressBar,
     json: bool,
+    /// Whether slices of several pipelines run: lines then name each slice's pipeline.
+    pipelines: bool,
     totals: Mutex<Totals>,
 }
 
@@ -49,7 +51,8 @@ impl Totals {
 }
 
 impl Progress {
-    pub fn new(json: bool) -> Self {
+    /// Progress of one pipeline's run, or with `pipelines` of a project's.
+    pub fn new(json: bool, pipelines: bool) -> Self {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
@@ -68,6 +71,7 @@ impl Progress {
         Progress {
             bar,
             json,
+            pipelines,
             totals: Mutex::new(totals),
         }
     }
@@ -86,23 +90,26 @@ impl Reporter for Progress {
         }
     }
 
-    fn slice_started(&self, slice: &str) {
+    fn slice_started(&self, pipeline: &str, slice: &str) {
         let mut totals = self.totals.lock().expect("not poisoned");
-        totals.in_flight.push(slice.to_string());
+        totals.in_flight.push(self.name(pipeline, slice));
         self.bar.set_message(totals.message());
     }
 
-    fn slice_finished(&self, outcome: &SliceOutcome) {
+    fn slice_finished(&self, pipeline: &str, outcome: &SliceOutcome) {
+        let name = self.name(pipeline, &outcome.slice);
         {
             let mut totals = self.totals.lock().expect("not poisoned");
-            totals.in_flight.retain(|s| *s != outcome.slice);
+            totals.in_flight.retain(|s| *s != name);
             match &outcome.status {
                 SliceStatus::Committed { rows, bytes, .. }
                 | SliceStatus::Staged { rows, bytes, .. } => {
                     totals.rows += rows;
                     totals.bytes += bytes;
                 }
-                SliceStatus::Failed { .. } | SliceStatus::Abandoned => totals.failed += 1,
+                SliceStatus::Failed { .. }
+                | SliceStatus::Abandoned
+                | SliceStatus::Blocked { .. } => totals.failed += 1,
                 SliceStatus::Skipped { .. } | SliceStatus::CommittedMeanwhile { .. } => {}
             }
             self.bar.set_message(totals.message());
@@ -111,6 +118,7 @@ impl Reporter for Progress {
         if self.json {
             return;
         }
+        let width = if self.pipelines { 30 } else { 16 };
         let took = human_duration(outcome.duration_ms);
         let line = match &outcome.status {
             SliceStatus::Committed {
@@ -119,8 +127,8 @@ impl Reporter for Progress {
                 bytes,
             } => {
                 format!(
-                    "{:<16} committed {rows:>9} rows {:>10} {took:>8}  version {version}",
-                    outcome.slice,
+                    "{:<width$} committed {rows:>9} rows {:>10} {took:>8}  version {version}",
+                    name,
                     human_bytes(*bytes)
                 )
             }
@@ -135,28 +143,41 @@ impl Reporter for Progress {
                     "awaiting the swap"
                 };
                 format!(
-                    "{:<16} staged    {rows:>9} rows {:>10} {took:>8}  {note}",
-                    outcome.slice,
+                    "{:<width$} staged    {rows:>9} rows {:>10} {took:>8}  {note}",
+                    name,
                     human_bytes(*bytes)
                 )
             }
-            SliceStatus::Skipped { state } => format!("{:<16} skipped   ({state})", outcome.slice),
+            SliceStatus::Skipped { state } => format!("{:<width$} skipped   ({state})", name),
             SliceStatus::CommittedMeanwhile { by_run, version } => format!(
-                "{:<16} skipped   (committed meanwhile by run {by_run}, version {version})",
-                outcome.slice
+                "{:<width$} skipped   (committed meanwhile by run {by_run}, version {version})",
+                name
             ),
             SliceStatus::Abandoned => format!(
-                "{:<16} abandoned {took:>8}  (stopped; nothing committed)",
-                outcome.slice
+                "{:<width$} abandoned {took:>8}  (stopped; nothing committed)",
+                name
             ),
             SliceStatus::Failed { error, .. } => {
-                format!("{:<16} FAILED    {took:>8}  {error}", outcome.slice)
+                format!("{:<width$} FAILED    {took:>8}  {error}", name)
+            }
+            SliceStatus::Blocked { by } => {
+                format!("{:<width$} BLOCKED   by {}", name, by.join(", "))
             }
         };
         let line = match outcome.attempts {
-            1 => line,
+            0 | 1 => line,
             attempts => format!("{line}  ({attempts} attempts)"),
         };
         self.bar.suspend(|| println!("{line}"));
+    }
+}
+
+impl Progress {
+    /// How lines name a slice: with its pipeline when several run.
+    fn name(&self, pipeline: &str, slice: &str) -> String {
+        match self.pipelines {
+            true => format!("{pipeline} {slice}"),
+            false => slice.to_string(),
+        }
     }
 }

@@ -26,7 +26,8 @@ use crate::slice::{self, Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
 use crate::states::{self, Facts, Reprocess, SliceState};
 use crate::template;
-use std::collections::HashMap;
+use crate::upstream::{self, Upstream, UpstreamSlice};
+use std::collections::{HashMap, HashSet};
 
 /// A pipeline, opened: sources resolved, SQL planned, destination checked.
 pub struct Backfill {
@@ -35,6 +36,8 @@ pub struct Backfill {
     pub(crate) schema: SchemaRef,
     pub(crate) sink: Sink,
     pub(crate) sql_fingerprint: String,
+    /// The sources that read pipelines of the same chained run.
+    pub(crate) upstreams: Vec<Upstream>,
 }
 
 /// Options for opening a pipeline that are not in its file.
@@ -83,6 +86,11 @@ pub struct SlicePlan {
     pub problem: Option<String>,
     /// How long computing it should take, once a plan's estimate has a basis.
     pub estimated_ms: Option<u64>,
+    /// In a chained run, the upstream pipelines' slices of the run it reads.
+    pub reads: Vec<UpstreamSlice>,
+    /// Those of them a run runs first: the slice waits for them, and its own state is
+    /// decided once they are done.
+    pub after: Vec<UpstreamSlice>,
 }
 
 impl Serialize for SlicePlan {
@@ -91,10 +99,13 @@ impl Serialize for SlicePlan {
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut plan = serializer.serialize_struct("SlicePlan", 11)?;
+        let mut plan = serializer.serialize_struct("SlicePlan", 12)?;
         plan.serialize_field("slice", &self.slice.key)?;
         plan.serialize_field("state", &self.state)?;
         plan.serialize_field("will_run", &self.will_run)?;
+        if !self.after.is_empty() {
+            plan.serialize_field("after", &self.after)?;
+        }
         plan.serialize_field("source_files", &self.files.len())?;
         plan.serialize_field("source_bytes", &self.source_bytes())?;
         plan.serialize_field("source_rows", &self.source_rows())?;
@@ -127,6 +138,7 @@ pub(crate) struct Transform {
     files: Vec<SourceFile>,
     empty_sources: Vec<String>,
     problem: Option<String>,
+    reads: Vec<UpstreamSlice>,
     pub(crate) prepared: Prepared,
 }
 
@@ -134,15 +146,30 @@ impl Backfill {
     /// Opens a pipeline: resolves its sources, plans its SQL for a sample slice, and
     /// checks the output against the assertions and the destination.
     pub async fn open(pipeline: Pipeline, options: OpenOptions) -> Result<Self> {
+        Self::open_chained(pipeline, options, vec![]).await
+    }
+
+    /// Opens a pipeline whose `upstreams` run in the same run: their tables may not be
+    /// written yet, and its slices say which of their slices they read.
+    pub(crate) async fn open_chained(
+        pipeline: Pipeline,
+        options: OpenOptions,
+        upstreams: Vec<Upstream>,
+    ) -> Result<Self> {
         let scope = match &options.scope {
             Some(selection) => Some(pipeline.cut(selection)?),
             None => None,
         };
+        let unwritten: Vec<_> = upstreams
+            .iter()
+            .map(|u| (u.source.clone(), u.unwritten.clone()))
+            .collect();
         let sources = Sources::resolve(
             &pipeline,
             &options.stores,
             options.memory_limit,
             scope.as_deref(),
+            &unwritten,
         )
         .await?;
         let sample = sample_slice(&pipeline);
@@ -171,6 +198,7 @@ impl Backfill {
             schema,
             sink,
             sql_fingerprint,
+            upstreams,
         })
     }
 
@@ -279,6 +307,41 @@ impl Backfill {
             .await
     }
 
+    /// In a chained run, marks the slices of `plans` that read upstream slices the run
+    /// runs first (`running`): they wait for them, and their state is decided once those
+    /// are done (a done slice is changed by then). A source those slices fill is not
+    /// empty for them.
+    pub(crate) fn wait_for_upstream(
+        &self,
+        plans: &mut [SlicePlan],
+        running: &HashSet<UpstreamSlice>,
+        reprocess: Reprocess,
+    ) {
+        for plan in plans {
+            plan.after = plan
+                .reads
+                .iter()
+                .filter(|slice| running.contains(slice))
+                .cloned()
+                .collect();
+            if plan.after.is_empty() {
+                continue;
+            }
+            plan.will_run = match &plan.state {
+                SliceState::Done { .. } => reprocess.changed || reprocess.done,
+                state => reprocess.wants(state),
+            };
+            let filled: Vec<&str> = self
+                .upstreams
+                .iter()
+                .filter(|u| plan.after.iter().any(|a| a.pipeline == u.pipeline))
+                .map(|u| u.source.as_str())
+                .collect();
+            plan.empty_sources
+                .retain(|source| !filled.contains(&source.as_str()));
+        }
+    }
+
     /// For a rebuild, what swapping in the output of `planned` would replace in the table
     /// as it is now: every file but those of the done slices the run keeps.
     pub(crate) async fn swap_preview(&self, planned: &[SlicePlan]) -> Result<Option<Replaced>> {
@@ -332,6 +395,8 @@ impl Backfill {
             state,
             problem: transform.problem,
             estimated_ms: None,
+            reads: transform.reads,
+            after: vec![],
         };
         Ok((plan, transform.prepared))
     }
@@ -383,24 +448,28 @@ impl Backfill {
         }
         let referenced = referenced_tables(frame.logical_plan());
         let (state, logical) = frame.into_parts();
-        let (plan, files, problem) =
-            match state.create_physical_plan(&logical).await.context(context) {
-                Ok(plan) => {
-                    let files = self.sources.scanned_files(&plan);
-                    let problem = self.sources.left_out(&files).map(|(file, why)| {
-                        format!("source file {file} was left out of the source's schema: {why}")
-                    });
-                    (plan, files, problem)
-                }
-                // A source file that is not valid Parquet fails this slice only; `plan` shows
-                // it rather than failing for every slice.
-                Err(Error::Data { message, .. }) => {
-                    let empty: Arc<dyn ExecutionPlan> =
-                        Arc::new(EmptyExec::new(self.schema.clone()));
-                    (empty, vec![], Some(message))
-                }
-                Err(error) => return Err(error),
-            };
+        let optimized = state.optimize(&logical).context(context)?;
+        let reads = upstream::slices_read(&optimized, &self.upstreams);
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&optimized, &state)
+            .await;
+        let (plan, files, problem) = match physical.context(context) {
+            Ok(plan) => {
+                let files = self.sources.scanned_files(&plan);
+                let problem = self.sources.left_out(&files).map(|(file, why)| {
+                    format!("source file {file} was left out of the source's schema: {why}")
+                });
+                (plan, files, problem)
+            }
+            // A source file that is not valid Parquet fails this slice only; `plan` shows
+            // it rather than failing for every slice.
+            Err(Error::Data { message, .. }) => {
+                let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(self.schema.clone()));
+                (empty, vec![], Some(message))
+            }
+            Err(error) => return Err(error),
+        };
         // A source the SQL reads but whose partitions hold no file for this slice:
         // expired by retention, a wrong path, or a range beyond the data.
         let empty_sources = referenced
@@ -414,6 +483,7 @@ impl Backfill {
             files,
             empty_sources,
             problem,
+            reads,
             prepared: Prepared { state, plan },
         })
     }

@@ -290,6 +290,8 @@ mod tests {
             will_run,
             problem: None,
             estimated_ms: None,
+            reads: vec![],
+            after: vec![],
         }
     }
 

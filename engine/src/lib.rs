@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod pipeline;
 pub mod plan;
 pub mod preview;
+pub mod project;
 mod retry;
 pub mod run;
 pub mod sink;
@@ -27,6 +28,7 @@ pub mod source;
 pub mod states;
 pub mod status;
 pub mod template;
+pub mod upstream;
 
 pub use datafusion::arrow;
 pub use engine::{Backfill, OpenOptions, SlicePlan};

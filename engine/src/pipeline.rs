@@ -52,6 +52,9 @@ pub struct Source {
     /// table's partitioning is in its log).
     pub partitioning: Vec<String>,
     pub storage_options: StorageOptions,
+    /// The pipeline whose destination this source reads, when it is another pipeline's
+    /// output (`pipeline = "name"`, or a project pipeline's destination by its URL).
+    pub upstream: Option<String>,
 }
 
 /// How a source's files are laid out.
@@ -167,8 +170,9 @@ struct RawPipeline {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    url: Spanned<String>,
-    format: Spanned<String>,
+    url: Option<Spanned<String>>,
+    pipeline: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
     #[serde(default)]
     partitioning: Vec<String>,
     storage_options: Option<Spanned<BTreeMap<String, String>>>,
@@ -233,16 +237,60 @@ pub fn load(path: &Path) -> Result<Pipeline> {
     parse(&text, path)
 }
 
-/// Validates pipeline text as if it were read from `path`.
+/// Validates pipeline text as if it were read from `path`. A source naming another
+/// pipeline (`pipeline = "name"`) is refused: only a project resolves those.
 pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
+    parse_with(text, path, &|name| {
+        Err(format!(
+            "`{name}` is another pipeline's output, which only a project file resolves: run this pipeline through the project that lists both (`--pipelines {}`), or give the table's `url` and `format = \"delta\"`",
+            path.file_stem().unwrap_or_default().to_string_lossy()
+        ))
+    })
+}
+
+/// Where a source that names another pipeline reads: that pipeline's destination, or why
+/// there is none.
+pub type Upstreams<'a> = &'a dyn Fn(&str) -> std::result::Result<Output, String>;
+
+/// Where a pipeline writes, as a source naming the pipeline reads it.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub pipeline: String,
+    pub url: Url,
+    pub storage_options: StorageOptions,
+}
+
+/// Reads only the name and the destination of a pipeline file: what other pipelines of
+/// a project need to resolve their sources before this one is parsed in full.
+pub fn output_of(path: &Path) -> Result<Output> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: String,
+        destination: Spanned<Written>,
+    }
+    #[derive(Deserialize)]
+    struct Written {
+        url: Spanned<String>,
+        storage_options: Option<Spanned<BTreeMap<String, String>>>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::in_file(path, format!("cannot read the pipeline file: {e}")))?;
+    let at = Locator { path, text: &text };
+    let named: Named = at.parse()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let written = named.destination.into_inner();
+    Ok(Output {
+        pipeline: named.name.trim().to_string(),
+        url: at.url(&written.url, base)?,
+        storage_options: at.storage_options("destination", written.storage_options.as_ref())?,
+    })
+}
+
+/// Validates pipeline text as if it were read from `path`, resolving sources that name
+/// another pipeline through `upstreams`.
+pub fn parse_with(text: &str, path: &Path, upstreams: Upstreams) -> Result<Pipeline> {
     let at = Locator { path, text };
-    let raw: RawPipeline = toml::from_str(text).map_err(|e| {
-        let message = e.message().to_string();
-        match e.span() {
-            Some(span) => at.error(span, message),
-            None => Error::in_file(path, message),
-        }
-    })?;
+    let raw: RawPipeline = at.parse()?;
     let base = path.parent().unwrap_or(Path::new("."));
 
     let name = raw.name.get_ref().trim().to_string();
@@ -276,18 +324,63 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
                 "`slice` is reserved: assertions read the slice's output under that name",
             ));
         }
-        let format = match source.format.get_ref().as_str() {
-            "parquet" => SourceFormat::Parquet,
-            "delta" => SourceFormat::Delta,
-            other => {
-                return Err(at.error(
-                    source.format.span(),
-                    format!(
-                        "sources.{source_name}.format: `{other}` is not supported; use \"parquet\" or \"delta\""
-                    ),
-                ))
-            }
-        };
+        let (url, format, storage_options, upstream) =
+            match (&source.url, &source.pipeline) {
+                (Some(url), None) => {
+                    let Some(format) = &source.format else {
+                        return Err(at.error(
+                            span,
+                            format!("sources.{source_name}.format is required: \"parquet\" or \"delta\""),
+                        ));
+                    };
+                    let format = match format.get_ref().as_str() {
+                        "parquet" => SourceFormat::Parquet,
+                        "delta" => SourceFormat::Delta,
+                        other => {
+                            return Err(at.error(
+                                format.span(),
+                                format!(
+                                    "sources.{source_name}.format: `{other}` is not supported; use \"parquet\" or \"delta\""
+                                ),
+                            ))
+                        }
+                    };
+                    let options = at.storage_options(
+                        &format!("sources.{source_name}"),
+                        source.storage_options.as_ref(),
+                    )?;
+                    (at.url(url, base)?, format, options, None)
+                }
+                (None, Some(pipeline)) => {
+                    if let Some(format) = source.format.as_ref().filter(|f| f.get_ref() != "delta") {
+                        return Err(at.error(
+                            format.span(),
+                            format!("sources.{source_name}.format: a pipeline's output is a Delta table; remove this key"),
+                        ));
+                    }
+                    if let Some(options) = &source.storage_options {
+                        return Err(at.error(
+                            options.span(),
+                            format!("sources.{source_name}.storage_options: a pipeline's output is read with its destination's storage options; remove this key"),
+                        ));
+                    }
+                    let destination = upstreams(pipeline.get_ref()).map_err(|message| {
+                        at.error(pipeline.span(), format!("sources.{source_name}.pipeline: {message}"))
+                    })?;
+                    (
+                        destination.url,
+                        SourceFormat::Delta,
+                        destination.storage_options,
+                        Some(pipeline.get_ref().clone()),
+                    )
+                }
+                _ => {
+                    return Err(at.error(
+                        span,
+                        format!("sources.{source_name} needs exactly one of `url` (a location) or `pipeline` (another pipeline's output)"),
+                    ))
+                }
+            };
         if format == SourceFormat::Delta && !source.partitioning.is_empty() {
             return Err(at.error(
                 span,
@@ -298,13 +391,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
         }
         sources.push(Source {
             name: source_name.clone(),
-            url: at.url(&source.url, base)?,
+            url,
             format,
             partitioning: source.partitioning.clone(),
-            storage_options: at.storage_options(
-                &format!("sources.{source_name}"),
-                source.storage_options.as_ref(),
-            )?,
+            storage_options,
+            upstream,
         });
     }
 
@@ -609,14 +700,14 @@ pub fn location_to_url(location: &str, base: &Path) -> std::result::Result<Url, 
     Url::from_directory_path(&normal).map_err(|()| format!("`{location}` is not a usable path"))
 }
 
-/// Points errors at a line of the pipeline file.
-struct Locator<'a> {
-    path: &'a Path,
-    text: &'a str,
+/// Points errors at a line of a pipeline or project file.
+pub(crate) struct Locator<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) text: &'a str,
 }
 
 impl Locator<'_> {
-    fn error(&self, span: Range<usize>, message: impl Into<String>) -> Error {
+    pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> Error {
         let line = self.text[..span.start.min(self.text.len())]
             .matches('\n')
             .count()
@@ -624,7 +715,18 @@ impl Locator<'_> {
         Error::config(format!("{}:{line}", self.path.display()), message)
     }
 
-    fn url(&self, location: &Spanned<String>, base: &Path) -> Result<Url> {
+    /// The file's text as `T`, or an error at the line at fault.
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        toml::from_str(self.text).map_err(|e| {
+            let message = e.message().to_string();
+            match e.span() {
+                Some(span) => self.error(span, message),
+                None => Error::in_file(self.path, message),
+            }
+        })
+    }
+
+    pub(crate) fn url(&self, location: &Spanned<String>, base: &Path) -> Result<Url> {
         location_to_url(location.get_ref(), base)
             .map_err(|message| self.error(location.span(), message))
     }

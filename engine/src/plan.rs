@@ -2,6 +2,7 @@
 //! the estimate of the run, and for a rebuild what its swap would replace. `plan --json`
 //! is this value serialized. Reading only.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -14,6 +15,7 @@ use crate::run::default_concurrency;
 use crate::sink::rebuild::Replaced;
 use crate::slice::Selection;
 use crate::states::Reprocess;
+use crate::upstream::UpstreamSlice;
 
 /// The plan of a selection: every slice's plan, what a run would read and take, and for a
 /// rebuild what its swap would replace.
@@ -34,11 +36,25 @@ impl Backfill {
         reprocess: Reprocess,
         concurrency: Option<usize>,
     ) -> Result<Plan> {
+        self.plan_after(selection, reprocess, concurrency, &HashSet::new())
+            .await
+    }
+
+    /// [`Backfill::plan`] in a chained run, whose upstream pipelines run the slices
+    /// `running` first.
+    pub(crate) async fn plan_after(
+        self: &Arc<Self>,
+        selection: &Selection,
+        reprocess: Reprocess,
+        concurrency: Option<usize>,
+        running: &HashSet<UpstreamSlice>,
+    ) -> Result<Plan> {
         let cores = default_concurrency();
         let known = Arc::new(self.known(Summaries::ReadOnly).await?);
         let mut slices = self
             .plan_slices(self.slices(selection)?, &known, reprocess, cores)
             .await?;
+        self.wait_for_upstream(&mut slices, running, reprocess);
         let concurrency = concurrency.unwrap_or_else(|| chosen_concurrency(&slices, cores));
         let estimate = self.estimate(&slices, &known.ledger, concurrency).await?;
         for slice in &mut slices {

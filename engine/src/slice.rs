@@ -37,6 +37,31 @@ pub enum Selection {
     Keys(Vec<String>),
 }
 
+impl Selection {
+    /// The selection as a pipeline cutting slices of `kind` takes it, when pipelines of
+    /// several kinds run together: a range of days is every hour of those days for an
+    /// hourly pipeline, a range of hours the days they fall on for a daily one, and a
+    /// list pipeline takes the keys of its file instead of a range.
+    pub fn for_kind(&self, kind: SliceKind) -> Selection {
+        let Selection::Range { start, end } = self else {
+            return self.clone();
+        };
+        let day = |at: &str| at.split_once('T').map_or(at, |(day, _)| day).to_string();
+        match kind {
+            SliceKind::Daily => Selection::Range {
+                start: day(start),
+                end: day(end),
+            },
+            SliceKind::Hourly if !start.contains('T') && !end.contains('T') => Selection::Range {
+                start: format!("{start}T00"),
+                end: format!("{end}T23"),
+            },
+            SliceKind::Hourly => self.clone(),
+            SliceKind::List => Selection::Keys(vec![]),
+        }
+    }
+}
+
 /// One unit of work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {

@@ -136,6 +136,9 @@ pub enum SliceStatus {
     Failed { error: String, fault: Fault },
     /// Left unfinished when the run was stopped; nothing was committed.
     Abandoned,
+    /// Not run: upstream slices it reads (`orders_clean 2024-01-05`) failed, were blocked
+    /// or never started in this run.
+    Blocked { by: Vec<String> },
 }
 
 /// How a rebuild's run ended for the table.

@@ -98,7 +98,15 @@ async fn after_kills_and_reruns_clean_leaves_only_files_the_log_references() {
 #[tokio::test]
 async fn clean_keeps_what_versions_manifests_young_attempts_and_other_writers_need() {
     let case = Case::new("orders_clean");
-    let days = ["--start", "2024-01-01", "--end", "2024-01-02"];
+    // One slice per commit, so that version 0 holds exactly one slice's file.
+    let days = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-02",
+        "--max-slices-per-commit",
+        "1",
+    ];
     case.ok("run", &days, 0);
     case.ok("run", &[&days[..], &["--force"]].concat(), 0);
     // The forced run replaced the first files: only versions 0 and 1 reference them.

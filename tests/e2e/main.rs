@@ -7,6 +7,7 @@ mod concurrent;
 mod delta_sources;
 mod hostile;
 mod preflight;
+mod projects;
 mod reads;
 mod rebuild;
 mod s3;

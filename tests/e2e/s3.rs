@@ -230,21 +230,23 @@ impl S3Case {
 
     /// The same, reaching the server at `endpoint` (a proxy in front of it).
     fn command_via(&self, endpoint: &str, command: &str, rest: &[&str]) -> Command {
-        self.command_for(&self.pipeline, &self.table, endpoint, command, rest)
+        self.command_for(&self.pipeline, Some(&self.table), endpoint, command, rest)
     }
 
-    /// `backfill <command> <pipeline> <rest> --destination <table>` against `endpoint`.
+    /// `backfill <command> <pipeline> <rest> [--destination <table>]` against `endpoint`.
     fn command_for(
         &self,
         pipeline: &Path,
-        table: &str,
+        table: Option<&str>,
         endpoint: &str,
         command: &str,
         rest: &[&str],
     ) -> Command {
         let mut args = vec![command, pipeline.to_str().unwrap()];
         args.extend_from_slice(rest);
-        args.extend_from_slice(&["--destination", table]);
+        if let Some(table) = table {
+            args.extend_from_slice(&["--destination", table]);
+        }
         let mut backfill = Command::new(env!("CARGO_BIN_EXE_backfill"));
         backfill
             .args(&args)
@@ -530,27 +532,41 @@ async fn s3_rebuild_waits_for_a_failed_slice_then_resumes_and_swaps_once() {
 }
 
 #[tokio::test]
-async fn s3_a_delta_source_reads_the_upstream_table_on_s3() {
+async fn s3_a_chain_runs_in_staging_then_in_production_on_s3() {
     let case = S3Case::new("orders_clean").await;
-    let range = ["--start", "2024-01-01", "--end", "2024-01-04"];
-    let run = case.json("run", &range, 0);
-    assert_eq!(statuses(&run), ["committed"; 4], "{run:#}");
-
-    // orders_daily reads that table on the server and writes its own next to it.
-    let text = std::fs::read_to_string(case.scratch.path("pipelines/orders_daily.toml"))
+    let clean = std::fs::read_to_string(&case.pipeline).unwrap().replace(
+        "../../warehouse/orders_clean",
+        "s3://warehouse/prod/orders_clean",
+    );
+    case.scratch.pipeline("orders_clean_s3", &clean);
+    // orders_daily names orders_clean: it reads its table wherever the environment puts
+    // it, with its storage options.
+    let daily = std::fs::read_to_string(case.scratch.path("pipelines/orders_daily.toml"))
         .unwrap()
         .replace(
-            "url = \"../../warehouse/orders_clean\"",
-            &format!("url = \"{}\"\n{OPTIONS}", case.table),
+            "url = \"../../warehouse/orders_clean\"\nformat = \"delta\"",
+            "pipeline = \"orders_clean\"",
+        )
+        .replace(
+            "../../warehouse/orders_daily",
+            "s3://warehouse/prod/orders_daily",
         )
         .replace("[destination]\n", &format!("[destination]\n{OPTIONS}\n"));
-    let daily = case.scratch.pipeline("orders_daily_s3", &text);
-    let daily_table = "s3://warehouse/tables/daily";
-    let command = |command: &str| {
-        let rest = [&range[..], &["--json"]].concat();
+    case.scratch.pipeline("orders_daily_s3", &daily);
+    let project = case.scratch.path("backfill.toml");
+    std::fs::write(
+        &project,
+        "pipelines = [\"pipelines/orders_clean_s3.toml\", \"pipelines/orders_daily_s3.toml\"]\n\
+         [environments.prod]\nroot = \"s3://warehouse/prod\"\n\
+         [environments.staging]\nroot = \"s3://warehouse/staging\"\n",
+    )
+    .unwrap();
+    let range = ["--start", "2024-01-01", "--end", "2024-01-03"];
+    let command = |command: &str, env: &str| {
+        let rest = [&range[..], &["--env", env, "--json"]].concat();
         let endpoint = &case.moto.endpoint;
         let output = case
-            .command_for(&daily, daily_table, endpoint, command, &rest)
+            .command_for(&project, None, endpoint, command, &rest)
             .output()
             .unwrap();
         case.printed(&output);
@@ -559,23 +575,41 @@ async fn s3_a_delta_source_reads_the_upstream_table_on_s3() {
         assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
         serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
     };
-    let plan = command("plan");
-    for slice in plan["slices"].as_array().unwrap() {
-        assert_eq!(
-            slice["source_files"], 1,
-            "a slice reads its own day: {slice}"
-        );
-    }
-    assert_eq!(statuses(&command("run")), ["committed"; 4]);
+    let committed = |summary: &serde_json::Value| -> Vec<usize> {
+        let runs = summary["runs"].as_array().unwrap();
+        runs.iter()
+            .map(|run| statuses(run).iter().filter(|s| *s == "committed").count())
+            .collect()
+    };
     let aggregate = "SELECT dt, status, count(*) AS orders, \
         count(DISTINCT customer_id) AS customers, round(sum(amount), 2) AS revenue \
         FROM t GROUP BY dt, status ORDER BY dt, status";
     let stored = "SELECT dt, status, orders, customers, round(revenue, 2) AS revenue \
         FROM t ORDER BY dt, status";
+
+    assert_eq!(committed(&command("run", "staging")), [3, 3]);
     assert_eq!(
-        case.stored_at(daily_table, stored).await,
-        case.stored(aggregate).await
+        case.stored_at("s3://warehouse/staging/orders_daily", stored)
+            .await,
+        case.stored_at("s3://warehouse/staging/orders_clean", aggregate)
+            .await
     );
-    assert_eq!(statuses(&command("run")), ["skipped"; 4]);
+    let production = command("plan", "prod");
+    for pipeline in production["pipelines"].as_array().unwrap() {
+        assert_eq!(
+            plan_states(&pipeline["slices"]),
+            ["missing"; 3],
+            "{production}"
+        );
+    }
+
+    assert_eq!(committed(&command("run", "prod")), [3, 3]);
+    assert_eq!(
+        case.stored_at("s3://warehouse/prod/orders_daily", stored)
+            .await,
+        case.stored_at("s3://warehouse/prod/orders_clean", aggregate)
+            .await
+    );
+    assert_eq!(committed(&command("run", "prod")), [0, 0]);
     case.assert_secret_never_shown().await;
 }

@@ -3,18 +3,21 @@
 
 use backfill_engine::estimate::{Basis, Estimate};
 use backfill_engine::ledger::{Committed, OtherWriters};
+use backfill_engine::project::ProjectPlan;
 use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::{Plan, SliceState};
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{ChoiceArgs, PipelineArgs, SelectionArgs};
+use crate::args::{ChoiceArgs, PipelineArgs, ProjectArgs, SelectionArgs, Target};
 use crate::printer::{self, human_bytes, human_duration, timestamp};
 
 #[derive(Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
     #[command(flatten)]
     selection: SelectionArgs,
     #[command(flatten)]
@@ -30,16 +33,53 @@ pub struct PlanArgs {
 
 pub async fn execute(args: PlanArgs) -> anyhow::Result<Outcome> {
     let selection = args.selection.selection();
-    let backfill = args.pipeline.open(Some(selection.clone())).await?;
-    let concurrency = args.concurrency.map(usize::from);
-    let plan = backfill
-        .plan(&selection, args.choice.reprocess(), concurrency)
-        .await?;
-    match args.json {
-        true => printer::json(&plan)?,
-        false => print(&plan),
+    let target = args.pipeline.target(&args.project, Some(selection.clone()));
+    let (concurrency, reprocess) = (args.concurrency.map(usize::from), args.choice.reprocess());
+    match target.await? {
+        Target::Pipeline(backfill) => {
+            let plan = backfill.plan(&selection, reprocess, concurrency).await?;
+            match args.json {
+                true => printer::json(&plan)?,
+                false => print(&plan),
+            }
+        }
+        Target::Project(project) => {
+            let plan = project.plan(&selection, reprocess, concurrency).await?;
+            match args.json {
+                true => printer::json(&plan)?,
+                false => print_project(&plan),
+            }
+        }
     }
     Ok(Outcome::Success)
+}
+
+/// Each pipeline's plan under a heading, upstream first, then what the run would run.
+fn print_project(plan: &ProjectPlan) {
+    for (i, pipeline) in plan.pipelines.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let reads = match pipeline.upstream.as_slice() {
+            [] => String::new(),
+            upstream => format!(", after {}", upstream.join(", ")),
+        };
+        println!(
+            "pipeline {} → {}{reads}",
+            pipeline.pipeline, pipeline.destination
+        );
+        print(&pipeline.plan);
+    }
+    let runs: usize = plan
+        .pipelines
+        .iter()
+        .map(|p| p.plan.slices.iter().filter(|s| s.will_run).count())
+        .sum();
+    println!(
+        "\nenvironment {}: a run would run {runs} slices of {} pipelines, each slice after the upstream slices it reads",
+        plan.environment,
+        plan.pipelines.len()
+    );
 }
 
 fn print(plan: &Plan) {
@@ -73,6 +113,17 @@ fn print(plan: &Plan) {
             Some(problem) => format!("CANNOT RUN: {problem} {detail}"),
             None => detail,
         };
+        let (state, detail) = match p.after.as_slice() {
+            [] => (p.state.name(), detail),
+            [first, rest @ ..] => {
+                let more = match rest.len() {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                let now = format!("now {}", p.state.name());
+                ("pending", format!("after {first}{more}; {now} {detail}"))
+            }
+        };
         let run = match (&p.state, p.will_run) {
             (SliceState::Staged { .. }, _) => "reuse",
             (_, true) => "yes",
@@ -80,7 +131,7 @@ fn print(plan: &Plan) {
         };
         table.add_row([
             p.slice.key.clone(),
-            p.state.name().to_string(),
+            state.to_string(),
             run.to_string(),
             p.files.len().to_string(),
             human_bytes(p.source_bytes()),
@@ -89,19 +140,26 @@ fn print(plan: &Plan) {
         ]);
     }
     printer::print_table(&table);
-    let count = |name: &str| planned.iter().filter(|p| p.state.name() == name).count();
+    let count = |name: &str| {
+        let counted = planned.iter().filter(|p| p.after.is_empty());
+        counted.filter(|p| p.state.name() == name).count()
+    };
+    let pending = match planned.iter().filter(|p| !p.after.is_empty()).count() {
+        0 => String::new(),
+        n => format!(", {n} pending upstream slices"),
+    };
     let staged = match count("staged") {
         0 => String::new(),
         n => format!(", {n} staged"),
     };
     println!(
-        "{} slices: {} done, {} missing, {} changed, {} failed{staged}; a run would run {}",
+        "{} slices: {} done, {} missing, {} changed, {} failed{staged}{pending}; a run would run {}",
         planned.len(),
         count("done"),
         count("missing"),
         count("changed"),
         count("failed"),
-        planned.iter().filter(|p| p.will_run).count() - count("staged")
+        planned.iter().filter(|p| p.will_run).count() - planned.iter().filter(|p| p.state.name() == "staged").count()
     );
     if estimate.slices > 0 {
         println!("a run would read {}", describe_estimate(estimate));

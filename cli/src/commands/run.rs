@@ -9,7 +9,7 @@ use backfill_engine::{RebuildOutcome, RunOptions, RunSummary, SliceStatus};
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{ChoiceArgs, PipelineArgs, SelectionArgs};
+use crate::args::{ChoiceArgs, PipelineArgs, ProjectArgs, SelectionArgs, Target};
 use crate::printer;
 use crate::progress::Progress;
 
@@ -17,6 +17,8 @@ use crate::progress::Progress;
 pub struct RunArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
     #[command(flatten)]
     selection: SelectionArgs,
     #[command(flatten)]
@@ -64,7 +66,10 @@ enum Order {
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
     let selection = args.selection.selection();
-    let backfill = args.pipeline.open(Some(selection.clone())).await?;
+    let target = args
+        .pipeline
+        .target(&args.project, Some(selection.clone()))
+        .await?;
     let options = RunOptions {
         reprocess: args.choice.reprocess(),
         concurrency: args.concurrency.map(usize::from),
@@ -80,16 +85,34 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
         ..RunOptions::default()
     };
     stop_on_ctrl_c(options.stop.clone());
-    let reporter = Arc::new(Progress::new(args.json));
-    let summary = backfill.run(&selection, &options, reporter.clone()).await?;
-    reporter.finish();
-    match args.json {
-        true => printer::json(&summary)?,
-        false => print(&summary),
-    }
-    Ok(if summary.stopped {
+    let (stopped, incomplete) = match target {
+        Target::Pipeline(backfill) => {
+            let reporter = Arc::new(Progress::new(args.json, false));
+            let summary = backfill.run(&selection, &options, reporter.clone()).await?;
+            reporter.finish();
+            match args.json {
+                true => printer::json(&summary)?,
+                false => print(&summary),
+            }
+            (summary.stopped, summary.incomplete())
+        }
+        Target::Project(project) => {
+            let reporter = Arc::new(Progress::new(args.json, true));
+            let summary = project.run(&selection, &options, reporter.clone()).await?;
+            reporter.finish();
+            match args.json {
+                true => printer::json(&summary)?,
+                false => summary.runs.iter().for_each(|run| {
+                    print!("{}: ", run.pipeline);
+                    print(run);
+                }),
+            }
+            (summary.stopped(), summary.incomplete())
+        }
+    };
+    Ok(if stopped {
         Outcome::Interrupted
-    } else if summary.incomplete() {
+    } else if incomplete {
         Outcome::SlicesFailed
     } else {
         Outcome::Success
@@ -111,6 +134,10 @@ fn stop_on_ctrl_c(stop: Stop) {
 }
 
 fn print(summary: &RunSummary) {
+    let blocked = match summary.blocked() {
+        0 => String::new(),
+        n => format!(", {n} blocked by upstream slices"),
+    };
     let meanwhile = match summary.count(|s| matches!(s, SliceStatus::CommittedMeanwhile { .. })) {
         0 => String::new(),
         n => format!(", {n} committed meanwhile by other runs"),
@@ -124,7 +151,7 @@ fn print(summary: &RunSummary) {
         ),
     };
     println!(
-        "run {}: {slices} slices, {} committed, {} skipped, {} failed{meanwhile}",
+        "run {}: {slices} slices, {} committed, {} skipped, {} failed{blocked}{meanwhile}",
         summary.run_id,
         summary.committed(),
         summary.skipped(),
@@ -165,7 +192,10 @@ fn print(summary: &RunSummary) {
     }
     println!(
         "not committed: {}",
-        keys(|s| matches!(s, SliceStatus::Failed { .. } | SliceStatus::Abandoned))
+        keys(|s| matches!(
+            s,
+            SliceStatus::Failed { .. } | SliceStatus::Abandoned | SliceStatus::Blocked { .. }
+        ))
     );
     println!("not started: {}", summary.not_started.join(", "));
 }

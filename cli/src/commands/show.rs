@@ -69,6 +69,7 @@ fn print(run: &RunRecord) {
             SliceStatus::Skipped { state } => format!("skipped ({state})"),
             SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
             SliceStatus::Abandoned => "abandoned".to_string(),
+            SliceStatus::Blocked { by } => format!("blocked by {}", by.join(", ")),
         };
         table.add_row([
             attempt.slice.clone(),

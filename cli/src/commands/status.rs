@@ -5,13 +5,15 @@ use backfill_engine::status::{Status, SKEW_FACTOR};
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{PipelineArgs, SelectionArgs};
+use crate::args::{PipelineArgs, ProjectArgs, SelectionArgs, Target};
 use crate::printer::{self, human_bytes, human_duration, or_blank};
 
 #[derive(Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
     /// Without a selection, the committed slices.
     #[command(flatten)]
     selection: SelectionArgs,
@@ -21,11 +23,32 @@ pub struct StatusArgs {
 
 pub async fn execute(args: StatusArgs) -> anyhow::Result<Outcome> {
     let chosen = args.selection.given();
-    let backfill = args.pipeline.open(chosen.clone()).await?;
-    let status = backfill.status(chosen.as_ref()).await?;
-    match args.json {
-        true => printer::json(&status)?,
-        false => print(&status),
+    match args.pipeline.target(&args.project, chosen.clone()).await? {
+        Target::Pipeline(backfill) => {
+            let status = backfill.status(chosen.as_ref()).await?;
+            match args.json {
+                true => printer::json(&status)?,
+                false => print(&status),
+            }
+        }
+        Target::Project(project) => {
+            let statuses = project.status(chosen.as_ref()).await?;
+            if args.json {
+                let by_pipeline: serde_json::Map<String, serde_json::Value> = statuses
+                    .iter()
+                    .map(|(name, status)| Ok((name.clone(), serde_json::to_value(status)?)))
+                    .collect::<serde_json::Result<_>>()?;
+                printer::json(&by_pipeline)?;
+                return Ok(Outcome::Success);
+            }
+            for (i, (name, status)) in statuses.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                println!("pipeline {name}");
+                print(status);
+            }
+        }
     }
     Ok(Outcome::Success)
 }

@@ -24,7 +24,7 @@ struct Style {
     colour: &'static str,
 }
 
-const STYLES: [Style; 6] = [
+const STYLES: [Style; 7] = [
     Style {
         class: "committed",
         label: "committed",
@@ -54,6 +54,11 @@ const STYLES: [Style; 6] = [
         class: "abandoned",
         label: "abandoned",
         colour: "#ef6c00",
+    },
+    Style {
+        class: "blocked",
+        label: "blocked by an upstream slice",
+        colour: "#8d6e63",
     },
 ];
 
@@ -213,5 +218,6 @@ fn describe(status: &SliceStatus) -> (&'static str, String) {
             "abandoned",
             "abandoned when the run was stopped".to_string(),
         ),
+        SliceStatus::Blocked { by } => ("blocked", format!("blocked by {}", by.join(", "))),
     }
 }

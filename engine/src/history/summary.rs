@@ -85,7 +85,9 @@ impl SliceHistory {
             SliceStatus::Committed { .. }
             | SliceStatus::CommittedMeanwhile { .. }
             | SliceStatus::Staged { .. } => None,
-            SliceStatus::Skipped { .. } | SliceStatus::Abandoned => return,
+            SliceStatus::Skipped { .. } | SliceStatus::Abandoned | SliceStatus::Blocked { .. } => {
+                return
+            }
         };
         if facts
             .last

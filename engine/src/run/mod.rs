@@ -17,10 +17,11 @@
 
 mod attempts;
 mod executor;
+pub(crate) mod gates;
 mod rebuild;
 mod slice_task;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,14 +29,16 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::clock::{Clock, SystemClock};
-use crate::engine::{Backfill, Known};
+use crate::engine::{Backfill, Known, SlicePlan};
 use crate::error::{Error, Result};
 use crate::estimate::Budget;
 use crate::history::{History, RunEnd, RunHeader};
 use crate::ledger::{Ledger, StagedSlice, Summaries};
 use crate::pipeline::Strategy;
-use crate::slice::Selection;
+use crate::slice::{Selection, Slice};
 use crate::states::{RebuildOutcome, Reprocess, SliceStatus};
+use crate::upstream::UpstreamSlice;
+use gates::Gates;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -137,11 +140,12 @@ pub fn default_concurrency() -> usize {
         .unwrap_or(2)
 }
 
-/// Receives progress from a run. Only the CLI draws; the engine only reports.
+/// Receives progress from a run (of one pipeline, or of a project's pipelines together).
+/// Only the CLI draws; the engine only reports.
 pub trait Reporter: Send + Sync {
     fn run_started(&self, _run_id: &str, _slices: usize) {}
-    fn slice_started(&self, _slice: &str) {}
-    fn slice_finished(&self, _outcome: &SliceOutcome) {}
+    fn slice_started(&self, _pipeline: &str, _slice: &str) {}
+    fn slice_finished(&self, _pipeline: &str, _outcome: &SliceOutcome) {}
 }
 
 /// A reporter that ignores everything.
@@ -190,10 +194,14 @@ impl RunSummary {
         self.count(|s| matches!(s, SliceStatus::Failed { .. }))
     }
 
-    /// Whether the run left work undone that a rerun would do: failed slices, or a
-    /// rebuild that did not swap.
+    pub fn blocked(&self) -> usize {
+        self.count(|s| matches!(s, SliceStatus::Blocked { .. }))
+    }
+
+    /// Whether the run left work undone that a rerun would do: failed or blocked slices,
+    /// or a rebuild that did not swap.
     pub fn incomplete(&self) -> bool {
-        self.failed() > 0
+        self.failed() + self.blocked() > 0
             || matches!(
                 self.rebuild,
                 Some(RebuildOutcome::Waiting { .. } | RebuildOutcome::Refused { .. })
@@ -211,46 +219,90 @@ impl Backfill {
         options: &RunOptions,
         reporter: Arc<dyn Reporter>,
     ) -> Result<RunSummary> {
+        let launch = self.launch(selection, options, &HashSet::new()).await?;
+        crate::estimate::preflight(&launch.planned, &options.budget)?;
+        let chosen = || crate::estimate::chosen_concurrency(&launch.planned, default_concurrency());
+        let concurrency = options.concurrency.unwrap_or_else(chosen);
+        let options = RunOptions {
+            concurrency: Some(concurrency),
+            ..options.clone()
+        };
+        let shared = Shared::new(new_run_id(options.clock.now()), concurrency, None);
+        reporter.run_started(&shared.run_id, launch.slices.len());
+        self.execute(selection, launch, &options, &shared, reporter)
+            .await
+    }
+
+    /// The pre-flight of a run: every slice planned (listings and footers, no data)
+    /// before any starts. The plans are not kept: each slice to run plans again when it
+    /// starts, so it sees files that arrive in between. In a chained run, the upstream
+    /// pipelines run the slices `running` first.
+    pub(crate) async fn launch(
+        self: &Arc<Self>,
+        selection: &Selection,
+        options: &RunOptions,
+        running: &HashSet<UpstreamSlice>,
+    ) -> Result<Launch> {
         let mut slices = self.slices(selection)?;
         if options.newest_first {
             slices.reverse();
         }
         let known = Arc::new(self.known(Summaries::Save).await?);
-        // Pre-flight: every slice planned (listings and footers, no data) before any
-        // starts. The plans are not kept: each slice to run plans again when it starts, so
-        // it sees files that arrive in between. A slice the pre-flight chose not to run
-        // (done, or a state not chosen) is skipped without planning it again.
-        let (concurrency, not_run) = {
-            let slices = slices.clone();
-            let planned = self
-                .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
-                .await?;
-            crate::estimate::preflight(&planned, &options.budget)?;
-            let chosen = || crate::estimate::chosen_concurrency(&planned, default_concurrency());
-            let not_run = planned
-                .iter()
-                .map(|p| (!p.will_run).then(|| p.state.name()))
-                .collect();
-            (options.concurrency.unwrap_or_else(chosen), not_run)
-        };
-        let options = &RunOptions {
-            concurrency: Some(concurrency),
-            ..options.clone()
-        };
-        let run_id = new_run_id(options.clock.now());
+        let mut planned = self
+            .plan_slices(
+                slices.clone(),
+                &known,
+                options.reprocess,
+                PREFLIGHT_CONCURRENCY,
+            )
+            .await?;
+        self.wait_for_upstream(&mut planned, running, options.reprocess);
+        Ok(Launch {
+            slices,
+            known,
+            planned,
+        })
+    }
+
+    /// Runs a launched run's slices, `options.concurrency` computing at once in the
+    /// places the run `shared` gives.
+    pub(crate) async fn execute(
+        self: Arc<Self>,
+        selection: &Selection,
+        launch: Launch,
+        options: &RunOptions,
+        shared: &Shared,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<RunSummary> {
+        let Launch {
+            slices,
+            known,
+            planned,
+        } = launch;
+        let concurrency = options.concurrency.unwrap_or(1).max(1);
+        let pipeline = self.pipeline.name.clone();
+        // A slice the pre-flight chose not to run (done, or a state not chosen) is
+        // skipped without planning it again, unless it waits for upstream slices: its
+        // state is known only once they are done.
+        let not_run = planned
+            .iter()
+            .map(|p| (!p.will_run && p.after.is_empty()).then(|| p.state.name()))
+            .collect();
+        let after: Vec<Vec<UpstreamSlice>> = planned.into_iter().map(|p| p.after).collect();
+        let run_id = shared.run_id.clone();
         let run = Arc::new(Run {
             backfill: self.clone(),
             options: options.clone(),
             known,
             not_run,
-            places: Arc::new(Semaphore::new(concurrency.max(1))),
+            places: shared.places.clone(),
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
             staged: Default::default(),
         });
         let header = RunHeader {
             run_id: run_id.clone(),
-            pipeline: self.pipeline.name.clone(),
+            pipeline: pipeline.clone(),
             selection: describe(selection),
             slices: slices.len(),
             reprocess: options
@@ -264,45 +316,64 @@ impl Backfill {
             started_at: options.clock.now(),
         };
         run.history.start(&header).await?;
-        reporter.run_started(&run_id, slices.len());
         let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
         let stop = options.stop.clone();
+        let gates = shared.gates.clone();
         let finished: Vec<(usize, Option<SliceOutcome>)> =
             futures::stream::iter(slices.into_iter().enumerate())
                 // Asked each time a task ends: once stopping, no new slice starts.
                 .take_while(move |_| std::future::ready(!stop.is_stopping()))
-                // Places are taken here, one slice after the other, so slices start in
-                // run order.
+                // Upstream slices are waited for, and places taken, here, one slice after
+                // the other, so slices start in run order.
                 .then(|(index, slice)| {
-                    let run = run.clone();
-                    async move { (index, slice, run.place().await) }
+                    let (run, gates, after) = (run.clone(), gates.clone(), &after[index]);
+                    async move {
+                        let ready = match &gates {
+                            Some(gates) if !after.is_empty() => run.wait_for(gates, after).await,
+                            _ => Ok(()),
+                        };
+                        let place = match ready {
+                            Ok(()) => Ok(run.place().await),
+                            Err(status) => Err(status),
+                        };
+                        (index, slice, place)
+                    }
                 })
                 .map(|(index, slice, place)| {
                     let (run, reporter, stop) =
                         (run.clone(), reporter.clone(), options.stop.clone());
+                    let (gates, pipeline) = (shared.gates.clone(), pipeline.clone());
                     // Each slice on its own task, so slices compute on all cores at once.
                     tokio::spawn(async move {
                         if stop.is_stopping() {
                             // Stopped while it waited for a place: it never started.
                             return (index, None);
                         }
-                        reporter.slice_started(&slice.key);
                         let started = Instant::now();
-                        let (status, attempts) = tokio::select! {
-                            finished = run.attempt_slice(&slice, index, place) => finished,
-                            _ = stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
+                        let (status, attempts) = match place {
+                            Ok(place) => {
+                                reporter.slice_started(&pipeline, &slice.key);
+                                tokio::select! {
+                                    finished = run.attempt_slice(&slice, index, place) => finished,
+                                    _ = stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
+                                }
+                            }
+                            Err(blocked) => (run.record_blocked(&slice, index, blocked).await, 0),
                         };
+                        if let Some(gates) = &gates {
+                            gates.settle(&pipeline, &slice.key, &status);
+                        }
                         let outcome = SliceOutcome {
                             slice: slice.key,
                             status,
                             duration_ms: millis(started.elapsed()),
                             attempts,
                         };
-                        reporter.slice_finished(&outcome);
+                        reporter.slice_finished(&pipeline, &outcome);
                         (index, Some(outcome))
                     })
                 })
-                .buffer_unordered(concurrency.max(1) * (1 + WAITING_PER_PLACE))
+                .buffer_unordered(concurrency * (1 + WAITING_PER_PLACE))
                 .map(|joined| {
                     joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
                 })
@@ -335,9 +406,14 @@ impl Backfill {
             }
             _ => None,
         };
+        if let Some(gates) = &shared.gates {
+            // What downstream slices still wait for: a rebuild's slices, visible from its
+            // swap on, and slices that never started.
+            gates.settle_rest(&pipeline, &keys, rebuild.as_ref());
+        }
         let summary = RunSummary {
             run_id,
-            pipeline: self.pipeline.name.clone(),
+            pipeline,
             stopped: options.stop.is_stopping() && !not_started.is_empty(),
             not_started,
             outcomes,
@@ -395,6 +471,33 @@ impl Backfill {
     }
 }
 
+/// A run's slices, planned before any starts.
+pub(crate) struct Launch {
+    /// In run order.
+    pub(crate) slices: Vec<Slice>,
+    pub(crate) known: Arc<Known>,
+    /// Each slice's plan, in run order.
+    pub(crate) planned: Vec<SlicePlan>,
+}
+
+/// What the pipelines of one run share: its id, the places to compute in, and in a
+/// chained run the gates their slices wait at.
+pub(crate) struct Shared {
+    pub(crate) run_id: String,
+    pub(crate) places: Arc<Semaphore>,
+    pub(crate) gates: Option<Arc<Gates>>,
+}
+
+impl Shared {
+    pub(crate) fn new(run_id: String, concurrency: usize, gates: Option<Arc<Gates>>) -> Self {
+        Shared {
+            run_id,
+            places: Arc::new(Semaphore::new(concurrency.max(1))),
+            gates,
+        }
+    }
+}
+
 /// One run in progress: what its slices share, and the jobs of running them (attempts,
 /// one slice's task, finishing a rebuild), each in its own file.
 struct Run {
@@ -439,7 +542,7 @@ fn describe(selection: &Selection) -> String {
     }
 }
 
-fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
     let now = now.format("%Y%m%dT%H%M%SZ");
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
     format!("{now}-{suffix}")

@@ -34,7 +34,7 @@ use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-pub use delta::DeltaSource;
+pub use delta::{DeltaSource, Unwritten};
 pub use hive::HiveParquet;
 pub(crate) use hive::{parquet_format, plain_type};
 pub(crate) use query::read_only_query;
@@ -62,6 +62,9 @@ pub trait SourceTable: Send + Sync {
 #[derive(Clone)]
 pub struct Sources {
     tables: Vec<(String, Arc<dyn SourceTable>)>,
+    /// The Delta sources among them, which a chained run brings forward as their
+    /// upstream commits.
+    deltas: Vec<(String, Arc<DeltaSource>)>,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     /// The session transforms are planned in: the sources, and nothing else, ever.
@@ -91,11 +94,14 @@ impl Sources {
     /// `scope`, a source partitioned like the slices reads only the footers of the scope's
     /// partitions. Files that are not valid Parquet, or whose columns do not fit the
     /// others', are left out of the schema and remembered: only slices that read them fail.
+    /// A Delta source named in `unwritten` may not be written yet (its pipeline runs in the
+    /// same chain): it reads as an empty table until it is.
     pub async fn resolve(
         pipeline: &Pipeline,
         stores: &StoreOverrides,
         memory_limit: usize,
         scope: Option<&[Slice]>,
+        unwritten: &[(String, Unwritten)],
     ) -> Result<Self> {
         let config = session_config();
         let runtime = RuntimeEnvBuilder::new()
@@ -140,6 +146,7 @@ impl Sources {
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
 
         let mut tables: Vec<(String, Arc<dyn SourceTable>)> = Vec::new();
+        let mut deltas = Vec::new();
         for source in &pipeline.sources {
             let table: Arc<dyn SourceTable> = match source.format {
                 SourceFormat::Parquet => {
@@ -155,7 +162,15 @@ impl Sources {
                             .expect("a store root is a valid object store URL"),
                         )
                         .map_err(|e| Error::Internal(e.to_string()))?;
-                    Arc::new(DeltaSource::resolve(pipeline, source, store, &ctx).await?)
+                    let unwritten = unwritten
+                        .iter()
+                        .find(|(name, _)| *name == source.name)
+                        .map(|(_, table)| table);
+                    let delta = Arc::new(
+                        DeltaSource::resolve(pipeline, source, store, &ctx, unwritten).await?,
+                    );
+                    deltas.push((source.name.clone(), delta.clone()));
+                    delta
                 }
             };
             tables.push((source.name.clone(), table));
@@ -163,6 +178,7 @@ impl Sources {
         register(&ctx, &tables)?;
         Ok(Sources {
             tables,
+            deltas,
             config,
             runtime,
             planning: ctx,
@@ -182,6 +198,15 @@ impl Sources {
                 .find_map(|(_, t)| t.left_out(&file.path))?;
             Some((file.path.as_str(), why))
         })
+    }
+
+    /// Brings the Delta source `name` forward to the table's latest version, if it reads
+    /// one older than `version`.
+    pub async fn catch_up(&self, name: &str, version: u64) -> Result<()> {
+        match self.deltas.iter().find(|(source, _)| source == name) {
+            Some((_, delta)) => delta.catch_up(version).await,
+            None => Ok(()),
+        }
     }
 
     /// Whether `name` is one of the pipeline's sources.

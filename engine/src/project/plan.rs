@@ -1,0 +1,141 @@
+//! Opening a project's pipelines for one selection, and [`ProjectPlan`]: every
+//! pipeline's plan, in dependency order, as a run would take them. Reading only.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Project;
+use crate::engine::{Backfill, OpenOptions};
+use crate::error::Result;
+use crate::plan::Plan;
+use crate::slice::Selection;
+use crate::source::Unwritten;
+use crate::states::Reprocess;
+use crate::status::Status;
+use crate::upstream::{Upstream, UpstreamSlice};
+
+/// The plan of a project's run: each pipeline's, upstream first.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectPlan {
+    pub environment: String,
+    pub pipelines: Vec<PipelinePlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelinePlan {
+    pub pipeline: String,
+    pub destination: String,
+    /// The pipelines of the run it reads.
+    pub upstream: Vec<String>,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
+/// A project's pipelines opened, upstream first, each with the selection as its kind of
+/// slices takes it; the sources that read another pipeline of the run know its slices.
+pub(crate) type Opened = Vec<(Arc<Backfill>, Option<Selection>)>;
+
+impl Project {
+    /// Plans every pipeline's slices of `selection`, in dependency order: a slice that
+    /// reads upstream slices a run would run first is shown `after` them.
+    pub async fn plan(
+        &self,
+        selection: &Selection,
+        reprocess: Reprocess,
+        concurrency: Option<usize>,
+    ) -> Result<ProjectPlan> {
+        let opened = self.open(Some(selection)).await?;
+        let mut running = HashSet::new();
+        let mut pipelines = Vec::new();
+        for (backfill, own) in &opened {
+            let own = own.as_ref().expect("opened for a selection");
+            let plan = backfill
+                .plan_after(own, reprocess, concurrency, &running)
+                .await?;
+            let name = &backfill.pipeline().name;
+            running.extend(runs(name, &plan.slices));
+            pipelines.push(PipelinePlan {
+                pipeline: name.clone(),
+                destination: backfill.pipeline().destination.url.to_string(),
+                upstream: backfill
+                    .upstreams
+                    .iter()
+                    .map(|u| u.pipeline.clone())
+                    .collect(),
+                plan,
+            });
+        }
+        Ok(ProjectPlan {
+            environment: self.environment.clone(),
+            pipelines,
+        })
+    }
+
+    /// What each pipeline's destination records, for a selection or (without one) for
+    /// the slices it has committed.
+    pub async fn status(&self, selection: Option<&Selection>) -> Result<Vec<(String, Status)>> {
+        let opened = self.open(selection).await?;
+        let mut statuses = Vec::new();
+        for (backfill, own) in &opened {
+            let status = backfill.status(own.as_ref()).await?;
+            statuses.push((backfill.pipeline().name.clone(), status));
+        }
+        Ok(statuses)
+    }
+
+    /// Opens every pipeline for `selection` (as each one's kind of slices takes it),
+    /// upstream first.
+    pub(crate) async fn open(&self, selection: Option<&Selection>) -> Result<Opened> {
+        let mut opened: Vec<(Arc<Backfill>, Option<Selection>)> = Vec::new();
+        // Each pipeline's sessions get a share of the memory one pipeline would.
+        let memory_limit = OpenOptions::default().memory_limit / self.pipelines.len().max(1);
+        for pipeline in &self.pipelines {
+            let own = selection.map(|s| s.for_kind(pipeline.slices.kind));
+            let mut chained = Vec::new();
+            for source in &pipeline.sources {
+                let Some(name) = &source.upstream else {
+                    continue;
+                };
+                let Some((upstream, selected)) =
+                    opened.iter().find(|(b, _)| &b.pipeline().name == name)
+                else {
+                    // Not in this run: its table is read as it is.
+                    continue;
+                };
+                chained.push(Upstream {
+                    source: source.name.clone(),
+                    pipeline: name.clone(),
+                    slices: match selected {
+                        Some(selected) => upstream.slices(selected)?,
+                        None => vec![],
+                    },
+                    unwritten: Unwritten {
+                        schema: upstream.schema().clone(),
+                        partition_by: upstream.pipeline().destination.partition_by.clone(),
+                    },
+                });
+            }
+            let options = OpenOptions {
+                scope: own.clone(),
+                memory_limit,
+                ..OpenOptions::default()
+            };
+            let backfill = Backfill::open_chained(pipeline.clone(), options, chained).await?;
+            opened.push((Arc::new(backfill), own));
+        }
+        Ok(opened)
+    }
+}
+
+/// The slices of `pipeline` a run runs, as its downstream pipelines name them.
+pub(crate) fn runs<'a>(
+    pipeline: &'a str,
+    plans: &'a [crate::SlicePlan],
+) -> impl Iterator<Item = UpstreamSlice> + 'a {
+    plans.iter().filter(|p| p.will_run).map(|p| UpstreamSlice {
+        pipeline: pipeline.to_string(),
+        slice: p.slice.key.clone(),
+    })
+}

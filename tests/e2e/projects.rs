@@ -1,0 +1,417 @@
+//! Projects: the bundled chain (`fixtures/backfill.toml`: orders_clean → orders_daily,
+//! hourly_events → events_daily) run together, slice by slice, in an environment.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use backfill_engine::ledger::CommitRecord;
+
+use crate::support::*;
+
+const DAYS: [&str; 4] = ["--start", "2024-01-01", "--end", "2024-01-03"];
+/// The days the fixture bucket has events for.
+const EVENT_DAYS: [&str; 4] = ["--start", "2024-01-01", "--end", "2024-01-02"];
+
+/// orders_daily from 2024-01-01 to `last_day`, computed straight from the raw orders the
+/// way orders_clean then orders_daily compute it.
+fn orders_daily_from_raw(last_day: &str) -> String {
+    format!(
+        "SELECT dt, upper(status) AS status, count(*) AS orders, \
+        count(DISTINCT customer_id) AS customers, round(sum(amount), 2) AS revenue \
+        FROM orders WHERE dt BETWEEN '2024-01-01' AND '{last_day}' \
+        AND to_char(ordered_at, '%Y-%m-%d') = dt \
+        GROUP BY dt, upper(status) ORDER BY dt, status"
+    )
+}
+const ORDERS_DAILY_STORED: &str =
+    "SELECT dt, status, orders, customers, round(revenue, 2) AS revenue FROM t ORDER BY dt, status";
+
+/// events_daily computed straight from the raw events.
+const EVENTS_DAILY_FROM_RAW: &str = "SELECT dt, customer_id, count(*) AS events, \
+    sum(CASE WHEN kind = 'click' THEN 1 ELSE 0 END) AS clicks, \
+    count(DISTINCT hr) AS active_hours \
+    FROM events WHERE dt BETWEEN '2024-01-01' AND '2024-01-02' \
+    GROUP BY dt, customer_id ORDER BY dt, customer_id";
+const EVENTS_DAILY_STORED: &str = "SELECT dt, customer_id, events, clicks, active_hours \
+    FROM t ORDER BY dt, customer_id";
+
+/// A copy of the repository's `fixtures/` folder, laid out as in the repository, so the
+/// project and its pipelines run unchanged: tables go to `warehouse/` (and
+/// `warehouse-staging/`) beside it.
+struct ProjectCase {
+    dir: tempfile::TempDir,
+}
+
+impl ProjectCase {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = dir.path().join("fixtures");
+        copy_tree(&bucket(), &fixtures.join("buckets/shop"));
+        copy_tree(
+            &root().join("fixtures/pipelines"),
+            &fixtures.join("pipelines"),
+        );
+        std::fs::copy(
+            root().join("fixtures/backfill.toml"),
+            fixtures.join("backfill.toml"),
+        )
+        .unwrap();
+        ProjectCase { dir }
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    fn project(&self) -> String {
+        self.path("fixtures/backfill.toml").display().to_string()
+    }
+
+    fn table(&self, pipeline: &str) -> PathBuf {
+        self.path(&format!("warehouse/{pipeline}"))
+    }
+
+    /// `backfill <command> <project> <rest>`, asserting the exit code.
+    fn ok(&self, command: &str, rest: &[&str], code: i32) -> String {
+        let project = self.project();
+        backfill_ok(&[&[command, project.as_str()], rest].concat(), code)
+    }
+
+    fn json(&self, command: &str, rest: &[&str], code: i32) -> serde_json::Value {
+        let project = self.project();
+        json(
+            &[&[command, project.as_str()], rest, &["--json"]].concat(),
+            code,
+        )
+    }
+
+    /// Each pipeline's run of `run --json`, by pipeline.
+    fn run(&self, rest: &[&str], code: i32) -> HashMap<String, serde_json::Value> {
+        let summary = self.json("run", rest, code);
+        let runs = summary["runs"].as_array().unwrap();
+        runs.iter()
+            .map(|run| (run["pipeline"].as_str().unwrap().to_string(), run.clone()))
+            .collect()
+    }
+}
+
+/// The slices each pipeline's run committed, in run order.
+fn committed(run: &serde_json::Value) -> Vec<String> {
+    let outcomes = run["outcomes"].as_array().unwrap();
+    outcomes
+        .iter()
+        .filter(|o| o["status"] == "committed")
+        .map(|o| o["slice"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// When each slice's record was committed to `table`, in milliseconds since the epoch.
+fn commit_times(table: &Path) -> HashMap<String, i64> {
+    let mut times = HashMap::new();
+    for entry in std::fs::read_dir(table.join("_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let Some(record) = CommitRecord::in_commit_entry(&bytes) else {
+            continue;
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        let info: serde_json::Value = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .find(|action| action.get("commitInfo").is_some())
+            .unwrap();
+        let at = info["commitInfo"]["timestamp"].as_i64().unwrap();
+        for slice in record.slices() {
+            times.insert(slice.slice.clone(), at);
+        }
+    }
+    times
+}
+
+#[tokio::test]
+async fn a_chain_equals_its_sql_over_the_raw_files_and_each_slice_commits_after_what_it_reads() {
+    let case = ProjectCase::new();
+    let runs = case.run(&EVENT_DAYS, 0);
+    assert_eq!(committed(&runs["orders_clean"]).len(), 2);
+    assert_eq!(committed(&runs["orders_daily"]).len(), 2);
+    assert_eq!(committed(&runs["hourly_events"]).len(), 48);
+    assert_eq!(committed(&runs["events_daily"]).len(), 2);
+    let ids: Vec<&str> = runs
+        .values()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one run id: {ids:?}");
+
+    let raw = case.path("fixtures/buckets/shop");
+    assert_eq!(
+        query_table(&case.table("orders_daily"), ORDERS_DAILY_STORED).await,
+        query_sources(&raw, &orders_daily_from_raw("2024-01-02")).await
+    );
+    assert_eq!(
+        query_table(&case.table("events_daily"), EVENTS_DAILY_STORED).await,
+        query_sources(&raw, EVENTS_DAILY_FROM_RAW).await
+    );
+
+    // Every downstream slice was committed after every upstream slice it reads.
+    let clean = commit_times(&case.table("orders_clean"));
+    for (day, at) in commit_times(&case.table("orders_daily")) {
+        assert!(
+            at >= clean[&day],
+            "orders_daily {day} before orders_clean {day}"
+        );
+    }
+    let hours = commit_times(&case.table("hourly_events"));
+    for (day, at) in commit_times(&case.table("events_daily")) {
+        let last_hour = (0..24)
+            .map(|h| hours[&format!("{day}T{h:02}")])
+            .max()
+            .unwrap();
+        assert!(at >= last_hour, "events_daily {day} before its last hour");
+    }
+
+    // Run again: every slice of every pipeline is done.
+    for run in case.run(&EVENT_DAYS, 0).values() {
+        assert!(committed(run).is_empty(), "{run}");
+    }
+}
+
+#[tokio::test]
+async fn changing_one_raw_day_redoes_that_day_in_each_table_of_the_chain() {
+    let case = ProjectCase::new();
+    let orders = ["--pipelines", "orders_clean", "--downstream"];
+    case.run(&[&DAYS[..], &orders].concat(), 0);
+    let versions = [
+        version(&case.table("orders_clean")).await,
+        version(&case.table("orders_daily")).await,
+    ];
+
+    let day = case.path("fixtures/buckets/shop/orders/dt=2024-01-02");
+    rewrite_parquet(&day, "SELECT * FROM day WHERE order_id % 3 <> 0").await;
+    let plan = case.json("plan", &[&DAYS[..], &orders].concat(), 0);
+    let pipelines = plan["pipelines"].as_array().unwrap();
+    let clean = &pipelines[0]["slices"];
+    let daily = &pipelines[1]["slices"];
+    assert_eq!(plan_states(clean), ["done", "changed", "done"], "{plan}");
+    assert_eq!(plan_states(daily), ["done", "done", "done"], "{plan}");
+    let after: Vec<&serde_json::Value> = daily
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["after"])
+        .collect();
+    assert_eq!(
+        after,
+        [
+            &serde_json::Value::Null,
+            &serde_json::json!(["orders_clean 2024-01-02"]),
+            &serde_json::Value::Null
+        ],
+        "only day 2 waits for its upstream day, and runs: {plan}"
+    );
+    let will_run: Vec<bool> = daily
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["will_run"].as_bool().unwrap())
+        .collect();
+    assert_eq!(will_run, [false, true, false]);
+    let text = case.ok("plan", &[&DAYS[..], &orders].concat(), 0);
+    assert!(
+        text.contains("pending  yes") && text.contains("after orders_clean 2024-01-02; now done"),
+        "{text}"
+    );
+
+    let runs = case.run(&[&DAYS[..], &orders].concat(), 0);
+    assert_eq!(committed(&runs["orders_clean"]), ["2024-01-02"]);
+    assert_eq!(committed(&runs["orders_daily"]), ["2024-01-02"]);
+    assert_eq!(version(&case.table("orders_clean")).await, versions[0] + 1);
+    assert_eq!(version(&case.table("orders_daily")).await, versions[1] + 1);
+    let raw = case.path("fixtures/buckets/shop");
+    assert_eq!(
+        query_table(&case.table("orders_daily"), ORDERS_DAILY_STORED).await,
+        query_sources(&raw, &orders_daily_from_raw("2024-01-03")).await
+    );
+}
+
+#[tokio::test]
+async fn a_failed_upstream_hour_blocks_only_the_day_that_reads_it() {
+    let case = ProjectCase::new();
+    let hour = case.path("fixtures/buckets/shop/events/dt=2024-01-02/hr=05");
+    std::fs::remove_dir_all(&hour).unwrap();
+    let events = ["--pipelines", "hourly_events", "--downstream"];
+    // The pre-flight refuses an hour without data; allowed, its `min_rows` fails it.
+    let refused = case.ok("run", &[&EVENT_DAYS[..], &events].concat(), 2);
+    assert!(refused.is_empty(), "{refused}");
+    let args = [&EVENT_DAYS[..], &events, &["--allow-empty"]].concat();
+    let runs = case.run(&args, 1);
+    let statuses = |pipeline: &str| -> Vec<(String, String)> {
+        let outcomes = runs[pipeline]["outcomes"].as_array().unwrap();
+        outcomes
+            .iter()
+            .map(|o| {
+                let status = o["status"].as_str().unwrap().to_string();
+                (o["slice"].as_str().unwrap().to_string(), status)
+            })
+            .collect()
+    };
+    let failed: Vec<_> = statuses("hourly_events")
+        .into_iter()
+        .filter(|(_, status)| status != "committed")
+        .collect();
+    assert_eq!(
+        failed,
+        [("2024-01-02T05".to_string(), "failed".to_string())]
+    );
+    let daily: Vec<_> = statuses("events_daily");
+    assert_eq!(
+        daily,
+        [
+            ("2024-01-01".to_string(), "committed".to_string()),
+            ("2024-01-02".to_string(), "blocked".to_string()),
+        ]
+    );
+    let blocked = &runs["events_daily"]["outcomes"][1];
+    assert_eq!(
+        blocked["by"],
+        serde_json::json!(["hourly_events 2024-01-02T05"])
+    );
+    let text = case.ok("run", &args, 1);
+    assert!(
+        text.contains("events_daily: run") && text.contains("1 blocked by upstream slices"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_cycle_of_pipelines_is_refused_naming_them() {
+    let case = ProjectCase::new();
+    let pipelines = case.path("fixtures/pipelines");
+    let reads = |name: &str, upstream: &str| {
+        let text = std::fs::read_to_string(pipelines.join("events_daily.toml")).unwrap();
+        let text = text
+            .replace("name = \"events_daily\"", &format!("name = \"{name}\""))
+            .replace(
+                "pipeline = \"hourly_events\"",
+                &format!("pipeline = \"{upstream}\""),
+            )
+            .replace("warehouse/events_daily", &format!("warehouse/{name}"));
+        std::fs::write(pipelines.join(format!("{name}.toml")), text).unwrap();
+    };
+    reads("a", "c");
+    reads("b", "a");
+    reads("c", "b");
+    let project = case.path("fixtures/backfill.toml");
+    let text = std::fs::read_to_string(&project).unwrap();
+    let text = text.replace(
+        "\"pipelines/events_daily.toml\",",
+        "\"pipelines/events_daily.toml\",\n    \"pipelines/[abc].toml\",",
+    );
+    std::fs::write(&project, text).unwrap();
+    let out = backfill(&["plan", project.to_str().unwrap(), "--keys", "2024-01-01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pipelines a → b → c → a read each other's output in a cycle"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_pipeline_naming_another_runs_only_through_its_project() {
+    let case = ProjectCase::new();
+    let pipeline = case.path("fixtures/pipelines/events_daily.toml");
+    let out = backfill(&["plan", pipeline.to_str().unwrap(), "--keys", "2024-01-01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("events_daily.toml:8: sources.hourly.pipeline: `hourly_events` is another pipeline's output, which only a project file resolves"),
+        "{stderr}"
+    );
+
+    let unknown = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("pipeline = \"hourly_events\"", "pipeline = \"hourly\"");
+    std::fs::write(&pipeline, unknown).unwrap();
+    let out = backfill(&["plan", &case.project(), "--keys", "2024-01-01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("sources.hourly.pipeline: no pipeline `hourly` in")
+            && stderr
+                .contains("(it lists orders_clean, orders_daily, hourly_events, events_daily)"),
+        "{stderr}"
+    );
+
+    let out = backfill(&[
+        "run",
+        &case.project(),
+        "--keys",
+        "2024-01-01",
+        "--env",
+        "qa",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--env: ")
+            && stderr.contains("declares no environment `qa` (it declares prod, staging)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_staging_run_writes_only_under_stagings_root_and_leaves_production_untouched() {
+    let case = ProjectCase::new();
+    let orders = ["--pipelines", "orders_clean", "--downstream"];
+    case.run(&[&["--keys", "2024-01-01"][..], &orders].concat(), 0);
+    let production = snapshot(&case.path("warehouse"));
+
+    let staging = ["--env", "staging"];
+    let runs = case.run(&[&DAYS[..], &orders, &staging].concat(), 0);
+    assert_eq!(committed(&runs["orders_daily"]).len(), 3);
+    assert_eq!(
+        snapshot(&case.path("warehouse")),
+        production,
+        "not a byte of production changed, its logs included"
+    );
+    let staged = case.path("warehouse-staging/orders_daily");
+    let raw = case.path("fixtures/buckets/shop");
+    assert_eq!(
+        query_table(&staged, ORDERS_DAILY_STORED).await,
+        query_sources(&raw, &orders_daily_from_raw("2024-01-03")).await,
+        "staging's orders_daily read staging's orders_clean"
+    );
+    let plan = case.json("plan", &[&DAYS[..], &orders, &staging].concat(), 0);
+    assert_eq!(plan["environment"], "staging");
+    for pipeline in plan["pipelines"].as_array().unwrap() {
+        assert_eq!(plan_states(&pipeline["slices"]), ["done", "done", "done"]);
+    }
+    let plan = case.json("plan", &[&DAYS[..], &orders].concat(), 0);
+    assert_eq!(
+        plan_states(&plan["pipelines"][0]["slices"]),
+        ["done", "missing", "missing"],
+        "production has only what production ran"
+    );
+}
+
+/// Every file under `folder` with its contents.
+fn snapshot(folder: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![folder.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.strip_prefix(folder).unwrap().display().to_string();
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
