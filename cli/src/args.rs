@@ -108,6 +108,35 @@ pub struct ProjectArgs {
     downstream: bool,
 }
 
+/// A project file and which of its pipelines, for the commands that take only a
+/// project: `diff` and `promote`.
+#[derive(Args)]
+pub struct ProjectFileArgs {
+    /// The project file (TOML) listing the pipelines and their environments.
+    project: PathBuf,
+    /// Only these pipelines (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pipelines: Vec<String>,
+    /// With --pipelines: every pipeline downstream of them too.
+    #[arg(long, requires = "pipelines")]
+    downstream: bool,
+}
+
+impl ProjectFileArgs {
+    /// The project's chosen pipelines in `environment`.
+    pub fn load(&self, environment: &str) -> anyhow::Result<Project> {
+        if !project::is_project_file(&self.project) {
+            return Err(backfill_engine::Error::config(
+                self.project.display().to_string(),
+                "is not a project file (a file that lists `pipelines`)",
+            )
+            .into());
+        }
+        let loaded = Project::load(&self.project, Some(environment))?;
+        Ok(loaded.select(&self.pipelines, self.downstream)?)
+    }
+}
+
 /// What a command works on: one pipeline, or a project's pipelines.
 pub enum Target {
     Pipeline(Arc<Backfill>),

@@ -65,6 +65,15 @@ enum Command {
     /// retained version or rebuild manifest references, whose Parquet footer names this
     /// pipeline, and that are older than --older-than.
     Clean(commands::clean::CleanArgs),
+    /// Compare a project's tables in one environment (--env) with another's (--against,
+    /// prod by default), slice by slice: rows on each side and how many differ, by merge
+    /// key where there is one.
+    Diff(commands::diff::DiffArgs),
+    /// Publish a project's done slices from one environment (--from) into another (--to,
+    /// prod by default) without running any SQL: their files are copied and committed
+    /// with the records they were committed with. Refused, changing nothing, if a slice is
+    /// not done in --from or --to committed it since. Promoting again is a no-op.
+    Promote(commands::promote::PromoteArgs),
     /// Write a deterministic fixture bucket of hive-partitioned Parquet (orders,
     /// customers, events, signups). Without options, the bundled one.
     Fixtures(commands::fixtures::FixturesArgs),
@@ -132,6 +141,8 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         Command::Report(args) => commands::report::execute(args).await,
         Command::RebuildPreview(args) => commands::rebuild_preview::execute(args).await,
         Command::Clean(args) => commands::clean::execute(args).await,
+        Command::Diff(args) => commands::diff::execute(args).await,
+        Command::Promote(args) => commands::promote::execute(args).await,
         Command::Fixtures(args) => commands::fixtures::execute(args).await,
     }
 }

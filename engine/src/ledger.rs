@@ -61,6 +61,10 @@ pub struct SliceRecord {
     pub source_fingerprint: String,
     pub sql_fingerprint: String,
     pub assertions: Vec<AssertionResult>,
+    /// The environment this slice was computed in, when it was promoted from there
+    /// rather than computed in this table's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
 }
 
 #[cfg(test)]
@@ -82,6 +86,7 @@ impl SliceRecord {
             source_fingerprint: "files".into(),
             sql_fingerprint: "sql".into(),
             assertions: vec![],
+            promoted_from: None,
         }
     }
 }

@@ -415,3 +415,174 @@ fn snapshot(folder: &Path) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// Every row of a table, in a stable order, for comparing two environments' tables.
+const EVERY_ROW: &str = "SELECT * FROM t ORDER BY 1, 2, 3";
+
+#[tokio::test]
+async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_only_if_production_did_not_move(
+) {
+    let case = ProjectCase::new();
+    let orders = ["--pipelines", "orders_clean", "--downstream"];
+    let staging = [&DAYS[..], &orders, &["--env", "staging"]].concat();
+    case.run(&staging, 0);
+
+    // Production has nothing yet: every staging row would be new there.
+    let diff = case.json("diff", &staging, 0);
+    let daily = &diff["pipelines"][1];
+    assert_eq!(daily["pipeline"], "orders_daily");
+    for slice in daily["slices"].as_array().unwrap() {
+        assert_eq!(slice["rows_there"], 0, "{diff}");
+        assert_eq!(slice["only_here"], slice["rows"], "{diff}");
+    }
+
+    // No source is left to compute from: promoting must copy, not recompute.
+    let raw = case.path("fixtures/buckets/shop/orders");
+    std::fs::rename(&raw, case.path("orders-away")).unwrap();
+    let promote = [&DAYS[..], &orders, &["--from", "staging"]].concat();
+    let promoted = case.json("promote", &promote, 0);
+    for pipeline in promoted["pipelines"].as_array().unwrap() {
+        let outcomes: Vec<&str> = pipeline["slices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["promotion"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["committed"; 3], "{promoted}");
+    }
+    for pipeline in ["orders_clean", "orders_daily"] {
+        let staged = case.path(&format!("warehouse-staging/{pipeline}"));
+        assert_eq!(
+            query_table(&case.table(pipeline), EVERY_ROW).await,
+            query_table(&staged, EVERY_ROW).await,
+            "{pipeline}: production equals staging"
+        );
+    }
+    let versions = [
+        version(&case.table("orders_clean")).await,
+        version(&case.table("orders_daily")).await,
+    ];
+    let again = case.json("promote", &promote, 0);
+    let outcomes: Vec<&str> = again["pipelines"][0]["slices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["promotion"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes, ["already"; 3],
+        "promoting twice is a no-op: {again}"
+    );
+    assert_eq!(version(&case.table("orders_clean")).await, versions[0]);
+    assert_eq!(version(&case.table("orders_daily")).await, versions[1]);
+
+    // With the sources back, production's plan says done: the records came along, and
+    // orders_daily read files named as production's orders_clean names them.
+    std::fs::rename(case.path("orders-away"), &raw).unwrap();
+    let plan = case.json("plan", &[&DAYS[..], &orders].concat(), 0);
+    for pipeline in plan["pipelines"].as_array().unwrap() {
+        assert_eq!(plan_states(&pipeline["slices"]), ["done"; 3], "{plan}");
+    }
+    let diff = case.json("diff", &staging, 0);
+    for pipeline in diff["pipelines"].as_array().unwrap() {
+        for slice in pipeline["slices"].as_array().unwrap() {
+            assert_eq!(
+                (&slice["only_here"], &slice["only_there"]),
+                (&serde_json::json!(0), &serde_json::json!(0)),
+                "{diff}"
+            );
+        }
+    }
+
+    // Production moves on: promoting is refused, and nothing is copied.
+    let day_two = [
+        "--keys",
+        "2024-01-02",
+        "--force",
+        "--pipelines",
+        "orders_clean",
+    ];
+    case.run(&day_two, 0);
+    let moved = version(&case.table("orders_clean")).await;
+    let project = case.project();
+    let out = backfill(&[&["promote", project.as_str()], &promote[..]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "refused, nothing was copied: orders_clean 2024-01-02 was committed in prod by run"
+        ) && stderr.contains("after staging committed it"),
+        "{stderr}"
+    );
+    assert_eq!(version(&case.table("orders_clean")).await, moved);
+    assert_eq!(version(&case.table("orders_daily")).await, versions[1]);
+
+    // A slice staging has not done is refused too.
+    let beyond = [
+        "--keys",
+        "2024-01-04",
+        "--pipelines",
+        "orders_clean",
+        "--from",
+        "staging",
+    ];
+    let out = backfill(&[&["promote", project.as_str()], &beyond[..]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("orders_clean 2024-01-04 is not done in staging"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn diff_matches_rows_by_merge_key_and_counts_the_changed_ones() {
+    let case = ProjectCase::new();
+    let project = case.path("fixtures/backfill.toml");
+    let text = std::fs::read_to_string(&project).unwrap().replace(
+        "\"pipelines/events_daily.toml\",",
+        "\"pipelines/events_daily.toml\",\n    \"pipelines/orders_merge.toml\",",
+    );
+    std::fs::write(&project, text).unwrap();
+    let merge = [
+        "--keys",
+        "2024-01-01,2024-01-02",
+        "--pipelines",
+        "orders_merge",
+    ];
+    case.run(&merge, 0);
+    // Staging computes day 2 from amounts changed for one order in ten.
+    let day = case.path("fixtures/buckets/shop/orders/dt=2024-01-02");
+    rewrite_parquet(
+        &day,
+        "SELECT order_id, customer_id, \
+         CASE WHEN order_id % 10 = 0 THEN amount + 1 ELSE amount END AS amount, \
+         status, ordered_at FROM day",
+    )
+    .await;
+    case.run(&[&merge[..], &["--env", "staging"]].concat(), 0);
+    let changed = query_sources(
+        &case.path("fixtures/buckets/shop"),
+        "SELECT count(*) FROM orders WHERE dt = '2024-01-02' AND order_id % 10 = 0 \
+         AND amount IS NOT NULL",
+    )
+    .await;
+
+    let diff = case.json("diff", &[&merge[..], &["--env", "staging"]].concat(), 0);
+    let pipeline = &diff["pipelines"][0];
+    assert_eq!(pipeline["keys"], serde_json::json!(["order_id"]));
+    let slices = pipeline["slices"].as_array().unwrap();
+    let counts = |slice: &serde_json::Value| {
+        ["only_here", "only_there", "changed"].map(|k| slice[k].as_u64().unwrap())
+    };
+    assert_eq!(counts(&slices[0]), [0, 0, 0], "{diff}");
+    let expected: u64 = changed[3].trim_matches(['|', ' ']).parse().unwrap();
+    assert!(expected > 0);
+    assert_eq!(counts(&slices[1]), [0, 0, expected], "{diff}");
+    let text = case.ok("diff", &[&merge[..], &["--env", "staging"]].concat(), 0);
+    assert!(
+        text.contains("rows compared by key (order_id)")
+            && text.contains(&format!("1 of 2 slices differ between staging and prod: promoting them would change {expected} rows")),
+        "{text}"
+    );
+}

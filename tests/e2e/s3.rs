@@ -532,7 +532,7 @@ async fn s3_rebuild_waits_for_a_failed_slice_then_resumes_and_swaps_once() {
 }
 
 #[tokio::test]
-async fn s3_a_chain_runs_in_staging_then_in_production_on_s3() {
+async fn s3_a_chain_runs_in_staging_and_is_promoted_to_production_on_s3() {
     let case = S3Case::new("orders_clean").await;
     let clean = std::fs::read_to_string(&case.pipeline).unwrap().replace(
         "../../warehouse/orders_clean",
@@ -563,7 +563,12 @@ async fn s3_a_chain_runs_in_staging_then_in_production_on_s3() {
     .unwrap();
     let range = ["--start", "2024-01-01", "--end", "2024-01-03"];
     let command = |command: &str, env: &str| {
-        let rest = [&range[..], &["--env", env, "--json"]].concat();
+        let place = if command == "promote" {
+            "--from"
+        } else {
+            "--env"
+        };
+        let rest = [&range[..], &[place, env, "--json"]].concat();
         let endpoint = &case.moto.endpoint;
         let output = case
             .command_for(&project, None, endpoint, command, &rest)
@@ -603,7 +608,22 @@ async fn s3_a_chain_runs_in_staging_then_in_production_on_s3() {
         );
     }
 
-    assert_eq!(committed(&command("run", "prod")), [3, 3]);
+    // Promoted, not recomputed: the files are copied within the bucket, and production
+    // then has every slice done.
+    let promoted = command("promote", "staging");
+    for pipeline in promoted["pipelines"].as_array().unwrap() {
+        let slices = pipeline["slices"].as_array().unwrap();
+        assert!(
+            slices.iter().all(|s| s["promotion"] == "committed"),
+            "{promoted}"
+        );
+    }
+    assert_eq!(
+        case.stored_at("s3://warehouse/prod/orders_daily", stored)
+            .await,
+        case.stored_at("s3://warehouse/staging/orders_daily", stored)
+            .await
+    );
     assert_eq!(
         case.stored_at("s3://warehouse/prod/orders_daily", stored)
             .await,

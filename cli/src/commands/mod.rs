@@ -2,9 +2,11 @@
 //! what they return.
 
 pub mod clean;
+pub mod diff;
 pub mod fixtures;
 pub mod history;
 pub mod plan;
+pub mod promote;
 pub mod rebuild_preview;
 pub mod report;
 pub mod run;

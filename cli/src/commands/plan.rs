@@ -222,13 +222,13 @@ fn describe_swap(swap: &Replaced) -> String {
     )
 }
 
-/// Who else commits to a rebuild's table, and why it matters.
-fn describe_other_writers(others: &OtherWriters) -> String {
+/// Who else commits to a table a rebuild swaps or a promotion writes, and why it matters.
+pub fn describe_other_writers(others: &OtherWriters) -> String {
     let newest = others.latest_at.as_ref().map_or(String::new(), |at| {
         format!(", the newest at {}", timestamp(at))
     });
     format!(
-        "{} of the table's last {} commits were made by {}{newest}. Pause them: the swap is refused if one commits after the rebuild read the table",
+        "{} of the table's last {} commits were made by {}{newest}. Pause them: a rebuild's swap is refused if one commits after the rebuild read the table, and what they commit to a promoted slice's partitions is replaced",
         others.commits,
         others.of_latest,
         others.writers.join(", ")

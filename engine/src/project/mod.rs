@@ -23,7 +23,9 @@
 //! (a DAG; a cycle is an error that names it). It does no IO beyond reading the project
 //! and pipeline files. Planning and running a project are in `plan.rs` and `run.rs`.
 
+mod diff;
 mod plan;
+mod promote;
 mod run;
 
 use std::collections::BTreeMap;
@@ -36,7 +38,9 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::pipeline::{self, Locator, Output, Pipeline, SourceFormat};
 
+pub use diff::{Diff, PipelineDiff, SliceDiff};
 pub use plan::ProjectPlan;
+pub use promote::{Promoted, Promotion};
 pub use run::ProjectSummary;
 
 /// The environment destinations are written to unless another is named.

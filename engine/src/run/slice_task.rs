@@ -113,6 +113,7 @@ impl Run {
             source_fingerprint: planned.source_fingerprint.clone(),
             sql_fingerprint: backfill.sql_fingerprint.clone(),
             assertions: results,
+            promoted_from: None,
         };
         let checked_at = started.elapsed();
         if backfill.pipeline.destination.strategy == Strategy::Rebuild {

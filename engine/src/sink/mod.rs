@@ -21,6 +21,7 @@ mod group;
 mod merge;
 mod missing;
 mod overwrite;
+pub(crate) mod promote;
 pub mod rebuild;
 mod staged;
 #[cfg(test)]
@@ -281,6 +282,11 @@ impl Sink {
             view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
             line: Default::default(),
         })
+    }
+
+    /// Where the table is.
+    pub fn url(&self) -> &Url {
+        &self.url
     }
 
     /// The object store rooted at the destination table.
@@ -811,6 +817,17 @@ fn committed_since(view: &TableView, record: &SliceRecord) -> Option<Published> 
         version: sighting.version,
         by,
     })
+}
+
+/// The table at `destination` at its latest version, if there is one.
+pub(crate) async fn existing_table(destination: &Destination) -> Result<Option<DeltaTable>> {
+    let options = destination
+        .storage_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (table, exists) = load_table(&destination.url, &options, &None).await?;
+    Ok(exists.then_some(table))
 }
 
 /// The table at `url`, loaded if it exists, and whether it does. A table that does not

@@ -177,6 +177,16 @@ impl SourceTable for DeltaSource {
         path.prefix_matches(&self.root)
     }
 
+    /// Within the table: the same table's files in another environment (promoted copies,
+    /// named the same) are the same files.
+    fn file_name(&self, path: &object_store::path::Path) -> String {
+        let within = path.prefix_match(&self.root).map(|parts| parts.collect());
+        within.map_or_else(
+            || path.to_string(),
+            |within: object_store::path::Path| within.to_string(),
+        )
+    }
+
     fn left_out(&self, _path: &str) -> Option<&str> {
         // The log says which files make the table: none is ever left out.
         None

@@ -53,6 +53,11 @@ pub trait SourceTable: Send + Sync {
     fn provider(&self) -> Arc<dyn TableProvider>;
     /// Whether `path`, a file some slice's plan scans, is this source's.
     fn owns(&self, path: &object_store::path::Path) -> bool;
+    /// How a slice's plan and fingerprint name `path`, one of this source's files: the
+    /// path in its bucket unless the source says otherwise.
+    fn file_name(&self, path: &object_store::path::Path) -> String {
+        path.to_string()
+    }
     /// Why `path` was left out of the source's schema, if it was: a slice that reads it
     /// fails, naming it.
     fn left_out(&self, path: &str) -> Option<&str>;
@@ -279,12 +284,17 @@ impl Sources {
                     for file in scan.file_groups.iter().flat_map(|group| group.files()) {
                         let meta = &file.object_meta;
                         let rows = file.statistics.as_ref();
+                        let source = self.source_of(&meta.location);
+                        let path = match &source {
+                            Some((_, table)) => table.file_name(&meta.location),
+                            None => meta.location.to_string(),
+                        };
                         files.push(SourceFile {
-                            path: meta.location.to_string(),
+                            path,
                             size: meta.size,
                             modified: meta.last_modified.to_rfc3339(),
                             e_tag: meta.e_tag.clone(),
-                            source: self.source_of(&meta.location).unwrap_or_default(),
+                            source: source.map(|(name, _)| name.clone()).unwrap_or_default(),
                             rows: rows.and_then(|s| s.num_rows.get_value().map(|n| *n as u64)),
                         });
                     }
@@ -299,11 +309,11 @@ impl Sources {
     }
 
     /// The source whose folder holds `path`.
-    fn source_of(&self, path: &object_store::path::Path) -> Option<String> {
-        let mut tables = self.tables.iter();
-        tables
-            .find(|(_, table)| table.owns(path))
-            .map(|(name, _)| name.clone())
+    fn source_of(
+        &self,
+        path: &object_store::path::Path,
+    ) -> Option<&(String, Arc<dyn SourceTable>)> {
+        self.tables.iter().find(|(_, table)| table.owns(path))
     }
 }
 

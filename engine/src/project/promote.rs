@@ -1,0 +1,286 @@
+//! Promoting slices from one environment of a project to another (staging to prod)
+//! without running any SQL: each slice's files are copied into the target table and
+//! committed there with the record the slice was committed with, so the target's
+//! ledger says `done` for it afterwards. Everything is checked before anything is
+//! copied: a slice that is not done in the source environment, or that the target
+//! committed after the source did, refuses the whole promotion. A slice whose record the
+//! target already carries is promoted already, and is left alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::Project;
+use crate::error::{Error, Result, ResultExt};
+use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
+use crate::pipeline::{Pipeline, Strategy};
+use crate::sink::{Committer, Sink};
+use crate::slice::{Selection, Slice};
+
+/// Slices of one pipeline promoted at once; their commits group as a run's do.
+const PROMOTIONS_IN_FLIGHT: usize = 8;
+
+/// How many of the target table's latest commits are read for other writers.
+const RECENT_COMMITS: u64 = 20;
+
+/// What a promotion did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Promotion {
+    pub from: String,
+    pub to: String,
+    pub pipelines: Vec<PipelinePromotion>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelinePromotion {
+    pub pipeline: String,
+    pub destination: String,
+    pub slices: Vec<PromotedSlice>,
+    /// Who but this pipeline made the target table's latest commits, if anyone.
+    pub other_writers: Option<OtherWriters>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromotedSlice {
+    pub slice: String,
+    #[serde(flatten)]
+    pub outcome: Promoted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "promotion", rename_all = "snake_case")]
+pub enum Promoted {
+    /// Copied and committed in table version `version`.
+    Committed {
+        version: u64,
+        files: usize,
+        rows: u64,
+        bytes: u64,
+    },
+    /// The target carries this slice's record already.
+    Already { version: Option<u64> },
+    /// Another run committed the slice to the target while this promotion ran.
+    CommittedMeanwhile { by_run: String, version: u64 },
+}
+
+/// One pipeline's promotion, checked and ready to copy.
+struct Ready {
+    pipeline: Pipeline,
+    from: Sink,
+    to: Sink,
+    /// In slice order: the slice, the record its promotion carries, and the target's
+    /// commit of it if the target carries that record already.
+    slices: Vec<(Slice, SliceRecord, Option<Committed>)>,
+    other_writers: Option<OtherWriters>,
+}
+
+impl Project {
+    /// Promotes the slices of `selection` of every pipeline of this project (the source
+    /// environment) into `target`, the same project in another environment.
+    pub async fn promote(&self, target: &Project, selection: &Selection) -> Result<Promotion> {
+        let mut ready = Vec::new();
+        let mut refusals = Vec::new();
+        for pipeline in &self.pipelines {
+            let goal = target
+                .pipelines
+                .iter()
+                .find(|p| p.name == pipeline.name)
+                .expect("one project's pipelines, in two environments");
+            match self
+                .check(pipeline, goal, &target.environment, selection)
+                .await?
+            {
+                Ok(checked) => ready.push(checked),
+                Err(refused) => refusals.extend(refused),
+            }
+        }
+        if !refusals.is_empty() {
+            return Err(Error::config(
+                format!(
+                    "promoting from {} to {}",
+                    self.environment, target.environment
+                ),
+                format!("refused, nothing was copied: {}", refusals.join("; ")),
+            ));
+        }
+        let mut pipelines = Vec::new();
+        for ready in ready {
+            pipelines.push(ready.promote(&self.environment).await?);
+        }
+        Ok(Promotion {
+            from: self.environment.clone(),
+            to: target.environment.clone(),
+            pipelines,
+        })
+    }
+
+    /// Checks `pipeline`'s slices in this environment against `goal`, the same pipeline
+    /// in the target: the reasons to refuse, or what to copy.
+    async fn check(
+        &self,
+        pipeline: &Pipeline,
+        goal: &Pipeline,
+        target: &str,
+        selection: &Selection,
+    ) -> Result<std::result::Result<Ready, Vec<String>>> {
+        let name = &pipeline.name;
+        if matches!(
+            pipeline.destination.strategy,
+            Strategy::Merge { .. } | Strategy::Rebuild
+        ) {
+            return Err(Error::config(
+                pipeline.file.display().to_string(),
+                format!(
+                    "{name}: promote copies a slice's own files, which strategy = \"{}\" does not keep apart from other slices'; run it in {target} instead",
+                    pipeline.destination.strategy.name(),
+                ),
+            ));
+        }
+        let Some(table) = crate::sink::existing_table(&pipeline.destination).await? else {
+            let reason = format!("{name} has no table in {} yet", self.environment);
+            return Ok(Err(vec![reason]));
+        };
+        let context = || format!("destination {}", pipeline.destination.url);
+        let schema = table.snapshot().context(context)?.snapshot().arrow_schema();
+        let from = Sink::open(name, &pipeline.destination, schema.clone(), None).await?;
+        let to = Sink::open(name, &goal.destination, schema, None).await?;
+        let source = ledger_of(&from, name).await?;
+        let there_now = ledger_of(&to, name).await?;
+        let slices = pipeline.cut(&selection.for_kind(pipeline.slices.kind))?;
+        let mut refusals = Vec::new();
+        let mut checked = Vec::new();
+        for slice in slices {
+            let Some(promoted) = source.get(&slice.key) else {
+                refusals.push(format!(
+                    "{name} {} is not done in {}",
+                    slice.key, self.environment
+                ));
+                continue;
+            };
+            let there = there_now.get(&slice.key);
+            if let Some(there) = there.filter(|t| !is_promotion_of(&t.record, &promoted.record)) {
+                if committed_after(there, promoted) {
+                    refusals.push(format!(
+                        "{name} {} was committed in {target} by run {} after {} committed it",
+                        slice.key, there.record.run_id, self.environment
+                    ));
+                    continue;
+                }
+            }
+            let already = there
+                .filter(|t| is_promotion_of(&t.record, &promoted.record))
+                .cloned();
+            let mut record = promoted.record.clone();
+            record.promoted_from = Some(self.environment.clone());
+            record.txn_version = there.map_or(1, |t| t.record.txn_version + 1);
+            checked.push((slice, record, already));
+        }
+        if !refusals.is_empty() {
+            return Ok(Err(refusals));
+        }
+        let other_writers = match to.table().await {
+            Some(table) => OtherWriters::of(&table, name, RECENT_COMMITS).await?,
+            None => None,
+        };
+        Ok(Ok(Ready {
+            pipeline: pipeline.clone(),
+            from,
+            to,
+            slices: checked,
+            other_writers,
+        }))
+    }
+}
+
+impl Ready {
+    /// Copies and commits every slice the target does not carry yet.
+    async fn promote(self, from_environment: &str) -> Result<PipelinePromotion> {
+        let to_copy: Vec<String> = self
+            .slices
+            .iter()
+            .filter(|(_, _, already)| already.is_none())
+            .map(|(slice, _, _)| slice.key.clone())
+            .collect();
+        let mut files: HashMap<String, Vec<deltalake::kernel::Add>> = to_copy
+            .iter()
+            .cloned()
+            .zip(self.from.files_of_slices(&to_copy).await?)
+            .collect();
+        let this = Arc::new(self);
+        let promotions = this.slices.iter().map(|(slice, record, already)| {
+            let adds = files.remove(&slice.key).unwrap_or_default();
+            let this = this.clone();
+            async move {
+                let outcome = match already {
+                    Some(there) => Promoted::Already {
+                        version: there.version,
+                    },
+                    None => this.promote_slice(slice, record, adds).await?,
+                };
+                Ok::<_, Error>(PromotedSlice {
+                    slice: slice.key.clone(),
+                    outcome,
+                })
+            }
+        });
+        let slices = futures::stream::iter(promotions)
+            .buffered(PROMOTIONS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        tracing::debug!(pipeline = %this.pipeline.name, from = from_environment, "promoted");
+        Ok(PipelinePromotion {
+            pipeline: this.pipeline.name.clone(),
+            destination: this.to.url().to_string(),
+            slices,
+            other_writers: this.other_writers.clone(),
+        })
+    }
+
+    async fn promote_slice(
+        &self,
+        slice: &Slice,
+        record: &SliceRecord,
+        adds: Vec<deltalake::kernel::Add>,
+    ) -> Result<Promoted> {
+        let files = adds.len();
+        let staged = self.to.copy_in(&self.from, adds, record).await?;
+        let bytes = staged.bytes;
+        let published = self.to.publish(slice, &staged, record, None).await?;
+        Ok(match published.by {
+            Committer::ThisAttempt | Committer::EarlierAttempt => Promoted::Committed {
+                version: published.version,
+                files,
+                rows: record.rows,
+                bytes,
+            },
+            Committer::OtherRun { run_id } => Promoted::CommittedMeanwhile {
+                by_run: run_id,
+                version: published.version,
+            },
+        })
+    }
+}
+
+/// What `sink`'s table records for `pipeline`.
+async fn ledger_of(sink: &Sink, pipeline: &str) -> Result<Ledger> {
+    let table = sink.table().await;
+    Ledger::read(table.as_ref(), pipeline, Summaries::ReadOnly).await
+}
+
+/// Whether `there` is `record` promoted: the same attempt's output.
+fn is_promotion_of(there: &SliceRecord, record: &SliceRecord) -> bool {
+    there.run_id == record.run_id && there.attempt == record.attempt
+}
+
+/// Whether the target committed the slice after the source environment did.
+fn committed_after(there: &Committed, promoted: &Committed) -> bool {
+    match (there.committed_at, promoted.committed_at) {
+        (Some(there), Some(promoted)) => there > promoted,
+        // Without times, a commit in the target newer than the source's cannot be ruled out.
+        _ => true,
+    }
+}
