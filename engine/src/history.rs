@@ -40,6 +40,9 @@ pub struct RunHeader {
     pub concurrency: usize,
     pub retries: u32,
     pub started_at: DateTime<Utc>,
+    /// For a promotion, the environment its slices were promoted from: it ran no SQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
 }
 
 /// One attempt at one slice.

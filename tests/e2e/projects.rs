@@ -586,3 +586,87 @@ async fn diff_matches_rows_by_merge_key_and_counts_the_changed_ones() {
         "{text}"
     );
 }
+
+/// The `txn_version` of each slice's commit, per pipeline, from a project's `plan --json`.
+fn txn_versions(plan: &serde_json::Value) -> Vec<Vec<i64>> {
+    let pipelines = plan["pipelines"].as_array().unwrap();
+    pipelines
+        .iter()
+        .map(|p| {
+            let slices = p["slices"].as_array().unwrap();
+            let record = |s: &serde_json::Value| s["state"]["committed"]["record"].clone();
+            slices
+                .iter()
+                .map(|s| record(s)["txn_version"].as_i64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_9_during_a_chained_run_then_the_same_command_gives_the_uninterrupted_tables() {
+    let events = ["--pipelines", "hourly_events", "--downstream"];
+    let args = [&EVENT_DAYS[..], &events, &["--max-slices-per-commit", "2"]].concat();
+    let uninterrupted = ProjectCase::new();
+    uninterrupted.run(&args, 0);
+    let every_row = "SELECT * FROM t ORDER BY dt, customer_id";
+    let hourly = "SELECT * FROM t ORDER BY dt, hr, customer_id";
+    let expected = (
+        query_table(&uninterrupted.table("hourly_events"), hourly).await,
+        query_table(&uninterrupted.table("events_daily"), every_row).await,
+    );
+    for (table, moment) in [
+        ("hourly_events", Moment::Files(6)),
+        ("hourly_events", Moment::Commits(12)),
+        ("events_daily", Moment::Commits(1)),
+    ] {
+        let case = ProjectCase::new();
+        let project = case.project();
+        let command = [&["run", project.as_str()], &args[..]].concat();
+        kill_at(&command, &case.table(table), moment);
+        case.run(&args, 0);
+        let got = (
+            query_table(&case.table("hourly_events"), hourly).await,
+            query_table(&case.table("events_daily"), every_row).await,
+        );
+        assert!(got == expected, "killed at {moment:?} of {table}");
+        let plan = case.json("plan", &[&EVENT_DAYS[..], &events].concat(), 0);
+        assert_eq!(
+            txn_versions(&plan),
+            [vec![1; 48], vec![1; 2]],
+            "killed at {moment:?} of {table}: every slice committed once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kill_9_during_a_promotion_then_the_same_command_finishes_it() {
+    let orders = ["--pipelines", "orders_clean", "--downstream"];
+    let promote = [&DAYS[..], &orders, &["--from", "staging"]].concat();
+    for (table, moment) in [
+        ("orders_clean", Moment::Files(1)),
+        ("orders_clean", Moment::Commits(2)),
+        ("orders_daily", Moment::Commits(1)),
+    ] {
+        let case = ProjectCase::new();
+        case.run(&[&DAYS[..], &orders, &["--env", "staging"]].concat(), 0);
+        let project = case.project();
+        let command = [&["promote", project.as_str()], &promote[..]].concat();
+        kill_at(&command, &case.table(table), moment);
+        case.json("promote", &promote, 0);
+        for pipeline in ["orders_clean", "orders_daily"] {
+            let staged = case.path(&format!("warehouse-staging/{pipeline}"));
+            assert_eq!(
+                query_table(&case.table(pipeline), EVERY_ROW).await,
+                query_table(&staged, EVERY_ROW).await,
+                "killed at {moment:?} of {table}: {pipeline} in production equals staging"
+            );
+        }
+        let plan = case.json("plan", &[&DAYS[..], &orders].concat(), 0);
+        assert_eq!(
+            txn_versions(&plan),
+            [vec![1; 3], vec![1; 3]],
+            "killed at {moment:?} of {table}: every slice promoted once"
+        );
+    }
+}

@@ -52,7 +52,10 @@ fn print(runs: &[RunRecord]) {
             committed,
             skipped,
             failed,
-            header.selection.clone(),
+            match &header.promoted_from {
+                Some(environment) => format!("{} promoted from {environment}", header.selection),
+                None => header.selection.clone(),
+            },
         ]);
     }
     printer::print_table(&table);

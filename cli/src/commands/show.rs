@@ -30,8 +30,12 @@ pub async fn execute(args: ShowArgs) -> anyhow::Result<Outcome> {
 
 fn print(run: &RunRecord) {
     let header = &run.header;
+    let promoted = match &header.promoted_from {
+        Some(environment) => format!(", promoted from {environment}: no SQL ran"),
+        None => String::new(),
+    };
     println!(
-        "run {} of {}: {} ({} slices)",
+        "run {} of {}: {} ({} slices){promoted}",
         header.run_id, header.pipeline, header.selection, header.slices
     );
     println!(

@@ -225,6 +225,7 @@ mod tests {
             concurrency: 1,
             retries: 2,
             started_at: at(0),
+            promoted_from: None,
         };
         history.start(&header).await.unwrap();
         for (index, attempt) in attempts.iter().enumerate() {

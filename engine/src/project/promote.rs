@@ -14,6 +14,8 @@ use serde::Serialize;
 
 use super::Project;
 use crate::error::{Error, Result, ResultExt};
+use crate::history::{Attempt, History, RunEnd, RunHeader};
+use crate::states::SliceStatus;
 use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
 use crate::pipeline::{Pipeline, Strategy};
 use crate::sink::{Committer, Sink};
@@ -105,9 +107,10 @@ impl Project {
                 format!("refused, nothing was copied: {}", refusals.join("; ")),
             ));
         }
+        let run_id = crate::run::new_run_id(chrono::Utc::now());
         let mut pipelines = Vec::new();
         for ready in ready {
-            pipelines.push(ready.promote(&self.environment).await?);
+            pipelines.push(ready.promote(&run_id, &self.environment, selection).await?);
         }
         Ok(Promotion {
             from: self.environment.clone(),
@@ -195,8 +198,29 @@ impl Project {
 }
 
 impl Ready {
-    /// Copies and commits every slice the target does not carry yet.
-    async fn promote(self, from_environment: &str) -> Result<PipelinePromotion> {
+    /// Copies and commits every slice the target does not carry yet, recording the
+    /// promotion in the target's run history as run `run_id`.
+    async fn promote(
+        self,
+        run_id: &str,
+        from_environment: &str,
+        selection: &Selection,
+    ) -> Result<PipelinePromotion> {
+        // Recorded first: the history's folder also marks the target's folder as ours
+        // before any file is copied into it, for a rerun after a kill to write there.
+        let history = History::new(self.to.store());
+        let header = RunHeader {
+            run_id: run_id.to_string(),
+            pipeline: self.pipeline.name.clone(),
+            selection: crate::run::describe(selection),
+            slices: self.slices.len(),
+            reprocess: vec![],
+            concurrency: PROMOTIONS_IN_FLIGHT,
+            retries: 0,
+            started_at: chrono::Utc::now(),
+            promoted_from: Some(from_environment.to_string()),
+        };
+        history.start(&header).await?;
         let to_copy: Vec<String> = self
             .slices
             .iter()
@@ -209,16 +233,28 @@ impl Ready {
             .zip(self.from.files_of_slices(&to_copy).await?)
             .collect();
         let this = Arc::new(self);
-        let promotions = this.slices.iter().map(|(slice, record, already)| {
+        let history = &history;
+        let promotions = this.slices.iter().enumerate().map(|(index, (slice, record, already))| {
             let adds = files.remove(&slice.key).unwrap_or_default();
             let this = this.clone();
             async move {
+                let started = std::time::Instant::now();
                 let outcome = match already {
                     Some(there) => Promoted::Already {
                         version: there.version,
                     },
                     None => this.promote_slice(slice, record, adds).await?,
                 };
+                let attempt = Attempt {
+                    slice: slice.key.clone(),
+                    attempt: 1,
+                    status: outcome.status(),
+                    duration_ms: started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
+                    finished_at: chrono::Utc::now(),
+                };
+                if let Err(error) = history.attempt(run_id, index, &attempt).await {
+                    tracing::warn!(slice = %slice.key, "could not record the promotion in the run history: {error}");
+                }
                 Ok::<_, Error>(PromotedSlice {
                     slice: slice.key.clone(),
                     outcome,
@@ -231,7 +267,17 @@ impl Ready {
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
-        tracing::debug!(pipeline = %this.pipeline.name, from = from_environment, "promoted");
+        let count = |wanted: fn(&Promoted) -> bool| {
+            slices.iter().filter(|s| wanted(&s.outcome)).count()
+        };
+        let end = RunEnd {
+            ended_at: chrono::Utc::now(),
+            committed: count(|o| matches!(o, Promoted::Committed { .. })),
+            skipped: count(|o| !matches!(o, Promoted::Committed { .. })),
+            failed: 0,
+            rebuild: None,
+        };
+        history.end(run_id, &end).await?;
         Ok(PipelinePromotion {
             pipeline: this.pipeline.name.clone(),
             destination: this.to.url().to_string(),
@@ -269,6 +315,31 @@ impl Ready {
 async fn ledger_of(sink: &Sink, pipeline: &str) -> Result<Ledger> {
     let table = sink.table().await;
     Ledger::read(table.as_ref(), pipeline, Summaries::ReadOnly).await
+}
+
+impl Promoted {
+    /// How the run history records it.
+    fn status(&self) -> SliceStatus {
+        match self {
+            Promoted::Committed {
+                version,
+                rows,
+                bytes,
+                ..
+            } => SliceStatus::Committed {
+                version: *version,
+                rows: *rows,
+                bytes: *bytes,
+            },
+            Promoted::Already { .. } => SliceStatus::Skipped {
+                state: "promoted already".into(),
+            },
+            Promoted::CommittedMeanwhile { by_run, version } => SliceStatus::CommittedMeanwhile {
+                by_run: by_run.clone(),
+                version: *version,
+            },
+        }
+    }
 }
 
 /// Whether `there` is `record` promoted: the same attempt's output.

@@ -314,6 +314,7 @@ impl Backfill {
             concurrency,
             retries: options.retries,
             started_at: options.clock.now(),
+            promoted_from: None,
         };
         run.history.start(&header).await?;
         let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
@@ -534,7 +535,7 @@ impl Run {
 }
 
 /// A selection as people write it, for the run history.
-fn describe(selection: &Selection) -> String {
+pub(crate) fn describe(selection: &Selection) -> String {
     match selection {
         Selection::Range { start, end } => format!("{start}..{end}"),
         Selection::Keys(keys) if keys.is_empty() => "the pipeline's keys".to_string(),
