@@ -176,6 +176,25 @@ async fn a_chain_equals_its_sql_over_the_raw_files_and_each_slice_commits_after_
     for run in case.run(&EVENT_DAYS, 0).values() {
         assert!(committed(run).is_empty(), "{run}");
     }
+    let status = case.json("status", &[], 0);
+    let done: Vec<(&str, u64)> = [
+        "orders_clean",
+        "orders_daily",
+        "hourly_events",
+        "events_daily",
+    ]
+    .into_iter()
+    .map(|p| (p, status[p]["done"].as_u64().unwrap()))
+    .collect();
+    assert_eq!(
+        done,
+        [
+            ("orders_clean", 2),
+            ("orders_daily", 2),
+            ("hourly_events", 48),
+            ("events_daily", 2)
+        ]
+    );
 }
 
 #[tokio::test]

@@ -70,15 +70,29 @@ fn print_project(plan: &ProjectPlan) {
         );
         print(&pipeline.plan);
     }
-    let runs: usize = plan
-        .pipelines
-        .iter()
-        .map(|p| p.plan.slices.iter().filter(|s| s.will_run).count())
-        .sum();
+    let total = &plan.total;
+    let after = match total.after_upstream {
+        0 => String::new(),
+        n => format!(
+            " ({n} of them after the upstream slices they read, and reading what those write)"
+        ),
+    };
+    let took = match (total.duration_ms, total.unestimated.as_slice()) {
+        (Some(ms), []) => format!("; about {}", human_duration(ms)),
+        (Some(ms), unknown) => format!(
+            "; about {} and what {} take",
+            human_duration(ms),
+            unknown.join(", ")
+        ),
+        (None, _) => String::new(),
+    };
     println!(
-        "\nenvironment {}: a run would run {runs} slices of {} pipelines, each slice after the upstream slices it reads",
+        "\nenvironment {}: a run would compute {} slices of {} pipelines{after}, reading {} files, {}{took}",
         plan.environment,
-        plan.pipelines.len()
+        total.slices,
+        plan.pipelines.len(),
+        total.files,
+        human_bytes(total.bytes)
     );
 }
 

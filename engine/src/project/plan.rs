@@ -16,11 +16,29 @@ use crate::states::Reprocess;
 use crate::status::Status;
 use crate::upstream::{Upstream, UpstreamSlice};
 
-/// The plan of a project's run: each pipeline's, upstream first.
+/// The plan of a project's run: each pipeline's, upstream first, and the whole run's.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectPlan {
     pub environment: String,
     pub pipelines: Vec<PipelinePlan>,
+    pub total: Total,
+}
+
+/// What the whole run would compute and read. Pipelines share the places to compute in,
+/// so the run takes about the sum of their durations. A slice waiting for upstream slices
+/// reads what they write, which is known only once they have: it counts as a slice, not
+/// in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Total {
+    pub slices: usize,
+    pub files: u64,
+    pub bytes: u64,
+    /// Slices that read what upstream slices of the run write first.
+    pub after_upstream: usize,
+    /// The sum of the pipelines' estimated durations, of those that have one.
+    pub duration_ms: Option<u64>,
+    /// Pipelines with slices to compute but no estimate (nothing to measure yet).
+    pub unestimated: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,9 +85,27 @@ impl Project {
                 plan,
             });
         }
+        let mut total = Total::default();
+        for PipelinePlan { pipeline, plan, .. } in &pipelines {
+            let estimate = &plan.estimate;
+            total.slices += estimate.slices;
+            total.files += estimate.files;
+            total.bytes += estimate.bytes;
+            total.after_upstream += plan
+                .slices
+                .iter()
+                .filter(|s| s.will_run && !s.after.is_empty())
+                .count();
+            match estimate.duration_ms {
+                Some(ms) => total.duration_ms = Some(total.duration_ms.unwrap_or(0) + ms),
+                None if estimate.slices > 0 => total.unestimated.push(pipeline.clone()),
+                None => {}
+            }
+        }
         Ok(ProjectPlan {
             environment: self.environment.clone(),
             pipelines,
+            total,
         })
     }
 

@@ -15,11 +15,11 @@ use serde::Serialize;
 use super::Project;
 use crate::error::{Error, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
-use crate::states::SliceStatus;
 use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
 use crate::pipeline::{Pipeline, Strategy};
 use crate::sink::{Committer, Sink};
 use crate::slice::{Selection, Slice};
+use crate::states::SliceStatus;
 
 /// Slices of one pipeline promoted at once; their commits group as a run's do.
 const PROMOTIONS_IN_FLIGHT: usize = 8;
@@ -267,9 +267,8 @@ impl Ready {
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
-        let count = |wanted: fn(&Promoted) -> bool| {
-            slices.iter().filter(|s| wanted(&s.outcome)).count()
-        };
+        let count =
+            |wanted: fn(&Promoted) -> bool| slices.iter().filter(|s| wanted(&s.outcome)).count();
         let end = RunEnd {
             ended_at: chrono::Utc::now(),
             committed: count(|o| matches!(o, Promoted::Committed { .. })),
