@@ -82,29 +82,32 @@ impl SelectionArgs {
 /// The pipeline a command works on, and what this invocation overrides in its file.
 #[derive(Args)]
 pub struct PipelineArgs {
-    /// The pipeline file (TOML); for plan, run and status, or a project file listing
-    /// pipelines.
+    /// The pipeline file (TOML), or a project file listing pipelines: plan, run and status
+    /// work on all of them, other commands on the one --pipeline names.
     pipeline: PathBuf,
     /// Write to this Delta table instead of the pipeline's destination.url
     /// (a path relative to the working directory, or a URL).
     #[arg(long, value_name = "PATH_OR_URL")]
     destination: Option<String>,
-}
-
-/// What `plan`, `run` and `status` take a project file with: which environment, and
-/// which of its pipelines.
-#[derive(Args)]
-pub struct ProjectArgs {
     /// With a project file: the environment whose tables to work on, as the project
     /// declares it [default: prod].
     #[arg(long, value_name = "NAME")]
     env: Option<String>,
+    /// With a project file: the pipeline to work on (for plan, run and status, the same
+    /// as --pipelines NAME).
+    #[arg(long = "pipeline", value_name = "NAME")]
+    member: Option<String>,
+}
+
+/// What `plan`, `run` and `status` take a project file with: which of its pipelines.
+#[derive(Args)]
+pub struct ProjectArgs {
     /// With a project file: only these pipelines (comma-separated); the tables of the
     /// pipelines they read are read as they are.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pipelines: Vec<String>,
     /// With --pipelines: every pipeline downstream of them too.
-    #[arg(long, requires = "pipelines")]
+    #[arg(long)]
     downstream: bool,
 }
 
@@ -152,37 +155,64 @@ impl PipelineArgs {
         scope: Option<Selection>,
     ) -> anyhow::Result<Target> {
         if !project::is_project_file(&self.pipeline) {
-            let given = [
-                (project.env.is_some(), "--env"),
-                (!project.pipelines.is_empty(), "--pipelines"),
-            ];
-            if let Some((_, flag)) = given.iter().find(|(given, _)| *given) {
-                let message = format!(
-                    "{flag} is for a project file; {} is a pipeline file",
-                    self.pipeline.display()
-                );
-                return Err(backfill_engine::Error::config(*flag, message).into());
-            }
+            self.only_for_a_project(!project.pipelines.is_empty(), "--pipelines")?;
             return Ok(Target::Pipeline(self.open(scope).await?));
         }
         if self.destination.is_some() {
             let message = "a project places each pipeline's destination (see its environments)";
             return Err(backfill_engine::Error::config("--destination", message).into());
         }
-        let loaded = Project::load(&self.pipeline, project.env.as_deref())?;
-        Ok(Target::Project(
-            loaded.select(&project.pipelines, project.downstream)?,
-        ))
+        let loaded = Project::load(&self.pipeline, self.env.as_deref())?;
+        // --pipeline NAME is --pipelines NAME here.
+        let chosen = [&project.pipelines[..], self.member.as_slice()].concat();
+        Ok(Target::Project(loaded.select(&chosen, project.downstream)?))
     }
 
-    fn load(&self) -> backfill_engine::Result<pipeline::Pipeline> {
-        if project::is_project_file(&self.pipeline) {
-            return Err(backfill_engine::Error::config(
-                self.pipeline.display().to_string(),
-                "is a project file: this command takes one of its pipeline files (plan, run and status take a project)",
-            ));
+    /// Refuses the project-only flags with a pipeline file.
+    fn only_for_a_project(&self, pipelines: bool, flag: &str) -> backfill_engine::Result<()> {
+        let given = [
+            (self.env.is_some(), "--env"),
+            (self.member.is_some(), "--pipeline"),
+            (pipelines, flag),
+        ];
+        match given.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(backfill_engine::Error::config(
+                *flag,
+                format!(
+                    "{flag} is for a project file; {} is a pipeline file",
+                    self.pipeline.display()
+                ),
+            )),
+            None => Ok(()),
         }
-        let mut pipeline = pipeline::load(&self.pipeline)?;
+    }
+
+    /// The pipeline file, or the pipeline --pipeline names in the project file, as its
+    /// environment places it; then this invocation's overrides.
+    fn load(&self) -> backfill_engine::Result<pipeline::Pipeline> {
+        let mut pipeline = if project::is_project_file(&self.pipeline) {
+            let project = Project::load(&self.pipeline, self.env.as_deref())?;
+            let names = project.names().join(", ");
+            let Some(name) = &self.member else {
+                return Err(backfill_engine::Error::config(
+                    self.pipeline.display().to_string(),
+                    format!("is a project file: name the pipeline to work on with --pipeline (one of {names})"),
+                ));
+            };
+            let chosen = project.pipelines.into_iter().find(|p| &p.name == name);
+            chosen.ok_or_else(|| {
+                backfill_engine::Error::config(
+                    "--pipeline",
+                    format!(
+                        "no pipeline `{name}` in {} (it lists {names})",
+                        self.pipeline.display()
+                    ),
+                )
+            })?
+        } else {
+            self.only_for_a_project(false, "")?;
+            pipeline::load(&self.pipeline)?
+        };
         if let Some(destination) = &self.destination {
             let cwd = std::env::current_dir().unwrap_or_default();
             pipeline.destination.url = location_to_url(destination, &cwd)

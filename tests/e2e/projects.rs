@@ -405,6 +405,20 @@ async fn a_staging_run_writes_only_under_stagings_root_and_leaves_production_unt
     );
     let plan = case.json("plan", &[&DAYS[..], &orders, &staging].concat(), 0);
     assert_eq!(plan["environment"], "staging");
+    let project = case.project();
+    let runs_in = |env: &str| {
+        let history = &[
+            "history",
+            &project,
+            "--pipeline",
+            "orders_daily",
+            "--env",
+            env,
+            "--json",
+        ];
+        json(history, 0).as_array().unwrap().len()
+    };
+    assert_eq!((runs_in("staging"), runs_in("prod")), (1, 1));
     for pipeline in plan["pipelines"].as_array().unwrap() {
         assert_eq!(plan_states(&pipeline["slices"]), ["done", "done", "done"]);
     }
@@ -481,6 +495,12 @@ async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_onl
         version(&case.table("orders_clean")).await,
         version(&case.table("orders_daily")).await,
     ];
+    let project = case.project();
+    let history = json(
+        &["history", &project, "--pipeline", "orders_daily", "--json"],
+        0,
+    );
+    assert_eq!(history[0]["promoted_from"], "staging", "{history}");
     let again = case.json("promote", &promote, 0);
     let outcomes: Vec<&str> = again["pipelines"][0]["slices"]
         .as_array()
@@ -523,7 +543,6 @@ async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_onl
     ];
     case.run(&day_two, 0);
     let moved = version(&case.table("orders_clean")).await;
-    let project = case.project();
     let out = backfill(&[&["promote", project.as_str()], &promote[..]].concat());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
