@@ -256,6 +256,22 @@ mod tests {
     }
 
     #[test]
+    fn a_range_of_days_or_hours_is_taken_by_each_kind_of_slices() {
+        let days = range("2024-01-01", "2024-01-02");
+        assert_eq!(days.for_kind(SliceKind::Daily), days);
+        assert_eq!(
+            days.for_kind(SliceKind::Hourly),
+            range("2024-01-01T00", "2024-01-02T23")
+        );
+        assert_eq!(days.for_kind(SliceKind::List), Selection::Keys(vec![]));
+        let hours = range("2024-01-01T22", "2024-01-02T03");
+        assert_eq!(hours.for_kind(SliceKind::Hourly), hours);
+        assert_eq!(hours.for_kind(SliceKind::Daily), days);
+        let keys = Selection::Keys(vec!["eu".into()]);
+        assert_eq!(keys.for_kind(SliceKind::Daily), keys);
+    }
+
+    #[test]
     fn a_range_to_the_year_9999_is_refused_before_any_slice_is_made() {
         let daily = cut(
             SliceKind::Daily,

@@ -35,6 +35,9 @@ pub struct Upstream {
     pub slices: Vec<Slice>,
     /// The table as the upstream creates it, should it not be written yet.
     pub unwritten: crate::source::Unwritten,
+    /// The upstream slices' partition values as rows of its table (other columns null),
+    /// made once: every downstream slice's filters are evaluated over them.
+    pub(crate) rows: std::sync::OnceLock<Option<RecordBatch>>,
 }
 
 /// One slice of an upstream pipeline: `orders_clean 2024-01-05`.
@@ -102,7 +105,13 @@ fn matching<'a>(
     if usable.is_empty() {
         return all();
     }
-    match passing(&upstream.slices, schema, table, &usable) {
+    let rows = upstream
+        .rows
+        .get_or_init(|| partition_rows(&upstream.slices, schema));
+    let Some(rows) = rows.as_ref().filter(|rows| rows.schema() == *schema) else {
+        return all();
+    };
+    match passing(rows, table, &usable) {
         Some(mask) => upstream
             .slices
             .iter()
@@ -114,15 +123,9 @@ fn matching<'a>(
     }
 }
 
-/// For each slice, whether a row with its partition values (and nothing known of the
-/// other columns) passes every filter; `None` if the filters cannot be evaluated so.
-fn passing(
-    slices: &[Slice],
-    schema: &SchemaRef,
-    table: &TableReference,
-    filters: &[&Expr],
-) -> Option<Vec<bool>> {
-    let rows = slices.len();
+/// One row per slice with its partition values, every other column null; `None` if a
+/// value does not convert to its column's type.
+fn partition_rows(slices: &[Slice], schema: &SchemaRef) -> Option<RecordBatch> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let values: Option<Vec<&str>> = slices
@@ -134,12 +137,17 @@ fn passing(
             .collect();
         columns.push(match values {
             Some(values) => cast(&StringArray::from(values), field.data_type()).ok()?,
-            None => new_null_array(field.data_type(), rows),
+            None => new_null_array(field.data_type(), slices.len()),
         });
     }
-    let batch = RecordBatch::try_new(schema.clone(), columns).ok()?;
-    let described = DFSchema::try_from_qualified_schema(table.clone(), schema).ok()?;
-    let mut passes = vec![true; rows];
+    RecordBatch::try_new(schema.clone(), columns).ok()
+}
+
+/// For each row of `rows` (a slice's partition values, nothing known of the other
+/// columns), whether it passes every filter; `None` if the filters cannot be evaluated so.
+fn passing(rows: &RecordBatch, table: &TableReference, filters: &[&Expr]) -> Option<Vec<bool>> {
+    let described = DFSchema::try_from_qualified_schema(table.clone(), &rows.schema()).ok()?;
+    let mut passes = vec![true; rows.num_rows()];
     for filter in filters {
         let expr = create_physical_expr(
             filter,
@@ -148,7 +156,7 @@ fn passing(
             &PhysicalPlanningContext::default(),
         )
         .ok()?;
-        let evaluated = expr.evaluate(&batch).ok()?.into_array(rows).ok()?;
+        let evaluated = expr.evaluate(rows).ok()?.into_array(rows.num_rows()).ok()?;
         let mask = evaluated.as_any().downcast_ref::<BooleanArray>()?;
         for (row, pass) in passes.iter_mut().enumerate() {
             // Unknown is not a no: a slice is excluded only when the filter says false.
@@ -180,6 +188,7 @@ mod tests {
                 schema: schema(),
                 partition_by: vec!["dt".into(), "hr".into()],
             },
+            rows: Default::default(),
         }
     }
 

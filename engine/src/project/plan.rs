@@ -151,6 +151,7 @@ impl Project {
                         schema: upstream.schema().clone(),
                         partition_by: upstream.pipeline().destination.partition_by.clone(),
                     },
+                    rows: Default::default(),
                 });
             }
             let options = OpenOptions {

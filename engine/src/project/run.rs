@@ -69,9 +69,9 @@ impl Project {
             ..options.clone()
         };
         let all_slices = opened.iter().zip(&launches).flat_map(|((b, _), l)| {
-            l.slices.iter().map(|slice| UpstreamSlice {
+            l.planned.iter().map(|p| UpstreamSlice {
                 pipeline: b.pipeline().name.clone(),
-                slice: slice.key.clone(),
+                slice: p.slice.key.clone(),
             })
         });
         let gates = Arc::new(Gates::new(all_slices));
@@ -87,7 +87,8 @@ impl Project {
             let (options, shared) = (&options, &shared);
             async move {
                 let name = backfill.pipeline().name.clone();
-                let keys: Vec<String> = launch.slices.iter().map(|s| s.key.clone()).collect();
+                let keys: Vec<String> =
+                    launch.planned.iter().map(|p| p.slice.key.clone()).collect();
                 let ran = backfill
                     .execute(selection, launch, options, shared, reporter)
                     .await;

@@ -13,7 +13,10 @@
 //! history's header and end) and `Run`, one run in progress, whose jobs are in their
 //! own files: `attempts.rs` retries and time limits, `slice_task.rs` one attempt at one
 //! slice, `executor.rs` where a slice's plan executes, `rebuild.rs` the swap that ends a
-//! rebuild.
+//! rebuild, `gates.rs` the waits of a chained run's downstream slices for the upstream
+//! slices they read. A run is launched (its pre-flight plans) and then executed, so a
+//! project can launch all its pipelines' runs before any executes, and execute them
+//! together in shared places.
 
 mod attempts;
 mod executor;
@@ -228,7 +231,7 @@ impl Backfill {
             ..options.clone()
         };
         let shared = Shared::new(new_run_id(options.clock.now()), concurrency, None);
-        reporter.run_started(&shared.run_id, launch.slices.len());
+        reporter.run_started(&shared.run_id, launch.planned.len());
         self.execute(selection, launch, &options, &shared, reporter)
             .await
     }
@@ -249,19 +252,10 @@ impl Backfill {
         }
         let known = Arc::new(self.known(Summaries::Save).await?);
         let mut planned = self
-            .plan_slices(
-                slices.clone(),
-                &known,
-                options.reprocess,
-                PREFLIGHT_CONCURRENCY,
-            )
+            .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
             .await?;
         self.wait_for_upstream(&mut planned, running, options.reprocess);
-        Ok(Launch {
-            slices,
-            known,
-            planned,
-        })
+        Ok(Launch { known, planned })
     }
 
     /// Runs a launched run's slices, `options.concurrency` computing at once in the
@@ -274,11 +268,8 @@ impl Backfill {
         shared: &Shared,
         reporter: Arc<dyn Reporter>,
     ) -> Result<RunSummary> {
-        let Launch {
-            slices,
-            known,
-            planned,
-        } = launch;
+        let Launch { known, planned } = launch;
+        let slices: Vec<Slice> = planned.iter().map(|p| p.slice.clone()).collect();
         let concurrency = options.concurrency.unwrap_or(1).max(1);
         let pipeline = self.pipeline.name.clone();
         // A slice the pre-flight chose not to run (done, or a state not chosen) is
@@ -474,8 +465,6 @@ impl Backfill {
 
 /// A run's slices, planned before any starts.
 pub(crate) struct Launch {
-    /// In run order.
-    pub(crate) slices: Vec<Slice>,
     pub(crate) known: Arc<Known>,
     /// Each slice's plan, in run order.
     pub(crate) planned: Vec<SlicePlan>,
