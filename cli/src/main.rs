@@ -74,6 +74,10 @@ enum Command {
     /// with the records they were committed with. Refused, changing nothing, if a slice is
     /// not done in --from or --to committed it since. Promoting again is a no-op.
     Promote(commands::promote::PromoteArgs),
+    /// Form an Apache DataFusion Ballista cluster from this binary: a scheduler, and
+    /// executors that work for it, reading storage as runs do.
+    #[cfg(feature = "cluster")]
+    Cluster(commands::cluster::ClusterArgs),
     /// Write a deterministic fixture bucket of hive-partitioned Parquet (orders,
     /// customers, events, signups). Without options, the bundled one.
     Fixtures(commands::fixtures::FixturesArgs),
@@ -144,5 +148,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         Command::Diff(args) => commands::diff::execute(args).await,
         Command::Promote(args) => commands::promote::execute(args).await,
         Command::Fixtures(args) => commands::fixtures::execute(args).await,
+        #[cfg(feature = "cluster")]
+        Command::Cluster(args) => commands::cluster::execute(args).await,
     }
 }

@@ -401,21 +401,14 @@ impl Backfill {
         Ok((plan, transform.prepared))
     }
 
-    /// Renders and plans one slice's SQL, split into `partitions` streams; the physical
-    /// plan names the files it reads.
-    pub(crate) async fn plan_transform(
+    /// The transform's rows of `slice` as the destination stores them: each column cast to
+    /// the output schema's type; an error if the columns differ from other slices'.
+    pub(crate) fn as_output(
         &self,
+        frame: datafusion::dataframe::DataFrame,
         slice: &Slice,
-        partitions: usize,
-    ) -> Result<Transform> {
-        let sql = template::render(
-            &self.pipeline.sql,
-            &slice.variables(),
-            &self.pipeline.sql_origin,
-        )?;
-        let state = self.sources.planning_state(partitions);
-        let context = || format!("slice {}: planning the transform", slice.key);
-        let frame = source::read_only_query(state, &sql, context).await?;
+        context: impl Fn() -> String + Copy,
+    ) -> Result<datafusion::dataframe::DataFrame> {
         let casts: Vec<_> = frame
             .schema()
             .iter()
@@ -446,6 +439,25 @@ impl Backfill {
                 ),
             ));
         }
+        Ok(frame)
+    }
+
+    /// Renders and plans one slice's SQL, split into `partitions` streams; the physical
+    /// plan names the files it reads.
+    pub(crate) async fn plan_transform(
+        &self,
+        slice: &Slice,
+        partitions: usize,
+    ) -> Result<Transform> {
+        let sql = template::render(
+            &self.pipeline.sql,
+            &slice.variables(),
+            &self.pipeline.sql_origin,
+        )?;
+        let state = self.sources.planning_state(partitions);
+        let context = || format!("slice {}: planning the transform", slice.key);
+        let frame = source::read_only_query(state, &sql, context).await?;
+        let frame = self.as_output(frame, slice, context)?;
         let referenced = referenced_tables(frame.logical_plan());
         let (state, logical) = frame.into_parts();
         let optimized = state.optimize(&logical).context(context)?;

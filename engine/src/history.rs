@@ -43,6 +43,9 @@ pub struct RunHeader {
     /// For a promotion, the environment its slices were promoted from: it ran no SQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<String>,
+    /// The cluster the run's slices computed on (`df://HOST:PORT`), if not this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// One attempt at one slice.

@@ -10,6 +10,8 @@
 
 pub mod assertions;
 pub mod clock;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod engine;
 pub mod error;
 pub mod estimate;

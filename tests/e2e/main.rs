@@ -3,6 +3,8 @@
 
 mod ambiguous;
 mod clean;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod concurrent;
 mod delta_sources;
 mod hostile;

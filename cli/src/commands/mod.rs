@@ -2,6 +2,8 @@
 //! what they return.
 
 pub mod clean;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod diff;
 pub mod fixtures;
 pub mod history;

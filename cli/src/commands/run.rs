@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// Print a JSON summary instead of a line per slice.
     #[arg(long)]
     json: bool,
+    /// Run the slices' transforms on this Ballista cluster (its scheduler, df://HOST:PORT)
+    /// instead of this process; this process still checks and commits every slice.
+    #[cfg(feature = "cluster")]
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,6 +70,12 @@ enum Order {
 }
 
 pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
+    // An unreachable scheduler stops the run before anything is opened or written.
+    #[cfg(feature = "cluster")]
+    let cluster = match &args.cluster {
+        Some(url) => Some(backfill_engine::cluster::Cluster::connect(url).await?),
+        None => None,
+    };
     let selection = args.selection.selection();
     let target = args
         .pipeline
@@ -82,6 +93,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
             max_bytes: args.max_bytes.map(|size| size.as_u64()),
             max_slices: args.max_slices,
         },
+        #[cfg(feature = "cluster")]
+        cluster,
         ..RunOptions::default()
     };
     stop_on_ctrl_c(options.stop.clone());

@@ -226,6 +226,7 @@ mod tests {
             retries: 2,
             started_at: at(0),
             promoted_from: None,
+            cluster: None,
         };
         history.start(&header).await.unwrap();
         for (index, attempt) in attempts.iter().enumerate() {

@@ -219,6 +219,7 @@ impl Ready {
             retries: 0,
             started_at: chrono::Utc::now(),
             promoted_from: Some(from_environment.to_string()),
+            cluster: None,
         };
         history.start(&header).await?;
         let to_copy: Vec<String> = self

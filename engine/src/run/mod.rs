@@ -71,6 +71,9 @@ pub struct RunOptions {
     pub clock: Arc<dyn Clock>,
     /// What the run must stay within, checked before any slice starts.
     pub budget: Budget,
+    /// The cluster slices' transforms run on, instead of this process.
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// Stops a run in two steps: first no new slice starts and the ones in flight finish;
@@ -112,6 +115,8 @@ impl Default for RunOptions {
             stop: Stop::default(),
             clock: Arc::new(SystemClock),
             budget: Budget::default(),
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -281,7 +286,14 @@ impl Backfill {
             .collect();
         let after: Vec<Vec<UpstreamSlice>> = planned.into_iter().map(|p| p.after).collect();
         let run_id = shared.run_id.clone();
+        #[cfg(feature = "cluster")]
+        let remote = match &options.cluster {
+            Some(cluster) => Some(self.remote(cluster).await?),
+            None => None,
+        };
         let run = Arc::new(Run {
+            #[cfg(feature = "cluster")]
+            remote,
             backfill: self.clone(),
             options: options.clone(),
             known,
@@ -306,6 +318,7 @@ impl Backfill {
             retries: options.retries,
             started_at: options.clock.now(),
             promoted_from: None,
+            cluster: cluster_of(options),
         };
         run.history.start(&header).await?;
         let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
@@ -505,6 +518,9 @@ struct Run {
     history: History,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
     staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
+    /// The run's session on its cluster, if it has one.
+    #[cfg(feature = "cluster")]
+    remote: Option<crate::cluster::Remote>,
 }
 
 impl Run {
@@ -521,6 +537,15 @@ impl Run {
         let mut all = self.staged.lock().expect("not poisoned");
         all.insert(staged.record.slice.clone(), staged);
     }
+}
+
+/// Where the run's slices compute, for the run history: a cluster's address.
+fn cluster_of(_options: &RunOptions) -> Option<String> {
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &_options.cluster {
+        return Some(cluster.url().to_string());
+    }
+    None
 }
 
 /// A selection as people write it, for the run history.

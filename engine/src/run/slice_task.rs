@@ -63,7 +63,7 @@ impl Run {
             tracing::warn!(slice = %slice.key, "staged files are gone: computing the slice again");
         }
         let previous = planned.state.committed().map(|c| &c.record);
-        let stream = super::executor::execute(slice, &prepared)?;
+        let stream = self.execute(slice, &prepared).await?;
         let planned_at = started.elapsed();
         let staged = backfill.sink.stage(slice, stream).await?;
         let staged_at = started.elapsed();

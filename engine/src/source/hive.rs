@@ -106,6 +106,32 @@ impl SourceTable for HiveParquet {
     fn left_out(&self, path: &str) -> Option<&str> {
         self.left_out.get(path).map(String::as_str)
     }
+
+    /// The same files, schema and partitions with DataFusion's own Parquet format, which
+    /// a cluster can ship (errors then do not name the file).
+    fn portable(&self) -> Result<Option<Arc<dyn TableProvider>>> {
+        let options = self.table.options();
+        let partitions: Vec<&str> = options
+            .table_partition_cols
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let schema = self.table.schema();
+        let fields = schema
+            .fields()
+            .iter()
+            .filter(|f| !partitions.contains(&f.name().as_str()));
+        let file_schema = Arc::new(Schema::new(fields.cloned().collect::<Vec<_>>()));
+        let portable = ListingOptions::new(Arc::new(parquet_format()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(options.table_partition_cols.clone());
+        let config = ListingTableConfig::new_with_multi_paths(self.table.table_paths().clone())
+            .with_listing_options(portable)
+            .with_schema(file_schema);
+        let table = ListingTable::try_new(config)
+            .map_err(|e| Error::Internal(format!("a portable copy of a Parquet source: {e}")))?;
+        Ok(Some(Arc::new(table)))
+    }
 }
 
 /// Times schema inference is tried when storage fails: listings and footer reads at

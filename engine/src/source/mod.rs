@@ -38,6 +38,8 @@ pub use delta::{DeltaSource, Unwritten};
 pub use hive::HiveParquet;
 pub(crate) use hive::{parquet_format, plain_type};
 pub(crate) use query::read_only_query;
+#[cfg(feature = "cluster")]
+pub(crate) use stores::object_store_for;
 pub(crate) use stores::store_root;
 
 use crate::error::{Error, Result};
@@ -61,6 +63,11 @@ pub trait SourceTable: Send + Sync {
     /// Why `path` was left out of the source's schema, if it was: a slice that reads it
     /// fails, naming it.
     fn left_out(&self, path: &str) -> Option<&str>;
+    /// The table as a provider DataFusion's own codecs serialize, for a cluster to read;
+    /// `None` if this kind cannot be read there yet.
+    fn portable(&self) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(None)
+    }
 }
 
 /// The resolved sources of a pipeline and the runtime their slices share.
@@ -190,6 +197,11 @@ impl Sources {
         })
     }
 
+    /// The configuration every session of the run starts from.
+    pub fn session_config(&self) -> SessionConfig {
+        self.config.clone()
+    }
+
     pub fn runtime(&self) -> &RuntimeEnv {
         &self.runtime
     }
@@ -212,6 +224,22 @@ impl Sources {
             Some((_, delta)) => delta.catch_up(version).await,
             None => Ok(()),
         }
+    }
+
+    /// Registers every source in `ctx` as a table a cluster can read, or names the first
+    /// that cannot be.
+    pub fn register_portable(&self, ctx: &SessionContext) -> Result<()> {
+        for (name, table) in &self.tables {
+            let Some(portable) = table.portable()? else {
+                return Err(Error::config(
+                    "--cluster",
+                    format!("source `{name}` is a Delta table, which does not run on a cluster yet: run without --cluster"),
+                ));
+            };
+            ctx.register_table(name.as_str(), portable)
+                .map_err(|e| Error::Internal(format!("cannot register source `{name}`: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Whether `name` is one of the pipeline's sources.

@@ -1,0 +1,251 @@
+//! Scale-out on Apache DataFusion Ballista (feature `cluster`): forming a cluster from
+//! this binary (a scheduler and executors, reading storage the way runs do) and running
+//! slices' transforms on it.
+//!
+//! A slice that runs on a cluster is planned here as always (its files, fingerprint and
+//! state come from the local plan), and only its transform's execution moves: the same
+//! SQL, over the same sources registered as plain Parquet tables that Ballista can ship,
+//! runs on the executors and its rows stream back to the sink, which stages, checks and
+//! commits them exactly as for a local slice. This module never commits.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ballista::extension::SessionContextExt;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::engine::Backfill;
+use crate::error::{Error, Result};
+use crate::pipeline::StorageOptions;
+use crate::slice::Slice;
+use crate::source::{object_store_for, store_root};
+use crate::template;
+use datafusion::physical_plan::SendableRecordBatchStream;
+
+/// Ballista's scheduler port when the address names none.
+const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// How long to wait for the scheduler to answer before a run starts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Ballista cluster to run slices on, known to answer at its address.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// `df://host:port`, as given.
+    url: String,
+}
+
+impl Cluster {
+    /// The scheduler at `url` (`df://HOST:PORT`), once it answers; an error naming the
+    /// address if it does not.
+    pub async fn connect(url: &str) -> Result<Cluster> {
+        let refused = |why: String| Error::config("--cluster", format!("{url}: {why}"));
+        let parsed = Url::parse(url).map_err(|e| refused(format!("not a URL: {e}")))?;
+        if parsed.scheme() != "df" {
+            return Err(refused("give the scheduler as df://HOST:PORT".into()));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let port = parsed.port().unwrap_or(DEFAULT_SCHEDULER_PORT);
+        let address = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| refused(format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| refused(format!("{host} has no address")))?;
+        let reached =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address));
+        match reached.await {
+            Ok(Ok(_)) => Ok(Cluster { url: url.into() }),
+            Ok(Err(e)) => Err(refused(format!(
+                "the scheduler does not answer at {address}: {e}"
+            ))),
+            Err(_) => Err(refused(format!(
+                "the scheduler did not answer at {address} within {CONNECT_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A session whose queries run on the cluster.
+    pub(crate) async fn session(&self, config: SessionConfig) -> Result<SessionContext> {
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_runtime_env(runtime_env()?)
+            .build();
+        SessionContext::remote_with_state(&self.url, state)
+            .await
+            .map_err(|e| Error::config("--cluster", format!("{}: {e}", self.url)))
+    }
+}
+
+/// Where a scheduler listens, and how soon it gives up on a silent executor.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    pub bind: SocketAddr,
+    /// An executor not heard from for this long is lost: its tasks run elsewhere, and a
+    /// job with no executor left fails (so the slice's attempt fails, and is retried).
+    pub executor_timeout: Duration,
+}
+
+/// Serves a Ballista scheduler until the process ends.
+pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
+    use ballista_scheduler::cluster::BallistaCluster;
+    use ballista_scheduler::config::SchedulerConfig;
+    let config = SchedulerConfig {
+        bind_host: options.bind.ip().to_string(),
+        bind_port: options.bind.port(),
+        external_host: options.bind.ip().to_string(),
+        executor_timeout_seconds: options.executor_timeout.as_secs().max(2),
+        expire_dead_executor_interval_seconds: (options.executor_timeout.as_secs() / 6).max(1),
+        no_executors_grace_period_seconds: options.executor_timeout.as_secs().max(2),
+        override_session_builder: Some(Arc::new(|config: SessionConfig| {
+            let runtime = runtime_env()
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            Ok(SessionStateBuilder::new()
+                .with_default_features()
+                .with_config(config)
+                .with_runtime_env(runtime)
+                .build())
+        })),
+        ..SchedulerConfig::default()
+    };
+    let failed = |e: ballista_core::error::BallistaError| {
+        Error::execution(format!("scheduler at {}", options.bind), e.to_string())
+    };
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(failed)?;
+    ballista_scheduler::scheduler_process::start_server(cluster, options.bind, Arc::new(config))
+        .await
+        .map_err(failed)
+}
+
+/// An executor: the scheduler it works for, where it serves its results, and what it
+/// may use.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    pub scheduler: (String, u16),
+    /// The host it listens on and advertises; its Arrow Flight port, and its gRPC port.
+    pub host: String,
+    pub port: u16,
+    pub grpc_port: u16,
+    /// Tasks it runs at once.
+    pub tasks: usize,
+    /// Where it keeps shuffle data.
+    pub work_dir: Option<String>,
+    /// How often it tells the scheduler it is alive: well within the scheduler's
+    /// executor timeout.
+    pub heartbeat: Duration,
+}
+
+/// Serves a Ballista executor until the process ends.
+pub async fn serve_executor(options: ExecutorOptions) -> Result<()> {
+    use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
+    let config = ExecutorProcessConfig {
+        bind_host: options.host.clone(),
+        external_host: Some(options.host.clone()),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        scheduler_host: options.scheduler.0.clone(),
+        scheduler_port: options.scheduler.1,
+        vcores: options.tasks.max(1),
+        work_dir: options.work_dir.clone(),
+        executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
+        override_runtime_producer: Some(Arc::new(|_config: &SessionConfig| {
+            runtime_env().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+        })),
+        ..ExecutorProcessConfig::default()
+    };
+    start_executor_process(Arc::new(config)).await.map_err(|e| {
+        let (host, port) = &options.scheduler;
+        Error::execution(
+            format!("executor of the scheduler at {host}:{port}"),
+            e.to_string(),
+        )
+    })
+}
+
+/// A runtime whose object stores are made as a run makes them: the local disk, or S3
+/// from the standard `AWS_*` variables.
+fn runtime_env() -> Result<Arc<RuntimeEnv>> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(Stores::default()))
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot build the DataFusion runtime: {e}")))?;
+    Ok(Arc::new(runtime))
+}
+
+/// Object stores by their root, made on first use.
+#[derive(Debug, Default)]
+struct Stores {
+    made: RwLock<HashMap<Url, Arc<dyn ObjectStore>>>,
+}
+
+impl ObjectStoreRegistry for Stores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        let mut made = self.made.write().expect("not poisoned");
+        made.insert(store_root(url), store)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        let root = store_root(url);
+        if let Some(store) = self.made.read().expect("not poisoned").get(&root) {
+            return Ok(store.clone());
+        }
+        let store = object_store_for(&root, &StorageOptions::default())
+            .map_err(datafusion::error::DataFusionError::Configuration)?;
+        let mut made = self.made.write().expect("not poisoned");
+        Ok(made.entry(root).or_insert(store).clone())
+    }
+}
+
+/// A run's session on a cluster, where the pipeline's sources are registered as tables
+/// the cluster can read.
+pub(crate) struct Remote {
+    ctx: SessionContext,
+}
+
+impl Backfill {
+    /// A session on `cluster` for this pipeline's slices.
+    pub(crate) async fn remote(&self, cluster: &Cluster) -> Result<Remote> {
+        let ctx = cluster.session(self.sources.session_config()).await?;
+        self.sources.register_portable(&ctx)?;
+        Ok(Remote { ctx })
+    }
+
+    /// Runs `slice`'s transform on the cluster: its rows stream back, cast to the output
+    /// schema like a local slice's.
+    pub(crate) async fn execute_remote(
+        &self,
+        remote: &Remote,
+        slice: &Slice,
+    ) -> Result<SendableRecordBatchStream> {
+        let sql = template::render(
+            &self.pipeline.sql,
+            &slice.variables(),
+            &self.pipeline.sql_origin,
+        )?;
+        let context = || format!("slice {}: running the transform on the cluster", slice.key);
+        let frame = crate::source::read_only_query(remote.ctx.state(), &sql, context).await?;
+        let frame = self.as_output(frame, slice, context)?;
+        // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
+        frame
+            .execute_stream()
+            .await
+            .map_err(|e| Error::execution(context(), e.to_string()))
+    }
+}

@@ -1,0 +1,228 @@
+//! Slices run on a Ballista cluster formed by the binary itself: a scheduler and two
+//! executors, separate processes on loopback. The tables must equal local runs'.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A scheduler and two executors of `backfill cluster`, stopped when dropped.
+struct LocalCluster {
+    processes: Vec<Child>,
+    scheduler: String,
+    /// Each executor's work folder, where the tasks it ran leave their output.
+    work_dirs: Vec<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl LocalCluster {
+    fn start() -> LocalCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let spawn = |args: &[&str], log: &str| {
+            let log = std::fs::File::create(dir.path().join(log)).unwrap();
+            Command::new(env!("CARGO_BIN_EXE_backfill"))
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        };
+        let port = free_port();
+        let bind = format!("127.0.0.1:{port}");
+        let scheduler = [
+            "cluster",
+            "scheduler",
+            "--bind",
+            &bind,
+            "--executor-timeout",
+            "6s",
+        ];
+        let mut processes = vec![spawn(&scheduler, "scheduler.log")];
+        wait_for_port(port);
+        let mut work_dirs = Vec::new();
+        for executor in 0..2 {
+            let work = dir.path().join(format!("executor-{executor}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let (flight, grpc) = (free_port(), free_port());
+            processes.push(spawn(
+                &[
+                    "cluster",
+                    "executor",
+                    "--scheduler",
+                    &bind,
+                    "--port",
+                    &flight.to_string(),
+                    "--grpc-port",
+                    &grpc.to_string(),
+                    "--tasks",
+                    "1",
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                    "--heartbeat",
+                    "1s",
+                ],
+                &format!("executor-{executor}.log"),
+            ));
+            wait_for_port(flight);
+            work_dirs.push(work);
+        }
+        LocalCluster {
+            processes,
+            scheduler: format!("df://{bind}"),
+            work_dirs,
+            _dir: dir,
+        }
+    }
+
+    /// How many jobs' output each executor's work folder holds.
+    fn jobs_per_executor(&self) -> Vec<usize> {
+        self.work_dirs
+            .iter()
+            .map(|dir| std::fs::read_dir(dir).map_or(0, |entries| entries.count()))
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// Runs `pipeline` over `range` locally and on `cluster`, each into a fresh table, and
+/// returns both tables' rows under `sql`.
+async fn local_and_on_cluster(
+    cluster: &LocalCluster,
+    pipeline: &str,
+    range: &[&str],
+    sql: &str,
+) -> (Vec<String>, Vec<String>, Case) {
+    let local = Case::new(pipeline);
+    local.ok("run", range, 0);
+    let remote = Case::new(pipeline);
+    let on_cluster = [
+        range,
+        &["--cluster", &cluster.scheduler, "--concurrency", "2"],
+    ]
+    .concat();
+    remote.ok("run", &on_cluster, 0);
+    (local.stored(sql).await, remote.stored(sql).await, remote)
+}
+
+#[tokio::test]
+async fn overwrite_merge_and_rebuild_on_a_cluster_equal_local_runs() {
+    let cluster = LocalCluster::start();
+    let days = ["--start", "2024-01-01", "--end", "2024-01-06"];
+    for (pipeline, sql) in [
+        ("daily_revenue", "SELECT * FROM t ORDER BY 1, 2"),
+        ("orders_merge", "SELECT * FROM t ORDER BY order_id"),
+        ("orders_rebuild", "SELECT * FROM t ORDER BY 1, 2, 3"),
+    ] {
+        let (local, remote, case) = local_and_on_cluster(&cluster, pipeline, &days, sql).await;
+        assert!(!local.is_empty());
+        assert_eq!(remote, local, "{pipeline} on the cluster");
+        let history = case.json("history", &[], 0);
+        assert_eq!(history[0]["cluster"], cluster.scheduler, "{history}");
+    }
+    let jobs = cluster.jobs_per_executor();
+    assert!(
+        jobs.iter().all(|&n| n > 0),
+        "both executors ran slices' tasks: {jobs:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_scheduler_stops_the_run_before_anything_is_written() {
+    let case = Case::new("daily_revenue");
+    let address = format!("df://127.0.0.1:{}", free_port());
+    let out = backfill(&case.args("run", &["--keys", "2024-01-01", "--cluster", &address]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--cluster: {address}: the scheduler does not answer"
+        )),
+        "{stderr}"
+    );
+    assert!(!Path::new(&case.table).exists(), "nothing was written");
+}
+
+#[tokio::test]
+async fn an_executor_killed_mid_run_leaves_the_table_a_clean_run_gives() {
+    let days = ["--start", "2024-01-01", "--end", "2024-01-14"];
+    let all = "SELECT * FROM t ORDER BY order_id";
+    let clean = Case::new("orders_clean");
+    clean.ok("run", &days, 0);
+    let expected = clean.stored(all).await;
+
+    let mut cluster = LocalCluster::start();
+    let case = Case::new("orders_clean");
+    let on_cluster = [
+        &days[..],
+        &["--cluster", &cluster.scheduler, "--concurrency", "2"],
+        &["--max-slices-per-commit", "1"],
+    ]
+    .concat();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(case.args("run", &on_cluster))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the first slice is in the table, one executor dies without a word.
+    let first = case.table.join("_delta_log/00000000000000000000.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !first.exists() {
+        assert!(Instant::now() < deadline, "no slice was committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.processes[1].kill().unwrap();
+    let commits = std::fs::read_dir(case.table.join("_delta_log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert!(
+        commits < 14,
+        "the executor died mid-run: {commits} commits when it did"
+    );
+    let finished = run.wait().unwrap();
+    // The run finishes on the executor left (its lost tasks are done again there), or a
+    // slice fails; the same command then finishes the job.
+    if !finished.success() {
+        let rerun = [&on_cluster[..], &["--retries", "2"]].concat();
+        case.ok("run", &rerun, 0);
+    }
+    assert_eq!(case.stored(all).await, expected);
+    let committed = case.committed_slices();
+    let mut once = committed.clone();
+    once.dedup();
+    assert_eq!(committed, once, "no slice was committed twice");
+    assert_eq!(committed.len(), 14);
+}
