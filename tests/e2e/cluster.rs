@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A scheduler and two executors of `backfill cluster`, stopped when dropped.
-struct LocalCluster {
+pub(crate) struct LocalCluster {
     processes: Vec<Child>,
-    scheduler: String,
+    /// Where runs submit to: `df://127.0.0.1:PORT`.
+    pub(crate) scheduler: String,
     /// Each executor's work folder, where the tasks it ran leave their output.
     work_dirs: Vec<PathBuf>,
     _dir: tempfile::TempDir,
@@ -35,11 +36,17 @@ fn wait_for_port(port: u16) {
 
 impl LocalCluster {
     fn start() -> LocalCluster {
+        LocalCluster::start_with(&[])
+    }
+
+    /// A cluster whose processes have `env` besides this one's: how storage is reached.
+    pub(crate) fn start_with(env: &[(&str, String)]) -> LocalCluster {
         let dir = tempfile::tempdir().unwrap();
         let spawn = |args: &[&str], log: &str| {
             let log = std::fs::File::create(dir.path().join(log)).unwrap();
             Command::new(env!("CARGO_BIN_EXE_backfill"))
                 .args(args)
+                .envs(env.iter().map(|(k, v)| (*k, v)))
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -633,3 +633,23 @@ async fn s3_a_chain_runs_in_staging_and_is_promoted_to_production_on_s3() {
     assert_eq!(committed(&command("run", "prod")), [0, 0]);
     case.assert_secret_never_shown().await;
 }
+
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn s3_slices_computed_on_a_cluster_read_and_write_s3() {
+    let case = S3Case::new("orders_clean").await;
+    // The executors reach the server with credentials of their own, from their
+    // environment, as they would in a deployment.
+    let mut env = case.moto.env();
+    env.push(("AWS_SECRET_ACCESS_KEY", SECRET.to_string()));
+    let cluster = crate::cluster::LocalCluster::start_with(&env);
+    let range = ["--start", "2024-01-01", "--end", "2024-01-04"];
+    let on_cluster = [&range[..], &["--cluster", &cluster.scheduler]].concat();
+    let run = case.json("run", &on_cluster, 0);
+    assert_eq!(statuses(&run), ["committed"; 4], "{run:#}");
+    assert_eq!(
+        case.stored(ALL).await,
+        expected_clean(&case, "2024-01-04").await
+    );
+    case.assert_secret_never_shown().await;
+}
