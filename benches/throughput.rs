@@ -5,6 +5,7 @@
 //! cargo bench -p backfill-engine --bench throughput -- distinct [--days 8] [--rows 1000000]
 //! cargo bench -p backfill-engine --bench throughput -- hourly   [--hours 2016] [--rows 40]
 //! cargo bench -p backfill-engine --bench throughput -- history  [--hours 10080] [--rows 4]
+//! cargo bench -p backfill-engine --features cluster --bench throughput -- cluster [--days 8] [--rows 1000000]
 //! ```
 //!
 //! - `rows`: every order of a day, one column rewritten (overwrite by day);
@@ -13,7 +14,11 @@
 //!   hour (overwrite by day and hour), for the fixed cost of a slice over a long run;
 //! - `history`: `plan`, `status` and a rerun with nothing to do, over a table whose log
 //!   holds `--hours` committed hourly slices (built once, then kept), for what a long
-//!   history costs the commands that read it.
+//!   history costs the commands that read it;
+//! - `cluster` (feature `cluster`): the `rows` backfill here, then on a Ballista cluster
+//!   of one executor and of two, all in this process on loopback (each configuration with
+//!   as many task slots as cores): on one machine this measures what the cluster costs, not
+//!   what it gains.
 //!
 //! The bucket is generated once and cached under `target/bench-buckets/`. Each case runs
 //! `--repeat` times (default 5) into a fresh table; the median run is reported with its
@@ -57,9 +62,9 @@ fn main() {
     };
     let case = args
         .iter()
-        .find(|a| ["rows", "distinct", "hourly", "history"].contains(&a.as_str()))
+        .find(|a| ["rows", "distinct", "hourly", "history", "cluster"].contains(&a.as_str()))
         .cloned()
-        .unwrap_or_else(|| panic!("name a case: rows, distinct, hourly or history"));
+        .unwrap_or_else(|| panic!("name a case: rows, distinct, hourly, history or cluster"));
     let repeat = option("--repeat", 5) as usize;
     let options = RunOptions {
         concurrency: args
@@ -114,7 +119,7 @@ fn main() {
                 bucket: bucket(&target, &format!("orders-{days}x{rows}"), &spec),
                 source: ("orders", "[\"dt\"]"),
                 slices: "daily",
-                sql: if shape == "rows" { ROWS } else { DISTINCT },
+                sql: if shape == "distinct" { DISTINCT } else { ROWS },
                 selection: Selection::Range {
                     start: first.to_string(),
                     end: last.to_string(),
@@ -132,6 +137,12 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     if case == "history" {
         return runtime.block_on(bench.history(&target, repeat));
+    }
+    if case == "cluster" {
+        #[cfg(feature = "cluster")]
+        return cluster::compare(&bench, &runtime, &options, repeat);
+        #[cfg(not(feature = "cluster"))]
+        panic!("the cluster case needs --features cluster");
     }
     let mut runs: Vec<Measured> = (0..repeat.max(1))
         .map(|_| runtime.block_on(bench.run_once(&options)))
@@ -408,4 +419,100 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1_000_000.0
+}
+
+/// The `cluster` case: the same backfill here and on in-process Ballista clusters.
+#[cfg(feature = "cluster")]
+mod cluster {
+    use std::time::Duration;
+
+    use backfill_engine::cluster::{
+        serve_executor, serve_scheduler, Cluster, ExecutorOptions, SchedulerOptions,
+    };
+    use backfill_engine::RunOptions;
+
+    use super::{Bench, Measured};
+
+    fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        listener.local_addr().expect("an address").port()
+    }
+
+    /// A scheduler and `executors` executors serving on `runtime`, sharing `slots` task
+    /// slots between them.
+    fn start(runtime: &tokio::runtime::Runtime, executors: usize, slots: usize) -> Cluster {
+        let port = free_port();
+        let bind = format!("127.0.0.1:{port}").parse().expect("an address");
+        let executor_timeout = Duration::from_secs(30);
+        runtime.spawn(serve_scheduler(SchedulerOptions {
+            bind,
+            executor_timeout,
+        }));
+        for _ in 0..executors {
+            runtime.spawn(serve_executor(ExecutorOptions {
+                scheduler: ("127.0.0.1".into(), port),
+                host: "127.0.0.1".into(),
+                port: free_port(),
+                grpc_port: free_port(),
+                tasks: (slots / executors).max(1),
+                work_dir: None,
+                heartbeat: Duration::from_secs(5),
+            }));
+        }
+        let url = format!("df://127.0.0.1:{port}");
+        runtime.block_on(async {
+            for _ in 0..100 {
+                if let Ok(cluster) = Cluster::connect(&url).await {
+                    // Executors register on their first heartbeat, right after they start.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return cluster;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the scheduler at {url} never answered")
+        })
+    }
+
+    pub(super) fn compare(
+        bench: &Bench,
+        runtime: &tokio::runtime::Runtime,
+        options: &RunOptions,
+        repeat: usize,
+    ) {
+        let slots = backfill_engine::run::default_concurrency();
+        let places = [
+            ("local".to_string(), None),
+            (
+                format!("1 executor x {slots} tasks"),
+                Some(start(runtime, 1, slots)),
+            ),
+            (
+                format!("2 executors x {} tasks", (slots / 2).max(1)),
+                Some(start(runtime, 2, slots)),
+            ),
+        ];
+        println!(
+            "{:<24} {:>7} {:>9} {:>9} {:>10} {:>12}",
+            "where", "slices", "wall s", "cpu s", "ms/slice", "table MB"
+        );
+        for (place, cluster) in places {
+            let options = RunOptions {
+                cluster,
+                ..options.clone()
+            };
+            let mut runs: Vec<Measured> = (0..repeat.max(1))
+                .map(|_| runtime.block_on(bench.run_once(&options)))
+                .collect();
+            runs.sort_by_key(|run| run.wall);
+            let median = &runs[runs.len() / 2];
+            println!(
+                "{place:<24} {:>7} {:>9.2} {:>9.2} {:>10.1} {:>12.1}",
+                bench.slice_count,
+                median.wall.as_secs_f64(),
+                median.cpu.as_secs_f64(),
+                median.wall.as_secs_f64() * 1000.0 / bench.slice_count as f64,
+                super::mb(median.table_bytes),
+            );
+        }
+    }
 }
