@@ -17,6 +17,7 @@ use ballista::extension::SessionContextExt;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
@@ -27,7 +28,6 @@ use crate::pipeline::StorageOptions;
 use crate::slice::Slice;
 use crate::source::{object_store_for, store_root};
 use crate::template;
-use datafusion::physical_plan::SendableRecordBatchStream;
 
 /// Ballista's scheduler port when the address names none.
 const DEFAULT_SCHEDULER_PORT: u16 = 50050;
