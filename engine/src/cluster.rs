@@ -27,7 +27,6 @@ use crate::error::{Error, Result};
 use crate::pipeline::StorageOptions;
 use crate::slice::Slice;
 use crate::source::{object_store_for, store_root};
-use crate::template;
 
 /// Ballista's scheduler port when the address names none.
 const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -234,14 +233,10 @@ impl Backfill {
         remote: &Remote,
         slice: &Slice,
     ) -> Result<SendableRecordBatchStream> {
-        let sql = template::render(
-            &self.pipeline.sql,
-            &slice.variables(),
-            &self.pipeline.sql_origin,
-        )?;
         let context = || format!("slice {}: running the transform on the cluster", slice.key);
-        let frame = crate::source::read_only_query(remote.ctx.state(), &sql, context).await?;
-        let frame = self.as_output(frame, slice, context)?;
+        let (_, frame) = self
+            .transform_frame(remote.ctx.state(), slice, context)
+            .await?;
         // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
         frame
             .execute_stream()

@@ -401,9 +401,26 @@ impl Backfill {
         Ok((plan, transform.prepared))
     }
 
+    /// `slice`'s SQL, rendered, and its transform planned in `state` (here, or on a
+    /// cluster) as the destination stores its rows.
+    pub(crate) async fn transform_frame(
+        &self,
+        state: SessionState,
+        slice: &Slice,
+        context: impl Fn() -> String + Copy,
+    ) -> Result<(String, datafusion::dataframe::DataFrame)> {
+        let sql = template::render(
+            &self.pipeline.sql,
+            &slice.variables(),
+            &self.pipeline.sql_origin,
+        )?;
+        let frame = source::read_only_query(state, &sql, context).await?;
+        Ok((sql, self.as_output(frame, slice, context)?))
+    }
+
     /// The transform's rows of `slice` as the destination stores them: each column cast to
     /// the output schema's type; an error if the columns differ from other slices'.
-    pub(crate) fn as_output(
+    fn as_output(
         &self,
         frame: datafusion::dataframe::DataFrame,
         slice: &Slice,
@@ -449,15 +466,9 @@ impl Backfill {
         slice: &Slice,
         partitions: usize,
     ) -> Result<Transform> {
-        let sql = template::render(
-            &self.pipeline.sql,
-            &slice.variables(),
-            &self.pipeline.sql_origin,
-        )?;
         let state = self.sources.planning_state(partitions);
         let context = || format!("slice {}: planning the transform", slice.key);
-        let frame = source::read_only_query(state, &sql, context).await?;
-        let frame = self.as_output(frame, slice, context)?;
+        let (sql, frame) = self.transform_frame(state, slice, context).await?;
         let referenced = referenced_tables(frame.logical_plan());
         let (state, logical) = frame.into_parts();
         let optimized = state.optimize(&logical).context(context)?;

@@ -165,6 +165,10 @@ pub struct AssertionResult {
     pub measured: String,
 }
 
+/// How many of a table's latest commits are read for other writers, before a rebuild's
+/// swap or a promotion.
+pub(crate) const RECENT_COMMITS: u64 = 20;
+
 /// Commits among a table's latest that another writer made (another engine, or another
 /// pipeline), which a rebuild's swap races: the swap is refused if one lands after the
 /// rebuild read the table.

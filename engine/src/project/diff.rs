@@ -72,11 +72,7 @@ impl Project {
     pub async fn diff(&self, other: &Project, selection: &Selection) -> Result<Diff> {
         let mut pipelines = Vec::new();
         for pipeline in &self.pipelines {
-            let there = other
-                .pipelines
-                .iter()
-                .find(|p| p.name == pipeline.name)
-                .expect("one project's pipelines, in two environments");
+            let there = other.same(pipeline);
             let slices = pipeline.cut(&selection.for_kind(pipeline.slices.kind))?;
             pipelines.push(diff_pipeline(pipeline, &there.destination, &slices).await?);
         }

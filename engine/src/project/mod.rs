@@ -174,6 +174,14 @@ impl Project {
         Ok(self)
     }
 
+    /// `pipeline` of the same project in another environment as this project has it.
+    pub(crate) fn same(&self, pipeline: &Pipeline) -> &Pipeline {
+        let mut pipelines = self.pipelines.iter();
+        pipelines
+            .find(|p| p.name == pipeline.name)
+            .expect("one project's pipelines, in two environments")
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.pipelines.iter().map(|p| p.name.as_str()).collect()
     }

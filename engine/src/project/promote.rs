@@ -24,9 +24,6 @@ use crate::states::SliceStatus;
 /// Slices of one pipeline promoted at once; their commits group as a run's do.
 const PROMOTIONS_IN_FLIGHT: usize = 8;
 
-/// How many of the target table's latest commits are read for other writers.
-const RECENT_COMMITS: u64 = 20;
-
 /// What a promotion did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Promotion {
@@ -85,11 +82,7 @@ impl Project {
         let mut ready = Vec::new();
         let mut refusals = Vec::new();
         for pipeline in &self.pipelines {
-            let goal = target
-                .pipelines
-                .iter()
-                .find(|p| p.name == pipeline.name)
-                .expect("one project's pipelines, in two environments");
+            let goal = target.same(pipeline);
             match self
                 .check(pipeline, goal, &target.environment, selection)
                 .await?
@@ -184,7 +177,7 @@ impl Project {
             return Ok(Err(refusals));
         }
         let other_writers = match to.table().await {
-            Some(table) => OtherWriters::of(&table, name, RECENT_COMMITS).await?,
+            Some(table) => OtherWriters::of(&table, name, crate::ledger::RECENT_COMMITS).await?,
             None => None,
         };
         Ok(Ok(Ready {

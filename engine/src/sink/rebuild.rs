@@ -54,9 +54,6 @@ pub struct Replaced {
     pub other_writers: Option<OtherWriters>,
 }
 
-/// How many of a table's latest commits are read for other writers.
-const RECENT_COMMITS: u64 = 20;
-
 /// A rebuild stages its slices in the table's folder like overwrite, and publishes them
 /// only all at once, through [`Sink::swap`].
 pub(super) struct Rebuild;
@@ -219,7 +216,12 @@ impl Sink {
             files,
             bytes,
             schema_changes: check_compatible(existing, &self.schema, &self.partition_by).is_err(),
-            other_writers: OtherWriters::of(existing, &self.pipeline, RECENT_COMMITS).await?,
+            other_writers: OtherWriters::of(
+                existing,
+                &self.pipeline,
+                crate::ledger::RECENT_COMMITS,
+            )
+            .await?,
         })
     }
 
