@@ -88,7 +88,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BACKFILL_LOG")
-                .unwrap_or_else(|_| "warn,deltalake_core::operations::merge=error".into()),
+                // A cluster's executors say what each task wrote.
+                .unwrap_or_else(|_| {
+                    "warn,deltalake_core::operations::merge=error,backfill_engine::cluster=info"
+                        .into()
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

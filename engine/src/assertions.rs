@@ -14,15 +14,13 @@ use crate::error::{Error, Result, ResultExt};
 use crate::ledger::AssertionResult;
 use crate::pipeline::Assertion;
 use crate::sink::Staged;
-use crate::source::Sources;
 use crate::template;
 
 /// Runs every assertion on a staged slice; the results say which passed. Assertions
-/// that query the slice run in a session of their own over `sources`, where the staged
-/// slice is the table `slice`, with plans split into `partitions` streams.
+/// that query the slice run in a session of their own, made by `session` (here, or on
+/// the cluster the slice computed on), where the staged slice is the table `slice`.
 pub async fn check(
-    sources: &Sources,
-    partitions: usize,
+    session: impl AsyncFnOnce() -> Result<SessionContext>,
     assertions: &[Assertion],
     staged: &Staged,
     schema: &SchemaRef,
@@ -35,7 +33,7 @@ pub async fn check(
     // Only assertions that query the slice pay for a session.
     let ctx = match queried {
         true => {
-            let ctx = sources.context(partitions)?;
+            let ctx = session().await?;
             let table = staged
                 .table(&ctx, schema)
                 .await

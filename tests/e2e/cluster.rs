@@ -14,7 +14,8 @@ pub(crate) struct LocalCluster {
     pub(crate) scheduler: String,
     /// Each executor's work folder, where the tasks it ran leave their output.
     work_dirs: Vec<PathBuf>,
-    _dir: tempfile::TempDir,
+    /// Holds each process's log.
+    dir: tempfile::TempDir,
 }
 
 /// A port nothing listens on now.
@@ -95,7 +96,7 @@ impl LocalCluster {
             processes,
             scheduler: format!("df://{bind}"),
             work_dirs,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -104,6 +105,26 @@ impl LocalCluster {
         self.work_dirs
             .iter()
             .map(|dir| std::fs::read_dir(dir).map_or(0, |entries| entries.count()))
+            .collect()
+    }
+}
+
+impl LocalCluster {
+    /// The rows each executor's log says its tasks wrote under `table`.
+    fn rows_written_under(&self, table: &Path) -> Vec<u64> {
+        let table = table.to_str().unwrap();
+        (0..self.work_dirs.len())
+            .map(|executor| {
+                let log = self.dir.path().join(format!("executor-{executor}.log"));
+                let log = std::fs::read_to_string(log).unwrap();
+                log.lines()
+                    .filter(|line| line.contains(table))
+                    .filter_map(|line| {
+                        let rows = line.split(": wrote ").nth(1)?.split(' ').next()?;
+                        rows.parse::<u64>().ok()
+                    })
+                    .sum()
+            })
             .collect()
     }
 }
@@ -151,6 +172,14 @@ async fn overwrite_merge_and_rebuild_on_a_cluster_equal_local_runs() {
         assert_eq!(remote, local, "{pipeline} on the cluster");
         let history = case.json("history", &[], 0);
         assert_eq!(history[0]["cluster"], cluster.scheduler, "{history}");
+        // The executors wrote every row themselves; none streamed back to be written here.
+        let written: u64 = cluster.rows_written_under(&case.table).iter().sum();
+        let stored = case.stored("SELECT count(*) AS n FROM t").await;
+        let stored: u64 = stored[3]
+            .trim_matches(|c| c == '|' || c == ' ')
+            .parse()
+            .unwrap();
+        assert_eq!(written, stored, "{pipeline}: rows the executors wrote");
     }
     let jobs = cluster.jobs_per_executor();
     assert!(
@@ -232,4 +261,37 @@ async fn an_executor_killed_mid_run_leaves_the_table_a_clean_run_gives() {
     once.dedup();
     assert_eq!(committed, once, "no slice was committed twice");
     assert_eq!(committed.len(), 14);
+}
+
+#[tokio::test]
+async fn rows_outside_the_slice_partition_on_a_cluster_commit_nothing_and_leave_no_files() {
+    let cluster = LocalCluster::start();
+    let case = Case::new("orders_clean");
+    case.edit_pipeline(
+        "WHERE dt = '{{ slice }}'\n  AND ordered_at >= {{ start_ts }} AND ordered_at < {{ end_ts }}",
+        "WHERE dt >= '{{ slice }}'",
+    );
+    let args = ["--keys", "2024-01-13", "--cluster", &cluster.scheduler];
+    let run = case.json("run", &args, 1);
+    let outcome = &run["outcomes"][0];
+    assert_eq!(outcome["status"], "failed");
+    assert_eq!(
+        outcome["fault"], "user",
+        "the SQL is at fault, as in a local run"
+    );
+    assert_eq!(
+        outcome["attempts"], 1,
+        "a fault of the SQL is not retried: {outcome}"
+    );
+    let error = outcome["error"].as_str().unwrap();
+    assert!(
+        error.contains("outside the slice's partition dt = 2024-01-13"),
+        "{error}"
+    );
+    assert!(!case.table.join("_delta_log").exists());
+    assert_eq!(
+        case.data_files(),
+        Vec::<String>::new(),
+        "what the executors wrote was deleted"
+    );
 }

@@ -1,27 +1,38 @@
-//! Where a slice's planned transform executes: DataFusion in this process, on the run's
-//! shared runtime, or (feature `cluster`) the run's Ballista cluster. This is the one
-//! place a slice's transform is turned into a stream of batches.
+//! Where a slice computes: DataFusion in this process, on the run's shared runtime, or
+//! (feature `cluster`) the run's Ballista cluster. This is the one place that decides;
+//! the slice's output is staged, and its SQL assertions query it, where it computed.
 
-use datafusion::physical_plan::{execute_stream, SendableRecordBatchStream};
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::SessionContext;
 
 use super::Run;
 use crate::engine::Prepared;
 use crate::error::{Result, ResultExt};
+use crate::sink::Staged;
 use crate::slice::Slice;
 
 impl Run {
-    /// Starts executing `slice`'s transform, planned here as `prepared`, and streams its
-    /// output: on the run's cluster if it has one, here otherwise.
-    pub(super) async fn execute(
-        &self,
-        slice: &Slice,
-        prepared: &Prepared,
-    ) -> Result<SendableRecordBatchStream> {
+    /// Computes `slice`, planned here as `prepared`, and stages its output: on the run's
+    /// cluster if it has one, here otherwise.
+    pub(super) async fn stage(&self, slice: &Slice, prepared: &Prepared) -> Result<Staged> {
         #[cfg(feature = "cluster")]
         if let Some(remote) = &self.remote {
-            return self.backfill.execute_remote(remote, slice).await;
+            return self.backfill.stage_remote(remote, slice).await;
         }
-        execute_stream(prepared.plan.clone(), prepared.task_ctx())
-            .context(|| format!("slice {}: running the transform", slice.key))
+        let stream = execute_stream(prepared.plan.clone(), prepared.task_ctx())
+            .context(|| format!("slice {}: running the transform", slice.key))?;
+        self.backfill.sink.stage(slice, stream).await
+    }
+
+    /// A session for queries over a staged slice, where it computed, with the
+    /// pipeline's sources registered.
+    pub(super) async fn session(&self) -> Result<SessionContext> {
+        #[cfg(feature = "cluster")]
+        if let Some(remote) = &self.remote {
+            return self.backfill.remote_session(remote.cluster()).await;
+        }
+        self.backfill
+            .sources
+            .context(self.options.partitions_per_slice())
     }
 }

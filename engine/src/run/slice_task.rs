@@ -63,14 +63,12 @@ impl Run {
             tracing::warn!(slice = %slice.key, "staged files are gone: computing the slice again");
         }
         let previous = planned.state.committed().map(|c| &c.record);
-        let stream = self.execute(slice, &prepared).await?;
         let planned_at = started.elapsed();
-        let staged = backfill.sink.stage(slice, stream).await?;
+        let staged = self.stage(slice, &prepared).await?;
         let staged_at = started.elapsed();
 
         let checked = assertions::check(
-            &backfill.sources,
-            self.options.partitions_per_slice(),
+            async || self.session().await,
             &backfill.pipeline.assertions,
             &staged,
             &backfill.schema,

@@ -88,7 +88,10 @@ async fn publish(
         .with_commit_properties(properties)
         // The files MERGE writes name the pipeline too: a merge killed before its commit
         // leaves files that `clean` can recognise.
-        .with_writer_properties(sink.writer_properties(slice))
+        .with_writer_properties(super::writing::writer_properties(
+            &sink.pipeline,
+            &slice.key,
+        ))
         .when_matched_update(|update| {
             columns.iter().fold(update, |u, c| {
                 u.update(format!("\"{c}\""), format!("source.\"{c}\""))

@@ -3,21 +3,27 @@
 //! slices' transforms on it.
 //!
 //! A slice that runs on a cluster is planned here as always (its files, fingerprint and
-//! state come from the local plan), and only its transform's execution moves: the same
-//! SQL, over the same sources registered as plain Parquet tables that Ballista can ship,
-//! runs on the executors and its rows stream back to the sink, which stages, checks and
-//! commits them exactly as for a local slice. This module never commits.
+//! state come from the local plan), and only its computing moves: the same SQL, over the
+//! same sources registered as plain Parquet tables that Ballista can ship, runs on the
+//! executors, which also write its rows into the table's folder ([`write`]), uncommitted.
+//! What they wrote comes back as a few rows; the sink checks the slice (its SQL
+//! assertions run on the cluster too) and commits it exactly as a local one. This module
+//! never commits.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ballista::extension::SessionContextExt;
+mod codec;
+mod write;
+
+use ballista::extension::{SessionConfigExt, SessionContextExt};
+use datafusion::dataframe::DataFrame;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SessionStateBuilder;
-use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
@@ -25,8 +31,11 @@ use url::Url;
 use crate::engine::Backfill;
 use crate::error::{Error, Result};
 use crate::pipeline::StorageOptions;
+use crate::sink::Staged;
 use crate::slice::Slice;
 use crate::source::{object_store_for, store_root};
+use codec::{LogicalCodec, PhysicalCodec};
+use write::{TaskOutcome, WriteSlice, WriteSpec};
 
 /// Ballista's scheduler port when the address names none.
 const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -76,6 +85,8 @@ impl Cluster {
 
     /// A session whose queries run on the cluster.
     pub(crate) async fn session(&self, config: SessionConfig) -> Result<SessionContext> {
+        let config =
+            config.with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()));
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
@@ -114,8 +125,11 @@ pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
                 .with_default_features()
                 .with_config(config)
                 .with_runtime_env(runtime)
+                .with_query_planner(Arc::new(write::SchedulerPlanner))
                 .build())
         })),
+        override_logical_codec: Some(Arc::new(LogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         ..SchedulerConfig::default()
     };
     let failed = |e: ballista_core::error::BallistaError| {
@@ -163,6 +177,8 @@ pub async fn serve_executor(options: ExecutorOptions) -> Result<()> {
         override_runtime_producer: Some(Arc::new(|_config: &SessionConfig| {
             runtime_env().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
         })),
+        override_logical_codec: Some(Arc::new(LogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config)).await.map_err(|e| {
@@ -212,35 +228,77 @@ impl ObjectStoreRegistry for Stores {
     }
 }
 
-/// A run's session on a cluster, where the pipeline's sources are registered as tables
-/// the cluster can read.
+/// A run's cluster, and its session there, where the pipeline's sources are registered
+/// as tables the cluster can read.
 pub(crate) struct Remote {
+    cluster: Cluster,
     ctx: SessionContext,
 }
 
 impl Backfill {
     /// A session on `cluster` for this pipeline's slices.
     pub(crate) async fn remote(&self, cluster: &Cluster) -> Result<Remote> {
-        let ctx = cluster.session(self.sources.session_config()).await?;
-        self.sources.register_portable(&ctx)?;
-        Ok(Remote { ctx })
+        Ok(Remote {
+            cluster: cluster.clone(),
+            ctx: self.remote_session(cluster).await?,
+        })
     }
 
-    /// Runs `slice`'s transform on the cluster: its rows stream back, cast to the output
-    /// schema like a local slice's.
-    pub(crate) async fn execute_remote(
-        &self,
-        remote: &Remote,
-        slice: &Slice,
-    ) -> Result<SendableRecordBatchStream> {
+    /// A new session on `cluster` where the pipeline's sources are registered, for
+    /// queries that register tables of their own.
+    pub(crate) async fn remote_session(&self, cluster: &Cluster) -> Result<SessionContext> {
+        let ctx = cluster.session(self.sources.session_config()).await?;
+        self.sources.register_portable(&ctx)?;
+        Ok(ctx)
+    }
+
+    /// Computes `slice` on the cluster, whose executors write its output into files no
+    /// reader sees, as [`crate::sink::Sink::stage`] does here.
+    pub(crate) async fn stage_remote(&self, remote: &Remote, slice: &Slice) -> Result<Staged> {
         let context = || format!("slice {}: running the transform on the cluster", slice.key);
+        let staging = self.sink.staging(slice)?;
         let (_, frame) = self
             .transform_frame(remote.ctx.state(), slice, context)
             .await?;
+        let (state, input) = frame.into_parts();
+        let spec = WriteSpec {
+            staging: staging.clone(),
+            schema: self.schema.as_ref().clone(),
+        };
+        let write = LogicalPlan::Extension(Extension {
+            node: Arc::new(WriteSlice { input, spec }),
+        });
         // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
-        frame
-            .execute_stream()
+        // A task that wrote files before the job failed leaves them behind, uncommitted
+        // and tagged with the slice in their footers, for `clean`.
+        let results = DataFrame::new(state, write)
+            .collect()
             .await
-            .map_err(|e| Error::execution(context(), e.to_string()))
+            .map_err(|e| Error::execution(context(), e.to_string()))?;
+        let outcomes = write::outcomes(&results)
+            .map_err(|e| Error::Internal(format!("{}: {e}", context())))?;
+        let mut parts = Vec::with_capacity(outcomes.len());
+        let mut refused = None;
+        for outcome in outcomes {
+            match outcome {
+                TaskOutcome::Written(written) => parts.push(written),
+                TaskOutcome::Refused { location, message } => {
+                    refused.get_or_insert(Error::config(location, message));
+                }
+            }
+        }
+        let staged = self.sink.staged(&staging, parts);
+        if let Some(refused) = refused {
+            self.sink.discard(&staged).await;
+            return Err(refused);
+        }
+        Ok(staged)
+    }
+}
+
+impl Remote {
+    /// The cluster the run's slices compute on.
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 }
