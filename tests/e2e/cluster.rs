@@ -266,32 +266,35 @@ async fn an_executor_killed_mid_run_leaves_the_table_a_clean_run_gives() {
 #[tokio::test]
 async fn rows_outside_the_slice_partition_on_a_cluster_commit_nothing_and_leave_no_files() {
     let cluster = LocalCluster::start();
+    let case = crate::reaching_past_its_partition();
+    let args = ["--keys", "2024-01-13", "--cluster", &cluster.scheduler];
+    let run = case.json("run", &args, 1);
+    crate::refused_outside_its_partition(&case, &run["outcomes"][0], "2024-01-13");
+}
+
+#[tokio::test]
+async fn a_slice_failing_an_assertion_the_cluster_checks_commits_nothing_and_leaves_no_files() {
+    let cluster = LocalCluster::start();
     let case = Case::new("orders_clean");
     case.edit_pipeline(
-        "WHERE dt = '{{ slice }}'\n  AND ordered_at >= {{ start_ts }} AND ordered_at < {{ end_ts }}",
-        "WHERE dt >= '{{ slice }}'",
+        "SELECT count(*) = 0 FROM slice WHERE amount < 0",
+        "SELECT count(*) = 0 FROM slice WHERE amount > 0",
     );
     let args = ["--keys", "2024-01-13", "--cluster", &cluster.scheduler];
     let run = case.json("run", &args, 1);
     let outcome = &run["outcomes"][0];
     assert_eq!(outcome["status"], "failed");
-    assert_eq!(
-        outcome["fault"], "user",
-        "the SQL is at fault, as in a local run"
-    );
-    assert_eq!(
-        outcome["attempts"], 1,
-        "a fault of the SQL is not retried: {outcome}"
-    );
+    assert_eq!(outcome["fault"], "data", "{outcome}");
     let error = outcome["error"].as_str().unwrap();
     assert!(
-        error.contains("outside the slice's partition dt = 2024-01-13"),
+        error.contains("`SELECT count(*) = 0 FROM slice WHERE amount > 0` returned false"),
         "{error}"
     );
     assert!(!case.table.join("_delta_log").exists());
-    assert_eq!(
-        case.data_files(),
-        Vec::<String>::new(),
-        "what the executors wrote was deleted"
+    assert_eq!(case.data_files(), Vec::<String>::new());
+    let written: u64 = cluster.rows_written_under(&case.table).iter().sum();
+    assert!(
+        written > 0,
+        "the executors wrote the slice before it was checked"
     );
 }

@@ -384,18 +384,33 @@ async fn append_after_the_log_history_expired_replaces_instead_of_duplicating() 
 
 #[tokio::test]
 async fn rows_outside_the_slice_partition_commit_nothing() {
+    let case = reaching_past_its_partition();
+    let run = case.json("run", &["--keys", "2024-01-13"], 1);
+    refused_outside_its_partition(&case, &run["outcomes"][0], "2024-01-13");
+}
+
+/// `orders_clean`, its SQL changed to return the rows of later days too.
+pub(crate) fn reaching_past_its_partition() -> Case {
     let case = Case::new("orders_clean");
     case.edit_pipeline(
         "WHERE dt = '{{ slice }}'\n  AND ordered_at >= {{ start_ts }} AND ordered_at < {{ end_ts }}",
         "WHERE dt >= '{{ slice }}'",
     );
-    let run = case.json("run", &["--keys", "2024-01-13"], 1);
-    let outcome = &run["outcomes"][0];
+    case
+}
+
+/// `outcome`, of slice `key` of `case`'s pipeline, failed for a row outside its
+/// partition: the SQL's fault, tried once, nothing committed and nothing left behind.
+pub(crate) fn refused_outside_its_partition(case: &Case, outcome: &serde_json::Value, key: &str) {
     assert_eq!(outcome["status"], "failed");
-    assert_eq!(outcome["fault"], "user", "the SQL is at fault");
+    assert_eq!(outcome["fault"], "user", "the SQL is at fault: {outcome}");
+    assert_eq!(
+        outcome["attempts"], 1,
+        "a fault of the SQL is not retried: {outcome}"
+    );
     let error = outcome["error"].as_str().unwrap();
     assert!(
-        error.contains("outside the slice's partition dt = 2024-01-13"),
+        error.contains(&format!("outside the slice's partition dt = {key}")),
         "{error}"
     );
     assert!(!case.table.join("_delta_log").exists());
