@@ -35,8 +35,7 @@ pub async fn check(
         true => {
             let ctx = session().await?;
             let table = staged
-                .table(&ctx, schema)
-                .await
+                .table(schema)
                 .context(|| "reading the staged slice".into())?;
             ctx.register_table("slice", table)
                 .context(|| "registering the staged slice".into())?;

@@ -244,29 +244,55 @@ pub(crate) trait ResultExt<T> {
 
 impl<T> ResultExt<T> for std::result::Result<T, datafusion::error::DataFusionError> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        use datafusion::error::DataFusionError as E;
-        self.map_err(|error| match error.find_root() {
-            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
-                Error::sql(context(), error)
+        self.map_err(|error| carried_back(error).unwrap_or_else(|error| classify(error, context)))
+    }
+}
+
+/// One of our errors that DataFusion carried back from our code it called (a source
+/// offered to a cluster's session), as it was raised: its class is already known.
+fn carried_back(
+    error: datafusion::error::DataFusionError,
+) -> std::result::Result<Error, datafusion::error::DataFusionError> {
+    use datafusion::error::DataFusionError as E;
+    match error {
+        E::External(inner) => inner
+            .downcast::<Error>()
+            .map(|ours| *ours)
+            .map_err(E::External),
+        E::Context(context, inner) => {
+            carried_back(*inner).map_err(|inner| E::Context(context, Box::new(inner)))
+        }
+        E::Diagnostic(diagnostic, inner) => {
+            carried_back(*inner).map_err(|inner| E::Diagnostic(diagnostic, Box::new(inner)))
+        }
+        other => Err(other),
+    }
+}
+
+/// Whose move a DataFusion error is.
+fn classify(error: datafusion::error::DataFusionError, context: impl FnOnce() -> String) -> Error {
+    use datafusion::error::DataFusionError as E;
+    match error.find_root() {
+        E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
+            Error::sql(context(), error)
+        }
+        // A file that is not valid Parquet stays invalid however often it is read; a
+        // storage failure while reading it arrives as `External` and may pass.
+        E::ParquetError(parquet)
+            if !matches!(
+                **parquet,
+                datafusion::parquet::errors::ParquetError::External(_)
+            ) =>
+        {
+            Error::Data {
+                context: context(),
+                message: one_line(&error),
             }
-            // A file that is not valid Parquet stays invalid however often it is read; a
-            // storage failure while reading it arrives as `External` and may pass.
-            E::ParquetError(parquet)
-                if !matches!(
-                    **parquet,
-                    datafusion::parquet::errors::ParquetError::External(_)
-                ) =>
-            {
-                Error::Data {
-                    context: context(),
-                    message: one_line(&error),
-                }
-            }
-            _ if store_error_in(&error).is_some_and(|e| !store_error_is_transient(e)) => {
-                Error::lasting(context(), error)
-            }
-            _ => Error::execution(context(), error),
-        })
+        }
+        _ if store_error_in(&error).is_some_and(|e| !store_error_is_transient(e)) => {
+            Error::lasting(context(), error)
+        }
+        _ => Error::execution(context(), error),
     }
 }
 

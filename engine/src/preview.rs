@@ -89,14 +89,12 @@ impl Backfill {
         self.sink.register_store(ctx.runtime_env().as_ref());
         let internal = |e: datafusion::error::DataFusionError| Error::Internal(e.to_string());
         let destination = &self.pipeline.destination;
-        let table = crate::sink::files_table(
-            &ctx,
+        let table = crate::source::files_table(
             &self.schema,
             &destination.url,
             &destination.partition_by,
-            &staged_adds,
+            crate::sink::data_files(&staged_adds),
         )
-        .await
         .map_err(internal)?;
         ctx.register_table("staged", table).map_err(internal)?;
         if let Some(current) = self.sink.table().await {

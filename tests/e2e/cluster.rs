@@ -138,6 +138,13 @@ impl Drop for LocalCluster {
     }
 }
 
+/// How many rows the table at `table` holds.
+async fn rows_in(table: &Path) -> u64 {
+    let counted = query_table(table, "SELECT count(*) AS n FROM t").await;
+    let count = counted[3].trim_matches(|c| c == '|' || c == ' ');
+    count.parse().unwrap()
+}
+
 /// Runs `pipeline` over `range` locally and on `cluster`, each into a fresh table, and
 /// returns both tables' rows under `sql`.
 async fn local_and_on_cluster(
@@ -174,12 +181,11 @@ async fn overwrite_merge_and_rebuild_on_a_cluster_equal_local_runs() {
         assert_eq!(history[0]["cluster"], cluster.scheduler, "{history}");
         // The executors wrote every row themselves; none streamed back to be written here.
         let written: u64 = cluster.rows_written_under(&case.table).iter().sum();
-        let stored = case.stored("SELECT count(*) AS n FROM t").await;
-        let stored: u64 = stored[3]
-            .trim_matches(|c| c == '|' || c == ' ')
-            .parse()
-            .unwrap();
-        assert_eq!(written, stored, "{pipeline}: rows the executors wrote");
+        assert_eq!(
+            written,
+            rows_in(&case.table).await,
+            "{pipeline}: rows the executors wrote"
+        );
     }
     let jobs = cluster.jobs_per_executor();
     assert!(
@@ -297,4 +303,84 @@ async fn a_slice_failing_an_assertion_the_cluster_checks_commits_nothing_and_lea
         written > 0,
         "the executors wrote the slice before it was checked"
     );
+}
+
+/// A chain whose downstream reads its upstream's Delta table, run slice by slice on the
+/// cluster: the downstream's first slices plan before the upstream table exists, and a
+/// downstream slice reads the files the upstream's log holds, never the replaced file
+/// still in its folder.
+#[tokio::test]
+async fn a_chain_reading_a_delta_table_runs_on_a_cluster_and_equals_its_sql_over_the_raw_files() {
+    use crate::projects::{
+        committed, orders_daily_from_raw, ProjectCase, DAYS, ORDERS_DAILY_STORED,
+    };
+    let cluster = LocalCluster::start();
+    let case = ProjectCase::new();
+    let on_cluster = [
+        &DAYS[..],
+        &["--pipelines", "orders_clean", "--downstream"],
+        &["--cluster", &cluster.scheduler, "--concurrency", "2"],
+    ]
+    .concat();
+    let runs = case.run(&on_cluster, 0);
+    assert_eq!(committed(&runs["orders_daily"]).len(), 3);
+    let raw = case.path("fixtures/buckets/shop");
+    let daily = case.table("orders_daily");
+    let expected = query_sources(&raw, &orders_daily_from_raw("2024-01-03")).await;
+    assert_eq!(query_table(&daily, ORDERS_DAILY_STORED).await, expected);
+    let written: u64 = cluster.rows_written_under(&daily).iter().sum();
+    assert_eq!(
+        written,
+        rows_in(&daily).await,
+        "the executors wrote every row"
+    );
+
+    // One raw day rewritten: the upstream replaces its file for that day (the old one
+    // stays in its folder), and the downstream day that reads it runs again.
+    let day = case.path("fixtures/buckets/shop/orders/dt=2024-01-02");
+    rewrite_parquet(&day, "SELECT * FROM day WHERE order_id % 3 <> 0").await;
+    let runs = case.run(&on_cluster, 0);
+    assert_eq!(committed(&runs["orders_clean"]), ["2024-01-02"]);
+    assert_eq!(committed(&runs["orders_daily"]), ["2024-01-02"]);
+    let clean_files = std::fs::read_dir(case.table("orders_clean").join("dt=2024-01-02"));
+    assert_eq!(
+        clean_files.unwrap().count(),
+        2,
+        "the replaced file is still there"
+    );
+    assert_eq!(
+        query_table(&daily, ORDERS_DAILY_STORED).await,
+        query_sources(&raw, &orders_daily_from_raw("2024-01-03")).await
+    );
+}
+
+/// A Delta source whose files need more than Parquet to read (here deletion vectors) is
+/// refused before anything runs, naming the source and what it uses.
+#[test]
+fn a_delta_source_with_deletion_vectors_is_refused_on_a_cluster_before_anything_runs() {
+    let cluster = LocalCluster::start();
+    let upstream = Case::new("orders_clean");
+    upstream.ok("run", &["--keys", "2024-01-01"], 0);
+    let upgrade = [
+        r#"{"commitInfo":{"timestamp":1704067200000,"operation":"UPGRADE PROTOCOL"}}"#,
+        r#"{"protocol":{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["deletionVectors"]}}"#,
+    ];
+    let next = upstream.table.join("_delta_log/00000000000000000001.json");
+    std::fs::write(next, upgrade.join("\n") + "\n").unwrap();
+
+    let pipeline = crate::delta_sources::downstream_pipeline(&upstream);
+    let pipeline = pipeline.to_str().unwrap();
+    let args = ["run", pipeline, "--keys", "2024-01-01"];
+    let out = backfill(&[&args[..], &["--cluster", &cluster.scheduler]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("source `orders`")
+            && stderr.contains("the table uses deletionVectors, which a cluster does not read yet"),
+        "{stderr}"
+    );
+    let written = upstream.scratch.files_under("warehouse/orders_daily");
+    assert!(written.is_empty(), "nothing was written: {written:?}");
+    // Here, where delta-rs reads deletion vectors, the same run goes ahead.
+    backfill_ok(&args, 0);
 }

@@ -12,7 +12,7 @@ const STORED: &str =
     "SELECT dt, status, orders, customers, round(revenue, 2) AS revenue FROM t ORDER BY dt, status";
 
 /// The `orders_daily` pipeline of `upstream`'s scratch copy, reading `upstream`'s table.
-fn downstream_pipeline(upstream: &Case) -> std::path::PathBuf {
+pub(crate) fn downstream_pipeline(upstream: &Case) -> std::path::PathBuf {
     let pipeline = upstream.scratch.path("pipelines/orders_daily.toml");
     let text = std::fs::read_to_string(&pipeline).unwrap();
     let table = upstream.table.to_str().unwrap();

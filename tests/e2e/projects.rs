@@ -8,13 +8,13 @@ use backfill_engine::ledger::CommitRecord;
 
 use crate::support::*;
 
-const DAYS: [&str; 4] = ["--start", "2024-01-01", "--end", "2024-01-03"];
+pub(crate) const DAYS: [&str; 4] = ["--start", "2024-01-01", "--end", "2024-01-03"];
 /// The days the fixture bucket has events for.
 const EVENT_DAYS: [&str; 4] = ["--start", "2024-01-01", "--end", "2024-01-02"];
 
 /// orders_daily from 2024-01-01 to `last_day`, computed straight from the raw orders the
 /// way orders_clean then orders_daily compute it.
-fn orders_daily_from_raw(last_day: &str) -> String {
+pub(crate) fn orders_daily_from_raw(last_day: &str) -> String {
     format!(
         "SELECT dt, upper(status) AS status, count(*) AS orders, \
         count(DISTINCT customer_id) AS customers, round(sum(amount), 2) AS revenue \
@@ -23,7 +23,7 @@ fn orders_daily_from_raw(last_day: &str) -> String {
         GROUP BY dt, upper(status) ORDER BY dt, status"
     )
 }
-const ORDERS_DAILY_STORED: &str =
+pub(crate) const ORDERS_DAILY_STORED: &str =
     "SELECT dt, status, orders, customers, round(revenue, 2) AS revenue FROM t ORDER BY dt, status";
 
 /// events_daily computed straight from the raw events.
@@ -38,12 +38,12 @@ const EVENTS_DAILY_STORED: &str = "SELECT dt, customer_id, events, clicks, activ
 /// A copy of the repository's `fixtures/` folder, laid out as in the repository, so the
 /// project and its pipelines run unchanged: tables go to `warehouse/` (and
 /// `warehouse-staging/`) beside it.
-struct ProjectCase {
+pub(crate) struct ProjectCase {
     dir: tempfile::TempDir,
 }
 
 impl ProjectCase {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let fixtures = dir.path().join("fixtures");
         copy_tree(&bucket(), &fixtures.join("buckets/shop"));
@@ -59,7 +59,7 @@ impl ProjectCase {
         ProjectCase { dir }
     }
 
-    fn path(&self, relative: &str) -> PathBuf {
+    pub(crate) fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }
 
@@ -67,7 +67,7 @@ impl ProjectCase {
         self.path("fixtures/backfill.toml").display().to_string()
     }
 
-    fn table(&self, pipeline: &str) -> PathBuf {
+    pub(crate) fn table(&self, pipeline: &str) -> PathBuf {
         self.path(&format!("warehouse/{pipeline}"))
     }
 
@@ -86,7 +86,7 @@ impl ProjectCase {
     }
 
     /// Each pipeline's run of `run --json`, by pipeline.
-    fn run(&self, rest: &[&str], code: i32) -> HashMap<String, serde_json::Value> {
+    pub(crate) fn run(&self, rest: &[&str], code: i32) -> HashMap<String, serde_json::Value> {
         let summary = self.json("run", rest, code);
         let runs = summary["runs"].as_array().unwrap();
         runs.iter()
@@ -96,7 +96,7 @@ impl ProjectCase {
 }
 
 /// The slices each pipeline's run committed, in run order.
-fn committed(run: &serde_json::Value) -> Vec<String> {
+pub(crate) fn committed(run: &serde_json::Value) -> Vec<String> {
     let outcomes = run["outcomes"].as_array().unwrap();
     outcomes
         .iter()

@@ -4,8 +4,8 @@
 //!
 //! A slice that runs on a cluster is planned here as always (its files, fingerprint and
 //! state come from the local plan), and only its computing moves: the same SQL, over the
-//! same sources registered as plain Parquet tables that Ballista can ship, runs on the
-//! executors, which also write its rows into the table's folder ([`write`]), uncommitted.
+//! same sources offered as tables Ballista can ship (a Delta source as the files its
+//! plan here scanned), runs on the executors, which also write its rows into the table's folder ([`write`]), uncommitted.
 //! What they wrote comes back as a few rows; the sink checks the slice (its SQL
 //! assertions run on the cluster too) and commits it exactly as a local one. This module
 //! never commits.
@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::StorageOptions;
 use crate::sink::Staged;
 use crate::slice::Slice;
-use crate::source::{object_store_for, store_root};
+use crate::source::{object_store_for, store_root, SourceFile};
 use codec::{LogicalCodec, PhysicalCodec};
 use write::{TaskOutcome, WriteSlice, WriteSpec};
 
@@ -228,38 +228,32 @@ impl ObjectStoreRegistry for Stores {
     }
 }
 
-/// A run's cluster, and its session there, where the pipeline's sources are registered
-/// as tables the cluster can read.
-pub(crate) struct Remote {
-    cluster: Cluster,
-    ctx: SessionContext,
-}
-
 impl Backfill {
-    /// A session on `cluster` for this pipeline's slices.
-    pub(crate) async fn remote(&self, cluster: &Cluster) -> Result<Remote> {
-        Ok(Remote {
-            cluster: cluster.clone(),
-            ctx: self.remote_session(cluster).await?,
-        })
-    }
-
-    /// A new session on `cluster` where the pipeline's sources are registered, for
-    /// queries that register tables of their own.
-    pub(crate) async fn remote_session(&self, cluster: &Cluster) -> Result<SessionContext> {
+    /// A new session on `cluster` where the pipeline's sources are registered: as a
+    /// slice's plan here `scanned` them, or as slices read them now.
+    pub(crate) async fn remote_session(
+        &self,
+        cluster: &Cluster,
+        scanned: Option<Vec<SourceFile>>,
+    ) -> Result<SessionContext> {
         let ctx = cluster.session(self.sources.session_config()).await?;
-        self.sources.register_portable(&ctx)?;
+        self.sources.register_portable(&ctx, scanned)?;
         Ok(ctx)
     }
 
-    /// Computes `slice` on the cluster, whose executors write its output into files no
-    /// reader sees, as [`crate::sink::Sink::stage`] does here.
-    pub(crate) async fn stage_remote(&self, remote: &Remote, slice: &Slice) -> Result<Staged> {
+    /// Computes `slice` on `cluster`, reading the source files its plan here `scanned`;
+    /// the executors write its output into files no reader sees, as
+    /// [`crate::sink::Sink::stage`] does here.
+    pub(crate) async fn stage_remote(
+        &self,
+        cluster: &Cluster,
+        slice: &Slice,
+        scanned: &[SourceFile],
+    ) -> Result<Staged> {
         let context = || format!("slice {}: running the transform on the cluster", slice.key);
         let staging = self.sink.staging(slice)?;
-        let (_, frame) = self
-            .transform_frame(remote.ctx.state(), slice, context)
-            .await?;
+        let ctx = self.remote_session(cluster, Some(scanned.to_vec())).await?;
+        let (_, frame) = self.transform_frame(ctx.state(), slice, context).await?;
         let (state, input) = frame.into_parts();
         let spec = WriteSpec {
             staging: staging.clone(),
@@ -293,12 +287,5 @@ impl Backfill {
             return Err(refused);
         }
         Ok(staged)
-    }
-}
-
-impl Remote {
-    /// The cluster the run's slices compute on.
-    pub(crate) fn cluster(&self) -> &Cluster {
-        &self.cluster
     }
 }

@@ -6,18 +6,19 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::SessionContext;
 
 use super::Run;
-use crate::engine::Prepared;
+use crate::engine::{Prepared, SlicePlan};
 use crate::error::{Result, ResultExt};
 use crate::sink::Staged;
-use crate::slice::Slice;
 
 impl Run {
-    /// Computes `slice`, planned here as `prepared`, and stages its output: on the run's
-    /// cluster if it has one, here otherwise.
-    pub(super) async fn stage(&self, slice: &Slice, prepared: &Prepared) -> Result<Staged> {
+    /// Computes `planned`'s slice, planned here as `prepared`, and stages its output: on
+    /// the run's cluster if it has one, here otherwise.
+    pub(super) async fn stage(&self, planned: &SlicePlan, prepared: &Prepared) -> Result<Staged> {
+        let slice = &planned.slice;
         #[cfg(feature = "cluster")]
-        if let Some(remote) = &self.remote {
-            return self.backfill.stage_remote(remote, slice).await;
+        if let Some(cluster) = &self.options.cluster {
+            let backfill = &self.backfill;
+            return backfill.stage_remote(cluster, slice, &planned.files).await;
         }
         let stream = execute_stream(prepared.plan.clone(), prepared.task_ctx())
             .context(|| format!("slice {}: running the transform", slice.key))?;
@@ -28,8 +29,8 @@ impl Run {
     /// pipeline's sources registered.
     pub(super) async fn session(&self) -> Result<SessionContext> {
         #[cfg(feature = "cluster")]
-        if let Some(remote) = &self.remote {
-            return self.backfill.remote_session(remote.cluster()).await;
+        if let Some(cluster) = &self.options.cluster {
+            return self.backfill.remote_session(cluster, None).await;
         }
         self.backfill
             .sources

@@ -241,8 +241,8 @@ impl Backfill {
             .await
     }
 
-    /// The pre-flight of a run: every slice planned (listings and footers, no data)
-    /// before any starts. The plans are not kept: each slice to run plans again when it
+    /// The pre-flight of a run: every source one its cluster can read, if it has one;
+    /// every slice planned (listings and footers, no data) before any starts. The plans are not kept: each slice to run plans again when it
     /// starts, so it sees files that arrive in between. In a chained run, the upstream
     /// pipelines run the slices `running` first.
     pub(crate) async fn launch(
@@ -252,6 +252,10 @@ impl Backfill {
         running: &HashSet<UpstreamSlice>,
     ) -> Result<Launch> {
         let mut slices = self.slices(selection)?;
+        #[cfg(feature = "cluster")]
+        if options.cluster.is_some() {
+            self.sources.check_portable()?;
+        }
         if options.newest_first {
             slices.reverse();
         }
@@ -286,14 +290,7 @@ impl Backfill {
             .collect();
         let after: Vec<Vec<UpstreamSlice>> = planned.into_iter().map(|p| p.after).collect();
         let run_id = shared.run_id.clone();
-        #[cfg(feature = "cluster")]
-        let remote = match &options.cluster {
-            Some(cluster) => Some(self.remote(cluster).await?),
-            None => None,
-        };
         let run = Arc::new(Run {
-            #[cfg(feature = "cluster")]
-            remote,
             backfill: self.clone(),
             options: options.clone(),
             known,
@@ -518,9 +515,6 @@ struct Run {
     history: History,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
     staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
-    /// The run's session on its cluster, if it has one.
-    #[cfg(feature = "cluster")]
-    remote: Option<crate::cluster::Remote>,
 }
 
 impl Run {

@@ -64,7 +64,7 @@ impl Run {
         }
         let previous = planned.state.committed().map(|c| &c.record);
         let planned_at = started.elapsed();
-        let staged = self.stage(slice, &prepared).await?;
+        let staged = self.stage(&planned, &prepared).await?;
         let staged_at = started.elapsed();
 
         let checked = assertions::check(

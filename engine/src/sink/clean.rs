@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use super::{Sink, PIPELINE_TAG};
 use crate::error::{Error, Result, ResultExt, Setting};
+use crate::source::decoded_path;
 
 /// What a clean-up deleted, or would delete on a dry run.
 #[derive(Debug, Clone, Serialize)]
@@ -280,16 +281,10 @@ fn added_paths(entry: &[u8]) -> Vec<StorePath> {
         .filter_map(|action| action.get("add")?.get("path")?.as_str().map(str::to_string))
         .map(|raw| {
             // As delta-rs reads them: percent-decoded, then as a store path.
-            let decoded = percent_decode(&raw);
+            let decoded = decoded_path(&raw);
             StorePath::parse(&decoded).unwrap_or_else(|_| StorePath::from(decoded.as_str()))
         })
         .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]

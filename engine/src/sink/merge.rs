@@ -62,7 +62,7 @@ async fn publish(
     let ctx = SessionContext::new();
     sink.register_store(ctx.runtime_env().as_ref());
     let source = ctx
-        .read_table(staged.table(&ctx, &sink.schema).await?)
+        .read_table(staged.table(&sink.schema)?)
         .map_err(deltalake::DeltaTableError::from)?;
     let mut predicate: Vec<String> = keys
         .iter()

@@ -30,7 +30,7 @@ mod view;
 pub(crate) mod writing;
 
 pub use missing::TableFiles;
-pub(crate) use staged::files_table;
+pub(crate) use staged::data_files;
 pub use writing::{Staging, Written};
 
 use std::collections::HashMap;

@@ -14,6 +14,7 @@
 //! and partitioning its pipeline will create it with. This module reads; it never
 //! writes (the empty stand-in lives in memory).
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -23,13 +24,15 @@ use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
+use delta_kernel::table_features::TableFeature;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::StructType;
+use deltalake::kernel::{EagerSnapshot, StructType};
 use deltalake::{DeltaTable, DeltaTableError};
 use object_store::ObjectStore;
 use url::Url;
 
-use super::SourceTable;
+use super::files::{files_table, DataFile};
+use super::{SourceFile, SourceTable};
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, Source};
 
@@ -93,11 +96,15 @@ impl DeltaSource {
         };
         let root = object_store::path::Path::from_url_path(source.url.path())
             .map_err(|e| Error::config(&context, e.to_string()))?;
-        let version = table.as_ref().and_then(DeltaTable::version);
+        let current = Current {
+            provider,
+            version: table.as_ref().and_then(DeltaTable::version),
+            snapshot: table.as_ref().and_then(eager_snapshot),
+        };
         Ok(DeltaSource {
             live: Arc::new(LiveTable {
-                schema: provider.schema(),
-                current: RwLock::new(Current { provider, version }),
+                schema: current.provider.schema(),
+                current: RwLock::new(current),
                 written: table.is_some(),
             }),
             root,
@@ -158,6 +165,7 @@ impl DeltaSource {
         *current = Current {
             provider,
             version: table.version(),
+            snapshot: eager_snapshot(table),
         };
         Ok(())
     }
@@ -191,6 +199,80 @@ impl SourceTable for DeltaSource {
         // The log says which files make the table: none is ever left out.
         None
     }
+
+    /// The log's files, read as plain Parquet: only those a slice's plan scans, or all
+    /// of them at the version slices read now. A table whose files need more than
+    /// that to read (deletion vectors, column mapping) is refused.
+    fn portable(&self, scanned: Option<&[SourceFile]>) -> Result<Arc<dyn TableProvider>> {
+        let current = self.live.current.read().expect("not poisoned");
+        let Some(snapshot) = &current.snapshot else {
+            // Not written yet: it reads as empty.
+            return files_table(&self.live.schema, &self.url, &[], [])
+                .map_err(|e| Error::Internal(format!("{}: {e}", self.context)));
+        };
+        let protocol = snapshot.protocol();
+        let beyond_plain_files: Vec<String> = match protocol.min_reader_version() {
+            1 => vec![],
+            3 => protocol
+                .reader_features()
+                .unwrap_or_default()
+                .iter()
+                .filter(|feature| !READ_AS_PLAIN_FILES.contains(feature))
+                .map(ToString::to_string)
+                .collect(),
+            version => vec![format!("reader version {version}")],
+        };
+        if !beyond_plain_files.is_empty() {
+            return Err(Error::config(
+                &self.context,
+                format!(
+                    "the table uses {}, which a cluster does not read yet: run without --cluster",
+                    beyond_plain_files.join(", ")
+                ),
+            ));
+        }
+        let wanted: Option<HashSet<&str>> =
+            scanned.map(|files| files.iter().map(|f| f.path.as_str()).collect());
+        let mut files = Vec::new();
+        for file in snapshot.log_data().iter() {
+            let path = file.object_store_path();
+            if wanted.as_ref().is_some_and(|w| !w.contains(path.as_ref())) {
+                continue;
+            }
+            files.push(DataFile {
+                path: file.path().into_owned(),
+                partition: file.partition_values_map(),
+            });
+        }
+        if let Some(wanted) = &wanted {
+            if files.len() < wanted.len() {
+                // The table moved on between the slice's planning and now, and removed a
+                // file the slice read: planning it again reads the new version.
+                return Err(Error::execution(
+                    &self.context,
+                    format!(
+                        "the table changed while a slice was planned on version {}: run it again",
+                        snapshot.version()
+                    ),
+                ));
+            }
+        }
+        let partition_columns = snapshot.metadata().partition_columns();
+        files_table(&self.live.schema, &self.url, partition_columns, files)
+            .map_err(|e| Error::Internal(format!("{}: {e}", self.context)))
+    }
+}
+
+/// Reader features that change nothing in how a data file is read.
+const READ_AS_PLAIN_FILES: [TableFeature; 3] = [
+    TableFeature::TimestampWithoutTimezone,
+    TableFeature::V2Checkpoint,
+    TableFeature::VacuumProtocolCheck,
+];
+
+/// The log of `table` as loaded.
+fn eager_snapshot(table: &DeltaTable) -> Option<EagerSnapshot> {
+    Some(table.snapshot().ok()?.snapshot().clone())
 }
 
 /// The table at `url` at its latest version, or `None` if it has no log yet.
@@ -252,6 +334,8 @@ struct LiveTable {
 struct Current {
     provider: Arc<dyn TableProvider>,
     version: Option<u64>,
+    /// The log at that version: which files make the table, and their partitions.
+    snapshot: Option<EagerSnapshot>,
 }
 
 impl LiveTable {

@@ -22,7 +22,7 @@ use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore};
 
-use super::SourceTable;
+use super::{SourceFile, SourceTable};
 use crate::error::{Error, Result, ResultExt};
 use crate::pipeline::{Pipeline, Source};
 use crate::slice::Slice;
@@ -109,7 +109,7 @@ impl SourceTable for HiveParquet {
 
     /// The same files, schema and partitions with DataFusion's own Parquet format, which
     /// a cluster can ship (errors then do not name the file).
-    fn portable(&self) -> Result<Option<Arc<dyn TableProvider>>> {
+    fn portable(&self, _scanned: Option<&[SourceFile]>) -> Result<Arc<dyn TableProvider>> {
         let options = self.table.options();
         let partitions: Vec<&str> = options
             .table_partition_cols
@@ -130,7 +130,7 @@ impl SourceTable for HiveParquet {
             .with_schema(file_schema);
         let table = ListingTable::try_new(config)
             .map_err(|e| Error::Internal(format!("a portable copy of a Parquet source: {e}")))?;
-        Ok(Some(Arc::new(table)))
+        Ok(Arc::new(table))
     }
 }
 

@@ -10,10 +10,14 @@
 //!
 //! A kind of source is a [`SourceTable`] (`hive.rs`: hive-partitioned Parquet;
 //! `delta.rs`: a Delta table);
-//! `query.rs` plans SQL as read-only queries; `stores.rs` makes the object stores.
+//! `files.rs` reads named data files as a table, `portable.rs` offers the sources to a
+//! cluster; `query.rs` plans SQL as read-only queries; `stores.rs` makes the object
+//! stores.
 
 mod delta;
+mod files;
 mod hive;
+mod portable;
 mod query;
 mod stores;
 
@@ -35,6 +39,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 pub use delta::{DeltaSource, Unwritten};
+pub(crate) use files::{decoded_path, files_table, DataFile};
 pub use hive::HiveParquet;
 pub(crate) use hive::{parquet_format, plain_type};
 pub(crate) use query::read_only_query;
@@ -63,11 +68,11 @@ pub trait SourceTable: Send + Sync {
     /// Why `path` was left out of the source's schema, if it was: a slice that reads it
     /// fails, naming it.
     fn left_out(&self, path: &str) -> Option<&str>;
-    /// The table as a provider DataFusion's own codecs serialize, for a cluster to read;
-    /// `None` if this kind cannot be read there yet.
-    fn portable(&self) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(None)
-    }
+    /// The table as a provider DataFusion's own codecs serialize, for a cluster to read.
+    /// With `scanned`, those of this source's files a slice's plan scans, the source may
+    /// offer only them: the plan pruned the others by filters every scan applies, so a
+    /// scan of them would read no row the slice keeps.
+    fn portable(&self, scanned: Option<&[SourceFile]>) -> Result<Arc<dyn TableProvider>>;
 }
 
 /// The resolved sources of a pipeline and the runtime their slices share.
@@ -226,18 +231,22 @@ impl Sources {
         }
     }
 
-    /// Registers every source in `ctx` as a table a cluster can read, or names the first
-    /// that cannot be.
-    pub fn register_portable(&self, ctx: &SessionContext) -> Result<()> {
-        for (name, table) in &self.tables {
-            let Some(portable) = table.portable()? else {
-                return Err(Error::config(
-                    "--cluster",
-                    format!("source `{name}` is a Delta table, which does not run on a cluster yet: run without --cluster"),
-                ));
-            };
-            ctx.register_table(name.as_str(), portable)
-                .map_err(|e| Error::Internal(format!("cannot register source `{name}`: {e}")))?;
+    /// Makes `ctx`'s default schema the pipeline's sources as tables a cluster can
+    /// read: for a slice's transform, what its plan here `scanned`; otherwise each source
+    /// as slices read it now. A source becomes such a table only when a query names it.
+    pub fn register_portable(
+        &self,
+        ctx: &SessionContext,
+        scanned: Option<Vec<SourceFile>>,
+    ) -> Result<()> {
+        portable::register(ctx, self.tables.clone(), scanned)
+    }
+
+    /// Whether a cluster can read every source as slices read it now: the error names
+    /// the first it cannot.
+    pub fn check_portable(&self) -> Result<()> {
+        for (_, table) in &self.tables {
+            table.portable(None)?;
         }
         Ok(())
     }
