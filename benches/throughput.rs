@@ -37,7 +37,7 @@ use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::pipeline::Pipeline;
 use backfill_engine::run::{Reporter, SliceOutcome};
 use backfill_engine::states::SliceStatus;
-use backfill_engine::{pipeline, Backfill, OpenOptions, Reprocess, RunOptions, Selection};
+use backfill_engine::{pipeline, Backfill, OpenOptions, PlanOptions, RunOptions, Selection};
 use chrono::NaiveDate;
 
 const ROWS: &str = "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt \
@@ -317,7 +317,7 @@ impl Bench {
             let plan = async {
                 open()
                     .await
-                    .plan(&self.selection, Reprocess::default(), None)
+                    .plan(&self.selection, &PlanOptions::default())
                     .await
             };
             let (plan, took) = measured(plan).await;

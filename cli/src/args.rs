@@ -10,6 +10,29 @@ use backfill_engine::project::{self, Project};
 use backfill_engine::{Backfill, OpenOptions, Reprocess, Selection};
 use clap::Args;
 
+/// Where slices compute.
+#[cfg(feature = "cluster")]
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// Compute the slices' transforms on this Ballista cluster (its scheduler,
+    /// df://HOST:PORT) instead of this process, which still checks and commits every
+    /// slice; a plan runs its sample slice there.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
+}
+
+#[cfg(feature = "cluster")]
+impl ClusterArgs {
+    /// The cluster, once its scheduler answers; an unreachable one stops the command
+    /// before anything is opened or written.
+    pub async fn connect(&self) -> anyhow::Result<Option<backfill_engine::cluster::Cluster>> {
+        Ok(match &self.cluster {
+            Some(url) => Some(backfill_engine::cluster::Cluster::connect(url).await?),
+            None => None,
+        })
+    }
+}
+
 /// Which states of slices to run.
 #[derive(Args)]
 pub struct ChoiceArgs {

@@ -9,15 +9,13 @@
 
 use std::time::Instant;
 
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::physical_plan::execute_stream;
-use futures::StreamExt;
 use serde::Serialize;
 
 use crate::engine::{Backfill, SlicePlan};
 use crate::error::{Error, Result, ResultExt, Setting};
 use crate::ledger::Ledger;
-use crate::states::SliceState;
+use crate::states::{Reprocess, SliceState};
 
 /// The cost of running the slices a plan would run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,6 +33,19 @@ pub struct Estimate {
     pub concurrency: usize,
 }
 
+/// What a plan assumes of the run it plans.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Which slices the run would run, as `RunOptions::reprocess`.
+    pub reprocess: Reprocess,
+    /// The slices computed at once the estimate assumes; as the run would choose if
+    /// `None`.
+    pub concurrency: Option<usize>,
+    /// The cluster the run would compute on: a sample slice runs there.
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<crate::cluster::Cluster>,
+}
+
 /// Where an estimate's throughput comes from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
@@ -44,10 +55,13 @@ pub enum Basis {
         slices: usize,
         bytes_per_second: f64,
     },
-    /// One slice's transform, run now without writing anything.
+    /// One slice's transform, run now without writing anything: here, or on the
+    /// `cluster` the run would compute on.
     Sample {
         slice: String,
         bytes_per_second: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<String>,
     },
 }
 
@@ -140,12 +154,13 @@ impl Backfill {
         planned: &[SlicePlan],
         ledger: &Ledger,
         concurrency: usize,
+        options: &PlanOptions,
     ) -> Result<Estimate> {
         let to_run: Vec<&SlicePlan> = computed(planned).collect();
         let basis = match history_basis(ledger) {
             Some(basis) => Some(basis),
             None => match to_run.iter().find(|p| p.source_bytes() > 0) {
-                Some(sample) => Some(sample_basis(self, sample).await?),
+                Some(sample) => Some(sample_basis(self, sample, options).await?),
                 None => None,
             },
         };
@@ -211,29 +226,48 @@ pub fn preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
 }
 
 /// Runs a slice's transform to the end and encodes its output as Parquet into nowhere,
-/// and measures the throughput: the work of a slice but for storage and the commit.
-async fn sample_basis(backfill: &Backfill, sample: &SlicePlan) -> Result<Basis> {
-    let context = || format!("slice {}: sampling the transform", sample.slice.key);
+/// where the run would compute it, and measures the throughput: the work of a slice but
+/// for storage and the commit.
+async fn sample_basis(
+    backfill: &Backfill,
+    sample: &SlicePlan,
+    options: &PlanOptions,
+) -> Result<Basis> {
     let started = Instant::now();
-    // On one core, as a slice in flight has: the estimate spreads slices over concurrency.
-    let prepared = backfill.plan_transform(&sample.slice, 1).await?.prepared;
-    let mut stream = execute_stream(prepared.plan.clone(), prepared.task_ctx()).context(context)?;
-    let mut encoder = ArrowWriter::try_new(std::io::sink(), stream.schema(), None)
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.context(context)?;
-        encoder
-            .write(&batch)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-    }
-    encoder
-        .close()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let cluster = sample_where_the_run_computes(backfill, sample, options).await?;
     let seconds = started.elapsed().as_secs_f64().max(0.001);
     Ok(Basis::Sample {
         slice: sample.slice.key.clone(),
         bytes_per_second: sample.source_bytes() as f64 / seconds,
+        cluster,
     })
+}
+
+/// Runs `sample` on the run's cluster, whose address it returns, or here.
+#[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+async fn sample_where_the_run_computes(
+    backfill: &Backfill,
+    sample: &SlicePlan,
+    options: &PlanOptions,
+) -> Result<Option<String>> {
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &options.cluster {
+        backfill.sample_remote(cluster, sample).await?;
+        return Ok(Some(cluster.url().to_string()));
+    }
+    sample_here(backfill, sample).await?;
+    Ok(None)
+}
+
+/// Runs `sample`'s transform here, its output encoded as Parquet into nowhere.
+async fn sample_here(backfill: &Backfill, sample: &SlicePlan) -> Result<()> {
+    let context = || format!("slice {}: sampling the transform", sample.slice.key);
+    // On one core, as a slice in flight has: the estimate spreads slices over concurrency.
+    let prepared = backfill.plan_transform(&sample.slice, 1).await?.prepared;
+    let stream = execute_stream(prepared.plan.clone(), prepared.task_ctx()).context(context)?;
+    crate::sink::writing::encode_into_nowhere(stream)
+        .await
+        .context(context)
 }
 
 /// The first few items of a list, and how many more there are.
@@ -354,6 +388,7 @@ mod tests {
         let basis = Basis::Sample {
             slice: "a".into(),
             bytes_per_second: 1000.0,
+            cluster: None,
         };
         let estimate = Estimate::of(&plans(), Some(basis.clone()), 2);
         // Not b (not chosen), not c (staged: reused, not computed).

@@ -35,6 +35,7 @@ pub mod upstream;
 pub use datafusion::arrow;
 pub use engine::{Backfill, OpenOptions, SlicePlan};
 pub use error::{Error, Fault, Result, Setting};
+pub use estimate::PlanOptions;
 pub use plan::Plan;
 pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome};
 pub use slice::Selection;

@@ -9,12 +9,11 @@ use serde::Serialize;
 
 use crate::engine::{Backfill, SlicePlan};
 use crate::error::Result;
-use crate::estimate::{chosen_concurrency, Estimate};
+use crate::estimate::{chosen_concurrency, Estimate, PlanOptions};
 use crate::ledger::Summaries;
 use crate::run::default_concurrency;
 use crate::sink::rebuild::Replaced;
 use crate::slice::Selection;
-use crate::states::Reprocess;
 use crate::upstream::UpstreamSlice;
 
 /// The plan of a selection: every slice's plan, what a run would read and take, and for a
@@ -28,16 +27,13 @@ pub struct Plan {
 
 impl Backfill {
     /// Plans every slice of a selection: its state, whether a run with the same
-    /// `reprocess` choice would run it, what it reads, and an estimate of the whole
-    /// (`concurrency` slices at a time, or as many as the run would choose).
+    /// `reprocess` choice would run it, what it reads, and an estimate of the whole.
     pub async fn plan(
         self: &Arc<Self>,
         selection: &Selection,
-        reprocess: Reprocess,
-        concurrency: Option<usize>,
+        options: &PlanOptions,
     ) -> Result<Plan> {
-        self.plan_after(selection, reprocess, concurrency, &HashSet::new())
-            .await
+        self.plan_after(selection, options, &HashSet::new()).await
     }
 
     /// [`Backfill::plan`] in a chained run, whose upstream pipelines run the slices
@@ -45,18 +41,21 @@ impl Backfill {
     pub(crate) async fn plan_after(
         self: &Arc<Self>,
         selection: &Selection,
-        reprocess: Reprocess,
-        concurrency: Option<usize>,
+        options: &PlanOptions,
         running: &HashSet<UpstreamSlice>,
     ) -> Result<Plan> {
         let cores = default_concurrency();
+        let reprocess = options.reprocess;
         let known = Arc::new(self.known(Summaries::ReadOnly).await?);
         let mut slices = self
             .plan_slices(self.slices(selection)?, &known, reprocess, cores)
             .await?;
         self.wait_for_upstream(&mut slices, running, reprocess);
-        let concurrency = concurrency.unwrap_or_else(|| chosen_concurrency(&slices, cores));
-        let estimate = self.estimate(&slices, &known.ledger, concurrency).await?;
+        let chosen = || chosen_concurrency(&slices, cores);
+        let concurrency = options.concurrency.unwrap_or_else(chosen);
+        let estimate = self
+            .estimate(&slices, &known.ledger, concurrency, options)
+            .await?;
         for slice in &mut slices {
             slice.estimated_ms = estimate.slice_ms(slice.source_bytes());
         }

@@ -100,12 +100,14 @@ impl LocalCluster {
         }
     }
 
-    /// How many jobs' output each executor's work folder holds.
-    fn jobs_per_executor(&self) -> Vec<usize> {
-        self.work_dirs
-            .iter()
-            .map(|dir| std::fs::read_dir(dir).map_or(0, |entries| entries.count()))
-            .collect()
+    /// The jobs whose output each executor's work folder holds.
+    fn jobs_per_executor(&self) -> Vec<std::collections::BTreeSet<String>> {
+        let jobs = |dir: &PathBuf| {
+            let entries = std::fs::read_dir(dir).into_iter().flatten();
+            let names = entries.map(|e| e.unwrap().file_name().into_string().unwrap());
+            names.collect()
+        };
+        self.work_dirs.iter().map(jobs).collect()
     }
 }
 
@@ -189,7 +191,7 @@ async fn overwrite_merge_and_rebuild_on_a_cluster_equal_local_runs() {
     }
     let jobs = cluster.jobs_per_executor();
     assert!(
-        jobs.iter().all(|&n| n > 0),
+        jobs.iter().all(|jobs| !jobs.is_empty()),
         "both executors ran slices' tasks: {jobs:?}"
     );
 }
@@ -208,6 +210,8 @@ fn an_unreachable_scheduler_stops_the_run_before_anything_is_written() {
         "{stderr}"
     );
     assert!(!Path::new(&case.table).exists(), "nothing was written");
+    let out = backfill(&case.args("plan", &["--keys", "2024-01-01", "--cluster", &address]));
+    assert_eq!(out.status.code(), Some(2), "plan as run");
 }
 
 #[tokio::test]
@@ -383,4 +387,42 @@ fn a_delta_source_with_deletion_vectors_is_refused_on_a_cluster_before_anything_
     assert!(written.is_empty(), "nothing was written: {written:?}");
     // Here, where delta-rs reads deletion vectors, the same run goes ahead.
     backfill_ok(&args, 0);
+}
+
+/// With no history to estimate from, `plan --cluster` runs its sample slice on the
+/// cluster, says so, and writes nothing.
+#[tokio::test]
+async fn plan_with_a_cluster_samples_a_slice_there_and_writes_nothing() {
+    let cluster = LocalCluster::start();
+    let case = Case::new("daily_revenue");
+    let args = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-03",
+        "--cluster",
+        &cluster.scheduler,
+    ];
+    let plan = case.json("plan", &args, 0);
+    let basis = &plan["estimate"]["basis"];
+    assert_eq!(basis["from"], "sample", "{plan}");
+    assert_eq!(basis["cluster"], cluster.scheduler, "{plan}");
+    let jobs: std::collections::BTreeSet<String> =
+        cluster.jobs_per_executor().into_iter().flatten().collect();
+    assert_eq!(
+        jobs.len(),
+        1,
+        "the sample ran on the cluster, as one job: {jobs:?}"
+    );
+    let text = case.ok("plan", &args, 0);
+    let sampled = format!(
+        "from a sample run of slice 2024-01-01 on {})",
+        cluster.scheduler
+    );
+    assert!(text.contains(&sampled), "{text}");
+    let written = case.data_files();
+    assert!(written.is_empty(), "a plan writes nothing: {written:?}");
+    // Here, the sample runs here.
+    let here = case.json("plan", &args[..4], 0);
+    assert_eq!(here["estimate"]["basis"].get("cluster"), None, "{here}");
 }

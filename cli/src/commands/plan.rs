@@ -5,7 +5,7 @@ use backfill_engine::estimate::{Basis, Estimate};
 use backfill_engine::ledger::{Committed, OtherWriters};
 use backfill_engine::project::ProjectPlan;
 use backfill_engine::sink::rebuild::Replaced;
-use backfill_engine::{Plan, SliceState};
+use backfill_engine::{Plan, PlanOptions, SliceState};
 use clap::Args;
 
 use super::Outcome;
@@ -29,22 +29,30 @@ pub struct PlanArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[cfg(feature = "cluster")]
+    #[command(flatten)]
+    cluster: crate::args::ClusterArgs,
 }
 
 pub async fn execute(args: PlanArgs) -> anyhow::Result<Outcome> {
+    let options = PlanOptions {
+        reprocess: args.choice.reprocess(),
+        concurrency: args.concurrency.map(usize::from),
+        #[cfg(feature = "cluster")]
+        cluster: args.cluster.connect().await?,
+    };
     let selection = args.selection.selection();
     let target = args.pipeline.target(&args.project, Some(selection.clone()));
-    let (concurrency, reprocess) = (args.concurrency.map(usize::from), args.choice.reprocess());
     match target.await? {
         Target::Pipeline(backfill) => {
-            let plan = backfill.plan(&selection, reprocess, concurrency).await?;
+            let plan = backfill.plan(&selection, &options).await?;
             match args.json {
                 true => printer::json(&plan)?,
                 false => print(&plan),
             }
         }
         Target::Project(project) => {
-            let plan = project.plan(&selection, reprocess, concurrency).await?;
+            let plan = project.plan(&selection, &options).await?;
             match args.json {
                 true => printer::json(&plan)?,
                 false => print_project(&plan),
@@ -210,7 +218,10 @@ fn describe_estimate(estimate: &Estimate) -> String {
     let rate = human_bytes(basis.bytes_per_second() as u64);
     let from = match basis {
         Basis::History { slices, .. } => format!("this pipeline's {slices} committed slices"),
-        Basis::Sample { slice, .. } => format!("a sample run of slice {slice}"),
+        Basis::Sample { slice, cluster, .. } => match cluster {
+            None => format!("a sample run of slice {slice}"),
+            Some(cluster) => format!("a sample run of slice {slice} on {cluster}"),
+        },
     };
     format!(
         "{read}; about {} with {} slices at a time (at {rate}/s, from {from})",

@@ -56,11 +56,9 @@ pub struct RunArgs {
     /// Print a JSON summary instead of a line per slice.
     #[arg(long)]
     json: bool,
-    /// Run the slices' transforms on this Ballista cluster (its scheduler, df://HOST:PORT)
-    /// instead of this process; this process still checks and commits every slice.
     #[cfg(feature = "cluster")]
-    #[arg(long, value_name = "df://HOST:PORT")]
-    cluster: Option<String>,
+    #[command(flatten)]
+    cluster: crate::args::ClusterArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,10 +70,7 @@ enum Order {
 pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
     // An unreachable scheduler stops the run before anything is opened or written.
     #[cfg(feature = "cluster")]
-    let cluster = match &args.cluster {
-        Some(url) => Some(backfill_engine::cluster::Cluster::connect(url).await?),
-        None => None,
-    };
+    let cluster = args.cluster.connect().await?;
     let selection = args.selection.selection();
     let target = args
         .pipeline

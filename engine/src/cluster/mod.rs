@@ -28,14 +28,14 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
 
-use crate::engine::Backfill;
+use crate::engine::{Backfill, SlicePlan};
 use crate::error::{Error, Result};
 use crate::pipeline::StorageOptions;
 use crate::sink::Staged;
 use crate::slice::Slice;
 use crate::source::{object_store_for, store_root, SourceFile};
 use codec::{LogicalCodec, PhysicalCodec};
-use write::{TaskOutcome, WriteSlice, WriteSpec};
+use write::{Output, TaskOutcome, WriteSlice, WriteSpec};
 
 /// Ballista's scheduler port when the address names none.
 const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -252,32 +252,23 @@ impl Backfill {
     ) -> Result<Staged> {
         let context = || format!("slice {}: running the transform on the cluster", slice.key);
         let staging = self.sink.staging(slice)?;
-        let ctx = self.remote_session(cluster, Some(scanned.to_vec())).await?;
-        let (_, frame) = self.transform_frame(ctx.state(), slice, context).await?;
-        let (state, input) = frame.into_parts();
-        let spec = WriteSpec {
-            staging: staging.clone(),
-            schema: self.schema.as_ref().clone(),
-        };
-        let write = LogicalPlan::Extension(Extension {
-            node: Arc::new(WriteSlice { input, spec }),
-        });
-        // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
+        let output = Output::Files(staging.clone());
         // A task that wrote files before the job failed leaves them behind, uncommitted
         // and tagged with the slice in their footers, for `clean`.
-        let results = DataFrame::new(state, write)
-            .collect()
-            .await
-            .map_err(|e| Error::execution(context(), e.to_string()))?;
-        let outcomes = write::outcomes(&results)
-            .map_err(|e| Error::Internal(format!("{}: {e}", context())))?;
-        let mut parts = Vec::with_capacity(outcomes.len());
+        let outcomes = self.compute_remote(cluster, slice, scanned, output, context);
+        let mut parts = Vec::new();
         let mut refused = None;
-        for outcome in outcomes {
+        for outcome in outcomes.await? {
             match outcome {
                 TaskOutcome::Written(written) => parts.push(written),
                 TaskOutcome::Refused { location, message } => {
                     refused.get_or_insert(Error::config(location, message));
+                }
+                TaskOutcome::Encoded => {
+                    return Err(Error::Internal(format!(
+                        "{}: no file was written",
+                        context()
+                    )))
                 }
             }
         }
@@ -287,5 +278,46 @@ impl Backfill {
             return Err(refused);
         }
         Ok(staged)
+    }
+
+    /// Runs `sample`'s transform on `cluster` to the end, its executors encoding the rows
+    /// as Parquet into nowhere: a slice's work on the cluster but for storage and the
+    /// commit.
+    pub(crate) async fn sample_remote(&self, cluster: &Cluster, sample: &SlicePlan) -> Result<()> {
+        let slice = &sample.slice;
+        let context = || format!("slice {}: sampling the transform on the cluster", slice.key);
+        let output = Output::Nowhere {
+            slice: slice.key.clone(),
+        };
+        let outcomes = self.compute_remote(cluster, slice, &sample.files, output, context);
+        outcomes.await.map(|_| ())
+    }
+
+    /// Runs `slice`'s transform on `cluster`, over the source files its plan here
+    /// `scanned`, into `output`; what each task did.
+    async fn compute_remote(
+        &self,
+        cluster: &Cluster,
+        slice: &Slice,
+        scanned: &[SourceFile],
+        output: Output,
+        context: impl Fn() -> String + Copy,
+    ) -> Result<Vec<TaskOutcome>> {
+        let ctx = self.remote_session(cluster, Some(scanned.to_vec())).await?;
+        let (_, frame) = self.transform_frame(ctx.state(), slice, context).await?;
+        let (state, input) = frame.into_parts();
+        let spec = WriteSpec {
+            output,
+            schema: self.schema.as_ref().clone(),
+        };
+        let write = LogicalPlan::Extension(Extension {
+            node: Arc::new(WriteSlice { input, spec }),
+        });
+        // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
+        let results = DataFrame::new(state, write)
+            .collect()
+            .await
+            .map_err(|e| Error::execution(context(), e.to_string()))?;
+        write::outcomes(&results).map_err(|e| Error::Internal(format!("{}: {e}", context())))
     }
 }

@@ -7,7 +7,8 @@
 //! folder (uncommitted, invisible) with the sink's own writer ([`writing::write`]), and
 //! returns one row: what it wrote, as [`TaskOutcome`] JSON. Only these small rows travel
 //! back to the driver, which assembles them into the slice's staged output and commits.
-//! Nothing here commits.
+//! A plan's sample asks for [`Output::Nowhere`]: the rows are encoded as Parquet and
+//! dropped. Nothing here commits.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -42,18 +43,37 @@ use crate::error::Error;
 use crate::sink::{writing, Staging, Written};
 use crate::source::store_root;
 
-/// What executors write: where and how (`staging`), and the rows' schema as the table
-/// stores them.
+/// What executors write, and the rows' schema as the table stores them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct WriteSpec {
-    pub staging: Staging,
+    pub output: Output,
     pub schema: Schema,
+}
+
+/// Where a slice's rows go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub(super) enum Output {
+    /// Into files in the table's folder, as `staging` says.
+    Files(Staging),
+    /// Encoded as Parquet into nowhere: a plan's sample, which writes nothing.
+    Nowhere { slice: String },
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Output::Files(staging) => write!(f, "slice={} base={}", staging.slice, staging.base),
+            Output::Nowhere { slice } => write!(f, "slice={slice} into nowhere"),
+        }
+    }
 }
 
 /// What one task did with its share of a slice's rows.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum TaskOutcome {
     Written(Written),
+    /// Encoded its rows into nowhere.
+    Encoded,
     /// The rows broke a rule of the slice that is the transform's fault (a row outside
     /// the slice's partition): nothing of this task's is left, and the attempt fails as
     /// it would here, without a retry that cannot help.
@@ -85,13 +105,13 @@ pub(super) struct WriteSlice {
 impl Hash for WriteSlice {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.input.hash(state);
-        self.spec.staging.hash(state);
+        self.spec.output.hash(state);
     }
 }
 
 impl PartialOrd for WriteSlice {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        match self.spec.staging.partial_cmp(&other.spec.staging) {
+        match self.spec.output.partial_cmp(&other.spec.output) {
             Some(Ordering::Equal) => self.input.partial_cmp(&other.input),
             order => order,
         }
@@ -116,12 +136,7 @@ impl UserDefinedLogicalNodeCore for WriteSlice {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let staging = &self.spec.staging;
-        write!(
-            f,
-            "WriteSlice: slice={} base={}",
-            staging.slice, staging.base
-        )
+        write!(f, "WriteSlice: {}", self.spec.output)
     }
 
     fn with_exprs_and_inputs(
@@ -163,12 +178,7 @@ impl WriteSliceExec {
 
 impl DisplayAs for WriteSliceExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let staging = &self.spec.staging;
-        write!(
-            f,
-            "WriteSliceExec: slice={} base={}",
-            staging.slice, staging.base
-        )
+        write!(f, "WriteSliceExec: {}", self.spec.output)
     }
 }
 
@@ -208,17 +218,28 @@ impl ExecutionPlan for WriteSliceExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let rows = self.input.execute(partition, context.clone())?;
-        let root = ObjectStoreUrl::parse(store_root(&self.spec.staging.base).as_str())?;
+        let staging = match &self.spec.output {
+            Output::Files(staging) => staging.clone(),
+            Output::Nowhere { .. } => {
+                let encoded = async move {
+                    writing::encode_into_nowhere(rows).await?;
+                    outcome_batch(&TaskOutcome::Encoded)
+                };
+                return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                    OUTCOMES.clone(),
+                    futures::stream::once(encoded),
+                )));
+            }
+        };
+        let root = ObjectStoreUrl::parse(store_root(&staging.base).as_str())?;
         let root = context.runtime_env().object_store(&root)?;
-        let spec = self.spec.clone();
+        let schema = Arc::new(self.spec.schema.clone());
         let written = async move {
-            let schema = Arc::new(spec.schema);
             // No storage options: an executor reaches storage with its own environment.
             let written =
-                writing::write(&spec.staging, &schema, &HashMap::new(), root.as_ref(), rows).await;
+                writing::write(&staging, &schema, &HashMap::new(), root.as_ref(), rows).await;
             let outcome = match written {
                 Ok(written) => {
-                    let staging = &spec.staging;
                     tracing::info!(
                         "slice {}: wrote {} rows in {} files under {}",
                         staging.slice,
@@ -233,19 +254,24 @@ impl ExecutionPlan for WriteSliceExec {
                 }
                 Err(error) => return Err(DataFusionError::External(Box::new(error))),
             };
-            let json = serde_json::to_string(&outcome)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let column = StringArray::from(vec![json]);
-            Ok(RecordBatch::try_new(
-                OUTCOMES.clone(),
-                vec![Arc::new(column)],
-            )?)
+            outcome_batch(&outcome)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             OUTCOMES.clone(),
             futures::stream::once(written),
         )))
     }
+}
+
+/// A task's one row of output.
+fn outcome_batch(outcome: &TaskOutcome) -> DfResult<RecordBatch> {
+    let json =
+        serde_json::to_string(outcome).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let column = StringArray::from(vec![json]);
+    Ok(RecordBatch::try_new(
+        OUTCOMES.clone(),
+        vec![Arc::new(column)],
+    )?)
 }
 
 /// The scheduler's planner: DataFusion's, which also knows [`WriteSlice`].

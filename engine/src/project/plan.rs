@@ -9,10 +9,10 @@ use serde::Serialize;
 use super::Project;
 use crate::engine::{Backfill, OpenOptions};
 use crate::error::Result;
+use crate::estimate::PlanOptions;
 use crate::plan::Plan;
 use crate::slice::Selection;
 use crate::source::Unwritten;
-use crate::states::Reprocess;
 use crate::status::Status;
 use crate::upstream::{Upstream, UpstreamSlice};
 
@@ -58,20 +58,13 @@ pub(crate) type Opened = Vec<(Arc<Backfill>, Option<Selection>)>;
 impl Project {
     /// Plans every pipeline's slices of `selection`, in dependency order: a slice that
     /// reads upstream slices a run would run first is shown `after` them.
-    pub async fn plan(
-        &self,
-        selection: &Selection,
-        reprocess: Reprocess,
-        concurrency: Option<usize>,
-    ) -> Result<ProjectPlan> {
+    pub async fn plan(&self, selection: &Selection, options: &PlanOptions) -> Result<ProjectPlan> {
         let opened = self.open(Some(selection)).await?;
         let mut running = HashSet::new();
         let mut pipelines = Vec::new();
         for (backfill, own) in &opened {
             let own = own.as_ref().expect("opened for a selection");
-            let plan = backfill
-                .plan_after(own, reprocess, concurrency, &running)
-                .await?;
+            let plan = backfill.plan_after(own, options, &running).await?;
             let name = &backfill.pipeline().name;
             running.extend(runs(name, &plan.slices));
             pipelines.push(PipelinePlan {

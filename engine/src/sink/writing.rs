@@ -15,6 +15,7 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
+use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
@@ -182,6 +183,18 @@ pub async fn write(
         return Err(error);
     }
     Ok(written)
+}
+
+/// Encodes `stream` as Parquet into nowhere: the work of writing it, but for storage.
+pub(crate) async fn encode_into_nowhere(
+    mut stream: SendableRecordBatchStream,
+) -> datafusion::error::Result<()> {
+    let mut encoder = ArrowWriter::try_new(std::io::sink(), stream.schema(), None)?;
+    while let Some(batch) = stream.next().await {
+        encoder.write(&batch?)?;
+    }
+    encoder.close()?;
+    Ok(())
 }
 
 /// Deletes written files (paths relative to `base`) through `root`, the store at the root
