@@ -636,7 +636,7 @@ async fn s3_a_chain_runs_in_staging_and_is_promoted_to_production_on_s3() {
 
 #[cfg(feature = "cluster")]
 #[tokio::test]
-async fn s3_slices_computed_on_a_cluster_read_and_write_s3() {
+async fn s3_slices_computed_on_a_cluster_read_and_write_s3_and_a_delta_source_there() {
     let case = S3Case::new("orders_clean").await;
     // The executors reach the server with credentials of their own, from their
     // environment, as they would in a deployment.
@@ -650,6 +650,37 @@ async fn s3_slices_computed_on_a_cluster_read_and_write_s3() {
     assert_eq!(
         case.stored(ALL).await,
         expected_clean(&case, "2024-01-04").await
+    );
+
+    // A pipeline reading that table as a Delta source, on the cluster too.
+    let daily = std::fs::read_to_string(case.scratch.path("pipelines/orders_daily.toml"))
+        .unwrap()
+        .replace(
+            "url = \"../../warehouse/orders_clean\"",
+            &format!("url = \"{}\"\n{OPTIONS}", case.table),
+        )
+        .replace("[destination]\n", &format!("[destination]\n{OPTIONS}\n"));
+    let daily = case.scratch.pipeline("orders_daily_s3", &daily);
+    let aggregates = "s3://warehouse/tables/daily";
+    let endpoint = &case.moto.endpoint;
+    let output = case
+        .command_for(&daily, Some(aggregates), endpoint, "run", &on_cluster)
+        .output()
+        .unwrap();
+    case.printed(&output);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let aggregate = "SELECT dt, status, count(*) AS orders, \
+        count(DISTINCT customer_id) AS customers, round(sum(amount), 2) AS revenue \
+        FROM t GROUP BY dt, status ORDER BY dt, status";
+    let stored = "SELECT dt, status, orders, customers, round(revenue, 2) AS revenue \
+        FROM t ORDER BY dt, status";
+    assert_eq!(
+        case.stored_at(aggregates, stored).await,
+        case.stored(aggregate).await
     );
     case.assert_secret_never_shown().await;
 }
