@@ -385,6 +385,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn our_errors_keep_their_class_when_datafusion_carries_them_back() {
+        use datafusion::error::DataFusionError as E;
+        let carried = |ours: Error| -> Result<()> {
+            let inner = E::External(Box::new(ours));
+            Err(E::Context("planning".into(), Box::new(inner))).context(|| "slice 1".into())
+        };
+        let changed = carried(Error::execution("source `orders`", "the table changed"));
+        assert!(changed.as_ref().unwrap_err().is_transient(), "{changed:?}");
+        let refused = carried(Error::config("source `orders`", "uses deletionVectors"));
+        assert!(
+            matches!(&refused, Err(Error::Config { location, .. }) if location == "source `orders`"),
+            "{refused:?}"
+        );
+        // Anything else from outside is classified as before: not ours, so execution.
+        let io = std::io::Error::other("reset");
+        let theirs: Result<()> = Err(E::External(Box::new(io))).context(|| "slice 1".into());
+        assert!(theirs.unwrap_err().is_transient());
+    }
+
+    #[test]
     fn settings_read_as_the_api_names_them_unless_a_front_end_words_them() {
         let error = Error::setting(
             &[Setting::Start, Setting::End],

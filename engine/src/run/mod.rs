@@ -242,9 +242,10 @@ impl Backfill {
     }
 
     /// The pre-flight of a run: every source one its cluster can read, if it has one;
-    /// every slice planned (listings and footers, no data) before any starts. The plans are not kept: each slice to run plans again when it
-    /// starts, so it sees files that arrive in between. In a chained run, the upstream
-    /// pipelines run the slices `running` first.
+    /// every slice planned (listings and footers, no data) before any starts. The plans
+    /// are not kept: each slice to run plans again when it starts, so it sees files that
+    /// arrive in between. In a chained run, the upstream pipelines run the slices
+    /// `running` first.
     pub(crate) async fn launch(
         self: &Arc<Self>,
         selection: &Selection,
