@@ -258,7 +258,18 @@ async fn an_executor_killed_mid_run_leaves_the_table_a_clean_run_gives() {
         commits < 14,
         "the executor died mid-run: {commits} commits when it did"
     );
-    let finished = run.wait().unwrap();
+    // A job the scheduler loses would leave the run waiting forever: fail instead.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let finished = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            run.kill().unwrap();
+            panic!("the run did not finish within 5 minutes of the executor's death");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     // The run finishes on the executor left (its lost tasks are done again there), or a
     // slice fails; the same command then finishes the job.
     if !finished.success() {

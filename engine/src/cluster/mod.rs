@@ -19,6 +19,7 @@ mod codec;
 mod write;
 
 use ballista::extension::{SessionConfigExt, SessionContextExt};
+use ballista_core::config::TaskSchedulingPolicy;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -128,6 +129,12 @@ pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
                 .with_query_planner(Arc::new(write::SchedulerPlanner))
                 .build())
         })),
+        // Executors ask for work as they have room (as Spark's do). Were the scheduler to
+        // push tasks, it would count each executor's free slots itself, and Ballista 55
+        // never gives back the slot of a task whose stage was rolled back when another
+        // executor died: an executor with one slot then gets no task again, and the job
+        // waits forever.
+        scheduling_policy: TaskSchedulingPolicy::PullStaged,
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         ..SchedulerConfig::default()
@@ -174,6 +181,8 @@ pub async fn serve_executor(options: ExecutorOptions) -> Result<()> {
         vcores: options.tasks.max(1),
         work_dir: options.work_dir.clone(),
         executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
+        // As the scheduler expects (see `serve_scheduler`).
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         override_runtime_producer: Some(Arc::new(|_config: &SessionConfig| {
             runtime_env().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
         })),
