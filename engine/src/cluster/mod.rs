@@ -5,10 +5,10 @@
 //! A slice that runs on a cluster is planned here as always (its files, fingerprint and
 //! state come from the local plan), and only its computing moves: the same SQL, over the
 //! same sources offered as tables Ballista can ship (a Delta source as the files its
-//! plan here scanned), runs on the executors, which also write its rows into the table's folder ([`write`]), uncommitted.
-//! What they wrote comes back as a few rows; the sink checks the slice (its SQL
-//! assertions run on the cluster too) and commits it exactly as a local one. This module
-//! never commits.
+//! plan here scanned), runs on the executors, which also write its rows into the
+//! table's folder ([`write`]), uncommitted. What they wrote comes back as a few rows;
+//! the sink checks the slice (its SQL assertions run on the cluster too) and commits it
+//! exactly as a local one. This module never commits.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
