@@ -20,6 +20,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{Ledger, StagedSlice, Summaries};
 use crate::pipeline::Strategy;
 use crate::pipeline::{Assertion, Pipeline};
+use crate::retry::RequestRetry;
 use crate::sink::rebuild::Replaced;
 use crate::sink::Sink;
 use crate::slice::{self, Selection, Slice};
@@ -53,6 +54,9 @@ pub struct OpenOptions {
     /// then read the footers of those slices' files only to learn their schema, so a bad
     /// or old file elsewhere neither costs a read nor blocks the run.
     pub scope: Option<Selection>,
+    /// How long a storage read that fails for a passing reason (a reset connection, a
+    /// busy server) is asked again, request by request.
+    pub request_retry: RequestRetry,
 }
 
 impl Default for OpenOptions {
@@ -62,6 +66,7 @@ impl Default for OpenOptions {
             destination_store: None,
             memory_limit: 4 << 30,
             scope: None,
+            request_retry: RequestRetry::default(),
         }
     }
 }
@@ -167,6 +172,7 @@ impl Backfill {
         let sources = Sources::resolve(
             &pipeline,
             &options.stores,
+            options.request_retry,
             options.memory_limit,
             scope.as_deref(),
             &unwritten,
@@ -188,6 +194,7 @@ impl Backfill {
             &pipeline.destination,
             schema.clone(),
             options.destination_store,
+            options.request_retry,
         )
         .await?;
         sink.register_store(sources.runtime());

@@ -1,12 +1,18 @@
-//! Retrying a read that storage may fail for a moment.
+//! Retrying reads that storage may fail for a moment.
 //!
-//! Owns one small loop for the reads that decide what happens next (a source's schema at
-//! start-up, the log after a failed commit), where one reset connection should not end
-//! the run or leave an outcome unknown. A slice's own retries, with jitter and the run's
-//! clock, are the runner's; this module knows nothing of slices.
+//! Owns [`RetryingStore`], which asks every storage read again, request by request, while
+//! it fails for a passing reason (`store.rs`), and one small loop, [`patiently`], for the
+//! few reads whose outcome decides what happens next (the log after a failed commit),
+//! where even a fault past the store's retries should not leave an outcome unknown. A
+//! slice's own retries, with jitter and the run's clock, are the runner's; this module
+//! knows nothing of slices.
+
+mod store;
 
 use std::future::Future;
 use std::time::Duration;
+
+pub use store::{RequestRetry, RetryingStore};
 
 /// Runs `read` up to `tries` times while it fails with an error `transient` accepts,
 /// waiting 0.4 s, then 0.8 s, ... between tries; returns its last result.

@@ -7,6 +7,7 @@ mod clean;
 mod cluster;
 mod concurrent;
 mod delta_sources;
+mod faults;
 mod hostile;
 mod preflight;
 mod projects;

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_engine::clock::Clock;
-use backfill_engine::{Backfill, RunOptions, Selection, SliceStatus};
+use backfill_engine::{Backfill, RequestRetry, RunOptions, Selection, SliceStatus};
 
-use crate::stores::{open_over, TestStore};
+use crate::stores::{open_over, open_over_with, TestStore};
 use crate::support::{Case, Scratch};
 
 /// Opens `pipeline` writing to `table`, with every source read going through a new
@@ -377,24 +377,37 @@ async fn max_source_requests_caps_concurrent_reads_across_slices() {
 }
 
 #[tokio::test]
-async fn a_passing_storage_fault_while_reading_schemas_at_start_up_is_retried() {
+async fn dropped_connections_while_reading_schemas_at_start_up_are_asked_again() {
     let scratch = Scratch::new();
     let (pipeline, table) = (
         scratch.path("pipelines/orders_clean.toml"),
         scratch.path("warehouse/t"),
     );
     let store = Arc::new(TestStore::default());
-    store.failing_reads.store(2, Ordering::SeqCst);
+    store.dropped_reads.store(6, Ordering::SeqCst);
     open_over(store.clone(), &pipeline, &table).await.unwrap();
     assert_eq!(
-        store.failing_reads.load(Ordering::SeqCst),
+        store.dropped_reads.load(Ordering::SeqCst),
         0,
-        "both faults were met"
+        "every fault was met, and each read asked again"
     );
 
-    // A store that keeps failing is the environment's fault (exit 1), not the pipeline's.
-    store.failing_reads.store(usize::MAX, Ordering::SeqCst);
-    let error = open_over(store, &pipeline, &table).await.err().unwrap();
+    // A store that keeps failing past a read's budget is the environment's fault (exit
+    // 1), not the pipeline's.
+    store.dropped_reads.store(usize::MAX, Ordering::SeqCst);
+    let patience = RequestRetry {
+        budget: Duration::from_millis(300),
+        ..RequestRetry::default()
+    };
+    let started = std::time::Instant::now();
+    let error = open_over_with(store, &pipeline, &table, patience)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the budget ends it"
+    );
     assert_eq!(
         error.fault(),
         backfill_engine::Fault::Environment,
@@ -403,5 +416,28 @@ async fn a_passing_storage_fault_while_reading_schemas_at_start_up_is_retried() 
     assert!(
         error.to_string().contains("cannot list or read its files"),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn dropped_connections_during_a_run_are_asked_again_and_fail_no_slice() {
+    let case = Case::new("orders_clean");
+    let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
+    store.dropped_reads.store(12, Ordering::SeqCst);
+    let days = ["2024-01-01", "2024-01-02", "2024-01-03"];
+    let summary = run(&backfill, &days, &quick_retries(0)).await;
+    assert_eq!(summary.committed(), days.len(), "{summary:#?}");
+    assert!(
+        summary.outcomes.iter().all(|o| o.attempts == 1),
+        "no slice needed a second attempt: {summary:#?}"
+    );
+    assert_eq!(store.dropped_reads.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        case.stored("SELECT order_id, amount, dt FROM t ORDER BY order_id")
+            .await,
+        case.expected(
+            "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-03' ORDER BY order_id",
+        )
+        .await
     );
 }

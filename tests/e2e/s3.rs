@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use crate::faults::{FaultProxy, Faults};
 use crate::support::*;
 
 /// Signs every request; moto accepts any key, and no output may ever show this one.
@@ -307,6 +308,25 @@ impl S3Case {
         rows(&ctx, sql).await
     }
 
+    /// The slice of every record in the log of the table at `table` on the server.
+    async fn committed_slices(&self, table: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        let url = url::Url::parse(table).unwrap();
+        let store = self.moto.bucket(url.host_str().unwrap());
+        let log = object_store::path::Path::from(format!("{}/_delta_log", url.path()));
+        let mut objects: Vec<_> = store.list(Some(&log)).try_collect().await.unwrap();
+        objects.retain(|o| o.location.as_ref().ends_with(".json"));
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut entries = Vec::new();
+        for object in objects {
+            let bytes = store.get(&object.location).await.unwrap().bytes().await;
+            let text = String::from_utf8(bytes.unwrap().to_vec()).unwrap();
+            let actions = text.lines().map(|l| serde_json::from_str(l).unwrap());
+            entries.push(serde_json::Value::Array(actions.collect()));
+        }
+        slices_committed_in(&entries)
+    }
+
     async fn expected(&self, sql: &str) -> Vec<String> {
         query_sources(&self.scratch.path("buckets/shop"), sql).await
     }
@@ -384,6 +404,69 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
         "{stderr}"
     );
 
+    case.assert_secret_never_shown().await;
+}
+
+/// Storage that fails a fifth of all requests, from the first listing of start-up to the
+/// last commit (a reset after the request took effect, a 500 after it took effect, a 503
+/// before it is forwarded): `plan`, `run` and the rerun all exit 0, and every table is
+/// exactly the one healthy storage gives, each slice committed once.
+#[tokio::test]
+async fn s3_a_fifth_of_requests_reset_or_failing_leaves_every_run_exact() {
+    let case = S3Case::new("orders_clean").await;
+    let range = ["--start", "2024-01-01", "--end", "2024-01-14"];
+    let days: Vec<String> = (1..=14).map(|d| format!("2024-01-{d:02}")).collect();
+    let expected = expected_clean(&case, "2024-01-14").await;
+    for seed in [1, 2, 3] {
+        let proxy = FaultProxy::start(&case.moto.endpoint, Faults::evenly(0.2, seed));
+        let table = format!("s3://warehouse/faults/{seed}");
+        let through_proxy = |command: &str| {
+            let rest = [&range[..], &["--json"]].concat();
+            let mut command = case.command_for(
+                &case.pipeline,
+                Some(&table),
+                &proxy.endpoint,
+                command,
+                &rest,
+            );
+            let output = command.output().unwrap();
+            case.printed(&output);
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+            );
+            let lines: Vec<&str> = stderr.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "seed {seed}: {stdout}\n{tail}"
+            );
+            serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+        };
+        let plan = through_proxy("plan");
+        assert_eq!(
+            plan_states(&plan["slices"]),
+            vec!["missing"; 14],
+            "seed {seed}"
+        );
+        let run = through_proxy("run");
+        assert_eq!(
+            statuses(&run),
+            vec!["committed"; 14],
+            "seed {seed}: {run:#}"
+        );
+        let rerun = through_proxy("run");
+        assert_eq!(statuses(&rerun), vec!["skipped"; 14], "seed {seed}");
+
+        let (requests, resets, errors, busy) = proxy.seen();
+        assert!(
+            resets > 0 && errors > 0 && busy > 0,
+            "seed {seed}: {requests} requests, {resets} resets, {errors} 500s, {busy} 503s"
+        );
+        assert_eq!(case.stored_at(&table, ALL).await, expected, "seed {seed}");
+        assert_eq!(case.committed_slices(&table).await, days, "seed {seed}");
+    }
     case.assert_secret_never_shown().await;
 }
 

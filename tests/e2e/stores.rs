@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backfill_engine::{pipeline, Backfill, OpenOptions};
+use backfill_engine::{pipeline, Backfill, OpenOptions, RequestRetry};
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -20,7 +21,9 @@ use object_store::{
 };
 
 /// A local file system that records the path and size of every read, fails the next
-/// `failing_reads` reads with a transient-looking error, denies the next `denied_reads`,
+/// `failing_reads` reads with a transient-looking error, drops the connection of the next
+/// `dropped_reads` (as the network does, which the engine asks again at once), denies the
+/// next `denied_reads`,
 /// never answers the next `hanging_reads` reads, makes every `ambiguous_commits`-th
 /// commit ambiguous, and can make commits slow.
 #[derive(Debug, Default)]
@@ -28,6 +31,8 @@ pub struct TestStore {
     inner: LocalFileSystem,
     pub reads: Mutex<Vec<(String, u64)>>,
     pub failing_reads: AtomicUsize,
+    /// Reads still to fail as a connection dropped mid-answer.
+    pub dropped_reads: AtomicUsize,
     /// Reads still to be answered "access denied", which no retry changes.
     pub denied_reads: AtomicUsize,
     pub hanging_reads: AtomicUsize,
@@ -103,6 +108,16 @@ impl TestStore {
 
     /// Fails this read if failures are still due.
     fn maybe_fail(&self, location: &Path) -> Result<()> {
+        let dropped = self
+            .dropped_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if dropped.is_ok() {
+            let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+            return Err(object_store::Error::Generic {
+                store: "TestStore",
+                source: Box::new(HttpError::new(HttpErrorKind::Interrupted, reset)),
+            });
+        }
         let due = self
             .failing_reads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -234,6 +249,16 @@ pub async fn open_over(
     pipeline: &std::path::Path,
     table: &std::path::Path,
 ) -> backfill_engine::Result<Backfill> {
+    open_over_with(store, pipeline, table, RequestRetry::default()).await
+}
+
+/// The same, asking reads again as `request_retry` says.
+pub async fn open_over_with(
+    store: Arc<TestStore>,
+    pipeline: &std::path::Path,
+    table: &std::path::Path,
+    request_retry: RequestRetry,
+) -> backfill_engine::Result<Backfill> {
     let mut pipeline = pipeline::load(pipeline)?;
     pipeline.destination.url = url::Url::from_directory_path(table).unwrap();
     let stores = vec![(
@@ -242,6 +267,7 @@ pub async fn open_over(
     )];
     let options = OpenOptions {
         stores,
+        request_retry,
         ..OpenOptions::default()
     };
     Backfill::open(pipeline, options).await

@@ -434,24 +434,30 @@ impl Case {
     /// The slice of every record the log's commits carry (a swap carries several),
     /// sorted: a slice committed twice is there twice.
     pub fn committed_slices(&self) -> Vec<String> {
-        let mut slices = Vec::new();
-        for commit in self.commit_entries() {
-            for action in commit.as_array().unwrap() {
-                let Some(record) = action.pointer("/commitInfo/backfill") else {
-                    continue;
-                };
-                let records = match record.get("slices") {
-                    Some(swap) => swap.as_array().unwrap().clone(),
-                    None => vec![record.clone()],
-                };
-                slices.extend(
-                    records
-                        .iter()
-                        .map(|r| r["slice"].as_str().unwrap().to_string()),
-                );
-            }
-        }
-        slices.sort();
-        slices
+        slices_committed_in(&self.commit_entries())
     }
+}
+
+/// The slice of every record the commit entries of a log carry (a swap or a group carries
+/// several), sorted: a slice committed twice is there twice.
+pub fn slices_committed_in(entries: &[serde_json::Value]) -> Vec<String> {
+    let mut slices = Vec::new();
+    for commit in entries {
+        for action in commit.as_array().unwrap() {
+            let Some(record) = action.pointer("/commitInfo/backfill") else {
+                continue;
+            };
+            let records = match record.get("slices") {
+                Some(several) => several.as_array().unwrap().clone(),
+                None => vec![record.clone()],
+            };
+            slices.extend(
+                records
+                    .iter()
+                    .map(|r| r["slice"].as_str().unwrap().to_string()),
+            );
+        }
+    }
+    slices.sort();
+    slices
 }

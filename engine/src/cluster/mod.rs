@@ -32,6 +32,7 @@ use url::Url;
 use crate::engine::{Backfill, SlicePlan};
 use crate::error::{Error, Result};
 use crate::pipeline::StorageOptions;
+use crate::retry::{RequestRetry, RetryingStore};
 use crate::sink::Staged;
 use crate::slice::Slice;
 use crate::source::{object_store_for, store_root, SourceFile};
@@ -200,7 +201,8 @@ pub async fn serve_executor(options: ExecutorOptions) -> Result<()> {
 }
 
 /// A runtime whose object stores are made as a run makes them: the local disk, or S3
-/// from the standard `AWS_*` variables.
+/// from the standard `AWS_*` variables, their reads asked again while they fail for a
+/// passing reason.
 fn runtime_env() -> Result<Arc<RuntimeEnv>> {
     let runtime = RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(Stores::default()))
@@ -232,6 +234,7 @@ impl ObjectStoreRegistry for Stores {
         }
         let store = object_store_for(&root, &StorageOptions::default())
             .map_err(datafusion::error::DataFusionError::Configuration)?;
+        let store = RetryingStore::wrap(store, RequestRetry::default());
         let mut made = self.made.write().expect("not poisoned");
         Ok(made.entry(root).or_insert(store).clone())
     }

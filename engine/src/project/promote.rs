@@ -17,6 +17,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
 use crate::pipeline::{Pipeline, Strategy};
+use crate::retry::RequestRetry;
 use crate::sink::{Committer, Sink};
 use crate::slice::{Selection, Slice};
 use crate::states::SliceStatus;
@@ -140,8 +141,22 @@ impl Project {
         };
         let context = || format!("destination {}", pipeline.destination.url);
         let schema = table.snapshot().context(context)?.snapshot().arrow_schema();
-        let from = Sink::open(name, &pipeline.destination, schema.clone(), None).await?;
-        let to = Sink::open(name, &goal.destination, schema, None).await?;
+        let from = Sink::open(
+            name,
+            &pipeline.destination,
+            schema.clone(),
+            None,
+            RequestRetry::default(),
+        )
+        .await?;
+        let to = Sink::open(
+            name,
+            &goal.destination,
+            schema,
+            None,
+            RequestRetry::default(),
+        )
+        .await?;
         let source = ledger_of(&from, name).await?;
         let there_now = ledger_of(&to, name).await?;
         let slices = pipeline.cut(&selection.for_kind(pipeline.slices.kind))?;

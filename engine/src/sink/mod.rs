@@ -43,7 +43,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, LogicalFileView, StructType, Transaction};
 use deltalake::protocol::DeltaOperation;
-use deltalake::DeltaTable;
+use deltalake::{DeltaTable, DeltaTableError};
 use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 use tokio::sync::Mutex;
@@ -54,6 +54,7 @@ use crate::ledger::{
     app_id, CommitRecord, GroupRecord, OtherWriters, SliceRecord, COMMIT_INFO_KEY,
 };
 use crate::pipeline::{Destination, Strategy};
+use crate::retry::{RequestRetry, RetryingStore};
 use crate::slice::Slice;
 use view::TableView;
 
@@ -165,8 +166,10 @@ pub struct Sink {
     /// staged files through.
     root_store: Arc<dyn ObjectStore>,
     storage_options: HashMap<String, String>,
-    /// A store to reach the destination through instead of the one its URL names.
-    given_store: Option<Arc<dyn ObjectStore>>,
+    /// The store at the root of the table's bucket (or disk) that delta-rs reaches the
+    /// table through: the one given, or the one its URL names, asking reads again while
+    /// they fail for a passing reason.
+    reach: Arc<dyn ObjectStore>,
     /// The table as last seen (`None` until it exists), and the slice commits seen since
     /// the sink opened. Held while committing, so the commits of one run are serialized
     /// while their slices compute in parallel.
@@ -217,12 +220,13 @@ pub struct Staged {
 impl Sink {
     /// Opens the destination, checking that an existing table fits the pipeline's output.
     /// `store`, if given, is used to reach the destination instead of the one its URL
-    /// names (tests inject faults this way).
+    /// names (tests inject faults this way); either way its reads are retried by `retry`.
     pub async fn open(
         pipeline: &str,
         destination: &Destination,
         schema: SchemaRef,
         store: Option<Arc<dyn ObjectStore>>,
+        retry: RequestRetry,
     ) -> Result<Self> {
         let url = destination.url.clone();
         let context = || format!("destination {url}");
@@ -243,7 +247,8 @@ impl Sink {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let (table, exists) = load_table(&url, &storage_options, &store).await?;
+        let reach = reach(&url, &storage_options, store, retry).context(context)?;
+        let (table, exists) = load_table(&url, &storage_options, &reach).await?;
         if !exists {
             refuse_foreign_files(&table, &url).await?;
         }
@@ -257,7 +262,7 @@ impl Sink {
             store: table.object_store(),
             root_store: table.log_store().root_object_store(None),
             storage_options,
-            given_store: store,
+            reach,
             url,
             partition_by: destination.partition_by.clone(),
             writes: writes(&destination.strategy),
@@ -279,8 +284,7 @@ impl Sink {
 
     /// Reads the table afresh from storage, for when this sink's view may be behind.
     pub async fn reload(&self) -> Result<Option<DeltaTable>> {
-        let (table, exists) =
-            load_table(&self.url, &self.storage_options, &self.given_store).await?;
+        let (table, exists) = load_table(&self.url, &self.storage_options, &self.reach).await?;
         Ok(exists.then_some(table))
     }
 
@@ -644,7 +648,7 @@ impl Sink {
         properties: CommitProperties,
     ) -> deltalake::DeltaResult<u64> {
         let schema: StructType = self.schema.as_ref().try_into_kernel()?;
-        let created = table_builder(&self.url, &self.storage_options, &self.given_store)?
+        let created = table_builder(&self.url, &self.storage_options, &self.reach)?
             .build()?
             .create()
             .with_columns(schema.fields().cloned())
@@ -726,7 +730,10 @@ pub(crate) async fn existing_table(destination: &Destination) -> Result<Option<D
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let (table, exists) = load_table(&destination.url, &options, &None).await?;
+    let url = &destination.url;
+    let reach = reach(url, &options, None, RequestRetry::default())
+        .context(|| format!("destination {url}"))?;
+    let (table, exists) = load_table(url, &options, &reach).await?;
     Ok(exists.then_some(table))
 }
 
@@ -735,10 +742,10 @@ pub(crate) async fn existing_table(destination: &Destination) -> Result<Option<D
 async fn load_table(
     url: &Url,
     storage_options: &HashMap<String, String>,
-    store: &Option<Arc<dyn ObjectStore>>,
+    reach: &Arc<dyn ObjectStore>,
 ) -> Result<(DeltaTable, bool)> {
     let context = || format!("destination {url}");
-    let mut table = table_builder(url, storage_options, store)
+    let mut table = table_builder(url, storage_options, reach)
         .context(context)?
         .build()
         .context(context)?;
@@ -787,18 +794,39 @@ async fn refuse_foreign_files(table: &DeltaTable, url: &Url) -> Result<()> {
     }
 }
 
-/// A builder for the table at `url`, through `store` if one is given.
+/// The root store to reach the table at `url` through: `given`, or the one delta-rs
+/// would make for the URL and its options, with its reads retried by `retry`.
+fn reach(
+    url: &Url,
+    storage_options: &HashMap<String, String>,
+    given: Option<Arc<dyn ObjectStore>>,
+    retry: RequestRetry,
+) -> deltalake::DeltaResult<Arc<dyn ObjectStore>> {
+    let root = match given {
+        Some(store) => store,
+        None => {
+            let scheme = Url::parse(&format!("{}://", url.scheme()))
+                .map_err(|_| DeltaTableError::InvalidTableLocation(url.to_string()))?;
+            let factories = deltalake::logstore::object_store_factories();
+            let factory = factories
+                .get(&scheme)
+                .ok_or_else(|| DeltaTableError::InvalidTableLocation(url.to_string()))?;
+            let config = deltalake::logstore::StorageConfig::parse_options(storage_options)?;
+            factory.value().parse_url_opts(url, &config)?.0
+        }
+    };
+    Ok(RetryingStore::wrap(root, retry))
+}
+
+/// A builder for the table at `url`, reached through the root store `reach`.
 fn table_builder(
     url: &Url,
     storage_options: &HashMap<String, String>,
-    store: &Option<Arc<dyn ObjectStore>>,
+    reach: &Arc<dyn ObjectStore>,
 ) -> deltalake::DeltaResult<deltalake::DeltaTableBuilder> {
-    let builder = deltalake::DeltaTableBuilder::from_url(url.clone())?
-        .with_storage_options(storage_options.clone());
-    Ok(match store {
-        Some(store) => builder.with_storage_backend(store.clone(), url.clone()),
-        None => builder,
-    })
+    Ok(deltalake::DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(storage_options.clone())
+        .with_storage_backend(reach.clone(), url.clone()))
 }
 
 /// Checks that an existing table has the columns, types and partitioning the pipeline writes.

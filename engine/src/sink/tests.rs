@@ -11,6 +11,7 @@ use deltalake::DeltaTable;
 use super::{Committer, Published, Sink, SliceCommit, Staged};
 use crate::ledger::{app_id, Ledger, SliceRecord, Summaries};
 use crate::pipeline::{Destination, Strategy};
+use crate::retry::RequestRetry;
 use crate::slice::{cut, Selection, Slice, SliceKind};
 
 fn schema() -> SchemaRef {
@@ -36,9 +37,15 @@ async fn sink_of(pipeline: &str, folder: &std::path::Path, strategy: Strategy) -
         strategy,
         storage_options: Default::default(),
     };
-    Sink::open(pipeline, &destination, schema(), None)
-        .await
-        .unwrap()
+    Sink::open(
+        pipeline,
+        &destination,
+        schema(),
+        None,
+        RequestRetry::default(),
+    )
+    .await
+    .unwrap()
 }
 
 fn days(start: &str, end: &str) -> Vec<Slice> {

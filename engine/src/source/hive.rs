@@ -54,11 +54,9 @@ impl HiveParquet {
             .with_file_extension(".parquet")
             .with_table_partition_cols(partitions);
         let prefixes = scope.and_then(|slices| partition_prefixes(&source.partitioning, slices));
-        let reading = format!("reading the schema of {url}");
-        let (schema, unreadable) =
-            crate::retry::patiently(&reading, INFER_TRIES, is_storage_error, || {
-                infer_schema(ctx, &options, &url, prefixes.as_deref())
-            })
+        // The store asks each listing and footer read again while it fails for a passing
+        // reason; what still fails here failed for good, or for longer than its budget.
+        let (schema, unreadable) = infer_schema(ctx, &options, &url, prefixes.as_deref())
             .await
             .map_err(|e| match is_storage_error(&e) {
                 true => Error::execution(context(), format!("cannot list or read its files: {e}")),
@@ -133,10 +131,6 @@ impl SourceTable for HiveParquet {
         Ok(Arc::new(table))
     }
 }
-
-/// Times schema inference is tried when storage fails: listings and footer reads at
-/// start-up meet the same passing faults (resets, 5xx) as a slice's reads.
-const INFER_TRIES: u32 = 3;
 
 /// The folders (`dt=2024-01-01/`) of a source partitioned like the slices that hold the
 /// slices' rows, or `None` when the source's first partition column is not the slices'.

@@ -49,6 +49,7 @@ pub(crate) use stores::store_root;
 
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, SourceFormat};
+use crate::retry::{RequestRetry, RetryingStore};
 use crate::slice::Slice;
 
 /// One kind of source, resolved: what slices query under its name, and which of the
@@ -116,6 +117,7 @@ impl Sources {
     pub async fn resolve(
         pipeline: &Pipeline,
         stores: &StoreOverrides,
+        retry: RequestRetry,
         memory_limit: usize,
         scope: Option<&[Slice]>,
         unwritten: &[(String, Unwritten)],
@@ -148,16 +150,16 @@ impl Sources {
                 }
             };
             // One limited store per bucket, shared by every slice: the cap holds across
-            // the slices in flight.
+            // the slices in flight. A read waiting to be asked again holds no place.
             let store: Arc<dyn ObjectStore> = match pipeline.max_source_requests {
                 Some(max) => Arc::new(LimitStore::new(store, max)),
                 None => store,
             };
-            runtime.register_object_store(&root, store);
+            runtime.register_object_store(&root, RetryingStore::wrap(store, retry));
             registered.push(root);
         }
         for (url, store) in stores.iter().filter(|(url, _)| !registered.contains(url)) {
-            runtime.register_object_store(url, store.clone());
+            runtime.register_object_store(url, RetryingStore::wrap(store.clone(), retry));
         }
         let runtime = Arc::new(runtime);
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
