@@ -447,6 +447,7 @@ mod cluster {
         runtime.spawn(serve_scheduler(SchedulerOptions {
             bind,
             executor_timeout,
+            adaptive: false,
         }));
         for _ in 0..executors {
             runtime.spawn(serve_executor(ExecutorOptions {

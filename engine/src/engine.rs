@@ -89,6 +89,10 @@ pub struct SlicePlan {
     /// Why the slice cannot run as its sources are now (a source file it reads is not
     /// valid Parquet, say); running it fails with this, and only it.
     pub problem: Option<String>,
+    /// Why the slice could not be planned now (storage kept failing past the retries of
+    /// its reads). Its state, files and whether it has source data are unknown; a run
+    /// plans it again when it starts, and checks it then.
+    pub unplanned: Option<String>,
     /// How long computing it should take, once a plan's estimate has a basis.
     pub estimated_ms: Option<u64>,
     /// In a chained run, the upstream pipelines' slices of the run it reads.
@@ -116,6 +120,9 @@ impl Serialize for SlicePlan {
         plan.serialize_field("source_rows", &self.source_rows())?;
         plan.serialize_field("no_source_data", &self.empty_sources)?;
         plan.serialize_field("problem", &self.problem)?;
+        if let Some(unplanned) = &self.unplanned {
+            plan.serialize_field("unplanned", unplanned)?;
+        }
         plan.serialize_field("estimated_ms", &self.estimated_ms)?;
         plan.serialize_field("source_fingerprint", &self.source_fingerprint)?;
         plan.serialize_field("sql", &self.sql)?;
@@ -289,7 +296,9 @@ impl Backfill {
     }
 
     /// Plans `slices`, `concurrency` at a time, each on a task of its own so that
-    /// planning thousands of slices uses every core; the plans come back in order.
+    /// planning thousands of slices uses every core; the plans come back in order. A
+    /// slice whose planning fails for a reason that may pass (storage) is
+    /// [`SlicePlan::unplanned`]: one slice's storage fault does not stop the others.
     pub(crate) async fn plan_slices(
         self: &Arc<Self>,
         slices: Vec<Slice>,
@@ -302,8 +311,15 @@ impl Backfill {
                 let (backfill, known) = (self.clone(), known.clone());
                 tokio::spawn(async move {
                     // These plans are never executed: one partition is the cheapest to plan.
-                    let planned = backfill.plan_slice(slice, &known, reprocess, 1).await;
-                    planned.map(|(plan, _prepared)| plan)
+                    let planned = backfill.plan_slice(slice.clone(), &known, reprocess, 1);
+                    match planned.await {
+                        Ok((plan, _prepared)) => Ok(plan),
+                        Err(error) if error.is_transient() => {
+                            tracing::warn!(slice = %slice.key, "planning failed: {error}");
+                            Ok(SlicePlan::unplanned(slice, &error))
+                        }
+                        Err(error) => Err(error),
+                    }
                 })
             })
             .buffered(concurrency.max(1))
@@ -401,6 +417,7 @@ impl Backfill {
             will_run: reprocess.wants(&state),
             state,
             problem: transform.problem,
+            unplanned: None,
             estimated_ms: None,
             reads: transform.reads,
             after: vec![],
@@ -549,6 +566,25 @@ impl Backfill {
 }
 
 impl SlicePlan {
+    /// The plan of `slice` when planning it failed with `error`, which may pass: a run
+    /// runs it, and plans it again when it starts.
+    fn unplanned(slice: Slice, error: &Error) -> SlicePlan {
+        SlicePlan {
+            slice,
+            sql: String::new(),
+            files: vec![],
+            empty_sources: vec![],
+            source_fingerprint: String::new(),
+            state: SliceState::Missing,
+            will_run: true,
+            problem: None,
+            unplanned: Some(error.to_string()),
+            estimated_ms: None,
+            reads: vec![],
+            after: vec![],
+        }
+    }
+
     pub fn source_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }

@@ -183,6 +183,23 @@ fn history_basis(ledger: &Ledger) -> Option<Basis> {
 /// go over its budget. Nothing has run when this fails.
 pub fn preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
     let to_run: Vec<&SlicePlan> = computed(planned).collect();
+    let unplanned: Vec<String> = to_run
+        .iter()
+        .filter_map(|p| Some(format!("{} ({})", p.slice.key, p.unplanned.as_ref()?)))
+        .collect();
+    // A slice not planned is checked for source data when it runs; its bytes, though,
+    // must be known before anything runs.
+    if budget.max_bytes.is_some() && !unplanned.is_empty() {
+        return Err(Error::execution(
+            "pre-flight",
+            format!(
+                "cannot tell whether the run stays within its byte budget: {} of {} slices to run could not be planned: {}; nothing ran",
+                unplanned.len(),
+                to_run.len(),
+                list_some(&unplanned)
+            ),
+        ));
+    }
     let empty: Vec<String> = to_run
         .iter()
         .filter(|p| !p.empty_sources.is_empty())
@@ -323,6 +340,7 @@ mod tests {
             state,
             will_run,
             problem: None,
+            unplanned: None,
             estimated_ms: None,
             reads: vec![],
             after: vec![],

@@ -14,6 +14,8 @@ pub(crate) struct LocalCluster {
     pub(crate) scheduler: String,
     /// Each executor's work folder, where the tasks it ran leave their output.
     work_dirs: Vec<PathBuf>,
+    /// What every process has besides this one's environment.
+    env: Vec<(String, String)>,
     /// Holds each process's log.
     dir: tempfile::TempDir,
 }
@@ -42,20 +44,71 @@ impl LocalCluster {
 
     /// A cluster whose processes have `env` besides this one's: how storage is reached.
     pub(crate) fn start_with(env: &[(&str, String)]) -> LocalCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let spawn = |args: &[&str], log: &str| {
-            let log = std::fs::File::create(dir.path().join(log)).unwrap();
-            Command::new(env!("CARGO_BIN_EXE_backfill"))
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (*k, v)))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap()
-        };
+        LocalCluster::start_sized(env, 1)
+    }
+
+    /// A cluster whose executors run `tasks` tasks at once each.
+    fn start_sized(env: &[(&str, String)], tasks: usize) -> LocalCluster {
         let port = free_port();
+        let mut cluster = LocalCluster {
+            processes: vec![],
+            scheduler: format!("df://127.0.0.1:{port}"),
+            work_dirs: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let scheduler = cluster.spawn_scheduler("scheduler.log");
+        cluster.processes.push(scheduler);
         let bind = format!("127.0.0.1:{port}");
-        let scheduler = [
+        for executor in 0..2 {
+            let work = cluster.dir.path().join(format!("executor-{executor}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let (flight, grpc) = (free_port(), free_port());
+            let (flight_port, grpc_port, tasks) =
+                (flight.to_string(), grpc.to_string(), tasks.to_string());
+            let args = [
+                "cluster",
+                "executor",
+                "--scheduler",
+                &bind,
+                "--port",
+                &flight_port,
+                "--grpc-port",
+                &grpc_port,
+                "--tasks",
+                &tasks,
+                "--work-dir",
+                work.to_str().unwrap(),
+                "--heartbeat",
+                "1s",
+            ];
+            let process = cluster.spawn(&args, &format!("executor-{executor}.log"));
+            cluster.processes.push(process);
+            wait_for_port(flight);
+            cluster.work_dirs.push(work);
+        }
+        cluster
+    }
+
+    /// `backfill ARGS` with the cluster's environment, its stderr into the log `log`.
+    fn spawn(&self, args: &[&str], log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// A scheduler at the cluster's address, once it listens.
+    fn spawn_scheduler(&self, log: &str) -> Child {
+        let bind = self.scheduler.trim_start_matches("df://").to_string();
+        let args = [
             "cluster",
             "scheduler",
             "--bind",
@@ -63,41 +116,9 @@ impl LocalCluster {
             "--executor-timeout",
             "6s",
         ];
-        let mut processes = vec![spawn(&scheduler, "scheduler.log")];
-        wait_for_port(port);
-        let mut work_dirs = Vec::new();
-        for executor in 0..2 {
-            let work = dir.path().join(format!("executor-{executor}"));
-            std::fs::create_dir_all(&work).unwrap();
-            let (flight, grpc) = (free_port(), free_port());
-            processes.push(spawn(
-                &[
-                    "cluster",
-                    "executor",
-                    "--scheduler",
-                    &bind,
-                    "--port",
-                    &flight.to_string(),
-                    "--grpc-port",
-                    &grpc.to_string(),
-                    "--tasks",
-                    "1",
-                    "--work-dir",
-                    work.to_str().unwrap(),
-                    "--heartbeat",
-                    "1s",
-                ],
-                &format!("executor-{executor}.log"),
-            ));
-            wait_for_port(flight);
-            work_dirs.push(work);
-        }
-        LocalCluster {
-            processes,
-            scheduler: format!("df://{bind}"),
-            work_dirs,
-            dir,
-        }
+        let scheduler = self.spawn(&args, log);
+        wait_for_port(bind.rsplit(':').next().unwrap().parse().unwrap());
+        scheduler
     }
 
     /// The jobs whose output each executor's work folder holds.
@@ -436,4 +457,192 @@ async fn plan_with_a_cluster_samples_a_slice_there_and_writes_nothing() {
     // Here, the sample runs here.
     let here = case.json("plan", &args[..4], 0);
     assert_eq!(here["estimate"]["basis"].get("cluster"), None, "{here}");
+}
+
+/// When a process of the cluster dies, as seen from outside the run.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// A task has left output in an executor's work folder, and nothing is committed.
+    BeforeTheFirstCommit,
+    /// The table's log has this many commits.
+    AfterCommits(usize),
+}
+
+/// Which process dies.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Executor,
+    /// The scheduler, started again at once at the same address or, if not, only after
+    /// the run has ended.
+    Scheduler {
+        back_at_once: bool,
+    },
+}
+
+/// How long a run may take to end after a kill, and the same command after it to finish.
+const AFTER_A_KILL: Duration = Duration::from_secs(180);
+
+fn commits_in(table: &Path) -> usize {
+    let log = std::fs::read_dir(table.join("_delta_log"))
+        .into_iter()
+        .flatten();
+    let names = log.filter_map(|e| e.ok()?.file_name().into_string().ok());
+    names.filter(|n| n.ends_with(".json")).count()
+}
+
+/// Waits for `child` to end, killing it and failing after `limit`.
+fn ended_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `daily_revenue` (a join and an aggregation: jobs of several stages) over two weeks on
+/// a fresh cluster whose executors run `tasks` tasks each; `victim` is killed with
+/// SIGKILL at `moment`. The run must end within a bound, and it (or the same command
+/// after it) must leave `expected`, each slice committed once. Returns how long the run
+/// took to end after the kill, and whether the same command was needed.
+async fn kill_during_a_run(
+    expected: &[String],
+    moment: Moment,
+    victim: Victim,
+    tasks: usize,
+) -> (Duration, bool) {
+    let what = format!("{victim:?} killed {moment:?} with {tasks} task(s) per executor");
+    let mut cluster = LocalCluster::start_sized(&[], tasks);
+    let case = Case::new("daily_revenue");
+    let args = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-14",
+        "--cluster",
+        &cluster.scheduler,
+        "--concurrency",
+        "2",
+        "--max-slices-per-commit",
+        "1",
+    ];
+    let run = || {
+        let log = |name: &str| std::fs::File::create(case.scratch.path(name)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(case.args("run", &args))
+            .stdout(log("run.out"))
+            .stderr(log("run.err"))
+            .spawn()
+            .unwrap()
+    };
+    let mut first = run();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reached = match moment {
+            Moment::BeforeTheFirstCommit => {
+                let working = cluster.jobs_per_executor().iter().any(|j| !j.is_empty());
+                working && commits_in(&case.table) == 0
+            }
+            Moment::AfterCommits(n) => commits_in(&case.table) >= n,
+        };
+        if reached {
+            break;
+        }
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "{what}: the run ended first"
+        );
+        assert!(Instant::now() < deadline, "{what}: the moment never came");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let killed = Instant::now();
+    match victim {
+        Victim::Executor => cluster.processes[2].kill().unwrap(),
+        Victim::Scheduler { back_at_once } => {
+            cluster.processes[0].kill().unwrap();
+            cluster.processes[0].wait().unwrap();
+            if back_at_once {
+                cluster.processes[0] = cluster.spawn_scheduler("scheduler-again.log");
+            }
+        }
+    }
+    let ended = ended_within(&mut first, AFTER_A_KILL, &format!("{what}: the run"));
+    let took = killed.elapsed();
+    if let Victim::Scheduler {
+        back_at_once: false,
+    } = victim
+    {
+        cluster.processes[0] = cluster.spawn_scheduler("scheduler-again.log");
+    }
+    let again = !ended.success();
+    if again {
+        let mut second = run();
+        let ended = ended_within(
+            &mut second,
+            AFTER_A_KILL,
+            &format!("{what}: the same command"),
+        );
+        let err = std::fs::read_to_string(case.scratch.path("run.err")).unwrap();
+        let tail: Vec<&str> = err.lines().rev().take(20).collect();
+        assert!(
+            ended.success(),
+            "{what}: the same command failed: {tail:#?}"
+        );
+    }
+    let all = "SELECT * FROM t ORDER BY dt, region";
+    assert_eq!(case.stored(all).await, expected, "{what}");
+    let days: Vec<String> = (1..=14).map(|d| format!("2024-01-{d:02}")).collect();
+    assert_eq!(
+        case.committed_slices(),
+        days,
+        "{what}: each slice committed once"
+    );
+    (took, again)
+}
+
+/// Executors and the scheduler killed at observed moments of a run on a cluster: each
+/// run ends within a bound (none waits forever) and it, or the same command after it,
+/// leaves the table a clean run gives. `BACKFILL_KILL_SWEEP=N` repeats every case N
+/// times and prints what it saw (the larger sweep, run by hand).
+#[tokio::test]
+async fn a_cluster_losing_an_executor_or_its_scheduler_at_any_moment_never_hangs_a_run() {
+    let clean = Case::new("daily_revenue");
+    clean.ok("run", &["--start", "2024-01-01", "--end", "2024-01-14"], 0);
+    let expected = clean.stored("SELECT * FROM t ORDER BY dt, region").await;
+    let executor = Victim::Executor;
+    let cases = [
+        (Moment::BeforeTheFirstCommit, executor, 1),
+        (Moment::AfterCommits(1), executor, 2),
+        (Moment::AfterCommits(6), executor, 1),
+        (Moment::AfterCommits(12), executor, 2),
+        (
+            Moment::AfterCommits(3),
+            Victim::Scheduler { back_at_once: true },
+            1,
+        ),
+        (
+            Moment::AfterCommits(5),
+            Victim::Scheduler {
+                back_at_once: false,
+            },
+            1,
+        ),
+    ];
+    let repeats: usize = std::env::var("BACKFILL_KILL_SWEEP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    for _ in 0..repeats {
+        for (moment, victim, tasks) in cases {
+            let (took, again) = kill_during_a_run(&expected, moment, victim, tasks).await;
+            if repeats > 1 {
+                eprintln!("sweep: {victim:?} at {moment:?}, {tasks} task(s): ended {took:?} after the kill, same command needed: {again}");
+            }
+        }
+    }
 }

@@ -441,3 +441,77 @@ async fn dropped_connections_during_a_run_are_asked_again_and_fail_no_slice() {
         .await
     );
 }
+
+/// Storage failing every read of one slice's files, past the retries of each read: the
+/// pre-flight plans the other slices and the run commits them, failing only that one as
+/// a storage fault; a byte budget, which cannot be checked for it, refuses the run
+/// before anything runs, naming it; once storage is back, the same run commits it.
+#[tokio::test]
+async fn a_slice_whose_files_storage_keeps_failing_fails_alone_and_the_others_commit() {
+    let case = Case::new("orders_clean");
+    let store = Arc::new(TestStore::default());
+    let patience = RequestRetry {
+        budget: Duration::from_millis(200),
+        ..RequestRetry::default()
+    };
+    let backfill = open_over_with(store.clone(), &case.pipeline, &case.table, patience);
+    let backfill = Arc::new(backfill.await.unwrap());
+    store
+        .dropped_paths
+        .lock()
+        .unwrap()
+        .push("dt=2024-01-02".into());
+    let days = ["2024-01-01", "2024-01-02", "2024-01-03"];
+    let summary = run(&backfill, &days, &quick_retries(1)).await;
+    let statuses: Vec<&SliceStatus> = summary.outcomes.iter().map(|o| &o.status).collect();
+    assert!(
+        matches!(statuses[0], SliceStatus::Committed { .. }),
+        "{summary:#?}"
+    );
+    assert!(
+        matches!(statuses[2], SliceStatus::Committed { .. }),
+        "{summary:#?}"
+    );
+    match statuses[1] {
+        SliceStatus::Failed { fault, error } => {
+            assert_eq!(*fault, backfill_engine::Fault::Environment, "{error}");
+            assert!(error.contains("reset by peer"), "{error}");
+        }
+        other => panic!("2024-01-02 should fail, got {other:?}"),
+    }
+
+    let selection = Selection::Keys(days.iter().map(|d| d.to_string()).collect());
+    let budgeted = RunOptions {
+        budget: backfill_engine::estimate::Budget {
+            max_bytes: Some(1 << 30),
+            ..Default::default()
+        },
+        ..quick_retries(0)
+    };
+    let silent = Arc::new(backfill_engine::run::Silent);
+    let refused = backfill.clone().run(&selection, &budgeted, silent).await;
+    let error = refused.err().expect("the budget cannot be checked");
+    assert_eq!(
+        error.fault(),
+        backfill_engine::Fault::Environment,
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("1 of 1 slices to run could not be planned: 2024-01-02"),
+        "{message}"
+    );
+
+    store.dropped_paths.lock().unwrap().clear();
+    let summary = run(&backfill, &days, &quick_retries(0)).await;
+    assert_eq!(summary.committed(), 1, "{summary:#?}");
+    assert_eq!(
+        case.stored("SELECT order_id, amount, dt FROM t ORDER BY order_id")
+            .await,
+        case.expected(
+            "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-03' ORDER BY order_id",
+        )
+        .await
+    );
+    assert_eq!(case.committed_slices(), days);
+}

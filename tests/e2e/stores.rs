@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use backfill_engine::{pipeline, Backfill, OpenOptions, RequestRetry};
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -33,6 +34,8 @@ pub struct TestStore {
     pub failing_reads: AtomicUsize,
     /// Reads still to fail as a connection dropped mid-answer.
     pub dropped_reads: AtomicUsize,
+    /// Reads of paths holding any of these fail that way every time.
+    pub dropped_paths: Mutex<Vec<String>>,
     /// Reads still to be answered "access denied", which no retry changes.
     pub denied_reads: AtomicUsize,
     pub hanging_reads: AtomicUsize,
@@ -112,11 +115,10 @@ impl TestStore {
             .dropped_reads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if dropped.is_ok() {
-            let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
-            return Err(object_store::Error::Generic {
-                store: "TestStore",
-                source: Box::new(HttpError::new(HttpErrorKind::Interrupted, reset)),
-            });
+            return Err(connection_reset());
+        }
+        if let Some(dropped) = self.dropped_path(location) {
+            return Err(dropped);
         }
         let due = self
             .failing_reads
@@ -137,6 +139,13 @@ impl TestStore {
             }),
             Err(_) => Ok(()),
         }
+    }
+
+    /// The error of a request about `location`, if it is on a path always dropped.
+    fn dropped_path(&self, location: &Path) -> Option<object_store::Error> {
+        let paths = self.dropped_paths.lock().unwrap();
+        let dropped = paths.iter().any(|p| location.as_ref().contains(p.as_str()));
+        dropped.then(connection_reset)
     }
 
     fn record(&self, location: &Path, bytes: u64) {
@@ -160,6 +169,15 @@ impl TestStore {
             .iter()
             .map(|(path, _)| path.clone())
             .collect()
+    }
+}
+
+/// A connection dropped mid-answer, as the network fails a request.
+fn connection_reset() -> object_store::Error {
+    let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+    object_store::Error::Generic {
+        store: "TestStore",
+        source: Box::new(HttpError::new(HttpErrorKind::Interrupted, reset)),
     }
 }
 
@@ -231,10 +249,16 @@ impl ObjectStore for TestStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        match self.dropped_path(&prefix.cloned().unwrap_or_default()) {
+            Some(dropped) => futures::stream::iter([Err(dropped)]).boxed(),
+            None => self.inner.list(prefix),
+        }
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        if let Some(dropped) = self.dropped_path(&prefix.cloned().unwrap_or_default()) {
+            return Err(dropped);
+        }
         self.inner.list_with_delimiter(prefix).await
     }
 

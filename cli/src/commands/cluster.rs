@@ -26,6 +26,11 @@ enum Role {
         /// An executor silent this long is lost: its work is done again elsewhere.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         executor_timeout: std::time::Duration,
+        /// Plan jobs with Ballista's adaptive planner. Ballista 55's can strand a job when
+        /// an executor dies mid-job; such a job is cancelled after --executor-timeout and
+        /// its slice retried.
+        #[arg(long)]
+        adaptive: bool,
     },
     /// Serve an executor that runs the tasks a scheduler gives it.
     Executor {
@@ -58,11 +63,13 @@ pub async fn execute(args: ClusterArgs) -> anyhow::Result<Outcome> {
         Role::Scheduler {
             bind,
             executor_timeout,
+            adaptive,
         } => {
             eprintln!("scheduler listening on {bind}: run --cluster df://{bind}");
             let options = SchedulerOptions {
                 bind,
                 executor_timeout,
+                adaptive,
             };
             cluster::serve_scheduler(options).await?;
         }

@@ -131,11 +131,13 @@ fn print(plan: &Plan) {
             [] => detail,
             empty => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
         };
-        let detail = match &p.problem {
-            Some(problem) => format!("CANNOT RUN: {problem} {detail}"),
-            None => detail,
+        let detail = match (&p.problem, &p.unplanned) {
+            (_, Some(why)) => format!("NOT PLANNED: {why}; a run plans it again"),
+            (Some(problem), None) => format!("CANNOT RUN: {problem} {detail}"),
+            (None, None) => detail,
         };
         let (state, detail) = match p.after.as_slice() {
+            _ if p.unplanned.is_some() => ("unknown", detail),
             [] => (p.state.name(), detail),
             [first, rest @ ..] => {
                 let more = match rest.len() {

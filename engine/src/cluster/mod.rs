@@ -16,6 +16,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 mod codec;
+mod guard;
+mod watch;
 mod write;
 
 use ballista::extension::{SessionConfigExt, SessionContextExt};
@@ -105,14 +107,24 @@ impl Cluster {
 pub struct SchedulerOptions {
     pub bind: SocketAddr,
     /// An executor not heard from for this long is lost: its tasks run elsewhere, and a
-    /// job with no executor left fails (so the slice's attempt fails, and is retried).
+    /// job with no executor left fails (so the slice's attempt fails, and is retried). A
+    /// job with no task running or waiting to run for this long is cancelled
+    /// (`guard.rs`).
     pub executor_timeout: Duration,
+    /// Whether jobs are planned by Ballista's adaptive planner rather than its static
+    /// one. Ballista 55's adaptive planner loses track of a stage it replanned when an
+    /// executor dies mid-job, and refuses the statuses of its tasks from then on
+    /// (ARCHITECTURE.md, Known limits): the job is stranded until the guard cancels it.
+    pub adaptive: bool,
 }
 
 /// Serves a Ballista scheduler until the process ends.
 pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
+    let adaptive = options.adaptive;
     use ballista_scheduler::cluster::BallistaCluster;
     use ballista_scheduler::config::SchedulerConfig;
+    use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service};
+    use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
     let config = SchedulerConfig {
         bind_host: options.bind.ip().to_string(),
         bind_port: options.bind.port(),
@@ -120,9 +132,10 @@ pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
         executor_timeout_seconds: options.executor_timeout.as_secs().max(2),
         expire_dead_executor_interval_seconds: (options.executor_timeout.as_secs() / 6).max(1),
         no_executors_grace_period_seconds: options.executor_timeout.as_secs().max(2),
-        override_session_builder: Some(Arc::new(|config: SessionConfig| {
+        override_session_builder: Some(Arc::new(move |config: SessionConfig| {
             let runtime = runtime_env()
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let config = config.with_ballista_adaptive_query_planner(adaptive);
             Ok(SessionStateBuilder::new()
                 .with_default_features()
                 .with_config(config)
@@ -146,7 +159,16 @@ pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(failed)?;
-    ballista_scheduler::scheduler_process::start_server(cluster, options.bind, Arc::new(config))
+    let config = Arc::new(config);
+    config.validate().map_err(failed)?;
+    let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config)
+        .await
+        .map_err(failed)?;
+    tokio::spawn(guard::watch_jobs(
+        scheduler.clone(),
+        options.executor_timeout,
+    ));
+    start_grpc_service(options.bind, scheduler)
         .await
         .map_err(failed)
 }
@@ -326,10 +348,17 @@ impl Backfill {
             node: Arc::new(WriteSlice { input, spec }),
         });
         // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
-        let results = DataFrame::new(state, write)
-            .collect()
+        let failed = |e: String| Error::execution(context(), format!("on {}: {e}", cluster.url));
+        let frame = DataFrame::new(state, write);
+        let task_context = Arc::new(frame.task_ctx());
+        let plan = frame
+            .create_physical_plan()
             .await
-            .map_err(|e| Error::execution(context(), e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
+        let scheduler = cluster.url.replacen("df://", "http://", 1);
+        let results = watch::collect_watched(&scheduler, plan, task_context)
+            .await
+            .map_err(failed)?;
         write::outcomes(&results).map_err(|e| Error::Internal(format!("{}: {e}", context())))
     }
 }

@@ -289,6 +289,7 @@ impl Backfill {
             .iter()
             .map(|p| (!p.will_run && p.after.is_empty()).then(|| p.state.name()))
             .collect();
+        let unplanned = planned.iter().map(|p| p.unplanned.is_some()).collect();
         let after: Vec<Vec<UpstreamSlice>> = planned.into_iter().map(|p| p.after).collect();
         let run_id = shared.run_id.clone();
         let run = Arc::new(Run {
@@ -296,6 +297,7 @@ impl Backfill {
             options: options.clone(),
             known,
             not_run,
+            unplanned,
             places: shared.places.clone(),
             history: History::new(self.sink.store()),
             run_id: run_id.clone(),
@@ -510,6 +512,9 @@ struct Run {
     /// For each slice, in run order, the state for which the pre-flight chose not to run
     /// it, if it did.
     not_run: Vec<Option<&'static str>>,
+    /// For each slice, whether the pre-flight could not plan it (storage kept failing),
+    /// so that what it refuses is checked when the slice runs.
+    unplanned: Vec<bool>,
     /// The places to compute a slice in, `concurrency` of them. A checked slice gives
     /// its place up while it waits for its commit.
     places: Arc<Semaphore>,

@@ -44,6 +44,17 @@ impl Run {
             });
         }
         let slice = &planned.slice;
+        let budget = &self.options.budget;
+        if self.unplanned[index] && !planned.empty_sources.is_empty() && !budget.allow_empty {
+            // What the pre-flight refuses for every slice it planned.
+            return Err(Error::Data {
+                context: format!("slice {}", slice.key),
+                message: format!(
+                    "no source data ({}), and the pre-flight could not look before the run",
+                    planned.empty_sources.join(", ")
+                ),
+            });
+        }
         if let Some(problem) = planned.problem {
             return Err(Error::Data {
                 context: format!("slice {}", slice.key),
