@@ -333,16 +333,32 @@ impl Backfill {
     /// In a chained run, marks the slices of `plans` that read upstream slices the run
     /// runs first (`running`): they wait for them, and their state is decided once those
     /// are done (a done slice is changed by then). A source those slices fill is not
-    /// empty for them.
+    /// empty for them. A slice that could not be planned waits for all of them.
     pub(crate) fn wait_for_upstream(
         &self,
         plans: &mut [SlicePlan],
         running: &HashSet<UpstreamSlice>,
         reprocess: Reprocess,
     ) {
+        // A slice the pre-flight could not plan may read any slice of its upstreams.
+        let any_unplanned = plans.iter().any(|p| p.unplanned.is_some());
+        let every_upstream_slice: Vec<UpstreamSlice> = self
+            .upstreams
+            .iter()
+            .filter(|_| any_unplanned)
+            .flat_map(|u| {
+                u.slices.iter().map(|s| UpstreamSlice {
+                    pipeline: u.pipeline.clone(),
+                    slice: s.key.clone(),
+                })
+            })
+            .collect();
         for plan in plans {
-            plan.after = plan
-                .reads
+            let reads = match plan.unplanned {
+                Some(_) => &every_upstream_slice,
+                None => &plan.reads,
+            };
+            plan.after = reads
                 .iter()
                 .filter(|slice| running.contains(slice))
                 .cloned()

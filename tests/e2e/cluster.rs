@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// `daily_revenue`'s table as compared: sums of cents rounded to cents, as the order of a
+/// float sum's terms differs between a cluster's tasks and a local run.
+const REVENUE_ROWS: &str = "SELECT dt, region, orders, priced_orders, round(revenue, 2) AS revenue FROM t ORDER BY dt, region";
+
 /// A scheduler and two executors of `backfill cluster`, stopped when dropped.
 pub(crate) struct LocalCluster {
     processes: Vec<Child>,
@@ -16,6 +20,8 @@ pub(crate) struct LocalCluster {
     work_dirs: Vec<PathBuf>,
     /// What every process has besides this one's environment.
     env: Vec<(String, String)>,
+    /// Whether the scheduler plans with Ballista's adaptive planner.
+    adaptive: bool,
     /// Holds each process's log.
     dir: tempfile::TempDir,
 }
@@ -44,11 +50,12 @@ impl LocalCluster {
 
     /// A cluster whose processes have `env` besides this one's: how storage is reached.
     pub(crate) fn start_with(env: &[(&str, String)]) -> LocalCluster {
-        LocalCluster::start_sized(env, 1)
+        LocalCluster::start_sized(env, 1, false)
     }
 
-    /// A cluster whose executors run `tasks` tasks at once each.
-    fn start_sized(env: &[(&str, String)], tasks: usize) -> LocalCluster {
+    /// A cluster whose executors run `tasks` tasks at once each, and whose scheduler
+    /// plans `adaptive`ly or not.
+    fn start_sized(env: &[(&str, String)], tasks: usize, adaptive: bool) -> LocalCluster {
         let port = free_port();
         let mut cluster = LocalCluster {
             processes: vec![],
@@ -58,6 +65,7 @@ impl LocalCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            adaptive,
             dir: tempfile::tempdir().unwrap(),
         };
         let scheduler = cluster.spawn_scheduler("scheduler.log");
@@ -108,7 +116,7 @@ impl LocalCluster {
     /// A scheduler at the cluster's address, once it listens.
     fn spawn_scheduler(&self, log: &str) -> Child {
         let bind = self.scheduler.trim_start_matches("df://").to_string();
-        let args = [
+        let mut args = vec![
             "cluster",
             "scheduler",
             "--bind",
@@ -116,6 +124,9 @@ impl LocalCluster {
             "--executor-timeout",
             "6s",
         ];
+        if self.adaptive {
+            args.push("--adaptive");
+        }
         let scheduler = self.spawn(&args, log);
         wait_for_port(bind.rsplit(':').next().unwrap().parse().unwrap());
         scheduler
@@ -193,7 +204,7 @@ async fn overwrite_merge_and_rebuild_on_a_cluster_equal_local_runs() {
     let cluster = LocalCluster::start();
     let days = ["--start", "2024-01-01", "--end", "2024-01-06"];
     for (pipeline, sql) in [
-        ("daily_revenue", "SELECT * FROM t ORDER BY 1, 2"),
+        ("daily_revenue", REVENUE_ROWS),
         ("orders_merge", "SELECT * FROM t ORDER BY order_id"),
         ("orders_rebuild", "SELECT * FROM t ORDER BY 1, 2, 3"),
     ] {
@@ -505,20 +516,40 @@ fn ended_within(child: &mut Child, limit: Duration, what: &str) -> std::process:
     }
 }
 
-/// `daily_revenue` (a join and an aggregation: jobs of several stages) over two weeks on
-/// a fresh cluster whose executors run `tasks` tasks each; `victim` is killed with
-/// SIGKILL at `moment`. The run must end within a bound, and it (or the same command
-/// after it) must leave `expected`, each slice committed once. Returns how long the run
-/// took to end after the kill, and whether the same command was needed.
-async fn kill_during_a_run(
-    expected: &[String],
+/// One case of the kill sweep: who dies when, on executors of how many task slots, with
+/// the scheduler planning adaptively or not.
+#[derive(Debug, Clone, Copy)]
+struct KillCase {
     moment: Moment,
     victim: Victim,
     tasks: usize,
-) -> (Duration, bool) {
-    let what = format!("{victim:?} killed {moment:?} with {tasks} task(s) per executor");
-    let mut cluster = LocalCluster::start_sized(&[], tasks);
+    adaptive: bool,
+}
+
+/// Orders a day in the sweep's bucket: small slices, so that a run keeps many in flight
+/// (eight per core), some of their stages on the executor that dies.
+const SWEEP_ORDERS_PER_DAY: &str = "40000";
+
+/// `case`'s bucket replaced by two weeks of `SWEEP_ORDERS_PER_DAY` orders a day (the
+/// generator is deterministic: every case gets the same bucket).
+fn with_sweep_bucket(case: &Case) {
+    let bucket = case.scratch.path("buckets/shop");
+    std::fs::remove_dir_all(&bucket).unwrap();
+    let bucket = bucket.to_str().unwrap();
+    let orders = ["--days", "14", "--orders-per-day", SWEEP_ORDERS_PER_DAY];
+    backfill_ok(&[&["fixtures", bucket][..], &orders].concat(), 0);
+}
+
+/// `daily_revenue` (a join and an aggregation: jobs of several stages) over two weeks on
+/// a fresh cluster, with a process killed with SIGKILL as `kill` says. The run must end
+/// within a bound, and it (or the same command after it) must leave `expected`, each
+/// slice committed once. Returns how long the run took to end after the kill, and
+/// whether the same command was needed.
+async fn kill_during_a_run(expected: &[String], kill: KillCase) -> (Duration, bool) {
+    let what = format!("{kill:?}");
+    let mut cluster = LocalCluster::start_sized(&[], kill.tasks, kill.adaptive);
     let case = Case::new("daily_revenue");
+    with_sweep_bucket(&case);
     let args = [
         "--start",
         "2024-01-01",
@@ -526,8 +557,6 @@ async fn kill_during_a_run(
         "2024-01-14",
         "--cluster",
         &cluster.scheduler,
-        "--concurrency",
-        "2",
         "--max-slices-per-commit",
         "1",
     ];
@@ -543,7 +572,7 @@ async fn kill_during_a_run(
     let mut first = run();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let reached = match moment {
+        let reached = match kill.moment {
             Moment::BeforeTheFirstCommit => {
                 let working = cluster.jobs_per_executor().iter().any(|j| !j.is_empty());
                 working && commits_in(&case.table) == 0
@@ -561,7 +590,7 @@ async fn kill_during_a_run(
         std::thread::sleep(Duration::from_millis(2));
     }
     let killed = Instant::now();
-    match victim {
+    match kill.victim {
         Victim::Executor => cluster.processes[2].kill().unwrap(),
         Victim::Scheduler { back_at_once } => {
             cluster.processes[0].kill().unwrap();
@@ -575,7 +604,7 @@ async fn kill_during_a_run(
     let took = killed.elapsed();
     if let Victim::Scheduler {
         back_at_once: false,
-    } = victim
+    } = kill.victim
     {
         cluster.processes[0] = cluster.spawn_scheduler("scheduler-again.log");
     }
@@ -594,8 +623,7 @@ async fn kill_during_a_run(
             "{what}: the same command failed: {tail:#?}"
         );
     }
-    let all = "SELECT * FROM t ORDER BY dt, region";
-    assert_eq!(case.stored(all).await, expected, "{what}");
+    assert_eq!(case.stored(REVENUE_ROWS).await, expected, "{what}");
     let days: Vec<String> = (1..=14).map(|d| format!("2024-01-{d:02}")).collect();
     assert_eq!(
         case.committed_slices(),
@@ -607,41 +635,42 @@ async fn kill_during_a_run(
 
 /// Executors and the scheduler killed at observed moments of a run on a cluster: each
 /// run ends within a bound (none waits forever) and it, or the same command after it,
-/// leaves the table a clean run gives. `BACKFILL_KILL_SWEEP=N` repeats every case N
-/// times and prints what it saw (the larger sweep, run by hand).
+/// leaves the table a clean run gives. The adaptive case meets the stranded jobs the
+/// scheduler's guard cancels. `BACKFILL_KILL_SWEEP=N` repeats every case N times and
+/// prints what it saw (the larger sweep, run by hand).
 #[tokio::test]
 async fn a_cluster_losing_an_executor_or_its_scheduler_at_any_moment_never_hangs_a_run() {
     let clean = Case::new("daily_revenue");
+    with_sweep_bucket(&clean);
     clean.ok("run", &["--start", "2024-01-01", "--end", "2024-01-14"], 0);
-    let expected = clean.stored("SELECT * FROM t ORDER BY dt, region").await;
+    let expected = clean.stored(REVENUE_ROWS).await;
+    let kill = |moment, victim, tasks, adaptive| KillCase {
+        moment,
+        victim,
+        tasks,
+        adaptive,
+    };
     let executor = Victim::Executor;
+    let scheduler = |back_at_once| Victim::Scheduler { back_at_once };
     let cases = [
-        (Moment::BeforeTheFirstCommit, executor, 1),
-        (Moment::AfterCommits(1), executor, 2),
-        (Moment::AfterCommits(6), executor, 1),
-        (Moment::AfterCommits(12), executor, 2),
-        (
-            Moment::AfterCommits(3),
-            Victim::Scheduler { back_at_once: true },
-            1,
-        ),
-        (
-            Moment::AfterCommits(5),
-            Victim::Scheduler {
-                back_at_once: false,
-            },
-            1,
-        ),
+        kill(Moment::BeforeTheFirstCommit, executor, 1, false),
+        kill(Moment::AfterCommits(2), executor, 1, true),
+        kill(Moment::AfterCommits(6), executor, 2, false),
+        kill(Moment::AfterCommits(11), executor, 1, false),
+        kill(Moment::AfterCommits(3), scheduler(true), 1, false),
+        kill(Moment::AfterCommits(5), scheduler(false), 2, false),
     ];
     let repeats: usize = std::env::var("BACKFILL_KILL_SWEEP")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     for _ in 0..repeats {
-        for (moment, victim, tasks) in cases {
-            let (took, again) = kill_during_a_run(&expected, moment, victim, tasks).await;
+        for case in cases {
+            let (took, again) = kill_during_a_run(&expected, case).await;
             if repeats > 1 {
-                eprintln!("sweep: {victim:?} at {moment:?}, {tasks} task(s): ended {took:?} after the kill, same command needed: {again}");
+                eprintln!(
+                    "sweep: {case:?}: ended {took:?} after the kill, same command needed: {again}"
+                );
             }
         }
     }

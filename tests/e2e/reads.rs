@@ -99,6 +99,15 @@ async fn merge_reads_the_slice_sources_once_like_overwrite() {
     );
 }
 
+/// The table's rows, and what a clean run of the first three days leaves.
+async fn first_three_days(case: &Case) -> (Vec<String>, Vec<String>) {
+    let stored = case.stored("SELECT order_id, amount, dt FROM t ORDER BY order_id");
+    let expected = case.expected(
+        "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-03' ORDER BY order_id",
+    );
+    (stored.await, expected.await)
+}
+
 /// Retries whose waits pass at once, on a clock the test controls.
 fn quick_retries(retries: u32) -> RunOptions {
     RunOptions {
@@ -122,14 +131,7 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
         attempts > 3,
         "the injected failures were retried: {summary:#?}"
     );
-    let stored = case
-        .stored("SELECT order_id, amount, dt FROM t ORDER BY order_id")
-        .await;
-    let expected = case
-        .expected(
-            "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-03' ORDER BY order_id",
-        )
-        .await;
+    let (stored, expected) = first_three_days(&case).await;
     assert_eq!(
         stored, expected,
         "retried slices leave exactly the clean run's table"
@@ -432,14 +434,8 @@ async fn dropped_connections_during_a_run_are_asked_again_and_fail_no_slice() {
         "no slice needed a second attempt: {summary:#?}"
     );
     assert_eq!(store.dropped_reads.load(Ordering::SeqCst), 0);
-    assert_eq!(
-        case.stored("SELECT order_id, amount, dt FROM t ORDER BY order_id")
-            .await,
-        case.expected(
-            "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-03' ORDER BY order_id",
-        )
-        .await
-    );
+    let (stored, expected) = first_three_days(&case).await;
+    assert_eq!(stored, expected);
 }
 
 /// Storage failing every read of one slice's files, past the retries of each read: the
@@ -505,13 +501,7 @@ async fn a_slice_whose_files_storage_keeps_failing_fails_alone_and_the_others_co
     store.dropped_paths.lock().unwrap().clear();
     let summary = run(&backfill, &days, &quick_retries(0)).await;
     assert_eq!(summary.committed(), 1, "{summary:#?}");
-    assert_eq!(
-        case.stored("SELECT order_id, amount, dt FROM t ORDER BY order_id")
-            .await,
-        case.expected(
-            "SELECT order_id, amount, dt FROM orders WHERE dt <= '2024-01-03' ORDER BY order_id",
-        )
-        .await
-    );
+    let (stored, expected) = first_three_days(&case).await;
+    assert_eq!(stored, expected);
     assert_eq!(case.committed_slices(), days);
 }
