@@ -17,7 +17,6 @@ use std::time::Duration;
 
 mod codec;
 mod guard;
-mod watch;
 mod write;
 
 use ballista::extension::{SessionConfigExt, SessionContextExt};
@@ -348,17 +347,12 @@ impl Backfill {
             node: Arc::new(WriteSlice { input, spec }),
         });
         // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
-        let failed = |e: String| Error::execution(context(), format!("on {}: {e}", cluster.url));
-        let frame = DataFrame::new(state, write);
-        let task_context = Arc::new(frame.task_ctx());
-        let plan = frame
-            .create_physical_plan()
+        // Ballista's client fails a job whose scheduler stops answering (a broken
+        // connection, or its request timeout): the attempt is retried.
+        let results = DataFrame::new(state, write)
+            .collect()
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        let scheduler = cluster.url.replacen("df://", "http://", 1);
-        let results = watch::collect_watched(&scheduler, plan, task_context)
-            .await
-            .map_err(failed)?;
+            .map_err(|e| Error::execution(context(), format!("on {}: {e}", cluster.url)))?;
         write::outcomes(&results).map_err(|e| Error::Internal(format!("{}: {e}", context())))
     }
 }
