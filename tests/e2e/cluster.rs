@@ -636,8 +636,8 @@ async fn kill_during_a_run(expected: &[String], kill: KillCase) -> (Duration, bo
 /// Executors and the scheduler killed at observed moments of a run on a cluster: each
 /// run ends within a bound (none waits forever) and it, or the same command after it,
 /// leaves the table a clean run gives. The adaptive case meets the stranded jobs the
-/// scheduler's guard cancels. `BACKFILL_KILL_SWEEP=N` repeats every case N times and
-/// prints what it saw (the larger sweep, run by hand).
+/// scheduler's guard cancels. `BACKFILL_KILL_SWEEP=N` adds more moments, repeats every
+/// case N times and prints what it saw (the larger sweep, run by hand).
 #[tokio::test]
 async fn a_cluster_losing_an_executor_or_its_scheduler_at_any_moment_never_hangs_a_run() {
     let clean = Case::new("daily_revenue");
@@ -664,8 +664,21 @@ async fn a_cluster_losing_an_executor_or_its_scheduler_at_any_moment_never_hangs
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    // By hand, more moments too.
+    let more = [
+        kill(Moment::AfterCommits(1), executor, 1, false),
+        kill(Moment::AfterCommits(4), executor, 2, true),
+        kill(Moment::AfterCommits(9), executor, 2, false),
+        kill(Moment::AfterCommits(13), executor, 2, false),
+        kill(Moment::BeforeTheFirstCommit, scheduler(true), 1, false),
+        kill(Moment::AfterCommits(10), scheduler(false), 1, false),
+    ];
+    let cases = match repeats {
+        1 => cases.to_vec(),
+        _ => [cases, more].concat(),
+    };
     for _ in 0..repeats {
-        for case in cases {
+        for &case in &cases {
             let (took, again) = kill_during_a_run(&expected, case).await;
             if repeats > 1 {
                 eprintln!(

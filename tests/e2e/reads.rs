@@ -486,7 +486,7 @@ async fn a_slice_whose_files_storage_keeps_failing_fails_alone_and_the_others_co
     };
     let silent = Arc::new(backfill_engine::run::Silent);
     let refused = backfill.clone().run(&selection, &budgeted, silent).await;
-    let error = refused.err().expect("the budget cannot be checked");
+    let error = refused.expect_err("the budget cannot be checked");
     assert_eq!(
         error.fault(),
         backfill_engine::Fault::Environment,
