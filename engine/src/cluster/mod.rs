@@ -158,11 +158,15 @@ pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(failed)?;
+    let on_loss = Arc::new(guard::CancelOnLoss::new(cluster.cluster_state()));
+    let scheduler_of_state = on_loss.scheduler.clone();
+    let cluster = BallistaCluster::new(on_loss, cluster.job_state());
     let config = Arc::new(config);
     config.validate().map_err(failed)?;
     let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config)
         .await
         .map_err(failed)?;
+    let _ = scheduler_of_state.set(scheduler.clone());
     tokio::spawn(guard::watch_jobs(
         scheduler.clone(),
         options.executor_timeout,
