@@ -105,25 +105,23 @@ impl Cluster {
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
     pub bind: SocketAddr,
-    /// An executor not heard from for this long is lost: its tasks run elsewhere, and a
-    /// job with no executor left fails (so the slice's attempt fails, and is retried). A
-    /// job with no task running or waiting to run for this long is cancelled
-    /// (`guard.rs`).
+    /// An executor not heard from for this long is lost: every running job is cancelled,
+    /// and runs compute those slices again on the executors left. A job with no task
+    /// running or waiting to run for this long is cancelled too (`guard.rs`).
     pub executor_timeout: Duration,
     /// Whether jobs are planned by Ballista's adaptive planner rather than its static
-    /// one. Ballista 55's adaptive planner loses track of a stage it replanned when an
-    /// executor dies mid-job, and refuses the statuses of its tasks from then on
-    /// (ARCHITECTURE.md, Known limits): the job is stranded until the guard cancels it.
+    /// one (ARCHITECTURE.md, Known limits: Ballista 55's adaptive planner strands a job
+    /// that loses an executor, which the guards cancel first).
     pub adaptive: bool,
 }
 
 /// Serves a Ballista scheduler until the process ends.
 pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
-    let adaptive = options.adaptive;
     use ballista_scheduler::cluster::BallistaCluster;
     use ballista_scheduler::config::SchedulerConfig;
     use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service};
     use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+    let adaptive = options.adaptive;
     let config = SchedulerConfig {
         bind_host: options.bind.ip().to_string(),
         bind_port: options.bind.port(),
@@ -350,9 +348,9 @@ impl Backfill {
         let write = LogicalPlan::Extension(Extension {
             node: Arc::new(WriteSlice { input, spec }),
         });
-        // Failures on the cluster (a lost executor, an unreachable scheduler) may pass.
-        // Ballista's client fails a job whose scheduler stops answering (a broken
-        // connection, or its request timeout): the attempt is retried.
+        // Failures on the cluster may pass: a job cancelled when an executor was lost, a
+        // scheduler that died or stopped answering (Ballista's client sees the connection
+        // break, or times out). The attempt is retried.
         let results = DataFrame::new(state, write)
             .collect()
             .await
