@@ -635,9 +635,10 @@ async fn kill_during_a_run(expected: &[String], kill: KillCase) -> (Duration, bo
 
 /// Executors and the scheduler killed at observed moments of a run on a cluster: each
 /// run ends within a bound (none waits forever) and it, or the same command after it,
-/// leaves the table a clean run gives. The adaptive case meets the stranded jobs the
-/// scheduler's guard cancels. `BACKFILL_KILL_SWEEP=N` adds more moments, repeats every
-/// case N times and prints what it saw (the larger sweep, run by hand).
+/// leaves the table a clean run gives. Ballista's own recovery of such jobs hangs with
+/// its adaptive planner (the adaptive case) and can count rows twice with its static one;
+/// the scheduler cancels them first. `BACKFILL_KILL_SWEEP=N` adds more moments, repeats
+/// every case N times and prints what it saw (the larger sweep, run by hand).
 #[tokio::test]
 async fn a_cluster_losing_an_executor_or_its_scheduler_at_any_moment_never_hangs_a_run() {
     let clean = Case::new("daily_revenue");
