@@ -276,34 +276,20 @@ async fn an_executor_killed_mid_run_leaves_the_table_a_clean_run_gives() {
         std::thread::sleep(Duration::from_millis(5));
     }
     cluster.processes[1].kill().unwrap();
-    let commits = std::fs::read_dir(case.table.join("_delta_log"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "json")
-        })
-        .count();
+    let commits = commits_in(&case.table);
     assert!(
         commits < 14,
         "the executor died mid-run: {commits} commits when it did"
     );
     // A job the scheduler loses would leave the run waiting forever: fail instead.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let finished = loop {
-        if let Some(status) = run.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            run.kill().unwrap();
-            panic!("the run did not finish within 5 minutes of the executor's death");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    // The run finishes on the executor left (its lost tasks are done again there), or a
-    // slice fails; the same command then finishes the job.
+    let finished = ended_within(
+        &mut run,
+        Duration::from_secs(300),
+        "the run after the executor's death",
+    );
+    // The run finishes on the executor left (the jobs running when it was lost are
+    // cancelled and their slices computed again), or a slice fails; the same command
+    // then finishes the job.
     if !finished.success() {
         let rerun = [&on_cluster[..], &["--retries", "2"]].concat();
         case.ok("run", &rerun, 0);
