@@ -135,6 +135,7 @@ fn flag(setting: Setting) -> &'static str {
         Setting::MaxBytes => "--max-bytes",
         Setting::AllowEmpty => "--allow-empty",
         Setting::OlderThan => "--older-than",
+        Setting::NoRunInFlight => "--no-run-in-flight",
     }
 }
 

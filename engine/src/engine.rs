@@ -231,14 +231,17 @@ impl Backfill {
     }
 
     /// Deletes what this pipeline's attempts left in the table's folder without ever
-    /// committing it, if older than `older_than` as of `now`; see [`crate::sink::clean`].
+    /// committing it, if older than the options' window as of `now`, refusing a window
+    /// that could race a run in flight; see [`crate::sink::clean`].
     pub async fn clean(
         &self,
-        older_than: std::time::Duration,
+        options: &crate::sink::clean::CleanOptions,
         now: chrono::DateTime<chrono::Utc>,
-        dry_run: bool,
     ) -> Result<crate::sink::clean::Cleaned> {
-        self.sink.clean(older_than, now, dry_run).await
+        options.check()?;
+        self.sink
+            .clean(options.older_than, now, options.dry_run)
+            .await
     }
 
     /// The run history kept next to the destination table.

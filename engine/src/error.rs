@@ -75,10 +75,11 @@ pub enum Setting {
     MaxBytes,
     AllowEmpty,
     OlderThan,
+    NoRunInFlight,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 7] = [
+    pub const ALL: [Setting; 8] = [
         Setting::Start,
         Setting::End,
         Setting::Keys,
@@ -86,6 +87,7 @@ impl Setting {
         Setting::MaxBytes,
         Setting::AllowEmpty,
         Setting::OlderThan,
+        Setting::NoRunInFlight,
     ];
 
     /// The name of the field that holds it in the engine's API.
@@ -98,6 +100,7 @@ impl Setting {
             Setting::MaxBytes => "max_bytes",
             Setting::AllowEmpty => "allow_empty",
             Setting::OlderThan => "older_than",
+            Setting::NoRunInFlight => "no_run_in_flight",
         }
     }
 }

@@ -275,12 +275,10 @@ async fn an_executor_killed_mid_run_leaves_the_table_a_clean_run_gives() {
         assert!(Instant::now() < deadline, "no slice was committed");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // How far the run got by then depends on the machine's speed, so nothing is asserted
+    // on it: whatever the moment, the outcome must be exact. The kill sweep below places
+    // kills at chosen moments.
     cluster.processes[1].kill().unwrap();
-    let commits = commits_in(&case.table);
-    assert!(
-        commits < 14,
-        "the executor died mid-run: {commits} commits when it did"
-    );
     // A job the scheduler loses would leave the run waiting forever: fail instead.
     let finished = ended_within(
         &mut run,

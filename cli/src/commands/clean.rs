@@ -4,16 +4,12 @@
 use std::time::Duration;
 
 use backfill_engine::clock::{Clock, SystemClock};
-use backfill_engine::sink::clean::Cleaned;
+use backfill_engine::sink::clean::{CleanOptions, Cleaned};
 use clap::Args;
 
 use super::Outcome;
 use crate::args::PipelineArgs;
 use crate::printer::{self, human_bytes};
-
-/// The shortest `--older-than` allowed without --no-run-in-flight: longer than any
-/// attempt's time between writing a file and committing it.
-const SHORTEST_SAFE_WINDOW: Duration = Duration::from_secs(3600);
 
 #[derive(Args)]
 pub struct CleanArgs {
@@ -35,16 +31,13 @@ pub struct CleanArgs {
 }
 
 pub async fn execute(args: CleanArgs) -> anyhow::Result<Outcome> {
-    if args.older_than < SHORTEST_SAFE_WINDOW && !args.no_run_in_flight {
-        return Err(backfill_engine::Error::config(
-            "--older-than",
-            format!("{} could delete files that a run still in flight is about to commit, leaving the table pointing at missing files; use at least 1h, or stop every run of this pipeline and pass --no-run-in-flight", humantime::format_duration(args.older_than)),
-        )
-        .into());
-    }
+    let options = CleanOptions {
+        older_than: args.older_than,
+        no_run_in_flight: args.no_run_in_flight,
+        dry_run: args.dry_run,
+    };
     let backfill = args.pipeline.open(None).await?;
-    let now = SystemClock.now();
-    let cleaned = backfill.clean(args.older_than, now, args.dry_run).await?;
+    let cleaned = backfill.clean(&options, SystemClock.now()).await?;
     match args.json {
         true => printer::json(&cleaned)?,
         false => print(&cleaned),

@@ -2,6 +2,7 @@
 //! another (prod) without running any SQL: their files are copied and committed with the
 //! records they were committed with.
 
+use backfill_engine::clock::SystemClock;
 use backfill_engine::project::{Promoted, Promotion, PRODUCTION};
 use clap::Args;
 
@@ -32,7 +33,9 @@ pub async fn execute(args: PromoteArgs) -> anyhow::Result<Outcome> {
     }
     let from = args.project.load(&args.from)?;
     let to = args.project.load(&args.to)?;
-    let promotion = from.promote(&to, &args.selection.selection()).await?;
+    let promotion = from
+        .promote(&to, &args.selection.selection(), &SystemClock)
+        .await?;
     match args.json {
         true => printer::json(&promotion)?,
         false => print(&promotion),

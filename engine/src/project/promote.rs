@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::Project;
+use crate::clock::Clock;
 use crate::error::{Error, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
@@ -78,8 +79,14 @@ struct Ready {
 
 impl Project {
     /// Promotes the slices of `selection` of every pipeline of this project (the source
-    /// environment) into `target`, the same project in another environment.
-    pub async fn promote(&self, target: &Project, selection: &Selection) -> Result<Promotion> {
+    /// environment) into `target`, the same project in another environment. `clock`
+    /// stamps the promotion's run id and history.
+    pub async fn promote(
+        &self,
+        target: &Project,
+        selection: &Selection,
+        clock: &dyn Clock,
+    ) -> Result<Promotion> {
         let mut ready = Vec::new();
         let mut refusals = Vec::new();
         for pipeline in &self.pipelines {
@@ -101,10 +108,14 @@ impl Project {
                 format!("refused, nothing was copied: {}", refusals.join("; ")),
             ));
         }
-        let run_id = crate::run::new_run_id(chrono::Utc::now());
+        let run_id = crate::run::new_run_id(clock.now());
         let mut pipelines = Vec::new();
         for ready in ready {
-            pipelines.push(ready.promote(&run_id, &self.environment, selection).await?);
+            pipelines.push(
+                ready
+                    .promote(&run_id, &self.environment, selection, clock)
+                    .await?,
+            );
         }
         Ok(Promotion {
             from: self.environment.clone(),
@@ -213,6 +224,7 @@ impl Ready {
         run_id: &str,
         from_environment: &str,
         selection: &Selection,
+        clock: &dyn Clock,
     ) -> Result<PipelinePromotion> {
         // Recorded first: the history's folder also marks the target's folder as ours
         // before any file is copied into it, for a rerun after a kill to write there.
@@ -225,7 +237,7 @@ impl Ready {
             reprocess: vec![],
             concurrency: PROMOTIONS_IN_FLIGHT,
             retries: 0,
-            started_at: chrono::Utc::now(),
+            started_at: clock.now(),
             promoted_from: Some(from_environment.to_string()),
             cluster: None,
         };
@@ -259,7 +271,7 @@ impl Ready {
                     attempt: 1,
                     status: outcome.status(),
                     duration_ms: started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
-                    finished_at: chrono::Utc::now(),
+                    finished_at: clock.now(),
                 };
                 if let Err(error) = history.attempt(run_id, index, &attempt).await {
                     tracing::warn!(slice = %slice.key, "could not record the promotion in the run history: {error}");
@@ -279,7 +291,7 @@ impl Ready {
         let count =
             |wanted: fn(&Promoted) -> bool| slices.iter().filter(|s| wanted(&s.outcome)).count();
         let end = RunEnd {
-            ended_at: chrono::Utc::now(),
+            ended_at: clock.now(),
             committed: count(|o| matches!(o, Promoted::Committed { .. })),
             skipped: count(|o| !matches!(o, Promoted::Committed { .. })),
             failed: 0,

@@ -37,6 +37,36 @@ use super::{Sink, PIPELINE_TAG};
 use crate::error::{Error, Result, ResultExt, Setting};
 use crate::source::decoded_path;
 
+/// What a clean-up deletes.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanOptions {
+    /// Leftovers younger than this are kept: an attempt still running may be about to
+    /// commit a file it wrote.
+    pub older_than: Duration,
+    /// The caller asserts that no run of the pipeline is in flight anywhere, which allows
+    /// a window under [`SHORTEST_SAFE_WINDOW`].
+    pub no_run_in_flight: bool,
+    /// Only list what would be deleted.
+    pub dry_run: bool,
+}
+
+/// The shortest window allowed while a run may be in flight: longer than any attempt's
+/// time between writing a file and committing it.
+pub const SHORTEST_SAFE_WINDOW: Duration = Duration::from_secs(3600);
+
+impl CleanOptions {
+    /// Refuses a window short enough to race a run still in flight.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.older_than < SHORTEST_SAFE_WINDOW && !self.no_run_in_flight {
+            return Err(Error::setting(
+                &[Setting::OlderThan],
+                format!("{} could delete files that a run still in flight is about to commit, leaving the table pointing at missing files; use at least 1h, or stop every run of this pipeline and pass {{no_run_in_flight}}", humantime::format_duration(self.older_than)),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a clean-up deleted, or would delete on a dry run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cleaned {
@@ -290,6 +320,23 @@ fn added_paths(entry: &[u8]) -> Vec<StorePath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_under_an_hour_is_refused_unless_no_run_is_in_flight() {
+        let options = |minutes: u64, no_run_in_flight| CleanOptions {
+            older_than: Duration::from_secs(minutes * 60),
+            no_run_in_flight,
+            dry_run: false,
+        };
+        let refused = options(10, false).check().unwrap_err();
+        assert_eq!(refused.fault(), crate::error::Fault::User);
+        assert!(
+            refused.to_string().contains("pass no_run_in_flight"),
+            "{refused}"
+        );
+        assert!(options(10, true).check().is_ok());
+        assert!(options(60, false).check().is_ok());
+    }
 
     #[test]
     fn only_commit_entries_and_upload_temporaries_are_recognised() {

@@ -281,9 +281,16 @@ async fn spawn_publishers(
     tasks
 }
 
-/// Waits until `n` slices wait in the sink's line.
+/// Waits until `n` slices wait in the sink's line; panics if they do not within a minute,
+/// rather than hang the test run.
 async fn until_waiting(sink: &Sink, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while sink.line.lock().unwrap().len() < n {
+        let waiting = sink.line.lock().unwrap().len();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} slices wait in line after a minute, not {n}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
