@@ -18,10 +18,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{Ledger, StagedSlice, Summaries};
-use crate::pipeline::Strategy;
 use crate::pipeline::{Assertion, Pipeline};
 use crate::retry::RequestRetry;
 use crate::sink::rebuild::Replaced;
+use crate::sink::strategy::Publishing;
 use crate::sink::Sink;
 use crate::slice::{self, Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
@@ -267,12 +267,12 @@ impl Backfill {
             .history()
             .slices(&self.pipeline.name, summaries)
             .await?;
-        let (staged, table_fits) = match self.pipeline.destination.strategy {
-            Strategy::Rebuild => (
+        let (staged, table_fits) = match self.sink.strategy().publishing() {
+            Publishing::Swap => (
                 self.sink.staged_slices().await?,
                 self.sink.fits_table().await,
             ),
-            _ => (HashMap::new(), true),
+            Publishing::Commits(_) => (HashMap::new(), true),
         };
         let table_files = self.sink.table_files(&self.pipeline.slices.columns).await?;
         Ok(Known {
@@ -387,8 +387,9 @@ impl Backfill {
     /// For a rebuild, what swapping in the output of `planned` would replace in the table
     /// as it is now: every file but those of the done slices the run keeps.
     pub(crate) async fn swap_preview(&self, planned: &[SlicePlan]) -> Result<Option<Replaced>> {
-        if self.pipeline.destination.strategy != Strategy::Rebuild {
-            return Ok(None);
+        match self.sink.strategy().publishing() {
+            Publishing::Swap => {}
+            Publishing::Commits(_) => return Ok(None),
         }
         let kept = planned
             .iter()
@@ -769,7 +770,7 @@ fn check_columns(pipeline: &Pipeline, schema: &Schema) -> Result<()> {
             .index_of(column)
             .map_err(|_| missing(column, "destination.partition_by"))?;
     }
-    if let crate::pipeline::Strategy::Merge { keys } = &pipeline.destination.strategy {
+    if let Some(keys) = crate::sink::strategy::of(&pipeline.destination.strategy).row_keys() {
         for column in keys {
             schema
                 .index_of(column)

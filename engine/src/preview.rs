@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::engine::Backfill;
 use crate::error::{Error, Result, ResultExt};
-use crate::pipeline::Strategy;
+use crate::sink::strategy::Publishing;
 use crate::slice::Selection;
 use crate::states::{Reprocess, SliceState};
 
@@ -56,11 +56,14 @@ impl Backfill {
         self: &Arc<Self>,
         selection: &Selection,
     ) -> Result<RebuildPreview> {
-        if self.pipeline.destination.strategy != Strategy::Rebuild {
-            return Err(Error::config(
-                self.pipeline.file.display().to_string(),
-                "a rebuild preview is for pipelines with destination.strategy = \"rebuild\"",
-            ));
+        match self.sink.strategy().publishing() {
+            Publishing::Swap => {}
+            Publishing::Commits(_) => {
+                return Err(Error::config(
+                    self.pipeline.file.display().to_string(),
+                    "a rebuild preview is for pipelines with destination.strategy = \"rebuild\"",
+                ))
+            }
         }
         let planned = self.slice_plans(selection, Reprocess::default(), 1).await?;
         let mut slices = Vec::with_capacity(planned.len());

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::Project;
 use crate::error::{Error, Result, ResultExt};
-use crate::pipeline::{Destination, Pipeline, Strategy};
+use crate::pipeline::{Destination, Pipeline};
 use crate::slice::{Selection, Slice};
 
 /// The differences between one environment's tables and another's.
@@ -137,10 +137,8 @@ async fn diff_pipeline(
     }
     ctx.register_table("here", here).context(context)?;
     ctx.register_table("there", there).context(context)?;
-    let keys = match &pipeline.destination.strategy {
-        Strategy::Merge { keys } => Some(keys.clone()),
-        _ => None,
-    };
+    let strategy = crate::sink::strategy::of(&pipeline.destination.strategy);
+    let keys = strategy.row_keys().map(<[String]>::to_vec);
     let queries = Queries {
         columns: slice_columns,
         slices,

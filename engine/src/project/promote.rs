@@ -17,9 +17,9 @@ use crate::clock::Clock;
 use crate::error::{Error, Result, ResultExt};
 use crate::history::{Attempt, History, RunEnd, RunHeader};
 use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
-use crate::pipeline::{Pipeline, Strategy};
+use crate::pipeline::Pipeline;
 use crate::retry::RequestRetry;
-use crate::sink::{Committer, Sink};
+use crate::sink::{strategy, Committer, Sink};
 use crate::slice::{Selection, Slice};
 use crate::states::SliceStatus;
 
@@ -134,10 +134,7 @@ impl Project {
         selection: &Selection,
     ) -> Result<std::result::Result<Ready, Vec<String>>> {
         let name = &pipeline.name;
-        if matches!(
-            pipeline.destination.strategy,
-            Strategy::Merge { .. } | Strategy::Rebuild
-        ) {
+        if !strategy::of(&pipeline.destination.strategy).slices_own_their_files() {
             return Err(Error::config(
                 pipeline.file.display().to_string(),
                 format!(

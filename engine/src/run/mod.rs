@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::estimate::Budget;
 use crate::history::{History, RunEnd, RunHeader};
 use crate::ledger::{Ledger, StagedSlice, Summaries};
-use crate::pipeline::Strategy;
+use crate::sink::strategy::Publishing;
 use crate::slice::{Selection, Slice};
 use crate::states::{RebuildOutcome, Reprocess, SliceStatus};
 use crate::upstream::UpstreamSlice;
@@ -401,15 +401,15 @@ impl Backfill {
         if outcomes.iter().any(|o| o.status == SliceStatus::Abandoned) {
             self.settle_abandoned(&mut outcomes, &run.run_id).await?;
         }
-        let rebuild = match self.pipeline.destination.strategy {
-            Strategy::Rebuild => {
+        let rebuild = match self.sink.strategy().publishing() {
+            Publishing::Swap => {
                 let staged = std::mem::take(&mut *run.staged.lock().expect("not poisoned"));
                 Some(
                     run.finish_rebuild(&mut outcomes, &not_started, staged)
                         .await,
                 )
             }
-            _ => None,
+            Publishing::Commits(_) => None,
         };
         if let Some(gates) = &shared.gates {
             // What downstream slices still wait for: a rebuild's slices, visible from its

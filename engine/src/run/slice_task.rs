@@ -10,7 +10,7 @@ use super::{millis, Run};
 use crate::assertions;
 use crate::error::{Error, Result};
 use crate::ledger::{SliceRecord, StagedSlice};
-use crate::pipeline::Strategy;
+use crate::sink::strategy::Publishing;
 use crate::sink::Committer;
 use crate::slice::Slice;
 use crate::states::{SliceState, SliceStatus};
@@ -125,23 +125,26 @@ impl Run {
             promoted_from: None,
         };
         let checked_at = started.elapsed();
-        if backfill.pipeline.destination.strategy == Strategy::Rebuild {
-            let staged_slice = StagedSlice {
-                staging_key: backfill.staging_key(slice, &planned.source_fingerprint),
-                record,
-                adds: staged.adds.clone(),
-                staged_at: self.options.clock.now(),
-            };
-            if let Err(error) = backfill.sink.remember(&staged_slice).await {
-                backfill.sink.discard(&staged).await;
-                return Err(error);
+        match backfill.sink.strategy().publishing() {
+            Publishing::Swap => {
+                let staged_slice = StagedSlice {
+                    staging_key: backfill.staging_key(slice, &planned.source_fingerprint),
+                    record,
+                    adds: staged.adds.clone(),
+                    staged_at: self.options.clock.now(),
+                };
+                if let Err(error) = backfill.sink.remember(&staged_slice).await {
+                    backfill.sink.discard(&staged).await;
+                    return Err(error);
+                }
+                self.remember_staged(staged_slice);
+                return Ok(SliceStatus::Staged {
+                    rows: staged.rows,
+                    bytes: staged.bytes,
+                    reused: false,
+                });
             }
-            self.remember_staged(staged_slice);
-            return Ok(SliceStatus::Staged {
-                rows: staged.rows,
-                bytes: staged.bytes,
-                reused: false,
-            });
+            Publishing::Commits(_) => {}
         }
         // Computing is done: the place goes to another slice while this one waits for its
         // commit.

@@ -9,15 +9,43 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
-use super::{files_of_each, replacing, written_by, Sink, SliceCommit, Writes};
+use super::strategy::{files_of_each, replacing, Commits, Publishing, WriteStrategy};
+use super::{written_by, Sink, SliceCommit};
 
 pub(super) struct Append;
 
-#[async_trait::async_trait]
-impl Writes for Append {
+impl WriteStrategy for Append {
+    fn publishing(&self) -> Publishing<'_> {
+        Publishing::Commits(self)
+    }
+
+    fn stages_apart(&self) -> bool {
+        false
+    }
+
     /// Appended rows may land in any partition: nothing is replaced there.
     fn keeps_to_its_partitions(&self) -> bool {
         false
+    }
+
+    fn may_change_columns(&self) -> bool {
+        false
+    }
+
+    /// A slice's files carry its tags, and a rerun replaces exactly them.
+    fn slices_own_their_files(&self) -> bool {
+        true
+    }
+
+    fn row_keys(&self) -> Option<&[String]> {
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl Commits for Append {
+    fn most_per_commit(&self) -> usize {
+        usize::MAX
     }
 
     async fn commit(

@@ -135,7 +135,7 @@ impl Sink {
                 view = self.view.lock() => view,
             };
             let most = self
-                .writes
+                .commits()?
                 .most_per_commit()
                 .min(most_per_commit.unwrap_or(usize::MAX));
             let group = self.line.lock().expect("not poisoned").next_group(most);

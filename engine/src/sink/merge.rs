@@ -10,7 +10,8 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::DeltaTable;
 
-use super::{partition_predicate, Sink, SliceCommit, Staged, Writes};
+use super::strategy::{partition_predicate, Commits, Publishing, WriteStrategy};
+use super::{Sink, SliceCommit, Staged};
 use crate::slice::Slice;
 
 pub(super) struct Merge {
@@ -18,12 +19,36 @@ pub(super) struct Merge {
     pub keys: Vec<String>,
 }
 
-#[async_trait::async_trait]
-impl Writes for Merge {
+impl WriteStrategy for Merge {
+    fn publishing(&self) -> Publishing<'_> {
+        Publishing::Commits(self)
+    }
+
     fn stages_apart(&self) -> bool {
         true
     }
 
+    fn keeps_to_its_partitions(&self) -> bool {
+        true
+    }
+
+    fn may_change_columns(&self) -> bool {
+        false
+    }
+
+    /// MERGE rewrites the files it touches, and they carry no slice of their own.
+    fn slices_own_their_files(&self) -> bool {
+        false
+    }
+
+    fn row_keys(&self) -> Option<&[String]> {
+        Some(&self.keys)
+    }
+}
+
+#[async_trait::async_trait]
+impl Commits for Merge {
+    /// One MERGE per slice.
     fn most_per_commit(&self) -> usize {
         1
     }

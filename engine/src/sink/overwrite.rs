@@ -10,13 +10,46 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
-use super::{files_in_partitions, partition_predicate, replacing, Sink, SliceCommit, Writes};
+use super::strategy::{
+    files_in_partitions, partition_predicate, replacing, Commits, Publishing, WriteStrategy,
+};
+use super::{Sink, SliceCommit};
 use crate::slice::Slice;
 
 pub(super) struct Overwrite;
 
+impl WriteStrategy for Overwrite {
+    fn publishing(&self) -> Publishing<'_> {
+        Publishing::Commits(self)
+    }
+
+    fn stages_apart(&self) -> bool {
+        false
+    }
+
+    fn keeps_to_its_partitions(&self) -> bool {
+        true
+    }
+
+    fn may_change_columns(&self) -> bool {
+        false
+    }
+
+    fn slices_own_their_files(&self) -> bool {
+        true
+    }
+
+    fn row_keys(&self) -> Option<&[String]> {
+        None
+    }
+}
+
 #[async_trait::async_trait]
-impl Writes for Overwrite {
+impl Commits for Overwrite {
+    fn most_per_commit(&self) -> usize {
+        usize::MAX
+    }
+
     async fn commit(
         &self,
         sink: &Sink,

@@ -23,11 +23,12 @@ impl Sink {
     pub(crate) async fn files_of_slices(&self, keys: &[String]) -> Result<Vec<Vec<Add>>> {
         let table = self.table().await;
         let wanted = keys.iter().map(|key| Some(key.clone())).collect();
-        let found = super::files_of_each(table.as_ref(), wanted, |file| match written_by(file) {
-            (Some(pipeline), slice) if pipeline == self.pipeline => slice,
-            _ => None,
-        })
-        .context(|| format!("reading the files of {}", self.url))?;
+        let found =
+            super::strategy::files_of_each(table.as_ref(), wanted, |file| match written_by(file) {
+                (Some(pipeline), slice) if pipeline == self.pipeline => slice,
+                _ => None,
+            })
+            .context(|| format!("reading the files of {}", self.url))?;
         // The view exposes a file's whole action only through the (deprecated) conversion.
         #[allow(deprecated)]
         let adds = found

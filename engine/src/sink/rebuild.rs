@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{Action, Add, LogicalFileView, Metadata, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::{StreamExt, TryStreamExt};
@@ -24,9 +23,10 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
-use super::{
-    check_compatible, transaction_of, written_by, Commit, Sink, SliceCommit, Unsettled, Writes,
-};
+use super::commit::{transaction_of, Commit, Unsettled};
+use super::strategy::{Publishing, WriteStrategy};
+use super::table::check_compatible;
+use super::{written_by, Sink};
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{
     CommitRecord, OtherWriters, RebuildRecord, SliceRecord, StagedSlice, SwapRecord,
@@ -58,21 +58,32 @@ pub struct Replaced {
 /// only all at once, through [`Sink::swap`].
 pub(super) struct Rebuild;
 
-#[async_trait::async_trait]
-impl Writes for Rebuild {
-    fn most_per_commit(&self) -> usize {
-        0
+impl WriteStrategy for Rebuild {
+    fn publishing(&self) -> Publishing<'_> {
+        Publishing::Swap
     }
 
-    async fn commit(
-        &self,
-        _sink: &Sink,
-        _table: &mut Option<deltalake::DeltaTable>,
-        _pending: &[&SliceCommit<'_>],
-        _properties: CommitProperties,
-    ) -> deltalake::DeltaResult<u64> {
-        let refused = "a rebuild's slices are published together by Sink::swap".to_string();
-        Err(deltalake::DeltaTableError::Generic(refused))
+    fn stages_apart(&self) -> bool {
+        false
+    }
+
+    fn keeps_to_its_partitions(&self) -> bool {
+        true
+    }
+
+    /// The swap replaces the schema with the table.
+    fn may_change_columns(&self) -> bool {
+        true
+    }
+
+    /// The swap publishes every slice in one commit, and the record of one slice names
+    /// no files of its own.
+    fn slices_own_their_files(&self) -> bool {
+        false
+    }
+
+    fn row_keys(&self) -> Option<&[String]> {
+        None
     }
 }
 
