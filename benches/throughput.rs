@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::pipeline::Pipeline;
-use backfill_engine::run::{Reporter, SliceOutcome};
+use backfill_engine::run::{Observer, RunEvent};
 use backfill_engine::states::SliceStatus;
 use backfill_engine::{pipeline, Backfill, OpenOptions, PlanOptions, RunOptions, Selection};
 use chrono::NaiveDate;
@@ -228,8 +228,11 @@ impl Finishes {
     }
 }
 
-impl Reporter for Finishes {
-    fn slice_finished(&self, _pipeline: &str, outcome: &SliceOutcome) {
+impl Observer for Finishes {
+    fn on(&self, event: &RunEvent) {
+        let RunEvent::SliceFinished { outcome, .. } = event else {
+            return;
+        };
         self.at.lock().unwrap().push(self.started.elapsed());
         if let SliceStatus::Committed { version, .. } = outcome.status {
             self.versions.lock().unwrap().insert(version);

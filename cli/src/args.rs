@@ -191,6 +191,22 @@ impl PipelineArgs {
         Ok(Target::Project(loaded.select(&chosen, project.downstream)?))
     }
 
+    /// The pipeline, or the project's pipelines narrowed by `project`, as files and their
+    /// environment place them; nothing is opened.
+    pub fn pipelines(&self, project: &ProjectArgs) -> anyhow::Result<Vec<pipeline::Pipeline>> {
+        let is_project = project::is_project_file(&self.pipeline);
+        if is_project && self.member.is_none() {
+            let loaded = Project::load(&self.pipeline, self.env.as_deref())?;
+            return Ok(loaded
+                .select(&project.pipelines, project.downstream)?
+                .pipelines);
+        }
+        if !is_project {
+            self.only_for_a_project(!project.pipelines.is_empty(), "--pipelines")?;
+        }
+        Ok(vec![self.load()?])
+    }
+
     /// Refuses the project-only flags with a pipeline file.
     fn only_for_a_project(&self, pipelines: bool, flag: &str) -> backfill_engine::Result<()> {
         let given = [

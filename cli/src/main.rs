@@ -49,6 +49,10 @@ enum Command {
     /// Show what the destination's Delta log records: committed slices with run id, rows,
     /// duration and time.
     Status(commands::status::StatusArgs),
+    /// Ask a run started anywhere to stop, as a first Ctrl-C does: no new slice starts,
+    /// slices in flight finish their commit, and the run ends with its summary within
+    /// seconds. Running its command again finishes the job.
+    Cancel(commands::cancel::CancelArgs),
     /// List the runs of this pipeline recorded next to its destination table.
     History(commands::history::HistoryArgs),
     /// Show one run: what it was asked to do and every slice attempt it made.
@@ -145,6 +149,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         Command::Plan(args) => commands::plan::execute(args).await,
         Command::Run(args) => commands::run::execute(args).await,
         Command::Status(args) => commands::status::execute(args).await,
+        Command::Cancel(args) => commands::cancel::execute(args).await,
         Command::History(args) => commands::history::execute(args).await,
         Command::Show(args) => commands::show::execute(args).await,
         Command::Report(args) => commands::report::execute(args).await,

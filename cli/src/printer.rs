@@ -1,6 +1,7 @@
 //! How everything is printed: JSON for machines, aligned tables and one way of writing
 //! sizes, durations and times for people. Commands decide what to print; this decides how.
 
+use backfill_engine::SliceStatus;
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
@@ -51,4 +52,68 @@ pub fn timestamp(at: &DateTime<Utc>) -> String {
 /// An optional value as a cell: blank when absent.
 pub fn or_blank<T: ToString>(value: Option<T>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// How a slice's status reads for people, wherever it is shown (the run's lines, `show`,
+/// the report): its kind, as a word and a CSS class, and what it adds.
+pub struct StatusWords {
+    /// The report's style for it.
+    pub class: &'static str,
+    /// `committed`, `FAILED`: a failure shouts.
+    pub label: &'static str,
+    pub detail: String,
+}
+
+pub fn status_words(status: &SliceStatus) -> StatusWords {
+    let (class, label, detail) = match status {
+        SliceStatus::Committed {
+            version,
+            rows,
+            bytes,
+        } => (
+            "committed",
+            "committed",
+            format!("{rows} rows, {}, version {version}", human_bytes(*bytes)),
+        ),
+        SliceStatus::CommittedMeanwhile { by_run, version } => (
+            "meanwhile",
+            "committed",
+            format!("meanwhile by run {by_run}, version {version}"),
+        ),
+        SliceStatus::Staged {
+            rows,
+            bytes,
+            reused,
+        } => (
+            "staged",
+            "staged",
+            format!(
+                "{rows} rows, {}, {}",
+                human_bytes(*bytes),
+                match reused {
+                    true => "reused from an earlier run",
+                    false => "awaiting the swap",
+                }
+            ),
+        ),
+        SliceStatus::Skipped { state } => ("skipped", "skipped", format!("({state})")),
+        SliceStatus::Failed { error, .. } => ("failed", "FAILED", error.clone()),
+        SliceStatus::Abandoned => (
+            "abandoned",
+            "abandoned",
+            "stopped; nothing committed".to_string(),
+        ),
+        SliceStatus::Blocked { by } => ("blocked", "BLOCKED", format!("by {}", by.join(", "))),
+    };
+    StatusWords {
+        class,
+        label,
+        detail,
+    }
+}
+
+impl std::fmt::Display for StatusWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.label, self.detail)
+    }
 }

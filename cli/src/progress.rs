@@ -1,14 +1,16 @@
-//! Live progress of a run: a bar on a terminal (hidden otherwise) and one line per
-//! finished slice, fed by the engine's [`Reporter`] calls.
+//! Live progress of a run, drawn from the engine's [`RunEvent`]s: a bar on a terminal
+//! (hidden otherwise) and one line per finished slice or retry; or every event as a JSON
+//! line.
 
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backfill_engine::run::{Reporter, SliceOutcome};
+use backfill_engine::run::{Observer, RunEvent, SliceOutcome};
 use backfill_engine::SliceStatus;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::printer::{human_bytes, human_duration};
+use crate::printer::{human_bytes, human_duration, status_words, timestamp};
 
 /// Live progress: a bar on a terminal (hidden otherwise) and one line per finished slice.
 pub struct Progress {
@@ -81,22 +83,46 @@ impl Progress {
     }
 }
 
-impl Reporter for Progress {
-    fn run_started(&self, run_id: &str, slices: usize) {
-        self.bar.set_length(slices as u64);
-        if !self.json {
-            self.bar
-                .suspend(|| println!("run {run_id}: {slices} slices"));
+impl Observer for Progress {
+    fn on(&self, event: &RunEvent) {
+        match event {
+            RunEvent::Started { run_id, slices, .. } => self.started(run_id, *slices),
+            RunEvent::SliceStarted { pipeline, slice } => {
+                let mut totals = self.totals.lock().expect("not poisoned");
+                totals.in_flight.push(self.name(pipeline, slice));
+                self.bar.set_message(totals.message());
+            }
+            RunEvent::Retrying {
+                pipeline,
+                slice,
+                attempt,
+                error,
+                wait_ms,
+            } => self.line(format!(
+                "{:<width$} retrying  in {} after attempt {attempt}: {error}",
+                self.name(pipeline, slice),
+                human_duration(*wait_ms),
+                width = self.width()
+            )),
+            RunEvent::SliceFinished { pipeline, outcome } => self.finished(pipeline, outcome),
+            RunEvent::StopRequested { by, requested_at } => self.bar.suspend(|| {
+                eprintln!(
+                    "stopping: {by} asked at {} (backfill cancel); no new slices start, slices in flight finish",
+                    timestamp(requested_at)
+                )
+            }),
+            _ => {}
         }
     }
+}
 
-    fn slice_started(&self, pipeline: &str, slice: &str) {
-        let mut totals = self.totals.lock().expect("not poisoned");
-        totals.in_flight.push(self.name(pipeline, slice));
-        self.bar.set_message(totals.message());
+impl Progress {
+    fn started(&self, run_id: &str, slices: usize) {
+        self.bar.set_length(slices as u64);
+        self.line(format!("run {run_id}: {slices} slices"));
     }
 
-    fn slice_finished(&self, pipeline: &str, outcome: &SliceOutcome) {
+    fn finished(&self, pipeline: &str, outcome: &SliceOutcome) {
         let name = self.name(pipeline, &outcome.slice);
         {
             let mut totals = self.totals.lock().expect("not poisoned");
@@ -115,69 +141,57 @@ impl Reporter for Progress {
             self.bar.set_message(totals.message());
         }
         self.bar.inc(1);
-        if self.json {
-            return;
-        }
-        let width = if self.pipelines { 30 } else { 16 };
-        let took = human_duration(outcome.duration_ms);
-        let line = match &outcome.status {
-            SliceStatus::Committed {
-                version,
-                rows,
-                bytes,
-            } => {
-                format!(
-                    "{:<width$} committed {rows:>9} rows {:>10} {took:>8}  version {version}",
-                    name,
-                    human_bytes(*bytes)
-                )
-            }
-            SliceStatus::Staged {
-                rows,
-                bytes,
-                reused,
-            } => {
-                let note = if *reused {
-                    "reused from an earlier run"
-                } else {
-                    "awaiting the swap"
-                };
-                format!(
-                    "{:<width$} staged    {rows:>9} rows {:>10} {took:>8}  {note}",
-                    name,
-                    human_bytes(*bytes)
-                )
-            }
-            SliceStatus::Skipped { state } => format!("{:<width$} skipped   ({state})", name),
-            SliceStatus::CommittedMeanwhile { by_run, version } => format!(
-                "{:<width$} skipped   (committed meanwhile by run {by_run}, version {version})",
-                name
-            ),
-            SliceStatus::Abandoned => format!(
-                "{:<width$} abandoned {took:>8}  (stopped; nothing committed)",
-                name
-            ),
-            SliceStatus::Failed { error, .. } => {
-                format!("{:<width$} FAILED    {took:>8}  {error}", name)
-            }
-            SliceStatus::Blocked { by } => {
-                format!("{:<width$} BLOCKED   by {}", name, by.join(", "))
-            }
+        let words = status_words(&outcome.status);
+        let took = match outcome.duration_ms {
+            0 => String::new(),
+            ms => format!("  {}", human_duration(ms)),
         };
-        let line = match outcome.attempts {
-            0 | 1 => line,
-            attempts => format!("{line}  ({attempts} attempts)"),
+        let attempts = match outcome.attempts {
+            0 | 1 => String::new(),
+            attempts => format!("  ({attempts} attempts)"),
         };
-        self.bar.suspend(|| println!("{line}"));
+        self.line(format!(
+            "{name:<width$} {:<9} {}{took}{attempts}",
+            words.label,
+            words.detail,
+            width = self.width()
+        ));
     }
-}
 
-impl Progress {
+    /// Prints a line above the bar, unless the output is JSON.
+    fn line(&self, line: String) {
+        if !self.json {
+            self.bar.suspend(|| println!("{line}"));
+        }
+    }
+
+    /// The width of the column naming slices.
+    fn width(&self) -> usize {
+        if self.pipelines {
+            30
+        } else {
+            16
+        }
+    }
+
     /// How lines name a slice: with its pipeline when several run.
     fn name(&self, pipeline: &str, slice: &str) -> String {
         match self.pipelines {
             true => format!("{pipeline} {slice}"),
             false => slice.to_string(),
         }
+    }
+}
+
+/// Every event of a run as a JSON line on standard output (`run --events`), for a program
+/// watching the run.
+pub struct JsonLines;
+
+impl Observer for JsonLines {
+    fn on(&self, event: &RunEvent) {
+        let line = serde_json::to_string(event).expect("an event serializes");
+        let mut out = std::io::stdout().lock();
+        // A reader that went away cannot be told anything more.
+        let _ = writeln!(out, "{line}");
     }
 }

@@ -1,7 +1,9 @@
 //! Time as the engine reads it: the wall clock stamped on records (run ids, attempts,
-//! staged slices) and the waits between retries. Injected through `RunOptions::clock`, so
-//! a test can run a whole backoff schedule at once and read exact timestamps. Durations
-//! are measured with the monotonic clock instead: they describe real work.
+//! staged slices, promotions, heartbeats) and the waits between a slice's retries.
+//! Injected through `RunOptions::clock`, so a test can run a whole backoff schedule at
+//! once and read exact timestamps. Durations are measured with the monotonic clock
+//! instead, and so are the waits that pace requests to storage or to other processes (a
+//! read asked again, a run's watch for stop requests): they describe real time.
 
 use std::time::Duration;
 

@@ -157,7 +157,7 @@ impl Backfill {
         options: &PlanOptions,
     ) -> Result<Estimate> {
         let to_run: Vec<&SlicePlan> = computed(planned).collect();
-        let basis = match history_basis(ledger) {
+        let basis = match history_basis([ledger]) {
             Some(basis) => Some(basis),
             None => match to_run.iter().find(|p| p.source_bytes() > 0) {
                 Some(sample) => Some(sample_basis(self, sample, options).await?),
@@ -168,9 +168,13 @@ impl Backfill {
     }
 }
 
-/// Bytes per second over the committed slices of `ledger`, if any read something.
-fn history_basis(ledger: &Ledger) -> Option<Basis> {
-    let records: Vec<_> = ledger.committed().into_iter().map(|c| &c.record).collect();
+/// Bytes per second over the committed slices of `ledgers`, if any read something.
+pub(crate) fn history_basis<'a>(ledgers: impl IntoIterator<Item = &'a Ledger>) -> Option<Basis> {
+    let records: Vec<_> = ledgers
+        .into_iter()
+        .flat_map(|ledger| ledger.committed())
+        .map(|c| &c.record)
+        .collect();
     let bytes: u64 = records.iter().map(|r| r.source_bytes).sum();
     let millis: u64 = records.iter().map(|r| r.duration_ms).sum();
     (bytes > 0 && millis > 0).then(|| Basis::History {

@@ -1,10 +1,13 @@
 //! Run history: what every run did, kept next to the data.
 //!
-//! Each run writes small immutable JSON objects under the destination's `_backfill/runs/`
-//! (a folder Delta readers ignore and vacuum never touches): `<run>/run.json` when it
-//! starts, `<run>/attempts/<slice>-<attempt>.json` as each slice attempt ends, and
-//! `<run>/end.json` when it ends. Anyone who can read the table can read its history; a
-//! crash loses at most the attempts in flight. This module writes nothing but these
+//! Each run writes small JSON objects under the destination's `_backfill/runs/` (a folder
+//! Delta readers ignore and vacuum never touches): `<run>/run.json` when it starts,
+//! `<run>/attempts/<slice>-<attempt>.json` as each slice attempt ends, and
+//! `<run>/end.json` when it ends, all immutable; and `<run>/heartbeat.json`, rewritten
+//! every few seconds while it runs, so a reader can tell a live run from a killed one.
+//! Anyone else may ask a run to stop by creating `<run>/stop.json` (once): the run looks
+//! for it every second. Anyone who can read the table can read its history; a crash
+//! loses at most the attempts in flight. This module writes nothing but these
 //! objects, and never anything a Delta reader sees. Whether a slice is done is never
 //! decided here: that is the Delta log's job ([`crate::ledger`]). What the history says
 //! of each slice is folded into summaries so that it costs the same after a thousand runs
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, ResultExt};
@@ -72,6 +75,31 @@ pub struct RunEnd {
     pub rebuild: Option<RebuildOutcome>,
 }
 
+/// A request that a run stop starting slices, as a first Ctrl-C does; written by anyone
+/// (`backfill cancel`), read by the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub requested_at: DateTime<Utc>,
+    /// Who asked: user and host, as far as the asking process knows.
+    pub by: String,
+}
+
+/// A running run's sign of life, rewritten every [`HEARTBEAT_EVERY`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub at: DateTime<Utc>,
+    /// The host and process running it.
+    pub host: String,
+    pub pid: u32,
+}
+
+/// How often a run rewrites its heartbeat.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A run whose heartbeat is older than this, and that has not ended, is presumed dead
+/// (killed, or its machine lost).
+pub const PRESUMED_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A run as read back: its header, its attempts in order, and its end if it ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
@@ -79,6 +107,40 @@ pub struct RunRecord {
     pub header: RunHeader,
     pub end: Option<RunEnd>,
     pub attempts: Vec<Attempt>,
+    /// Its last sign of life, if it left one.
+    pub heartbeat: Option<Heartbeat>,
+    /// Whether someone asked it to stop.
+    pub stop: Option<StopRequest>,
+}
+
+/// Whether a run is still going, as its history tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// It ended (and wrote how).
+    Ended,
+    /// It has not ended, and its heartbeat is recent.
+    Running,
+    /// It has not ended, and its heartbeat is stale or missing: it was killed, or lost its
+    /// machine, and will never end.
+    PresumedDead,
+}
+
+impl RunRecord {
+    /// Whether the run is still going as of `now`.
+    pub fn liveness(&self, now: DateTime<Utc>) -> Liveness {
+        if self.end.is_some() {
+            return Liveness::Ended;
+        }
+        let since = self
+            .heartbeat
+            .as_ref()
+            .map_or(self.header.started_at, |h| h.at);
+        match (now - since).to_std() {
+            Ok(age) if age > PRESUMED_DEAD_AFTER => Liveness::PresumedDead,
+            _ => Liveness::Running,
+        }
+    }
 }
 
 /// The history of the runs against one destination.
@@ -107,6 +169,33 @@ impl History {
 
     pub async fn end(&self, run_id: &str, end: &RunEnd) -> Result<()> {
         self.put(&run_path(run_id, "end.json"), end).await
+    }
+
+    /// Rewrites the run's heartbeat.
+    pub async fn beat(&self, run_id: &str, heartbeat: &Heartbeat) -> Result<()> {
+        self.put(&run_path(run_id, "heartbeat.json"), heartbeat)
+            .await
+    }
+
+    /// Asks the run to stop, unless someone asked already: returns whether this request
+    /// is the one it will read.
+    pub async fn request_stop(&self, run_id: &str, request: &StopRequest) -> Result<bool> {
+        let path = run_path(run_id, "stop.json");
+        let bytes = serde_json::to_vec_pretty(request).expect("a stop request serializes");
+        let created = self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(error) => Err(error).context(|| format!("writing {path}")),
+        }
+    }
+
+    /// The request that the run stop, if anyone made one.
+    pub async fn stop_request(&self, run_id: &str) -> Result<Option<StopRequest>> {
+        self.get(&run_path(run_id, "stop.json")).await
     }
 
     /// The ids of every run against this destination, in id (start) order.
@@ -144,6 +233,8 @@ impl History {
             return Ok(None);
         };
         let end = self.get::<RunEnd>(&run_path(run_id, "end.json")).await?;
+        let heartbeat = self.get(&run_path(run_id, "heartbeat.json")).await?;
+        let stop = self.stop_request(run_id).await?;
         let names = self.list(&run_path(run_id, "attempts")).await?;
         let mut attempts = Vec::with_capacity(names.len());
         for name in names {
@@ -153,6 +244,8 @@ impl History {
             header,
             end,
             attempts,
+            heartbeat,
+            stop,
         }))
     }
 
@@ -194,4 +287,55 @@ impl History {
 
 fn run_path(run_id: &str, name: &str) -> Path {
     Path::from(format!("{RUNS}/{run_id}/{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(end: bool, heartbeat: Option<&str>) -> RunRecord {
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+        RunRecord {
+            header: RunHeader {
+                run_id: "r".into(),
+                pipeline: "p".into(),
+                selection: "2024-01-01..2024-01-02".into(),
+                slices: 2,
+                reprocess: vec![],
+                concurrency: 1,
+                retries: 0,
+                started_at: at("2024-06-01T00:00:00Z"),
+                promoted_from: None,
+                cluster: None,
+            },
+            end: end.then(|| RunEnd {
+                ended_at: at("2024-06-01T00:10:00Z"),
+                committed: 2,
+                skipped: 0,
+                failed: 0,
+                rebuild: None,
+            }),
+            attempts: vec![],
+            heartbeat: heartbeat.map(|t| Heartbeat {
+                at: at(t),
+                host: "h".into(),
+                pid: 1,
+            }),
+            stop: None,
+        }
+    }
+
+    #[test]
+    fn a_run_without_an_end_is_presumed_dead_once_its_heartbeat_is_stale() {
+        let now = "2024-06-01T01:00:00Z".parse().unwrap();
+        assert_eq!(record(true, None).liveness(now), Liveness::Ended);
+        let recent = record(false, Some("2024-06-01T00:59:30Z"));
+        assert_eq!(recent.liveness(now), Liveness::Running);
+        let stale = record(false, Some("2024-06-01T00:58:00Z"));
+        assert_eq!(stale.liveness(now), Liveness::PresumedDead);
+        // No heartbeat at all: judged from its start.
+        assert_eq!(record(false, None).liveness(now), Liveness::PresumedDead);
+        let started = "2024-06-01T00:00:30Z".parse().unwrap();
+        assert_eq!(record(false, None).liveness(started), Liveness::Running);
+    }
 }

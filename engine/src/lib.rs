@@ -6,7 +6,7 @@
 //! and reads each one's state from the Delta log ([`ledger`]); [`Backfill::run`] stages,
 //! checks ([`assertions`]) and publishes ([`sink`]) the slices that need it.
 //! The engine never prints and never exits: it returns errors classified by [`Fault`]
-//! and reports progress through [`run::Reporter`].
+//! and reports what happens as [`run::RunEvent`]s to an [`run::Observer`].
 
 pub mod assertions;
 pub mod clock;
@@ -38,6 +38,6 @@ pub use error::{Error, Fault, Result, Setting};
 pub use estimate::PlanOptions;
 pub use plan::Plan;
 pub use retry::RequestRetry;
-pub use run::{Reporter, RunOptions, RunSummary, SliceOutcome};
+pub use run::{Observer, RunEvent, RunOptions, RunSummary, SliceOutcome};
 pub use slice::Selection;
 pub use states::{RebuildOutcome, Reprocess, SliceState, SliceStatus};

@@ -141,6 +141,34 @@ pub enum SliceStatus {
     Blocked { by: Vec<String> },
 }
 
+impl SliceStatus {
+    /// Whether the slice is in the table: committed by this run, or by another meanwhile.
+    pub fn is_in_the_table(&self) -> bool {
+        match self {
+            SliceStatus::Committed { .. } | SliceStatus::CommittedMeanwhile { .. } => true,
+            SliceStatus::Staged { .. }
+            | SliceStatus::Skipped { .. }
+            | SliceStatus::Failed { .. }
+            | SliceStatus::Abandoned
+            | SliceStatus::Blocked { .. } => false,
+        }
+    }
+
+    /// Whether the slice was to run in this run and is not in the table: failed,
+    /// abandoned, or blocked by upstream slices.
+    pub fn is_not_committed(&self) -> bool {
+        match self {
+            SliceStatus::Failed { .. } | SliceStatus::Abandoned | SliceStatus::Blocked { .. } => {
+                true
+            }
+            SliceStatus::Committed { .. }
+            | SliceStatus::CommittedMeanwhile { .. }
+            | SliceStatus::Staged { .. }
+            | SliceStatus::Skipped { .. } => false,
+        }
+    }
+}
+
 /// How a rebuild's run ended for the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "swap", rename_all = "snake_case")]

@@ -2,11 +2,13 @@
 //! table read back and compared with the same query run directly over the Parquet sources.
 
 mod ambiguous;
+mod cancel;
 mod clean;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod concurrent;
 mod delta_sources;
+mod events;
 mod faults;
 mod hostile;
 mod preflight;
@@ -181,8 +183,8 @@ async fn first_run_failing_every_slice_creates_no_table() {
         .files_under("warehouse/orders_clean/_backfill/runs");
     assert_eq!(
         history.len(),
-        3,
-        "the run's header, its one attempt and its end: {history:?}"
+        4,
+        "the run's header, its heartbeat, its one attempt and its end: {history:?}"
     );
 }
 

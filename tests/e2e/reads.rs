@@ -237,13 +237,13 @@ async fn failed_assertions_are_not_retried() {
 /// A clock that stands still until the run sleeps, and then jumps: retries happen at once,
 /// and the history's timestamps show exactly the waits the run chose.
 #[derive(Debug)]
-struct ManualClock {
+pub(crate) struct ManualClock {
     start: chrono::DateTime<chrono::Utc>,
     slept: Mutex<Duration>,
 }
 
 impl ManualClock {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(ManualClock {
             start: "2024-06-01T00:00:00Z".parse().unwrap(),
             slept: Mutex::new(Duration::ZERO),

@@ -767,3 +767,59 @@ async fn s3_slices_computed_on_a_cluster_read_and_write_s3_and_a_delta_source_th
     );
     case.assert_secret_never_shown().await;
 }
+
+/// `backfill cancel` from another process stops a run on S3 within seconds, as a first
+/// Ctrl-C does, and the same command finishes the job.
+#[tokio::test]
+async fn s3_cancel_from_another_process_stops_the_run_and_the_same_command_finishes() {
+    let case = S3Case::new("orders_clean").await;
+    // Slow storage keeps the run going while the cancel is written and noticed.
+    let slow = slow_proxy(&case.moto.endpoint, Duration::from_millis(40));
+    let range = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-14",
+        "--concurrency",
+        "1",
+    ];
+    let mut running = Watched::spawn(case.command_via(&slow, "run", &range));
+    let first = running.line_where(Duration::from_secs(120), |l| l.starts_with("run "));
+    let id = first
+        .strip_prefix("run ")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_string();
+    running.line_where(Duration::from_secs(120), |l| l.contains(" committed "));
+    let cancel = case.backfill("cancel", &[&id]);
+    let said = String::from_utf8_lossy(&cancel.stdout);
+    assert_eq!(cancel.status.code(), Some(0), "{said}");
+    assert!(said.contains("asked to stop"), "{said}");
+
+    let (code, printed) = running.end_within(Duration::from_secs(120));
+    case.printed.borrow_mut().push_str(&printed);
+    assert_eq!(code, Some(130), "{printed}");
+    assert!(
+        printed.contains("stopped. committed: 2024-01-01"),
+        "{printed}"
+    );
+    assert!(printed.contains("not started: "), "{printed}");
+    let committed = case.committed_slices(&case.table).await;
+    assert!((1..14).contains(&committed.len()), "{committed:?}");
+
+    case.json("run", &range, 0);
+    assert_eq!(
+        case.stored(
+            "SELECT order_id, customer_id, amount, status, ordered_at, dt FROM t ORDER BY order_id"
+        )
+        .await,
+        expected_clean(&case, "2024-01-14").await
+    );
+    let days: Vec<String> = (1..=14).map(|d| format!("2024-01-{d:02}")).collect();
+    assert_eq!(
+        case.committed_slices(&case.table).await,
+        days,
+        "each slice committed once"
+    );
+    case.assert_secret_never_shown().await;
+}

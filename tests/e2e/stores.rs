@@ -51,6 +51,9 @@ pub struct TestStore {
     pub ambiguous: AtomicUsize,
     /// How long each commit of a Delta log takes before it is written.
     pub commit_delay: Mutex<Duration>,
+    /// When set, each commit waits for a permit of this semaphore before it is written:
+    /// a test holds commits until it has seen what it waits for.
+    pub commit_hold: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 /// How a commit PUT that took effect is reported as failed.
@@ -204,6 +207,10 @@ impl ObjectStore for TestStore {
         if is_commit(location, &opts) {
             let delay = *self.commit_delay.lock().unwrap();
             tokio::time::sleep(delay).await;
+            let hold = self.commit_hold.lock().unwrap().clone();
+            if let Some(hold) = hold {
+                hold.acquire().await.expect("never closed").forget();
+            }
         }
         let ambiguity = self.ambiguity(location, &opts);
         let written = self.inner.put_opts(location, payload, opts).await?;

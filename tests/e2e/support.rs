@@ -72,6 +72,89 @@ pub fn interrupt_when(args: &[&str], when: impl Fn(&str) -> bool) -> (Option<i32
     (child.wait().unwrap().code(), output.join("\n"))
 }
 
+/// A running `backfill` whose output lines are read as they come, so that a test can wait
+/// for one, or for the end, with a deadline.
+pub struct Watched {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub printed: Vec<String>,
+}
+
+impl Watched {
+    /// Starts `command` with its standard output piped to the test.
+    pub fn spawn(mut command: std::process::Command) -> Watched {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if sender.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Watched {
+            child,
+            lines,
+            printed: vec![],
+        }
+    }
+
+    /// Waits for a line that `wanted` accepts and returns it; fails after `limit`.
+    pub fn line_where(
+        &mut self,
+        limit: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.printed.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no such line within {limit:?}: {}", self.printed.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to end and returns its exit code and everything it printed;
+    /// kills it and fails after `limit`.
+    pub fn end_within(mut self, limit: std::time::Duration) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The readers end with the process's output.
+                self.printed.extend(self.lines.iter());
+                return (status.code(), self.printed.join("\n"));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("did not end within {limit:?}: {}", self.printed.join("\n"));
+            }
+            self.printed.extend(self.lines.try_iter());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// A moment of a run, seen on disk, at which a kill test kills it.
 #[derive(Debug, Clone, Copy)]
 pub enum Moment {

@@ -1,6 +1,7 @@
 //! `backfill history`: the runs recorded next to the destination table.
 
-use backfill_engine::history::RunRecord;
+use backfill_engine::clock::{Clock, SystemClock};
+use backfill_engine::history::{Liveness, RunRecord};
 use clap::Args;
 
 use super::Outcome;
@@ -26,6 +27,7 @@ pub async fn execute(args: HistoryArgs) -> anyhow::Result<Outcome> {
 }
 
 fn print(runs: &[RunRecord]) {
+    let now = SystemClock.now();
     let mut table = printer::table(
         [
             "run",
@@ -40,9 +42,10 @@ fn print(runs: &[RunRecord]) {
     );
     for run in runs {
         let header = &run.header;
-        let counts = match &run.end {
-            Some(end) => [end.committed, end.skipped, end.failed].map(|n| n.to_string()),
-            None => ["(did not finish)".to_string(), String::new(), String::new()],
+        let counts = match (&run.end, run.liveness(now)) {
+            (Some(end), _) => [end.committed, end.skipped, end.failed].map(|n| n.to_string()),
+            (None, Liveness::Running) => ["(running)".to_string(), String::new(), String::new()],
+            (None, _) => ["(killed)".to_string(), String::new(), String::new()],
         };
         let [committed, skipped, failed] = counts;
         table.add_row([

@@ -1,6 +1,7 @@
 //! One file per command: its arguments, the engine calls it makes, and how it prints
 //! what they return.
 
+pub mod cancel;
 pub mod clean;
 #[cfg(feature = "cluster")]
 pub mod cluster;

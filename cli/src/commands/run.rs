@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use backfill_engine::estimate::Budget;
-use backfill_engine::run::Stop;
+use backfill_engine::run::{Observer, Stop};
 use backfill_engine::{RebuildOutcome, RunOptions, RunSummary, SliceStatus};
 use clap::Args;
 
 use super::Outcome;
 use crate::args::{ChoiceArgs, PipelineArgs, ProjectArgs, SelectionArgs, Target};
 use crate::printer;
-use crate::progress::Progress;
+use crate::progress::{JsonLines, Progress};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Print a JSON summary instead of a line per slice.
     #[arg(long)]
     json: bool,
+    /// Print every event of the run (phases, retries, commits, places, outcomes, the
+    /// summary) as a JSON line, as it happens, for a program watching the run.
+    #[arg(long, conflicts_with = "json")]
+    events: bool,
     #[cfg(feature = "cluster")]
     #[command(flatten)]
     cluster: crate::args::ClusterArgs,
@@ -93,27 +97,36 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
         ..RunOptions::default()
     };
     stop_on_ctrl_c(options.stop.clone());
+    let project = matches!(target, Target::Project(_));
+    let (observer, progress): (Arc<dyn Observer>, _) = match args.events {
+        true => (Arc::new(JsonLines), None),
+        false => {
+            let progress = Arc::new(Progress::new(args.json, project));
+            (progress.clone(), Some(progress))
+        }
+    };
+    let finish = || progress.iter().for_each(|p| p.finish());
     let (stopped, incomplete) = match target {
         Target::Pipeline(backfill) => {
-            let reporter = Arc::new(Progress::new(args.json, false));
-            let summary = backfill.run(&selection, &options, reporter.clone()).await?;
-            reporter.finish();
-            match args.json {
-                true => printer::json(&summary)?,
-                false => print(&summary),
+            let summary = backfill.run(&selection, &options, observer).await?;
+            finish();
+            match (args.json, args.events) {
+                (true, _) => printer::json(&summary)?,
+                (false, false) => print(&summary),
+                (false, true) => {}
             }
             (summary.stopped, summary.incomplete())
         }
         Target::Project(project) => {
-            let reporter = Arc::new(Progress::new(args.json, true));
-            let summary = project.run(&selection, &options, reporter.clone()).await?;
-            reporter.finish();
-            match args.json {
-                true => printer::json(&summary)?,
-                false => summary.runs.iter().for_each(|run| {
+            let summary = project.run(&selection, &options, observer).await?;
+            finish();
+            match (args.json, args.events) {
+                (true, _) => printer::json(&summary)?,
+                (false, false) => summary.runs.iter().for_each(|run| {
                     print!("{}: ", run.pipeline);
                     print(run);
                 }),
+                (false, true) => {}
             }
             (summary.stopped(), summary.incomplete())
         }
@@ -185,26 +198,14 @@ fn print(summary: &RunSummary) {
             keys.join(", ")
         }
     };
-    println!(
-        "stopped. committed: {}",
-        keys(|s| matches!(
-            s,
-            SliceStatus::Committed { .. } | SliceStatus::CommittedMeanwhile { .. }
-        ))
-    );
+    println!("stopped. committed: {}", keys(SliceStatus::is_in_the_table));
     if summary.rebuild.is_some() {
         println!(
             "staged for the rebuild's swap: {}",
             keys(|s| matches!(s, SliceStatus::Staged { .. }))
         );
     }
-    println!(
-        "not committed: {}",
-        keys(|s| matches!(
-            s,
-            SliceStatus::Failed { .. } | SliceStatus::Abandoned | SliceStatus::Blocked { .. }
-        ))
-    );
+    println!("not committed: {}", keys(SliceStatus::is_not_committed));
     println!("not started: {}", summary.not_started.join(", "));
 }
 

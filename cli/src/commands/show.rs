@@ -1,7 +1,7 @@
 //! `backfill show`: one run, what it was asked to do and every attempt it made.
 
-use backfill_engine::history::RunRecord;
-use backfill_engine::SliceStatus;
+use backfill_engine::clock::{Clock, SystemClock};
+use backfill_engine::history::{Liveness, RunRecord};
 use clap::Args;
 
 use super::Outcome;
@@ -53,28 +53,14 @@ fn print(run: &RunRecord) {
             end.skipped,
             end.failed
         ),
-        None => println!("  did not finish (still running, or interrupted)"),
+        None => match run.liveness(SystemClock.now()) {
+            Liveness::Running => println!("  running (its heartbeat is recent)"),
+            _ => println!("  did not finish: killed or its machine lost (no recent heartbeat); its command finishes the job"),
+        },
     }
     let mut table = printer::table(["slice", "attempt", "took", "outcome"], &[1, 2]);
     for attempt in &run.attempts {
-        let what = match &attempt.status {
-            SliceStatus::Committed { version, rows, .. } => {
-                format!("committed {rows} rows, version {version}")
-            }
-            SliceStatus::Staged { rows, reused, .. } => {
-                format!(
-                    "staged {rows} rows{}",
-                    if *reused { " (reused)" } else { "" }
-                )
-            }
-            SliceStatus::CommittedMeanwhile { by_run, version } => {
-                format!("committed meanwhile by run {by_run}, version {version}")
-            }
-            SliceStatus::Skipped { state } => format!("skipped ({state})"),
-            SliceStatus::Failed { error, .. } => format!("FAILED {error}"),
-            SliceStatus::Abandoned => "abandoned".to_string(),
-            SliceStatus::Blocked { by } => format!("blocked by {}", by.join(", ")),
-        };
+        let what = printer::status_words(&attempt.status).to_string();
         table.add_row([
             attempt.slice.clone(),
             attempt.attempt.to_string(),

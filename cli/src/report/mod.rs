@@ -10,7 +10,7 @@ use backfill_engine::history::{RunEnd, RunHeader, RunRecord};
 use backfill_engine::SliceStatus;
 use serde::Serialize;
 
-use crate::printer::human_duration;
+use crate::printer::{human_duration, status_words};
 
 const TEMPLATE: &str = include_str!("report.html");
 
@@ -141,11 +141,11 @@ pub fn render(run: &RunRecord) -> anyhow::Result<String> {
 fn slice_ends(run: &RunRecord) -> Vec<SliceEnd<'_>> {
     let mut ends: Vec<SliceEnd> = Vec::new();
     for attempt in &run.attempts {
-        let (class, detail) = describe(&attempt.status);
+        let words = status_words(&attempt.status);
         let end = SliceEnd {
             slice: &attempt.slice,
-            class,
-            detail,
+            class: words.class,
+            detail: words.to_string(),
             attempts: attempt.attempt,
             took: human_duration(attempt.duration_ms),
             duration_ms: attempt.duration_ms,
@@ -196,28 +196,4 @@ fn style(class: &str) -> &'static Style {
         .iter()
         .find(|s| s.class == class)
         .expect("every class describe() gives has a style")
-}
-
-fn describe(status: &SliceStatus) -> (&'static str, String) {
-    match status {
-        SliceStatus::Committed { version, rows, .. } => (
-            "committed",
-            format!("committed {rows} rows in version {version}"),
-        ),
-        SliceStatus::CommittedMeanwhile { by_run, version } => (
-            "meanwhile",
-            format!("committed meanwhile by run {by_run} in version {version}"),
-        ),
-        SliceStatus::Staged { rows, .. } => (
-            "staged",
-            format!("staged {rows} rows for the rebuild's swap"),
-        ),
-        SliceStatus::Skipped { state } => ("skipped", format!("skipped ({state})")),
-        SliceStatus::Failed { error, .. } => ("failed", error.clone()),
-        SliceStatus::Abandoned => (
-            "abandoned",
-            "abandoned when the run was stopped".to_string(),
-        ),
-        SliceStatus::Blocked { by } => ("blocked", format!("blocked by {}", by.join(", "))),
-    }
 }

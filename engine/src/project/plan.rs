@@ -11,10 +11,11 @@ use crate::engine::{Backfill, OpenOptions};
 use crate::error::Result;
 use crate::estimate::PlanOptions;
 use crate::plan::Plan;
+use crate::run::runs;
 use crate::slice::Selection;
 use crate::source::Unwritten;
 use crate::status::Status;
-use crate::upstream::{Upstream, UpstreamSlice};
+use crate::upstream::Upstream;
 
 /// The plan of a project's run: each pipeline's, upstream first, and the whole run's.
 #[derive(Debug, Clone, Serialize)]
@@ -157,15 +158,4 @@ impl Project {
         }
         Ok(opened)
     }
-}
-
-/// The slices of `pipeline` a run runs, as its downstream pipelines name them.
-pub(crate) fn runs<'a>(
-    pipeline: &'a str,
-    plans: &'a [crate::SlicePlan],
-) -> impl Iterator<Item = UpstreamSlice> + 'a {
-    plans.iter().filter(|p| p.will_run).map(|p| UpstreamSlice {
-        pipeline: pipeline.to_string(),
-        slice: p.slice.key.clone(),
-    })
 }

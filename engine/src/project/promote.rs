@@ -312,7 +312,10 @@ impl Ready {
         let files = adds.len();
         let staged = self.to.copy_in(&self.from, adds, record).await?;
         let bytes = staged.bytes;
-        let published = self.to.publish(slice, &staged, record, None).await?;
+        let published = self
+            .to
+            .publish(slice, &staged, record, None, &|_| {})
+            .await?;
         Ok(match published.by {
             Committer::ThisAttempt | Committer::EarlierAttempt => Promoted::Committed {
                 version: published.version,

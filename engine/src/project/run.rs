@@ -4,19 +4,14 @@
 //! upstream slice blocks only the slices that read it. The pipelines share one
 //! pre-flight, one run id and the same places to compute in.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::plan::runs;
 use super::Project;
 use crate::error::Result;
-use crate::estimate::{chosen_concurrency, preflight};
-use crate::run::gates::Gates;
-use crate::run::{default_concurrency, new_run_id, Reporter, RunOptions, RunSummary, Shared};
+use crate::run::{run_pipelines, Member, Observer, RunOptions, RunSummary};
 use crate::slice::Selection;
-use crate::upstream::UpstreamSlice;
 
 /// What a project's run did: each pipeline's run, upstream first.
 #[derive(Debug, Clone, Serialize)]
@@ -39,70 +34,24 @@ impl ProjectSummary {
 }
 
 impl Project {
-    /// Runs every pipeline's selected slices that need it. The pre-flight (plans, empty
-    /// sources, budgets) covers the whole project before any slice starts.
+    /// Runs every pipeline's selected slices that need it, as one run (the path a single
+    /// pipeline's run takes too). The pre-flight (plans, empty sources, budgets) covers the
+    /// whole project before any slice starts.
     pub async fn run(
         &self,
         selection: &Selection,
         options: &RunOptions,
-        reporter: Arc<dyn Reporter>,
+        observer: Arc<dyn Observer>,
     ) -> Result<ProjectSummary> {
-        let opened = self.open(Some(selection)).await?;
-        let selections: Vec<Selection> = opened
-            .iter()
-            .map(|(_, own)| own.clone().expect("opened for a selection"))
-            .collect();
-        let mut running = HashSet::new();
-        let mut launches = Vec::new();
-        for ((backfill, _), selection) in opened.iter().zip(&selections) {
-            let launch = backfill.launch(selection, options, &running).await?;
-            running.extend(runs(&backfill.pipeline().name, &launch.planned));
-            launches.push(launch);
-        }
-        let planned: Vec<_> = launches.iter().flat_map(|l| l.planned.clone()).collect();
-        preflight(&planned, &options.budget)?;
-        let concurrency = options
-            .concurrency
-            .unwrap_or_else(|| chosen_concurrency(&planned, default_concurrency()));
-        let options = RunOptions {
-            concurrency: Some(concurrency),
-            ..options.clone()
-        };
-        let all_slices = opened.iter().zip(&launches).flat_map(|((b, _), l)| {
-            l.planned.iter().map(|p| UpstreamSlice {
-                pipeline: b.pipeline().name.clone(),
-                slice: p.slice.key.clone(),
-            })
-        });
-        let gates = Arc::new(Gates::new(all_slices));
-        let shared = Shared::new(
-            new_run_id(options.clock.now()),
-            concurrency,
-            Some(gates.clone()),
-        );
-        reporter.run_started(&shared.run_id, planned.len());
-        let pipelines = opened.iter().zip(&selections).zip(launches);
-        let runs = pipelines.map(|(((backfill, _), selection), launch)| {
-            let (backfill, reporter, gates) = (backfill.clone(), reporter.clone(), gates.clone());
-            let (options, shared) = (&options, &shared);
-            async move {
-                let name = backfill.pipeline().name.clone();
-                let keys: Vec<String> =
-                    launch.planned.iter().map(|p| p.slice.key.clone()).collect();
-                let ran = backfill
-                    .execute(selection, launch, options, shared, reporter)
-                    .await;
-                // A run that could not go on leaves no downstream slice waiting for it.
-                gates.settle_rest(&name, &keys, None);
-                ran
-            }
-        });
-        let runs = futures::future::join_all(runs)
-            .await
+        let members = self
+            .open(Some(selection))
+            .await?
             .into_iter()
+            .map(|(backfill, own)| Member::new(backfill, &own.expect("opened for a selection")))
             .collect::<Result<Vec<_>>>()?;
+        let (run_id, runs) = run_pipelines(members, options, observer).await?;
         Ok(ProjectSummary {
-            run_id: shared.run_id.clone(),
+            run_id,
             environment: self.environment.clone(),
             runs,
         })

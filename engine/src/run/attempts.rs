@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::{millis, Run};
+use super::schedule::Place;
+use super::{millis, Run, RunEvent};
 use crate::error::Error;
 use crate::history::Attempt;
 use crate::slice::Slice;
@@ -18,7 +17,7 @@ impl Run {
         &self,
         slice: &Slice,
         index: usize,
-        place: OwnedSemaphorePermit,
+        place: Place,
     ) -> (SliceStatus, u32) {
         let options = &self.options;
         let mut attempt = 0;
@@ -26,7 +25,7 @@ impl Run {
         loop {
             attempt += 1;
             if place.is_none() {
-                place = Some(self.place().await);
+                place = Some(self.places.take().await);
             }
             let started = Instant::now();
             let running = self.run_slice(slice.clone(), index, attempt, started, &mut place);
@@ -41,14 +40,15 @@ impl Run {
                         ))
                     }),
             };
-            let (status, transient) = match result {
-                Ok(status) => (status, false),
+            // A failure that may pass, with its reason.
+            let (status, passing) = match result {
+                Ok(status) => (status, None),
                 Err(error) => {
                     let failed = SliceStatus::Failed {
                         error: error.to_string(),
                         fault: error.fault(),
                     };
-                    (failed, error.is_transient())
+                    (failed, error.is_transient().then(|| error.to_string()))
                 }
             };
             let record = Attempt {
@@ -58,20 +58,37 @@ impl Run {
                 duration_ms: millis(started.elapsed()),
                 finished_at: options.clock.now(),
             };
-            if let Err(error) = self.history.attempt(&self.run_id, index, &record).await {
-                // The Delta log, not the history, says what is done: losing this record
-                // loses a line of history, never data.
-                tracing::warn!(slice = %slice.key, "could not record the attempt in the run history: {error}");
-            }
-            if !transient || attempt > options.retries {
+            self.record_attempt(index, record).await;
+            let Some(reason) = passing.filter(|_| attempt <= options.retries) else {
                 return (status, attempt);
-            }
+            };
             // Nothing to compute while waiting to retry: the place goes to another slice.
             place = None;
             let wait = backoff(options.backoff, attempt);
             tracing::warn!(slice = %slice.key, attempt, "retrying in {wait:?} after a transient failure");
+            self.tell(RunEvent::Retrying {
+                pipeline: self.pipeline().to_string(),
+                slice: slice.key.clone(),
+                attempt,
+                error: reason,
+                wait_ms: millis(wait),
+            });
             options.clock.sleep(wait).await;
         }
+    }
+}
+
+impl Run {
+    /// Records an attempt in the run history and tells the observer. Losing the record
+    /// loses a line of history, never data: the Delta log says what is done.
+    pub(super) async fn record_attempt(&self, index: usize, attempt: Attempt) {
+        let event = RunEvent::Attempted {
+            pipeline: self.pipeline().to_string(),
+            index,
+            attempt,
+        };
+        // `send` only warns when an attempt cannot be recorded.
+        let _ = self.send(event).await;
     }
 }
 

@@ -167,9 +167,7 @@ impl Run {
             duration_ms: 0,
             finished_at: self.options.clock.now(),
         };
-        if let Err(error) = self.history.attempt(&self.run_id, index, &record).await {
-            tracing::warn!(slice = %slice.key, "could not record the attempt in the run history: {error}");
-        }
+        self.record_attempt(index, record).await;
         status
     }
 }

@@ -1,49 +1,61 @@
-//! Running slices: plan, skip what is done, stage, check, publish.
+//! Running slices: plan, skip what is done, compute, check, publish.
 //!
 //! Slices run concurrently (each on its own task, `concurrency` computing at once, more
 //! waiting for their commit), each one streaming from its sources through the transform
-//! into staged files, so both cores stay busy with reading, computing and writing at once. A slice is the unit of retry
-//! and is idempotent: whatever happens to it, the table either has all of its new
-//! output, in one commit, or none of it. That is what makes retrying safe: a slice that
-//! fails for a transient reason (storage, a conflict with another writer, a time limit)
-//! is tried again with exponential backoff and jitter; a failed check, bad SQL or bad
-//! data is not. Progress goes to a [`Reporter`]; this module never prints.
+//! into staged files, so both cores stay busy with reading, computing and writing at
+//! once. A slice is the unit of retry and is idempotent: whatever happens to it, the
+//! table either has all of its new output, in one commit, or none of it. That is what
+//! makes retrying safe: a slice that fails for a transient reason (storage, a conflict
+//! with another writer, a time limit) is tried again with exponential backoff and jitter;
+//! a failed check, bad SQL or bad data is not. What happens is told as [`RunEvent`]s to
+//! an [`Observer`]; this module never prints.
 //!
-//! This file holds the run's API types, its loop (concurrency, stop, reporter, the
-//! history's header and end) and `Run`, one run in progress, whose jobs are in their
-//! own files: `attempts.rs` retries and time limits, `slice_task.rs` one attempt at one
-//! slice, `executor.rs` where a slice's plan executes, `rebuild.rs` the swap that ends a
-//! rebuild, `gates.rs` the waits of a chained run's downstream slices for the upstream
-//! slices they read. A run is launched (its pre-flight plans) and then executed, so a
-//! project can launch all its pipelines' runs before any executes, and execute them
-//! together in shared places.
+//! One path runs a single pipeline and a project's pipelines alike ([`run_pipelines`]):
+//! the pre-flight of every pipeline (`launch.rs`), then each pipeline's slices scheduled
+//! on the places the run shares (`schedule.rs`), each slice's attempts (`attempts.rs`),
+//! one attempt as plan, compute, check, publish (`slice_task.rs`, computing where
+//! `executor.rs` says), and each pipeline's run finished (`finish.rs`, with a rebuild's
+//! swap in `rebuild.rs`). In a chained run, downstream slices wait at the `gates.rs` of
+//! the upstream slices they read. `events.rs` holds the events and writes the run
+//! history from them; `summary.rs` what a run did; `watch.rs` the run's heartbeat and
+//! the stop requests other processes leave next to its history (`cancel.rs` writes
+//! them).
 
 mod attempts;
+pub mod cancel;
+pub mod events;
 mod executor;
+mod finish;
 pub(crate) mod gates;
+mod launch;
 mod rebuild;
+mod schedule;
 mod slice_task;
+mod summary;
+mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use futures::StreamExt;
-use serde::Serialize;
+use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
-use crate::engine::{Backfill, Known, SlicePlan};
-use crate::error::{Error, Result};
-use crate::estimate::Budget;
-use crate::history::{History, RunEnd, RunHeader};
-use crate::ledger::{Ledger, StagedSlice, Summaries};
+use crate::engine::{Backfill, Known};
+use crate::error::Result;
+use crate::estimate::{chosen_concurrency, preflight, Budget, Estimate};
+use crate::history::History;
+use crate::ledger::StagedSlice;
 use crate::sink::strategy::Publishing;
 use crate::slice::{Selection, Slice};
-use crate::states::{RebuildOutcome, Reprocess, SliceStatus};
+use crate::states::Reprocess;
 use crate::upstream::UpstreamSlice;
+pub use events::{Observer, Phase, RunEvent, RunStatus, Silent};
 use gates::Gates;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+pub(crate) use launch::runs;
+use launch::Launch;
+pub(crate) use schedule::Places;
+pub use summary::{RunSummary, SliceOutcome};
 use tokio_util::sync::CancellationToken;
+pub use watch::host;
 
 /// How a run behaves, beyond which slices it runs.
 #[derive(Debug, Clone)]
@@ -148,361 +160,110 @@ pub fn default_concurrency() -> usize {
         .unwrap_or(2)
 }
 
-/// Receives progress from a run (of one pipeline, or of a project's pipelines together).
-/// Only the CLI draws; the engine only reports.
-pub trait Reporter: Send + Sync {
-    fn run_started(&self, _run_id: &str, _slices: usize) {}
-    fn slice_started(&self, _pipeline: &str, _slice: &str) {}
-    fn slice_finished(&self, _pipeline: &str, _outcome: &SliceOutcome) {}
-}
-
-/// A reporter that ignores everything.
-pub struct Silent;
-impl Reporter for Silent {}
-
-/// What became of one slice in a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct SliceOutcome {
-    pub slice: String,
-    #[serde(flatten)]
-    pub status: SliceStatus,
-    pub duration_ms: u64,
-    /// Attempts made: 1 unless transient failures were retried.
-    pub attempts: u32,
-}
-
-/// The result of a run: every started slice's outcome, in run order.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub run_id: String,
-    pub pipeline: String,
-    pub outcomes: Vec<SliceOutcome>,
-    /// Whether the run was stopped before it had started every slice.
-    pub stopped: bool,
-    /// The selected slices it never started, in run order.
-    pub not_started: Vec<String>,
-    /// For a rebuild, whether and how the table was swapped.
-    pub rebuild: Option<RebuildOutcome>,
-}
-
-impl RunSummary {
-    pub fn count(&self, matches: impl Fn(&SliceStatus) -> bool) -> usize {
-        self.outcomes.iter().filter(|o| matches(&o.status)).count()
-    }
-
-    pub fn committed(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Committed { .. }))
-    }
-
-    pub fn skipped(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Skipped { .. }))
-    }
-
-    pub fn failed(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Failed { .. }))
-    }
-
-    pub fn blocked(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Blocked { .. }))
-    }
-
-    /// Whether the run left work undone that a rerun would do: failed or blocked slices,
-    /// or a rebuild that did not swap.
-    pub fn incomplete(&self) -> bool {
-        self.failed() + self.blocked() > 0
-            || matches!(
-                self.rebuild,
-                Some(RebuildOutcome::Waiting { .. } | RebuildOutcome::Refused { .. })
-            )
-    }
-}
-
 impl Backfill {
-    /// Runs the selected slices whose state `options.reprocess` chooses.
-    /// Errors in the selection come back before anything runs; a slice's own failure
-    /// is in its outcome, and the other slices go on.
+    /// Runs the selected slices whose state `options.reprocess` chooses: a run of this
+    /// pipeline alone. Errors in the selection come back before anything runs; a slice's
+    /// own failure is in its outcome, and the other slices go on.
     pub async fn run(
         self: Arc<Self>,
         selection: &Selection,
         options: &RunOptions,
-        reporter: Arc<dyn Reporter>,
+        observer: Arc<dyn Observer>,
     ) -> Result<RunSummary> {
-        let launch = self.launch(selection, options, &HashSet::new()).await?;
-        crate::estimate::preflight(&launch.planned, &options.budget)?;
-        let chosen = || crate::estimate::chosen_concurrency(&launch.planned, default_concurrency());
-        let concurrency = options.concurrency.unwrap_or_else(chosen);
-        let options = RunOptions {
-            concurrency: Some(concurrency),
-            ..options.clone()
-        };
-        let shared = Shared::new(new_run_id(options.clock.now()), concurrency, None);
-        reporter.run_started(&shared.run_id, launch.planned.len());
-        self.execute(selection, launch, &options, &shared, reporter)
-            .await
+        let member = Member::new(self, selection)?;
+        let (_, mut summaries) = run_pipelines(vec![member], options, observer).await?;
+        Ok(summaries.remove(0))
     }
+}
 
-    /// The pre-flight of a run: every source one its cluster can read, if it has one;
-    /// every slice planned (listings and footers, no data) before any starts. The plans
-    /// are not kept: each slice to run plans again when it starts, so it sees files that
-    /// arrive in between. In a chained run, the upstream pipelines run the slices
-    /// `running` first.
-    pub(crate) async fn launch(
-        self: &Arc<Self>,
-        selection: &Selection,
-        options: &RunOptions,
-        running: &HashSet<UpstreamSlice>,
-    ) -> Result<Launch> {
-        let mut slices = self.slices(selection)?;
-        #[cfg(feature = "cluster")]
-        if options.cluster.is_some() {
-            self.sources.check_portable()?;
-        }
-        if options.newest_first {
-            slices.reverse();
-        }
-        let known = Arc::new(self.known(Summaries::Save).await?);
-        let mut planned = self
-            .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
-            .await?;
-        self.wait_for_upstream(&mut planned, running, options.reprocess);
-        Ok(Launch { known, planned })
-    }
+/// One pipeline of a run, with its slices, cut once from its selection.
+pub(crate) struct Member {
+    pub(crate) backfill: Arc<Backfill>,
+    /// The selection as people write it, for the run history.
+    pub(crate) selection: String,
+    pub(crate) slices: Vec<Slice>,
+}
 
-    /// Runs a launched run's slices, `options.concurrency` computing at once in the
-    /// places the run `shared` gives.
-    pub(crate) async fn execute(
-        self: Arc<Self>,
-        selection: &Selection,
-        launch: Launch,
-        options: &RunOptions,
-        shared: &Shared,
-        reporter: Arc<dyn Reporter>,
-    ) -> Result<RunSummary> {
-        let Launch { known, planned } = launch;
-        let slices: Vec<Slice> = planned.iter().map(|p| p.slice.clone()).collect();
-        let concurrency = options.concurrency.unwrap_or(1).max(1);
-        let pipeline = self.pipeline.name.clone();
-        // A slice the pre-flight chose not to run (done, or a state not chosen) is
-        // skipped without planning it again, unless it waits for upstream slices: its
-        // state is known only once they are done.
-        let not_run = planned
-            .iter()
-            .map(|p| (!p.will_run && p.after.is_empty()).then(|| p.state.name()))
-            .collect();
-        let unplanned = planned.iter().map(|p| p.unplanned.is_some()).collect();
-        let after: Vec<Vec<UpstreamSlice>> = planned.into_iter().map(|p| p.after).collect();
-        let run_id = shared.run_id.clone();
-        let run = Arc::new(Run {
-            backfill: self.clone(),
-            options: options.clone(),
-            known,
-            not_run,
-            unplanned,
-            places: shared.places.clone(),
-            history: History::new(self.sink.store()),
-            run_id: run_id.clone(),
-            staged: Default::default(),
-        });
-        let header = RunHeader {
-            run_id: run_id.clone(),
-            pipeline: pipeline.clone(),
+impl Member {
+    pub(crate) fn new(backfill: Arc<Backfill>, selection: &Selection) -> Result<Member> {
+        Ok(Member {
+            slices: backfill.slices(selection)?,
             selection: describe(selection),
-            slices: slices.len(),
-            reprocess: options
-                .reprocess
-                .names()
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            concurrency,
-            retries: options.retries,
-            started_at: options.clock.now(),
-            promoted_from: None,
-            cluster: cluster_of(options),
-        };
-        run.history.start(&header).await?;
-        let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
-        let stop = options.stop.clone();
-        let gates = shared.gates.clone();
-        let finished: Vec<(usize, Option<SliceOutcome>)> =
-            futures::stream::iter(slices.into_iter().enumerate())
-                // Asked each time a task ends: once stopping, no new slice starts.
-                .take_while(move |_| std::future::ready(!stop.is_stopping()))
-                // Upstream slices are waited for, and places taken, here, one slice after
-                // the other, so slices start in run order.
-                .then(|(index, slice)| {
-                    let (run, gates, after) = (run.clone(), gates.clone(), &after[index]);
-                    async move {
-                        let ready = match &gates {
-                            Some(gates) if !after.is_empty() => run.wait_for(gates, after).await,
-                            _ => Ok(()),
-                        };
-                        let place = match ready {
-                            Ok(()) => Ok(run.place().await),
-                            Err(status) => Err(status),
-                        };
-                        (index, slice, place)
-                    }
-                })
-                .map(|(index, slice, place)| {
-                    let (run, reporter, stop) =
-                        (run.clone(), reporter.clone(), options.stop.clone());
-                    let (gates, pipeline) = (shared.gates.clone(), pipeline.clone());
-                    // Each slice on its own task, so slices compute on all cores at once.
-                    tokio::spawn(async move {
-                        if stop.is_stopping() {
-                            // Stopped while it waited for a place: it never started.
-                            return (index, None);
-                        }
-                        let started = Instant::now();
-                        let (status, attempts) = match place {
-                            Ok(place) => {
-                                reporter.slice_started(&pipeline, &slice.key);
-                                tokio::select! {
-                                    finished = run.attempt_slice(&slice, index, place) => finished,
-                                    _ = stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
-                                }
-                            }
-                            Err(blocked) => (run.record_blocked(&slice, index, blocked).await, 0),
-                        };
-                        if let Some(gates) = &gates {
-                            gates.settle(&pipeline, &slice.key, &status);
-                        }
-                        let outcome = SliceOutcome {
-                            slice: slice.key,
-                            status,
-                            duration_ms: millis(started.elapsed()),
-                            attempts,
-                        };
-                        reporter.slice_finished(&pipeline, &outcome);
-                        (index, Some(outcome))
-                    })
-                })
-                .buffer_unordered(concurrency * (1 + WAITING_PER_PLACE))
-                .map(|joined| {
-                    joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
-                })
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_>>()?;
-        // Slices finish in any order; the summary lists them in run order.
-        let mut in_run_order: Vec<Option<SliceOutcome>> = keys.iter().map(|_| None).collect();
-        for (index, outcome) in finished {
-            in_run_order[index] = outcome;
-        }
-        let not_started = keys
+            backfill,
+        })
+    }
+}
+
+/// Runs `members`, a pipeline alone or a project's pipelines upstream first, as one run:
+/// one pre-flight over every slice before any starts, one run id, the same places to
+/// compute in, and downstream slices waiting for the upstream slices they read. Returns
+/// the run id and each pipeline's summary, in the order given.
+pub(crate) async fn run_pipelines(
+    members: Vec<Member>,
+    options: &RunOptions,
+    observer: Arc<dyn Observer>,
+) -> Result<(String, Vec<RunSummary>)> {
+    let launches = launch::launch_all(&members, options).await?;
+    let planned: Vec<_> = launches.iter().flat_map(|l| l.planned.clone()).collect();
+    preflight(&planned, &options.budget)?;
+    let cores = default_concurrency();
+    let concurrency = options
+        .concurrency
+        .unwrap_or_else(|| chosen_concurrency(&planned, cores));
+    let options = RunOptions {
+        concurrency: Some(concurrency),
+        ..options.clone()
+    };
+    let ledgers = launches.iter().map(|l| &l.known.ledger);
+    let estimate = Estimate::of(
+        &planned,
+        crate::estimate::history_basis(ledgers),
+        concurrency,
+    );
+    let chained = members.iter().any(|m| !m.backfill.upstreams.is_empty());
+    let gates = chained.then(|| Arc::new(Gates::new(launch::all_slices(&members))));
+    let run_id = new_run_id(options.clock.now());
+    let places = Places::new(concurrency, observer.clone());
+    observer.on(&RunEvent::Started {
+        run_id: run_id.clone(),
+        pipelines: members
             .iter()
-            .zip(&in_run_order)
-            .filter(|(_, outcome)| outcome.is_none())
-            .map(|(key, _)| key.clone())
-            .collect::<Vec<_>>();
-        let mut outcomes: Vec<SliceOutcome> = in_run_order.into_iter().flatten().collect();
-        if outcomes.iter().any(|o| o.status == SliceStatus::Abandoned) {
-            self.settle_abandoned(&mut outcomes, &run.run_id).await?;
-        }
-        let rebuild = match self.sink.strategy().publishing() {
-            Publishing::Swap => {
-                let staged = std::mem::take(&mut *run.staged.lock().expect("not poisoned"));
-                Some(
-                    run.finish_rebuild(&mut outcomes, &not_started, staged)
-                        .await,
-                )
-            }
-            Publishing::Commits(_) => None,
-        };
-        if let Some(gates) = &shared.gates {
-            // What downstream slices still wait for: a rebuild's slices, visible from its
-            // swap on, and slices that never started.
-            gates.settle_rest(&pipeline, &keys, rebuild.as_ref());
-        }
-        let summary = RunSummary {
-            run_id,
-            pipeline,
-            stopped: options.stop.is_stopping() && !not_started.is_empty(),
-            not_started,
-            outcomes,
-            rebuild,
-        };
-        if summary.committed() > 0 || summary.rebuild.is_some() {
-            self.summarize_ledger().await;
-        }
-        let end = RunEnd {
-            ended_at: options.clock.now(),
-            committed: summary.committed(),
-            skipped: summary.skipped(),
-            failed: summary.failed(),
-            rebuild: summary.rebuild.clone(),
-        };
-        run.history.end(&summary.run_id, &end).await?;
-        Ok(summary)
-    }
-
-    /// Reads the ledger afresh, saving a summary of it if the commits since the last one
-    /// are many, so that the next `plan` reads only what commits after this run. Best
-    /// effort: the run's work is done either way.
-    async fn summarize_ledger(&self) {
-        let read = async {
-            let table = self.sink.reload().await?;
-            Ledger::read(table.as_ref(), &self.pipeline.name, Summaries::Save).await
-        };
-        if let Err(error) = read.await {
-            tracing::warn!("could not summarize the Delta log after the run: {error}");
-        }
-    }
-
-    /// An abandoned slice may have committed just before it was dropped: the Delta log,
-    /// read afresh, says which did, so the summary tells exactly what is in the table.
-    async fn settle_abandoned(&self, outcomes: &mut [SliceOutcome], run_id: &str) -> Result<()> {
-        let table = self.sink.reload().await?;
-        let ledger = Ledger::read(table.as_ref(), &self.pipeline.name, Summaries::ReadOnly).await?;
-        for outcome in outcomes
-            .iter_mut()
-            .filter(|o| o.status == SliceStatus::Abandoned)
-        {
-            if let Some(committed) = ledger
-                .get(&outcome.slice)
-                .filter(|c| c.record.run_id == run_id)
-            {
-                let record = &committed.record;
-                outcome.status = SliceStatus::Committed {
-                    version: committed.version.unwrap_or_default(),
-                    rows: record.rows,
-                    bytes: record.bytes,
-                };
-            }
-        }
-        Ok(())
-    }
+            .map(|m| m.backfill.pipeline.name.clone())
+            .collect(),
+        slices: planned.len(),
+        to_run: planned
+            .iter()
+            .filter(|p| p.will_run || !p.after.is_empty())
+            .count(),
+        concurrency,
+        estimate,
+    });
+    let histories = members.iter().map(|m| m.backfill.history()).collect();
+    let watching = watch::spawn(histories, run_id.clone(), &options, observer.clone());
+    let _stop_watching = watching.drop_guard();
+    let runs = members.into_iter().zip(launches).map(|(member, launch)| {
+        let run = Run::new(
+            &member, launch, &options, &run_id, &places, &gates, &observer,
+        );
+        run.execute(member.selection, member.slices)
+    });
+    let summaries: Vec<RunSummary> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let count = |of: fn(&RunSummary) -> usize| summaries.iter().map(of).sum();
+    observer.on(&RunEvent::Ended {
+        run_id: run_id.clone(),
+        status: RunStatus::of(&summaries),
+        committed: count(RunSummary::in_the_table),
+        not_committed: count(RunSummary::not_committed),
+        not_started: count(|s| s.not_started.len()),
+    });
+    Ok((run_id, summaries))
 }
 
-/// A run's slices, planned before any starts.
-pub(crate) struct Launch {
-    pub(crate) known: Arc<Known>,
-    /// Each slice's plan, in run order.
-    pub(crate) planned: Vec<SlicePlan>,
-}
-
-/// What the pipelines of one run share: its id, the places to compute in, and in a
-/// chained run the gates their slices wait at.
-pub(crate) struct Shared {
-    pub(crate) run_id: String,
-    pub(crate) places: Arc<Semaphore>,
-    pub(crate) gates: Option<Arc<Gates>>,
-}
-
-impl Shared {
-    pub(crate) fn new(run_id: String, concurrency: usize, gates: Option<Arc<Gates>>) -> Self {
-        Shared {
-            run_id,
-            places: Arc::new(Semaphore::new(concurrency.max(1))),
-            gates,
-        }
-    }
-}
-
-/// One run in progress: what its slices share, and the jobs of running them (attempts,
-/// one slice's task, finishing a rebuild), each in its own file.
+/// One pipeline's run in progress: what its slices share, and the jobs of running them
+/// (scheduling, attempts, one slice's task, finishing), each in its own file.
 struct Run {
     backfill: Arc<Backfill>,
     options: RunOptions,
@@ -515,27 +276,62 @@ struct Run {
     /// For each slice, whether the pre-flight could not plan it (storage kept failing),
     /// so that what it refuses is checked when the slice runs.
     unplanned: Vec<bool>,
-    /// The places to compute a slice in, `concurrency` of them. A checked slice gives
-    /// its place up while it waits for its commit.
-    places: Arc<Semaphore>,
+    /// For each slice, the upstream slices of the run it waits for.
+    after: Vec<Vec<UpstreamSlice>>,
+    /// The places to compute a slice in, shared by the run's pipelines. A checked slice
+    /// gives its place up while it waits for its commit.
+    places: Arc<Places>,
+    /// In a chained run, every slice's gate.
+    gates: Option<Arc<Gates>>,
     history: History,
+    observer: Arc<dyn Observer>,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
     staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
 }
 
 impl Run {
-    /// Waits for a place to compute a slice in.
-    async fn place(&self) -> OwnedSemaphorePermit {
-        let places = self.places.clone();
-        places
-            .acquire_owned()
-            .await
-            .expect("the places are never closed")
+    fn new(
+        member: &Member,
+        launch: Launch,
+        options: &RunOptions,
+        run_id: &str,
+        places: &Arc<Places>,
+        gates: &Option<Arc<Gates>>,
+        observer: &Arc<dyn Observer>,
+    ) -> Run {
+        let Launch { known, planned } = launch;
+        // A slice the pre-flight chose not to run (done, or a state not chosen) is
+        // skipped without planning it again, unless it waits for upstream slices: its
+        // state is known only once they are done.
+        let not_run = planned
+            .iter()
+            .map(|p| (!p.will_run && p.after.is_empty()).then(|| p.state.name()))
+            .collect();
+        let unplanned = planned.iter().map(|p| p.unplanned.is_some()).collect();
+        let backfill = member.backfill.clone();
+        Run {
+            history: History::new(backfill.sink.store()),
+            backfill,
+            options: options.clone(),
+            run_id: run_id.to_string(),
+            known,
+            not_run,
+            unplanned,
+            after: planned.into_iter().map(|p| p.after).collect(),
+            places: places.clone(),
+            gates: gates.clone(),
+            observer: observer.clone(),
+            staged: Default::default(),
+        }
     }
 
     fn remember_staged(&self, staged: StagedSlice) {
         let mut all = self.staged.lock().expect("not poisoned");
         all.insert(staged.record.slice.clone(), staged);
+    }
+
+    fn pipeline(&self) -> &str {
+        &self.backfill.pipeline.name
     }
 }
 

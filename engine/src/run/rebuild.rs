@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{Run, SliceOutcome};
+use super::{Run, RunEvent, SliceOutcome};
 use crate::ledger::StagedSlice;
 use crate::states::{RebuildOutcome, SliceStatus};
 
@@ -58,6 +58,12 @@ impl Run {
             }
             Ok(None) => RebuildOutcome::Unchanged,
             Ok(Some(swapped)) => {
+                let slices = ready.iter().map(|s| &s.record).chain(&kept);
+                self.tell(RunEvent::Committed {
+                    pipeline: self.pipeline().to_string(),
+                    version: swapped.version,
+                    slices: slices.map(|r| r.slice.clone()).collect(),
+                });
                 for outcome in outcomes.iter_mut() {
                     if let SliceStatus::Staged { rows, bytes, .. } = outcome.status {
                         outcome.status = SliceStatus::Committed {

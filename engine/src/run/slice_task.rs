@@ -1,34 +1,88 @@
-//! One attempt at one slice: skip it if the pre-flight chose not to run it, plan it, skip
-//! it if it needs no run after all, execute its transform, stage the output, check it,
-//! and publish it with its record (or, for a rebuild, remember it for the swap).
+//! One attempt at one slice: plan it (skipping it if the pre-flight chose not to run it,
+//! or if it needs no run after all), compute its output into staged files, check it, and
+//! publish it with its record (or, for a rebuild, remember it for the swap). Each step
+//! is told as a [`Phase`].
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::{millis, Run};
+use super::schedule::Place;
+use super::{millis, Phase, Publishing, Run, RunEvent};
 use crate::assertions;
+use crate::engine::{Prepared, SlicePlan};
 use crate::error::{Error, Result};
-use crate::ledger::{SliceRecord, StagedSlice};
-use crate::sink::strategy::Publishing;
-use crate::sink::Committer;
+use crate::ledger::{AssertionResult, SliceRecord, StagedSlice};
+use crate::sink::{CommitStep, Committer, Staged};
 use crate::slice::Slice;
 use crate::states::{SliceState, SliceStatus};
 
+/// A slice planned for an attempt: to compute, or settled without computing.
+enum Planned {
+    Compute(Box<SlicePlan>, Box<Prepared>),
+    Settled(SliceStatus),
+}
+
+/// When each step of an attempt ended, from its start, for the debug log.
+struct Timings {
+    started: Instant,
+    planned: Duration,
+    staged: Duration,
+    checked: Duration,
+}
+
 impl Run {
+    /// One attempt at `slice`, the `index`-th of the run, computing in `place` (given up
+    /// while the checked slice waits for its commit).
     pub(super) async fn run_slice(
         &self,
         slice: Slice,
         index: usize,
         attempt: u32,
         started: Instant,
-        place: &mut Option<OwnedSemaphorePermit>,
+        place: &mut Option<Place>,
     ) -> Result<SliceStatus> {
         if let Some(state) = self.not_run[index] {
             return Ok(SliceStatus::Skipped {
                 state: state.to_string(),
             });
         }
+        let key = slice.key.clone();
+        self.phase(&key, Phase::Planning);
+        let (planned, prepared) = match self.plan(slice, index).await? {
+            Planned::Compute(planned, prepared) => (planned, prepared),
+            Planned::Settled(status) => return Ok(status),
+        };
+        let planned_at = started.elapsed();
+        self.phase(&key, Phase::Computing);
+        let staged = self.stage(&planned, &prepared).await?;
+        let staged_at = started.elapsed();
+        self.phase(&key, Phase::Checking);
+        let results = self.check(&planned.slice, &staged).await?;
+        let record = self.record(&planned, &staged, results, attempt, started);
+        let timings = Timings {
+            started,
+            planned: planned_at,
+            staged: staged_at,
+            checked: started.elapsed(),
+        };
+        match self.backfill.sink.strategy().publishing() {
+            Publishing::Swap => {
+                self.phase(&key, Phase::Remembering);
+                self.keep_for_swap(&planned, &staged, record).await
+            }
+            Publishing::Commits(_) => {
+                // Computing is done: the place goes to another slice while this one
+                // waits for its commit.
+                drop(place.take());
+                self.phase(&key, Phase::WaitingForCommit);
+                self.publish(&planned.slice, &staged, &record, timings)
+                    .await
+            }
+        }
+    }
+
+    /// Plans the slice against its sources as they are now, and settles it without
+    /// computing when it needs no run after all, or when a rebuild staged it already.
+    async fn plan(&self, slice: Slice, index: usize) -> Result<Planned> {
         let backfill = &self.backfill;
         let (planned, prepared) = backfill
             .plan_slice(
@@ -39,9 +93,9 @@ impl Run {
             )
             .await?;
         if !planned.will_run {
-            return Ok(SliceStatus::Skipped {
+            return Ok(Planned::Settled(SliceStatus::Skipped {
                 state: planned.state.name().to_string(),
-            });
+            }));
         }
         let slice = &planned.slice;
         let budget = &self.options.budget;
@@ -55,61 +109,76 @@ impl Run {
                 ),
             });
         }
-        if let Some(problem) = planned.problem {
+        if let Some(problem) = &planned.problem {
             return Err(Error::Data {
                 context: format!("slice {}", slice.key),
-                message: problem,
+                message: problem.clone(),
             });
         }
         if let SliceState::Staged { staged, .. } = &planned.state {
             if backfill.sink.still_staged(staged).await? {
                 let (rows, bytes) = (staged.record.rows, staged.record.bytes);
                 self.remember_staged(staged.as_ref().clone());
-                return Ok(SliceStatus::Staged {
+                return Ok(Planned::Settled(SliceStatus::Staged {
                     rows,
                     bytes,
                     reused: true,
-                });
+                }));
             }
             tracing::warn!(slice = %slice.key, "staged files are gone: computing the slice again");
         }
-        let previous = planned.state.committed().map(|c| &c.record);
-        let planned_at = started.elapsed();
-        let staged = self.stage(&planned, &prepared).await?;
-        let staged_at = started.elapsed();
+        Ok(Planned::Compute(Box::new(planned), Box::new(prepared)))
+    }
 
+    /// Runs the slice's assertions over its staged output; a failed check (or one that
+    /// cannot run) discards the staged files.
+    async fn check(&self, slice: &Slice, staged: &Staged) -> Result<Vec<AssertionResult>> {
+        let backfill = &self.backfill;
         let checked = assertions::check(
             async || self.session().await,
             &backfill.pipeline.assertions,
-            &staged,
+            staged,
             &backfill.schema,
             &slice.variables(),
             &backfill.pipeline.file.display().to_string(),
         )
         .await;
-        let results = match checked {
-            Ok(results) if results.iter().all(|r| r.passed) => results,
+        match checked {
+            Ok(results) if results.iter().all(|r| r.passed) => Ok(results),
             Ok(results) => {
-                backfill.sink.discard(&staged).await;
+                backfill.sink.discard(staged).await;
                 let failures = results
                     .into_iter()
                     .filter(|r| !r.passed)
                     .map(|r| r.measured)
                     .collect();
-                return Err(Error::Assertion {
+                Err(Error::Assertion {
                     slice: slice.key.clone(),
                     failures,
-                });
+                })
             }
             Err(error) => {
-                backfill.sink.discard(&staged).await;
-                return Err(error);
+                backfill.sink.discard(staged).await;
+                Err(error)
             }
-        };
+        }
+    }
 
-        let record = SliceRecord {
+    /// The record the slice's commit carries: what it read, wrote and checked, in which
+    /// attempt of which run. Its `txn` version follows the slice's last commit.
+    fn record(
+        &self,
+        planned: &SlicePlan,
+        staged: &Staged,
+        assertions: Vec<AssertionResult>,
+        attempt: u32,
+        started: Instant,
+    ) -> SliceRecord {
+        let backfill = &self.backfill;
+        let previous = planned.state.committed().map(|c| &c.record);
+        SliceRecord {
             pipeline: backfill.pipeline.name.clone(),
-            slice: slice.key.clone(),
+            slice: planned.slice.key.clone(),
             run_id: self.run_id.clone(),
             attempt,
             strategy: backfill.pipeline.destination.strategy.name().to_string(),
@@ -118,45 +187,61 @@ impl Run {
             bytes: staged.bytes,
             duration_ms: millis(started.elapsed()),
             source_files: planned.files.len() as u64,
-            source_bytes: planned.files.iter().map(|f| f.size).sum(),
+            source_bytes: planned.source_bytes(),
             source_fingerprint: planned.source_fingerprint.clone(),
             sql_fingerprint: backfill.sql_fingerprint.clone(),
-            assertions: results,
+            assertions,
             promoted_from: None,
-        };
-        let checked_at = started.elapsed();
-        match backfill.sink.strategy().publishing() {
-            Publishing::Swap => {
-                let staged_slice = StagedSlice {
-                    staging_key: backfill.staging_key(slice, &planned.source_fingerprint),
-                    record,
-                    adds: staged.adds.clone(),
-                    staged_at: self.options.clock.now(),
-                };
-                if let Err(error) = backfill.sink.remember(&staged_slice).await {
-                    backfill.sink.discard(&staged).await;
-                    return Err(error);
-                }
-                self.remember_staged(staged_slice);
-                return Ok(SliceStatus::Staged {
-                    rows: staged.rows,
-                    bytes: staged.bytes,
-                    reused: false,
-                });
-            }
-            Publishing::Commits(_) => {}
         }
-        // Computing is done: the place goes to another slice while this one waits for its
-        // commit.
-        drop(place.take());
+    }
+
+    /// A rebuild's checked slice: remembered durably for the swap that ends the run.
+    async fn keep_for_swap(
+        &self,
+        planned: &SlicePlan,
+        staged: &Staged,
+        record: SliceRecord,
+    ) -> Result<SliceStatus> {
+        let backfill = &self.backfill;
+        let staged_slice = StagedSlice {
+            staging_key: backfill.staging_key(&planned.slice, &planned.source_fingerprint),
+            record,
+            adds: staged.adds.clone(),
+            staged_at: self.options.clock.now(),
+        };
+        if let Err(error) = backfill.sink.remember(&staged_slice).await {
+            backfill.sink.discard(staged).await;
+            return Err(error);
+        }
+        self.remember_staged(staged_slice);
+        Ok(SliceStatus::Staged {
+            rows: staged.rows,
+            bytes: staged.bytes,
+            reused: false,
+        })
+    }
+
+    /// Publishes a checked slice in a commit, with other slices waiting at the same time.
+    async fn publish(
+        &self,
+        slice: &Slice,
+        staged: &Staged,
+        record: &SliceRecord,
+        timings: Timings,
+    ) -> Result<SliceStatus> {
         let most = self.options.most_per_commit;
-        let published = backfill.sink.publish(slice, &staged, &record, most).await?;
+        let watch = |step: CommitStep<'_>| self.commit_step(step);
+        let published = self
+            .backfill
+            .sink
+            .publish(slice, staged, record, most, &watch)
+            .await?;
         tracing::debug!(
             slice = %slice.key,
-            planned_ms = millis(planned_at),
-            staged_ms = millis(staged_at - planned_at),
-            checked_ms = millis(checked_at - staged_at),
-            committed_ms = millis(started.elapsed() - checked_at),
+            planned_ms = millis(timings.planned),
+            staged_ms = millis(timings.staged - timings.planned),
+            checked_ms = millis(timings.checked - timings.staged),
+            committed_ms = millis(timings.started.elapsed() - timings.checked),
             "slice published"
         );
         Ok(match published.by {
@@ -170,5 +255,21 @@ impl Run {
                 version: published.version,
             },
         })
+    }
+
+    /// Tells a step of a commit this slice's task makes, for every slice in it.
+    fn commit_step(&self, step: CommitStep<'_>) {
+        match step {
+            CommitStep::Committing { slices } => {
+                for slice in slices {
+                    self.phase(slice, Phase::Committing);
+                }
+            }
+            CommitStep::Committed { version, slices } => self.tell(RunEvent::Committed {
+                pipeline: self.pipeline().to_string(),
+                version,
+                slices: slices.to_vec(),
+            }),
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Mutex as SyncMutex;
 use tokio::sync::{oneshot, MutexGuard};
 
 use super::view::TableView;
-use super::{Published, Sink, SliceCommit, Staged};
+use super::{Committer, Published, Sink, SliceCommit, Staged};
 use crate::error::{Error, Result};
 use crate::ledger::SliceRecord;
 use crate::slice::Slice;
@@ -27,6 +27,13 @@ const MOST_SLICES_PER_GROUP: usize = 128;
 /// The most bytes of staged output one commit publishes (a group has at least one slice,
 /// whatever its size): a group that fails is computed again, slice by slice.
 const MOST_BYTES_PER_GROUP: u64 = 1 << 30;
+
+/// What a slice's publisher learns of a commit it makes, for its run's events: the slices
+/// it is committing, then the version that carries those of them no one else committed.
+pub enum CommitStep<'a> {
+    Committing { slices: &'a [String] },
+    Committed { version: u64, slices: &'a [String] },
+}
 
 /// The slices waiting to be committed, in the order they arrived.
 #[derive(Default)]
@@ -108,6 +115,7 @@ impl Sink {
         staged: &Staged,
         record: &SliceRecord,
         most_per_commit: Option<usize>,
+        watch: &(dyn Fn(CommitStep<'_>) + Sync),
     ) -> Result<Published> {
         let (sender, mut outcome) = oneshot::channel();
         let id = self.line.lock().expect("not poisoned").join(|id| Waiting {
@@ -144,13 +152,20 @@ impl Sink {
                 drop(view);
                 return outcome.await.unwrap_or_else(|_| Err(interrupted()));
             }
-            self.commit_group(view, group).await;
+            self.commit_group(view, group, watch).await;
         }
     }
 
     /// Commits `group` in one commit while holding the view, settles its staged files,
     /// and sends each slice its outcome.
-    async fn commit_group(&self, view: MutexGuard<'_, TableView>, group: Vec<Waiting>) {
+    async fn commit_group(
+        &self,
+        view: MutexGuard<'_, TableView>,
+        group: Vec<Waiting>,
+        watch: &(dyn Fn(CommitStep<'_>) + Sync),
+    ) {
+        let keys: Vec<String> = group.iter().map(|w| w.slice.key.clone()).collect();
+        watch(CommitStep::Committing { slices: &keys });
         let members: Vec<SliceCommit> = group
             .iter()
             .map(|waiting| SliceCommit {
@@ -163,6 +178,18 @@ impl Sink {
         drop(members);
         match settled {
             Ok(published) => {
+                let ours: Vec<String> = keys
+                    .into_iter()
+                    .zip(&published)
+                    .filter(|(_, p)| p.by == Committer::ThisAttempt)
+                    .map(|(key, _)| key)
+                    .collect();
+                if let Some(version) = published.iter().find(|p| p.by == Committer::ThisAttempt) {
+                    watch(CommitStep::Committed {
+                        version: version.version,
+                        slices: &ours,
+                    });
+                }
                 for (waiting, published) in group.into_iter().zip(published) {
                     // The receiver is gone only if its task stopped: nothing to tell.
                     let _ = waiting.outcome.send(Ok(published));

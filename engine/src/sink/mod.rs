@@ -33,9 +33,10 @@ mod tests;
 mod view;
 pub(crate) mod writing;
 
+pub use group::CommitStep;
 pub use missing::TableFiles;
 pub(crate) use staged::data_files;
-pub(crate) use table::existing_table;
+pub(crate) use table::{existing_table, history_at};
 pub use writing::{Staging, Written};
 
 use std::collections::HashMap;

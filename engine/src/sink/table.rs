@@ -13,6 +13,7 @@ use object_store::ObjectStore;
 use url::Url;
 
 use crate::error::{Error, Result, ResultExt};
+use crate::history::History;
 use crate::pipeline::Destination;
 use crate::retry::{RequestRetry, RetryingStore};
 
@@ -28,6 +29,24 @@ pub(crate) async fn existing_table(destination: &Destination) -> Result<Option<D
         .context(|| format!("destination {url}"))?;
     let (table, exists) = load_table(url, &options, &reach).await?;
     Ok(exists.then_some(table))
+}
+
+/// The run history next to the table at `destination`, whether the table exists or not;
+/// nothing is read.
+pub(crate) fn history_at(destination: &Destination) -> Result<History> {
+    let options = destination
+        .storage_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let url = &destination.url;
+    let context = || format!("destination {url}");
+    let reach = reach(url, &options, None, RequestRetry::default()).context(context)?;
+    let table = table_builder(url, &options, &reach)
+        .context(context)?
+        .build()
+        .context(context)?;
+    Ok(History::new(table.object_store()))
 }
 
 /// The table at `url`, loaded if it exists, and whether it does. A table that does not

@@ -279,7 +279,7 @@ async fn spawn_publishers(
         let record = record(slice, &staged, 1);
         let (sink, slice) = (sink.clone(), slice.clone());
         tasks.push(tokio::spawn(async move {
-            sink.publish(&slice, &staged, &record, None).await
+            sink.publish(&slice, &staged, &record, None, &|_| {}).await
         }));
     }
     tasks
@@ -398,7 +398,7 @@ async fn a_group_that_conflicts_with_a_writer_of_another_pipeline_commits_none_o
         ..record(&three[0], &staged, 1)
     };
     other
-        .publish(&three[0], &staged, &record, None)
+        .publish(&three[0], &staged, &record, None, &|_| {})
         .await
         .unwrap();
 

@@ -1,0 +1,186 @@
+//! What a run tells whoever watches it: a typed stream of [`RunEvent`]s, in the order
+//! things happened, to an [`Observer`] (the CLI's progress bar and `--events` lines, a
+//! test's recorder). The run history is written from the same events
+//! ([`Run::send`]), so what is shown and what is recorded cannot disagree. This module
+//! never prints; observers draw.
+
+use serde::Serialize;
+
+use super::{Run, RunSummary, SliceOutcome};
+use crate::error::Result;
+use crate::estimate::Estimate;
+use crate::history::{Attempt, RunHeader};
+
+/// One thing that happened in a run (of one pipeline, or of a project's pipelines).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The pre-flight passed: the run starts with these slices.
+    Started {
+        run_id: String,
+        pipelines: Vec<String>,
+        /// Every selected slice, whether it will run or not.
+        slices: usize,
+        /// The slices the pre-flight chose to run (a chained run may add some).
+        to_run: usize,
+        /// Places to compute in.
+        concurrency: usize,
+        /// What the slices to run read, and how long they should take from the
+        /// throughput of the pipelines' committed slices, if they have any.
+        estimate: Estimate,
+    },
+    /// One pipeline's part of the run starts; its run history's header.
+    PipelineStarted { header: RunHeader },
+    /// A slice took a place and its first attempt starts.
+    SliceStarted { pipeline: String, slice: String },
+    /// A slice's attempt moved on to another phase.
+    Phase {
+        pipeline: String,
+        slice: String,
+        phase: Phase,
+    },
+    /// An attempt ended; its record in the run history.
+    Attempted {
+        pipeline: String,
+        /// The slice's place in the run order.
+        index: usize,
+        attempt: Attempt,
+    },
+    /// An attempt failed for a reason that may pass: the slice is tried again after a
+    /// wait.
+    Retrying {
+        pipeline: String,
+        slice: String,
+        /// The attempt that failed.
+        attempt: u32,
+        error: String,
+        wait_ms: u64,
+    },
+    /// A commit landed with these slices (a rebuild's swap with all of its slices).
+    Committed {
+        pipeline: String,
+        version: u64,
+        slices: Vec<String>,
+    },
+    /// What became of a slice in this run.
+    SliceFinished {
+        pipeline: String,
+        outcome: SliceOutcome,
+    },
+    /// Places to compute in that are taken, of all of them.
+    Places { in_use: usize, of: usize },
+    /// Another process asked the run to stop (`backfill cancel`): no new slice starts,
+    /// and slices in flight finish their commit.
+    StopRequested {
+        by: String,
+        requested_at: chrono::DateTime<chrono::Utc>,
+    },
+    /// One pipeline's part of the run ended: its summary.
+    PipelineEnded { summary: RunSummary },
+    /// The run ended.
+    Ended {
+        run_id: String,
+        status: RunStatus,
+        /// Slices in the table by this run (or another run meanwhile).
+        committed: usize,
+        /// Slices that ran and are not in the table: failed, blocked, abandoned.
+        not_committed: usize,
+        not_started: usize,
+    },
+}
+
+/// Where a slice's attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Planning its transform against the sources as they are now.
+    Planning,
+    /// Running its transform into staged files, here or on a cluster.
+    Computing,
+    /// Running its assertions over the staged output.
+    Checking,
+    /// Checked, waiting for a commit to carry it (its place went to another slice).
+    WaitingForCommit,
+    /// In a commit being made.
+    Committing,
+    /// A rebuild's slice: remembered for the swap that ends the run.
+    Remembering,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every selected slice is done.
+    Done,
+    /// Some slices failed or were blocked, or a rebuild did not swap: running the same
+    /// command again does what is left.
+    Incomplete,
+    /// Asked to stop before every slice started.
+    Stopped,
+}
+
+impl RunStatus {
+    /// How a run whose pipelines' summaries are `summaries` ended.
+    pub fn of(summaries: &[RunSummary]) -> RunStatus {
+        if summaries.iter().any(|s| s.stopped) {
+            RunStatus::Stopped
+        } else if summaries.iter().any(RunSummary::incomplete) {
+            RunStatus::Incomplete
+        } else {
+            RunStatus::Done
+        }
+    }
+}
+
+/// Receives a run's events, in order. Called from the run's tasks: keep it quick.
+pub trait Observer: Send + Sync {
+    fn on(&self, event: &RunEvent);
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl Observer for Silent {
+    fn on(&self, _event: &RunEvent) {}
+}
+
+impl Run {
+    /// Sends `event` to the run history (the events it records) and then to the
+    /// observer. Only a history that cannot be written fails.
+    pub(super) async fn send(&self, event: RunEvent) -> Result<()> {
+        match &event {
+            RunEvent::PipelineStarted { header } => self.history.start(header).await?,
+            RunEvent::Attempted { index, attempt, .. } => {
+                let recorded = self.history.attempt(&self.run_id, *index, attempt).await;
+                if let Err(error) = recorded {
+                    // The Delta log, not the history, says what is done: losing this
+                    // record loses a line of history, never data.
+                    tracing::warn!(slice = %attempt.slice, "could not record the attempt in the run history: {error}");
+                }
+            }
+            RunEvent::PipelineEnded { summary } => {
+                self.history
+                    .end(&summary.run_id, &summary.end(self.options.clock.now()))
+                    .await?
+            }
+            _ => {}
+        }
+        self.observer.on(&event);
+        Ok(())
+    }
+
+    /// Sends an event the run history does not record.
+    pub(super) fn tell(&self, event: RunEvent) {
+        self.observer.on(&event);
+    }
+
+    /// Tells the observer that `slice` of this run's pipeline moved to `phase`.
+    pub(super) fn phase(&self, slice: &str, phase: Phase) {
+        self.tell(RunEvent::Phase {
+            pipeline: self.backfill.pipeline.name.clone(),
+            slice: slice.to_string(),
+            phase,
+        });
+    }
+}

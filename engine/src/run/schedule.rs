@@ -1,0 +1,186 @@
+//! Scheduling a pipeline's slices on the run's places: in run order, each slice waits for
+//! the upstream slices it reads, then for a place, then runs its attempts on a task of
+//! its own; once the run is asked to stop, no new slice starts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{millis, Observer, Run, RunEvent, RunSummary, SliceOutcome, WAITING_PER_PLACE};
+use crate::error::{Error, Result};
+use crate::history::RunHeader;
+use crate::slice::Slice;
+use crate::states::SliceStatus;
+
+/// The places to compute a slice in, `concurrency` of them, shared by a run's pipelines;
+/// every place taken or given back is told as [`RunEvent::Places`].
+pub(crate) struct Places {
+    places: Arc<Semaphore>,
+    of: usize,
+    observer: Arc<dyn Observer>,
+}
+
+/// A place taken; given back when dropped.
+pub(super) struct Place {
+    permit: Option<OwnedSemaphorePermit>,
+    places: Arc<Places>,
+}
+
+impl Places {
+    pub(crate) fn new(of: usize, observer: Arc<dyn Observer>) -> Arc<Places> {
+        let of = of.max(1);
+        Arc::new(Places {
+            places: Arc::new(Semaphore::new(of)),
+            of,
+            observer,
+        })
+    }
+
+    /// Waits for a place.
+    pub(super) async fn take(self: &Arc<Self>) -> Place {
+        let permit = self.places.clone().acquire_owned().await;
+        let place = Place {
+            permit: Some(permit.expect("the places are never closed")),
+            places: self.clone(),
+        };
+        self.tell();
+        place
+    }
+
+    fn tell(&self) {
+        self.observer.on(&RunEvent::Places {
+            in_use: self.of - self.places.available_permits(),
+            of: self.of,
+        });
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.places.tell();
+    }
+}
+
+impl Run {
+    /// Runs this pipeline's part of the run: its history's header, its slices, then its
+    /// end.
+    pub(super) async fn execute(self, selection: String, slices: Vec<Slice>) -> Result<RunSummary> {
+        let run = Arc::new(self);
+        let options = &run.options;
+        let header = RunHeader {
+            run_id: run.run_id.clone(),
+            pipeline: run.pipeline().to_string(),
+            selection,
+            slices: slices.len(),
+            reprocess: options
+                .reprocess
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            concurrency: options.concurrency.unwrap_or(1),
+            retries: options.retries,
+            started_at: options.clock.now(),
+            promoted_from: None,
+            cluster: super::cluster_of(options),
+        };
+        run.send(RunEvent::PipelineStarted { header }).await?;
+        let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
+        let summary = match run.clone().schedule(slices).await {
+            Ok(finished) => run.finish(&keys, finished).await,
+            Err(error) => Err(error),
+        };
+        if let (Some(gates), Err(_)) = (&run.gates, &summary) {
+            // A run that could not go on leaves no downstream slice waiting for it.
+            gates.settle_rest(run.pipeline(), &keys, None);
+        }
+        summary
+    }
+
+    /// Starts the slices in run order, each on its own task once it may start, and
+    /// returns each finished slice's outcome with its index; a slice never started has
+    /// none.
+    async fn schedule(
+        self: Arc<Self>,
+        slices: Vec<Slice>,
+    ) -> Result<Vec<(usize, Option<SliceOutcome>)>> {
+        let stop = self.options.stop.clone();
+        let concurrency = self.options.concurrency.unwrap_or(1).max(1);
+        futures::stream::iter(slices.into_iter().enumerate())
+            // Asked each time a task ends: once stopping, no new slice starts.
+            .take_while(move |_| std::future::ready(!stop.is_stopping()))
+            // Upstream slices are waited for, and places taken, here, one slice after the
+            // other, so slices start in run order.
+            .then(|(index, slice)| {
+                let run = self.clone();
+                async move {
+                    let ready = match &run.gates {
+                        Some(gates) if !run.after[index].is_empty() => {
+                            run.wait_for(gates, &run.after[index]).await
+                        }
+                        _ => Ok(()),
+                    };
+                    let place = match ready {
+                        Ok(()) => Ok(run.places.take().await),
+                        Err(status) => Err(status),
+                    };
+                    (index, slice, place)
+                }
+            })
+            // Each slice on its own task, so slices compute on all cores at once.
+            .map(|(index, slice, place)| tokio::spawn(self.clone().slice(index, slice, place)))
+            .buffer_unordered(concurrency * (1 + WAITING_PER_PLACE))
+            .map(|joined| {
+                joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
+            })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// One slice's task: its attempts in `place`, or its status if it may not start.
+    async fn slice(
+        self: Arc<Self>,
+        index: usize,
+        slice: Slice,
+        place: std::result::Result<Place, SliceStatus>,
+    ) -> (usize, Option<SliceOutcome>) {
+        let stop = &self.options.stop;
+        if stop.is_stopping() {
+            // Stopped while it waited for a place: it never started.
+            return (index, None);
+        }
+        let started = Instant::now();
+        let (status, attempts) = match place {
+            Ok(place) => {
+                self.tell(RunEvent::SliceStarted {
+                    pipeline: self.pipeline().to_string(),
+                    slice: slice.key.clone(),
+                });
+                tokio::select! {
+                    finished = self.attempt_slice(&slice, index, place) => finished,
+                    _ = stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
+                }
+            }
+            Err(blocked) => (self.record_blocked(&slice, index, blocked).await, 0),
+        };
+        if let Some(gates) = &self.gates {
+            gates.settle(self.pipeline(), &slice.key, &status);
+        }
+        let outcome = SliceOutcome {
+            slice: slice.key,
+            status,
+            duration_ms: millis(started.elapsed()),
+            attempts,
+        };
+        self.tell(RunEvent::SliceFinished {
+            pipeline: self.pipeline().to_string(),
+            outcome: outcome.clone(),
+        });
+        (index, Some(outcome))
+    }
+}

@@ -1,0 +1,281 @@
+//! The events a run tells its observer, recorded over a real run: a slice retried after a
+//! read failure, a slice failing its check, and slices committed together while a commit
+//! is held in flight.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backfill_engine::run::{Observer, Phase, RunEvent, RunStatus};
+use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
+use tokio::sync::Semaphore;
+
+use crate::reads::ManualClock;
+use crate::stores::TestStore;
+use crate::support::Case;
+
+const DAYS: [&str; 4] = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"];
+
+/// Records every event, fails the first read of `2024-01-01`'s first computation, and
+/// lets commits through once three slices wait for one.
+struct Recorder {
+    events: Mutex<Vec<RunEvent>>,
+    store: Arc<TestStore>,
+    hold: Arc<Semaphore>,
+}
+
+impl Observer for Recorder {
+    fn on(&self, event: &RunEvent) {
+        let mut events = self.events.lock().unwrap();
+        events.push(event.clone());
+        let phases = |wanted: Phase, slice: Option<&str>| {
+            events
+                .iter()
+                .filter(|e| matches!(e, RunEvent::Phase { phase, slice: s, .. } if *phase == wanted && slice.is_none_or(|w| w == s)))
+                .count()
+        };
+        if let RunEvent::Phase { slice, phase, .. } = event {
+            if *phase == Phase::Computing
+                && slice == DAYS[0]
+                && phases(Phase::Computing, Some(DAYS[0])) == 1
+            {
+                self.store.failing_reads.store(1, Ordering::SeqCst);
+            }
+            if *phase == Phase::WaitingForCommit && phases(Phase::WaitingForCommit, None) == 3 {
+                self.hold.add_permits(Semaphore::MAX_PERMITS / 2);
+            }
+        }
+    }
+}
+
+/// Where `wanted` is among `events`, failing if it is not there.
+fn position(events: &[RunEvent], what: &str, wanted: impl Fn(&RunEvent) -> bool) -> usize {
+    events
+        .iter()
+        .position(wanted)
+        .unwrap_or_else(|| panic!("no event {what} in {events:#?}"))
+}
+
+#[tokio::test]
+async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order() {
+    let case = Case::new("orders_clean");
+    // 2024-01-03 fails a check; the others pass.
+    case.edit_pipeline(
+        "WHERE amount < 0\"",
+        "WHERE amount < 0 OR dt = '2024-01-03'\"",
+    );
+    let store = Arc::new(TestStore::default());
+    let hold = Arc::new(Semaphore::new(0));
+    *store.commit_hold.lock().unwrap() = Some(hold.clone());
+    let mut pipeline = pipeline::load(&case.pipeline).unwrap();
+    pipeline.destination.url = url::Url::from_directory_path(&case.table).unwrap();
+    let open = OpenOptions {
+        stores: vec![(url::Url::parse("file:///").unwrap(), store.clone())],
+        destination_store: Some(store.clone()),
+        ..OpenOptions::default()
+    };
+    let backfill = Arc::new(Backfill::open(pipeline, open).await.unwrap());
+    let recorder = Arc::new(Recorder {
+        events: Mutex::default(),
+        store,
+        hold: hold.clone(),
+    });
+    let options = RunOptions {
+        concurrency: Some(1),
+        retries: 2,
+        clock: ManualClock::new(),
+        ..RunOptions::default()
+    };
+    let selection = Selection::Keys(DAYS.iter().map(|d| d.to_string()).collect());
+    let running = backfill.clone().run(&selection, &options, recorder.clone());
+    let summary = match tokio::time::timeout(Duration::from_secs(120), running).await {
+        Ok(summary) => summary.unwrap(),
+        Err(_) => {
+            hold.add_permits(Semaphore::MAX_PERMITS / 2);
+            panic!(
+                "the run did not end within two minutes: {:#?}",
+                recorder.events.lock().unwrap()
+            );
+        }
+    };
+    let events = recorder.events.lock().unwrap().clone();
+
+    // The run starts, then the pipeline's part; it ends with the pipeline's summary and
+    // the run's end, which counts what is in the table.
+    let RunEvent::Started {
+        run_id,
+        slices,
+        to_run,
+        concurrency,
+        ..
+    } = &events[0]
+    else {
+        panic!("the first event starts the run: {:?}", events[0]);
+    };
+    assert_eq!(
+        (run_id, *slices, *to_run, *concurrency),
+        (&summary.run_id, 4, 4, 1)
+    );
+    assert!(matches!(&events[1], RunEvent::PipelineStarted { header } if header.slices == 4));
+    let n = events.len();
+    assert_eq!(
+        events[n - 2],
+        RunEvent::PipelineEnded {
+            summary: summary.clone()
+        }
+    );
+    assert_eq!(
+        events[n - 1],
+        RunEvent::Ended {
+            run_id: summary.run_id.clone(),
+            status: RunStatus::Incomplete,
+            committed: 3,
+            not_committed: 1,
+            not_started: 0,
+        }
+    );
+
+    // Each slice goes through its phases in order, and is told finished last.
+    let at = |slice: &str, phase: Phase| {
+        position(
+            &events,
+            &format!("{slice} {phase:?}"),
+            |e| matches!(e, RunEvent::Phase { slice: s, phase: p, .. } if s == slice && *p == phase),
+        )
+    };
+    let finished = |slice: &str| {
+        position(
+            &events,
+            &format!("{slice} finished"),
+            |e| matches!(e, RunEvent::SliceFinished { outcome, .. } if outcome.slice == slice),
+        )
+    };
+    for day in [DAYS[0], DAYS[1], DAYS[3]] {
+        let order = [
+            at(day, Phase::Planning),
+            at(day, Phase::Computing),
+            at(day, Phase::Checking),
+            at(day, Phase::WaitingForCommit),
+            at(day, Phase::Committing),
+            finished(day),
+        ];
+        assert!(order.is_sorted(), "{day}: {order:?} in {events:#?}");
+    }
+
+    // The first day's first attempt failed on a read: recorded, told as a retry with its
+    // reason and wait, and the second attempt committed it.
+    let failed_attempt = position(&events, "first day's failed attempt", |e| {
+        matches!(e, RunEvent::Attempted { attempt, .. }
+            if attempt.slice == DAYS[0] && attempt.attempt == 1
+                && matches!(attempt.status, SliceStatus::Failed { .. }))
+    });
+    let retry = position(&events, "a retry", |e| {
+        matches!(e, RunEvent::Retrying { .. })
+    });
+    let RunEvent::Retrying {
+        slice,
+        attempt,
+        error,
+        wait_ms,
+        ..
+    } = &events[retry]
+    else {
+        unreachable!()
+    };
+    assert_eq!((slice.as_str(), *attempt), (DAYS[0], 1));
+    assert!(!error.is_empty() && *wait_ms > 0, "{:?}", events[retry]);
+    assert!(failed_attempt < retry && retry < finished(DAYS[0]));
+    assert_eq!(summary.outcomes[0].attempts, 2);
+
+    // The third day failed its check: checked, never waiting for a commit, not retried.
+    assert!(at(DAYS[2], Phase::Checking) < finished(DAYS[2]));
+    let never = |e: &RunEvent| match e {
+        RunEvent::Phase { slice, phase, .. } => {
+            slice == DAYS[2] && matches!(phase, Phase::WaitingForCommit | Phase::Committing)
+        }
+        RunEvent::Retrying { slice, .. } => slice == DAYS[2],
+        _ => false,
+    };
+    assert!(!events.iter().any(never), "{events:#?}");
+    assert!(matches!(
+        &summary.outcomes[2].status,
+        SliceStatus::Failed {
+            fault: backfill_engine::Fault::Data,
+            ..
+        }
+    ));
+
+    // Commits: held until three slices waited, so two of them went in one commit; each
+    // committed slice is told in exactly one commit, before it is told finished.
+    let commits: Vec<(u64, Vec<String>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::Committed {
+                version, slices, ..
+            } => Some((*version, slices.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!((commits[0].0, commits[1].0), (0, 1));
+    let sizes = [commits[0].1.len(), commits[1].1.len()];
+    assert!(
+        sizes == [1, 2] || sizes == [2, 1],
+        "a group commit: {commits:?}"
+    );
+    let committed: BTreeSet<&str> = commits
+        .iter()
+        .flat_map(|(_, s)| s)
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(committed, BTreeSet::from([DAYS[0], DAYS[1], DAYS[3]]));
+    for (day, version) in [DAYS[0], DAYS[1], DAYS[3]].map(|day| {
+        let outcome = summary.outcomes.iter().find(|o| o.slice == day).unwrap();
+        let SliceStatus::Committed { version, .. } = outcome.status else {
+            panic!("{day}: {outcome:?}")
+        };
+        (day, version)
+    }) {
+        let told = position(
+            &events,
+            &format!("{day}'s commit"),
+            |e| matches!(e, RunEvent::Committed { slices, version: v, .. } if *v == version && slices.iter().any(|s| s == day)),
+        );
+        assert!(told < finished(day), "{day}");
+    }
+
+    // Places: one, taken and given back, never more.
+    let places: Vec<(usize, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::Places { in_use, of } => Some((*in_use, *of)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        places.iter().all(|&(in_use, of)| of == 1 && in_use <= 1),
+        "{places:?}"
+    );
+    assert!(
+        places.contains(&(1, 1)) && places.last() == Some(&(0, 1)),
+        "{places:?}"
+    );
+
+    // The history holds what the events told.
+    let history = backfill
+        .history()
+        .run(&summary.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let attempted: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::Attempted { attempt, .. } => Some(attempt.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(history.attempts.len(), attempted.len());
+    assert_eq!(history.end.unwrap().committed, 3);
+}
