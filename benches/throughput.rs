@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::pipeline::Pipeline;
 use backfill_engine::run::{Observer, RunEvent};
-use backfill_engine::states::SliceStatus;
+use backfill_engine::states::SliceOutcome;
 use backfill_engine::{pipeline, Backfill, OpenOptions, PlanOptions, RunOptions, Selection};
 use chrono::NaiveDate;
 
@@ -234,7 +234,7 @@ impl Observer for Finishes {
             return;
         };
         self.at.lock().unwrap().push(self.started.elapsed());
-        if let SliceStatus::Committed { version, .. } = outcome.status {
+        if let SliceOutcome::Committed { version, .. } = outcome.status {
             self.versions.lock().unwrap().insert(version);
         }
     }

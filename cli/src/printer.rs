@@ -1,7 +1,7 @@
 //! How everything is printed: JSON for machines, aligned tables and one way of writing
 //! sizes, durations and times for people. Commands decide what to print; this decides how.
 
-use backfill_engine::SliceStatus;
+use backfill_engine::SliceOutcome;
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
@@ -64,9 +64,9 @@ pub struct StatusWords {
     pub detail: String,
 }
 
-pub fn status_words(status: &SliceStatus) -> StatusWords {
+pub fn status_words(status: &SliceOutcome) -> StatusWords {
     let (class, label, detail) = match status {
-        SliceStatus::Committed {
+        SliceOutcome::Committed {
             version,
             rows,
             bytes,
@@ -75,12 +75,12 @@ pub fn status_words(status: &SliceStatus) -> StatusWords {
             "committed",
             format!("{rows} rows, {}, version {version}", human_bytes(*bytes)),
         ),
-        SliceStatus::CommittedMeanwhile { by_run, version } => (
+        SliceOutcome::CommittedMeanwhile { by_run, version } => (
             "meanwhile",
             "committed",
             format!("meanwhile by run {by_run}, version {version}"),
         ),
-        SliceStatus::Staged {
+        SliceOutcome::Staged {
             rows,
             bytes,
             reused,
@@ -96,14 +96,14 @@ pub fn status_words(status: &SliceStatus) -> StatusWords {
                 }
             ),
         ),
-        SliceStatus::Skipped { state } => ("skipped", "skipped", format!("({state})")),
-        SliceStatus::Failed { error, .. } => ("failed", "FAILED", error.clone()),
-        SliceStatus::Abandoned => (
+        SliceOutcome::Skipped { state } => ("skipped", "skipped", format!("({state})")),
+        SliceOutcome::Failed { error, .. } => ("failed", "FAILED", error.clone()),
+        SliceOutcome::Abandoned => (
             "abandoned",
             "abandoned",
             "stopped; nothing committed".to_string(),
         ),
-        SliceStatus::Blocked { by } => ("blocked", "BLOCKED", format!("by {}", by.join(", "))),
+        SliceOutcome::Blocked { by } => ("blocked", "BLOCKED", format!("by {}", by.join(", "))),
     };
     StatusWords {
         class,

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backfill_engine::run::{Observer, RunEvent, SliceOutcome};
-use backfill_engine::SliceStatus;
+use backfill_engine::run::{FinishedSlice, Observer, RunEvent};
+use backfill_engine::SliceOutcome;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::printer::{human_bytes, human_duration, status_words, timestamp};
@@ -122,21 +122,21 @@ impl Progress {
         self.line(format!("run {run_id}: {slices} slices"));
     }
 
-    fn finished(&self, pipeline: &str, outcome: &SliceOutcome) {
+    fn finished(&self, pipeline: &str, outcome: &FinishedSlice) {
         let name = self.name(pipeline, &outcome.slice);
         {
             let mut totals = self.totals.lock().expect("not poisoned");
             totals.in_flight.retain(|s| *s != name);
             match &outcome.status {
-                SliceStatus::Committed { rows, bytes, .. }
-                | SliceStatus::Staged { rows, bytes, .. } => {
+                SliceOutcome::Committed { rows, bytes, .. }
+                | SliceOutcome::Staged { rows, bytes, .. } => {
                     totals.rows += rows;
                     totals.bytes += bytes;
                 }
-                SliceStatus::Failed { .. }
-                | SliceStatus::Abandoned
-                | SliceStatus::Blocked { .. } => totals.failed += 1,
-                SliceStatus::Skipped { .. } | SliceStatus::CommittedMeanwhile { .. } => {}
+                SliceOutcome::Failed { .. }
+                | SliceOutcome::Abandoned
+                | SliceOutcome::Blocked { .. } => totals.failed += 1,
+                SliceOutcome::Skipped { .. } | SliceOutcome::CommittedMeanwhile { .. } => {}
             }
             self.bar.set_message(totals.message());
         }

@@ -13,7 +13,7 @@ use datafusion::prelude::SessionContext;
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::AssertionResult;
 use crate::pipeline::Assertion;
-use crate::sink::Staged;
+use crate::sink::StagedOutput;
 use crate::template;
 
 /// Runs every assertion on a staged slice; the results say which passed. Assertions
@@ -22,7 +22,7 @@ use crate::template;
 pub async fn check(
     session: impl AsyncFnOnce() -> Result<SessionContext>,
     assertions: &[Assertion],
-    staged: &Staged,
+    staged: &StagedOutput,
     schema: &SchemaRef,
     variables: &[(&str, String)],
     origin: &str,

@@ -12,7 +12,7 @@ use std::time::Instant;
 use datafusion::physical_plan::execute_stream;
 use serde::Serialize;
 
-use crate::engine::{Backfill, SlicePlan};
+use crate::backfill::{Backfill, SlicePlan};
 use crate::error::{Error, Result, ResultExt, Setting};
 use crate::ledger::Ledger;
 use crate::states::{Reprocess, SliceState};
@@ -185,7 +185,7 @@ pub(crate) fn history_basis<'a>(ledgers: impl IntoIterator<Item = &'a Ledger>) -
 
 /// Refuses a run that would compute a slice without source data (unless allowed) or
 /// go over its budget. Nothing has run when this fails.
-pub fn preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
+pub fn check_preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
     let to_run: Vec<&SlicePlan> = computed(planned).collect();
     let unplanned: Vec<String> = to_run
         .iter()
@@ -309,7 +309,7 @@ pub fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::ledger::{SliceRecord, StagedSlice};
+    use crate::ledger::{SliceRecord, SwapManifest};
     use crate::slice::Slice;
     use crate::source::SourceFile;
 
@@ -357,7 +357,7 @@ mod tests {
             rows: record.rows,
             bytes: record.bytes,
             staged_at: chrono::DateTime::UNIX_EPOCH,
-            staged: Box::new(StagedSlice {
+            staged: Box::new(SwapManifest {
                 staging_key: "k".into(),
                 record,
                 adds: vec![],
@@ -435,7 +435,7 @@ mod tests {
     }
 
     fn refused_setting(planned: &[SlicePlan], budget: &Budget) -> (Vec<Setting>, String) {
-        match preflight(planned, budget) {
+        match check_preflight(planned, budget) {
             Err(Error::Setting { settings, message }) => (settings, message),
             other => panic!("expected a refused setting, got {other:?}"),
         }
@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn preflight_refuses_empty_sources_and_budgets_naming_the_setting() {
-        assert!(preflight(&plans(), &Budget::default()).is_ok());
+        assert!(check_preflight(&plans(), &Budget::default()).is_ok());
 
         let mut with_empty = plans();
         with_empty.push(planned("e", SliceState::Missing, true, &[]));
@@ -457,7 +457,7 @@ mod tests {
             allow_empty: true,
             ..Budget::default()
         };
-        assert!(preflight(&with_empty, &allowed).is_ok());
+        assert!(check_preflight(&with_empty, &allowed).is_ok());
 
         let few = Budget {
             max_slices: Some(1),
@@ -486,7 +486,7 @@ mod tests {
             ..Budget::default()
         };
         assert!(
-            preflight(&plans(), &enough).is_ok(),
+            check_preflight(&plans(), &enough).is_ok(),
             "the limits are inclusive"
         );
     }

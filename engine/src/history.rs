@@ -26,7 +26,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, ResultExt};
-use crate::states::{RebuildOutcome, SliceStatus};
+use crate::states::{RebuildOutcome, SliceOutcome};
 
 const RUNS: &str = "_backfill/runs";
 
@@ -58,7 +58,7 @@ pub struct Attempt {
     /// 1 for the first attempt, 2 for the first retry, ...
     pub attempt: u32,
     #[serde(flatten)]
-    pub status: SliceStatus,
+    pub status: SliceOutcome,
     pub duration_ms: u64,
     pub finished_at: DateTime<Utc>,
 }

@@ -5,7 +5,7 @@
 //! commit's `commitInfo`. Both are in the same atomic commit as the data, so data and
 //! progress can never disagree. A rebuild's swap commit carries a [`SwapRecord`] there
 //! instead: the records of every slice now in the table. A swap replaced the whole table,
-//! so records older than it no longer describe anything. A rebuild's [`StagedSlice`] is the
+//! so records older than it no longer describe anything. A rebuild's [`SwapManifest`] is the
 //! record of a checked slice waiting for its swap. This module only reads the log; writing
 //! records is the sink's job.
 //!
@@ -145,7 +145,7 @@ impl CommitRecord {
 
 /// A slice's checked output, staged for a rebuild and remembered durably.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StagedSlice {
+pub struct SwapManifest {
     /// Sums up everything the output depends on (see `Backfill::staging_key`); staged
     /// output is reused only while it matches.
     pub staging_key: String,

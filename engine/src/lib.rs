@@ -9,10 +9,10 @@
 //! and reports what happens as [`run::RunEvent`]s to an [`run::Observer`].
 
 pub mod assertions;
+mod backfill;
 pub mod clock;
 #[cfg(feature = "cluster")]
 pub mod cluster;
-mod engine;
 pub mod error;
 pub mod estimate;
 pub mod fixtures;
@@ -32,12 +32,12 @@ pub mod status;
 pub mod template;
 pub mod upstream;
 
+pub use backfill::{Backfill, OpenOptions, SlicePlan};
 pub use datafusion::arrow;
-pub use engine::{Backfill, OpenOptions, SlicePlan};
 pub use error::{Error, Fault, Result, Setting};
 pub use estimate::PlanOptions;
 pub use plan::Plan;
 pub use retry::RequestRetry;
-pub use run::{Observer, RunEvent, RunOptions, RunSummary, SliceOutcome};
+pub use run::{FinishedSlice, Observer, RunEvent, RunOptions, RunSummary};
 pub use slice::Selection;
-pub use states::{RebuildOutcome, Reprocess, SliceState, SliceStatus};
+pub use states::{RebuildOutcome, Reprocess, SliceOutcome, SliceState};

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::engine::{Backfill, SlicePlan};
+use crate::backfill::{Backfill, SlicePlan};
 use crate::error::Result;
 use crate::estimate::{chosen_concurrency, Estimate, PlanOptions};
 use crate::ledger::Summaries;
 use crate::run::default_concurrency;
 use crate::sink::rebuild::Replaced;
 use crate::slice::Selection;
+use crate::states::SliceState;
 use crate::upstream::UpstreamSlice;
 
 /// The plan of a selection: every slice's plan, what a run would read and take, and for a
@@ -46,15 +47,15 @@ impl Backfill {
     ) -> Result<Plan> {
         let cores = default_concurrency();
         let reprocess = options.reprocess;
-        let known = Arc::new(self.known(Summaries::ReadOnly).await?);
+        let recorded = Arc::new(self.recorded(Summaries::ReadOnly).await?);
         let mut slices = self
-            .plan_slices(self.slices(selection)?, &known, reprocess, cores)
+            .plan_slices(self.slices(selection)?, &recorded, reprocess, cores)
             .await?;
         self.wait_for_upstream(&mut slices, running, reprocess);
         let chosen = || chosen_concurrency(&slices, cores);
         let concurrency = options.concurrency.unwrap_or_else(chosen);
         let estimate = self
-            .estimate(&slices, &known.ledger, concurrency, options)
+            .estimate(&slices, &recorded.ledger, concurrency, options)
             .await?;
         for slice in &mut slices {
             slice.estimated_ms = estimate.slice_ms(slice.source_bytes());
@@ -65,5 +66,44 @@ impl Backfill {
             estimate,
             rebuild,
         })
+    }
+}
+
+/// How many slices of a plan are in each state, and what a run would do with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub done: usize,
+    pub missing: usize,
+    pub changed: usize,
+    pub failed: usize,
+    /// Staged for a rebuild's swap: a run reuses them.
+    pub staged: usize,
+    /// Waiting for upstream slices of the run: their state is known once those are done.
+    pub pending_upstream: usize,
+    /// Slices a run would compute (staged ones are reused, not computed).
+    pub to_compute: usize,
+}
+
+impl Counts {
+    pub fn of(planned: &[SlicePlan]) -> Counts {
+        let mut counts = Counts::default();
+        for plan in planned {
+            if plan.will_run && !matches!(plan.state, SliceState::Staged { .. }) {
+                counts.to_compute += 1;
+            }
+            if !plan.after.is_empty() {
+                counts.pending_upstream += 1;
+                continue;
+            }
+            let count = match plan.state {
+                SliceState::Done { .. } => &mut counts.done,
+                SliceState::Missing => &mut counts.missing,
+                SliceState::Changed { .. } => &mut counts.changed,
+                SliceState::Failed { .. } => &mut counts.failed,
+                SliceState::Staged { .. } => &mut counts.staged,
+            };
+            *count += 1;
+        }
+        counts
     }
 }

@@ -13,7 +13,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
-use crate::engine::Backfill;
+use crate::backfill::Backfill;
 use crate::error::{Error, Result, ResultExt};
 use crate::sink::strategy::Publishing;
 use crate::slice::Selection;

@@ -19,11 +19,49 @@ pub enum SliceKind {
 }
 
 impl SliceKind {
+    /// Every kind, as the pipeline file names them.
+    pub const ALL: [SliceKind; 3] = [SliceKind::Daily, SliceKind::Hourly, SliceKind::List];
+
     pub fn name(self) -> &'static str {
         match self {
             SliceKind::Daily => "daily",
             SliceKind::Hourly => "hourly",
             SliceKind::List => "list",
+        }
+    }
+
+    /// The partition columns a slice of this kind owns when the file names none; `None`
+    /// when the file must name them.
+    pub fn default_columns(self) -> Option<Vec<String>> {
+        match self {
+            SliceKind::Daily => Some(vec!["dt".into()]),
+            SliceKind::Hourly => Some(vec!["dt".into(), "hr".into()]),
+            SliceKind::List => None,
+        }
+    }
+
+    /// How many partition columns a slice of this kind owns.
+    pub fn columns(self) -> usize {
+        match self {
+            SliceKind::Daily | SliceKind::List => 1,
+            SliceKind::Hourly => 2,
+        }
+    }
+
+    /// A selection of one slice of this kind, for planning SQL that reads no data: the
+    /// first of `keys` for a list.
+    pub fn sample(self, keys: Option<&[String]>) -> Selection {
+        let range = |at: &str| Selection::Range {
+            start: at.into(),
+            end: at.into(),
+        };
+        match self {
+            SliceKind::Daily => range("2000-01-01"),
+            SliceKind::Hourly => range("2000-01-01T00"),
+            SliceKind::List => {
+                let first = keys.and_then(|keys| keys.first());
+                Selection::Keys(vec![first.map_or("sample".into(), String::clone)])
+            }
         }
     }
 }

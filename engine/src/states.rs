@@ -1,13 +1,13 @@
 //! The vocabulary of slice states, shared by every layer: what the Delta log says of a
 //! slice before a run ([`SliceState`]), which states a run takes on ([`Reprocess`]), what
-//! became of a slice in a run ([`SliceStatus`]) and how a rebuild ended for the table
+//! became of a slice in a run ([`SliceOutcome`]) and how a rebuild ended for the table
 //! ([`RebuildOutcome`]). Plain data, and [`decide`], the pure function from what is known
 //! of a slice to its state. No IO.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Fault;
-use crate::ledger::{Committed, StagedSlice};
+use crate::ledger::{Committed, SwapManifest};
 
 /// Which states of slices a run (re)processes; `plan` shows the same choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub enum SliceState {
         bytes: u64,
         staged_at: chrono::DateTime<chrono::Utc>,
         #[serde(skip)]
-        staged: Box<StagedSlice>,
+        staged: Box<SwapManifest>,
     },
 }
 
@@ -121,7 +121,7 @@ impl SliceState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum SliceStatus {
+pub enum SliceOutcome {
     /// Published in table version `version`.
     Committed { version: u64, rows: u64, bytes: u64 },
     /// Committed by another run (`by_run`, in table version `version`) after this run
@@ -141,16 +141,16 @@ pub enum SliceStatus {
     Blocked { by: Vec<String> },
 }
 
-impl SliceStatus {
+impl SliceOutcome {
     /// Whether the slice is in the table: committed by this run, or by another meanwhile.
     pub fn is_in_the_table(&self) -> bool {
         match self {
-            SliceStatus::Committed { .. } | SliceStatus::CommittedMeanwhile { .. } => true,
-            SliceStatus::Staged { .. }
-            | SliceStatus::Skipped { .. }
-            | SliceStatus::Failed { .. }
-            | SliceStatus::Abandoned
-            | SliceStatus::Blocked { .. } => false,
+            SliceOutcome::Committed { .. } | SliceOutcome::CommittedMeanwhile { .. } => true,
+            SliceOutcome::Staged { .. }
+            | SliceOutcome::Skipped { .. }
+            | SliceOutcome::Failed { .. }
+            | SliceOutcome::Abandoned
+            | SliceOutcome::Blocked { .. } => false,
         }
     }
 
@@ -158,13 +158,13 @@ impl SliceStatus {
     /// abandoned, or blocked by upstream slices.
     pub fn is_not_committed(&self) -> bool {
         match self {
-            SliceStatus::Failed { .. } | SliceStatus::Abandoned | SliceStatus::Blocked { .. } => {
-                true
-            }
-            SliceStatus::Committed { .. }
-            | SliceStatus::CommittedMeanwhile { .. }
-            | SliceStatus::Staged { .. }
-            | SliceStatus::Skipped { .. } => false,
+            SliceOutcome::Failed { .. }
+            | SliceOutcome::Abandoned
+            | SliceOutcome::Blocked { .. } => true,
+            SliceOutcome::Committed { .. }
+            | SliceOutcome::CommittedMeanwhile { .. }
+            | SliceOutcome::Staged { .. }
+            | SliceOutcome::Skipped { .. } => false,
         }
     }
 }
@@ -206,7 +206,7 @@ pub struct Facts<'a> {
     /// The committed slice's files that are gone from storage.
     pub missing_files: &'a [String],
     /// A rebuild's manifest for the slice, and the staging key its inputs give now.
-    pub staged: Option<&'a StagedSlice>,
+    pub staged: Option<&'a SwapManifest>,
     pub staging_key: &'a str,
     pub reprocess: Reprocess,
 }
@@ -287,8 +287,8 @@ mod tests {
         }
     }
 
-    fn staged(key: &str, record: SliceRecord) -> StagedSlice {
-        StagedSlice {
+    fn staged(key: &str, record: SliceRecord) -> SwapManifest {
+        SwapManifest {
             staging_key: key.into(),
             record,
             adds: vec![],

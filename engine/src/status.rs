@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::engine::{Backfill, Known};
+use crate::backfill::{Backfill, Recorded};
 use crate::error::Result;
 use crate::slice::Selection;
 
@@ -45,17 +45,17 @@ pub struct Status {
 impl Backfill {
     /// The status of the selected slices; with no selection, of every committed slice.
     pub async fn status(&self, selection: Option<&Selection>) -> Result<Status> {
-        let known = self.known(crate::ledger::Summaries::ReadOnly).await?;
+        let recorded = self.recorded(crate::ledger::Summaries::ReadOnly).await?;
         let keys: Vec<String> = match selection {
             Some(selection) => self.slices(selection)?.into_iter().map(|s| s.key).collect(),
-            None => known
+            None => recorded
                 .ledger
                 .committed()
                 .iter()
                 .map(|c| c.record.slice.clone())
                 .collect(),
         };
-        let mut slices: Vec<SliceLine> = keys.iter().map(|key| line(key, &known)).collect();
+        let mut slices: Vec<SliceLine> = keys.iter().map(|key| line(key, &recorded)).collect();
         let durations: Vec<Option<u64>> = slices.iter().map(|s| s.duration_ms).collect();
         let (median, skewed) = skew(&durations);
         for (slice, skewed) in slices.iter_mut().zip(skewed) {
@@ -71,9 +71,12 @@ impl Backfill {
     }
 }
 
-fn line(key: &str, known: &Known) -> SliceLine {
-    let committed = known.ledger.get(key);
-    let failure = known.last_failures.get(key).filter(|_| committed.is_none());
+fn line(key: &str, recorded: &Recorded) -> SliceLine {
+    let committed = recorded.ledger.get(key);
+    let failure = recorded
+        .last_failures
+        .get(key)
+        .filter(|_| committed.is_none());
     SliceLine {
         slice: key.to_string(),
         state: match (committed, failure) {
@@ -85,7 +88,7 @@ fn line(key: &str, known: &Known) -> SliceLine {
         bytes: committed.map(|c| c.record.bytes),
         duration_ms: committed.map(|c| c.record.duration_ms),
         skewed: false,
-        retries: known.retries.get(key).copied().unwrap_or(0),
+        retries: recorded.retries.get(key).copied().unwrap_or(0),
         last_error: failure.map(|(_, error)| error.clone()),
         version: committed.and_then(|c| c.version),
         run_id: committed.map(|c| c.record.run_id.clone()),

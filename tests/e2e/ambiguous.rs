@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use backfill_engine::RebuildOutcome;
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
+use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceOutcome};
 use datafusion::prelude::SessionContext;
 
 use crate::stores::TestStore;
@@ -76,7 +76,7 @@ async fn assert_readable_at_every_version(case: &Case) {
 async fn assert_each_day_committed_once(case: &Case, summary: &backfill_engine::RunSummary) {
     for outcome in &summary.outcomes {
         assert!(
-            matches!(outcome.status, SliceStatus::Committed { .. }),
+            matches!(outcome.status, SliceOutcome::Committed { .. }),
             "{outcome:?}"
         );
     }
@@ -103,7 +103,7 @@ async fn an_overwrite_whose_commits_report_errors_after_landing_keeps_every_file
         .outcomes
         .iter()
         .map(|o| match o.status {
-            SliceStatus::Committed { version, .. } => version,
+            SliceOutcome::Committed { version, .. } => version,
             _ => unreachable!(),
         })
         .collect();
@@ -135,7 +135,7 @@ async fn an_append_whose_commits_report_errors_after_landing_adds_each_day_once(
     assert!(summary
         .outcomes
         .iter()
-        .all(|o| matches!(o.status, SliceStatus::Committed { .. })));
+        .all(|o| matches!(o.status, SliceOutcome::Committed { .. })));
     assert_readable_at_every_version(&case).await;
     assert_eq!(case.committed_slices().len(), 12);
     assert_eq!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backfill_engine::RebuildOutcome;
-use backfill_engine::{Backfill, RunOptions, RunSummary, Selection, SliceStatus};
+use backfill_engine::{Backfill, RunOptions, RunSummary, Selection, SliceOutcome};
 
 use crate::stores::{open_over, TestStore};
 use crate::support::*;
@@ -42,11 +42,11 @@ async fn run_twice_at_once(case: &Case) -> (RunSummary, RunSummary) {
 fn assert_each_slice_committed_by_one(first: &RunSummary, second: &RunSummary) {
     for (a, b) in first.outcomes.iter().zip(&second.outcomes) {
         assert_eq!(a.slice, b.slice);
-        let meanwhile_by = |status: &SliceStatus| match status {
-            SliceStatus::CommittedMeanwhile { by_run, .. } => Some(by_run.clone()),
+        let meanwhile_by = |status: &SliceOutcome| match status {
+            SliceOutcome::CommittedMeanwhile { by_run, .. } => Some(by_run.clone()),
             _ => None,
         };
-        let committed = |status: &SliceStatus| matches!(status, SliceStatus::Committed { .. });
+        let committed = |status: &SliceOutcome| matches!(status, SliceOutcome::Committed { .. });
         let one_way = committed(&a.status) && meanwhile_by(&b.status) == Some(first.run_id.clone());
         let other_way =
             committed(&b.status) && meanwhile_by(&a.status) == Some(second.run_id.clone());

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_engine::run::{Observer, Phase, RunEvent, RunStatus};
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceStatus};
+use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceOutcome};
 use tokio::sync::Semaphore;
 
 use crate::reads::ManualClock;
@@ -168,7 +168,7 @@ async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order
     let failed_attempt = position(&events, "first day's failed attempt", |e| {
         matches!(e, RunEvent::Attempted { attempt, .. }
             if attempt.slice == DAYS[0] && attempt.attempt == 1
-                && matches!(attempt.status, SliceStatus::Failed { .. }))
+                && matches!(attempt.status, SliceOutcome::Failed { .. }))
     });
     let retry = position(&events, "a retry", |e| {
         matches!(e, RunEvent::Retrying { .. })
@@ -200,7 +200,7 @@ async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order
     assert!(!events.iter().any(never), "{events:#?}");
     assert!(matches!(
         &summary.outcomes[2].status,
-        SliceStatus::Failed {
+        SliceOutcome::Failed {
             fault: backfill_engine::Fault::Data,
             ..
         }
@@ -232,7 +232,7 @@ async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order
     assert_eq!(committed, BTreeSet::from([DAYS[0], DAYS[1], DAYS[3]]));
     for (day, version) in [DAYS[0], DAYS[1], DAYS[3]].map(|day| {
         let outcome = summary.outcomes.iter().find(|o| o.slice == day).unwrap();
-        let SliceStatus::Committed { version, .. } = outcome.status else {
+        let SliceOutcome::Committed { version, .. } = outcome.status else {
             panic!("{day}: {outcome:?}")
         };
         (day, version)
@@ -245,21 +245,21 @@ async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order
         assert!(told < finished(day), "{day}");
     }
 
-    // Places: one, taken and given back, never more.
-    let places: Vec<(usize, usize)> = events
+    // Slots: one, taken and given back, never more.
+    let slots: Vec<(usize, usize)> = events
         .iter()
         .filter_map(|e| match e {
-            RunEvent::Places { in_use, of } => Some((*in_use, *of)),
+            RunEvent::Slots { in_use, of } => Some((*in_use, *of)),
             _ => None,
         })
         .collect();
     assert!(
-        places.iter().all(|&(in_use, of)| of == 1 && in_use <= 1),
-        "{places:?}"
+        slots.iter().all(|&(in_use, of)| of == 1 && in_use <= 1),
+        "{slots:?}"
     );
     assert!(
-        places.contains(&(1, 1)) && places.last() == Some(&(0, 1)),
-        "{places:?}"
+        slots.contains(&(1, 1)) && slots.last() == Some(&(0, 1)),
+        "{slots:?}"
     );
 
     // The history holds what the events told.

@@ -589,7 +589,7 @@ async fn diff_matches_rows_by_merge_key_and_counts_the_changed_ones() {
         "orders_merge",
     ];
     case.run(&merge, 0);
-    // Staging computes day 2 from amounts changed for one order in ten.
+    // WriteTarget computes day 2 from amounts changed for one order in ten.
     let day = case.path("fixtures/buckets/shop/orders/dt=2024-01-02");
     rewrite_parquet(
         &day,

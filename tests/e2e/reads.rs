@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_engine::clock::Clock;
-use backfill_engine::{Backfill, RequestRetry, RunOptions, Selection, SliceStatus};
+use backfill_engine::{Backfill, RequestRetry, RunOptions, Selection, SliceOutcome};
 
 use crate::stores::{open_over, open_over_with, TestStore};
 use crate::support::{Case, Scratch};
@@ -46,7 +46,7 @@ async fn run_counting(
     store.reads.lock().unwrap().clear(); // count the slice, not the schema inference
     let summary = run(&backfill, &[day], &RunOptions::default()).await;
     assert!(
-        matches!(summary.outcomes[0].status, SliceStatus::Committed { .. }),
+        matches!(summary.outcomes[0].status, SliceOutcome::Committed { .. }),
         "{summary:?}"
     );
     store
@@ -153,13 +153,13 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
     let failed: Vec<_> = run
         .attempts
         .iter()
-        .filter(|a| matches!(a.status, SliceStatus::Failed { .. }))
+        .filter(|a| matches!(a.status, SliceOutcome::Failed { .. }))
         .collect();
     assert_eq!(failed.len() as u32, attempts - 3, "{:#?}", run.attempts);
     assert!(run
         .attempts
         .iter()
-        .any(|a| a.attempt > 1 && matches!(a.status, SliceStatus::Committed { .. })));
+        .any(|a| a.attempt > 1 && matches!(a.status, SliceOutcome::Committed { .. })));
     assert_eq!(run.end.unwrap().committed, 3);
 
     // `status` counts the same retries.
@@ -186,14 +186,14 @@ async fn without_retries_a_transient_failure_fails_only_its_slice() {
     let first = &summary.outcomes[0];
     assert_eq!(first.attempts, 1);
     match &first.status {
-        SliceStatus::Failed { error, fault } => {
+        SliceOutcome::Failed { error, fault } => {
             assert_eq!(*fault, backfill_engine::Fault::Environment);
             assert!(error.contains("injected failure"), "{error}");
         }
         other => panic!("the first slice should fail, got {other:?}"),
     }
     assert!(
-        matches!(summary.outcomes[1].status, SliceStatus::Committed { .. }),
+        matches!(summary.outcomes[1].status, SliceOutcome::Committed { .. }),
         "{summary:#?}"
     );
 }
@@ -210,7 +210,7 @@ async fn access_denied_is_not_retried() {
         "asking again gives the same answer: {summary:#?}"
     );
     match &only.status {
-        SliceStatus::Failed { error, fault } => {
+        SliceOutcome::Failed { error, fault } => {
             assert_eq!(*fault, backfill_engine::Fault::Environment);
             assert!(error.contains("access denied"), "{error}");
         }
@@ -227,7 +227,7 @@ async fn failed_assertions_are_not_retried() {
     assert_eq!(summary.outcomes[0].attempts, 1, "{summary:#?}");
     assert!(matches!(
         summary.outcomes[0].status,
-        SliceStatus::Failed {
+        SliceOutcome::Failed {
             fault: backfill_engine::Fault::Data,
             ..
         }
@@ -277,7 +277,7 @@ async fn retries_back_off_exponentially_with_jitter() {
     };
     let summary = run(&backfill, &["2024-01-01"], &options).await;
     assert!(
-        matches!(summary.outcomes[0].status, SliceStatus::Committed { .. }),
+        matches!(summary.outcomes[0].status, SliceOutcome::Committed { .. }),
         "{summary:#?}"
     );
     assert!(summary.outcomes[0].attempts > 1, "{summary:#?}");
@@ -326,7 +326,7 @@ async fn a_hung_attempt_times_out_and_is_retried() {
     };
     let summary = run(&backfill, &["2024-01-02"], &options).await;
     assert!(
-        matches!(summary.outcomes[0].status, SliceStatus::Committed { .. }),
+        matches!(summary.outcomes[0].status, SliceOutcome::Committed { .. }),
         "{summary:#?}"
     );
     let history = backfill
@@ -336,7 +336,7 @@ async fn a_hung_attempt_times_out_and_is_retried() {
         .unwrap()
         .unwrap();
     match &history.attempts[0].status {
-        SliceStatus::Failed { error, fault } => {
+        SliceOutcome::Failed { error, fault } => {
             assert!(error.contains("timed out after 500ms"), "{error}");
             assert_eq!(*fault, backfill_engine::Fault::Environment);
         }
@@ -459,17 +459,17 @@ async fn a_slice_whose_files_storage_keeps_failing_fails_alone_and_the_others_co
         .push("dt=2024-01-02".into());
     let days = ["2024-01-01", "2024-01-02", "2024-01-03"];
     let summary = run(&backfill, &days, &quick_retries(1)).await;
-    let statuses: Vec<&SliceStatus> = summary.outcomes.iter().map(|o| &o.status).collect();
+    let statuses: Vec<&SliceOutcome> = summary.outcomes.iter().map(|o| &o.status).collect();
     assert!(
-        matches!(statuses[0], SliceStatus::Committed { .. }),
+        matches!(statuses[0], SliceOutcome::Committed { .. }),
         "{summary:#?}"
     );
     assert!(
-        matches!(statuses[2], SliceStatus::Committed { .. }),
+        matches!(statuses[2], SliceOutcome::Committed { .. }),
         "{summary:#?}"
     );
     match statuses[1] {
-        SliceStatus::Failed { fault, error } => {
+        SliceOutcome::Failed { fault, error } => {
             assert_eq!(*fault, backfill_engine::Fault::Environment, "{error}");
             assert!(error.contains("reset by peer"), "{error}");
         }

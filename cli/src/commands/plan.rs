@@ -3,6 +3,7 @@
 
 use backfill_engine::estimate::{Basis, Estimate};
 use backfill_engine::ledger::{Committed, OtherWriters};
+use backfill_engine::plan::Counts;
 use backfill_engine::project::ProjectPlan;
 use backfill_engine::sink::rebuild::Replaced;
 use backfill_engine::{Plan, PlanOptions, SliceState};
@@ -164,26 +165,23 @@ fn print(plan: &Plan) {
         ]);
     }
     printer::print_table(&table);
-    let count = |name: &str| {
-        let counted = planned.iter().filter(|p| p.after.is_empty());
-        counted.filter(|p| p.state.name() == name).count()
-    };
-    let pending = match planned.iter().filter(|p| !p.after.is_empty()).count() {
+    let counts = Counts::of(planned);
+    let pending = match counts.pending_upstream {
         0 => String::new(),
         n => format!(", {n} pending upstream slices"),
     };
-    let staged = match count("staged") {
+    let staged = match counts.staged {
         0 => String::new(),
         n => format!(", {n} staged"),
     };
     println!(
         "{} slices: {} done, {} missing, {} changed, {} failed{staged}{pending}; a run would run {}",
         planned.len(),
-        count("done"),
-        count("missing"),
-        count("changed"),
-        count("failed"),
-        planned.iter().filter(|p| p.will_run).count() - planned.iter().filter(|p| p.state.name() == "staged").count()
+        counts.done,
+        counts.missing,
+        counts.changed,
+        counts.failed,
+        counts.to_compute
     );
     if estimate.slices > 0 {
         println!("a run would read {}", describe_estimate(estimate));

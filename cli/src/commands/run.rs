@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use backfill_engine::estimate::Budget;
 use backfill_engine::run::{Observer, Stop};
-use backfill_engine::{RebuildOutcome, RunOptions, RunSummary, SliceStatus};
+use backfill_engine::{RebuildOutcome, RunOptions, RunSummary, SliceOutcome};
 use clap::Args;
 
 use super::Outcome;
@@ -159,7 +159,7 @@ fn print(summary: &RunSummary) {
         0 => String::new(),
         n => format!(", {n} blocked by upstream slices"),
     };
-    let meanwhile = match summary.count(|s| matches!(s, SliceStatus::CommittedMeanwhile { .. })) {
+    let meanwhile = match summary.count(|s| matches!(s, SliceOutcome::CommittedMeanwhile { .. })) {
         0 => String::new(),
         n => format!(", {n} committed meanwhile by other runs"),
     };
@@ -185,7 +185,7 @@ fn print(summary: &RunSummary) {
         return;
     }
     // After a stop, say exactly what is in the table and what is not.
-    let keys = |matches: fn(&SliceStatus) -> bool| {
+    let keys = |matches: fn(&SliceOutcome) -> bool| {
         let keys: Vec<&str> = summary
             .outcomes
             .iter()
@@ -198,14 +198,17 @@ fn print(summary: &RunSummary) {
             keys.join(", ")
         }
     };
-    println!("stopped. committed: {}", keys(SliceStatus::is_in_the_table));
+    println!(
+        "stopped. committed: {}",
+        keys(SliceOutcome::is_in_the_table)
+    );
     if summary.rebuild.is_some() {
         println!(
             "staged for the rebuild's swap: {}",
-            keys(|s| matches!(s, SliceStatus::Staged { .. }))
+            keys(|s| matches!(s, SliceOutcome::Staged { .. }))
         );
     }
-    println!("not committed: {}", keys(SliceStatus::is_not_committed));
+    println!("not committed: {}", keys(SliceOutcome::is_not_committed));
     println!("not started: {}", summary.not_started.join(", "));
 }
 

@@ -7,7 +7,7 @@
 //! hold `<`, `&` or quotes). Presentation only: the run comes from the engine's history.
 
 use backfill_engine::history::{RunEnd, RunHeader, RunRecord};
-use backfill_engine::SliceStatus;
+use backfill_engine::SliceOutcome;
 use serde::Serialize;
 
 use crate::printer::{human_duration, status_words};
@@ -149,7 +149,7 @@ fn slice_ends(run: &RunRecord) -> Vec<SliceEnd<'_>> {
             attempts: attempt.attempt,
             took: human_duration(attempt.duration_ms),
             duration_ms: attempt.duration_ms,
-            failed: matches!(attempt.status, SliceStatus::Failed { .. }),
+            failed: matches!(attempt.status, SliceOutcome::Failed { .. }),
         };
         match ends.iter_mut().find(|e| e.slice == attempt.slice) {
             Some(earlier) => *earlier = end,

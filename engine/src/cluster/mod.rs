@@ -30,11 +30,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
 
-use crate::engine::{Backfill, SlicePlan};
+use crate::backfill::{Backfill, SlicePlan};
 use crate::error::{Error, Result};
 use crate::pipeline::StorageOptions;
 use crate::retry::{RequestRetry, RetryingStore};
-use crate::sink::Staged;
+use crate::sink::StagedOutput;
 use crate::slice::Slice;
 use crate::source::{object_store_for, store_root, SourceFile};
 use codec::{LogicalCodec, PhysicalCodec};
@@ -284,10 +284,10 @@ impl Backfill {
         cluster: &Cluster,
         slice: &Slice,
         scanned: &[SourceFile],
-    ) -> Result<Staged> {
+    ) -> Result<StagedOutput> {
         let context = || format!("slice {}: running the transform on the cluster", slice.key);
-        let staging = self.sink.staging(slice)?;
-        let output = Output::Files(staging.clone());
+        let target = self.sink.write_target(slice)?;
+        let output = Output::Files(target.clone());
         // A task that wrote files before the job failed leaves them behind, uncommitted
         // and tagged with the slice in their footers, for `clean`.
         let outcomes = self.compute_remote(cluster, slice, scanned, output, context);
@@ -307,7 +307,7 @@ impl Backfill {
                 }
             }
         }
-        let staged = self.sink.staged(&staging, parts);
+        let staged = self.sink.staged(&target, parts);
         if let Some(refused) = refused {
             self.sink.discard(&staged).await;
             return Err(refused);

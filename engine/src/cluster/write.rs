@@ -40,7 +40,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::sink::{writing, Staging, Written};
+use crate::sink::{writing, WriteTarget, Written};
 use crate::source::store_root;
 
 /// What executors write, and the rows' schema as the table stores them.
@@ -54,7 +54,7 @@ pub(super) struct WriteSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
 pub(super) enum Output {
     /// Into files in the table's folder, as `staging` says.
-    Files(Staging),
+    Files(WriteTarget),
     /// Encoded as Parquet into nowhere: a plan's sample, which writes nothing.
     Nowhere { slice: String },
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{Attempt, History, RunRecord};
 use crate::error::Result;
 use crate::ledger::Summaries;
-use crate::states::SliceStatus;
+use crate::states::SliceOutcome;
 
 const SUMMARIES: &str = "_backfill/summaries";
 
@@ -81,13 +81,13 @@ impl SliceHistory {
             facts.retries += 1;
         }
         let error = match &attempt.status {
-            SliceStatus::Failed { error, .. } => Some(error.clone()),
-            SliceStatus::Committed { .. }
-            | SliceStatus::CommittedMeanwhile { .. }
-            | SliceStatus::Staged { .. } => None,
-            SliceStatus::Skipped { .. } | SliceStatus::Abandoned | SliceStatus::Blocked { .. } => {
-                return
-            }
+            SliceOutcome::Failed { error, .. } => Some(error.clone()),
+            SliceOutcome::Committed { .. }
+            | SliceOutcome::CommittedMeanwhile { .. }
+            | SliceOutcome::Staged { .. } => None,
+            SliceOutcome::Skipped { .. }
+            | SliceOutcome::Abandoned
+            | SliceOutcome::Blocked { .. } => return,
         };
         if facts
             .last
@@ -196,11 +196,11 @@ mod tests {
 
     fn attempt(slice: &str, attempt: u32, failed: bool, minute: u32) -> Attempt {
         let status = match failed {
-            true => SliceStatus::Failed {
+            true => SliceOutcome::Failed {
                 error: format!("boom at {minute}"),
                 fault: crate::error::Fault::Environment,
             },
-            false => SliceStatus::Committed {
+            false => SliceOutcome::Committed {
                 version: 1,
                 rows: 1,
                 bytes: 1,

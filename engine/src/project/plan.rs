@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Project;
-use crate::engine::{Backfill, OpenOptions};
+use crate::backfill::{Backfill, OpenOptions};
 use crate::error::Result;
 use crate::estimate::PlanOptions;
 use crate::plan::Plan;
@@ -25,7 +25,7 @@ pub struct ProjectPlan {
     pub total: Total,
 }
 
-/// What the whole run would compute and read. Pipelines share the places to compute in,
+/// What the whole run would compute and read. Pipelines share the slots to compute in,
 /// so the run takes about the sum of their durations. A slice waiting for upstream slices
 /// reads what they write, which is known only once they have: it counts as a slice, not
 /// in bytes.

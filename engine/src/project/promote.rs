@@ -21,7 +21,7 @@ use crate::pipeline::Pipeline;
 use crate::retry::RequestRetry;
 use crate::sink::{strategy, Committer, Sink};
 use crate::slice::{Selection, Slice};
-use crate::states::SliceStatus;
+use crate::states::SliceOutcome;
 
 /// Slices of one pipeline promoted at once; their commits group as a run's do.
 const PROMOTIONS_IN_FLIGHT: usize = 8;
@@ -339,22 +339,22 @@ async fn ledger_of(sink: &Sink, pipeline: &str) -> Result<Ledger> {
 
 impl Promoted {
     /// How the run history records it.
-    fn status(&self) -> SliceStatus {
+    fn status(&self) -> SliceOutcome {
         match self {
             Promoted::Committed {
                 version,
                 rows,
                 bytes,
                 ..
-            } => SliceStatus::Committed {
+            } => SliceOutcome::Committed {
                 version: *version,
                 rows: *rows,
                 bytes: *bytes,
             },
-            Promoted::Already { .. } => SliceStatus::Skipped {
+            Promoted::Already { .. } => SliceOutcome::Skipped {
                 state: "promoted already".into(),
             },
-            Promoted::CommittedMeanwhile { by_run, version } => SliceStatus::CommittedMeanwhile {
+            Promoted::CommittedMeanwhile { by_run, version } => SliceOutcome::CommittedMeanwhile {
                 by_run: by_run.clone(),
                 version: *version,
             },

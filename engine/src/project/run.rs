@@ -2,7 +2,7 @@
 //! slice. A downstream slice starts once the upstream slices it reads are in their
 //! tables, so day 1 of an aggregate runs while day 5 of its facts computes; a failed
 //! upstream slice blocks only the slices that read it. The pipelines share one
-//! pre-flight, one run id and the same places to compute in.
+//! pre-flight, one run id and the same slots to compute in.
 
 use std::sync::Arc;
 

@@ -3,32 +3,32 @@
 
 use std::time::{Duration, Instant};
 
-use super::schedule::Place;
+use super::schedule::Slot;
 use super::{millis, Run, RunEvent};
 use crate::error::Error;
 use crate::history::Attempt;
 use crate::slice::Slice;
-use crate::states::SliceStatus;
+use crate::states::SliceOutcome;
 
 impl Run {
     /// Runs a slice until it succeeds, fails for a reason retrying cannot fix, or has used
-    /// its retries, starting in `place`. Returns its status and the number of attempts.
+    /// its retries, starting in `slot`. Returns its status and the number of attempts.
     pub(super) async fn attempt_slice(
         &self,
         slice: &Slice,
         index: usize,
-        place: Place,
-    ) -> (SliceStatus, u32) {
+        slot: Slot,
+    ) -> (SliceOutcome, u32) {
         let options = &self.options;
         let mut attempt = 0;
-        let mut place = Some(place);
+        let mut slot = Some(slot);
         loop {
             attempt += 1;
-            if place.is_none() {
-                place = Some(self.places.take().await);
+            if slot.is_none() {
+                slot = Some(self.slots.take().await);
             }
             let started = Instant::now();
-            let running = self.run_slice(slice.clone(), index, attempt, started, &mut place);
+            let running = self.run_slice(slice.clone(), index, attempt, started, &mut slot);
             let result = match options.slice_timeout {
                 None => running.await,
                 Some(limit) => tokio::time::timeout(limit, running)
@@ -44,7 +44,7 @@ impl Run {
             let (status, passing) = match result {
                 Ok(status) => (status, None),
                 Err(error) => {
-                    let failed = SliceStatus::Failed {
+                    let failed = SliceOutcome::Failed {
                         error: error.to_string(),
                         fault: error.fault(),
                     };
@@ -62,8 +62,8 @@ impl Run {
             let Some(reason) = passing.filter(|_| attempt <= options.retries) else {
                 return (status, attempt);
             };
-            // Nothing to compute while waiting to retry: the place goes to another slice.
-            place = None;
+            // Nothing to compute while waiting to retry: the slot goes to another slice.
+            slot = None;
             let wait = backoff(options.backoff, attempt);
             tracing::warn!(slice = %slice.key, attempt, "retrying in {wait:?} after a transient failure");
             self.tell(RunEvent::Retrying {

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::{Run, RunSummary, SliceOutcome};
+use super::{FinishedSlice, Run, RunSummary};
 use crate::error::Result;
 use crate::estimate::Estimate;
 use crate::history::{Attempt, RunHeader};
@@ -23,7 +23,7 @@ pub enum RunEvent {
         slices: usize,
         /// The slices the pre-flight chose to run (a chained run may add some).
         to_run: usize,
-        /// Places to compute in.
+        /// Slots to compute in.
         concurrency: usize,
         /// What the slices to run read, and how long they should take from the
         /// throughput of the pipelines' committed slices, if they have any.
@@ -31,7 +31,7 @@ pub enum RunEvent {
     },
     /// One pipeline's part of the run starts; its run history's header.
     PipelineStarted { header: RunHeader },
-    /// A slice took a place and its first attempt starts.
+    /// A slice took a slot and its first attempt starts.
     SliceStarted { pipeline: String, slice: String },
     /// A slice's attempt moved on to another phase.
     Phase {
@@ -42,7 +42,7 @@ pub enum RunEvent {
     /// An attempt ended; its record in the run history.
     Attempted {
         pipeline: String,
-        /// The slice's place in the run order.
+        /// The slice's position in the run order.
         index: usize,
         attempt: Attempt,
     },
@@ -65,10 +65,10 @@ pub enum RunEvent {
     /// What became of a slice in this run.
     SliceFinished {
         pipeline: String,
-        outcome: SliceOutcome,
+        outcome: FinishedSlice,
     },
-    /// Places to compute in that are taken, of all of them.
-    Places { in_use: usize, of: usize },
+    /// Slots to compute in that are taken, of all of them.
+    Slots { in_use: usize, of: usize },
     /// Another process asked the run to stop (`backfill cancel`): no new slice starts,
     /// and slices in flight finish their commit.
     StopRequested {
@@ -99,7 +99,7 @@ pub enum Phase {
     Computing,
     /// Running its assertions over the staged output.
     Checking,
-    /// Checked, waiting for a commit to carry it (its place went to another slice).
+    /// Checked, waiting for a commit to carry it (its slot went to another slice).
     WaitingForCommit,
     /// In a commit being made.
     Committing,

@@ -6,14 +6,18 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::SessionContext;
 
 use super::Run;
-use crate::engine::{Prepared, SlicePlan};
+use crate::backfill::{Prepared, SlicePlan};
 use crate::error::{Result, ResultExt};
-use crate::sink::Staged;
+use crate::sink::StagedOutput;
 
 impl Run {
     /// Computes `planned`'s slice, planned here as `prepared`, and stages its output: on
     /// the run's cluster if it has one, here otherwise.
-    pub(super) async fn stage(&self, planned: &SlicePlan, prepared: &Prepared) -> Result<Staged> {
+    pub(super) async fn stage(
+        &self,
+        planned: &SlicePlan,
+        prepared: &Prepared,
+    ) -> Result<StagedOutput> {
         let slice = &planned.slice;
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.options.cluster {

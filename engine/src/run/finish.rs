@@ -2,10 +2,10 @@
 //! slices settled against the log, a rebuild's swap, the gates of slices still pending,
 //! the ledger summarized, and the summary sent (the history's end).
 
-use super::{Publishing, Run, RunEvent, RunSummary, SliceOutcome};
+use super::{FinishedSlice, Publishing, Run, RunEvent, RunSummary};
 use crate::error::Result;
 use crate::ledger::{Ledger, Summaries};
-use crate::states::SliceStatus;
+use crate::states::SliceOutcome;
 
 impl Run {
     /// The summary of this pipeline's run, whose slices `keys` (in run order) finished
@@ -13,10 +13,10 @@ impl Run {
     pub(super) async fn finish(
         &self,
         keys: &[String],
-        finished: Vec<(usize, Option<SliceOutcome>)>,
+        finished: Vec<(usize, Option<FinishedSlice>)>,
     ) -> Result<RunSummary> {
         // Slices finish in any order; the summary lists them in run order.
-        let mut in_run_order: Vec<Option<SliceOutcome>> = keys.iter().map(|_| None).collect();
+        let mut in_run_order: Vec<Option<FinishedSlice>> = keys.iter().map(|_| None).collect();
         for (index, outcome) in finished {
             in_run_order[index] = outcome;
         }
@@ -26,8 +26,8 @@ impl Run {
             .filter(|(_, outcome)| outcome.is_none())
             .map(|(key, _)| key.clone())
             .collect();
-        let mut outcomes: Vec<SliceOutcome> = in_run_order.into_iter().flatten().collect();
-        if outcomes.iter().any(|o| o.status == SliceStatus::Abandoned) {
+        let mut outcomes: Vec<FinishedSlice> = in_run_order.into_iter().flatten().collect();
+        if outcomes.iter().any(|o| o.status == SliceOutcome::Abandoned) {
             self.settle_abandoned(&mut outcomes).await?;
         }
         let rebuild = match self.backfill.sink.strategy().publishing() {
@@ -79,21 +79,21 @@ impl Run {
 
     /// An abandoned slice may have committed just before it was dropped: the Delta log,
     /// read afresh, says which did, so the summary tells exactly what is in the table.
-    async fn settle_abandoned(&self, outcomes: &mut [SliceOutcome]) -> Result<()> {
+    async fn settle_abandoned(&self, outcomes: &mut [FinishedSlice]) -> Result<()> {
         let backfill = &self.backfill;
         let table = backfill.sink.reload().await?;
         let ledger =
             Ledger::read(table.as_ref(), &backfill.pipeline.name, Summaries::ReadOnly).await?;
         for outcome in outcomes
             .iter_mut()
-            .filter(|o| o.status == SliceStatus::Abandoned)
+            .filter(|o| o.status == SliceOutcome::Abandoned)
         {
             if let Some(committed) = ledger
                 .get(&outcome.slice)
                 .filter(|c| c.record.run_id == self.run_id)
             {
                 let record = &committed.record;
-                outcome.status = SliceStatus::Committed {
+                outcome.status = SliceOutcome::Committed {
                     version: committed.version.unwrap_or_default(),
                     rows: record.rows,
                     bytes: record.bytes,

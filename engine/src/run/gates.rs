@@ -12,7 +12,7 @@ use super::Run;
 use crate::error::Error;
 use crate::history::Attempt;
 use crate::slice::Slice;
-use crate::states::{RebuildOutcome, SliceStatus};
+use crate::states::{RebuildOutcome, SliceOutcome};
 use crate::upstream::UpstreamSlice;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +42,15 @@ impl Gates {
 
     /// Settles `slice`'s gate from its outcome in this run. A rebuild's staged slices are
     /// settled by its swap ([`Gates::settle_rest`]).
-    pub(crate) fn settle(&self, pipeline: &str, slice: &str, status: &SliceStatus) {
+    pub(crate) fn settle(&self, pipeline: &str, slice: &str, status: &SliceOutcome) {
         let gate = match status {
-            SliceStatus::Committed { version, .. }
-            | SliceStatus::CommittedMeanwhile { version, .. } => Gate::Open { version: *version },
-            SliceStatus::Skipped { .. } => Gate::Open { version: 0 },
-            SliceStatus::Staged { .. } => return,
-            SliceStatus::Failed { .. } | SliceStatus::Abandoned | SliceStatus::Blocked { .. } => {
-                Gate::Closed
-            }
+            SliceOutcome::Committed { version, .. }
+            | SliceOutcome::CommittedMeanwhile { version, .. } => Gate::Open { version: *version },
+            SliceOutcome::Skipped { .. } => Gate::Open { version: 0 },
+            SliceOutcome::Staged { .. } => return,
+            SliceOutcome::Failed { .. }
+            | SliceOutcome::Abandoned
+            | SliceOutcome::Blocked { .. } => Gate::Closed,
         };
         self.set(pipeline, slice, gate);
     }
@@ -130,11 +130,11 @@ impl Run {
         &self,
         gates: &Gates,
         after: &[UpstreamSlice],
-    ) -> std::result::Result<(), SliceStatus> {
+    ) -> std::result::Result<(), SliceOutcome> {
         let stop = &self.options.stop;
         let versions = tokio::select! {
-            waited = gates.wait(after) => waited.map_err(|by| SliceStatus::Blocked { by })?,
-            _ = stop.starting.cancelled() => return Err(SliceStatus::Abandoned),
+            waited = gates.wait(after) => waited.map_err(|by| SliceOutcome::Blocked { by })?,
+            _ = stop.starting.cancelled() => return Err(SliceOutcome::Abandoned),
         };
         for upstream in &self.backfill.upstreams {
             let Some(version) = versions.get(&upstream.pipeline) else {
@@ -145,7 +145,7 @@ impl Run {
                 .sources
                 .catch_up(&upstream.source, *version)
                 .await;
-            caught_up.map_err(|error: Error| SliceStatus::Failed {
+            caught_up.map_err(|error: Error| SliceOutcome::Failed {
                 error: error.to_string(),
                 fault: error.fault(),
             })?;
@@ -158,8 +158,8 @@ impl Run {
         &self,
         slice: &Slice,
         index: usize,
-        status: SliceStatus,
-    ) -> SliceStatus {
+        status: SliceOutcome,
+    ) -> SliceOutcome {
         let record = Attempt {
             slice: slice.key.clone(),
             attempt: 0,

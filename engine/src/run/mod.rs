@@ -11,8 +11,8 @@
 //! an [`Observer`]; this module never prints.
 //!
 //! One path runs a single pipeline and a project's pipelines alike ([`run_pipelines`]):
-//! the pre-flight of every pipeline (`launch.rs`), then each pipeline's slices scheduled
-//! on the places the run shares (`schedule.rs`), each slice's attempts (`attempts.rs`),
+//! the pre-flight of every pipeline (`preflight.rs`), then each pipeline's slices scheduled
+//! on the slots the run shares (`schedule.rs`), each slice's attempts (`attempts.rs`),
 //! one attempt as plan, compute, check, publish (`slice_task.rs`, computing where
 //! `executor.rs` says), and each pipeline's run finished (`finish.rs`, with a rebuild's
 //! swap in `rebuild.rs`). In a chained run, downstream slices wait at the `gates.rs` of
@@ -27,7 +27,7 @@ pub mod events;
 mod executor;
 mod finish;
 pub(crate) mod gates;
-mod launch;
+mod preflight;
 mod rebuild;
 mod schedule;
 mod slice_task;
@@ -38,22 +38,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backfill::{Backfill, Recorded};
 use crate::clock::{Clock, SystemClock};
-use crate::engine::{Backfill, Known};
 use crate::error::Result;
-use crate::estimate::{chosen_concurrency, preflight, Budget, Estimate};
+use crate::estimate::{check_preflight, chosen_concurrency, Budget, Estimate};
 use crate::history::History;
-use crate::ledger::StagedSlice;
+use crate::ledger::SwapManifest;
 use crate::sink::strategy::Publishing;
 use crate::slice::{Selection, Slice};
 use crate::states::Reprocess;
 use crate::upstream::UpstreamSlice;
 pub use events::{Observer, Phase, RunEvent, RunStatus, Silent};
 use gates::Gates;
-pub(crate) use launch::runs;
-use launch::Launch;
-pub(crate) use schedule::Places;
-pub use summary::{RunSummary, SliceOutcome};
+pub(crate) use preflight::runs;
+use preflight::Preflight;
+pub(crate) use schedule::Slots;
+pub use summary::{FinishedSlice, RunSummary};
 use tokio_util::sync::CancellationToken;
 pub use watch::host;
 
@@ -136,11 +136,11 @@ impl Default for RunOptions {
 /// Slices planned at once before a run: planning waits on listings and footers, not cores.
 const PREFLIGHT_CONCURRENCY: usize = 16;
 
-/// Checked slices that may wait for their commit, per place to compute: waiting, they hold
-/// no place, so other slices compute meanwhile. Commits slow down as the table grows
+/// Checked slices that may wait for their commit, per slot to compute: waiting, they hold
+/// no slot, so other slices compute meanwhile. Commits slow down as the table grows
 /// (delta-rs replays the table's file list after each), and more slices then go in each
 /// one instead of computing stalling until the commit is done.
-const WAITING_PER_PLACE: usize = 3;
+const WAITING_PER_SLOT: usize = 3;
 
 impl RunOptions {
     /// How many streams DataFusion splits one slice's plan into: the cores left to each
@@ -195,7 +195,7 @@ impl Member {
 }
 
 /// Runs `members`, a pipeline alone or a project's pipelines upstream first, as one run:
-/// one pre-flight over every slice before any starts, one run id, the same places to
+/// one pre-flight over every slice before any starts, one run id, the same slots to
 /// compute in, and downstream slices waiting for the upstream slices they read. Returns
 /// the run id and each pipeline's summary, in the order given.
 pub(crate) async fn run_pipelines(
@@ -203,9 +203,9 @@ pub(crate) async fn run_pipelines(
     options: &RunOptions,
     observer: Arc<dyn Observer>,
 ) -> Result<(String, Vec<RunSummary>)> {
-    let launches = launch::launch_all(&members, options).await?;
-    let planned: Vec<_> = launches.iter().flat_map(|l| l.planned.clone()).collect();
-    preflight(&planned, &options.budget)?;
+    let preflights = preflight::plan_all(&members, options).await?;
+    let planned: Vec<_> = preflights.iter().flat_map(|l| l.planned.clone()).collect();
+    check_preflight(&planned, &options.budget)?;
     let cores = default_concurrency();
     let concurrency = options
         .concurrency
@@ -214,16 +214,16 @@ pub(crate) async fn run_pipelines(
         concurrency: Some(concurrency),
         ..options.clone()
     };
-    let ledgers = launches.iter().map(|l| &l.known.ledger);
+    let ledgers = preflights.iter().map(|l| &l.recorded.ledger);
     let estimate = Estimate::of(
         &planned,
         crate::estimate::history_basis(ledgers),
         concurrency,
     );
     let chained = members.iter().any(|m| !m.backfill.upstreams.is_empty());
-    let gates = chained.then(|| Arc::new(Gates::new(launch::all_slices(&members))));
+    let gates = chained.then(|| Arc::new(Gates::new(preflight::all_slices(&members))));
     let run_id = new_run_id(options.clock.now());
-    let places = Places::new(concurrency, observer.clone());
+    let slots = Slots::new(concurrency, observer.clone());
     observer.on(&RunEvent::Started {
         run_id: run_id.clone(),
         pipelines: members
@@ -241,12 +241,15 @@ pub(crate) async fn run_pipelines(
     let histories = members.iter().map(|m| m.backfill.history()).collect();
     let watching = watch::spawn(histories, run_id.clone(), &options, observer.clone());
     let _stop_watching = watching.drop_guard();
-    let runs = members.into_iter().zip(launches).map(|(member, launch)| {
-        let run = Run::new(
-            &member, launch, &options, &run_id, &places, &gates, &observer,
-        );
-        run.execute(member.selection, member.slices)
-    });
+    let runs = members
+        .into_iter()
+        .zip(preflights)
+        .map(|(member, preflight)| {
+            let run = Run::new(
+                &member, preflight, &options, &run_id, &slots, &gates, &observer,
+            );
+            run.execute(member.selection, member.slices)
+        });
     let summaries: Vec<RunSummary> = futures::future::join_all(runs)
         .await
         .into_iter()
@@ -269,7 +272,7 @@ struct Run {
     options: RunOptions,
     run_id: String,
     /// The Delta log's records and the failed slices, as the run started.
-    known: Arc<Known>,
+    recorded: Arc<Recorded>,
     /// For each slice, in run order, the state for which the pre-flight chose not to run
     /// it, if it did.
     not_run: Vec<Option<&'static str>>,
@@ -278,31 +281,31 @@ struct Run {
     unplanned: Vec<bool>,
     /// For each slice, the upstream slices of the run it waits for.
     after: Vec<Vec<UpstreamSlice>>,
-    /// The places to compute a slice in, shared by the run's pipelines. A checked slice
-    /// gives its place up while it waits for its commit.
-    places: Arc<Places>,
+    /// The slots to compute a slice in, shared by the run's pipelines. A checked slice
+    /// gives its slot up while it waits for its commit.
+    slots: Arc<Slots>,
     /// In a chained run, every slice's gate.
     gates: Option<Arc<Gates>>,
     history: History,
     observer: Arc<dyn Observer>,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
-    staged: std::sync::Mutex<HashMap<String, StagedSlice>>,
+    staged: std::sync::Mutex<HashMap<String, SwapManifest>>,
 }
 
 impl Run {
     fn new(
         member: &Member,
-        launch: Launch,
+        preflight: Preflight,
         options: &RunOptions,
         run_id: &str,
-        places: &Arc<Places>,
+        slots: &Arc<Slots>,
         gates: &Option<Arc<Gates>>,
         observer: &Arc<dyn Observer>,
     ) -> Run {
-        let Launch { known, planned } = launch;
+        let Preflight { recorded, planned } = preflight;
         // A slice the pre-flight chose not to run (done, or a state not chosen) is
         // skipped without planning it again, unless it waits for upstream slices: its
-        // state is known only once they are done.
+        // state is recorded only once they are done.
         let not_run = planned
             .iter()
             .map(|p| (!p.will_run && p.after.is_empty()).then(|| p.state.name()))
@@ -314,18 +317,18 @@ impl Run {
             backfill,
             options: options.clone(),
             run_id: run_id.to_string(),
-            known,
+            recorded,
             not_run,
             unplanned,
             after: planned.into_iter().map(|p| p.after).collect(),
-            places: places.clone(),
+            slots: slots.clone(),
             gates: gates.clone(),
             observer: observer.clone(),
             staged: Default::default(),
         }
     }
 
-    fn remember_staged(&self, staged: StagedSlice) {
+    fn remember_staged(&self, staged: SwapManifest) {
         let mut all = self.staged.lock().expect("not poisoned");
         all.insert(staged.record.slice.clone(), staged);
     }

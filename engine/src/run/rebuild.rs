@@ -2,27 +2,27 @@
 
 use std::collections::HashMap;
 
-use super::{Run, RunEvent, SliceOutcome};
-use crate::ledger::StagedSlice;
-use crate::states::{RebuildOutcome, SliceStatus};
+use super::{FinishedSlice, Run, RunEvent};
+use crate::ledger::SwapManifest;
+use crate::states::{RebuildOutcome, SliceOutcome};
 
 impl Run {
     /// Swaps a rebuild's staged slices in if every selected slice is staged or done, and
     /// turns the staged outcomes into committed ones if it did.
     pub(super) async fn finish_rebuild(
         &self,
-        outcomes: &mut [SliceOutcome],
+        outcomes: &mut [FinishedSlice],
         not_started: &[String],
-        mut staged: HashMap<String, StagedSlice>,
+        mut staged: HashMap<String, SwapManifest>,
     ) -> RebuildOutcome {
         let (mut ready, mut kept, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
         for outcome in outcomes.iter() {
-            let done = self.known.ledger.get(&outcome.slice);
+            let done = self.recorded.ledger.get(&outcome.slice);
             match (&outcome.status, staged.remove(&outcome.slice), done) {
-                (SliceStatus::Staged { .. }, Some(slice), _) => ready.push(slice),
+                (SliceOutcome::Staged { .. }, Some(slice), _) => ready.push(slice),
                 // Only a done slice's files fit the new table; a changed one that was
                 // not chosen (say, with new columns) must be recomputed first.
-                (SliceStatus::Skipped { state }, _, Some(done)) if state == "done" => {
+                (SliceOutcome::Skipped { state }, _, Some(done)) if state == "done" => {
                     kept.push(done.record.clone())
                 }
                 _ => waiting.push(outcome.slice.clone()),
@@ -65,8 +65,8 @@ impl Run {
                     slices: slices.map(|r| r.slice.clone()).collect(),
                 });
                 for outcome in outcomes.iter_mut() {
-                    if let SliceStatus::Staged { rows, bytes, .. } = outcome.status {
-                        outcome.status = SliceStatus::Committed {
+                    if let SliceOutcome::Staged { rows, bytes, .. } = outcome.status {
+                        outcome.status = SliceOutcome::Committed {
                             version: swapped.version,
                             rows,
                             bytes,

@@ -1,5 +1,5 @@
-//! Scheduling a pipeline's slices on the run's places: in run order, each slice waits for
-//! the upstream slices it reads, then for a place, then runs its attempts on a task of
+//! Scheduling a pipeline's slices on the run's slots: in run order, each slice waits for
+//! the upstream slices it reads, then for a slot, then runs its attempts on a task of
 //! its own; once the run is asked to stop, no new slice starts.
 
 use std::sync::Arc;
@@ -8,59 +8,59 @@ use std::time::Instant;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{millis, Observer, Run, RunEvent, RunSummary, SliceOutcome, WAITING_PER_PLACE};
+use super::{millis, FinishedSlice, Observer, Run, RunEvent, RunSummary, WAITING_PER_SLOT};
 use crate::error::{Error, Result};
 use crate::history::RunHeader;
 use crate::slice::Slice;
-use crate::states::SliceStatus;
+use crate::states::SliceOutcome;
 
-/// The places to compute a slice in, `concurrency` of them, shared by a run's pipelines;
-/// every place taken or given back is told as [`RunEvent::Places`].
-pub(crate) struct Places {
-    places: Arc<Semaphore>,
+/// The slots to compute a slice in, `concurrency` of them, shared by a run's pipelines;
+/// every slot taken or given back is told as [`RunEvent::Slots`].
+pub(crate) struct Slots {
+    slots: Arc<Semaphore>,
     of: usize,
     observer: Arc<dyn Observer>,
 }
 
-/// A place taken; given back when dropped.
-pub(super) struct Place {
+/// A slot taken; given back when dropped.
+pub(super) struct Slot {
     permit: Option<OwnedSemaphorePermit>,
-    places: Arc<Places>,
+    slots: Arc<Slots>,
 }
 
-impl Places {
-    pub(crate) fn new(of: usize, observer: Arc<dyn Observer>) -> Arc<Places> {
+impl Slots {
+    pub(crate) fn new(of: usize, observer: Arc<dyn Observer>) -> Arc<Slots> {
         let of = of.max(1);
-        Arc::new(Places {
-            places: Arc::new(Semaphore::new(of)),
+        Arc::new(Slots {
+            slots: Arc::new(Semaphore::new(of)),
             of,
             observer,
         })
     }
 
-    /// Waits for a place.
-    pub(super) async fn take(self: &Arc<Self>) -> Place {
-        let permit = self.places.clone().acquire_owned().await;
-        let place = Place {
-            permit: Some(permit.expect("the places are never closed")),
-            places: self.clone(),
+    /// Waits for a slot.
+    pub(super) async fn take(self: &Arc<Self>) -> Slot {
+        let permit = self.slots.clone().acquire_owned().await;
+        let slot = Slot {
+            permit: Some(permit.expect("the slots are never closed")),
+            slots: self.clone(),
         };
         self.tell();
-        place
+        slot
     }
 
     fn tell(&self) {
-        self.observer.on(&RunEvent::Places {
-            in_use: self.of - self.places.available_permits(),
+        self.observer.on(&RunEvent::Slots {
+            in_use: self.of - self.slots.available_permits(),
             of: self.of,
         });
     }
 }
 
-impl Drop for Place {
+impl Drop for Slot {
     fn drop(&mut self) {
         drop(self.permit.take());
-        self.places.tell();
+        self.slots.tell();
     }
 }
 
@@ -106,13 +106,13 @@ impl Run {
     async fn schedule(
         self: Arc<Self>,
         slices: Vec<Slice>,
-    ) -> Result<Vec<(usize, Option<SliceOutcome>)>> {
+    ) -> Result<Vec<(usize, Option<FinishedSlice>)>> {
         let stop = self.options.stop.clone();
         let concurrency = self.options.concurrency.unwrap_or(1).max(1);
         futures::stream::iter(slices.into_iter().enumerate())
             // Asked each time a task ends: once stopping, no new slice starts.
             .take_while(move |_| std::future::ready(!stop.is_stopping()))
-            // Upstream slices are waited for, and places taken, here, one slice after the
+            // Upstream slices are waited for, and slots taken, here, one slice after the
             // other, so slices start in run order.
             .then(|(index, slice)| {
                 let run = self.clone();
@@ -123,16 +123,16 @@ impl Run {
                         }
                         _ => Ok(()),
                     };
-                    let place = match ready {
-                        Ok(()) => Ok(run.places.take().await),
+                    let slot = match ready {
+                        Ok(()) => Ok(run.slots.take().await),
                         Err(status) => Err(status),
                     };
-                    (index, slice, place)
+                    (index, slice, slot)
                 }
             })
             // Each slice on its own task, so slices compute on all cores at once.
-            .map(|(index, slice, place)| tokio::spawn(self.clone().slice(index, slice, place)))
-            .buffer_unordered(concurrency * (1 + WAITING_PER_PLACE))
+            .map(|(index, slice, slot)| tokio::spawn(self.clone().slice(index, slice, slot)))
+            .buffer_unordered(concurrency * (1 + WAITING_PER_SLOT))
             .map(|joined| {
                 joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
             })
@@ -142,28 +142,28 @@ impl Run {
             .collect()
     }
 
-    /// One slice's task: its attempts in `place`, or its status if it may not start.
+    /// One slice's task: its attempts in `slot`, or its status if it may not start.
     async fn slice(
         self: Arc<Self>,
         index: usize,
         slice: Slice,
-        place: std::result::Result<Place, SliceStatus>,
-    ) -> (usize, Option<SliceOutcome>) {
+        slot: std::result::Result<Slot, SliceOutcome>,
+    ) -> (usize, Option<FinishedSlice>) {
         let stop = &self.options.stop;
         if stop.is_stopping() {
-            // Stopped while it waited for a place: it never started.
+            // Stopped while it waited for a slot: it never started.
             return (index, None);
         }
         let started = Instant::now();
-        let (status, attempts) = match place {
-            Ok(place) => {
+        let (status, attempts) = match slot {
+            Ok(slot) => {
                 self.tell(RunEvent::SliceStarted {
                     pipeline: self.pipeline().to_string(),
                     slice: slice.key.clone(),
                 });
                 tokio::select! {
-                    finished = self.attempt_slice(&slice, index, place) => finished,
-                    _ = stop.in_flight.cancelled() => (SliceStatus::Abandoned, 1),
+                    finished = self.attempt_slice(&slice, index, slot) => finished,
+                    _ = stop.in_flight.cancelled() => (SliceOutcome::Abandoned, 1),
                 }
             }
             Err(blocked) => (self.record_blocked(&slice, index, blocked).await, 0),
@@ -171,7 +171,7 @@ impl Run {
         if let Some(gates) = &self.gates {
             gates.settle(self.pipeline(), &slice.key, &status);
         }
-        let outcome = SliceOutcome {
+        let outcome = FinishedSlice {
             slice: slice.key,
             status,
             duration_ms: millis(started.elapsed()),

@@ -5,20 +5,20 @@
 
 use std::time::{Duration, Instant};
 
-use super::schedule::Place;
+use super::schedule::Slot;
 use super::{millis, Phase, Publishing, Run, RunEvent};
 use crate::assertions;
-use crate::engine::{Prepared, SlicePlan};
+use crate::backfill::{Prepared, SlicePlan};
 use crate::error::{Error, Result};
-use crate::ledger::{AssertionResult, SliceRecord, StagedSlice};
-use crate::sink::{CommitStep, Committer, Staged};
+use crate::ledger::{AssertionResult, SliceRecord, SwapManifest};
+use crate::sink::{CommitStep, Committer, StagedOutput};
 use crate::slice::Slice;
-use crate::states::{SliceState, SliceStatus};
+use crate::states::{SliceOutcome, SliceState};
 
 /// A slice planned for an attempt: to compute, or settled without computing.
 enum Planned {
     Compute(Box<SlicePlan>, Box<Prepared>),
-    Settled(SliceStatus),
+    Settled(SliceOutcome),
 }
 
 /// When each step of an attempt ended, from its start, for the debug log.
@@ -30,7 +30,7 @@ struct Timings {
 }
 
 impl Run {
-    /// One attempt at `slice`, the `index`-th of the run, computing in `place` (given up
+    /// One attempt at `slice`, the `index`-th of the run, computing in `slot` (given up
     /// while the checked slice waits for its commit).
     pub(super) async fn run_slice(
         &self,
@@ -38,10 +38,10 @@ impl Run {
         index: usize,
         attempt: u32,
         started: Instant,
-        place: &mut Option<Place>,
-    ) -> Result<SliceStatus> {
+        slot: &mut Option<Slot>,
+    ) -> Result<SliceOutcome> {
         if let Some(state) = self.not_run[index] {
-            return Ok(SliceStatus::Skipped {
+            return Ok(SliceOutcome::Skipped {
                 state: state.to_string(),
             });
         }
@@ -70,9 +70,9 @@ impl Run {
                 self.keep_for_swap(&planned, &staged, record).await
             }
             Publishing::Commits(_) => {
-                // Computing is done: the place goes to another slice while this one
+                // Computing is done: the slot goes to another slice while this one
                 // waits for its commit.
-                drop(place.take());
+                drop(slot.take());
                 self.phase(&key, Phase::WaitingForCommit);
                 self.publish(&planned.slice, &staged, &record, timings)
                     .await
@@ -87,13 +87,13 @@ impl Run {
         let (planned, prepared) = backfill
             .plan_slice(
                 slice,
-                &self.known,
+                &self.recorded,
                 self.options.reprocess,
                 self.options.partitions_per_slice(),
             )
             .await?;
         if !planned.will_run {
-            return Ok(Planned::Settled(SliceStatus::Skipped {
+            return Ok(Planned::Settled(SliceOutcome::Skipped {
                 state: planned.state.name().to_string(),
             }));
         }
@@ -119,7 +119,7 @@ impl Run {
             if backfill.sink.still_staged(staged).await? {
                 let (rows, bytes) = (staged.record.rows, staged.record.bytes);
                 self.remember_staged(staged.as_ref().clone());
-                return Ok(Planned::Settled(SliceStatus::Staged {
+                return Ok(Planned::Settled(SliceOutcome::Staged {
                     rows,
                     bytes,
                     reused: true,
@@ -132,7 +132,7 @@ impl Run {
 
     /// Runs the slice's assertions over its staged output; a failed check (or one that
     /// cannot run) discards the staged files.
-    async fn check(&self, slice: &Slice, staged: &Staged) -> Result<Vec<AssertionResult>> {
+    async fn check(&self, slice: &Slice, staged: &StagedOutput) -> Result<Vec<AssertionResult>> {
         let backfill = &self.backfill;
         let checked = assertions::check(
             async || self.session().await,
@@ -169,7 +169,7 @@ impl Run {
     fn record(
         &self,
         planned: &SlicePlan,
-        staged: &Staged,
+        staged: &StagedOutput,
         assertions: Vec<AssertionResult>,
         attempt: u32,
         started: Instant,
@@ -199,11 +199,11 @@ impl Run {
     async fn keep_for_swap(
         &self,
         planned: &SlicePlan,
-        staged: &Staged,
+        staged: &StagedOutput,
         record: SliceRecord,
-    ) -> Result<SliceStatus> {
+    ) -> Result<SliceOutcome> {
         let backfill = &self.backfill;
-        let staged_slice = StagedSlice {
+        let staged_slice = SwapManifest {
             staging_key: backfill.staging_key(&planned.slice, &planned.source_fingerprint),
             record,
             adds: staged.adds.clone(),
@@ -214,7 +214,7 @@ impl Run {
             return Err(error);
         }
         self.remember_staged(staged_slice);
-        Ok(SliceStatus::Staged {
+        Ok(SliceOutcome::Staged {
             rows: staged.rows,
             bytes: staged.bytes,
             reused: false,
@@ -225,10 +225,10 @@ impl Run {
     async fn publish(
         &self,
         slice: &Slice,
-        staged: &Staged,
+        staged: &StagedOutput,
         record: &SliceRecord,
         timings: Timings,
-    ) -> Result<SliceStatus> {
+    ) -> Result<SliceOutcome> {
         let most = self.options.most_per_commit;
         let watch = |step: CommitStep<'_>| self.commit_step(step);
         let published = self
@@ -245,12 +245,12 @@ impl Run {
             "slice published"
         );
         Ok(match published.by {
-            Committer::ThisAttempt | Committer::EarlierAttempt => SliceStatus::Committed {
+            Committer::ThisAttempt | Committer::EarlierAttempt => SliceOutcome::Committed {
                 version: published.version,
                 rows: staged.rows,
                 bytes: staged.bytes,
             },
-            Committer::OtherRun { run_id } => SliceStatus::CommittedMeanwhile {
+            Committer::OtherRun { run_id } => SliceOutcome::CommittedMeanwhile {
                 by_run: run_id,
                 version: published.version,
             },

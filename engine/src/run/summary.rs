@@ -1,16 +1,16 @@
-//! What a run did: each slice's [`SliceOutcome`] and a pipeline's [`RunSummary`].
+//! What a run did: each slice's [`FinishedSlice`] and a pipeline's [`RunSummary`].
 
 use serde::Serialize;
 
 use crate::history::RunEnd;
-use crate::states::{RebuildOutcome, SliceStatus};
+use crate::states::{RebuildOutcome, SliceOutcome};
 
 /// What became of one slice in a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SliceOutcome {
+pub struct FinishedSlice {
     pub slice: String,
     #[serde(flatten)]
-    pub status: SliceStatus,
+    pub status: SliceOutcome,
     pub duration_ms: u64,
     /// Attempts made: 1 unless transient failures were retried.
     pub attempts: u32,
@@ -21,7 +21,7 @@ pub struct SliceOutcome {
 pub struct RunSummary {
     pub run_id: String,
     pub pipeline: String,
-    pub outcomes: Vec<SliceOutcome>,
+    pub outcomes: Vec<FinishedSlice>,
     /// Whether the run was stopped before it had started every slice.
     pub stopped: bool,
     /// The selected slices it never started, in run order.
@@ -31,34 +31,34 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn count(&self, matches: impl Fn(&SliceStatus) -> bool) -> usize {
+    pub fn count(&self, matches: impl Fn(&SliceOutcome) -> bool) -> usize {
         self.outcomes.iter().filter(|o| matches(&o.status)).count()
     }
 
     pub fn committed(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Committed { .. }))
+        self.count(|s| matches!(s, SliceOutcome::Committed { .. }))
     }
 
     pub fn skipped(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Skipped { .. }))
+        self.count(|s| matches!(s, SliceOutcome::Skipped { .. }))
     }
 
     pub fn failed(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Failed { .. }))
+        self.count(|s| matches!(s, SliceOutcome::Failed { .. }))
     }
 
     pub fn blocked(&self) -> usize {
-        self.count(|s| matches!(s, SliceStatus::Blocked { .. }))
+        self.count(|s| matches!(s, SliceOutcome::Blocked { .. }))
     }
 
     /// Slices in the table by this run or, meanwhile, by another.
     pub fn in_the_table(&self) -> usize {
-        self.count(SliceStatus::is_in_the_table)
+        self.count(SliceOutcome::is_in_the_table)
     }
 
     /// Slices that ran and are not in the table: failed, blocked or abandoned.
     pub fn not_committed(&self) -> usize {
-        self.count(SliceStatus::is_not_committed)
+        self.count(SliceOutcome::is_not_committed)
     }
 
     /// Whether the run left work undone that a rerun would do: failed or blocked slices,

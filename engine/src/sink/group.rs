@@ -16,7 +16,7 @@ use std::sync::Mutex as SyncMutex;
 use tokio::sync::{oneshot, MutexGuard};
 
 use super::view::TableView;
-use super::{Committer, Published, Sink, SliceCommit, Staged};
+use super::{Committer, Published, Sink, SliceCommit, StagedOutput};
 use crate::error::{Error, Result};
 use crate::ledger::SliceRecord;
 use crate::slice::Slice;
@@ -46,7 +46,7 @@ pub(super) struct Line {
 struct Waiting {
     id: u64,
     slice: Slice,
-    staged: Staged,
+    staged: StagedOutput,
     record: SliceRecord,
     outcome: oneshot::Sender<Result<Published>>,
 }
@@ -112,7 +112,7 @@ impl Sink {
     pub async fn publish(
         &self,
         slice: &Slice,
-        staged: &Staged,
+        staged: &StagedOutput,
         record: &SliceRecord,
         most_per_commit: Option<usize>,
         watch: &(dyn Fn(CommitStep<'_>) + Sync),

@@ -11,7 +11,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::DeltaTable;
 
 use super::strategy::{partition_predicate, Commits, Publishing, WriteStrategy};
-use super::{Sink, SliceCommit, Staged};
+use super::{Sink, SliceCommit, StagedOutput};
 use crate::slice::Slice;
 
 pub(super) struct Merge {
@@ -72,7 +72,7 @@ async fn publish(
     sink: &Sink,
     table: &mut Option<DeltaTable>,
     slice: &Slice,
-    staged: &Staged,
+    staged: &StagedOutput,
     keys: &[String],
     properties: CommitProperties,
 ) -> deltalake::DeltaResult<u64> {

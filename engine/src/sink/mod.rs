@@ -37,7 +37,7 @@ pub use group::CommitStep;
 pub use missing::TableFiles;
 pub(crate) use staged::data_files;
 pub(crate) use table::{existing_table, history_at};
-pub use writing::{Staging, Written};
+pub use writing::{WriteTarget, Written};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,13 +120,13 @@ pub enum Committer {
 /// One slice's share of a commit: its staged output and the record it carries.
 pub struct SliceCommit<'a> {
     pub slice: &'a Slice,
-    pub staged: &'a Staged,
+    pub staged: &'a StagedOutput,
     pub record: &'a SliceRecord,
 }
 
 /// A slice's output, written but not visible to any reader.
 #[derive(Clone)]
-pub struct Staged {
+pub struct StagedOutput {
     pub adds: Vec<Add>,
     /// The folder the paths of `adds` are relative to.
     pub base: Url,
@@ -163,11 +163,7 @@ impl Sink {
             // delta-rs refuses a local table location that does not exist yet.
             std::fs::create_dir_all(&path).context(context)?;
         }
-        let storage_options: HashMap<String, String> = destination
-            .storage_options
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let storage_options = table::storage_options(destination);
         let reach = reach(&url, &storage_options, store, retry).context(context)?;
         let (table, exists) = load_table(&url, &storage_options, &reach).await?;
         if !exists {
@@ -234,7 +230,7 @@ impl Sink {
     /// own when the strategy stages apart; kept to the slice's partition when the strategy
     /// replaces or merges it. An error names the slice if its partition values do not fit
     /// the output's columns.
-    pub fn staging(&self, slice: &Slice) -> Result<Staging> {
+    pub fn write_target(&self, slice: &Slice) -> Result<WriteTarget> {
         let (base, partition_columns) = match self.strategy.stages_apart() {
             true => (
                 self.url
@@ -252,41 +248,45 @@ impl Sink {
             true => slice.partition.clone(),
             false => vec![],
         };
-        let staging = Staging {
+        let target = WriteTarget {
             pipeline: self.pipeline.clone(),
             slice: slice.key.clone(),
             base,
             partition_columns,
             partition,
         };
-        writing::PartitionGuard::new(&self.schema, &staging)?;
-        Ok(staging)
+        writing::PartitionGuard::new(&self.schema, &target)?;
+        Ok(target)
     }
 
     /// Streams a slice's output into files no reader sees. Rows outside the slice's
     /// partitions are refused where the strategy replaces or merges those partitions.
     /// On error, whatever was written is deleted.
-    pub async fn stage(&self, slice: &Slice, stream: SendableRecordBatchStream) -> Result<Staged> {
-        let staging = self.staging(slice)?;
+    pub async fn stage(
+        &self,
+        slice: &Slice,
+        stream: SendableRecordBatchStream,
+    ) -> Result<StagedOutput> {
+        let target = self.write_target(slice)?;
         let written = writing::write(
-            &staging,
+            &target,
             &self.schema,
             &self.storage_options,
             self.root_store.as_ref(),
             stream,
         )
         .await?;
-        Ok(self.staged(&staging, vec![written]))
+        Ok(self.staged(&target, vec![written]))
     }
 
     /// The slice staged by the writers that wrote `parts`, following `staging`.
-    pub fn staged(&self, staging: &Staging, parts: Vec<Written>) -> Staged {
-        staging.staged(parts, self.schema.fields().len())
+    pub fn staged(&self, target: &WriteTarget, parts: Vec<Written>) -> StagedOutput {
+        target.staged(parts, self.schema.fields().len())
     }
 
     /// Deletes staged files; deleting them twice is harmless. Best effort: they are
     /// invisible to readers either way.
-    pub async fn discard(&self, staged: &Staged) {
+    pub async fn discard(&self, staged: &StagedOutput) {
         writing::delete(self.root_store.as_ref(), &staged.base, &staged.adds).await;
     }
 

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::{written_by, Sink, Staged};
+use super::{written_by, Sink, StagedOutput};
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::SliceRecord;
 
@@ -46,7 +46,7 @@ impl Sink {
         from: &Sink,
         adds: Vec<Add>,
         record: &SliceRecord,
-    ) -> Result<Staged> {
+    ) -> Result<StagedOutput> {
         let same_bucket =
             crate::source::store_root(&from.url) == crate::source::store_root(&self.url);
         let copies = adds.iter().map(|add| {
@@ -67,7 +67,7 @@ impl Sink {
             .buffer_unordered(COPIES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
-        Ok(Staged {
+        Ok(StagedOutput {
             bytes: adds.iter().map(|add| add.size.max(0) as u64).sum(),
             adds,
             base: self.url.clone(),

@@ -29,7 +29,7 @@ use super::table::check_compatible;
 use super::{written_by, Sink};
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{
-    CommitRecord, OtherWriters, RebuildRecord, SliceRecord, StagedSlice, SwapRecord,
+    CommitRecord, OtherWriters, RebuildRecord, SliceRecord, SwapManifest, SwapRecord,
 };
 
 /// What a swap committed.
@@ -90,7 +90,7 @@ impl WriteStrategy for Rebuild {
 impl Sink {
     /// Durably remembers a staged, checked slice. Until this returns, the slice's files
     /// are an invisible leftover; after it, a later run can swap them in.
-    pub(crate) async fn remember(&self, staged: &StagedSlice) -> Result<()> {
+    pub(crate) async fn remember(&self, staged: &SwapManifest) -> Result<()> {
         let path = self.manifest_path(&staged.record.slice);
         let bytes = serde_json::to_vec(staged).expect("a staged slice serializes");
         self.store
@@ -101,7 +101,7 @@ impl Sink {
     }
 
     /// Every staged slice of this pipeline that a swap has not yet consumed, by key.
-    pub(crate) async fn staged_slices(&self) -> Result<HashMap<String, StagedSlice>> {
+    pub(crate) async fn staged_slices(&self) -> Result<HashMap<String, SwapManifest>> {
         let folder = StorePath::from_iter(["_backfill", "rebuild", &self.pipeline]);
         let manifests = self.manifests_under(&folder).await?;
         Ok(manifests
@@ -111,12 +111,12 @@ impl Sink {
     }
 
     /// Every staged slice of every pipeline writing to the table.
-    pub(crate) async fn all_staged_slices(&self) -> Result<Vec<StagedSlice>> {
+    pub(crate) async fn all_staged_slices(&self) -> Result<Vec<SwapManifest>> {
         self.manifests_under(&StorePath::from_iter(["_backfill", "rebuild"]))
             .await
     }
 
-    async fn manifests_under(&self, folder: &StorePath) -> Result<Vec<StagedSlice>> {
+    async fn manifests_under(&self, folder: &StorePath) -> Result<Vec<SwapManifest>> {
         let context = || format!("reading the staged slices under {}{folder}", self.url);
         let paths: Vec<StorePath> = self
             .store
@@ -135,7 +135,7 @@ impl Sink {
             };
             // A manifest that does not parse (written by another version, say) is only a
             // missed chance to reuse work: the slice is computed again.
-            if let Ok(slice) = serde_json::from_slice::<StagedSlice>(&bytes) {
+            if let Ok(slice) = serde_json::from_slice::<SwapManifest>(&bytes) {
                 staged.push(slice);
             }
         }
@@ -143,7 +143,7 @@ impl Sink {
     }
 
     /// Whether every file of a staged slice is still there, with its size.
-    pub(crate) async fn still_staged(&self, staged: &StagedSlice) -> Result<bool> {
+    pub(crate) async fn still_staged(&self, staged: &SwapManifest) -> Result<bool> {
         for add in &staged.adds {
             let Some(path) = self.store_path(&self.url, &add.path) else {
                 return Ok(false);
@@ -243,7 +243,7 @@ impl Sink {
     pub(crate) async fn swap(
         &self,
         run_id: &str,
-        staged: &[StagedSlice],
+        staged: &[SwapManifest],
         kept: &[SliceRecord],
     ) -> Result<Swapped> {
         let mut view = self.view.lock().await;

@@ -1,4 +1,4 @@
-//! Staged output as a DataFusion table: what assertions check, what merge reads as its
+//! StagedOutput output as a DataFusion table: what assertions check, what merge reads as its
 //! source, and what a rebuild's preview queries. Reading only; nothing here writes.
 
 use std::sync::Arc;
@@ -7,10 +7,10 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use deltalake::kernel::Add;
 
-use super::Staged;
+use super::StagedOutput;
 use crate::source::{decoded_path, files_table, DataFile};
 
-impl Staged {
+impl StagedOutput {
     /// The staged output of a slice as a table: its files, with the partition columns
     /// that were written as folders added back as typed constants, in the output's
     /// column order.

@@ -196,7 +196,9 @@ mod tests {
         for crate_src in ["engine/src", "cli/src"] {
             sources(&workspace.join(crate_src), &mut files);
         }
-        let allowed = ["engine/src/pipeline.rs", "engine/src/sink/strategy.rs"];
+        // The pipeline format defines, names and parses strategies, with the file's own
+        // cross-field rules (overwrite's partitions).
+        let allowed = ["engine/src/pipeline/", "engine/src/sink/strategy.rs"];
         let asks = regex::Regex::new(
             r"Strategy::|strategy\s*[!=]=|match\s+[\w.&]*strategy\s*\{|matches!\([\w.&]*strategy\b",
         )
@@ -204,7 +206,8 @@ mod tests {
         let mut found = Vec::new();
         for file in &files {
             let relative = file.strip_prefix(workspace).unwrap().to_string_lossy();
-            if allowed.contains(&relative.as_ref()) || relative.ends_with("/tests.rs") {
+            let is_allowed = allowed.iter().any(|a| relative.starts_with(a));
+            if is_allowed || relative.ends_with("/tests.rs") {
                 continue;
             }
             let text = std::fs::read_to_string(file).unwrap();

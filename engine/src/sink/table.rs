@@ -19,34 +19,40 @@ use crate::retry::{RequestRetry, RetryingStore};
 
 /// The table at `destination` at its latest version, if there is one.
 pub(crate) async fn existing_table(destination: &Destination) -> Result<Option<DeltaTable>> {
-    let options = destination
-        .storage_options
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let url = &destination.url;
-    let reach = reach(url, &options, None, RequestRetry::default())
-        .context(|| format!("destination {url}"))?;
-    let (table, exists) = load_table(url, &options, &reach).await?;
+    let (options, reach) = reach_destination(destination)?;
+    let (table, exists) = load_table(&destination.url, &options, &reach).await?;
     Ok(exists.then_some(table))
 }
 
 /// The run history next to the table at `destination`, whether the table exists or not;
 /// nothing is read.
 pub(crate) fn history_at(destination: &Destination) -> Result<History> {
-    let options = destination
-        .storage_options
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let (options, reach) = reach_destination(destination)?;
     let url = &destination.url;
     let context = || format!("destination {url}");
-    let reach = reach(url, &options, None, RequestRetry::default()).context(context)?;
     let table = table_builder(url, &options, &reach)
         .context(context)?
         .build()
         .context(context)?;
     Ok(History::new(table.object_store()))
+}
+
+/// The storage options of `destination`, and the root store that reaches it with reads
+/// asked again as by default.
+fn reach_destination(
+    destination: &Destination,
+) -> Result<(HashMap<String, String>, Arc<dyn ObjectStore>)> {
+    let options = storage_options(destination);
+    let url = &destination.url;
+    let reach = reach(url, &options, None, RequestRetry::default())
+        .context(|| format!("destination {url}"))?;
+    Ok((options, reach))
+}
+
+/// A destination's storage options as delta-rs takes them.
+pub(super) fn storage_options(destination: &Destination) -> HashMap<String, String> {
+    let options = destination.storage_options.iter();
+    options.map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// The table at `url`, loaded if it exists, and whether it does. A table that does not

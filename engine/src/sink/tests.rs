@@ -8,7 +8,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::memory::MemoryStream;
 use deltalake::DeltaTable;
 
-use super::{Committer, Published, Sink, SliceCommit, Staged};
+use super::{Committer, Published, Sink, SliceCommit, StagedOutput};
 use crate::ledger::{app_id, Ledger, SliceRecord, Summaries};
 use crate::pipeline::{Destination, Strategy};
 use crate::retry::RequestRetry;
@@ -57,7 +57,7 @@ fn days(start: &str, end: &str) -> Vec<Slice> {
 }
 
 /// Stages `rows` rows of `slice` (ids from `first`).
-async fn stage(sink: &Sink, slice: &Slice, first: i64, rows: i64) -> Staged {
+async fn stage(sink: &Sink, slice: &Slice, first: i64, rows: i64) -> StagedOutput {
     let ids: Vec<i64> = (first..first + rows).collect();
     let dt = vec![slice.key.clone(); ids.len()];
     let batch = RecordBatch::try_new(
@@ -72,7 +72,7 @@ async fn stage(sink: &Sink, slice: &Slice, first: i64, rows: i64) -> Staged {
     sink.stage(slice, Box::pin(stream)).await.unwrap()
 }
 
-fn record(slice: &Slice, staged: &Staged, txn_version: i64) -> SliceRecord {
+fn record(slice: &Slice, staged: &StagedOutput, txn_version: i64) -> SliceRecord {
     SliceRecord {
         strategy: "test".into(),
         txn_version,

@@ -2,11 +2,11 @@
 //! computes: in this process ([`super::Sink::stage`]), or in a cluster's executor tasks,
 //! each writing the rows of its share of the slice.
 //!
-//! [`Staging`] is plain data saying where and how: it travels to executors inside the
+//! [`WriteTarget`] is plain data saying where and how: it travels to executors inside the
 //! plan, so it holds no secret (an executor reaches storage with its own credentials).
 //! [`write`] streams rows into files with delta-rs's writer, refuses rows outside the
 //! slice's partition, and counts rows and nulls on the way; what it wrote comes back as
-//! [`Written`], and the sink assembles the parts into a [`Staged`] slice. Writing never
+//! [`Written`], and the sink assembles the parts into a [`StagedOutput`] slice. Writing never
 //! commits: files are invisible until the sink publishes them.
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Staged, PIPELINE_TAG, SLICE_TAG};
+use super::{StagedOutput, PIPELINE_TAG, SLICE_TAG};
 use crate::error::{Error, Result, ResultExt};
 
 /// Files are closed and a new one started past this size, so no file grows without bound.
@@ -45,7 +45,7 @@ const DICTIONARY_PAGE_LIMIT: usize = 64 * 1024;
 
 /// Where and how one slice's output is written.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
-pub struct Staging {
+pub struct WriteTarget {
     pub pipeline: String,
     pub slice: String,
     /// The folder files are written under: the table's, or one of the slice's own under
@@ -68,11 +68,11 @@ pub struct Written {
     pub null_counts: Vec<u64>,
 }
 
-impl Staging {
+impl WriteTarget {
     /// The slice staged by the writers that wrote `parts` (one here, one per task on a
     /// cluster): their files, tagged with the pipeline and slice, and their counts.
-    pub fn staged(&self, parts: Vec<Written>, columns: usize) -> Staged {
-        let mut staged = Staged {
+    pub fn staged(&self, parts: Vec<Written>, columns: usize) -> StagedOutput {
+        let mut staged = StagedOutput {
             adds: Vec::new(),
             base: self.base.clone(),
             partition_columns: self.partition_columns.clone(),
@@ -126,24 +126,24 @@ pub(super) fn writer_properties(pipeline: &str, slice: &str) -> WriterProperties
 /// was written when writing fails. A row outside the slice's partition is refused as
 /// the transform's fault ([`Error::Config`]).
 pub async fn write(
-    staging: &Staging,
+    target: &WriteTarget,
     schema: &SchemaRef,
     storage_options: &HashMap<String, String>,
     root: &dyn ObjectStore,
     mut stream: SendableRecordBatchStream,
 ) -> Result<Written> {
-    let base = &staging.base;
-    let context = || format!("slice {}: writing to {base}", staging.slice);
+    let base = &target.base;
+    let context = || format!("slice {}: writing to {base}", target.slice);
     let mut writer = RecordBatchWriter::try_new(
         base.as_str(),
         schema.clone(),
-        Some(staging.partition_columns.clone()),
+        Some(target.partition_columns.clone()),
         Some(storage_options.clone()),
     )
     .context(context)?
-    .with_writer_properties(writer_properties(&staging.pipeline, &staging.slice));
-    let guard = PartitionGuard::new(schema, staging)?;
-    let single_partition = guard.single_partition(&staging.partition_columns);
+    .with_writer_properties(writer_properties(&target.pipeline, &target.slice));
+    let guard = PartitionGuard::new(schema, target)?;
+    let single_partition = guard.single_partition(&target.partition_columns);
     let mut written = Written {
         adds: vec![],
         rows: 0,
@@ -151,9 +151,8 @@ pub async fn write(
     };
     let wrote: Result<()> = async {
         while let Some(batch) = stream.next().await {
-            let batch =
-                batch.context(|| format!("{}: running the transform", staging.context()))?;
-            guard.check(&batch, staging)?;
+            let batch = batch.context(|| format!("{}: running the transform", target.context()))?;
+            guard.check(&batch, target)?;
             written.rows += batch.num_rows() as u64;
             for (count, column) in written.null_counts.iter_mut().zip(batch.columns()) {
                 *count += column.null_count() as u64;
@@ -230,19 +229,19 @@ pub(super) struct PartitionGuard {
 impl PartitionGuard {
     /// The guard of `staging`'s partition over rows of `schema`; an error naming the slice
     /// if a partition column is not in the output or its value is not of the column's type.
-    pub(super) fn new(schema: &SchemaRef, staging: &Staging) -> Result<PartitionGuard> {
+    pub(super) fn new(schema: &SchemaRef, target: &WriteTarget) -> Result<PartitionGuard> {
         let mut expected = Vec::new();
-        for (column, value) in &staging.partition {
+        for (column, value) in &target.partition {
             let index = schema.index_of(column).map_err(|_| {
                 Error::config(
-                    staging.context(),
+                    target.context(),
                     format!("the transform's output has no column `{column}`"),
                 )
             })?;
             let data_type = schema.field(index).data_type();
             let scalar = ScalarValue::try_from_string(value.clone(), data_type).map_err(|e| {
                 Error::config(
-                    staging.context(),
+                    target.context(),
                     format!("`{value}` is not a valid {data_type} for column `{column}`: {e}"),
                 )
             })?;
@@ -270,7 +269,7 @@ impl PartitionGuard {
         (!values.is_empty()).then_some(values)
     }
 
-    fn check(&self, batch: &RecordBatch, staging: &Staging) -> Result<()> {
+    fn check(&self, batch: &RecordBatch, target: &WriteTarget) -> Result<()> {
         for (index, column, value, scalar) in &self.expected {
             let array = batch.column(*index);
             let scalar = scalar
@@ -283,7 +282,7 @@ impl PartitionGuard {
                     .unwrap_or_default();
                 // The transform's SQL is at fault, not the data or the store.
                 return Err(Error::config(
-                    staging.context(),
+                    target.context(),
                     format!("the transform returned a row with {column} = {found}, outside the slice's partition {column} = {value}; nothing was committed"),
                 ));
             }

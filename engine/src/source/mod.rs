@@ -150,7 +150,7 @@ impl Sources {
                 }
             };
             // One limited store per bucket, shared by every slice: the cap holds across
-            // the slices in flight. A read waiting to be asked again holds no place.
+            // the slices in flight. A read waiting to be asked again holds no slot.
             let store: Arc<dyn ObjectStore> = match pipeline.max_source_requests {
                 Some(max) => Arc::new(LimitStore::new(store, max)),
                 None => store,

@@ -6,33 +6,33 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{Member, RunOptions, PREFLIGHT_CONCURRENCY};
-use crate::engine::{Backfill, Known, SlicePlan};
+use crate::backfill::{Backfill, Recorded, SlicePlan};
 use crate::error::Result;
 use crate::ledger::Summaries;
 use crate::slice::Slice;
 use crate::upstream::UpstreamSlice;
 
 /// A pipeline's slices, planned before any starts.
-pub(crate) struct Launch {
-    pub(crate) known: Arc<Known>,
+pub(crate) struct Preflight {
+    pub(crate) recorded: Arc<Recorded>,
     /// Each slice's plan, in run order.
     pub(crate) planned: Vec<SlicePlan>,
 }
 
-/// Launches every member, upstream first: each pipeline learns which slices the
+/// Plans every member's run, upstream first: each pipeline learns which slices the
 /// pipelines before it run.
-pub(super) async fn launch_all(members: &[Member], options: &RunOptions) -> Result<Vec<Launch>> {
+pub(super) async fn plan_all(members: &[Member], options: &RunOptions) -> Result<Vec<Preflight>> {
     let mut running = HashSet::new();
-    let mut launches = Vec::with_capacity(members.len());
+    let mut preflights = Vec::with_capacity(members.len());
     for member in members {
         let backfill = &member.backfill;
-        let launch = backfill
-            .launch(member.slices.clone(), options, &running)
+        let preflight = backfill
+            .plan_run(member.slices.clone(), options, &running)
             .await?;
-        running.extend(runs(&backfill.pipeline.name, &launch.planned));
-        launches.push(launch);
+        running.extend(runs(&backfill.pipeline.name, &preflight.planned));
+        preflights.push(preflight);
     }
-    Ok(launches)
+    Ok(preflights)
 }
 
 /// Every slice of every member, as the gates of a chained run know them.
@@ -62,12 +62,12 @@ impl Backfill {
     /// has one; every slice planned before any starts. The plans are not kept: each slice
     /// to run plans again when it starts, so it sees files that arrive in between. In a
     /// chained run, the upstream pipelines run the slices `running` first.
-    pub(crate) async fn launch(
+    pub(crate) async fn plan_run(
         self: &Arc<Self>,
         mut slices: Vec<Slice>,
         options: &RunOptions,
         running: &HashSet<UpstreamSlice>,
-    ) -> Result<Launch> {
+    ) -> Result<Preflight> {
         #[cfg(feature = "cluster")]
         if options.cluster.is_some() {
             self.sources.check_portable()?;
@@ -75,11 +75,11 @@ impl Backfill {
         if options.newest_first {
             slices.reverse();
         }
-        let known = Arc::new(self.known(Summaries::Save).await?);
+        let recorded = Arc::new(self.recorded(Summaries::Save).await?);
         let mut planned = self
-            .plan_slices(slices, &known, options.reprocess, PREFLIGHT_CONCURRENCY)
+            .plan_slices(slices, &recorded, options.reprocess, PREFLIGHT_CONCURRENCY)
             .await?;
         self.wait_for_upstream(&mut planned, running, options.reprocess);
-        Ok(Launch { known, planned })
+        Ok(Preflight { recorded, planned })
     }
 }

@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::ledger::{Ledger, StagedSlice, Summaries};
+use crate::ledger::{Ledger, Summaries, SwapManifest};
 use crate::pipeline::{Assertion, Pipeline};
 use crate::retry::RequestRetry;
 use crate::sink::rebuild::Replaced;
@@ -39,6 +39,14 @@ pub struct Backfill {
     pub(crate) sql_fingerprint: String,
     /// The sources that read pipelines of the same chained run.
     pub(crate) upstreams: Vec<Upstream>,
+    /// The selection the pipeline was opened for, if any, cut once.
+    scope: Option<Scope>,
+}
+
+/// A selection and its slices.
+struct Scope {
+    selection: Selection,
+    slices: Vec<Slice>,
 }
 
 /// Options for opening a pipeline that are not in its file.
@@ -168,8 +176,11 @@ impl Backfill {
         options: OpenOptions,
         upstreams: Vec<Upstream>,
     ) -> Result<Self> {
-        let scope = match &options.scope {
-            Some(selection) => Some(pipeline.cut(selection)?),
+        let scope = match options.scope {
+            Some(selection) => Some(Scope {
+                slices: pipeline.cut(&selection)?,
+                selection,
+            }),
             None => None,
         };
         let unwritten: Vec<_> = upstreams
@@ -181,7 +192,7 @@ impl Backfill {
             &options.stores,
             options.request_retry,
             options.memory_limit,
-            scope.as_deref(),
+            scope.as_ref().map(|s| s.slices.as_slice()),
             &unwritten,
         )
         .await?;
@@ -213,6 +224,7 @@ impl Backfill {
             sink,
             sql_fingerprint,
             upstreams,
+            scope,
         })
     }
 
@@ -225,9 +237,13 @@ impl Backfill {
         &self.schema
     }
 
-    /// Cuts a selection into slices. Pure: no IO.
+    /// Cuts a selection into slices. Pure: no IO. The selection the pipeline was opened
+    /// for was cut then, and is not cut again.
     pub fn slices(&self, selection: &Selection) -> Result<Vec<Slice>> {
-        self.pipeline.cut(selection)
+        match &self.scope {
+            Some(scope) if scope.selection == *selection => Ok(scope.slices.clone()),
+            _ => self.pipeline.cut(selection),
+        }
     }
 
     /// Deletes what this pipeline's attempts left in the table's folder without ever
@@ -259,9 +275,9 @@ impl Backfill {
         Ledger::read(table.as_ref(), &self.pipeline.name, summaries).await
     }
 
-    /// What is known of the slices before a run: the Delta log's records, and from the
+    /// What is recorded of the slices before a run: the Delta log's records, and from the
     /// run history the slices whose last attempt failed.
-    pub(crate) async fn known(&self, summaries: Summaries) -> Result<Known> {
+    pub(crate) async fn recorded(&self, summaries: Summaries) -> Result<Recorded> {
         let ledger = self.read_ledger(summaries).await?;
         let history = self
             .history()
@@ -275,7 +291,7 @@ impl Backfill {
             Publishing::Commits(_) => (HashMap::new(), true),
         };
         let table_files = self.sink.table_files(&self.pipeline.slices.columns).await?;
-        Ok(Known {
+        Ok(Recorded {
             ledger,
             last_failures: history.last_failures(),
             retries: history.retries(),
@@ -293,8 +309,8 @@ impl Backfill {
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
         let slices = self.slices(selection)?;
-        let known = Arc::new(self.known(Summaries::ReadOnly).await?);
-        self.plan_slices(slices, &known, reprocess, concurrency)
+        let recorded = Arc::new(self.recorded(Summaries::ReadOnly).await?);
+        self.plan_slices(slices, &recorded, reprocess, concurrency)
             .await
     }
 
@@ -305,16 +321,16 @@ impl Backfill {
     pub(crate) async fn plan_slices(
         self: &Arc<Self>,
         slices: Vec<Slice>,
-        known: &Arc<Known>,
+        recorded: &Arc<Recorded>,
         reprocess: Reprocess,
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
         futures::stream::iter(slices)
             .map(|slice| {
-                let (backfill, known) = (self.clone(), known.clone());
+                let (backfill, recorded) = (self.clone(), recorded.clone());
                 tokio::spawn(async move {
                     // These plans are never executed: one partition is the cheapest to plan.
-                    let planned = backfill.plan_slice(slice.clone(), &known, reprocess, 1);
+                    let planned = backfill.plan_slice(slice.clone(), &recorded, reprocess, 1);
                     match planned.await {
                         Ok((plan, _prepared)) => Ok(plan),
                         Err(error) if error.is_transient() => {
@@ -400,31 +416,35 @@ impl Backfill {
     }
 
     /// Plans one slice: its transform, split into `partitions` streams, and its state
-    /// from what is `known`.
+    /// from what is `recorded`.
     pub(crate) async fn plan_slice(
         &self,
         slice: Slice,
-        known: &Known,
+        recorded: &Recorded,
         reprocess: Reprocess,
         partitions: usize,
     ) -> Result<(SlicePlan, Prepared)> {
         let transform = self.plan_transform(&slice, partitions).await?;
         let source_fingerprint = source::fingerprint_files(&transform.files);
-        let committed = known.ledger.get(&slice.key);
+        let committed = recorded.ledger.get(&slice.key);
         // A done slice is skipped, so its files are looked for: a table that points at
         // files gone from storage fails every reader, and rewriting the slice repairs it.
         let missing_files = match committed {
-            Some(_) => self.sink.missing_files(&known.table_files, &slice).await?,
+            Some(_) => {
+                self.sink
+                    .missing_files(&recorded.table_files, &slice)
+                    .await?
+            }
             None => vec![],
         };
         let state = states::decide(&Facts {
             committed,
-            last_failure: known.last_failures.get(&slice.key),
+            last_failure: recorded.last_failures.get(&slice.key),
             source_fingerprint: &source_fingerprint,
             sql_fingerprint: &self.sql_fingerprint,
-            table_fits: known.table_fits,
+            table_fits: recorded.table_fits,
             missing_files: &missing_files,
-            staged: known.staged.get(&slice.key),
+            staged: recorded.staged.get(&slice.key),
             staging_key: &self.staging_key(&slice, &source_fingerprint),
             reprocess,
         });
@@ -632,15 +652,15 @@ fn referenced_tables(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<String
     names
 }
 
-/// What is known of a selection's slices before running them.
-pub(crate) struct Known {
+/// What the Delta log and the run history record of a selection's slices before a run.
+pub(crate) struct Recorded {
     pub(crate) ledger: Ledger,
     /// Slices whose last recorded attempt failed: the run and the error.
     pub(crate) last_failures: HashMap<String, (String, String)>,
     /// Attempts beyond the first, per slice, over every recorded run.
     pub(crate) retries: HashMap<String, u32>,
     /// A rebuild's staged slices, by key; always empty for other strategies.
-    pub(crate) staged: HashMap<String, StagedSlice>,
+    pub(crate) staged: HashMap<String, SwapManifest>,
     /// Whether the table (if any) has the pipeline's columns and partitioning. When it
     /// has not, a rebuild cannot keep any of its files.
     pub(crate) table_fits: bool,
@@ -651,18 +671,7 @@ pub(crate) struct Known {
 /// A slice to plan the SQL with when validating: any will do, as planning reads no data.
 fn sample_slice(pipeline: &Pipeline) -> Slice {
     let spec = &pipeline.slices;
-    let selection = match (spec.kind, &spec.keys) {
-        (slice::SliceKind::Daily, _) => Selection::Range {
-            start: "2000-01-01".into(),
-            end: "2000-01-01".into(),
-        },
-        (slice::SliceKind::Hourly, _) => Selection::Range {
-            start: "2000-01-01T00".into(),
-            end: "2000-01-01T00".into(),
-        },
-        (slice::SliceKind::List, Some(keys)) => Selection::Keys(vec![keys[0].clone()]),
-        (slice::SliceKind::List, None) => Selection::Keys(vec!["sample".into()]),
-    };
+    let selection = spec.kind.sample(spec.keys.as_deref());
     slice::cut(spec.kind, &spec.columns, &selection, None).expect("the sample selection is valid")
         [0]
     .clone()

@@ -1,0 +1,461 @@
+//! The pipeline file: parsing and validating it into a [`Pipeline`].
+//!
+//! Owns the TOML format, its strictness (unknown keys are errors naming the key and line)
+//! and every check that can be made without touching storage. It must not do IO beyond
+//! reading the pipeline file and the files it names (SQL file, manifest); resolving
+//! sources and planning SQL belong to [`crate::source`] and [`crate::backfill`].
+
+mod file;
+mod sections;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::slice::SliceKind;
+pub(crate) use file::Locator;
+use file::RawPipeline;
+
+/// A validated pipeline: what to read, how to transform it, where and how to write it.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The pipeline file, for error messages.
+    pub file: PathBuf,
+    pub sources: Vec<Source>,
+    pub slices: SliceSpec,
+    /// The transform's SQL template, with `{{ variable }}` placeholders.
+    pub sql: String,
+    /// Where the SQL came from, for error messages: the pipeline file or `sql_file`.
+    pub sql_origin: String,
+    pub destination: Destination,
+    pub assertions: Vec<Assertion>,
+    /// Requests in flight at once to each source's object store, across all slices.
+    pub max_source_requests: Option<usize>,
+}
+
+impl Pipeline {
+    /// Cuts a selection into this pipeline's slices. Pure: no IO.
+    pub fn cut(&self, selection: &crate::slice::Selection) -> Result<Vec<crate::slice::Slice>> {
+        let spec = &self.slices;
+        crate::slice::cut(spec.kind, &spec.columns, selection, spec.keys.as_deref())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The SQL table name the source is registered under.
+    pub name: String,
+    pub url: Url,
+    pub format: SourceFormat,
+    /// Hive partition columns in folder order, always read as text (Parquet only: a Delta
+    /// table's partitioning is in its log).
+    pub partitioning: Vec<String>,
+    pub storage_options: StorageOptions,
+    /// The pipeline whose destination this source reads, when it is another pipeline's
+    /// output (`pipeline = "name"`, or a project pipeline's destination by its URL).
+    pub upstream: Option<String>,
+}
+
+/// How a source's files are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Parquet files in hive-partitioned folders.
+    Parquet,
+    /// A Delta table, read at one version.
+    Delta,
+}
+
+/// Options for an object store (`aws_region`, `aws_endpoint`, ...), with `${VAR}`
+/// references already expanded from the environment. Values may be secrets, so they
+/// are never shown: `Debug` prints the keys only, and nothing stores them.
+#[derive(Clone, Default, PartialEq)]
+pub struct StorageOptions(BTreeMap<String, String>);
+
+impl StorageOptions {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// How a run's range or keys are cut into slices.
+#[derive(Debug, Clone)]
+pub struct SliceSpec {
+    pub kind: SliceKind,
+    /// The partition columns a slice selects: daily and list one, hourly two (day, hour).
+    pub columns: Vec<String>,
+    /// For `list`: the keys given in the file (from `keys` or the manifest), if any.
+    pub keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub url: Url,
+    pub partition_by: Vec<String>,
+    pub strategy: Strategy,
+    pub storage_options: StorageOptions,
+}
+
+/// How a slice's output is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Replace exactly the slice's partitions.
+    Overwrite,
+    /// Upsert on business keys, within the slice's partitions.
+    Merge { keys: Vec<String> },
+    /// Add the rows; a slice's earlier rows are replaced, never duplicated.
+    Append,
+    /// Stage and check every slice of the range, then replace the whole table with
+    /// their output in one commit.
+    Rebuild,
+}
+
+impl Strategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Overwrite => "overwrite",
+            Strategy::Merge { .. } => "merge",
+            Strategy::Append => "append",
+            Strategy::Rebuild => "rebuild",
+        }
+    }
+}
+
+/// A check on a slice's output, run before anything is published.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assertion {
+    MinRows(u64),
+    MaxNullRate {
+        column: String,
+        rate: f64,
+    },
+    Unique(Vec<String>),
+    /// A query over the table `slice` returning one boolean: true passes.
+    Sql(String),
+}
+
+impl Assertion {
+    /// A short, stable description used in reports and commit metadata.
+    pub fn describe(&self) -> String {
+        match self {
+            Assertion::MinRows(n) => format!("min_rows {n}"),
+            Assertion::MaxNullRate { column, rate } => format!("max_null_rate {column} {rate}"),
+            Assertion::Unique(columns) => format!("unique ({})", columns.join(", ")),
+            Assertion::Sql(sql) => format!("sql {sql}"),
+        }
+    }
+}
+
+/// Reads and validates a pipeline file. Relative paths inside it (sources, destination,
+/// `sql_file`, `manifest`) are relative to the file's own folder, so a pipeline works
+/// from any working directory.
+pub fn load(path: &Path) -> Result<Pipeline> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::in_file(path, format!("cannot read the pipeline file: {e}")))?;
+    parse(&text, path)
+}
+
+/// Validates pipeline text as if it were read from `path`. A source naming another
+/// pipeline (`pipeline = "name"`) is refused: only a project resolves those.
+pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
+    parse_with(text, path, &|name| {
+        Err(format!(
+            "`{name}` is another pipeline's output, which only a project file resolves: run this pipeline through the project that lists both (`--pipelines {}`), or give the table's `url` and `format = \"delta\"`",
+            path.file_stem().unwrap_or_default().to_string_lossy()
+        ))
+    })
+}
+
+/// Where a source that names another pipeline reads: that pipeline's destination, or why
+/// there is none.
+pub type Upstreams<'a> = &'a dyn Fn(&str) -> std::result::Result<Output, String>;
+
+/// Where a pipeline writes, as a source naming the pipeline reads it.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub pipeline: String,
+    pub url: Url,
+    pub storage_options: StorageOptions,
+}
+
+/// Reads only the name and the destination of a pipeline file: what other pipelines of
+/// a project need to resolve their sources before this one is parsed in full.
+pub fn output_of(path: &Path) -> Result<Output> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: String,
+        destination: Spanned<Written>,
+    }
+    #[derive(Deserialize)]
+    struct Written {
+        url: Spanned<String>,
+        storage_options: Option<Spanned<BTreeMap<String, String>>>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::in_file(path, format!("cannot read the pipeline file: {e}")))?;
+    let at = Locator { path, text: &text };
+    let named: Named = at.parse()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let written = named.destination.into_inner();
+    Ok(Output {
+        pipeline: named.name.trim().to_string(),
+        url: at.url(&written.url, base)?,
+        storage_options: at.storage_options("destination", written.storage_options.as_ref())?,
+    })
+}
+
+/// Validates pipeline text as if it were read from `path`, resolving sources that name
+/// another pipeline through `upstreams`.
+pub fn parse_with(text: &str, path: &Path, upstreams: Upstreams) -> Result<Pipeline> {
+    let at = Locator { path, text };
+    let raw: RawPipeline = at.parse()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let name = sections::name(&at, &raw.name)?;
+    let sources = sections::sources(&at, &raw.sources, base, upstreams)?;
+    let slices = sections::slice_spec(&at, raw.slices, base)?;
+    let (sql, sql_origin) = sections::transform(&at, raw.transform, base)?;
+    let destination = sections::destination(&at, raw.destination, base, &slices)?;
+    let assertions = raw
+        .assertions
+        .into_iter()
+        .map(|assertion| sections::assertion(&at, assertion))
+        .collect::<Result<_>>()?;
+    if let Some(zero) = raw
+        .max_source_requests
+        .as_ref()
+        .filter(|n| *n.get_ref() == 0)
+    {
+        return Err(at.error(zero.span(), "max_source_requests must be at least 1"));
+    }
+    Ok(Pipeline {
+        name,
+        file: path.to_path_buf(),
+        sources,
+        slices,
+        sql,
+        sql_origin,
+        destination,
+        assertions,
+        max_source_requests: raw.max_source_requests.map(Spanned::into_inner),
+    })
+}
+
+/// Reads a manifest of list keys: one key per line; blank lines and lines starting with
+/// `#` are ignored; surrounding whitespace is trimmed.
+pub fn read_manifest(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::in_file(path, format!("cannot read the manifest: {e}")))?;
+    let mut keys = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let key = line.trim();
+        if key.is_empty() || key.starts_with('#') {
+            continue;
+        }
+        if key.contains('/') {
+            return Err(Error::config(
+                format!("{}:{}", path.display(), number + 1),
+                format!("key {key:?} contains `/`, which cannot be a partition value"),
+            ));
+        }
+        if keys.iter().any(|k| k == key) {
+            return Err(Error::config(
+                format!("{}:{}", path.display(), number + 1),
+                format!("key {key:?} appears twice"),
+            ));
+        }
+        keys.push(key.to_string());
+    }
+    if keys.is_empty() {
+        return Err(Error::in_file(path, "the manifest lists no keys"));
+    }
+    Ok(keys)
+}
+
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Turns a location as written in a pipeline file or on the command line into a URL:
+/// URLs pass through, paths are made absolute against `base`.
+pub fn location_to_url(location: &str, base: &Path) -> std::result::Result<Url, String> {
+    if location.contains("://") {
+        let mut url =
+            Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"))?;
+        if url.scheme() != "file" && url.host_str().unwrap_or("").is_empty() {
+            return Err(format!("`{location}` names no bucket"));
+        }
+        // A location is a folder: paths inside it are joined onto it.
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        return Ok(url);
+    }
+    let absolute =
+        std::path::absolute(base.join(location)).map_err(|e| format!("`{location}`: {e}"))?;
+    // Resolve `..` by hand: the location may not exist yet, so it cannot be canonicalized.
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    Url::from_directory_path(&normal).map_err(|()| format!("`{location}` is not a usable path"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+name = "daily_revenue"
+
+[sources.orders]
+url = "buckets/shop/orders"
+format = "parquet"
+partitioning = ["dt"]
+
+[slices]
+kind = "daily"
+column = "dt"
+
+[transform]
+sql = "SELECT * FROM orders WHERE dt = {{ slice }}"
+
+[destination]
+url = "warehouse/daily_revenue"
+partition_by = ["dt"]
+strategy = "overwrite"
+
+[[assertions]]
+min_rows = 1
+
+[[assertions]]
+max_null_rate = { column = "amount", rate = 0.01 }
+"#;
+
+    fn parse_at(text: &str) -> Result<Pipeline> {
+        parse(text, Path::new("/p/pipeline.toml"))
+    }
+
+    #[test]
+    fn valid_pipeline_resolves_paths_against_the_file() {
+        let p = parse_at(VALID).unwrap();
+        assert_eq!(p.name, "daily_revenue");
+        assert_eq!(p.sources[0].url.as_str(), "file:///p/buckets/shop/orders/");
+        assert_eq!(
+            p.destination.url.as_str(),
+            "file:///p/warehouse/daily_revenue/"
+        );
+        assert_eq!(p.destination.strategy, Strategy::Overwrite);
+        assert_eq!(
+            p.assertions,
+            vec![
+                Assertion::MinRows(1),
+                Assertion::MaxNullRate {
+                    column: "amount".into(),
+                    rate: 0.01
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = VALID.replace(
+            "partitioning = [\"dt\"]",
+            "partitioning = [\"dt\"]\npartitions = 3",
+        );
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(error.starts_with("/p/pipeline.toml:8:"), "{error}");
+        assert!(error.contains("unknown field `partitions`"), "{error}");
+    }
+
+    #[test]
+    fn merge_without_keys_is_refused_at_its_line() {
+        let text = VALID.replace("strategy = \"overwrite\"", "strategy = \"merge\"");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "/p/pipeline.toml:19: destination.merge_keys is required for strategy = \"merge\""
+        );
+    }
+
+    #[test]
+    fn overwrite_needs_the_slice_column_as_partition() {
+        let text = VALID.replace("partition_by = [\"dt\"]", "partition_by = []");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("must include the slice column `dt`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn source_named_slice_is_refused() {
+        let text = VALID.replace("[sources.orders]", "[sources.slice]");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(error.starts_with("/p/pipeline.toml:4:"), "{error}");
+        assert!(error.contains("`slice` is reserved"), "{error}");
+    }
+
+    #[test]
+    fn assertion_with_two_checks_is_refused() {
+        let text = VALID.replace("min_rows = 1", "min_rows = 1\nunique = [\"a\"]");
+        let error = parse_at(&text).unwrap_err().to_string();
+        assert!(error.contains("own [[assertions]] entry"), "{error}");
+    }
+
+    #[test]
+    fn manifest_ignores_comments_and_blank_lines_and_refuses_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, "# regions\neu\n\n  o'brien  \n").unwrap();
+        assert_eq!(read_manifest(&path).unwrap(), vec!["eu", "o'brien"]);
+        std::fs::write(&path, "# nothing\n\n").unwrap();
+        let error = read_manifest(&path).unwrap_err().to_string();
+        assert!(error.ends_with("the manifest lists no keys"), "{error}");
+    }
+
+    #[test]
+    fn storage_options_expand_the_environment_and_never_show_values() {
+        std::env::set_var("BACKFILL_TEST_SECRET", "s3cr3t");
+        let text = VALID.replace(
+            "partitioning = [\"dt\"]",
+            "partitioning = [\"dt\"]\nstorage_options = { aws_region = \"eu-west-1\", aws_secret_access_key = \"${BACKFILL_TEST_SECRET}\" }",
+        );
+        let p = parse_at(&text).unwrap();
+        let options: Vec<_> = p.sources[0].storage_options.iter().collect();
+        assert_eq!(
+            options[1],
+            (&"aws_secret_access_key".to_string(), &"s3cr3t".to_string())
+        );
+        let shown = format!("{p:?}");
+        assert!(
+            shown.contains("aws_secret_access_key") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+
+        let unset = text.replace("BACKFILL_TEST_SECRET", "BACKFILL_TEST_UNSET");
+        let error = parse_at(&unset).unwrap_err().to_string();
+        assert!(
+            error.ends_with("sources.orders.storage_options.aws_secret_access_key: environment variable `BACKFILL_TEST_UNSET` is not set"),
+            "{error}"
+        );
+    }
+}
