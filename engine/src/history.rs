@@ -129,13 +129,28 @@ pub enum Liveness {
 impl RunRecord {
     /// Whether the run is still going as of `now`.
     pub fn liveness(&self, now: DateTime<Utc>) -> Liveness {
-        if self.end.is_some() {
+        Liveness::of(
+            self.end.is_some(),
+            &self.header,
+            self.heartbeat.as_ref(),
+            now,
+        )
+    }
+}
+
+impl Liveness {
+    /// Whether a run that started as `header` says, and has `ended` or not, is still going
+    /// as of `now`: judged by its last heartbeat, or its start if it left none.
+    fn of(
+        ended: bool,
+        header: &RunHeader,
+        heartbeat: Option<&Heartbeat>,
+        now: DateTime<Utc>,
+    ) -> Liveness {
+        if ended {
             return Liveness::Ended;
         }
-        let since = self
-            .heartbeat
-            .as_ref()
-            .map_or(self.header.started_at, |h| h.at);
+        let since = heartbeat.map_or(header.started_at, |h| h.at);
         match (now - since).to_std() {
             Ok(age) if age > PRESUMED_DEAD_AFTER => Liveness::PresumedDead,
             _ => Liveness::Running,
@@ -191,6 +206,22 @@ impl History {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(error) => Err(error).context(|| format!("writing {path}")),
         }
+    }
+
+    /// Whether run `run_id` is still going as of `now`, from its header, end and
+    /// heartbeat alone (not its attempts); `None` if there is no such run.
+    pub async fn liveness(&self, run_id: &str, now: DateTime<Utc>) -> Result<Option<Liveness>> {
+        let Some(header) = self.get::<RunHeader>(&run_path(run_id, "run.json")).await? else {
+            return Ok(None);
+        };
+        let end = self.get::<RunEnd>(&run_path(run_id, "end.json")).await?;
+        let heartbeat: Option<Heartbeat> = self.get(&run_path(run_id, "heartbeat.json")).await?;
+        Ok(Some(Liveness::of(
+            end.is_some(),
+            &header,
+            heartbeat.as_ref(),
+            now,
+        )))
     }
 
     /// The request that the run stop, if anyone made one.

@@ -41,10 +41,10 @@ pub async fn request_stop(
     let mut asked = Vec::new();
     for pipeline in pipelines {
         let history = crate::sink::history_at(&pipeline.destination)?;
-        let Some(run) = history.run(run_id).await? else {
+        let Some(liveness) = history.liveness(run_id, request.requested_at).await? else {
             continue;
         };
-        let outcome = match run.liveness(request.requested_at) {
+        let outcome = match liveness {
             Liveness::Ended => Asked::Ended,
             Liveness::PresumedDead => Asked::PresumedDead,
             Liveness::Running => match history.request_stop(run_id, request).await? {
