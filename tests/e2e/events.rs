@@ -279,3 +279,37 @@ async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order
     assert_eq!(history.attempts.len(), attempted.len());
     assert_eq!(history.end.unwrap().committed, 3);
 }
+
+/// `run --events` prints every event as a JSON line, as it happens: the run's start, each
+/// slice's phases and outcome, the commits, the end.
+#[test]
+fn run_events_prints_each_event_as_a_json_line() {
+    let case = Case::new("orders_clean");
+    let printed = case.ok(
+        "run",
+        &["--start", "2024-01-01", "--end", "2024-01-03", "--events"],
+        0,
+    );
+    let events: Vec<serde_json::Value> = printed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"ended"), "{kinds:?}");
+    assert_eq!(events[0]["slices"], 3);
+    assert_eq!(events.last().unwrap()["status"], "done");
+    assert_eq!(events.last().unwrap()["committed"], 3);
+    let count = |kind: &str| kinds.iter().filter(|k| **k == kind).count();
+    assert_eq!(count("slice_finished"), 3);
+    assert_eq!(count("pipeline_ended"), 1);
+    let committed: usize = events
+        .iter()
+        .filter(|e| e["event"] == "committed")
+        .map(|e| e["slices"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(committed, 3, "every slice is in one commit");
+}

@@ -965,3 +965,36 @@ async fn a_slice_failing_its_check_among_grouped_slices_is_left_out_and_the_rest
     let rows = case.stored(failed_hour).await;
     assert!(rows.contains(&"| 0 |".to_string()), "{rows:?}");
 }
+
+/// `--order desc` runs the newest slices first, and still skips the ones that are done:
+/// what the pre-flight decided for a slice stays with that slice whatever the order.
+#[test]
+fn newest_first_runs_the_newest_slices_first_and_skips_the_done_ones() {
+    let case = Case::new("orders_clean");
+    case.ok("run", &["--start", "2024-01-01", "--end", "2024-01-02"], 0);
+    let args = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-04",
+        "--order",
+        "desc",
+    ];
+    let run = case.json("run", &args, 0);
+    let slices: Vec<&str> = run["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["slice"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        slices,
+        ["2024-01-04", "2024-01-03", "2024-01-02", "2024-01-01"]
+    );
+    assert_eq!(
+        statuses(&run),
+        ["committed", "committed", "skipped", "skipped"]
+    );
+    let days: Vec<String> = (1..=4).map(|d| format!("2024-01-{d:02}")).collect();
+    assert_eq!(case.committed_slices(), days, "each slice committed once");
+}

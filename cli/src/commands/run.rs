@@ -56,7 +56,7 @@ pub struct RunArgs {
     /// Print a JSON summary instead of a line per slice.
     #[arg(long)]
     json: bool,
-    /// Print every event of the run (phases, retries, commits, places, outcomes, the
+    /// Print every event of the run (phases, retries, commits, slots, outcomes, the
     /// summary) as a JSON line, as it happens, for a program watching the run.
     #[arg(long, conflicts_with = "json")]
     events: bool,

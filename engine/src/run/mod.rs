@@ -239,7 +239,7 @@ pub(crate) async fn run_pipelines(
         estimate,
     });
     let histories = members.iter().map(|m| m.backfill.history()).collect();
-    let watching = watch::spawn(histories, run_id.clone(), &options, observer.clone());
+    let watching = watch::start(histories, run_id.clone(), &options, observer.clone()).await;
     let _stop_watching = watching.drop_guard();
     let runs = members
         .into_iter()
@@ -248,7 +248,7 @@ pub(crate) async fn run_pipelines(
             let run = Run::new(
                 &member, preflight, &options, &run_id, &slots, &gates, &observer,
             );
-            run.execute(member.selection, member.slices)
+            run.execute(member.selection)
         });
     let summaries: Vec<RunSummary> = futures::future::join_all(runs)
         .await
@@ -279,6 +279,8 @@ struct Run {
     /// For each slice, whether the pre-flight could not plan it (storage kept failing),
     /// so that what it refuses is checked when the slice runs.
     unplanned: Vec<bool>,
+    /// The slices, in run order (the pre-flight's: newest first if asked).
+    slices: Vec<Slice>,
     /// For each slice, the upstream slices of the run it waits for.
     after: Vec<Vec<UpstreamSlice>>,
     /// The slots to compute a slice in, shared by the run's pipelines. A checked slice
@@ -320,6 +322,7 @@ impl Run {
             recorded,
             not_run,
             unplanned,
+            slices: planned.iter().map(|p| p.slice.clone()).collect(),
             after: planned.into_iter().map(|p| p.after).collect(),
             slots: slots.clone(),
             gates: gates.clone(),

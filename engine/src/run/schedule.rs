@@ -66,15 +66,28 @@ impl Drop for Slot {
 
 impl Run {
     /// Runs this pipeline's part of the run: its history's header, its slices, then its
-    /// end.
-    pub(super) async fn execute(self, selection: String, slices: Vec<Slice>) -> Result<RunSummary> {
+    /// end. A part that cannot go on leaves no downstream slice waiting for it.
+    pub(super) async fn execute(self, selection: String) -> Result<RunSummary> {
         let run = Arc::new(self);
-        let options = &run.options;
+        let keys: Vec<String> = run.slices.iter().map(|s| s.key.clone()).collect();
+        let summary = run.clone().start_and_schedule(selection, &keys).await;
+        if let (Some(gates), Err(_)) = (&run.gates, &summary) {
+            gates.settle_rest(run.pipeline(), &keys, None);
+        }
+        summary
+    }
+
+    async fn start_and_schedule(
+        self: Arc<Self>,
+        selection: String,
+        keys: &[String],
+    ) -> Result<RunSummary> {
+        let options = &self.options;
         let header = RunHeader {
-            run_id: run.run_id.clone(),
-            pipeline: run.pipeline().to_string(),
+            run_id: self.run_id.clone(),
+            pipeline: self.pipeline().to_string(),
             selection,
-            slices: slices.len(),
+            slices: keys.len(),
             reprocess: options
                 .reprocess
                 .names()
@@ -87,17 +100,9 @@ impl Run {
             promoted_from: None,
             cluster: super::cluster_of(options),
         };
-        run.send(RunEvent::PipelineStarted { header }).await?;
-        let keys: Vec<String> = slices.iter().map(|s| s.key.clone()).collect();
-        let summary = match run.clone().schedule(slices).await {
-            Ok(finished) => run.finish(&keys, finished).await,
-            Err(error) => Err(error),
-        };
-        if let (Some(gates), Err(_)) = (&run.gates, &summary) {
-            // A run that could not go on leaves no downstream slice waiting for it.
-            gates.settle_rest(run.pipeline(), &keys, None);
-        }
-        summary
+        self.send(RunEvent::PipelineStarted { header }).await?;
+        let finished = self.clone().schedule(self.slices.clone()).await?;
+        self.finish(keys, finished).await
     }
 
     /// Starts the slices in run order, each on its own task once it may start, and
