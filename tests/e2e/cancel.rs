@@ -6,20 +6,11 @@ use std::time::Duration;
 
 use backfill_engine::fixtures::{generate, FixtureSpec};
 
-use crate::support::{backfill, Case, Watched};
+use crate::support::{backfill, run_id_of, Case, Watched};
 
 /// Days of orders in the bucket: enough that a run at one slice at a time is still going
 /// when the cancel comes.
 const DAYS: u32 = 90;
-
-/// The run id a run's first line names: `run <id>: N slices`.
-fn run_id(line: &str) -> String {
-    let id = line
-        .strip_prefix("run ")
-        .and_then(|rest| rest.split(':').next());
-    id.unwrap_or_else(|| panic!("not a run's first line: {line}"))
-        .to_string()
-}
 
 #[tokio::test]
 async fn cancel_from_another_process_stops_a_run_like_ctrl_c_and_the_same_command_finishes() {
@@ -41,7 +32,7 @@ async fn cancel_from_another_process_stops_a_run_like_ctrl_c_and_the_same_comman
     run.args(case.args("run", &range));
     let mut running = Watched::spawn(run);
     let first = running.line_where(Duration::from_secs(120), |l| l.starts_with("run "));
-    let id = run_id(&first);
+    let id = run_id_of(&first);
     running.line_where(Duration::from_secs(120), |l| l.contains(" committed "));
 
     let cancel = backfill(&case.args("cancel", &[&id]));

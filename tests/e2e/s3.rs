@@ -785,11 +785,7 @@ async fn s3_cancel_from_another_process_stops_the_run_and_the_same_command_finis
     ];
     let mut running = Watched::spawn(case.command_via(&slow, "run", &range));
     let first = running.line_where(Duration::from_secs(120), |l| l.starts_with("run "));
-    let id = first
-        .strip_prefix("run ")
-        .and_then(|rest| rest.split(':').next())
-        .unwrap()
-        .to_string();
+    let id = run_id_of(&first);
     running.line_where(Duration::from_secs(120), |l| l.contains(" committed "));
     let cancel = case.backfill("cancel", &[&id]);
     let said = String::from_utf8_lossy(&cancel.stdout);

@@ -72,6 +72,15 @@ pub fn interrupt_when(args: &[&str], when: impl Fn(&str) -> bool) -> (Option<i32
     (child.wait().unwrap().code(), output.join("\n"))
 }
 
+/// The run id a run's first line names: `run <id>: N slices`.
+pub fn run_id_of(first_line: &str) -> String {
+    let id = first_line
+        .strip_prefix("run ")
+        .and_then(|rest| rest.split(':').next());
+    id.unwrap_or_else(|| panic!("not a run's first line: {first_line}"))
+        .to_string()
+}
+
 /// A running `backfill` whose output lines are read as they come, so that a test can wait
 /// for one, or for the end, with a deadline.
 pub struct Watched {
