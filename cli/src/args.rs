@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use backfill_engine::history::RunRecord;
 use backfill_engine::pipeline::{self, location_to_url};
 use backfill_engine::project::{self, Project};
 use backfill_engine::{Backfill, OpenOptions, Reprocess, Selection};
@@ -268,15 +267,4 @@ impl PipelineArgs {
         };
         Ok(Arc::new(Backfill::open(self.load()?, options).await?))
     }
-}
-
-/// The run `run` of the history, or an error naming it.
-pub async fn find_run(backfill: &Backfill, run: &str) -> anyhow::Result<RunRecord> {
-    let record = backfill.history().run(run).await?;
-    Ok(record.ok_or_else(|| {
-        backfill_engine::Error::config(
-            "RUN",
-            format!("no run `{run}` in the history of this destination"),
-        )
-    })?)
 }

@@ -260,6 +260,25 @@ impl Backfill {
             .await
     }
 
+    /// The run `run` of this pipeline's history (`latest` for its newest), or an error
+    /// naming the destination it was looked for in.
+    pub async fn run_record(&self, run: &str) -> Result<crate::history::RunRecord> {
+        let history = self.history();
+        let found = match history.resolve(run, &self.pipeline.name).await? {
+            Some(run_id) => history.run(&run_id).await?,
+            None => None,
+        };
+        found.ok_or_else(|| {
+            Error::config(
+                "RUN",
+                format!(
+                    "no run `{run}` of {} in the history of {}; `backfill history` lists its runs",
+                    self.pipeline.name, self.pipeline.destination.url
+                ),
+            )
+        })
+    }
+
     /// The run history kept next to the destination table.
     pub fn history(&self) -> crate::history::History {
         crate::history::History::new(self.sink.store())

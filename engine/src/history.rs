@@ -30,6 +30,9 @@ use crate::states::{RebuildOutcome, SliceOutcome};
 
 const RUNS: &str = "_backfill/runs";
 
+/// What a command may take in place of a run id: the newest run of the pipeline.
+pub const LATEST: &str = "latest";
+
 /// What a run was asked to do, written when it starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunHeader {
@@ -244,6 +247,38 @@ impl History {
         Ok(ids)
     }
 
+    /// The run `run` names for `pipeline`: its own id, or for [`LATEST`] the newest run of
+    /// the pipeline; `None` if there is none.
+    pub async fn resolve(&self, run: &str, pipeline: &str) -> Result<Option<String>> {
+        if run != LATEST {
+            return Ok(Some(run.to_string()));
+        }
+        // Ids start with the second the run started: newest last, so the search ends with
+        // the first second that has a run of the pipeline. Runs started within that second
+        // are told apart by their headers' start times.
+        let mut newest: Option<(DateTime<Utc>, String)> = None;
+        for run_id in self.run_ids().await?.into_iter().rev() {
+            let second = |id: &str| id.split('-').next().unwrap_or_default().to_string();
+            if newest
+                .as_ref()
+                .is_some_and(|(_, n)| second(n) != second(&run_id))
+            {
+                break;
+            }
+            let header: Option<RunHeader> = self.get(&run_path(&run_id, "run.json")).await?;
+            let Some(header) = header.filter(|h| h.pipeline == pipeline) else {
+                continue;
+            };
+            if newest
+                .as_ref()
+                .is_none_or(|(at, _)| header.started_at > *at)
+            {
+                newest = Some((header.started_at, run_id));
+            }
+        }
+        Ok(newest.map(|(_, run_id)| run_id))
+    }
+
     /// Every run of `pipeline`, oldest first.
     pub async fn runs(&self, pipeline: &str) -> Result<Vec<RunRecord>> {
         let mut runs = Vec::new();
@@ -354,6 +389,40 @@ mod tests {
             }),
             stop: None,
         }
+    }
+
+    #[tokio::test]
+    async fn latest_is_the_pipelines_newest_run_even_within_one_second() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(folder.path());
+        let history = History::new(Arc::new(store.unwrap()));
+        let start = |id: &str, pipeline: &str, at: &str| {
+            let mut header = record(false, None).header;
+            (header.run_id, header.pipeline) = (id.into(), pipeline.into());
+            header.started_at = at.parse().unwrap();
+            header
+        };
+        // Same second: the later start has the smaller random suffix.
+        for header in [
+            start("20240601T000000Z-aaaaaa", "p", "2024-06-01T00:00:00.900Z"),
+            start("20240601T000000Z-ffffff", "p", "2024-06-01T00:00:00.100Z"),
+            start("20240601T000001Z-bbbbbb", "other", "2024-06-01T00:00:01Z"),
+            start("20240531T235959Z-cccccc", "q", "2024-05-31T23:59:59Z"),
+        ] {
+            history.start(&header).await.unwrap();
+        }
+        let latest = |pipeline| history.resolve(LATEST, pipeline);
+        assert_eq!(
+            latest("p").await.unwrap().unwrap(),
+            "20240601T000000Z-aaaaaa"
+        );
+        assert_eq!(
+            latest("q").await.unwrap().unwrap(),
+            "20240531T235959Z-cccccc"
+        );
+        assert_eq!(latest("none").await.unwrap(), None);
+        let named = history.resolve("20240601T000000Z-ffffff", "p").await;
+        assert_eq!(named.unwrap().unwrap(), "20240601T000000Z-ffffff");
     }
 
     #[test]

@@ -998,3 +998,34 @@ fn newest_first_runs_the_newest_slices_first_and_skips_the_done_ones() {
     let days: Vec<String> = (1..=4).map(|d| format!("2024-01-{d:02}")).collect();
     assert_eq!(case.committed_slices(), days, "each slice committed once");
 }
+
+/// `latest` opens the newest run wherever a run id is taken, and a run that is not there
+/// is named with the destination it was looked for in and the command that lists runs.
+#[test]
+fn latest_opens_the_newest_run_and_an_unknown_run_names_where_it_was_looked_for() {
+    let case = Case::new("orders_clean");
+    case.ok("run", &["--keys", "2024-01-01"], 0);
+    let second = case.json("run", &["--keys", "2024-01-02"], 0);
+    let shown = case.json("show", &["latest"], 0);
+    assert_eq!(shown["run_id"], second["run_id"]);
+    let page = case.scratch.path("latest.html");
+    case.ok("report", &["latest", "-o", page.to_str().unwrap()], 0);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(second["run_id"].as_str().unwrap()), "{html}");
+    let cancel = case.ok("cancel", &["latest"], 0);
+    assert!(
+        cancel.contains(second["run_id"].as_str().unwrap()) && cancel.contains("had ended"),
+        "{cancel}"
+    );
+
+    let out = backfill(&case.args("show", &["20240101T000000Z-abcdef"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let table = url::Url::from_directory_path(&case.table).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "no run `20240101T000000Z-abcdef` of orders_clean in the history of {table}; `backfill history` lists its runs"
+        )),
+        "{stderr}"
+    );
+}

@@ -501,6 +501,15 @@ async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_onl
         0,
     );
     assert_eq!(history[0]["promoted_from"], "staging", "{history}");
+    // The promotion's own run opens with `show`, and says what it was.
+    let shown = backfill_ok(
+        &["show", &project, "--pipeline", "orders_daily", "latest"],
+        0,
+    );
+    assert!(
+        shown.contains("promoted from staging: no SQL ran") && !shown.contains("reprocess ,"),
+        "{shown}"
+    );
     let again = case.json("promote", &promote, 0);
     let outcomes: Vec<&str> = again["pipelines"][0]["slices"]
         .as_array()

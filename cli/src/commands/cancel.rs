@@ -18,7 +18,7 @@ pub struct CancelArgs {
     pipeline: PipelineArgs,
     #[command(flatten)]
     project: ProjectArgs,
-    /// The run's id, as `run` printed it and `history` lists it.
+    /// The run's id, as `run` printed it and `history` lists it, or `latest`.
     run: String,
     #[arg(long)]
     json: bool,
@@ -33,7 +33,7 @@ pub async fn execute(args: CancelArgs) -> anyhow::Result<Outcome> {
     let asked = request_stop(&pipelines, &args.run, &request).await?;
     match args.json {
         true => printer::json(&asked)?,
-        false => print(&args.run, &asked),
+        false => print(&asked),
     }
     Ok(Outcome::Success)
 }
@@ -46,7 +46,7 @@ fn who() -> String {
     format!("{user}@{}", backfill_engine::run::host())
 }
 
-fn print(run: &str, asked: &[StopAsked]) {
+fn print(asked: &[StopAsked]) {
     for one in asked {
         let what = match &one.outcome {
             Asked::Now => "asked to stop: no new slice starts, and slices in flight finish their commit within seconds; the same command finishes the job".to_string(),
@@ -58,6 +58,6 @@ fn print(run: &str, asked: &[StopAsked]) {
             Asked::Ended => "had ended: nothing to stop".to_string(),
             Asked::PresumedDead => "never ended and has left no heartbeat for a while: it was killed, and nothing runs; the same command finishes the job".to_string(),
         };
-        println!("run {run}, {}: {what}", one.pipeline);
+        println!("run {}, {}: {what}", one.run_id, one.pipeline);
     }
 }

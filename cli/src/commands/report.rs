@@ -6,13 +6,13 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{find_run, PipelineArgs};
+use crate::args::PipelineArgs;
 
 #[derive(Args)]
 pub struct ReportArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
-    /// The run id, as `history` lists it.
+    /// The run id, as `run` printed it and `history` lists it, or `latest`.
     run: String,
     /// Where to write the page.
     #[arg(short, long, default_value = "report.html")]
@@ -21,7 +21,7 @@ pub struct ReportArgs {
 
 pub async fn execute(args: ReportArgs) -> anyhow::Result<Outcome> {
     let backfill = args.pipeline.open(None).await?;
-    let record = find_run(&backfill, &args.run).await?;
+    let record = backfill.run_record(&args.run).await?;
     std::fs::write(&args.output, crate::report::render(&record)?)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!("wrote {}", args.output.display());

@@ -5,14 +5,14 @@ use backfill_engine::history::{Liveness, RunRecord};
 use clap::Args;
 
 use super::Outcome;
-use crate::args::{find_run, PipelineArgs};
+use crate::args::PipelineArgs;
 use crate::printer::{self, human_duration, timestamp};
 
 #[derive(Args)]
 pub struct ShowArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
-    /// The run id, as `history` lists it.
+    /// The run id, as `run` printed it and `history` lists it, or `latest`.
     run: String,
     #[arg(long)]
     json: bool,
@@ -20,7 +20,7 @@ pub struct ShowArgs {
 
 pub async fn execute(args: ShowArgs) -> anyhow::Result<Outcome> {
     let backfill = args.pipeline.open(None).await?;
-    let record = find_run(&backfill, &args.run).await?;
+    let record = backfill.run_record(&args.run).await?;
     match args.json {
         true => printer::json(&record)?,
         false => print(&record),
@@ -38,13 +38,16 @@ fn print(run: &RunRecord) {
         "run {} of {}: {} ({} slices){promoted}",
         header.run_id, header.pipeline, header.selection, header.slices
     );
-    println!(
-        "  started {}, reprocess {}, concurrency {}, retries {}",
-        timestamp(&header.started_at),
-        header.reprocess.join(","),
-        header.concurrency,
-        header.retries
-    );
+    match header.promoted_from {
+        Some(_) => println!("  started {}", timestamp(&header.started_at)),
+        None => println!(
+            "  started {}, reprocess {}, concurrency {}, retries {}",
+            timestamp(&header.started_at),
+            header.reprocess.join(","),
+            header.concurrency,
+            header.retries
+        ),
+    }
     match &run.end {
         Some(end) => println!(
             "  ended {}: {} committed, {} skipped, {} failed",

@@ -12,6 +12,7 @@ use crate::pipeline::Pipeline;
 /// What asking one pipeline's part of a run to stop did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StopAsked {
+    pub run_id: String,
     pub pipeline: String,
     #[serde(flatten)]
     pub outcome: Asked,
@@ -31,16 +32,26 @@ pub enum Asked {
     PresumedDead,
 }
 
-/// Asks run `run_id` to stop in the history of every pipeline of `pipelines` that has it.
-/// A run no pipeline knows is an error naming where it was looked for.
+/// Asks run `run` (an id, or `latest`: the newest run of any of `pipelines`) to stop in
+/// the history of every pipeline of `pipelines` that has it. A run no pipeline knows is an
+/// error naming where it was looked for.
 pub async fn request_stop(
     pipelines: &[Pipeline],
-    run_id: &str,
+    run: &str,
     request: &StopRequest,
 ) -> Result<Vec<StopAsked>> {
-    let mut asked = Vec::new();
+    let mut histories = Vec::with_capacity(pipelines.len());
+    let mut newest = None;
     for pipeline in pipelines {
         let history = crate::sink::history_at(&pipeline.destination)?;
+        let resolved = history.resolve(run, &pipeline.name).await?;
+        newest = newest.max(resolved);
+        histories.push(history);
+    }
+    let run_id = newest.unwrap_or_else(|| run.to_string());
+    let run_id = run_id.as_str();
+    let mut asked = Vec::new();
+    for (pipeline, history) in pipelines.iter().zip(&histories) {
         let Some(liveness) = history.liveness(run_id, request.requested_at).await? else {
             continue;
         };
@@ -58,6 +69,7 @@ pub async fn request_stop(
             },
         };
         asked.push(StopAsked {
+            run_id: run_id.to_string(),
             pipeline: pipeline.name.clone(),
             outcome,
         });
@@ -70,7 +82,7 @@ pub async fn request_stop(
         return Err(Error::config(
             "RUN",
             format!(
-                "no run `{run_id}` in the history of {}; `backfill history` lists the runs",
+                "no run `{run}` in the history of {}; `backfill history` lists the runs",
                 destinations.join(", ")
             ),
         ));
