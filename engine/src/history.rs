@@ -295,12 +295,21 @@ impl History {
 
     /// One run, or `None` if there is no such run.
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let Some(mut run) = self.run_attempts(run_id).await? else {
+            return Ok(None);
+        };
+        run.heartbeat = self.get(&run_path(run_id, "heartbeat.json")).await?;
+        run.stop = self.stop_request(run_id).await?;
+        Ok(Some(run))
+    }
+
+    /// One run's header, end and attempts, its heartbeat and stop request left unread:
+    /// what folding its attempts into a summary needs, on the path of every `plan`.
+    pub(crate) async fn run_attempts(&self, run_id: &str) -> Result<Option<RunRecord>> {
         let Some(header) = self.get::<RunHeader>(&run_path(run_id, "run.json")).await? else {
             return Ok(None);
         };
         let end = self.get::<RunEnd>(&run_path(run_id, "end.json")).await?;
-        let heartbeat = self.get(&run_path(run_id, "heartbeat.json")).await?;
-        let stop = self.stop_request(run_id).await?;
         let names = self.list(&run_path(run_id, "attempts")).await?;
         let mut attempts = Vec::with_capacity(names.len());
         for name in names {
@@ -310,8 +319,8 @@ impl History {
             header,
             end,
             attempts,
-            heartbeat,
-            stop,
+            heartbeat: None,
+            stop: None,
         }))
     }
 

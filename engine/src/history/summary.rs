@@ -125,7 +125,7 @@ impl History {
             if saved.covered.contains(&run_id) {
                 continue;
             }
-            let Some(run) = self.run(&run_id).await? else {
+            let Some(run) = self.run_attempts(&run_id).await? else {
                 continue;
             };
             match run.end {
