@@ -107,8 +107,8 @@ pub struct PipelineArgs {
     /// The pipeline file (TOML), or a project file listing pipelines: plan, run and status
     /// work on all of them, other commands on the one --pipeline names.
     pipeline: PathBuf,
-    /// Write to this Delta table instead of the pipeline's destination.url
-    /// (a path relative to the working directory, or a URL).
+    /// The Delta table to work on instead of the pipeline's destination.url (a path
+    /// relative to the working directory, or a URL).
     #[arg(long, value_name = "PATH_OR_URL")]
     destination: Option<String>,
     /// With a project file: the environment whose tables to work on, as the project
@@ -140,7 +140,7 @@ pub struct ProjectFileArgs {
     /// The project file (TOML) listing the pipelines and their environments.
     project: PathBuf,
     /// Only these pipelines (comma-separated).
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    #[arg(long, alias = "pipeline", value_delimiter = ',', value_name = "NAMES")]
     pipelines: Vec<String>,
     /// With --pipelines: every pipeline downstream of them too.
     #[arg(long, requires = "pipelines")]
@@ -185,6 +185,7 @@ impl PipelineArgs {
             return Err(backfill_engine::Error::config("--destination", message).into());
         }
         let loaded = Project::load(&self.pipeline, self.env.as_deref())?;
+        self.member_of(&loaded)?;
         // --pipeline NAME is --pipelines NAME here.
         let chosen = [&project.pipelines[..], self.member.as_slice()].concat();
         Ok(Target::Project(loaded.select(&chosen, project.downstream)?))
@@ -225,6 +226,28 @@ impl PipelineArgs {
         }
     }
 
+    /// Every pipeline of the project file, in its environment, whatever is selected.
+    pub fn whole_project(&self) -> backfill_engine::Result<Project> {
+        Project::load(&self.pipeline, self.env.as_deref())
+    }
+
+    /// Refuses a --pipeline that names no pipeline of `project`, under that flag.
+    fn member_of(&self, project: &Project) -> backfill_engine::Result<()> {
+        match &self.member {
+            Some(name) if !project.names().contains(&name.as_str()) => {
+                Err(backfill_engine::Error::config(
+                    "--pipeline",
+                    format!(
+                        "no pipeline `{name}` in {} (it lists {})",
+                        self.pipeline.display(),
+                        project.names().join(", ")
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The pipeline file, or the pipeline --pipeline names in the project file, as its
     /// environment places it; then this invocation's overrides.
     fn load(&self) -> backfill_engine::Result<pipeline::Pipeline> {
@@ -237,19 +260,12 @@ impl PipelineArgs {
                     format!("is a project file: name the pipeline to work on with --pipeline (one of {names})"),
                 ));
             };
+            self.member_of(&project)?;
             let chosen = project.pipelines.into_iter().find(|p| &p.name == name);
-            chosen.ok_or_else(|| {
-                backfill_engine::Error::config(
-                    "--pipeline",
-                    format!(
-                        "no pipeline `{name}` in {} (it lists {names})",
-                        self.pipeline.display()
-                    ),
-                )
-            })?
+            chosen.expect("the member is one of the project's pipelines")
         } else {
             self.only_for_a_project(false, "")?;
-            pipeline::load(&self.pipeline)?
+            project::load_pipeline(&self.pipeline)?
         };
         if let Some(destination) = &self.destination {
             let cwd = std::env::current_dir().unwrap_or_default();

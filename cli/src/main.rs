@@ -3,7 +3,8 @@
 //! Each command is one file in `commands/`; argument groups several share are in `args`.
 //!
 //! Exit codes: 0 all selected slices passed, 1 a slice failed (assertion or error) or the
-//! run could not proceed, 2 a usage or configuration error (nothing ran), 130 interrupted.
+//! run could not proceed (or `diff --exit-code` found differences), 2 a usage or
+//! configuration error (nothing ran), 130 interrupted.
 
 mod args;
 mod commands;
@@ -89,6 +90,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.command.writes() {
+        end_quietly_when_the_reader_goes();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BACKFILL_LOG")
@@ -106,7 +110,7 @@ fn main() -> ExitCode {
         .expect("a tokio runtime");
     match runtime.block_on(execute(cli.command)) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::SlicesFailed) => ExitCode::from(1),
+        Ok(Outcome::SlicesFailed | Outcome::Differs) => ExitCode::from(1),
         Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(error) => {
             eprintln!("error: {}", in_cli_words(&error));
@@ -115,6 +119,41 @@ fn main() -> ExitCode {
                 .is_some_and(|e| e.fault() == Fault::User);
             ExitCode::from(if user { 2 } else { 1 })
         }
+    }
+}
+
+impl Command {
+    /// Whether the command changes tables or their history. Those keep going when their
+    /// output's reader goes away: their work matters more than their printing.
+    fn writes(&self) -> bool {
+        match self {
+            Command::Run(_)
+            | Command::Cancel(_)
+            | Command::Clean(_)
+            | Command::Promote(_)
+            | Command::Fixtures(_)
+            | Command::Report(_) => true,
+            #[cfg(feature = "cluster")]
+            Command::Cluster(_) => true,
+            Command::Validate(_)
+            | Command::Plan(_)
+            | Command::Status(_)
+            | Command::History(_)
+            | Command::Show(_)
+            | Command::RebuildPreview(_)
+            | Command::Diff(_) => false,
+        }
+    }
+}
+
+/// `backfill plan ... | head` ends as every Unix tool does when its reader has read
+/// enough, by SIGPIPE, rather than by a panic on the next line printed (Rust ignores
+/// SIGPIPE by default).
+fn end_quietly_when_the_reader_goes() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -44,6 +44,14 @@ pub fn human_duration(ms: u64) -> String {
     }
 }
 
+/// `1 file`, `2 files`.
+pub fn count(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
+    }
+}
+
 /// `2024-01-31 07:00:00Z`.
 pub fn timestamp(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%SZ").to_string()

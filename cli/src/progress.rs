@@ -161,7 +161,9 @@ impl Progress {
     /// Prints a line above the bar, unless the output is JSON.
     fn line(&self, line: String) {
         if !self.json {
-            self.bar.suspend(|| println!("{line}"));
+            // A reader that went away does not stop the run.
+            self.bar
+                .suspend(|| drop(writeln!(std::io::stdout().lock(), "{line}")));
         }
     }
 

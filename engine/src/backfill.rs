@@ -197,11 +197,13 @@ impl Backfill {
         )
         .await?;
         let sample = sample_slice(&pipeline);
-        let sql = template::render(&pipeline.sql, &sample.variables(), &pipeline.sql_origin)?;
+        let variables = sample.variables();
+        let sql = template::render(&pipeline.sql, &variables, &pipeline.sql_origin)?;
         let frame = source::read_only_query(sources.planning_state(1), &sql, || {
             format!("{}: transform", pipeline.sql_origin)
         })
-        .await?;
+        .await
+        .map_err(|error| at_the_written_sql(&pipeline, &variables, error))?;
         let schema = output_schema(frame.schema().as_arrow())
             .map_err(|m| Error::config(&pipeline.sql_origin, m))?;
         check_columns(&pipeline, &schema)?;
@@ -492,12 +494,11 @@ impl Backfill {
         slice: &Slice,
         context: impl Fn() -> String + Copy,
     ) -> Result<(String, datafusion::dataframe::DataFrame)> {
-        let sql = template::render(
-            &self.pipeline.sql,
-            &slice.variables(),
-            &self.pipeline.sql_origin,
-        )?;
-        let frame = source::read_only_query(state, &sql, context).await?;
+        let variables = slice.variables();
+        let sql = template::render(&self.pipeline.sql, &variables, &self.pipeline.sql_origin)?;
+        let frame = source::read_only_query(state, &sql, context)
+            .await
+            .map_err(|error| at_the_written_sql(&self.pipeline, &variables, error))?;
         Ok((sql, self.as_output(frame, slice, context)?))
     }
 
@@ -685,6 +686,42 @@ pub(crate) struct Recorded {
     pub(crate) table_fits: bool,
     /// The table's files by slice, to look for a done slice's files in storage.
     pub(crate) table_files: crate::sink::TableFiles,
+}
+
+/// A SQL error of the transform rendered with `variables`, pointed at the file, line and
+/// column where the pipeline's SQL says what is wrong, and shown as written there:
+/// `daily_revenue.sql:12:1: transform: syntax error: ...`, then that line and a caret.
+fn at_the_written_sql(pipeline: &Pipeline, variables: &[(&str, String)], error: Error) -> Error {
+    let Error::Sql { context, error, .. } = error else {
+        return error;
+    };
+    let (message, at) = source::query::described(&error);
+    let written = at
+        .and_then(|(line, column)| template::written_place(&pipeline.sql, variables, line, column));
+    let Some((line, column)) = written else {
+        return Error::Sql {
+            context,
+            error,
+            shown: Some(message),
+        };
+    };
+    let text = pipeline.sql.lines().nth(line - 1).unwrap_or_default();
+    // Under the character at fault, keeping the line's tabs so the caret lines up.
+    let caret: String = (text.chars().take(column - 1))
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .chain(['^'])
+        .collect();
+    let (file_line, file_column) = pipeline.sql_start.place(line, column);
+    Error::Sql {
+        context: format!(
+            "{}:{file_line}:{file_column}: transform",
+            pipeline.sql_origin
+        ),
+        error,
+        shown: Some(format!(
+            "{message}\n{file_line:>5} | {text}\n      | {caret}"
+        )),
+    }
 }
 
 /// A slice to plan the SQL with when validating: any will do, as planning reads no data.

@@ -30,10 +30,12 @@ pub enum Error {
     /// The transform or an assertion's SQL does not parse or plan.
     // The DataFusion error is shown in full here and deliberately not chained as a
     // source, so that printing the chain does not repeat it.
-    #[error("{context}: {error}")]
+    #[error("{context}: {}", shown.clone().unwrap_or_else(|| error.to_string()))]
     Sql {
         context: String,
         error: Box<datafusion::error::DataFusionError>,
+        /// The error as told to people, when it is pointed at the SQL as written.
+        shown: Option<String>,
     },
 
     /// A slice's output failed one of its assertions; nothing was committed.
@@ -130,6 +132,30 @@ pub enum Fault {
     Internal,
 }
 
+impl Fault {
+    pub const ALL: [Fault; 4] = [
+        Fault::User,
+        Fault::Data,
+        Fault::Environment,
+        Fault::Internal,
+    ];
+
+    /// What a person does about a failed slice of this kind, starting with whether
+    /// running the same command again can help.
+    pub fn next_step(self) -> &'static str {
+        match self {
+            Fault::User => {
+                "running again fails the same way: fix the pipeline's SQL or settings first"
+            }
+            Fault::Data => {
+                "running again fails the same way until the data, the check or the range changes"
+            }
+            Fault::Environment => "a transient fault: run the same command again",
+            Fault::Internal => "a fault of backfill itself: please report it, with the error",
+        }
+    }
+}
+
 impl Error {
     pub fn config(location: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
@@ -163,6 +189,7 @@ impl Error {
         Error::Sql {
             context: context.into(),
             error: Box::new(source),
+            shown: None,
         }
     }
 
@@ -208,9 +235,14 @@ impl Error {
                 settings: settings.clone(),
                 message: message.clone(),
             },
-            Error::Sql { context, error } => Error::Sql {
+            Error::Sql {
+                context,
+                error,
+                shown,
+            } => Error::Sql {
                 context: context.clone(),
                 error: Box::new(datafusion::error::DataFusionError::Plan(error.to_string())),
+                shown: shown.clone(),
             },
             Error::Assertion { slice, failures } => Error::Assertion {
                 slice: slice.clone(),

@@ -65,6 +65,18 @@ pub struct SliceRecord {
     /// rather than computed in this table's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<String>,
+    /// The promotion's run that committed this slice here, when it was promoted:
+    /// `run_id` stays the run that computed it, in `promoted_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_by: Option<String>,
+}
+
+impl SliceRecord {
+    /// The run that made this commit, as this table's history knows it: the promotion's
+    /// run for a promoted slice, or the run that computed it.
+    pub fn committed_by(&self) -> &str {
+        self.promoted_by.as_deref().unwrap_or(&self.run_id)
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +99,7 @@ impl SliceRecord {
             sql_fingerprint: "sql".into(),
             assertions: vec![],
             promoted_from: None,
+            promoted_by: None,
         }
     }
 }

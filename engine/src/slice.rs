@@ -66,6 +66,34 @@ impl SliceKind {
     }
 }
 
+impl SliceKind {
+    /// Every slice from the first to the last of the `seen` keys, gaps included; for list
+    /// slices, the keys of the pipeline file and then any other key seen. `None` when
+    /// there is nothing to span.
+    pub fn spanning(
+        self,
+        seen: impl IntoIterator<Item = String>,
+        file_keys: Option<&[String]>,
+    ) -> Option<Selection> {
+        let mut seen: Vec<String> = seen.into_iter().collect();
+        seen.sort();
+        seen.dedup();
+        match self {
+            SliceKind::Daily | SliceKind::Hourly => Some(Selection::Range {
+                start: seen.first()?.clone(),
+                end: seen.last()?.clone(),
+            }),
+            SliceKind::List => {
+                let mut keys = file_keys.unwrap_or_default().to_vec();
+                let listed: std::collections::HashSet<&String> = keys.iter().collect();
+                seen.retain(|key| !listed.contains(key));
+                keys.extend(seen);
+                (!keys.is_empty()).then_some(Selection::Keys(keys))
+            }
+        }
+    }
+}
+
 /// What a run asks for, before it is cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -76,10 +104,10 @@ pub enum Selection {
 }
 
 impl Selection {
-    /// The selection as a pipeline cutting slices of `kind` takes it, when pipelines of
-    /// several kinds run together: a range of days is every hour of those days for an
-    /// hourly pipeline, a range of hours the days they fall on for a daily one, and a
-    /// list pipeline takes the keys of its file instead of a range.
+    /// The selection as a pipeline cutting slices of `kind` takes it, alone or beside
+    /// pipelines of other kinds: a day bounding a range is each of its hours for an hourly
+    /// pipeline, an hour the day it falls on for a daily one, and a list pipeline takes
+    /// the keys of its file instead of a range.
     pub fn for_kind(&self, kind: SliceKind) -> Selection {
         let Selection::Range { start, end } = self else {
             return self.clone();
@@ -90,11 +118,16 @@ impl Selection {
                 start: day(start),
                 end: day(end),
             },
-            SliceKind::Hourly if !start.contains('T') && !end.contains('T') => Selection::Range {
-                start: format!("{start}T00"),
-                end: format!("{end}T23"),
-            },
-            SliceKind::Hourly => self.clone(),
+            SliceKind::Hourly => {
+                let hour = |at: &str, hour: &str| match at.contains('T') {
+                    true => at.to_string(),
+                    false => format!("{at}T{hour}"),
+                };
+                Selection::Range {
+                    start: hour(start, "00"),
+                    end: hour(end, "23"),
+                }
+            }
             SliceKind::List => Selection::Keys(vec![]),
         }
     }
@@ -151,6 +184,15 @@ pub fn cut(
     selection: &Selection,
     file_keys: Option<&[String]>,
 ) -> Result<Vec<Slice>> {
+    // A range means the same alone as in a project; keys name slices exactly.
+    let selection = &match (kind, selection) {
+        (SliceKind::Daily | SliceKind::Hourly, Selection::Range { start, end }) => {
+            parse_bound(start, Setting::Start)?;
+            parse_bound(end, Setting::End)?;
+            selection.for_kind(kind)
+        }
+        _ => selection.clone(),
+    };
     match (kind, selection) {
         (SliceKind::Daily, Selection::Range { start, end }) => {
             let first = parse_day(start, Setting::Start)?;
@@ -250,6 +292,22 @@ fn parse_day(text: &str, setting: Setting) -> Result<NaiveDate> {
         })
 }
 
+/// A range's bound: a day or an hour, whatever the kind of slices.
+fn parse_bound(text: &str, setting: Setting) -> Result<()> {
+    let parsed = match text.contains('T') {
+        true => parse_hour(text, setting).map(drop),
+        false => parse_day(text, setting).map(drop),
+    };
+    parsed.map_err(|_| {
+        Error::setting(
+            &[setting],
+            format!(
+                "`{text}` is not a day (YYYY-MM-DD) or an hour (YYYY-MM-DDTHH, e.g. 2024-01-31T07)"
+            ),
+        )
+    })
+}
+
 fn parse_hour(text: &str, setting: Setting) -> Result<NaiveDateTime> {
     let bad = || {
         Error::setting(
@@ -278,6 +336,60 @@ fn ensure_ordered(ordered: bool, start: &str, end: &str) -> Result<()> {
     }
 }
 
+/// Consecutive slices named at once: `2024-01-03..2024-01-14 (12 slices)`, so that a
+/// list of hundreds of slices reads as a few spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub first: String,
+    pub last: String,
+    pub slices: usize,
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.slices {
+            1 => write!(f, "{}", self.first),
+            2 => write!(f, "{}, {}", self.first, self.last),
+            n => write!(f, "{}..{} ({n} slices)", self.first, self.last),
+        }
+    }
+}
+
+/// The spans of the slices `chosen` picks among `keys`, which are in the order they were
+/// cut: slices are consecutive when no slice of `keys` lies between them.
+pub fn spans<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+    chosen: impl Fn(&str) -> bool,
+) -> Vec<Span> {
+    let mut spans: Vec<Span> = Vec::new();
+    let mut open = false;
+    for key in keys {
+        if !chosen(key) {
+            open = false;
+            continue;
+        }
+        match spans.last_mut() {
+            Some(span) if open => {
+                span.last = key.to_string();
+                span.slices += 1;
+            }
+            _ => spans.push(Span {
+                first: key.to_string(),
+                last: key.to_string(),
+                slices: 1,
+            }),
+        }
+        open = true;
+    }
+    spans
+}
+
+/// Spans for people: `2024-01-01..2024-01-05 (5 slices), 2024-01-09`.
+pub fn describe_spans(spans: &[Span]) -> String {
+    let words: Vec<String> = spans.iter().map(Span::to_string).collect();
+    words.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +403,16 @@ mod tests {
             start: start.into(),
             end: end.into(),
         }
+    }
+
+    #[test]
+    fn spans_join_consecutive_chosen_slices_and_break_at_any_other() {
+        let keys = ["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"];
+        let chosen = |k: &str| ["d1", "d2", "d3", "d5", "d7", "d8"].contains(&k);
+        let spans = spans(keys, chosen);
+        assert_eq!(describe_spans(&spans), "d1..d3 (3 slices), d5, d7, d8");
+        assert_eq!(spans.iter().map(|s| s.slices).sum::<usize>(), 6);
+        assert!(super::spans(keys, |_| false).is_empty());
     }
 
     #[test]
@@ -398,26 +520,17 @@ mod tests {
         };
         assert_eq!(
             daily("2024-1-05", "2024-01-06"),
-            "start: `2024-1-05` is not a day of the form YYYY-MM-DD"
+            "start: `2024-1-05` is not a day (YYYY-MM-DD) or an hour (YYYY-MM-DDTHH, e.g. 2024-01-31T07)"
         );
         assert_eq!(
             daily("2024-01-05", "2024-02-30"),
-            "end: `2024-02-30` is not a day of the form YYYY-MM-DD"
+            "end: `2024-02-30` is not a day (YYYY-MM-DD) or an hour (YYYY-MM-DDTHH, e.g. 2024-01-31T07)"
         );
+        assert!(daily("2024-01-05T24", "2024-01-06").contains("`2024-01-05T24`"));
         assert_eq!(
             daily("2024-01-06", "2024-01-05"),
             "start/end: the range is reversed: start 2024-01-06 is after end 2024-01-05"
         );
-        let hourly = cut(
-            SliceKind::Hourly,
-            &cols(&["dt", "hr"]),
-            &range("2024-01-01", "2024-01-02"),
-            None,
-        );
-        assert!(hourly
-            .unwrap_err()
-            .to_string()
-            .contains("is not an hour of the form YYYY-MM-DDTHH"));
         let hourly = cut(
             SliceKind::Hourly,
             &cols(&["dt", "hr"]),
@@ -426,6 +539,29 @@ mod tests {
         );
         let message = hourly.unwrap_err().to_string();
         assert!(message.contains("2024-01-01T24"), "{message}");
+    }
+
+    /// Regression: an hourly pipeline alone refused the days a project's range gives it.
+    #[test]
+    fn a_range_means_the_same_hours_or_days_alone_as_in_a_project() {
+        let hours = |s: &str, e: &str| {
+            let slices = cut(SliceKind::Hourly, &cols(&["dt", "hr"]), &range(s, e), None);
+            let keys: Vec<String> = slices.unwrap().into_iter().map(|s| s.key).collect();
+            (keys.len(), keys[0].clone(), keys[keys.len() - 1].clone())
+        };
+        let whole_days = ("2024-01-01T00".to_string(), "2024-01-02T23".to_string());
+        assert_eq!(
+            hours("2024-01-01", "2024-01-02"),
+            (48, whole_days.0.clone(), whole_days.1.clone())
+        );
+        assert_eq!(hours("2024-01-01T22", "2024-01-02").0, 26);
+        let days = cut(
+            SliceKind::Daily,
+            &cols(&["dt"]),
+            &range("2024-01-01T22", "2024-01-02T03"),
+            None,
+        );
+        assert_eq!(days.unwrap().len(), 2);
     }
 
     #[test]

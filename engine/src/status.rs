@@ -22,7 +22,8 @@ pub struct SliceLine {
     pub state: &'static str,
     pub rows: Option<u64>,
     pub bytes: Option<u64>,
-    /// Duration of the committing attempt.
+    /// How long the committed attempt took to compute and check the slice's output, as
+    /// its commit records it (not its wait for the commit).
     pub duration_ms: Option<u64>,
     /// Slower than [`SKEW_FACTOR`] times the median: a hot or skewed slice.
     pub skewed: bool,
@@ -38,22 +39,33 @@ pub struct SliceLine {
 pub struct Status {
     pub slices: Vec<SliceLine>,
     pub done: usize,
+    /// Slices not done: failed ones, and missing ones.
     pub remaining: usize,
+    pub failed: usize,
     pub median_duration_ms: Option<u64>,
 }
 
 impl Backfill {
-    /// The status of the selected slices; with no selection, of every committed slice.
+    /// The status of the selected slices. With no selection, of every slice from the
+    /// first to the last one committed or attempted (for list slices, the pipeline's keys
+    /// and every key seen), so that failed and missing slices among them show.
     pub async fn status(&self, selection: Option<&Selection>) -> Result<Status> {
         let recorded = self.recorded(crate::ledger::Summaries::ReadOnly).await?;
-        let keys: Vec<String> = match selection {
+        let seen = || {
+            let committed = recorded.ledger.committed().into_iter();
+            let committed = committed.map(|c| c.record.slice.clone());
+            let spec = &self.pipeline.slices;
+            let failed = recorded.last_failures.keys().cloned();
+            spec.kind
+                .spanning(committed.chain(failed), spec.keys.as_deref())
+        };
+        let selection = match selection {
+            Some(selection) => Some(selection.clone()),
+            None => seen(),
+        };
+        let keys: Vec<String> = match &selection {
             Some(selection) => self.slices(selection)?.into_iter().map(|s| s.key).collect(),
-            None => recorded
-                .ledger
-                .committed()
-                .iter()
-                .map(|c| c.record.slice.clone())
-                .collect(),
+            None => vec![],
         };
         let mut slices: Vec<SliceLine> = keys.iter().map(|key| line(key, &recorded)).collect();
         let durations: Vec<Option<u64>> = slices.iter().map(|s| s.duration_ms).collect();
@@ -61,9 +73,11 @@ impl Backfill {
         for (slice, skewed) in slices.iter_mut().zip(skewed) {
             slice.skewed = skewed;
         }
-        let done = slices.iter().filter(|s| s.state == "done").count();
+        let count = |state| slices.iter().filter(|s| s.state == state).count();
+        let (done, failed) = (count("done"), count("failed"));
         Ok(Status {
             remaining: slices.len() - done,
+            failed,
             done,
             slices,
             median_duration_ms: median,
@@ -91,7 +105,7 @@ fn line(key: &str, recorded: &Recorded) -> SliceLine {
         retries: recorded.retries.get(key).copied().unwrap_or(0),
         last_error: failure.map(|(_, error)| error.clone()),
         version: committed.and_then(|c| c.version),
-        run_id: committed.map(|c| c.record.run_id.clone()),
+        run_id: committed.map(|c| c.record.committed_by().to_string()),
     }
 }
 

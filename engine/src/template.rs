@@ -20,6 +20,69 @@ enum State {
 
 /// Renders `sql` with `variables`. `origin` names the SQL's file for error messages.
 pub fn render(sql: &str, variables: &[(&str, String)], origin: &str) -> Result<String> {
+    render_noting(sql, variables, origin, &mut |_| {})
+}
+
+/// A placeholder replaced by its value: byte ranges in the written and the rendered SQL.
+struct Substitution {
+    written: std::ops::Range<usize>,
+    rendered: std::ops::Range<usize>,
+}
+
+/// Where the character at `line` and `column` (both from 1, columns in characters, as SQL
+/// parsers count them) of what `sql` renders to was written in `sql`. Values hold no
+/// newline, so lines are kept; a position inside a value is its placeholder's.
+pub fn written_place(
+    sql: &str,
+    variables: &[(&str, String)],
+    line: usize,
+    column: usize,
+) -> Option<(usize, usize)> {
+    let mut substitutions = Vec::new();
+    let rendered = render_noting(sql, variables, "", &mut |s| substitutions.push(s)).ok()?;
+    let at = offset_of(&rendered, line, column)?;
+    let mut shift: isize = 0;
+    for substitution in &substitutions {
+        if at < substitution.rendered.start {
+            break;
+        }
+        if at < substitution.rendered.end {
+            return Some(place_of(sql, substitution.written.start));
+        }
+        shift = substitution.written.end as isize - substitution.rendered.end as isize;
+    }
+    Some(place_of(sql, at.checked_add_signed(shift)?))
+}
+
+/// The byte offset of `line` and `column` (from 1, in characters) in `text`.
+fn offset_of(text: &str, line: usize, column: usize) -> Option<usize> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line - 1)
+        .map(str::len)
+        .sum();
+    let line_text = text[start..].split('\n').next()?;
+    let within = line_text
+        .char_indices()
+        .nth(column.saturating_sub(1))
+        .map_or(line_text.len(), |(i, _)| i);
+    Some(start + within)
+}
+
+/// The line and column (from 1, in characters) of byte `offset` in `text`.
+fn place_of(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+fn render_noting(
+    sql: &str,
+    variables: &[(&str, String)],
+    origin: &str,
+    note: &mut dyn FnMut(Substitution),
+) -> Result<String> {
     let mut out = String::with_capacity(sql.len() + 32);
     let mut state = State::Code;
     let mut rest = sql;
@@ -46,6 +109,7 @@ pub fn render(sql: &str, variables: &[(&str, String)], origin: &str) -> Result<S
                     )
                 })?;
             let escaped = value.replace('\'', "''");
+            let (written, rendered) = (sql.len() - rest.len(), out.len());
             if state == State::Code {
                 out.push('\'');
                 out.push_str(&escaped);
@@ -53,6 +117,10 @@ pub fn render(sql: &str, variables: &[(&str, String)], origin: &str) -> Result<S
             } else {
                 out.push_str(&escaped);
             }
+            note(Substitution {
+                written: written..written + close + 2,
+                rendered: rendered..out.len(),
+            });
             rest = &rest[close + 2..];
             continue;
         }
@@ -150,6 +218,30 @@ mod tests {
             error.to_string(),
             "q.sql: SQL line 2: unknown variable `day`; this slice has: slice, hour"
         );
+    }
+
+    #[test]
+    fn a_place_in_the_rendered_sql_is_found_where_it_was_written() {
+        let sql = "SELECT a,\n  b FROM t WHERE dt = {{ slice }} AND x ORDER\nBY 1";
+        let variables = vars("2024-01-01");
+        let rendered = render(sql, &variables, "p").unwrap();
+        let line_two = rendered.lines().nth(1).unwrap();
+        // `AND` after the value moves left by the value's length less the placeholder's.
+        let and = line_two.find("AND").unwrap() + 1;
+        let written_and = sql.lines().nth(1).unwrap().find("AND").unwrap() + 1;
+        assert_eq!(
+            written_place(sql, &variables, 2, and),
+            Some((2, written_and))
+        );
+        // Inside the value: the placeholder. Before it, and on other lines: unchanged.
+        let value = line_two.find("'2024").unwrap() + 3;
+        let placeholder = sql.lines().nth(1).unwrap().find("{{").unwrap() + 1;
+        assert_eq!(
+            written_place(sql, &variables, 2, value),
+            Some((2, placeholder))
+        );
+        assert_eq!(written_place(sql, &variables, 2, 3), Some((2, 3)));
+        assert_eq!(written_place(sql, &variables, 3, 1), Some((3, 1)));
     }
 
     #[test]

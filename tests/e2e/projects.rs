@@ -59,11 +59,15 @@ impl ProjectCase {
         ProjectCase { dir }
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub(crate) fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }
 
-    fn project(&self) -> String {
+    pub(crate) fn project(&self) -> String {
         self.path("fixtures/backfill.toml").display().to_string()
     }
 
@@ -72,12 +76,12 @@ impl ProjectCase {
     }
 
     /// `backfill <command> <project> <rest>`, asserting the exit code.
-    fn ok(&self, command: &str, rest: &[&str], code: i32) -> String {
+    pub(crate) fn ok(&self, command: &str, rest: &[&str], code: i32) -> String {
         let project = self.project();
         backfill_ok(&[&[command, project.as_str()], rest].concat(), code)
     }
 
-    fn json(&self, command: &str, rest: &[&str], code: i32) -> serde_json::Value {
+    pub(crate) fn json(&self, command: &str, rest: &[&str], code: i32) -> serde_json::Value {
         let project = self.project();
         json(
             &[&[command, project.as_str()], rest, &["--json"]].concat(),
@@ -460,8 +464,10 @@ async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_onl
     let staging = [&DAYS[..], &orders, &["--env", "staging"]].concat();
     case.run(&staging, 0);
 
-    // Production has nothing yet: every staging row would be new there.
+    // Production has nothing yet: every staging row would be new there. Differences are
+    // what diff reports (exit 0); --exit-code makes them an exit 1, for scripts.
     let diff = case.json("diff", &staging, 0);
+    case.ok("diff", &[&staging[..], &["--exit-code"]].concat(), 1);
     let daily = &diff["pipelines"][1];
     assert_eq!(daily["pipeline"], "orders_daily");
     for slice in daily["slices"].as_array().unwrap() {
@@ -531,7 +537,7 @@ async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_onl
     for pipeline in plan["pipelines"].as_array().unwrap() {
         assert_eq!(plan_states(&pipeline["slices"]), ["done"; 3], "{plan}");
     }
-    let diff = case.json("diff", &staging, 0);
+    let diff = case.json("diff", &[&staging[..], &["--exit-code"]].concat(), 0);
     for pipeline in diff["pipelines"].as_array().unwrap() {
         for slice in pipeline["slices"].as_array().unwrap() {
             assert_eq!(
@@ -557,8 +563,8 @@ async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_onl
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "refused, nothing was copied: orders_clean 2024-01-02 was committed in prod by run"
-        ) && stderr.contains("after staging committed it"),
+            "refused, nothing was copied:\n  orders_clean: 2024-01-02 committed in prod by run"
+        ) && stderr.contains("after staging committed it\nnext: run those slices in staging"),
         "{stderr}"
     );
     assert_eq!(version(&case.table("orders_clean")).await, moved);
@@ -577,7 +583,7 @@ async fn promote_publishes_stagings_slices_without_recomputing_them_once_and_onl
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("orders_clean 2024-01-04 is not done in staging"),
+        stderr.contains("orders_clean: 2024-01-04 not done in staging"),
         "{stderr}"
     );
 }

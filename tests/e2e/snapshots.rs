@@ -5,10 +5,16 @@ use crate::support::*;
 
 /// Settings that redact what changes from run to run.
 fn settings(scratch: &Scratch) -> insta::Settings {
+    settings_in(scratch.dir.path())
+}
+
+/// Settings that redact what changes from run to run, `dir` (a test's temporary folder)
+/// among them.
+pub(crate) fn settings_in(dir: &std::path::Path) -> insta::Settings {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("snapshots");
     settings.set_prepend_module_to_snapshot(false);
-    let dir = scratch.dir.path().display().to_string();
+    let dir = dir.display().to_string();
     settings.add_filter(&dir.replace('.', r"\."), "[SCRATCH]");
     settings.add_filter(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "[RUN]");
     settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z", "[TIME]");

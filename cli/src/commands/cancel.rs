@@ -20,6 +20,7 @@ pub struct CancelArgs {
     project: ProjectArgs,
     /// The run's id, as `run` printed it and `history` lists it, or `latest`.
     run: String,
+    /// Print what became of the request as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -26,6 +26,7 @@ pub struct CleanArgs {
     /// List what would be deleted without deleting it.
     #[arg(long)]
     dry_run: bool,
+    /// Print the files deleted (or, with --dry-run, to delete) as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -21,8 +21,13 @@ pub struct DiffArgs {
     against: String,
     #[command(flatten)]
     selection: SelectionArgs,
+    /// Print the comparison as JSON.
     #[arg(long)]
     json: bool,
+    /// Exit 1 if any slice differs, as `git diff --exit-code` does. Without it, diff
+    /// exits 0 whatever it finds: differences are what it reports, not a failure.
+    #[arg(long)]
+    exit_code: bool,
 }
 
 pub async fn execute(args: DiffArgs) -> anyhow::Result<Outcome> {
@@ -33,7 +38,13 @@ pub async fn execute(args: DiffArgs) -> anyhow::Result<Outcome> {
         true => printer::json(&diff)?,
         false => print(&diff),
     }
-    Ok(Outcome::Success)
+    let differs = diff.pipelines.iter().flat_map(|p| &p.slices);
+    Ok(
+        match args.exit_code && differs.into_iter().any(|s| s.differing() > 0) {
+            true => Outcome::Differs,
+            false => Outcome::Success,
+        },
+    )
 }
 
 fn print(diff: &Diff) {

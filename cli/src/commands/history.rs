@@ -12,6 +12,7 @@ use crate::printer::{self, timestamp};
 pub struct HistoryArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
+    /// Print the runs as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -21,6 +21,8 @@ pub mod validate;
 pub enum Outcome {
     Success,
     SlicesFailed,
+    /// `diff --exit-code` found slices that differ: 1, as `git diff --exit-code`.
+    Differs,
     /// Stopped by Ctrl-C: 130, as shells report a command ended by SIGINT.
     Interrupted,
 }

@@ -145,8 +145,11 @@ fn print(plan: &Plan) {
                     0 => String::new(),
                     n => format!(" and {n} more"),
                 };
-                let now = format!("now {}", p.state.name());
-                ("pending", format!("after {first}{more}; {now} {detail}"))
+                let now = match detail.is_empty() {
+                    true => format!("now {}", p.state.name()),
+                    false => format!("now {}: {detail}", p.state.name()),
+                };
+                ("pending", format!("after {first}{more}; {now}"))
             }
         };
         let run = match (&p.state, p.will_run) {
@@ -266,8 +269,17 @@ fn committed_detail(committed: &Committed) -> String {
         .as_ref()
         .map(timestamp)
         .unwrap_or_default();
+    let record = &committed.record;
+    let promoted = match &record.promoted_from {
+        Some(from) => format!(
+            " (promoted from {from}, where run {} computed it)",
+            record.run_id
+        ),
+        None => String::new(),
+    };
     format!(
-        "committed {when}, {} rows, run {}",
-        committed.record.rows, committed.record.run_id
+        "committed {when}, {} rows, run {}{promoted}",
+        record.rows,
+        record.committed_by()
     )
 }

@@ -22,6 +22,7 @@ pub struct PromoteArgs {
     to: String,
     #[command(flatten)]
     selection: SelectionArgs,
+    /// Print what was promoted as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -64,7 +65,8 @@ fn print(promotion: &Promotion) {
                 } => {
                     promoted += 1;
                     format!(
-                        "promoted {rows} rows in {files} files ({}), version {version}",
+                        "promoted {rows} rows in {} ({}), version {version}",
+                        printer::count(*files, "file"),
                         human_bytes(*bytes)
                     )
                 }
@@ -84,7 +86,7 @@ fn print(promotion: &Promotion) {
         printer::print_table(&table);
     }
     println!(
-        "promoted {promoted} slices from {} to {}, {already} promoted already; no SQL ran",
-        promotion.from, promotion.to
+        "promotion run {}: promoted {promoted} slices from {} to {}, {already} promoted already; no SQL ran",
+        promotion.run_id, promotion.from, promotion.to
     );
 }

@@ -1,11 +1,13 @@
 //! `backfill run`: runs the selected slices that need it, with live progress, Ctrl-C
 //! handling and a summary that says exactly what is in the table.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use backfill_engine::estimate::Budget;
 use backfill_engine::run::{Observer, Stop};
-use backfill_engine::{RebuildOutcome, RunOptions, RunSummary, SliceOutcome};
+use backfill_engine::slice::{describe_spans, spans};
+use backfill_engine::{Fault, RebuildOutcome, RunOptions, RunSummary, SliceOutcome};
 use clap::Args;
 
 use super::Outcome;
@@ -37,7 +39,9 @@ pub struct RunArgs {
     /// jitter. Failed checks, SQL errors and bad data are never retried.
     #[arg(long, default_value_t = 2)]
     retries: u32,
-    /// Fail an attempt that runs longer than this, e.g. 90s or 15m.
+    /// Fail an attempt that runs longer than this, e.g. 90s or 15m, as a transient fault
+    /// (so it is retried) [default: no limit; storage requests and cluster jobs have
+    /// their own].
     #[arg(long, value_parser = humantime::parse_duration)]
     slice_timeout: Option<std::time::Duration>,
     /// Run the slices oldest first (asc) or newest first (desc).
@@ -178,6 +182,7 @@ fn print(summary: &RunSummary) {
         summary.skipped(),
         summary.failed()
     );
+    print_not_committed(summary);
     if let Some(rebuild) = &summary.rebuild {
         println!("rebuild: {}", describe_rebuild(rebuild));
     }
@@ -185,31 +190,59 @@ fn print(summary: &RunSummary) {
         return;
     }
     // After a stop, say exactly what is in the table and what is not.
-    let keys = |matches: fn(&SliceOutcome) -> bool| {
-        let keys: Vec<&str> = summary
-            .outcomes
-            .iter()
-            .filter(|o| matches(&o.status))
-            .map(|o| o.slice.as_str())
-            .collect();
-        if keys.is_empty() {
-            "none".to_string()
-        } else {
-            keys.join(", ")
+    let outcome = outcomes(summary);
+    let slices = |chosen: fn(&SliceOutcome) -> bool| {
+        let keys = summary.outcomes.iter().map(|o| o.slice.as_str());
+        let spans = spans(keys, |key| chosen(outcome[key]));
+        match spans.is_empty() {
+            true => "none".to_string(),
+            false => describe_spans(&spans),
         }
     };
     println!(
         "stopped. committed: {}",
-        keys(SliceOutcome::is_in_the_table)
+        slices(SliceOutcome::is_in_the_table)
     );
     if summary.rebuild.is_some() {
         println!(
             "staged for the rebuild's swap: {}",
-            keys(|s| matches!(s, SliceOutcome::Staged { .. }))
+            slices(|s| matches!(s, SliceOutcome::Staged { .. }))
         );
     }
-    println!("not committed: {}", keys(SliceOutcome::is_not_committed));
-    println!("not started: {}", summary.not_started.join(", "));
+    println!("not committed: {}", slices(SliceOutcome::is_not_committed));
+    let not_started = spans(summary.not_started.iter().map(String::as_str), |_| true);
+    println!("not started: {}", describe_spans(&not_started));
+}
+
+/// The slices that failed, in spans of consecutive slices, grouped by what to do next;
+/// then those blocked by failed upstream slices.
+fn print_not_committed(summary: &RunSummary) {
+    let keys = || summary.outcomes.iter().map(|o| o.slice.as_str());
+    let outcome = outcomes(summary);
+    for fault in Fault::ALL {
+        let failed = spans(
+            keys(),
+            |key| matches!(outcome[key], SliceOutcome::Failed { fault: f, .. } if *f == fault),
+        );
+        if !failed.is_empty() {
+            println!("failed {}: {}", describe_spans(&failed), fault.next_step());
+        }
+    }
+    let blocked = spans(keys(), |key| {
+        matches!(outcome[key], SliceOutcome::Blocked { .. })
+    });
+    if !blocked.is_empty() {
+        println!(
+            "blocked {}: they run once the upstream slices they read are committed",
+            describe_spans(&blocked)
+        );
+    }
+}
+
+/// Each slice's outcome, by key.
+fn outcomes(summary: &RunSummary) -> HashMap<&str, &SliceOutcome> {
+    let outcomes = summary.outcomes.iter();
+    outcomes.map(|o| (o.slice.as_str(), &o.status)).collect()
 }
 
 fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
@@ -223,10 +256,12 @@ fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
             "swapped in version {version}: {added_files} files added, {removed_files} removed, {kept_slices} done slices kept"
         ),
         RebuildOutcome::Unchanged => "nothing to swap: the table already is this rebuild".into(),
-        RebuildOutcome::Waiting { staged, waiting } => format!(
-            "not swapped, the table is unchanged: {staged} slices staged, waiting for {}. Run again to finish: staged slices are reused",
-            waiting.join(", ")
-        ),
+        RebuildOutcome::Waiting { staged, waiting } => {
+            let waiting = describe_spans(&spans(waiting.iter().map(String::as_str), |_| true));
+            format!(
+                "not swapped, the table is unchanged: {staged} slices staged, waiting for {waiting}. The staged slices are kept for the next run: it swaps once the slices waited for pass, or over a range without them"
+            )
+        }
         RebuildOutcome::Refused { error } => format!("not swapped: {error}"),
     }
 }

@@ -14,6 +14,7 @@ pub struct ShowArgs {
     pipeline: PipelineArgs,
     /// The run id, as `run` printed it and `history` lists it, or `latest`.
     run: String,
+    /// Print the run and its attempts as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -1,6 +1,9 @@
 //! `backfill status`: what the destination's Delta log records for each slice, with the
 //! last attempt's error and the durations' trend.
 
+use std::collections::HashSet;
+
+use backfill_engine::slice::{describe_spans, spans};
 use backfill_engine::status::{Status, SKEW_FACTOR};
 use clap::Args;
 
@@ -14,9 +17,11 @@ pub struct StatusArgs {
     pipeline: PipelineArgs,
     #[command(flatten)]
     project: ProjectArgs,
-    /// Without a selection, the committed slices.
+    /// Without a selection, every slice from the first to the last one committed or
+    /// attempted (list slices: the pipeline's keys and every key seen).
     #[command(flatten)]
     selection: SelectionArgs,
+    /// Print the status as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -54,9 +59,21 @@ pub async fn execute(args: StatusArgs) -> anyhow::Result<Outcome> {
 }
 
 fn print(status: &Status) {
+    if status.slices.is_empty() {
+        println!("no slice committed or attempted yet");
+        return;
+    }
     let mut table = printer::table(
         [
-            "slice", "state", "rows", "bytes", "duration", "retries", "version", "run", "note",
+            "slice",
+            "state",
+            "rows",
+            "bytes",
+            "computed in",
+            "retries",
+            "version",
+            "run",
+            "note",
         ],
         &[2, 3, 4, 5, 6],
     );
@@ -89,9 +106,21 @@ fn print(status: &Status) {
         .unwrap_or_default();
     let skewed = status.slices.iter().filter(|s| s.skewed).count();
     println!(
-        "{} done, {} remaining{median}, {skewed} skewed",
-        status.done, status.remaining
+        "{} done, {} remaining ({} failed, {} missing){median}, {skewed} skewed",
+        status.done,
+        status.remaining,
+        status.failed,
+        status.remaining - status.failed
     );
+    let not_done: HashSet<&str> = (status.slices.iter())
+        .filter(|s| s.state != "done")
+        .map(|s| s.slice.as_str())
+        .collect();
+    let keys = status.slices.iter().map(|s| s.slice.as_str());
+    let not_done = spans(keys, |key| not_done.contains(key));
+    if !not_done.is_empty() {
+        println!("not done: {}", describe_spans(&not_done));
+    }
 }
 
 /// Durations as a line of bars, blank where a slice has none: the trend at a glance.

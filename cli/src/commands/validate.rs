@@ -1,23 +1,52 @@
-//! `backfill validate`: opens the pipeline (sources resolved, SQL planned) and says what
-//! it found.
+//! `backfill validate`: opens the pipeline, or every pipeline of a project (sources
+//! resolved, SQL planned), and says what it found.
 
+use backfill_engine::Backfill;
 use clap::Args;
 
 use super::Outcome;
-use crate::args::PipelineArgs;
+use crate::args::{PipelineArgs, ProjectArgs, Target};
+use crate::printer::count;
 
 #[derive(Args)]
 pub struct ValidateArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
 }
 
 pub async fn execute(args: ValidateArgs) -> anyhow::Result<Outcome> {
-    let backfill = args.pipeline.open(None).await?;
+    match args.pipeline.target(&args.project, None).await? {
+        Target::Pipeline(backfill) => print(&backfill),
+        Target::Project(chosen) => {
+            // Every pipeline is opened, so that one reading an upstream whose table is not
+            // written yet is planned over that upstream's columns.
+            let opened = args.pipeline.whole_project()?.validate().await?;
+            let chosen = chosen.names();
+            let shown = opened
+                .iter()
+                .filter(|b| chosen.contains(&b.pipeline().name.as_str()));
+            for (i, backfill) in shown.enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print(backfill);
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn print(backfill: &Backfill) {
     let pipeline = backfill.pipeline();
     println!("pipeline {} is valid", pipeline.name);
     for source in &pipeline.sources {
-        println!("  source {} at {}", source.name, source.url);
+        let upstream = match &source.upstream {
+            Some(upstream) => format!(" (pipeline {upstream}'s table)"),
+            None => String::new(),
+        };
+        println!("  source {} at {}{upstream}", source.name, source.url);
     }
     let columns: Vec<String> = backfill
         .schema()
@@ -33,9 +62,8 @@ pub async fn execute(args: ValidateArgs) -> anyhow::Result<Outcome> {
         pipeline.destination.partition_by
     );
     println!(
-        "  {} slices, {} assertion(s)",
+        "  {} slices, {}",
         pipeline.slices.kind.name(),
-        pipeline.assertions.len()
+        count(pipeline.assertions.len(), "assertion")
     );
-    Ok(Outcome::Success)
 }

@@ -241,10 +241,13 @@ impl ExecutionPlan for WriteSliceExec {
             let outcome = match written {
                 Ok(written) => {
                     tracing::info!(
-                        "slice {}: wrote {} rows in {} files under {}",
+                        "slice {}: wrote {} rows in {} under {}",
                         staging.slice,
                         written.rows,
-                        written.adds.len(),
+                        match written.adds.len() {
+                            1 => "1 file".to_string(),
+                            n => format!("{n} files"),
+                        },
                         staging.base
                     );
                     TaskOutcome::Written(written)

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
-use super::{location_to_url, StorageOptions};
+use super::{location_to_url, SqlStart, StorageOptions};
 use crate::error::{Error, Result};
 
 /// The file's shape. Spans are kept where validation needs to point at a line.
@@ -58,7 +58,7 @@ pub(super) enum OneOrMany {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTransform {
-    pub(super) sql: Option<String>,
+    pub(super) sql: Option<Spanned<String>>,
     pub(super) sql_file: Option<Spanned<String>>,
 }
 
@@ -102,6 +102,30 @@ impl Locator<'_> {
             .count()
             + 1;
         Error::config(format!("{}:{line}", self.path.display()), message)
+    }
+
+    /// Where the text of the string value at `span` starts: its line and column (both
+    /// from 1). A multi-line string's first newline is not part of its text.
+    pub(crate) fn string_start(&self, span: Range<usize>) -> SqlStart {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        let token = &self.text[span.start.min(self.text.len())..];
+        let quotes = match token.starts_with("\"\"\"") || token.starts_with("'''") {
+            true => 3,
+            false => 1,
+        };
+        let after = &token[quotes.min(token.len())..];
+        match after.starts_with('\n') || after.starts_with("\r\n") {
+            true => SqlStart {
+                line: line + 1,
+                column: 1,
+            },
+            false => SqlStart {
+                line,
+                column: column + quotes,
+            },
+        }
     }
 
     /// The file's text as `T`, or an error at the line at fault.

@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub sql: String,
     /// Where the SQL came from, for error messages: the pipeline file or `sql_file`.
     pub sql_origin: String,
+    /// Where in `sql_origin` the SQL's text starts, to point errors at its lines.
+    pub sql_start: SqlStart,
     pub destination: Destination,
     pub assertions: Vec<Assertion>,
     /// Requests in flight at once to each source's object store, across all slices.
@@ -43,6 +45,23 @@ impl Pipeline {
     pub fn cut(&self, selection: &crate::slice::Selection) -> Result<Vec<crate::slice::Slice>> {
         let spec = &self.slices;
         crate::slice::cut(spec.kind, &spec.columns, selection, spec.keys.as_deref())
+    }
+}
+
+/// Where a SQL text starts in its file: line and column, both from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlStart {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl SqlStart {
+    /// The place in the file of `line` and `column` (from 1) of the SQL text.
+    pub fn place(self, line: usize, column: usize) -> (usize, usize) {
+        match line {
+            1 => (self.line, self.column + column - 1),
+            n => (self.line + n - 1, column),
+        }
     }
 }
 
@@ -168,12 +187,21 @@ pub fn load(path: &Path) -> Result<Pipeline> {
 /// Validates pipeline text as if it were read from `path`. A source naming another
 /// pipeline (`pipeline = "name"`) is refused: only a project resolves those.
 pub fn parse(text: &str, path: &Path) -> Result<Pipeline> {
-    parse_with(text, path, &|name| {
-        Err(format!(
-            "`{name}` is another pipeline's output, which only a project file resolves: run this pipeline through the project that lists both (`--pipelines {}`), or give the table's `url` and `format = \"delta\"`",
-            path.file_stem().unwrap_or_default().to_string_lossy()
-        ))
-    })
+    parse_with(text, path, &|name| Err(needs_project(name, None)))
+}
+
+/// Why a source naming the pipeline `upstream` cannot be read outside a project, and what
+/// to do: run through `project` (the project file and this pipeline's name there), if
+/// one is known, or through a project file that lists both.
+pub fn needs_project(upstream: &str, project: Option<(&Path, &str)>) -> String {
+    let how = match project {
+        Some((file, name)) => format!(
+            "{file}, which lists both (`backfill run {file} --pipeline {name}`; every command takes a project file and --pipeline)",
+            file = file.display()
+        ),
+        None => "a project file that lists both (`--pipeline NAME`), or give the table's `url` and `format = \"delta\"`".to_string(),
+    };
+    format!("`{upstream}` is another pipeline's output, which only a project file resolves: run this pipeline through {how}")
 }
 
 /// Where a source that names another pipeline reads: that pipeline's destination, or why
@@ -223,7 +251,7 @@ pub fn parse_with(text: &str, path: &Path, upstreams: Upstreams) -> Result<Pipel
     let name = sections::name(&at, &raw.name)?;
     let sources = sections::sources(&at, &raw.sources, base, upstreams)?;
     let slices = sections::slice_spec(&at, raw.slices, base)?;
-    let (sql, sql_origin) = sections::transform(&at, raw.transform, base)?;
+    let (sql, sql_origin, sql_start) = sections::transform(&at, raw.transform, base)?;
     let destination = sections::destination(&at, raw.destination, base, &slices)?;
     let assertions = raw
         .assertions
@@ -244,6 +272,7 @@ pub fn parse_with(text: &str, path: &Path, upstreams: Upstreams) -> Result<Pipel
         slices,
         sql,
         sql_origin,
+        sql_start,
         destination,
         assertions,
         max_source_requests: raw.max_source_requests.map(Spanned::into_inner),

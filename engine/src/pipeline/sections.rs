@@ -13,7 +13,7 @@ use super::file::{
 };
 use super::{
     is_identifier, read_manifest, Assertion, Destination, Output, SliceSpec, Source, SourceFormat,
-    Strategy, Upstreams,
+    SqlStart, Strategy, Upstreams,
 };
 use crate::error::Result;
 use crate::slice::SliceKind;
@@ -252,11 +252,14 @@ pub(super) fn transform(
     at: &Locator,
     raw: Spanned<RawTransform>,
     base: &Path,
-) -> Result<(String, String)> {
+) -> Result<(String, String, SqlStart)> {
     let span = raw.span();
     let raw = raw.into_inner();
     match (raw.sql, raw.sql_file) {
-        (Some(sql), None) => Ok((sql, at.path.display().to_string())),
+        (Some(sql), None) => {
+            let start = at.string_start(sql.span());
+            Ok((sql.into_inner(), at.path.display().to_string(), start))
+        }
         (None, Some(file)) => {
             let path = base.join(file.get_ref());
             let sql = std::fs::read_to_string(&path).map_err(|e| {
@@ -265,7 +268,8 @@ pub(super) fn transform(
                     format!("transform.sql_file: cannot read {}: {e}", path.display()),
                 )
             })?;
-            Ok((sql, path.display().to_string()))
+            let start = SqlStart { line: 1, column: 1 };
+            Ok((sql, path.display().to_string(), start))
         }
         _ => Err(at.error(span, "transform needs exactly one of `sql` or `sql_file`")),
     }

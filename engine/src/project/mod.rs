@@ -79,6 +79,69 @@ pub fn is_project_file(path: &Path) -> bool {
         .is_ok_and(|table| table.contains_key("pipelines") && !table.contains_key("sources"))
 }
 
+/// Reads a pipeline file on its own, as [`pipeline::load`] does. A source naming another
+/// pipeline is refused with the command that runs it: through the project file beside it
+/// (in its folder or up to three folders above) that lists it, if there is one.
+pub fn load_pipeline(path: &Path) -> Result<Pipeline> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::in_file(path, format!("cannot read the pipeline file: {e}")))?;
+    pipeline::parse_with(&text, path, &|upstream| {
+        let project = listing_project(path);
+        let project = project
+            .as_ref()
+            .map(|(file, name)| (file.as_path(), name.as_str()));
+        Err(pipeline::needs_project(upstream, project))
+    })
+}
+
+/// A project file near the pipeline file `path` that lists it, and the pipeline's name.
+fn listing_project(path: &Path) -> Option<(PathBuf, String)> {
+    let pipeline = std::fs::canonicalize(path).ok()?;
+    let name = pipeline::output_of(path).ok()?.pipeline;
+    let folders = path.parent()?.ancestors().take(4);
+    for folder in folders {
+        let shown = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let Ok(entries) = std::fs::read_dir(shown) else {
+            continue;
+        };
+        let mut candidates: Vec<PathBuf> = entries
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .filter(|file| file.extension().is_some_and(|e| e == "toml"))
+            .filter(|file| is_project_file(file))
+            .collect();
+        candidates.sort();
+        for project in candidates {
+            if lists(&project, &pipeline) {
+                return Some((folder.join(project.file_name()?), name));
+            }
+        }
+    }
+    None
+}
+
+/// Whether the project file `project` lists the pipeline file `pipeline` (canonical).
+fn lists(project: &Path, pipeline: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(project) else {
+        return false;
+    };
+    let at = Locator {
+        path: project,
+        text: &text,
+    };
+    let Ok(raw) = at.parse::<RawProject>() else {
+        return false;
+    };
+    let base = project.parent().unwrap_or(Path::new("."));
+    let files = pipeline_files(&at, &raw.pipelines, base).unwrap_or_default();
+    files
+        .iter()
+        .any(|file| std::fs::canonicalize(file).is_ok_and(|file| file == pipeline))
+}
+
 impl Project {
     /// Reads the project file at `path` and every pipeline it lists, resolved in
     /// `environment` (`prod` when `None`).

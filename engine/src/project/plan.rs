@@ -115,6 +115,13 @@ impl Project {
         Ok(statuses)
     }
 
+    /// Opens every pipeline, upstream first, as `validate` does one: sources resolved and
+    /// SQL planned (over an upstream's columns where its table is not written yet).
+    pub async fn validate(&self) -> Result<Vec<Arc<Backfill>>> {
+        let opened = self.open(None).await?;
+        Ok(opened.into_iter().map(|(backfill, _)| backfill).collect())
+    }
+
     /// Opens every pipeline for `selection` (as each one's kind of slices takes it),
     /// upstream first.
     pub(crate) async fn open(&self, selection: Option<&Selection>) -> Result<Opened> {

@@ -20,7 +20,7 @@ use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
 use crate::pipeline::Pipeline;
 use crate::retry::RequestRetry;
 use crate::sink::{strategy, Committer, Sink};
-use crate::slice::{Selection, Slice};
+use crate::slice::{describe_spans, Selection, Slice};
 use crate::states::SliceOutcome;
 
 /// Slices of one pipeline promoted at once; their commits group as a run's do.
@@ -29,6 +29,8 @@ const PROMOTIONS_IN_FLIGHT: usize = 8;
 /// What a promotion did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Promotion {
+    /// The promotion's run, in the history of every target table it wrote to.
+    pub run_id: String,
     pub from: String,
     pub to: String,
     pub pipelines: Vec<PipelinePromotion>,
@@ -100,13 +102,7 @@ impl Project {
             }
         }
         if !refusals.is_empty() {
-            return Err(Error::config(
-                format!(
-                    "promoting from {} to {}",
-                    self.environment, target.environment
-                ),
-                format!("refused, nothing was copied: {}", refusals.join("; ")),
-            ));
+            return Err(self.refused(target, &refusals));
         }
         let run_id = crate::run::new_run_id(clock.now());
         let mut pipelines = Vec::new();
@@ -118,10 +114,25 @@ impl Project {
             );
         }
         Ok(Promotion {
+            run_id,
             from: self.environment.clone(),
             to: target.environment.clone(),
             pipelines,
         })
+    }
+
+    /// The refusal of a whole promotion: every reason, one line per pipeline and reason,
+    /// and what to do next.
+    fn refused(&self, target: &Project, refusals: &[String]) -> Error {
+        let (from, project) = (&self.environment, self.file.display());
+        let next = format!("next: run those slices in {from} (`backfill run {project} --env {from}` with the same range), or promote only what {from} has done (`backfill plan {project} --env {from}` shows it)");
+        Error::config(
+            format!("promoting from {from} to {}", target.environment),
+            format!(
+                "refused, nothing was copied:\n  {}\n{next}",
+                refusals.join("\n  ")
+            ),
+        )
     }
 
     /// Checks `pipeline`'s slices in this environment against `goal`, the same pipeline
@@ -144,7 +155,7 @@ impl Project {
             ));
         }
         let Some(table) = crate::sink::existing_table(&pipeline.destination).await? else {
-            let reason = format!("{name} has no table in {} yet", self.environment);
+            let reason = format!("{name}: no table in {} yet", self.environment);
             return Ok(Err(vec![reason]));
         };
         let context = || format!("destination {}", pipeline.destination.url);
@@ -168,23 +179,23 @@ impl Project {
         let source = ledger_of(&from, name).await?;
         let there_now = ledger_of(&to, name).await?;
         let slices = pipeline.cut(&selection.for_kind(pipeline.slices.kind))?;
-        let mut refusals = Vec::new();
+        let mut refused: Vec<(String, String)> = Vec::new();
         let mut checked = Vec::new();
-        for slice in slices {
+        for slice in &slices {
             let Some(promoted) = source.get(&slice.key) else {
-                refusals.push(format!(
-                    "{name} {} is not done in {}",
-                    slice.key, self.environment
-                ));
+                let why = format!("not done in {}", self.environment);
+                refused.push((slice.key.clone(), why));
                 continue;
             };
             let there = there_now.get(&slice.key);
             if let Some(there) = there.filter(|t| !is_promotion_of(&t.record, &promoted.record)) {
                 if committed_after(there, promoted) {
-                    refusals.push(format!(
-                        "{name} {} was committed in {target} by run {} after {} committed it",
-                        slice.key, there.record.run_id, self.environment
-                    ));
+                    let why = format!(
+                        "committed in {target} by run {} after {} committed it",
+                        there.record.committed_by(),
+                        self.environment
+                    );
+                    refused.push((slice.key.clone(), why));
                     continue;
                 }
             }
@@ -194,8 +205,9 @@ impl Project {
             let mut record = promoted.record.clone();
             record.promoted_from = Some(self.environment.clone());
             record.txn_version = there.map_or(1, |t| t.record.txn_version + 1);
-            checked.push((slice, record, already));
+            checked.push((slice.clone(), record, already));
         }
+        let refusals = grouped(name, &slices, &refused);
         if !refusals.is_empty() {
             return Ok(Err(refusals));
         }
@@ -261,7 +273,7 @@ impl Ready {
                     Some(there) => Promoted::Already {
                         version: there.version,
                     },
-                    None => this.promote_slice(slice, record, adds).await?,
+                    None => this.promote_slice(slice, record, adds, run_id).await?,
                 };
                 let attempt = Attempt {
                     slice: slice.key.clone(),
@@ -308,8 +320,13 @@ impl Ready {
         slice: &Slice,
         record: &SliceRecord,
         adds: Vec<deltalake::kernel::Add>,
+        run_id: &str,
     ) -> Result<Promoted> {
         let files = adds.len();
+        let record = &SliceRecord {
+            promoted_by: Some(run_id.to_string()),
+            ..record.clone()
+        };
         let staged = self.to.copy_in(&self.from, adds, record).await?;
         let bytes = staged.bytes;
         let published = self
@@ -360,6 +377,29 @@ impl Promoted {
             },
         }
     }
+}
+
+/// One line per pipeline and reason, naming the refused slices by spans:
+/// `orders_clean: 2024-01-03..2024-01-14 (12 slices) not done in staging`.
+fn grouped(pipeline: &str, slices: &[Slice], refused: &[(String, String)]) -> Vec<String> {
+    let mut reasons: Vec<&str> = Vec::new();
+    for (_, why) in refused {
+        if !reasons.contains(&why.as_str()) {
+            reasons.push(why);
+        }
+    }
+    let why: HashMap<&str, &str> = refused
+        .iter()
+        .map(|(key, why)| (key.as_str(), why.as_str()))
+        .collect();
+    let keys = || slices.iter().map(|s| s.key.as_str());
+    reasons
+        .into_iter()
+        .map(|reason| {
+            let spans = crate::slice::spans(keys(), |key| why.get(key) == Some(&reason));
+            format!("{pipeline}: {} {reason}", describe_spans(&spans))
+        })
+        .collect()
 }
 
 /// Whether `there` is `record` promoted: the same attempt's output.

@@ -192,6 +192,7 @@ impl Run {
             sql_fingerprint: backfill.sql_fingerprint.clone(),
             assertions,
             promoted_from: None,
+            promoted_by: None,
         }
     }
 

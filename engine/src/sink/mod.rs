@@ -160,8 +160,6 @@ impl Sink {
                     "is a file, not a folder for a table",
                 ));
             }
-            // delta-rs refuses a local table location that does not exist yet.
-            std::fs::create_dir_all(&path).context(context)?;
         }
         let storage_options = table::storage_options(destination);
         let reach = reach(&url, &storage_options, store, retry).context(context)?;

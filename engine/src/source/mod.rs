@@ -18,7 +18,7 @@ mod delta;
 mod files;
 mod hive;
 mod portable;
-mod query;
+pub(crate) mod query;
 mod stores;
 
 use std::sync::Arc;
@@ -310,6 +310,8 @@ fn session_config() -> SessionConfig {
         .execution
         .parquet
         .schema_force_view_types = true;
+    // Planning errors then say where in the SQL they are.
+    config.options_mut().sql_parser.collect_spans = true;
     config
 }
 

@@ -63,3 +63,39 @@ pub async fn read_only_query(
         .context(&location)?;
     Ok(DataFrame::new(state, plan))
 }
+
+/// What a DataFusion error says of a SQL text, for people, and where in the text (line
+/// and column, from 1) when it knows: from the planner's diagnostic, or the position the
+/// parser puts at the end of its message.
+pub(crate) fn described(
+    error: &datafusion::error::DataFusionError,
+) -> (String, Option<(usize, usize)>) {
+    use datafusion::error::DataFusionError as E;
+    use datafusion::sql::sqlparser::parser::ParserError;
+    let root = error.find_root();
+    let message = match root {
+        E::SQL(parser, _) => match parser.as_ref() {
+            ParserError::TokenizerError(m) | ParserError::ParserError(m) => {
+                format!("syntax error: {m}")
+            }
+            ParserError::RecursionLimitExceeded => parser.to_string(),
+        },
+        other => other.message().trim_end_matches('.').to_string(),
+    };
+    // sqlparser ends its messages with ` at Line: 3, Column: 14`.
+    let (message, told) = match message.rsplit_once(" at Line: ") {
+        Some((what, place)) => {
+            let place = place.split_once(", Column: ").and_then(|(line, column)| {
+                Some((line.trim().parse().ok()?, column.trim().parse().ok()?))
+            });
+            (what.to_string(), place)
+        }
+        None => (message, None),
+    };
+    let spanned = (error.diagnostic())
+        .and_then(|diagnostic| diagnostic.span)
+        .map(|span| span.start)
+        .filter(|at| at.line > 0)
+        .map(|at| (at.line as usize, at.column as usize));
+    (message, spanned.or(told))
+}
