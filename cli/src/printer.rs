@@ -1,7 +1,8 @@
 //! How everything is printed: JSON for machines, aligned tables and one way of writing
 //! sizes, durations and times for people. Commands decide what to print; this decides how.
 
-use backfill_engine::SliceOutcome;
+use backfill_engine::slice::{describe_spans, spans};
+use backfill_engine::{Fault, RebuildOutcome, SliceOutcome};
 use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
@@ -73,6 +74,12 @@ pub struct StatusWords {
 }
 
 pub fn status_words(status: &SliceOutcome) -> StatusWords {
+    status_words_after(status, None)
+}
+
+/// A slice's status as [`status_words`] words it, once its run's `rebuild` ended: a
+/// staged slice was then swapped into the table, or still awaits the swap.
+pub fn status_words_after(status: &SliceOutcome, rebuild: Option<&RebuildOutcome>) -> StatusWords {
     let (class, label, detail) = match status {
         SliceOutcome::Committed {
             version,
@@ -98,9 +105,13 @@ pub fn status_words(status: &SliceOutcome) -> StatusWords {
             format!(
                 "{rows} rows, {}, {}",
                 human_bytes(*bytes),
-                match reused {
-                    true => "reused from an earlier run",
-                    false => "awaiting the swap",
+                match (reused, rebuild) {
+                    (true, Some(RebuildOutcome::Swapped { version, .. })) =>
+                        format!("reused from an earlier run, swapped in version {version}"),
+                    (false, Some(RebuildOutcome::Swapped { version, .. })) =>
+                        format!("swapped in version {version}"),
+                    (true, _) => "reused from an earlier run".to_string(),
+                    (false, _) => "awaiting the swap".to_string(),
                 }
             ),
         ),
@@ -124,4 +135,58 @@ impl std::fmt::Display for StatusWords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.label, self.detail)
     }
+}
+
+/// How a rebuild's run ended for the table, for people.
+pub fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
+    match rebuild {
+        RebuildOutcome::Swapped {
+            version,
+            removed_files,
+            added_files,
+            kept_slices,
+        } => format!(
+            "swapped in version {version}: {added_files} files added, {removed_files} removed, {kept_slices} done slices kept"
+        ),
+        RebuildOutcome::Unchanged => "nothing to swap: the table already is this rebuild".into(),
+        RebuildOutcome::Waiting { staged, waiting } => {
+            let waiting = describe_spans(&spans(waiting.iter().map(String::as_str), |_| true));
+            format!(
+                "not swapped, the table is unchanged: {staged} slices staged, waiting for {waiting}. The staged slices are kept for the next run: it swaps once the slices waited for pass, or over a range without them"
+            )
+        }
+        RebuildOutcome::Refused { error } => format!("not swapped: {error}"),
+    }
+}
+
+/// The slices among `keys` (in run order) that failed, in spans of consecutive slices and
+/// grouped by what to do next, then those blocked by failed upstream slices: a line each.
+pub fn not_committed<'a>(
+    keys: impl Iterator<Item = &'a str> + Clone,
+    outcome: impl Fn(&str) -> &'a SliceOutcome,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for fault in Fault::ALL {
+        let failed = spans(
+            keys.clone(),
+            |key| matches!(outcome(key), SliceOutcome::Failed { fault: f, .. } if *f == fault),
+        );
+        if !failed.is_empty() {
+            lines.push(format!(
+                "failed {}: {}",
+                describe_spans(&failed),
+                fault.next_step()
+            ));
+        }
+    }
+    let blocked = spans(keys, |key| {
+        matches!(outcome(key), SliceOutcome::Blocked { .. })
+    });
+    if !blocked.is_empty() {
+        lines.push(format!(
+            "blocked {}: they run once the upstream slices they read are committed",
+            describe_spans(&blocked)
+        ));
+    }
+    lines
 }

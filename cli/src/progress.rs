@@ -10,7 +10,7 @@ use backfill_engine::run::{FinishedSlice, Observer, RunEvent};
 use backfill_engine::SliceOutcome;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::printer::{human_bytes, human_duration, status_words, timestamp};
+use crate::printer::{count, human_bytes, human_duration, status_words, timestamp};
 
 /// Live progress: a bar on a terminal (hidden otherwise) and one line per finished slice.
 pub struct Progress {
@@ -119,7 +119,7 @@ impl Observer for Progress {
 impl Progress {
     fn started(&self, run_id: &str, slices: usize) {
         self.bar.set_length(slices as u64);
-        self.line(format!("run {run_id}: {slices} slices"));
+        self.line(format!("run {run_id}: {}", count(slices, "slice")));
     }
 
     fn finished(&self, pipeline: &str, outcome: &FinishedSlice) {

@@ -29,7 +29,7 @@ pub async fn check(
 ) -> Result<Vec<AssertionResult>> {
     let queried = assertions
         .iter()
-        .any(|a| matches!(a, Assertion::Unique(_) | Assertion::Sql(_)));
+        .any(|a| matches!(a, Assertion::Unique(_) | Assertion::Sql { .. }));
     // Only assertions that query the slice pay for a session.
     let ctx = match queried {
         true => {
@@ -82,7 +82,7 @@ pub async fn check(
                 )
             }
             Assertion::Unique(columns) => unique(ctx(), columns).await?,
-            Assertion::Sql(sql) => {
+            Assertion::Sql { sql, .. } => {
                 let sql = template::render(sql, variables, origin)?;
                 custom(ctx(), &sql).await?
             }

@@ -203,7 +203,7 @@ impl Backfill {
             format!("{}: transform", pipeline.sql_origin)
         })
         .await
-        .map_err(|error| at_the_written_sql(&pipeline, &variables, error))?;
+        .map_err(|error| WrittenSql::transform(&pipeline).point(&variables, error))?;
         let schema = output_schema(frame.schema().as_arrow())
             .map_err(|m| Error::config(&pipeline.sql_origin, m))?;
         check_columns(&pipeline, &schema)?;
@@ -498,7 +498,7 @@ impl Backfill {
         let sql = template::render(&self.pipeline.sql, &variables, &self.pipeline.sql_origin)?;
         let frame = source::read_only_query(state, &sql, context)
             .await
-            .map_err(|error| at_the_written_sql(&self.pipeline, &variables, error))?;
+            .map_err(|error| WrittenSql::transform(&self.pipeline).point(&variables, error))?;
         Ok((sql, self.as_output(frame, slice, context)?))
     }
 
@@ -688,39 +688,56 @@ pub(crate) struct Recorded {
     pub(crate) table_files: crate::sink::TableFiles,
 }
 
-/// A SQL error of the transform rendered with `variables`, pointed at the file, line and
-/// column where the pipeline's SQL says what is wrong, and shown as written there:
-/// `daily_revenue.sql:12:1: transform: syntax error: ...`, then that line and a caret.
-fn at_the_written_sql(pipeline: &Pipeline, variables: &[(&str, String)], error: Error) -> Error {
-    let Error::Sql { context, error, .. } = error else {
-        return error;
-    };
-    let (message, at) = source::query::described(&error);
-    let written = at
-        .and_then(|(line, column)| template::written_place(&pipeline.sql, variables, line, column));
-    let Some((line, column)) = written else {
-        return Error::Sql {
-            context,
-            error,
-            shown: Some(message),
+/// A SQL text as the pipeline's author wrote it: where, and what it is for.
+struct WrittenSql<'a> {
+    text: &'a str,
+    file: &'a str,
+    start: crate::pipeline::SqlStart,
+    /// `transform`, `assertion`.
+    what: &'a str,
+}
+
+impl<'a> WrittenSql<'a> {
+    fn transform(pipeline: &'a Pipeline) -> Self {
+        WrittenSql {
+            text: &pipeline.sql,
+            file: &pipeline.sql_origin,
+            start: pipeline.sql_start,
+            what: "transform",
+        }
+    }
+
+    /// A SQL error of this text rendered with `variables`, pointed at the file, line and
+    /// column where the text as written has what is wrong, and shown as written there:
+    /// `daily_revenue.sql:12:1: transform: syntax error: ...`, that line and a caret.
+    fn point(&self, variables: &[(&str, String)], error: Error) -> Error {
+        let Error::Sql { context, error, .. } = error else {
+            return error;
         };
-    };
-    let text = pipeline.sql.lines().nth(line - 1).unwrap_or_default();
-    // Under the character at fault, keeping the line's tabs so the caret lines up.
-    let caret: String = (text.chars().take(column - 1))
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
-        .chain(['^'])
-        .collect();
-    let (file_line, file_column) = pipeline.sql_start.place(line, column);
-    Error::Sql {
-        context: format!(
-            "{}:{file_line}:{file_column}: transform",
-            pipeline.sql_origin
-        ),
-        error,
-        shown: Some(format!(
-            "{message}\n{file_line:>5} | {text}\n      | {caret}"
-        )),
+        let (message, at) = source::query::described(&error);
+        let written = at
+            .and_then(|(line, column)| template::written_place(self.text, variables, line, column));
+        let Some((line, column)) = written else {
+            return Error::Sql {
+                context,
+                error,
+                shown: Some(message),
+            };
+        };
+        let text = self.text.lines().nth(line - 1).unwrap_or_default();
+        // Under the character at fault, keeping the line's tabs so the caret lines up.
+        let caret: String = (text.chars().take(column - 1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .chain(['^'])
+            .collect();
+        let (file_line, file_column) = self.start.place(line, column);
+        Error::Sql {
+            context: format!("{}:{file_line}:{file_column}: {}", self.file, self.what),
+            error,
+            shown: Some(format!(
+                "{message}\n{file_line:>5} | {text}\n      | {caret}"
+            )),
+        }
     }
 }
 
@@ -788,12 +805,21 @@ async fn check_assertion_sql(
         .map_err(|e| Error::Internal(e.to_string()))?;
     let file = pipeline.file.display().to_string();
     for assertion in &pipeline.assertions {
-        let Assertion::Sql(sql) = assertion else {
+        let Assertion::Sql { sql, start } = assertion else {
             continue;
         };
-        let rendered = template::render(sql, &sample.variables(), &file)?;
+        let variables = sample.variables();
+        let rendered = template::render(sql, &variables, &file)?;
         let context = || format!("{file}: assertion `{sql}`");
-        let frame = source::read_only_query(ctx.state(), &rendered, context).await?;
+        let written = WrittenSql {
+            text: sql,
+            file: &file,
+            start: *start,
+            what: "assertion",
+        };
+        let frame = source::read_only_query(ctx.state(), &rendered, context)
+            .await
+            .map_err(|error| written.point(&variables, error))?;
         let fields = frame.schema().fields();
         if fields.len() != 1 || fields[0].data_type() != &DataType::Boolean {
             return Err(Error::config(context(), "must return one boolean column"));
@@ -846,7 +872,7 @@ fn check_columns(pipeline: &Pipeline, schema: &Schema) -> Result<()> {
         let columns: Vec<&String> = match assertion {
             Assertion::MaxNullRate { column, .. } => vec![column],
             Assertion::Unique(columns) => columns.iter().collect(),
-            Assertion::MinRows(_) | Assertion::Sql(_) => vec![],
+            Assertion::MinRows(_) | Assertion::Sql { .. } => vec![],
         };
         for column in columns {
             schema

@@ -130,6 +130,22 @@ pub enum Liveness {
 }
 
 impl RunRecord {
+    /// Each slice's last attempt in the run, in the order the run first tried them.
+    pub fn last_attempts(&self) -> Vec<&Attempt> {
+        let mut last: Vec<&Attempt> = Vec::new();
+        let mut at: std::collections::HashMap<&str, usize> = Default::default();
+        for attempt in &self.attempts {
+            match at.get(attempt.slice.as_str()) {
+                Some(&i) => last[i] = attempt,
+                None => {
+                    at.insert(&attempt.slice, last.len());
+                    last.push(attempt);
+                }
+            }
+        }
+        last
+    }
+
     /// Whether the run is still going as of `now`.
     pub fn liveness(&self, now: DateTime<Utc>) -> Liveness {
         Liveness::of(

@@ -220,9 +220,16 @@ fn a_sql_error_points_at_the_file_line_and_column_as_written() {
         "WHERE dt = {{ slice }} AND amountt > 0",
     );
     let inline = said(&case.args("validate", &[]), 2);
+    // In an assertion, on the line of the pipeline file that holds it.
+    let checked = Case::new("orders_clean");
+    checked.edit_pipeline("WHERE amount < 0", "WHERE amountt < 0");
+    let assertion = said(&checked.args("validate", &[]), 2);
     settings_in(case.scratch.dir.path()).bind(|| {
         insta::assert_snapshot!("sql_error_in_file", in_file);
         insta::assert_snapshot!("sql_error_inline", inline);
+    });
+    settings_in(checked.scratch.dir.path()).bind(|| {
+        insta::assert_snapshot!("sql_error_in_assertion", assertion);
     });
 }
 
@@ -249,4 +256,33 @@ fn every_json_flag_says_what_it_prints() {
             "{command} --help: {line:?}"
         );
     }
+}
+
+#[test]
+fn the_report_of_a_rebuild_that_did_not_swap_says_so_and_what_to_do() {
+    let case = Case::new("orders_rebuild");
+    case.ok(
+        "run",
+        &[
+            "--start",
+            "2024-01-08",
+            "--end",
+            "2024-01-10",
+            "--concurrency",
+            "1",
+        ],
+        1,
+    );
+    let shown = case.ok("show", &["latest"], 0);
+    let (html, _) = case.report_of_last_run();
+    // What a person reads first: the summary, the rebuild's outcome and the slices.
+    let summary = &html[html.find("<h1>").unwrap()..html.find("<h2>Duration").unwrap()];
+    // The page escapes `/` in URLs, which reads the same in a browser.
+    let summary = summary.replace("&#x2f;", "/");
+    let mut settings = settings_in(case.scratch.dir.path());
+    settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", "[TIME]");
+    settings.bind(|| {
+        insta::assert_snapshot!("rebuild_waiting_show", shown);
+        insta::assert_snapshot!("rebuild_waiting_report", summary);
+    });
 }

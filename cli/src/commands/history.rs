@@ -63,5 +63,5 @@ fn print(runs: &[RunRecord]) {
         ]);
     }
     printer::print_table(&table);
-    println!("{} runs", runs.len());
+    println!("{}", printer::count(runs.len(), "run"));
 }

@@ -178,8 +178,8 @@ fn print(plan: &Plan) {
         n => format!(", {n} staged"),
     };
     println!(
-        "{} slices: {} done, {} missing, {} changed, {} failed{staged}{pending}; a run would run {}",
-        planned.len(),
+        "{}: {} done, {} missing, {} changed, {} failed{staged}{pending}; a run would run {}",
+        printer::count(planned.len(), "slice"),
         counts.done,
         counts.missing,
         counts.changed,
@@ -211,8 +211,8 @@ fn describe_estimate(estimate: &Estimate) -> String {
         .rows
         .map_or(String::new(), |rows| format!(", {rows} rows"));
     let read = format!(
-        "{} files, {}{rows}",
-        estimate.files,
+        "{}, {}{rows}",
+        printer::count(estimate.files as usize, "file"),
         human_bytes(estimate.bytes)
     );
     let (Some(basis), Some(ms)) = (&estimate.basis, estimate.duration_ms) else {
@@ -244,8 +244,8 @@ fn describe_swap(swap: &Replaced) -> String {
         ""
     };
     format!(
-        "the swap replaces {} files ({}) of table version {version}{schema}",
-        swap.files,
+        "the swap replaces {} ({}) of table version {version}{schema}",
+        printer::count(swap.files as usize, "file"),
         human_bytes(swap.bytes)
     )
 }

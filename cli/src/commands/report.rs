@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use backfill_engine::clock::{Clock, SystemClock};
 use clap::Args;
 
 use super::Outcome;
@@ -22,7 +23,9 @@ pub struct ReportArgs {
 pub async fn execute(args: ReportArgs) -> anyhow::Result<Outcome> {
     let backfill = args.pipeline.open(None).await?;
     let record = backfill.run_record(&args.run).await?;
-    std::fs::write(&args.output, crate::report::render(&record)?)
+    let destination = backfill.pipeline().destination.url.to_string();
+    let page = crate::report::render(&record, &destination, SystemClock.now())?;
+    std::fs::write(&args.output, page)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!("wrote {}", args.output.display());
     Ok(Outcome::Success)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use backfill_engine::estimate::Budget;
 use backfill_engine::run::{Observer, Stop};
 use backfill_engine::slice::{describe_spans, spans};
-use backfill_engine::{Fault, RebuildOutcome, RunOptions, RunSummary, SliceOutcome};
+use backfill_engine::{RunOptions, RunSummary, SliceOutcome};
 use clap::Args;
 
 use super::Outcome;
@@ -168,15 +168,15 @@ fn print(summary: &RunSummary) {
         n => format!(", {n} committed meanwhile by other runs"),
     };
     let slices = match summary.not_started.len() {
-        0 => summary.outcomes.len().to_string(),
+        0 => printer::count(summary.outcomes.len(), "slice"),
         n => format!(
-            "{} of {}",
+            "{} of {} slices",
             summary.outcomes.len(),
             summary.outcomes.len() + n
         ),
     };
     println!(
-        "run {}: {slices} slices, {} committed, {} skipped, {} failed{blocked}{meanwhile}",
+        "run {}: {slices}, {} committed, {} skipped, {} failed{blocked}{meanwhile}",
         summary.run_id,
         summary.committed(),
         summary.skipped(),
@@ -184,7 +184,7 @@ fn print(summary: &RunSummary) {
     );
     print_not_committed(summary);
     if let Some(rebuild) = &summary.rebuild {
-        println!("rebuild: {}", describe_rebuild(rebuild));
+        println!("rebuild: {}", printer::describe_rebuild(rebuild));
     }
     if !summary.stopped {
         return;
@@ -217,25 +217,10 @@ fn print(summary: &RunSummary) {
 /// The slices that failed, in spans of consecutive slices, grouped by what to do next;
 /// then those blocked by failed upstream slices.
 fn print_not_committed(summary: &RunSummary) {
-    let keys = || summary.outcomes.iter().map(|o| o.slice.as_str());
+    let keys = summary.outcomes.iter().map(|o| o.slice.as_str());
     let outcome = outcomes(summary);
-    for fault in Fault::ALL {
-        let failed = spans(
-            keys(),
-            |key| matches!(outcome[key], SliceOutcome::Failed { fault: f, .. } if *f == fault),
-        );
-        if !failed.is_empty() {
-            println!("failed {}: {}", describe_spans(&failed), fault.next_step());
-        }
-    }
-    let blocked = spans(keys(), |key| {
-        matches!(outcome[key], SliceOutcome::Blocked { .. })
-    });
-    if !blocked.is_empty() {
-        println!(
-            "blocked {}: they run once the upstream slices they read are committed",
-            describe_spans(&blocked)
-        );
+    for line in printer::not_committed(keys, |key| outcome[key]) {
+        println!("{line}");
     }
 }
 
@@ -243,25 +228,4 @@ fn print_not_committed(summary: &RunSummary) {
 fn outcomes(summary: &RunSummary) -> HashMap<&str, &SliceOutcome> {
     let outcomes = summary.outcomes.iter();
     outcomes.map(|o| (o.slice.as_str(), &o.status)).collect()
-}
-
-fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
-    match rebuild {
-        RebuildOutcome::Swapped {
-            version,
-            removed_files,
-            added_files,
-            kept_slices,
-        } => format!(
-            "swapped in version {version}: {added_files} files added, {removed_files} removed, {kept_slices} done slices kept"
-        ),
-        RebuildOutcome::Unchanged => "nothing to swap: the table already is this rebuild".into(),
-        RebuildOutcome::Waiting { staged, waiting } => {
-            let waiting = describe_spans(&spans(waiting.iter().map(String::as_str), |_| true));
-            format!(
-                "not swapped, the table is unchanged: {staged} slices staged, waiting for {waiting}. The staged slices are kept for the next run: it swaps once the slices waited for pass, or over a range without them"
-            )
-        }
-        RebuildOutcome::Refused { error } => format!("not swapped: {error}"),
-    }
 }

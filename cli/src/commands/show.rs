@@ -1,7 +1,10 @@
 //! `backfill show`: one run, what it was asked to do and every attempt it made.
 
 use backfill_engine::clock::{Clock, SystemClock};
+use std::collections::HashMap;
+
 use backfill_engine::history::{Liveness, RunRecord};
+use backfill_engine::SliceOutcome;
 use clap::Args;
 
 use super::Outcome;
@@ -50,27 +53,41 @@ fn print(run: &RunRecord) {
         ),
     }
     match &run.end {
-        Some(end) => println!(
-            "  ended {}: {} committed, {} skipped, {} failed",
-            timestamp(&end.ended_at),
-            end.committed,
-            end.skipped,
-            end.failed
-        ),
+        Some(end) => {
+            println!(
+                "  ended {}: {} committed, {} skipped, {} failed",
+                timestamp(&end.ended_at),
+                end.committed,
+                end.skipped,
+                end.failed
+            );
+            if let Some(rebuild) = &end.rebuild {
+                println!("  rebuild: {}", printer::describe_rebuild(rebuild));
+            }
+        }
         None => match run.liveness(SystemClock.now()) {
             Liveness::Running => println!("  running (its heartbeat is recent)"),
             _ => println!("  did not finish: killed or its machine lost (no recent heartbeat); its command finishes the job"),
         },
     }
-    let mut table = printer::table(["slice", "attempt", "took", "outcome"], &[1, 2]);
+    let rebuild = run.end.as_ref().and_then(|end| end.rebuild.as_ref());
+    let mut table = printer::table(["slice", "attempt", "took", "outcome", ""], &[1, 2]);
     for attempt in &run.attempts {
-        let what = printer::status_words(&attempt.status).to_string();
+        let words = printer::status_words_after(&attempt.status, rebuild);
         table.add_row([
             attempt.slice.clone(),
             attempt.attempt.to_string(),
             human_duration(attempt.duration_ms),
-            what,
+            words.label.to_string(),
+            words.detail,
         ]);
     }
     printer::print_table(&table);
+    let last: HashMap<&str, &SliceOutcome> = (run.last_attempts().into_iter())
+        .map(|attempt| (attempt.slice.as_str(), &attempt.status))
+        .collect();
+    let keys = run.last_attempts().into_iter().map(|a| a.slice.as_str());
+    for line in printer::not_committed(keys, |key| last[key]) {
+        println!("{line}");
+    }
 }

@@ -1,16 +1,21 @@
 //! `backfill report`: one run as a single, self-contained HTML page.
 //!
 //! Everything is inline (styles, SVG chart), so the file opens in any browser with no
-//! network. It shows the run's summary, a grid of its slices coloured by how they ended,
-//! a duration per slice, and every retry and failure. The page is the template
+//! network. It shows the run's summary (where it wrote, rows, bytes, table versions, wall
+//! time, how a rebuild ended and what to do about failures), a grid of its slices
+//! coloured by how they ended with their rows, a duration per slice, and every retry and
+//! failure. The page is the template
 //! `report.html`, rendered by minijinja with HTML auto-escaping (slice keys and errors may
 //! hold `<`, `&` or quotes). Presentation only: the run comes from the engine's history.
 
-use backfill_engine::history::{RunEnd, RunHeader, RunRecord};
+use std::collections::HashMap;
+
+use backfill_engine::history::{Liveness, RunEnd, RunHeader, RunRecord};
 use backfill_engine::SliceOutcome;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::printer::{human_duration, status_words};
+use crate::printer::{self, human_bytes, human_duration, status_words_after};
 
 const TEMPLATE: &str = include_str!("report.html");
 
@@ -33,7 +38,7 @@ const STYLES: [Style; 7] = [
     Style {
         class: "meanwhile",
         label: "committed by another run",
-        colour: "#7cb342",
+        colour: "#33691e",
     },
     Style {
         class: "staged",
@@ -43,7 +48,7 @@ const STYLES: [Style; 7] = [
     Style {
         class: "skipped",
         label: "skipped",
-        colour: "#90a4ae",
+        colour: "#546e7a",
     },
     Style {
         class: "failed",
@@ -53,7 +58,7 @@ const STYLES: [Style; 7] = [
     Style {
         class: "abandoned",
         label: "abandoned",
-        colour: "#ef6c00",
+        colour: "#b34700",
     },
     Style {
         class: "blocked",
@@ -66,13 +71,33 @@ const STYLES: [Style; 7] = [
 #[derive(Serialize)]
 struct Page<'a> {
     header: &'a RunHeader,
+    destination: &'a str,
     started: String,
     end: Option<&'a RunEnd>,
     ended: Option<String>,
+    /// Why there is no end: still running, or killed.
+    unfinished: Option<&'static str>,
+    facts: Facts,
+    /// How a rebuild ended for the table.
+    rebuild: Option<String>,
+    /// The failed slices, in spans, with what to do next.
+    next: Vec<String>,
+    /// Every style, for the CSS; the legend shows those of this run's slices.
     styles: &'a [Style],
+    legend: Vec<&'a Style>,
     chart: Chart<'a>,
     troubled: Vec<&'a SliceEnd<'a>>,
     slices: &'a [SliceEnd<'a>],
+}
+
+/// The run's totals.
+#[derive(Serialize)]
+struct Facts {
+    rows: u64,
+    bytes: String,
+    /// The table versions the run committed: `4`, or `4..9`.
+    versions: Option<String>,
+    wall: Option<String>,
 }
 
 const TIME: &str = "%Y-%m-%d %H:%M:%S UTC";
@@ -83,6 +108,8 @@ struct SliceEnd<'a> {
     slice: &'a str,
     class: &'static str,
     detail: String,
+    /// What the grid's cell says under the slice's key: its rows, or its outcome.
+    brief: String,
     attempts: u32,
     took: String,
     #[serde(skip)]
@@ -110,23 +137,44 @@ struct Bar<'a> {
     took: &'a str,
 }
 
-pub fn render(run: &RunRecord) -> anyhow::Result<String> {
+/// The page of `run`, which wrote to `destination`, as of `now`.
+pub fn render(run: &RunRecord, destination: &str, now: DateTime<Utc>) -> anyhow::Result<String> {
+    let rebuild = run.end.as_ref().and_then(|end| end.rebuild.as_ref());
     let slices = slice_ends(run);
     let troubled: Vec<&SliceEnd> = slices
         .iter()
         .filter(|s| s.attempts > 1 || s.failed)
         .collect();
+    let last: HashMap<&str, &SliceOutcome> = (run.last_attempts().into_iter())
+        .map(|attempt| (attempt.slice.as_str(), &attempt.status))
+        .collect();
+    let keys = run.last_attempts().into_iter().map(|a| a.slice.as_str());
     let mut env = minijinja::Environment::new();
     env.add_template("report.html", TEMPLATE)?;
     let page = Page {
         header: &run.header,
+        destination,
         started: run.header.started_at.format(TIME).to_string(),
         end: run.end.as_ref(),
         ended: run
             .end
             .as_ref()
             .map(|e| e.ended_at.format(TIME).to_string()),
+        unfinished: match run.liveness(now) {
+            Liveness::Ended => None,
+            Liveness::Running => Some("still running: its heartbeat is recent"),
+            Liveness::PresumedDead => Some(
+                "killed, or its machine lost (no recent heartbeat): its command finishes the job",
+            ),
+        },
+        facts: facts(run),
+        rebuild: rebuild.map(printer::describe_rebuild),
+        next: printer::not_committed(keys, |key| last[key]),
         styles: &STYLES,
+        legend: STYLES
+            .iter()
+            .filter(|style| slices.iter().any(|s| s.class == style.class))
+            .collect(),
         chart: chart(&slices),
         troubled,
         slices: &slices,
@@ -137,26 +185,73 @@ pub fn render(run: &RunRecord) -> anyhow::Result<String> {
     Ok(page + "\n")
 }
 
-/// Each slice's last attempt in the run, in the order slices appear.
-fn slice_ends(run: &RunRecord) -> Vec<SliceEnd<'_>> {
-    let mut ends: Vec<SliceEnd> = Vec::new();
-    for attempt in &run.attempts {
-        let words = status_words(&attempt.status);
-        let end = SliceEnd {
-            slice: &attempt.slice,
-            class: words.class,
-            detail: words.to_string(),
-            attempts: attempt.attempt,
-            took: human_duration(attempt.duration_ms),
-            duration_ms: attempt.duration_ms,
-            failed: matches!(attempt.status, SliceOutcome::Failed { .. }),
-        };
-        match ends.iter_mut().find(|e| e.slice == attempt.slice) {
-            Some(earlier) => *earlier = end,
-            None => ends.push(end),
+/// Rows and bytes the run wrote (committed, or staged for a swap), the versions it
+/// committed and how long it took.
+fn facts(run: &RunRecord) -> Facts {
+    let (mut rows, mut bytes, mut versions) = (0, 0, Vec::new());
+    for attempt in run.last_attempts() {
+        match &attempt.status {
+            SliceOutcome::Committed {
+                version,
+                rows: r,
+                bytes: b,
+            } => {
+                (rows, bytes) = (rows + r, bytes + b);
+                versions.push(*version);
+            }
+            SliceOutcome::Staged {
+                rows: r, bytes: b, ..
+            } => (rows, bytes) = (rows + r, bytes + b),
+            _ => {}
         }
     }
-    ends
+    if let Some(backfill_engine::RebuildOutcome::Swapped { version, .. }) =
+        run.end.as_ref().and_then(|end| end.rebuild.as_ref())
+    {
+        versions.push(*version);
+    }
+    let versions = match (versions.iter().min(), versions.iter().max()) {
+        (Some(first), Some(last)) if first == last => Some(first.to_string()),
+        (Some(first), Some(last)) => Some(format!("{first}..{last}")),
+        _ => None,
+    };
+    let wall = run.end.as_ref().map(|end| {
+        let took = (end.ended_at - run.header.started_at).num_milliseconds();
+        human_duration(took.max(0) as u64)
+    });
+    Facts {
+        rows,
+        bytes: human_bytes(bytes),
+        versions,
+        wall,
+    }
+}
+
+/// Each slice's last attempt in the run, in the order slices appear.
+fn slice_ends(run: &RunRecord) -> Vec<SliceEnd<'_>> {
+    let rebuild = run.end.as_ref().and_then(|end| end.rebuild.as_ref());
+    let attempts = run.last_attempts().into_iter();
+    attempts
+        .map(|attempt| {
+            let words = status_words_after(&attempt.status, rebuild);
+            let brief = match &attempt.status {
+                SliceOutcome::Committed { rows, .. } | SliceOutcome::Staged { rows, .. } => {
+                    format!("{rows} rows")
+                }
+                _ => words.label.to_lowercase(),
+            };
+            SliceEnd {
+                slice: &attempt.slice,
+                class: words.class,
+                detail: words.to_string(),
+                brief,
+                attempts: attempt.attempt,
+                took: human_duration(attempt.duration_ms),
+                duration_ms: attempt.duration_ms,
+                failed: matches!(attempt.status, SliceOutcome::Failed { .. }),
+            }
+        })
+        .collect()
 }
 
 fn chart<'a>(slices: &'a [SliceEnd]) -> Chart<'a> {

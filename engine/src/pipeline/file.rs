@@ -79,7 +79,7 @@ pub(super) struct RawAssertion {
     pub(super) min_rows: Option<u64>,
     pub(super) max_null_rate: Option<RawNullRate>,
     pub(super) unique: Option<Vec<String>>,
-    pub(super) sql: Option<String>,
+    pub(super) sql: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -159,8 +159,9 @@ pub enum Assertion {
         rate: f64,
     },
     Unique(Vec<String>),
-    /// A query over the table `slice` returning one boolean: true passes.
-    Sql(String),
+    /// A query over the table `slice` returning one boolean: true passes. `start` is
+    /// where it starts in the pipeline file.
+    Sql { sql: String, start: SqlStart },
 }
 
 impl Assertion {
@@ -170,7 +171,7 @@ impl Assertion {
             Assertion::MinRows(n) => format!("min_rows {n}"),
             Assertion::MaxNullRate { column, rate } => format!("max_null_rate {column} {rate}"),
             Assertion::Unique(columns) => format!("unique ({})", columns.join(", ")),
-            Assertion::Sql(sql) => format!("sql {sql}"),
+            Assertion::Sql { sql, .. } => format!("sql {sql}"),
         }
     }
 }

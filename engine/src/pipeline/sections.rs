@@ -356,7 +356,10 @@ pub(super) fn assertion(at: &Locator, raw: Spanned<RawAssertion>) -> Result<Asse
         found.push(Assertion::Unique(columns));
     }
     if let Some(sql) = raw.sql {
-        found.push(Assertion::Sql(sql));
+        found.push(Assertion::Sql {
+            start: at.string_start(sql.span()),
+            sql: sql.into_inner(),
+        });
     }
     match found.len() {
         1 => Ok(found.pop().expect("one element")),
