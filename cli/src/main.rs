@@ -37,7 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse the pipeline, resolve its sources and plan its SQL, without running anything.
+    /// Parse the pipeline (or every pipeline of a project), resolve its sources and plan
+    /// its SQL, without running anything or creating any file.
     Validate(commands::validate::ValidateArgs),
     /// Show the selected slices, each one's state, and whether `run` with the same options
     /// would run it. The destination's Delta log says which slices are done, changed
@@ -47,8 +48,9 @@ enum Command {
     /// Run the slices of the selection that are missing, changed or failed (or the
     /// states --reprocess chooses; all of them with --force).
     Run(commands::run::RunArgs),
-    /// Show what the destination's Delta log records: committed slices with run id, rows,
-    /// duration and time.
+    /// Show what the destination's Delta log and run history record of each slice: done
+    /// (rows, compute time, run) or failed (its error) or missing, by default from the
+    /// first to the last slice committed or attempted.
     Status(commands::status::StatusArgs),
     /// Ask a run started anywhere to stop, as a first Ctrl-C does: no new slice starts,
     /// slices in flight finish their commit, and the run ends with its summary within

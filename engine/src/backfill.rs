@@ -731,8 +731,14 @@ impl<'a> WrittenSql<'a> {
             .chain(['^'])
             .collect();
         let (file_line, file_column) = self.start.place(line, column);
+        let place = format!("{}:{file_line}:{file_column}", self.file);
+        // A slice's own context (`slice 2024-01-09: planning ...`) is kept.
+        let context = match context.starts_with(self.file) {
+            true => format!("{place}: {}", self.what),
+            false => format!("{context} ({place})"),
+        };
         Error::Sql {
-            context: format!("{}:{file_line}:{file_column}: {}", self.file, self.what),
+            context,
             error,
             shown: Some(format!(
                 "{message}\n{file_line:>5} | {text}\n      | {caret}"

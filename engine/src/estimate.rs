@@ -7,6 +7,7 @@
 //! pre-flight checks use the same figures: a slice whose sources have no files, or a
 //! backfill over its budget, stops a run before anything starts. Nothing here writes.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use datafusion::physical_plan::execute_stream;
@@ -204,10 +205,10 @@ pub fn check_preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
             ),
         ));
     }
-    let empty: Vec<String> = to_run
+    let empty: HashMap<&str, String> = to_run
         .iter()
         .filter(|p| !p.empty_sources.is_empty())
-        .map(|p| format!("{} ({})", p.slice.key, p.empty_sources.join(", ")))
+        .map(|p| (p.slice.key.as_str(), p.empty_sources.join(", ")))
         .collect();
     if !empty.is_empty() && !budget.allow_empty {
         return Err(Error::setting(
@@ -216,7 +217,7 @@ pub fn check_preflight(planned: &[SlicePlan], budget: &Budget) -> Result<()> {
                 "{} of {} slices to run have no source data: {}; nothing ran. Check the range and the sources' paths, or set {{allow_empty}} to run them anyway",
                 empty.len(),
                 to_run.len(),
-                list_some(&empty)
+                list_some(&by_sources(&to_run, &empty))
             ),
         ));
     }
@@ -289,6 +290,29 @@ async fn sample_here(backfill: &Backfill, sample: &SlicePlan) -> Result<()> {
     crate::sink::writing::encode_into_nowhere(stream)
         .await
         .context(context)
+}
+
+/// The slices `empty` names (by key: the sources with no data for them), in spans of
+/// consecutive slices of `to_run` that lack the same sources: `2024-01-15..2024-01-31 (17
+/// slices) (orders)`.
+fn by_sources(to_run: &[&SlicePlan], empty: &HashMap<&str, String>) -> Vec<String> {
+    let mut sources: Vec<&String> = Vec::new();
+    for plan in to_run {
+        match empty.get(plan.slice.key.as_str()) {
+            Some(lacking) if !sources.contains(&lacking) => sources.push(lacking),
+            _ => {}
+        }
+    }
+    let keys = || to_run.iter().map(|p| p.slice.key.as_str());
+    sources
+        .into_iter()
+        .flat_map(|lacking| {
+            let spans = crate::slice::spans(keys(), |key| empty.get(key) == Some(lacking));
+            spans
+                .into_iter()
+                .map(move |span| format!("{span} ({lacking})"))
+        })
+        .collect()
 }
 
 /// The first few items of a list, and how many more there are.
@@ -451,6 +475,18 @@ mod tests {
         assert_eq!(settings, [Setting::AllowEmpty]);
         assert!(
             message.starts_with("1 of 3 slices to run have no source data: e (orders)"),
+            "{message}"
+        );
+        // Consecutive slices lacking the same sources read as one span.
+        let mut many = plans();
+        for key in ["e1", "e2", "e3"] {
+            many.push(planned(key, SliceState::Missing, true, &[]));
+        }
+        let (_, message) = refused_setting(&many, &Budget::default());
+        assert!(
+            message.starts_with(
+                "3 of 5 slices to run have no source data: e1..e3 (3 slices) (orders)"
+            ),
             "{message}"
         );
         let allowed = Budget {

@@ -64,9 +64,7 @@ impl SliceKind {
             }
         }
     }
-}
 
-impl SliceKind {
     /// Every slice from the first to the last of the `seen` keys, gaps included; for list
     /// slices, the keys of the pipeline file and then any other key seen. `None` when
     /// there is nothing to span.

@@ -51,21 +51,9 @@ impl Backfill {
     /// and every key seen), so that failed and missing slices among them show.
     pub async fn status(&self, selection: Option<&Selection>) -> Result<Status> {
         let recorded = self.recorded(crate::ledger::Summaries::ReadOnly).await?;
-        let seen = || {
-            let committed = recorded.ledger.committed().into_iter();
-            let committed = committed.map(|c| c.record.slice.clone());
-            let spec = &self.pipeline.slices;
-            let failed = recorded.last_failures.keys().cloned();
-            spec.kind
-                .spanning(committed.chain(failed), spec.keys.as_deref())
-        };
-        let selection = match selection {
-            Some(selection) => Some(selection.clone()),
-            None => seen(),
-        };
-        let keys: Vec<String> = match &selection {
+        let keys: Vec<String> = match selection {
             Some(selection) => self.slices(selection)?.into_iter().map(|s| s.key).collect(),
-            None => vec![],
+            None => self.seen(&recorded),
         };
         let mut slices: Vec<SliceLine> = keys.iter().map(|key| line(key, &recorded)).collect();
         let durations: Vec<Option<u64>> = slices.iter().map(|s| s.duration_ms).collect();
@@ -82,6 +70,28 @@ impl Backfill {
             slices,
             median_duration_ms: median,
         })
+    }
+}
+
+impl Backfill {
+    /// Every slice from the first to the last one committed or attempted, gaps included;
+    /// past the most slices a selection may cut, only those.
+    fn seen(&self, recorded: &Recorded) -> Vec<String> {
+        let committed = recorded.ledger.committed().into_iter();
+        let committed = committed.map(|c| c.record.slice.clone());
+        let mut seen: Vec<String> = committed
+            .chain(recorded.last_failures.keys().cloned())
+            .collect();
+        seen.sort();
+        seen.dedup();
+        let spec = &self.pipeline.slices;
+        let spanning = spec
+            .kind
+            .spanning(seen.iter().cloned(), spec.keys.as_deref());
+        match spanning.map(|selection| self.slices(&selection)) {
+            Some(Ok(slices)) => slices.into_iter().map(|s| s.key).collect(),
+            Some(Err(_)) | None => seen,
+        }
     }
 }
 

@@ -106,7 +106,7 @@ fn run_refuses_slices_without_source_data_unless_allowed() {
 
     let stderr = refused(&case, &range);
     assert!(
-        stderr.contains("2 of 4 slices to run have no source data: 2024-01-15 (orders), 2024-01-16 (orders); nothing ran"),
+        stderr.contains("2 of 4 slices to run have no source data: 2024-01-15, 2024-01-16 (orders); nothing ran"),
         "{stderr}"
     );
 

@@ -400,7 +400,7 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
     let stderr = String::from_utf8_lossy(&beyond.stderr);
     assert_eq!(beyond.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("2024-01-15 (orders), 2024-01-16 (orders)"),
+        stderr.contains("have no source data: 2024-01-15, 2024-01-16 (orders)"),
         "{stderr}"
     );
 

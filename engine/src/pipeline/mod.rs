@@ -161,7 +161,10 @@ pub enum Assertion {
     Unique(Vec<String>),
     /// A query over the table `slice` returning one boolean: true passes. `start` is
     /// where it starts in the pipeline file.
-    Sql { sql: String, start: SqlStart },
+    Sql {
+        sql: String,
+        start: SqlStart,
+    },
 }
 
 impl Assertion {
