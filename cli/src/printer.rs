@@ -150,7 +150,11 @@ pub fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
         ),
         RebuildOutcome::Unchanged => "nothing to swap: the table already is this rebuild".into(),
         RebuildOutcome::Waiting { staged, waiting } => {
-            let waiting = describe_spans(&spans(waiting.iter().map(String::as_str), |_| true));
+            // Not spans: the slices waited for need not be consecutive.
+            let waiting = match waiting.len() {
+                0..=10 => waiting.join(", "),
+                n => format!("{} and {} more", waiting[..10].join(", "), n - 10),
+            };
             format!(
                 "not swapped, the table is unchanged: {staged} slices staged, waiting for {waiting}. The staged slices are kept for the next run: it swaps once the slices waited for pass, or over a range without them"
             )

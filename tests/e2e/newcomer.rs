@@ -159,7 +159,7 @@ fn a_refused_promotion_groups_the_slices_and_every_printed_run_id_opens() {
         insta::assert_snapshot!("promotion_refused", refused);
     });
 
-    let promoted = project.json(
+    let promoted = project.ok(
         "promote",
         &[
             &days[..],
@@ -168,7 +168,12 @@ fn a_refused_promotion_groups_the_slices_and_every_printed_run_id_opens() {
         .concat(),
         0,
     );
-    let promotion = promoted["run_id"].as_str().unwrap().to_string();
+    assert!(
+        promoted.contains("promoted 2000 rows in 1 file ("),
+        "{promoted}"
+    );
+    let last = promoted.lines().last().unwrap();
+    let promotion = run_id_of(last.trim_start_matches("promotion "));
     let status = project.json("status", &["--pipeline", "orders_clean"], 0);
     let runs: Vec<&str> = status["orders_clean"]["slices"]
         .as_array()
@@ -201,6 +206,22 @@ fn a_refused_promotion_groups_the_slices_and_every_printed_run_id_opens() {
             "run {promotion} (promoted from staging, where run "
         )),
         "{plan}"
+    );
+
+    // A downstream slice waiting for its upstream says what it is now, then its detail.
+    project.ok("run", &days, 0);
+    let raw = project.path("fixtures/buckets/shop/orders/dt=2024-01-02/part-00000.parquet");
+    let touched = std::fs::File::options().write(true).open(&raw).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    touched.set_modified(later).unwrap();
+    let downstream = ["--pipelines", "orders_clean", "--downstream"];
+    let plan = project.ok("plan", &[&days[..], &downstream].concat(), 0);
+    let pending = (plan.lines())
+        .find(|l| l.starts_with("2024-01-02") && l.contains("pending"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(
+        pending.contains("after orders_clean 2024-01-02; now done: committed "),
+        "{pending}"
     );
 }
 
