@@ -11,6 +11,7 @@ mod commands;
 mod printer;
 mod progress;
 mod report;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -81,6 +82,10 @@ enum Command {
     /// with the records they were committed with. Refused, changing nothing, if a slice is
     /// not done in --from or --to committed it since. Promoting again is a no-op.
     Promote(commands::promote::PromoteArgs),
+    /// Serve the run page: every run recorded next to the tables (from any process or
+    /// machine), each run live as it goes, with a button that cancels it; and the same as
+    /// JSON under /api/.
+    Serve(commands::serve::ServeArgs),
     /// Form an Apache DataFusion Ballista cluster from this binary: a scheduler, and
     /// executors that work for it, reading storage as runs do.
     #[cfg(feature = "cluster")]
@@ -134,7 +139,8 @@ impl Command {
             | Command::Clean(_)
             | Command::Promote(_)
             | Command::Fixtures(_)
-            | Command::Report(_) => true,
+            | Command::Report(_)
+            | Command::Serve(_) => true,
             #[cfg(feature = "cluster")]
             Command::Cluster(_) => true,
             Command::Validate(_)
@@ -198,6 +204,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         Command::Clean(args) => commands::clean::execute(args).await,
         Command::Diff(args) => commands::diff::execute(args).await,
         Command::Promote(args) => commands::promote::execute(args).await,
+        Command::Serve(args) => commands::serve::execute(args).await,
         Command::Fixtures(args) => commands::fixtures::execute(args).await,
         #[cfg(feature = "cluster")]
         Command::Cluster(args) => commands::cluster::execute(args).await,

@@ -116,6 +116,20 @@ pub struct RunRecord {
     pub stop: Option<StopRequest>,
 }
 
+/// A run as a list of runs shows it: its header, end, heartbeat and stop request, and how
+/// many attempts it recorded (counted from their listing, never read), so that listing
+/// many runs of many slices stays cheap.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunEntry {
+    #[serde(flatten)]
+    pub header: RunHeader,
+    pub end: Option<RunEnd>,
+    pub heartbeat: Option<Heartbeat>,
+    pub stop: Option<StopRequest>,
+    pub attempts: usize,
+    pub liveness: Liveness,
+}
+
 /// Whether a run is still going, as its history tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -307,6 +321,52 @@ impl History {
         }
         runs.sort_by_key(|run| run.header.started_at);
         Ok(runs)
+    }
+
+    /// Every run of `pipeline`, newest first, as a list of runs shows them, as of `now`.
+    pub async fn entries(&self, pipeline: &str, now: DateTime<Utc>) -> Result<Vec<RunEntry>> {
+        let mut entries = Vec::new();
+        for run_id in self.run_ids().await? {
+            let entry = self.entry(&run_id, now).await?;
+            entries.extend(entry.filter(|e| e.header.pipeline == pipeline));
+        }
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.header.started_at));
+        Ok(entries)
+    }
+
+    /// Run `run_id` as a list of runs shows it, as of `now`; `None` if there is none.
+    pub async fn entry(&self, run_id: &str, now: DateTime<Utc>) -> Result<Option<RunEntry>> {
+        let path = |name| run_path(run_id, name);
+        let Some(header) = self.get::<RunHeader>(&path("run.json")).await? else {
+            return Ok(None);
+        };
+        let end: Option<RunEnd> = self.get(&path("end.json")).await?;
+        let heartbeat: Option<Heartbeat> = self.get(&path("heartbeat.json")).await?;
+        let liveness = Liveness::of(end.is_some(), &header, heartbeat.as_ref(), now);
+        Ok(Some(RunEntry {
+            attempts: self.list(&path("attempts")).await?.len(),
+            stop: self.stop_request(run_id).await?,
+            header,
+            end,
+            heartbeat,
+            liveness,
+        }))
+    }
+
+    /// The attempts of run `run_id` whose objects are not in `seen`, in order; adds them to
+    /// `seen`. A page that follows a run reads each attempt once.
+    pub async fn new_attempts(
+        &self,
+        run_id: &str,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> Result<Vec<Attempt>> {
+        let mut attempts = Vec::new();
+        for name in self.list(&run_path(run_id, "attempts")).await? {
+            if seen.insert(name.to_string()) {
+                attempts.extend(self.get::<Attempt>(&name).await?);
+            }
+        }
+        Ok(attempts)
     }
 
     /// One run, or `None` if there is no such run.

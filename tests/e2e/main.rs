@@ -17,6 +17,7 @@ mod projects;
 mod reads;
 mod rebuild;
 mod s3;
+mod serve;
 mod snapshots;
 mod stores;
 mod support;

@@ -164,6 +164,14 @@ impl Watched {
     }
 }
 
+impl Drop for Watched {
+    /// A process a test leaves behind (a server, say) ends with it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A moment of a run, seen on disk, at which a kill test kills it.
 #[derive(Debug, Clone, Copy)]
 pub enum Moment {

@@ -23,13 +23,13 @@ const TEMPLATE: &str = include_str!("report.html");
 /// The grid, the legend and the chart all read this one table, so no status can lack a
 /// style or a legend entry.
 #[derive(Serialize)]
-struct Style {
+pub(crate) struct Style {
     class: &'static str,
     label: &'static str,
     colour: &'static str,
 }
 
-const STYLES: [Style; 7] = [
+pub(crate) const STYLES: [Style; 7] = [
     Style {
         class: "committed",
         label: "committed",

@@ -36,7 +36,8 @@ pub(crate) mod writing;
 pub use group::CommitStep;
 pub use missing::TableFiles;
 pub(crate) use staged::data_files;
-pub(crate) use table::{existing_table, history_at};
+pub(crate) use table::existing_table;
+pub use table::history_at;
 pub use writing::{WriteTarget, Written};
 
 use std::collections::HashMap;

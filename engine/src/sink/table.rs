@@ -26,7 +26,7 @@ pub(crate) async fn existing_table(destination: &Destination) -> Result<Option<D
 
 /// The run history next to the table at `destination`, whether the table exists or not;
 /// nothing is read.
-pub(crate) fn history_at(destination: &Destination) -> Result<History> {
+pub fn history_at(destination: &Destination) -> Result<History> {
     let (options, reach) = reach_destination(destination)?;
     let url = &destination.url;
     let context = || format!("destination {url}");

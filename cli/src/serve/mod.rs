@@ -1,0 +1,291 @@
+//! `backfill serve`: the run page. Every run recorded next to the tables, from whichever
+//! process or machine started it, each run's page live as it goes (its JavaScript asks
+//! for the page's live part every second), a Cancel button that writes the run's stop
+//! request; and the same facts as JSON under `/api/`.
+//!
+//! Presentation only: runs are read from the engine's history, and a cancel is the
+//! engine's `request_stop`, exactly as `backfill cancel` does it. Nothing here holds
+//! state a restart would lose but a cache of the attempts already read.
+//!
+//! Safety: POSTs must carry the `x-backfill` header, which a cross-site form cannot send
+//! and a cross-site script cannot without a CORS permission this server never gives; with
+//! a token, every request must carry it. Storage options are never rendered or sent: the
+//! pages and answers hold run histories only.
+
+mod pages;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use backfill_engine::clock::{Clock, SystemClock};
+use backfill_engine::history::{Attempt, History, RunEntry, RunRecord, StopRequest};
+use backfill_engine::pipeline::Pipeline;
+use backfill_engine::run::cancel::request_stop;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+/// The header every POST must carry: proof that it was not sent by another site's form.
+pub const REQUEST_HEADER: &str = "x-backfill";
+const TOKEN_COOKIE: &str = "backfill_token";
+
+struct App {
+    pipelines: Vec<Pipeline>,
+    histories: HashMap<String, History>,
+    token: Option<String>,
+    /// The attempts read so far of each run followed, by pipeline and run id.
+    followed: Mutex<HashMap<(String, String), Followed>>,
+}
+
+#[derive(Default)]
+struct Followed {
+    seen: HashSet<String>,
+    attempts: Vec<Attempt>,
+}
+
+/// Serves the runs of `pipelines` on `bind` until the process ends; prints the address
+/// it listens on first.
+pub async fn serve(
+    pipelines: Vec<Pipeline>,
+    bind: SocketAddr,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let mut histories = HashMap::new();
+    for pipeline in &pipelines {
+        let history = backfill_engine::sink::history_at(&pipeline.destination)?;
+        histories.insert(pipeline.name.clone(), history);
+    }
+    let app = Arc::new(App {
+        pipelines,
+        histories,
+        token,
+        followed: Mutex::default(),
+    });
+    let router = Router::new()
+        .route("/", get(runs_page))
+        .route("/runs/{pipeline}/{run}", get(run_page))
+        .route("/api/runs", get(runs_api))
+        .route("/api/runs/{pipeline}/{run}", get(run_api))
+        .route("/api/runs/{pipeline}/{run}/cancel", post(cancel_api))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("--bind: cannot listen on {bind}: {e}"))?;
+    println!("serving on http://{}/", listener.local_addr()?);
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+/// A refusal: its status and a message that says what was wrong.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body {
+            error: String,
+        }
+        (self.0, Json(Body { error: self.1 })).into_response()
+    }
+}
+
+impl From<backfill_engine::Error> for Refused {
+    fn from(error: backfill_engine::Error) -> Self {
+        let status = match error.fault() {
+            backfill_engine::Fault::User => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Refused(status, error.to_string())
+    }
+}
+
+/// Refuses requests without the token (when there is one) and cross-site POSTs. A
+/// browser's first `?token=` is kept in a cookie for the pages it then opens.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let from_query = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .map(str::to_string);
+    if let Some(token) = &app.token {
+        let headers = request.headers();
+        let bearer = header_value(headers, header::AUTHORIZATION.as_str())
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
+        let cookie = header_value(headers, header::COOKIE.as_str()).and_then(|cookies| {
+            cookies.split(';').find_map(|c| {
+                let (name, value) = c.trim().split_once('=')?;
+                (name == TOKEN_COOKIE).then(|| value.to_string())
+            })
+        });
+        let given = [bearer, cookie, from_query.clone()];
+        if !given.iter().flatten().any(|g| same_secret(g, token)) {
+            let message = "this server needs its token: `Authorization: Bearer TOKEN`, or open a page once with ?token=TOKEN";
+            return Refused(StatusCode::UNAUTHORIZED, message.into()).into_response();
+        }
+    }
+    if request.method() == axum::http::Method::POST
+        && header_value(request.headers(), REQUEST_HEADER).as_deref() != Some("1")
+    {
+        let message = format!(
+            "a POST must carry the `{REQUEST_HEADER}: 1` header (cross-site requests are refused)"
+        );
+        return Refused(StatusCode::FORBIDDEN, message).into_response();
+    }
+    let mut response = next.run(request).await;
+    if let (Some(token), true) = (from_query, app.token.is_some()) {
+        let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        if let Ok(value) = cookie.parse() {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_string)
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let (given, expected) = (given.as_bytes(), expected.as_bytes());
+    let differ = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (g, e)| acc | (g ^ e));
+    differ == 0 && given.len() == expected.len()
+}
+
+impl App {
+    fn history(&self, pipeline: &str) -> Result<&History, Refused> {
+        self.histories.get(pipeline).ok_or_else(|| {
+            let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
+            Refused(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no pipeline `{pipeline}` here (there are: {})",
+                    names.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Every run of every pipeline, newest first.
+    async fn runs(&self) -> Result<Vec<RunEntry>, Refused> {
+        let now = SystemClock.now();
+        let mut listed = Vec::new();
+        for pipeline in &self.pipelines {
+            let history = self.history(&pipeline.name)?;
+            listed.extend(history.entries(&pipeline.name, now).await?);
+        }
+        listed.sort_by_key(|entry| std::cmp::Reverse(entry.header.started_at));
+        Ok(listed)
+    }
+
+    /// One run as it is now, its attempts read once each across requests.
+    async fn run(&self, pipeline: &str, run: &str) -> Result<RunRecord, Refused> {
+        if !is_run_id(run) {
+            let message = format!("`{run}` is not a run id (such as 20240611T101500Z-3f2a1c)");
+            return Err(Refused(StatusCode::BAD_REQUEST, message));
+        }
+        let history = self.history(pipeline)?;
+        let missing = || {
+            let message = format!("no run `{run}` of {pipeline} in its table's history");
+            Refused(StatusCode::NOT_FOUND, message)
+        };
+        let entry = history.entry(run, SystemClock.now()).await?;
+        let Some(entry) = entry.filter(|e| e.header.pipeline == pipeline) else {
+            return Err(missing());
+        };
+        let mut followed = self.followed.lock().await;
+        let followed = followed
+            .entry((pipeline.to_string(), run.to_string()))
+            .or_default();
+        let new = history.new_attempts(run, &mut followed.seen).await?;
+        followed.attempts.extend(new);
+        Ok(RunRecord {
+            header: entry.header,
+            end: entry.end,
+            attempts: followed.attempts.clone(),
+            heartbeat: entry.heartbeat,
+            stop: entry.stop,
+        })
+    }
+}
+
+/// `20240611T101500Z-3f2a1c`: what `run` names its runs.
+fn is_run_id(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 23
+        && bytes[8] == b'T'
+        && bytes[15] == b'Z'
+        && bytes[16] == b'-'
+        && text[..8].bytes().all(|b| b.is_ascii_digit())
+        && text[9..15].bytes().all(|b| b.is_ascii_digit())
+        && text[17..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+async fn runs_api(State(app): State<Arc<App>>) -> Result<Json<Vec<RunEntry>>, Refused> {
+    Ok(Json(app.runs().await?))
+}
+
+async fn run_api(
+    State(app): State<Arc<App>>,
+    Path((pipeline, run)): Path<(String, String)>,
+) -> Result<Json<pages::RunView>, Refused> {
+    let record = app.run(&pipeline, &run).await?;
+    Ok(Json(pages::RunView::of(&record, SystemClock.now())))
+}
+
+async fn cancel_api(
+    State(app): State<Arc<App>>,
+    Path((pipeline, run)): Path<(String, String)>,
+) -> Result<Response, Refused> {
+    app.run(&pipeline, &run).await?;
+    let chosen: Vec<Pipeline> = app
+        .pipelines
+        .iter()
+        .filter(|p| p.name == pipeline)
+        .cloned()
+        .collect();
+    let request = StopRequest {
+        requested_at: SystemClock.now(),
+        by: format!("the run page on {}", backfill_engine::run::host()),
+    };
+    let asked = request_stop(&chosen, &run, &request).await?;
+    Ok(Json(asked).into_response())
+}
+
+async fn runs_page(State(app): State<Arc<App>>) -> Result<Html<String>, Refused> {
+    let runs = app.runs().await?;
+    pages::runs(&runs).map(Html).map_err(internal)
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    /// `live`: only the part of the page that changes, for its script to swap in.
+    part: Option<String>,
+}
+
+async fn run_page(
+    State(app): State<Arc<App>>,
+    Path((pipeline, run)): Path<(String, String)>,
+    Query(query): Query<PageQuery>,
+) -> Result<Html<String>, Refused> {
+    let record = app.run(&pipeline, &run).await?;
+    let view = pages::RunView::of(&record, SystemClock.now());
+    let live = query.part.as_deref() == Some("live");
+    pages::run(&view, live).map(Html).map_err(internal)
+}
+
+fn internal(error: anyhow::Error) -> Refused {
+    Refused(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
+}
