@@ -2,6 +2,7 @@
 //! table read back and compared with the same query run directly over the Parquet sources.
 
 mod ambiguous;
+mod browser;
 mod cancel;
 mod clean;
 #[cfg(feature = "cluster")]

@@ -10,10 +10,10 @@ use serde_json::Value;
 use crate::support::{run_id_of, Case, Watched};
 
 /// An answer: its status code, headers and body.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -23,7 +23,7 @@ impl Answer {
 }
 
 /// One HTTP/1.1 request to the server at `address`, read to its end.
-fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+pub(crate) fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -49,7 +49,7 @@ fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> An
 
 /// Starts `backfill serve` for `case`'s pipeline on a free loopback port; the server and
 /// its address.
-fn serve(case: &Case, token: Option<&str>) -> (Watched, String) {
+pub(crate) fn serve(case: &Case, token: Option<&str>) -> (Watched, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
     command.args(case.args("serve", &["--bind", "127.0.0.1:0"]));
     if let Some(token) = token {

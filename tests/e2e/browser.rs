@@ -1,0 +1,141 @@
+//! The run page in a real browser: headless Chromium, driven through chromedriver
+//! (Debian's `chromium` and `chromium-driver`, which `.ci/run` installs), follows a run of
+//! another process as it commits slices, and cancels it with its button.
+
+use std::time::{Duration, Instant};
+
+use backfill_engine::fixtures::{generate, FixtureSpec};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::serve::serve;
+use crate::support::{run_id_of, Case, Watched};
+
+/// chromedriver on a free loopback port, and its address; fails with what to install if
+/// it is missing.
+fn chromedriver() -> (Watched, String) {
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port()
+    };
+    let mut command = std::process::Command::new("chromedriver");
+    command.arg(format!("--port={port}"));
+    if which("chromedriver").is_none() || which("chromium").is_none() {
+        panic!("the browser test needs chromium and chromedriver: apt-get install chromium chromium-driver (what .ci/run does)");
+    }
+    let mut driver = Watched::spawn(command);
+    driver.line_where(Duration::from_secs(60), |l| {
+        l.contains("started successfully")
+    });
+    (driver, format!("http://127.0.0.1:{port}"))
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+async fn browser(driver: &str) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    let options = serde_json::json!({
+        "binary": which("chromium").unwrap(),
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"],
+    });
+    capabilities.insert("goog:chromeOptions".into(), options);
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(driver)
+        .await
+        .expect("a headless Chromium session")
+}
+
+/// The text of the element `id`, waiting for the page to have it.
+async fn text_of(page: &Client, id: &str) -> String {
+    let element = page
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Id(id));
+    element.await.unwrap().text().await.unwrap_or_default()
+}
+
+/// Waits until the text of `id` satisfies `wanted`, failing after `limit`.
+async fn until(page: &Client, id: &str, limit: Duration, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = text_of(page, id).await;
+        if wanted(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "#{id} still says {text:?} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_cancels_it() {
+    let case = Case::new("orders_clean");
+    let days = 90;
+    let spec = FixtureSpec {
+        days,
+        ..FixtureSpec::bundled()
+    };
+    generate(&case.scratch.path("buckets/shop"), &spec).unwrap();
+    let (_server, address) = serve(&case, None);
+    let (_driver, driver) = chromedriver();
+
+    let range = [
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-03-30",
+        "--concurrency",
+        "1",
+    ];
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    command.args(case.args("run", &range));
+    let mut running = Watched::spawn(command);
+    let id = run_id_of(&running.line_where(Duration::from_secs(120), |l| l.starts_with("run ")));
+    running.line_where(Duration::from_secs(120), |l| l.contains(" committed "));
+
+    let page = browser(&driver).await;
+    page.goto(&format!("http://{address}/runs/orders_clean/{id}"))
+        .await
+        .unwrap();
+    assert!(text_of(&page, "status").await.starts_with("running"));
+    // The page follows the run by itself: the count of committed slices grows.
+    let first: usize = text_of(&page, "committed").await.parse().unwrap();
+    until(&page, "committed", Duration::from_secs(30), |n| {
+        n.parse::<usize>().is_ok_and(|n| n > first)
+    })
+    .await;
+
+    page.find(Locator::Id("cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&page, "status", Duration::from_secs(60), |s| {
+        s == "cancelled" || s.starts_with("cancelled")
+    })
+    .await;
+    let (code, printed) = running.end_within(Duration::from_secs(60));
+    assert_eq!(code, Some(130), "{printed}");
+    assert!(
+        printed.contains("the run page on"),
+        "the stop says who asked: {printed}"
+    );
+    let committed: usize = text_of(&page, "committed").await.parse().unwrap();
+    assert_eq!(committed, case.committed_slices().len());
+
+    let screenshot = page.screenshot().await.unwrap();
+    assert!(screenshot.starts_with(b"\x89PNG"));
+    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(folder.join("run-page-cancelled.png"), screenshot).unwrap();
+    page.close().await.unwrap();
+}
