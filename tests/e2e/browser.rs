@@ -4,11 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use backfill_engine::fixtures::{generate, FixtureSpec};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 use crate::serve::serve;
-use crate::support::{run_id_of, Case, Watched};
+use crate::support::{long_run_bucket, start_long_run, Case, Watched};
 
 /// chromedriver on a free loopback port, and its address; fails with what to install if
 /// it is missing.
@@ -79,28 +78,11 @@ async fn until(page: &Client, id: &str, limit: Duration, wanted: impl Fn(&str) -
 #[tokio::test]
 async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_cancels_it() {
     let case = Case::new("orders_clean");
-    let days = 90;
-    let spec = FixtureSpec {
-        days,
-        ..FixtureSpec::bundled()
-    };
-    generate(&case.scratch.path("buckets/shop"), &spec).unwrap();
+    long_run_bucket(&case);
     let (_server, address) = serve(&case, None);
     let (_driver, driver) = chromedriver();
 
-    let range = [
-        "--start",
-        "2024-01-01",
-        "--end",
-        "2024-03-30",
-        "--concurrency",
-        "1",
-    ];
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
-    command.args(case.args("run", &range));
-    let mut running = Watched::spawn(command);
-    let id = run_id_of(&running.line_where(Duration::from_secs(120), |l| l.starts_with("run ")));
-    running.line_where(Duration::from_secs(120), |l| l.contains(" committed "));
+    let (running, id) = start_long_run(&case);
 
     let page = browser(&driver).await;
     page.goto(&format!("http://{address}/runs/orders_clean/{id}"))

@@ -4,37 +4,16 @@
 
 use std::time::Duration;
 
-use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::slice::{describe_spans, spans};
 
-use crate::support::{backfill, run_id_of, Case, Watched};
-
-/// Days of orders in the bucket: enough that a run at one slice at a time is still going
-/// when the cancel comes.
-const DAYS: u32 = 90;
+use crate::support::{backfill, long_run_bucket, start_long_run, Case, LONG_RUN, LONG_RUN_DAYS};
 
 #[tokio::test]
 async fn cancel_from_another_process_stops_a_run_like_ctrl_c_and_the_same_command_finishes() {
     let case = Case::new("orders_clean");
-    let spec = FixtureSpec {
-        days: DAYS,
-        ..FixtureSpec::bundled()
-    };
-    generate(&case.scratch.path("buckets/shop"), &spec).unwrap();
-    let range = [
-        "--start",
-        "2024-01-01",
-        "--end",
-        "2024-03-30",
-        "--concurrency",
-        "1",
-    ];
-    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
-    run.args(case.args("run", &range));
-    let mut running = Watched::spawn(run);
-    let first = running.line_where(Duration::from_secs(120), |l| l.starts_with("run "));
-    let id = run_id_of(&first);
-    running.line_where(Duration::from_secs(120), |l| l.contains(" committed "));
+    long_run_bucket(&case);
+    let range = LONG_RUN;
+    let (running, id) = start_long_run(&case);
 
     let cancel = backfill(&case.args("cancel", &[&id]));
     let said = String::from_utf8_lossy(&cancel.stdout);
@@ -59,7 +38,7 @@ async fn cancel_from_another_process_stops_a_run_like_ctrl_c_and_the_same_comman
     );
     let committed = case.committed_slices();
     assert!(
-        (1..DAYS as usize).contains(&committed.len()),
+        (1..LONG_RUN_DAYS as usize).contains(&committed.len()),
         "{} slices committed before the stop",
         committed.len()
     );
@@ -68,7 +47,7 @@ async fn cancel_from_another_process_stops_a_run_like_ctrl_c_and_the_same_comman
         .find_map(|l| l.strip_prefix("stopped. committed: "))
         .unwrap();
     let first = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
-    let days: Vec<String> = (first.iter_days().take(DAYS as usize))
+    let days: Vec<String> = (first.iter_days().take(LONG_RUN_DAYS as usize))
         .map(|day| day.to_string())
         .collect();
     let in_spans = spans(days.iter().map(String::as_str), |day| {
@@ -95,7 +74,7 @@ async fn cancel_from_another_process_stops_a_run_like_ctrl_c_and_the_same_comman
     let finished = case.json("run", &range, 0);
     assert_eq!(
         finished["outcomes"].as_array().unwrap().len(),
-        DAYS as usize
+        LONG_RUN_DAYS as usize
     );
     let stored = case.stored("SELECT order_id, amount, dt FROM t ORDER BY order_id");
     let expected = case.expected(
@@ -109,7 +88,7 @@ async fn cancel_from_another_process_stops_a_run_like_ctrl_c_and_the_same_comman
 /// Every day of the bucket, as slice keys.
 fn committed_days() -> Vec<String> {
     let first = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
-    (0..DAYS)
+    (0..LONG_RUN_DAYS)
         .map(|d| (first + chrono::Days::new(d.into())).to_string())
         .collect()
 }

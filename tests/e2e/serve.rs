@@ -4,10 +4,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use backfill_engine::fixtures::{generate, FixtureSpec};
 use serde_json::Value;
 
-use crate::support::{run_id_of, Case, Watched};
+use crate::support::{long_run_bucket, start_long_run, Case, Watched, LONG_RUN, LONG_RUN_DAYS};
 
 /// An answer: its status code, headers and body.
 pub(crate) struct Answer {
@@ -78,32 +77,14 @@ fn committed_per_api(run: &Value) -> Vec<String> {
 #[tokio::test]
 async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice_boundary() {
     let case = Case::new("orders_clean");
-    let days = 90;
-    let spec = FixtureSpec {
-        days,
-        ..FixtureSpec::bundled()
-    };
-    generate(&case.scratch.path("buckets/shop"), &spec).unwrap();
+    long_run_bucket(&case);
     let (_server, address) = serve(&case, None);
     assert_eq!(
         http(&address, "GET", "/api/runs", &[]).json(),
         Value::Array(vec![])
     );
 
-    let range = [
-        "--start",
-        "2024-01-01",
-        "--end",
-        "2024-03-30",
-        "--concurrency",
-        "1",
-    ];
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
-    command.args(case.args("run", &range));
-    let mut running = Watched::spawn(command);
-    let first = running.line_where(Duration::from_secs(120), |l| l.starts_with("run "));
-    let id = run_id_of(&first);
-    running.line_where(Duration::from_secs(120), |l| l.contains(" committed "));
+    let (running, id) = start_long_run(&case);
 
     // Listed, running, from its history alone.
     let runs = http(&address, "GET", "/api/runs", &[]).json();
@@ -140,7 +121,10 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
     let in_log = case.committed_slices();
     assert_eq!(committed_per_api(&ended), in_log);
     assert_eq!(ended["counts"]["committed"], in_log.len());
-    assert!(in_log.len() < days as usize, "the run stopped early");
+    assert!(
+        in_log.len() < LONG_RUN_DAYS as usize,
+        "the run stopped early"
+    );
     let page = http(&address, "GET", &format!("/runs/orders_clean/{id}"), &[]);
     assert!(
         page.body.contains("class=\"status cancelled\""),
@@ -155,8 +139,8 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
     );
 
     // The same command finishes the job.
-    case.ok("run", &range, 0);
-    assert_eq!(case.committed_slices().len(), days as usize);
+    case.ok("run", &LONG_RUN, 0);
+    assert_eq!(case.committed_slices().len(), LONG_RUN_DAYS as usize);
 }
 
 #[test]

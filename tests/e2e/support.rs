@@ -172,6 +172,40 @@ impl Drop for Watched {
     }
 }
 
+/// Days of orders a long run reads: enough that at one slice at a time it is still going
+/// when a test acts on it (a cancel, a look at the run page).
+pub const LONG_RUN_DAYS: u32 = 90;
+/// The long run's selection and concurrency.
+pub const LONG_RUN: [&str; 6] = [
+    "--start",
+    "2024-01-01",
+    "--end",
+    "2024-03-30",
+    "--concurrency",
+    "1",
+];
+
+/// Writes the long run's days of orders into `case`'s bucket.
+pub fn long_run_bucket(case: &Case) {
+    let spec = backfill_engine::fixtures::FixtureSpec {
+        days: LONG_RUN_DAYS,
+        ..backfill_engine::fixtures::FixtureSpec::bundled()
+    };
+    backfill_engine::fixtures::generate(&case.scratch.path("buckets/shop"), &spec).unwrap();
+}
+
+/// Starts the long run of `case` in another process and waits until it has committed a
+/// slice: the running process and the run's id.
+pub fn start_long_run(case: &Case) -> (Watched, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    command.args(case.args("run", &LONG_RUN));
+    let mut running = Watched::spawn(command);
+    let limit = std::time::Duration::from_secs(120);
+    let id = run_id_of(&running.line_where(limit, |l| l.starts_with("run ")));
+    running.line_where(limit, |l| l.contains(" committed "));
+    (running, id)
+}
+
 /// A moment of a run, seen on disk, at which a kill test kills it.
 #[derive(Debug, Clone, Copy)]
 pub enum Moment {
