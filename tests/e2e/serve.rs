@@ -95,6 +95,14 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
     let api = format!("/api/runs/orders_clean/{id}");
     let live = http(&address, "GET", &api, &[]).json();
     assert_eq!(live["status"], "running", "{live:#}");
+    assert!(
+        live["pace"]["eta"].is_string(),
+        "a running run says how long is left: {live:#}"
+    );
+    assert!(
+        live["pace"]["rows_per_second"].as_u64() > Some(0),
+        "{live:#}"
+    );
     let said = committed_per_api(&live);
     assert!(!said.is_empty());
     let in_log = case.committed_slices();
@@ -118,6 +126,7 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
     // Cancelled, with exactly what is in the table.
     let ended = http(&address, "GET", &api, &[]).json();
     assert_eq!(ended["status"], "cancelled", "{ended:#}");
+    assert!(ended["pace"]["eta"].is_null(), "{ended:#}");
     let in_log = case.committed_slices();
     assert_eq!(committed_per_api(&ended), in_log);
     assert_eq!(ended["counts"]["committed"], in_log.len());

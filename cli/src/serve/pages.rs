@@ -27,6 +27,26 @@ pub struct RunView {
     /// What to do about failed slices, in spans.
     pub next: Vec<String>,
     pub rebuild: Option<String>,
+    /// How fast it went, from its start to now (or its end).
+    pub pace: Pace,
+    /// Attempts that failed and were tried again, with why.
+    pub retried: Vec<Retried>,
+}
+
+#[derive(Serialize)]
+pub struct Pace {
+    pub elapsed: String,
+    pub rows_per_second: u64,
+    pub bytes_per_second: String,
+    /// While it runs: the time left at the pace so far.
+    pub eta: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Retried {
+    pub slice: String,
+    pub attempt: u32,
+    pub error: String,
 }
 
 #[derive(Serialize)]
@@ -50,6 +70,8 @@ pub struct SliceView {
     pub detail: String,
     pub attempt: u32,
     pub took: String,
+    /// Slower than `status`'s skew factor times the median slice.
+    pub slow: bool,
 }
 
 impl RunView {
@@ -84,7 +106,23 @@ impl RunView {
             .collect();
         let keys = last.iter().map(|a| a.slice.as_str());
         let rebuild = record.end.as_ref().and_then(|end| end.rebuild.as_ref());
+        let durations: Vec<Option<u64>> = last.iter().map(|a| Some(a.duration_ms)).collect();
+        let (_, slow) = backfill_engine::status::skew(&durations);
+        let retried = (record.attempts.iter())
+            .filter(|a| !last.iter().any(|l| std::ptr::eq(*l, *a)))
+            .filter_map(|a| match &a.status {
+                SliceOutcome::Failed { error, .. } => Some(Retried {
+                    slice: a.slice.clone(),
+                    attempt: a.attempt,
+                    error: error.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let pace = pace(record, (rows, bytes), (last.len(), counts.remaining), now);
         RunView {
+            pace,
+            retried,
             status: status_of(
                 record.liveness(now),
                 record.end.as_ref(),
@@ -92,9 +130,8 @@ impl RunView {
             ),
             next: printer::not_committed(keys, |key| outcomes[key]),
             rebuild: rebuild.map(printer::describe_rebuild),
-            slices: last
-                .iter()
-                .map(|a| {
+            slices: (last.iter().zip(slow))
+                .map(|(a, slow)| {
                     let words = status_words_after(&a.status, rebuild);
                     SliceView {
                         slice: a.slice.clone(),
@@ -102,12 +139,35 @@ impl RunView {
                         detail: words.to_string(),
                         attempt: a.attempt,
                         took: human_duration(a.duration_ms),
+                        slow,
                     }
                 })
                 .collect(),
             counts,
             record: record.clone(),
         }
+    }
+}
+
+/// The run's pace from its start to `now` (or its end), and while it runs the time left
+/// if the `finished` slices' pace holds for the remaining ones.
+/// `written` is the rows and bytes its slices wrote.
+fn pace(
+    record: &RunRecord,
+    written: (u64, u64),
+    (finished, remaining): (usize, usize),
+    now: DateTime<Utc>,
+) -> Pace {
+    let until = record.end.as_ref().map_or(now, |end| end.ended_at);
+    let elapsed_ms = (until - record.header.started_at).num_milliseconds().max(1) as u64;
+    let (rows, bytes) = written;
+    let eta = (record.end.is_none() && finished > 0)
+        .then(|| human_duration(elapsed_ms / finished as u64 * remaining as u64));
+    Pace {
+        elapsed: human_duration(elapsed_ms),
+        rows_per_second: rows * 1000 / elapsed_ms,
+        bytes_per_second: format!("{}/s", human_bytes(bytes * 1000 / elapsed_ms)),
+        eta,
     }
 }
 
@@ -179,4 +239,81 @@ fn render(template: &str, page: &impl Serialize) -> anyhow::Result<String> {
         .get_template("page.html")?
         .render(minijinja::value::Serde(page))?;
     Ok(html)
+}
+
+#[cfg(test)]
+mod tests {
+    use backfill_engine::history::{Attempt, RunHeader};
+    use backfill_engine::{Fault, SliceOutcome};
+    use chrono::{Duration, TimeZone, Utc};
+
+    use super::*;
+
+    fn attempt(slice: &str, attempt: u32, status: SliceOutcome, duration_ms: u64) -> Attempt {
+        Attempt {
+            slice: slice.into(),
+            attempt,
+            status,
+            duration_ms,
+            finished_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        }
+    }
+
+    fn committed(rows: u64) -> SliceOutcome {
+        SliceOutcome::Committed {
+            version: 0,
+            rows,
+            bytes: rows * 10,
+        }
+    }
+
+    #[test]
+    fn a_running_runs_view_has_its_pace_time_left_retries_and_slow_slices() {
+        let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let reset = SliceOutcome::Failed {
+            error: "connection reset".into(),
+            fault: Fault::Environment,
+        };
+        let record = RunRecord {
+            header: RunHeader {
+                run_id: "20231114T221320Z-abcdef".into(),
+                pipeline: "p".into(),
+                selection: "d1..d8".into(),
+                slices: 8,
+                reprocess: vec![],
+                concurrency: 1,
+                retries: 2,
+                started_at: started,
+                promoted_from: None,
+                cluster: None,
+            },
+            end: None,
+            attempts: vec![
+                attempt("d1", 1, committed(100), 100),
+                attempt("d2", 1, reset, 100),
+                attempt("d3", 1, committed(100), 100),
+                attempt("d2", 2, committed(100), 100),
+                attempt("d4", 1, committed(100), 1000),
+            ],
+            heartbeat: None,
+            stop: None,
+        };
+        // Four slices finished in 4 s: the other four take about as long.
+        let view = RunView::of(&record, started + Duration::seconds(4));
+        assert_eq!(view.counts.committed, 4);
+        assert_eq!(view.counts.remaining, 4);
+        assert_eq!(view.pace.rows_per_second, 100);
+        assert_eq!(view.pace.eta.as_deref(), Some("4.00s"));
+        let retried: Vec<(&str, u32, &str)> = (view.retried.iter())
+            .map(|r| (r.slice.as_str(), r.attempt, r.error.as_str()))
+            .collect();
+        assert_eq!(retried, [("d2", 1, "connection reset")]);
+        let slow: Vec<&str> = (view.slices.iter())
+            .filter(|s| s.slow)
+            .map(|s| s.slice.as_str())
+            .collect();
+        assert_eq!(slow, ["d4"]);
+        let html = run(&view, true).unwrap();
+        assert!(html.contains("about 4.00s left") && html.contains("connection reset"));
+    }
 }
