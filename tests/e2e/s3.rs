@@ -404,6 +404,29 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
         "{stderr}"
     );
 
+    // The run page reads the runs on S3, and never shows the storage options' secret.
+    let mut server = Watched::spawn(case.command("serve", &["--bind", "127.0.0.1:0"]));
+    let line = server.line_where(Duration::from_secs(60), |l| l.starts_with("serving on "));
+    let address = line
+        .trim_start_matches("serving on http://")
+        .trim_end_matches('/');
+    let runs = crate::serve::http(address, "GET", "/api/runs", &[]);
+    assert_eq!(runs.status, 200, "{}", runs.body);
+    let listed: serde_json::Value = serde_json::from_str(&runs.body).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed:#}");
+    let id = listed[0]["run_id"].as_str().unwrap();
+    for path in [
+        "/".to_string(),
+        format!("/api/runs/orders_clean/{id}"),
+        format!("/runs/orders_clean/{id}"),
+    ] {
+        let answer = crate::serve::http(address, "GET", &path, &[]);
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        case.printed.borrow_mut().push_str(&answer.body);
+    }
+    // Its own output (debug logs included) too.
+    case.printed.borrow_mut().push_str(&server.stop());
+
     case.assert_secret_never_shown().await;
 }
 

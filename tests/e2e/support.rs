@@ -144,6 +144,15 @@ impl Watched {
         }
     }
 
+    /// Ends the process (a server, say) and returns everything it printed.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The readers end with the process's output.
+        self.printed.extend(self.lines.iter());
+        self.printed.join("\n")
+    }
+
     /// Waits for the process to end and returns its exit code and everything it printed;
     /// kills it and fails after `limit`.
     pub fn end_within(mut self, limit: std::time::Duration) -> (Option<i32>, String) {
