@@ -188,6 +188,12 @@ fn the_server_needs_its_token_and_refuses_bad_requests_with_a_reason() {
         "{}",
         visit.head
     );
+    let wrong = http(&address, "GET", "/?token=nope", &bearer);
+    assert!(
+        !wrong.head.contains("Set-Cookie") && !wrong.head.contains("set-cookie"),
+        "a wrong token is never kept: {}",
+        wrong.head
+    );
     let cookie = [("Cookie", "backfill_token=s3cret")];
     assert_eq!(http(&address, "GET", "/", &cookie).status, 200);
 

@@ -139,7 +139,9 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         return Refused(StatusCode::FORBIDDEN, message).into_response();
     }
     let mut response = next.run(request).await;
-    if let (Some(token), true) = (from_query, app.token.is_some()) {
+    let kept =
+        from_query.filter(|given| app.token.as_deref().is_some_and(|t| same_secret(given, t)));
+    if let Some(token) = kept {
         let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
         if let Ok(value) = cookie.parse() {
             response.headers_mut().insert(header::SET_COOKIE, value);
@@ -188,21 +190,28 @@ impl App {
         Ok(listed)
     }
 
-    /// One run as it is now, its attempts read once each across requests.
-    async fn run(&self, pipeline: &str, run: &str) -> Result<RunRecord, Refused> {
+    /// Run `run` of `pipeline` as a list shows it (its attempts not read), or why not.
+    async fn entry(&self, pipeline: &str, run: &str) -> Result<RunEntry, Refused> {
         if !is_run_id(run) {
             let message = format!("`{run}` is not a run id (such as 20240611T101500Z-3f2a1c)");
             return Err(Refused(StatusCode::BAD_REQUEST, message));
         }
+        let entry = self
+            .history(pipeline)?
+            .entry(run, SystemClock.now())
+            .await?;
+        entry
+            .filter(|e| e.header.pipeline == pipeline)
+            .ok_or_else(|| {
+                let message = format!("no run `{run}` of {pipeline} in its table's history");
+                Refused(StatusCode::NOT_FOUND, message)
+            })
+    }
+
+    /// One run as it is now, its attempts read once each across requests.
+    async fn run(&self, pipeline: &str, run: &str) -> Result<RunRecord, Refused> {
+        let entry = self.entry(pipeline, run).await?;
         let history = self.history(pipeline)?;
-        let missing = || {
-            let message = format!("no run `{run}` of {pipeline} in its table's history");
-            Refused(StatusCode::NOT_FOUND, message)
-        };
-        let entry = history.entry(run, SystemClock.now()).await?;
-        let Some(entry) = entry.filter(|e| e.header.pipeline == pipeline) else {
-            return Err(missing());
-        };
         let mut followed = self.followed.lock().await;
         let followed = followed
             .entry((pipeline.to_string(), run.to_string()))
@@ -249,7 +258,7 @@ async fn cancel_api(
     State(app): State<Arc<App>>,
     Path((pipeline, run)): Path<(String, String)>,
 ) -> Result<Response, Refused> {
-    app.run(&pipeline, &run).await?;
+    app.entry(&pipeline, &run).await?;
     let chosen: Vec<Pipeline> = app
         .pipelines
         .iter()
