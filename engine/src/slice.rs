@@ -102,6 +102,30 @@ pub enum Selection {
 }
 
 impl Selection {
+    /// The selection as a run's history records it: `2024-01-01..2024-01-31`, or the keys.
+    pub fn describe(&self) -> String {
+        match self {
+            Selection::Range { start, end } => format!("{start}..{end}"),
+            Selection::Keys(keys) if keys.is_empty() => "the pipeline's keys".to_string(),
+            Selection::Keys(keys) => keys.join(","),
+        }
+    }
+
+    /// The range a history's description names, if it names one ([`Selection::describe`]
+    /// of a range); keys are not read back, as a key may hold a comma.
+    pub fn described_range(text: &str) -> Option<Selection> {
+        let (start, end) = text.split_once("..")?;
+        let bound = |b: &str| {
+            !b.is_empty()
+                && b.bytes()
+                    .all(|c| c.is_ascii_digit() || c == b'-' || c == b'T')
+        };
+        (bound(start) && bound(end)).then(|| Selection::Range {
+            start: start.to_string(),
+            end: end.to_string(),
+        })
+    }
+
     /// The selection as a pipeline cutting slices of `kind` takes it, alone or beside
     /// pipelines of other kinds: a day bounding a range is each of its hours for an hourly
     /// pipeline, an hour the day it falls on for a daily one, and a list pipeline takes
@@ -427,6 +451,15 @@ mod tests {
         assert_eq!(hours.for_kind(SliceKind::Daily), days);
         let keys = Selection::Keys(vec!["eu".into()]);
         assert_eq!(keys.for_kind(SliceKind::Daily), keys);
+    }
+
+    #[test]
+    fn a_range_reads_back_from_its_description_and_keys_do_not() {
+        let days = range("2024-01-01", "2024-03-30");
+        assert_eq!(Selection::described_range(&days.describe()), Some(days));
+        let keys = Selection::Keys(vec!["a,b".into(), "c".into()]);
+        assert_eq!(Selection::described_range(&keys.describe()), None);
+        assert_eq!(Selection::described_range("the pipeline's keys"), None);
     }
 
     #[test]

@@ -104,6 +104,23 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
         "{live:#}"
     );
     let said = committed_per_api(&live);
+    // The grid holds every selected day, a month a row, finished or not.
+    let rows = live["grid"].as_array().unwrap();
+    let months: Vec<(&str, usize)> = (rows.iter())
+        .map(|r| {
+            (
+                r["label"].as_str().unwrap(),
+                r["cells"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(months, [("2024-01", 31), ("2024-02", 29), ("2024-03", 30)]);
+    let cells = rows.iter().flat_map(|r| r["cells"].as_array().unwrap());
+    let pending = cells.filter(|c| c["class"] == "pending").count();
+    assert!(
+        pending > 0 && pending <= LONG_RUN_DAYS as usize - said.len(),
+        "{pending}"
+    );
     assert!(!said.is_empty());
     let in_log = case.committed_slices();
     assert!(

@@ -29,7 +29,7 @@ pub(crate) struct Style {
     colour: &'static str,
 }
 
-pub(crate) const STYLES: [Style; 7] = [
+pub(crate) const STYLES: [Style; 8] = [
     Style {
         class: "committed",
         label: "committed",
@@ -64,6 +64,12 @@ pub(crate) const STYLES: [Style; 7] = [
         class: "blocked",
         label: "blocked by an upstream slice",
         colour: "#8d6e63",
+    },
+    // Only on the run page: a slice of a run that has not finished it yet.
+    Style {
+        class: "pending",
+        label: "not finished yet",
+        colour: "#b0bec5",
     },
 ];
 

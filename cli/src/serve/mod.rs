@@ -178,6 +178,10 @@ impl App {
         })
     }
 
+    fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
     /// Every run of every pipeline, newest first.
     async fn runs(&self) -> Result<Vec<RunEntry>, Refused> {
         let now = SystemClock.now();
@@ -251,7 +255,11 @@ async fn run_api(
     Path((pipeline, run)): Path<(String, String)>,
 ) -> Result<Json<pages::RunView>, Refused> {
     let record = app.run(&pipeline, &run).await?;
-    Ok(Json(pages::RunView::of(&record, SystemClock.now())))
+    Ok(Json(pages::RunView::of(
+        &record,
+        app.pipeline(&pipeline),
+        SystemClock.now(),
+    )))
 }
 
 async fn cancel_api(
@@ -290,7 +298,7 @@ async fn run_page(
     Query(query): Query<PageQuery>,
 ) -> Result<Html<String>, Refused> {
     let record = app.run(&pipeline, &run).await?;
-    let view = pages::RunView::of(&record, SystemClock.now());
+    let view = pages::RunView::of(&record, app.pipeline(&pipeline), SystemClock.now());
     let live = query.part.as_deref() == Some("live");
     pages::run(&view, live).map(Html).map_err(internal)
 }

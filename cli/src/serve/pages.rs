@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 
 use backfill_engine::history::{Liveness, RunEnd, RunEntry, RunRecord, StopRequest};
+use backfill_engine::pipeline::Pipeline;
+use backfill_engine::slice::{Selection, SliceKind};
 use backfill_engine::SliceOutcome;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -24,6 +26,8 @@ pub struct RunView {
     pub counts: Counts,
     /// Each slice's last attempt, in the order the run first tried them.
     pub slices: Vec<SliceView>,
+    /// Every selected slice, finished or not, in rows: a day of hours, a month of days.
+    pub grid: Vec<GridRow>,
     /// What to do about failed slices, in spans.
     pub next: Vec<String>,
     pub rebuild: Option<String>,
@@ -31,6 +35,19 @@ pub struct RunView {
     pub pace: Pace,
     /// Attempts that failed and were tried again, with why.
     pub retried: Vec<Retried>,
+}
+
+#[derive(Serialize)]
+pub struct GridRow {
+    pub label: String,
+    pub cells: Vec<Cell>,
+}
+
+#[derive(Serialize)]
+pub struct Cell {
+    pub slice: String,
+    pub class: &'static str,
+    pub title: String,
 }
 
 #[derive(Serialize)]
@@ -75,7 +92,8 @@ pub struct SliceView {
 }
 
 impl RunView {
-    pub fn of(record: &RunRecord, now: DateTime<Utc>) -> RunView {
+    /// `record` of a run of `pipeline` (if this server knows it), as of `now`.
+    pub fn of(record: &RunRecord, pipeline: Option<&Pipeline>, now: DateTime<Utc>) -> RunView {
         let last = record.last_attempts();
         let count =
             |wanted: fn(&SliceOutcome) -> bool| last.iter().filter(|a| wanted(&a.status)).count();
@@ -120,7 +138,22 @@ impl RunView {
             })
             .collect();
         let pace = pace(record, (rows, bytes), (last.len(), counts.remaining), now);
+        let slices: Vec<SliceView> = (last.iter().zip(slow))
+            .map(|(a, slow)| {
+                let words = status_words_after(&a.status, rebuild);
+                SliceView {
+                    slice: a.slice.clone(),
+                    class: words.class,
+                    detail: words.to_string(),
+                    attempt: a.attempt,
+                    took: human_duration(a.duration_ms),
+                    slow,
+                }
+            })
+            .collect();
         RunView {
+            grid: grid(record, pipeline, &slices),
+            slices,
             pace,
             retried,
             status: status_of(
@@ -130,19 +163,6 @@ impl RunView {
             ),
             next: printer::not_committed(keys, |key| outcomes[key]),
             rebuild: rebuild.map(printer::describe_rebuild),
-            slices: (last.iter().zip(slow))
-                .map(|(a, slow)| {
-                    let words = status_words_after(&a.status, rebuild);
-                    SliceView {
-                        slice: a.slice.clone(),
-                        class: words.class,
-                        detail: words.to_string(),
-                        attempt: a.attempt,
-                        took: human_duration(a.duration_ms),
-                        slow,
-                    }
-                })
-                .collect(),
             counts,
             record: record.clone(),
         }
@@ -151,6 +171,57 @@ impl RunView {
 
 /// The run's pace from its start to `now` (or its end), and while it runs the time left
 /// if the `finished` slices' pace holds for the remaining ones.
+/// Every slice the run selected, in rows of a day (hourly slices) or a month (daily ones),
+/// coloured by how it ended or `pending`. Without the pipeline, or for keys, the slices
+/// the run finished, in one row.
+fn grid(record: &RunRecord, pipeline: Option<&Pipeline>, slices: &[SliceView]) -> Vec<GridRow> {
+    let finished: HashMap<&str, &SliceView> =
+        slices.iter().map(|s| (s.slice.as_str(), s)).collect();
+    let range = Selection::described_range(&record.header.selection);
+    let kind = pipeline.map(|p| p.slices.kind);
+    let selected: Vec<String> = match (range, pipeline, kind) {
+        (Some(range), Some(pipeline), Some(SliceKind::Daily | SliceKind::Hourly)) => {
+            let cut = pipeline.cut(&range.for_kind(pipeline.slices.kind));
+            cut.map(|slices| slices.into_iter().map(|s| s.key).collect())
+                .unwrap_or_default()
+        }
+        _ => vec![],
+    };
+    let keys: Vec<String> = match selected.is_empty() {
+        true => slices.iter().map(|s| s.slice.clone()).collect(),
+        false => selected,
+    };
+    let label = |key: &str| match kind {
+        Some(SliceKind::Hourly) => key.get(..10).unwrap_or(key).to_string(),
+        Some(SliceKind::Daily) => key.get(..7).unwrap_or(key).to_string(),
+        _ => String::new(),
+    };
+    let mut rows: Vec<GridRow> = Vec::new();
+    for key in keys {
+        let cell = match finished.get(key.as_str()) {
+            Some(view) => Cell {
+                class: view.class,
+                title: format!("{key}: {} ({})", view.detail, view.took),
+                slice: key.clone(),
+            },
+            None => Cell {
+                class: "pending",
+                title: format!("{key}: not finished yet"),
+                slice: key.clone(),
+            },
+        };
+        let label = label(&key);
+        match rows.last_mut() {
+            Some(row) if row.label == label => row.cells.push(cell),
+            _ => rows.push(GridRow {
+                label,
+                cells: vec![cell],
+            }),
+        }
+    }
+    rows
+}
+
 /// `written` is the rows and bytes its slices wrote.
 fn pace(
     record: &RunRecord,
@@ -299,7 +370,7 @@ mod tests {
             stop: None,
         };
         // Four slices finished in 4 s: the other four take about as long.
-        let view = RunView::of(&record, started + Duration::seconds(4));
+        let view = RunView::of(&record, None, started + Duration::seconds(4));
         assert_eq!(view.counts.committed, 4);
         assert_eq!(view.counts.remaining, 4);
         assert_eq!(view.pace.rows_per_second, 100);

@@ -241,7 +241,7 @@ impl Ready {
         let header = RunHeader {
             run_id: run_id.to_string(),
             pipeline: self.pipeline.name.clone(),
-            selection: crate::run::describe(selection),
+            selection: selection.describe(),
             slices: self.slices.len(),
             reprocess: vec![],
             concurrency: PROMOTIONS_IN_FLIGHT,

@@ -188,7 +188,7 @@ impl Member {
     pub(crate) fn new(backfill: Arc<Backfill>, selection: &Selection) -> Result<Member> {
         Ok(Member {
             slices: backfill.slices(selection)?,
-            selection: describe(selection),
+            selection: selection.describe(),
             backfill,
         })
     }
@@ -351,14 +351,6 @@ fn cluster_of(_options: &RunOptions) -> Option<String> {
 }
 
 /// A selection as people write it, for the run history.
-pub(crate) fn describe(selection: &Selection) -> String {
-    match selection {
-        Selection::Range { start, end } => format!("{start}..{end}"),
-        Selection::Keys(keys) if keys.is_empty() => "the pipeline's keys".to_string(),
-        Selection::Keys(keys) => keys.join(","),
-    }
-}
-
 pub(crate) fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
     let now = now.format("%Y%m%dT%H%M%SZ");
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
