@@ -388,3 +388,72 @@ mod tests {
         assert!(html.contains("about 4.00s left") && html.contains("connection reset"));
     }
 }
+
+#[cfg(test)]
+mod scale {
+    use backfill_engine::history::{Attempt, RunHeader};
+    use backfill_engine::slice::SliceKind;
+    use chrono::{Duration, TimeZone, Utc};
+
+    use super::*;
+
+    /// A year of hourly slices, every one committed: the page holds a row per day and
+    /// renders at once. The time it takes is reported, not asserted (shared machines).
+    #[test]
+    fn a_run_of_a_year_of_hours_renders_a_row_per_day() {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/pipelines/hourly_events.toml"
+        );
+        let pipeline = backfill_engine::pipeline::load(std::path::Path::new(file)).unwrap();
+        assert_eq!(pipeline.slices.kind, SliceKind::Hourly);
+        let selection = Selection::Range {
+            start: "2023-01-01T00".into(),
+            end: "2023-12-31T23".into(),
+        };
+        let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let attempts: Vec<Attempt> = (pipeline.cut(&selection).unwrap().into_iter())
+            .map(|slice| Attempt {
+                slice: slice.key,
+                attempt: 1,
+                status: SliceOutcome::Committed {
+                    version: 1,
+                    rows: 40,
+                    bytes: 2_000,
+                },
+                duration_ms: 3,
+                finished_at: started,
+            })
+            .collect();
+        assert_eq!(attempts.len(), 8_760);
+        let record = RunRecord {
+            header: RunHeader {
+                run_id: "20231114T221320Z-abcdef".into(),
+                pipeline: pipeline.name.clone(),
+                selection: selection.describe(),
+                slices: attempts.len(),
+                reprocess: vec![],
+                concurrency: 16,
+                retries: 2,
+                started_at: started,
+                promoted_from: None,
+                cluster: None,
+            },
+            end: None,
+            attempts,
+            heartbeat: None,
+            stop: None,
+        };
+        let timer = std::time::Instant::now();
+        let view = RunView::of(&record, Some(&pipeline), started + Duration::seconds(30));
+        let html = run(&view, false).unwrap();
+        eprintln!(
+            "a year of hourly slices: view and page in {:?}, {} KiB of HTML",
+            timer.elapsed(),
+            html.len() / 1024
+        );
+        assert_eq!(view.grid.len(), 365);
+        assert!(view.grid.iter().all(|row| row.cells.len() == 24));
+        assert_eq!(html.matches("class=\"row\"").count(), 365);
+    }
+}
