@@ -1,6 +1,9 @@
 //! How everything is printed: JSON for machines, aligned tables and one way of writing
 //! sizes, durations and times for people. Commands decide what to print; this decides how.
 
+use std::collections::HashMap;
+
+use backfill_engine::history::Attempt;
 use backfill_engine::slice::{describe_spans, spans};
 use backfill_engine::{Fault, RebuildOutcome, SliceOutcome};
 use chrono::{DateTime, Utc};
@@ -161,6 +164,15 @@ pub fn describe_rebuild(rebuild: &RebuildOutcome) -> String {
         }
         RebuildOutcome::Refused { error } => format!("not swapped: {error}"),
     }
+}
+
+/// [`not_committed`] for a run's history: each slice's `last` attempt, in run order.
+pub fn not_committed_of(last: &[&Attempt]) -> Vec<String> {
+    let outcome: HashMap<&str, &SliceOutcome> = (last.iter())
+        .map(|attempt| (attempt.slice.as_str(), &attempt.status))
+        .collect();
+    let keys = last.iter().map(|attempt| attempt.slice.as_str());
+    not_committed(keys, |key| outcome[key])
 }
 
 /// The slices among `keys` (in run order) that failed, in spans of consecutive slices and

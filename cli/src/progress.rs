@@ -7,7 +7,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backfill_engine::run::{FinishedSlice, Observer, RunEvent};
-use backfill_engine::SliceOutcome;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::printer::{count, human_bytes, human_duration, status_words, timestamp};
@@ -127,16 +126,12 @@ impl Progress {
         {
             let mut totals = self.totals.lock().expect("not poisoned");
             totals.in_flight.retain(|s| *s != name);
-            match &outcome.status {
-                SliceOutcome::Committed { rows, bytes, .. }
-                | SliceOutcome::Staged { rows, bytes, .. } => {
-                    totals.rows += rows;
-                    totals.bytes += bytes;
-                }
-                SliceOutcome::Failed { .. }
-                | SliceOutcome::Abandoned
-                | SliceOutcome::Blocked { .. } => totals.failed += 1,
-                SliceOutcome::Skipped { .. } | SliceOutcome::CommittedMeanwhile { .. } => {}
+            if let Some((rows, bytes)) = outcome.status.written() {
+                totals.rows += rows;
+                totals.bytes += bytes;
+            }
+            if outcome.status.is_not_committed() {
+                totals.failed += 1;
             }
             self.bar.set_message(totals.message());
         }

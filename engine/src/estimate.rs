@@ -296,18 +296,9 @@ async fn sample_here(backfill: &Backfill, sample: &SlicePlan) -> Result<()> {
 /// consecutive slices of `to_run` that lack the same sources: `2024-01-15..2024-01-31 (17
 /// slices) (orders)`.
 fn by_sources(to_run: &[&SlicePlan], empty: &HashMap<&str, String>) -> Vec<String> {
-    let mut sources: Vec<&String> = Vec::new();
-    for plan in to_run {
-        match empty.get(plan.slice.key.as_str()) {
-            Some(lacking) if !sources.contains(&lacking) => sources.push(lacking),
-            _ => {}
-        }
-    }
-    let keys = || to_run.iter().map(|p| p.slice.key.as_str());
-    sources
-        .into_iter()
-        .flat_map(|lacking| {
-            let spans = crate::slice::spans(keys(), |key| empty.get(key) == Some(lacking));
+    let keys = to_run.iter().map(|p| p.slice.key.as_str());
+    (crate::slice::spans_by(keys, |key| empty.get(key)).into_iter())
+        .flat_map(|(lacking, spans)| {
             spans
                 .into_iter()
                 .map(move |span| format!("{span} ({lacking})"))

@@ -327,17 +327,23 @@ impl History {
     pub async fn entries(&self, pipeline: &str, now: DateTime<Utc>) -> Result<Vec<RunEntry>> {
         let mut entries = Vec::new();
         for run_id in self.run_ids().await? {
-            let entry = self.entry(&run_id, now).await?;
-            entries.extend(entry.filter(|e| e.header.pipeline == pipeline));
+            entries.extend(self.entry(&run_id, pipeline, now).await?);
         }
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.header.started_at));
         Ok(entries)
     }
 
-    /// Run `run_id` as a list of runs shows it, as of `now`; `None` if there is none.
-    pub async fn entry(&self, run_id: &str, now: DateTime<Utc>) -> Result<Option<RunEntry>> {
+    /// Run `run_id` of `pipeline` as a list of runs shows it, as of `now`; `None` if there
+    /// is no such run of that pipeline (only its header is read then).
+    pub async fn entry(
+        &self,
+        run_id: &str,
+        pipeline: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RunEntry>> {
         let path = |name| run_path(run_id, name);
-        let Some(header) = self.get::<RunHeader>(&path("run.json")).await? else {
+        let header = self.get::<RunHeader>(&path("run.json")).await?;
+        let Some(header) = header.filter(|h| h.pipeline == pipeline) else {
             return Ok(None);
         };
         let end: Option<RunEnd> = self.get(&path("end.json")).await?;

@@ -65,17 +65,10 @@ impl SliceKind {
         }
     }
 
-    /// Every slice from the first to the last of the `seen` keys, gaps included; for list
-    /// slices, the keys of the pipeline file and then any other key seen. `None` when
-    /// there is nothing to span.
-    pub fn spanning(
-        self,
-        seen: impl IntoIterator<Item = String>,
-        file_keys: Option<&[String]>,
-    ) -> Option<Selection> {
-        let mut seen: Vec<String> = seen.into_iter().collect();
-        seen.sort();
-        seen.dedup();
+    /// Every slice from the first to the last of the `seen` keys (sorted, each once), gaps
+    /// included; for list slices, the keys of the pipeline file and then any other key
+    /// seen. `None` when there is nothing to span.
+    pub fn spanning(self, seen: &[String], file_keys: Option<&[String]>) -> Option<Selection> {
         match self {
             SliceKind::Daily | SliceKind::Hourly => Some(Selection::Range {
                 start: seen.first()?.clone(),
@@ -84,8 +77,11 @@ impl SliceKind {
             SliceKind::List => {
                 let mut keys = file_keys.unwrap_or_default().to_vec();
                 let listed: std::collections::HashSet<&String> = keys.iter().collect();
-                seen.retain(|key| !listed.contains(key));
-                keys.extend(seen);
+                let others: Vec<String> = (seen.iter())
+                    .filter(|key| !listed.contains(key))
+                    .cloned()
+                    .collect();
+                keys.extend(others);
                 (!keys.is_empty()).then_some(Selection::Keys(keys))
             }
         }
@@ -406,6 +402,29 @@ pub fn spans<'a>(
     spans
 }
 
+/// The spans of `keys` (in the order they were cut) grouped by the label `label` gives
+/// each of them (`None`: not in any group), the labels in the order they first appear:
+/// the slices refused for each reason, say.
+pub fn spans_by<'a, L: PartialEq>(
+    keys: impl Iterator<Item = &'a str> + Clone,
+    label: impl Fn(&str) -> Option<L>,
+) -> Vec<(L, Vec<Span>)> {
+    let mut labels: Vec<L> = Vec::new();
+    for key in keys.clone() {
+        match label(key) {
+            Some(found) if !labels.contains(&found) => labels.push(found),
+            _ => {}
+        }
+    }
+    labels
+        .into_iter()
+        .map(|group| {
+            let spans = spans(keys.clone(), |key| label(key).as_ref() == Some(&group));
+            (group, spans)
+        })
+        .collect()
+}
+
 /// Spans for people: `2024-01-01..2024-01-05 (5 slices), 2024-01-09`.
 pub fn describe_spans(spans: &[Span]) -> String {
     let words: Vec<String> = spans.iter().map(Span::to_string).collect();
@@ -435,6 +454,26 @@ mod tests {
         assert_eq!(describe_spans(&spans), "d1..d3 (3 slices), d5, d7, d8");
         assert_eq!(spans.iter().map(|s| s.slices).sum::<usize>(), 6);
         assert!(super::spans(keys, |_| false).is_empty());
+    }
+
+    #[test]
+    fn spans_by_group_in_the_order_groups_first_appear() {
+        let keys = ["d1", "d2", "d3", "d4", "d5"];
+        let label = |k: &str| match k {
+            "d1" | "d2" | "d5" => Some("late"),
+            "d3" => Some("empty"),
+            _ => None,
+        };
+        let grouped: Vec<(&str, String)> = (spans_by(keys.into_iter(), label).into_iter())
+            .map(|(group, spans)| (group, describe_spans(&spans)))
+            .collect();
+        assert_eq!(
+            grouped,
+            [
+                ("late", "d1, d2, d5".to_string()),
+                ("empty", "d3".to_string())
+            ]
+        );
     }
 
     #[test]

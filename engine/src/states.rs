@@ -154,6 +154,19 @@ impl SliceOutcome {
         }
     }
 
+    /// The rows and bytes the slice wrote: committed, or staged for a rebuild's swap.
+    pub fn written(&self) -> Option<(u64, u64)> {
+        match self {
+            SliceOutcome::Committed { rows, bytes, .. }
+            | SliceOutcome::Staged { rows, bytes, .. } => Some((*rows, *bytes)),
+            SliceOutcome::CommittedMeanwhile { .. }
+            | SliceOutcome::Skipped { .. }
+            | SliceOutcome::Failed { .. }
+            | SliceOutcome::Abandoned
+            | SliceOutcome::Blocked { .. } => None,
+        }
+    }
+
     /// Whether the slice was to run in this run and is not in the table: failed,
     /// abandoned, or blocked by upstream slices.
     pub fn is_not_committed(&self) -> bool {

@@ -71,9 +71,7 @@ impl Backfill {
             median_duration_ms: median,
         })
     }
-}
 
-impl Backfill {
     /// Every slice from the first to the last one committed or attempted, gaps included;
     /// past the most slices a selection may cut, only those.
     fn seen(&self, recorded: &Recorded) -> Vec<String> {
@@ -85,9 +83,7 @@ impl Backfill {
         seen.sort();
         seen.dedup();
         let spec = &self.pipeline.slices;
-        let spanning = spec
-            .kind
-            .spanning(seen.iter().cloned(), spec.keys.as_deref());
+        let spanning = spec.kind.spanning(&seen, spec.keys.as_deref());
         match spanning.map(|selection| self.slices(&selection)) {
             Some(Ok(slices)) => slices.into_iter().map(|s| s.key).collect(),
             Some(Err(_)) | None => seen,

@@ -70,7 +70,7 @@ fn offset_of(text: &str, line: usize, column: usize) -> Option<usize> {
 }
 
 /// The line and column (from 1, in characters) of byte `offset` in `text`.
-fn place_of(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn place_of(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;

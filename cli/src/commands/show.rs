@@ -1,10 +1,7 @@
 //! `backfill show`: one run, what it was asked to do and every attempt it made.
 
 use backfill_engine::clock::{Clock, SystemClock};
-use std::collections::HashMap;
-
 use backfill_engine::history::{Liveness, RunRecord};
-use backfill_engine::SliceOutcome;
 use clap::Args;
 
 use super::Outcome;
@@ -83,11 +80,7 @@ fn print(run: &RunRecord) {
         ]);
     }
     printer::print_table(&table);
-    let last: HashMap<&str, &SliceOutcome> = (run.last_attempts().into_iter())
-        .map(|attempt| (attempt.slice.as_str(), &attempt.status))
-        .collect();
-    let keys = run.last_attempts().into_iter().map(|a| a.slice.as_str());
-    for line in printer::not_committed(keys, |key| last[key]) {
+    for line in printer::not_committed_of(&run.last_attempts()) {
         println!("{line}");
     }
 }

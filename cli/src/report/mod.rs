@@ -8,8 +8,6 @@
 //! `report.html`, rendered by minijinja with HTML auto-escaping (slice keys and errors may
 //! hold `<`, `&` or quotes). Presentation only: the run comes from the engine's history.
 
-use std::collections::HashMap;
-
 use backfill_engine::history::{Liveness, RunEnd, RunHeader, RunRecord};
 use backfill_engine::SliceOutcome;
 use chrono::{DateTime, Utc};
@@ -151,10 +149,6 @@ pub fn render(run: &RunRecord, destination: &str, now: DateTime<Utc>) -> anyhow:
         .iter()
         .filter(|s| s.attempts > 1 || s.failed)
         .collect();
-    let last: HashMap<&str, &SliceOutcome> = (run.last_attempts().into_iter())
-        .map(|attempt| (attempt.slice.as_str(), &attempt.status))
-        .collect();
-    let keys = run.last_attempts().into_iter().map(|a| a.slice.as_str());
     let mut env = minijinja::Environment::new();
     env.add_template("report.html", TEMPLATE)?;
     let page = Page {
@@ -175,7 +169,7 @@ pub fn render(run: &RunRecord, destination: &str, now: DateTime<Utc>) -> anyhow:
         },
         facts: facts(run),
         rebuild: rebuild.map(printer::describe_rebuild),
-        next: printer::not_committed(keys, |key| last[key]),
+        next: printer::not_committed_of(&run.last_attempts()),
         styles: &STYLES,
         legend: STYLES
             .iter()
@@ -194,23 +188,15 @@ pub fn render(run: &RunRecord, destination: &str, now: DateTime<Utc>) -> anyhow:
 /// Rows and bytes the run wrote (committed, or staged for a swap), the versions it
 /// committed and how long it took.
 fn facts(run: &RunRecord) -> Facts {
-    let (mut rows, mut bytes, mut versions) = (0, 0, Vec::new());
-    for attempt in run.last_attempts() {
-        match &attempt.status {
-            SliceOutcome::Committed {
-                version,
-                rows: r,
-                bytes: b,
-            } => {
-                (rows, bytes) = (rows + r, bytes + b);
-                versions.push(*version);
-            }
-            SliceOutcome::Staged {
-                rows: r, bytes: b, ..
-            } => (rows, bytes) = (rows + r, bytes + b),
-            _ => {}
-        }
-    }
+    let last = run.last_attempts();
+    let (rows, bytes) = (last.iter().filter_map(|a| a.status.written()))
+        .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b));
+    let mut versions: Vec<u64> = (last.iter())
+        .filter_map(|a| match a.status {
+            SliceOutcome::Committed { version, .. } => Some(version),
+            _ => None,
+        })
+        .collect();
     if let Some(backfill_engine::RebuildOutcome::Swapped { version, .. }) =
         run.end.as_ref().and_then(|end| end.rebuild.as_ref())
     {
@@ -240,11 +226,9 @@ fn slice_ends(run: &RunRecord) -> Vec<SliceEnd<'_>> {
     attempts
         .map(|attempt| {
             let words = status_words_after(&attempt.status, rebuild);
-            let brief = match &attempt.status {
-                SliceOutcome::Committed { rows, .. } | SliceOutcome::Staged { rows, .. } => {
-                    format!("{rows} rows")
-                }
-                _ => words.label.to_lowercase(),
+            let brief = match attempt.status.written() {
+                Some((rows, _)) => format!("{rows} rows"),
+                None => words.label.to_lowercase(),
             };
             SliceEnd {
                 slice: &attempt.slice,

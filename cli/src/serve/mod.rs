@@ -39,9 +39,13 @@ struct App {
     pipelines: Vec<Pipeline>,
     histories: HashMap<String, History>,
     token: Option<String>,
-    /// The attempts read so far of each run followed, by pipeline and run id.
-    followed: Mutex<HashMap<(String, String), Followed>>,
+    /// The attempts read so far of each run followed, by pipeline and run id; each run
+    /// has its own lock, so pages of different runs never wait on each other's reads.
+    followed: std::sync::Mutex<HashMap<RunKey, Arc<Mutex<Followed>>>>,
 }
+
+/// A run by its pipeline and id.
+type RunKey = (String, String);
 
 #[derive(Default)]
 struct Followed {
@@ -65,7 +69,7 @@ pub async fn serve(
         pipelines,
         histories,
         token,
-        followed: Mutex::default(),
+        followed: Default::default(),
     });
     let router = Router::new()
         .route("/", get(runs_page))
@@ -200,26 +204,24 @@ impl App {
             let message = format!("`{run}` is not a run id (such as 20240611T101500Z-3f2a1c)");
             return Err(Refused(StatusCode::BAD_REQUEST, message));
         }
-        let entry = self
-            .history(pipeline)?
-            .entry(run, SystemClock.now())
-            .await?;
-        entry
-            .filter(|e| e.header.pipeline == pipeline)
-            .ok_or_else(|| {
-                let message = format!("no run `{run}` of {pipeline} in its table's history");
-                Refused(StatusCode::NOT_FOUND, message)
-            })
+        let history = self.history(pipeline)?;
+        let entry = history.entry(run, pipeline, SystemClock.now()).await?;
+        entry.ok_or_else(|| {
+            let message = format!("no run `{run}` of {pipeline} in its table's history");
+            Refused(StatusCode::NOT_FOUND, message)
+        })
     }
 
     /// One run as it is now, its attempts read once each across requests.
     async fn run(&self, pipeline: &str, run: &str) -> Result<RunRecord, Refused> {
         let entry = self.entry(pipeline, run).await?;
         let history = self.history(pipeline)?;
-        let mut followed = self.followed.lock().await;
-        let followed = followed
-            .entry((pipeline.to_string(), run.to_string()))
-            .or_default();
+        let followed = {
+            let mut runs = self.followed.lock().expect("not poisoned");
+            let key = (pipeline.to_string(), run.to_string());
+            runs.entry(key).or_default().clone()
+        };
+        let mut followed = followed.lock().await;
         let new = history.new_attempts(run, &mut followed.seen).await?;
         followed.attempts.extend(new);
         Ok(RunRecord {

@@ -97,18 +97,8 @@ impl RunView {
         let last = record.last_attempts();
         let count =
             |wanted: fn(&SliceOutcome) -> bool| last.iter().filter(|a| wanted(&a.status)).count();
-        let (mut rows, mut bytes) = (0, 0);
-        for attempt in &last {
-            if let SliceOutcome::Committed {
-                rows: r, bytes: b, ..
-            }
-            | SliceOutcome::Staged {
-                rows: r, bytes: b, ..
-            } = attempt.status
-            {
-                (rows, bytes) = (rows + r, bytes + b);
-            }
-        }
+        let (rows, bytes) = (last.iter().filter_map(|a| a.status.written()))
+            .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b));
         let counts = Counts {
             selected: record.header.slices,
             committed: count(SliceOutcome::is_in_the_table),
@@ -119,10 +109,6 @@ impl RunView {
             rows,
             bytes: human_bytes(bytes),
         };
-        let outcomes: HashMap<&str, &SliceOutcome> = (last.iter())
-            .map(|a| (a.slice.as_str(), &a.status))
-            .collect();
-        let keys = last.iter().map(|a| a.slice.as_str());
         let rebuild = record.end.as_ref().and_then(|end| end.rebuild.as_ref());
         let durations: Vec<Option<u64>> = last.iter().map(|a| Some(a.duration_ms)).collect();
         let (_, slow) = backfill_engine::status::skew(&durations);
@@ -161,7 +147,7 @@ impl RunView {
                 record.end.as_ref(),
                 record.stop.as_ref(),
             ),
-            next: printer::not_committed(keys, |key| outcomes[key]),
+            next: printer::not_committed_of(&last),
             rebuild: rebuild.map(printer::describe_rebuild),
             counts,
             record: record.clone(),

@@ -13,6 +13,7 @@ use url::Url;
 
 use super::{location_to_url, SqlStart, StorageOptions};
 use crate::error::{Error, Result};
+use crate::template::place_of;
 
 /// The file's shape. Spans are kept where validation needs to point at a line.
 #[derive(Deserialize)]
@@ -97,19 +98,14 @@ pub(crate) struct Locator<'a> {
 
 impl Locator<'_> {
     pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> Error {
-        let line = self.text[..span.start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1;
+        let (line, _) = place_of(self.text, span.start);
         Error::config(format!("{}:{line}", self.path.display()), message)
     }
 
     /// Where the text of the string value at `span` starts: its line and column (both
     /// from 1). A multi-line string's first newline is not part of its text.
     pub(crate) fn string_start(&self, span: Range<usize>) -> SqlStart {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        let (line, column) = place_of(self.text, span.start);
         let token = &self.text[span.start.min(self.text.len())..];
         let quotes = match token.starts_with("\"\"\"") || token.starts_with("'''") {
             true => 3,

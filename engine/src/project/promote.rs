@@ -20,7 +20,7 @@ use crate::ledger::{Committed, Ledger, OtherWriters, SliceRecord, Summaries};
 use crate::pipeline::Pipeline;
 use crate::retry::RequestRetry;
 use crate::sink::{strategy, Committer, Sink};
-use crate::slice::{describe_spans, Selection, Slice};
+use crate::slice::{describe_spans, spans_by, Selection, Slice};
 use crate::states::SliceOutcome;
 
 /// Slices of one pipeline promoted at once; their commits group as a run's do.
@@ -382,23 +382,13 @@ impl Promoted {
 /// One line per pipeline and reason, naming the refused slices by spans:
 /// `orders_clean: 2024-01-03..2024-01-14 (12 slices) not done in staging`.
 fn grouped(pipeline: &str, slices: &[Slice], refused: &[(String, String)]) -> Vec<String> {
-    let mut reasons: Vec<&str> = Vec::new();
-    for (_, why) in refused {
-        if !reasons.contains(&why.as_str()) {
-            reasons.push(why);
-        }
-    }
     let why: HashMap<&str, &str> = refused
         .iter()
         .map(|(key, why)| (key.as_str(), why.as_str()))
         .collect();
-    let keys = || slices.iter().map(|s| s.key.as_str());
-    reasons
-        .into_iter()
-        .map(|reason| {
-            let spans = crate::slice::spans(keys(), |key| why.get(key) == Some(&reason));
-            format!("{pipeline}: {} {reason}", describe_spans(&spans))
-        })
+    let keys = slices.iter().map(|s| s.key.as_str());
+    (spans_by(keys, |key| why.get(key).copied()).into_iter())
+        .map(|(reason, spans)| format!("{pipeline}: {} {reason}", describe_spans(&spans)))
         .collect()
 }
 
