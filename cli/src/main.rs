@@ -187,6 +187,7 @@ fn flag(setting: Setting) -> &'static str {
         Setting::AllowEmpty => "--allow-empty",
         Setting::OlderThan => "--older-than",
         Setting::NoRunInFlight => "--no-run-in-flight",
+        Setting::ExpectedPlan => "--expect-plan",
     }
 }
 

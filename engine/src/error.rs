@@ -78,10 +78,11 @@ pub enum Setting {
     AllowEmpty,
     OlderThan,
     NoRunInFlight,
+    ExpectedPlan,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 8] = [
+    pub const ALL: [Setting; 9] = [
         Setting::Start,
         Setting::End,
         Setting::Keys,
@@ -90,6 +91,7 @@ impl Setting {
         Setting::AllowEmpty,
         Setting::OlderThan,
         Setting::NoRunInFlight,
+        Setting::ExpectedPlan,
     ];
 
     /// The name of the field that holds it in the engine's API.
@@ -103,6 +105,7 @@ impl Setting {
             Setting::AllowEmpty => "allow_empty",
             Setting::OlderThan => "older_than",
             Setting::NoRunInFlight => "no_run_in_flight",
+            Setting::ExpectedPlan => "expected_plan",
         }
     }
 }

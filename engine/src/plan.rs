@@ -1,11 +1,15 @@
 //! [`Plan`]: what `plan` shows before a run, as one value: every slice's [`SlicePlan`],
 //! the estimate of the run, and for a rebuild what its swap would replace. `plan --json`
 //! is this value serialized. Reading only.
+//!
+//! A plan's [`hash_of`] names what a run would decide, so that a run can be launched on
+//! the condition that it still decides the same (`run --expect-plan`, the run page).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::backfill::{Backfill, SlicePlan};
 use crate::error::Result;
@@ -24,6 +28,8 @@ pub struct Plan {
     pub slices: Vec<SlicePlan>,
     pub estimate: Estimate,
     pub rebuild: Option<Replaced>,
+    /// What a run would decide, as [`hash_of`] names it.
+    pub hash: String,
 }
 
 impl Backfill {
@@ -61,10 +67,12 @@ impl Backfill {
             slice.estimated_ms = estimate.slice_ms(slice.source_bytes());
         }
         let rebuild = self.swap_preview(&slices).await?;
+        let hash = hash_of([(self.pipeline.name.as_str(), slices.as_slice())]);
         Ok(Plan {
             slices,
             estimate,
             rebuild,
+            hash,
         })
     }
 }
@@ -105,5 +113,58 @@ impl Counts {
             *count += 1;
         }
         counts
+    }
+}
+
+/// A digest of what a run of these pipelines' plans would decide: for every slice (in
+/// key order, whichever order a run takes them), its key, its state and the commit or
+/// failure it comes from, whether it runs, its inputs and SQL, what it waits for, and
+/// whether it could be planned. Estimates are left out: they are guesses, and a sample
+/// slice's timing varies. Another run's commit, a changed source file or SQL, or another
+/// choice of states changes it.
+pub fn hash_of<'a>(pipelines: impl IntoIterator<Item = (&'a str, &'a [SlicePlan])>) -> String {
+    let mut hash = Sha256::new();
+    let mut field = |text: &str| {
+        hash.update(text.as_bytes());
+        hash.update([0]);
+    };
+    for (pipeline, slices) in pipelines {
+        field(pipeline);
+        let mut sorted: Vec<&SlicePlan> = slices.iter().collect();
+        sorted.sort_by(|a, b| a.slice.key.cmp(&b.slice.key));
+        for plan in sorted {
+            field(&plan.slice.key);
+            field(&state_of(&plan.state));
+            field(if plan.will_run { "runs" } else { "kept" });
+            field(&plan.source_fingerprint);
+            field(&crate::source::fingerprint_text(&plan.sql));
+            field(plan.problem.as_deref().unwrap_or(""));
+            field(if plan.unplanned.is_some() {
+                "unplanned"
+            } else {
+                ""
+            });
+            for upstream in &plan.after {
+                field(&upstream.to_string());
+            }
+        }
+    }
+    hex::encode(&hash.finalize()[..8])
+}
+
+/// A slice's state and what it comes from: the commit (its version and run) or the run
+/// that failed it.
+fn state_of(state: &SliceState) -> String {
+    let name = state.name();
+    match state {
+        SliceState::Missing => name.to_string(),
+        SliceState::Failed { run_id, .. } => format!("{name} in {run_id}"),
+        SliceState::Done { committed } | SliceState::Changed { committed, .. } => {
+            format!(
+                "{name} at {:?} by {}",
+                committed.version, committed.record.run_id
+            )
+        }
+        SliceState::Staged { staged_at, .. } => format!("{name} at {staged_at}"),
     }
 }

@@ -703,6 +703,47 @@ fn reprocess_chooses_slices_by_state_and_plan_shows_the_choice() {
 }
 
 #[tokio::test]
+async fn a_run_given_the_plan_hash_runs_that_plan_and_refuses_one_that_changed() {
+    let case = Case::new("orders_clean");
+    let range = ["--start", "2024-01-01", "--end", "2024-01-03"];
+    let hash = |rest: &[&str]| {
+        case.json("plan", rest, 0)["hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = hash(&range);
+    assert_eq!(first, hash(&range), "planning again decides the same");
+    assert!(case
+        .ok("plan", &range, 0)
+        .contains(&format!("--expect-plan {first} runs exactly this plan")));
+
+    let run = case.json("run", &[&range[..], &["--expect-plan", &first]].concat(), 0);
+    assert_eq!(statuses(&run), ["committed"; 3]);
+
+    // The slices are done now: the plan confirmed before is not the plan any more.
+    let now = hash(&range);
+    assert_ne!(now, first);
+    let forced = hash(&[&range[..], &["--force"]].concat());
+    assert_ne!(forced, now, "another choice of states is another plan");
+    let version = case.version().await;
+    let runs = case.json("history", &[], 0).as_array().unwrap().len();
+    let refused = backfill(&case.args("run", &[&range[..], &["--expect-plan", &first]].concat()));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--expect-plan: the plan has changed since {first} was confirmed"
+        )) && stderr.contains(&format!("it is now {now}; nothing ran")),
+        "{stderr}"
+    );
+    assert_eq!(case.version().await, version, "nothing was committed");
+    let after = case.json("history", &[], 0).as_array().unwrap().len();
+    assert_eq!(after, runs, "a refused run records no run");
+    case.ok("run", &[&range[..], &["--expect-plan", &now]].concat(), 0);
+}
+
+#[tokio::test]
 async fn ctrl_c_stops_starting_slices_and_a_rerun_finishes_the_job() {
     let case = Case::new("orders_clean");
     let range = ["--start", "2024-01-01", "--end", "2024-01-14"];

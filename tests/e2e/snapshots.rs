@@ -17,6 +17,8 @@ pub(crate) fn settings_in(dir: &std::path::Path) -> insta::Settings {
     let dir = dir.display().to_string();
     settings.add_filter(&dir.replace('.', r"\."), "[SCRATCH]");
     settings.add_filter(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "[RUN]");
+    settings.add_filter(r"plan [0-9a-f]{16}", "plan [HASH]");
+    settings.add_filter(r"--expect-plan [0-9a-f]{16}", "--expect-plan [HASH]");
     settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z", "[TIME]");
     settings.add_filter(r" +\d+(\.\d+)?m?s\b", " [DURATION]");
     settings.add_filter(

@@ -49,18 +49,29 @@ pub async fn execute(args: PlanArgs) -> anyhow::Result<Outcome> {
             let plan = backfill.plan(&selection, &options).await?;
             match args.json {
                 true => printer::json(&plan)?,
-                false => print(&plan),
+                false => {
+                    print(&plan);
+                    print_hash(&plan.hash);
+                }
             }
         }
         Target::Project(project) => {
             let plan = project.plan(&selection, &options).await?;
             match args.json {
                 true => printer::json(&plan)?,
-                false => print_project(&plan),
+                false => {
+                    print_project(&plan);
+                    print_hash(&plan.hash);
+                }
             }
         }
     }
     Ok(Outcome::Success)
+}
+
+/// How to run exactly this plan.
+fn print_hash(hash: &str) {
+    println!("plan {hash}: `run` with the same arguments and --expect-plan {hash} runs exactly this plan, or refuses if it has changed");
 }
 
 /// Each pipeline's plan under a heading, upstream first, then what the run would run.

@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// Refuse to start if more than this many slices would run.
     #[arg(long, value_name = "N")]
     max_slices: Option<usize>,
+    /// Run only if the plan is still the one `plan` showed with this hash; if another
+    /// run committed, a source or the SQL changed, or the arguments differ, refuse
+    /// before any slice starts.
+    #[arg(long, value_name = "HASH")]
+    expect_plan: Option<String>,
     /// Print a JSON summary instead of a line per slice.
     #[arg(long)]
     json: bool,
@@ -96,6 +101,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
             max_bytes: args.max_bytes.map(|size| size.as_u64()),
             max_slices: args.max_slices,
         },
+        expected_plan: args.expect_plan,
         #[cfg(feature = "cluster")]
         cluster,
         ..RunOptions::default()

@@ -23,6 +23,8 @@ pub struct ProjectPlan {
     pub environment: String,
     pub pipelines: Vec<PipelinePlan>,
     pub total: Total,
+    /// What a run of the project would decide, as [`crate::plan::hash_of`] names it.
+    pub hash: String,
 }
 
 /// What the whole run would compute and read. Pipelines share the slots to compute in,
@@ -96,10 +98,14 @@ impl Project {
                 None => {}
             }
         }
+        let hash = crate::plan::hash_of(
+            (pipelines.iter()).map(|p| (p.pipeline.as_str(), p.plan.slices.as_slice())),
+        );
         Ok(ProjectPlan {
             environment: self.environment.clone(),
             pipelines,
             total,
+            hash,
         })
     }
 

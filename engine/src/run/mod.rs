@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use crate::backfill::{Backfill, Recorded};
 use crate::clock::{Clock, SystemClock};
-use crate::error::Result;
+use crate::error::{Result, Setting};
 use crate::estimate::{check_preflight, chosen_concurrency, Budget, Estimate};
 use crate::history::History;
 use crate::ledger::SwapManifest;
@@ -83,6 +83,9 @@ pub struct RunOptions {
     pub clock: Arc<dyn Clock>,
     /// What the run must stay within, checked before any slice starts.
     pub budget: Budget,
+    /// The hash of the plan the run was confirmed on (`Plan::hash`): if the pre-flight
+    /// decides anything else, the run is refused before any slice starts.
+    pub expected_plan: Option<String>,
     /// The cluster slices' transforms run on, instead of this process.
     #[cfg(feature = "cluster")]
     pub cluster: Option<crate::cluster::Cluster>,
@@ -127,6 +130,7 @@ impl Default for RunOptions {
             stop: Stop::default(),
             clock: Arc::new(SystemClock),
             budget: Budget::default(),
+            expected_plan: None,
             #[cfg(feature = "cluster")]
             cluster: None,
         }
@@ -204,6 +208,11 @@ pub(crate) async fn run_pipelines(
     observer: Arc<dyn Observer>,
 ) -> Result<(String, Vec<RunSummary>)> {
     let preflights = preflight::plan_all(&members, options).await?;
+    if let Some(expected) = &options.expected_plan {
+        let names = members.iter().map(|m| m.backfill.pipeline.name.as_str());
+        let plans = preflights.iter().map(|p| p.planned.as_slice());
+        check_plan(expected, &crate::plan::hash_of(names.zip(plans)))?;
+    }
     let planned: Vec<_> = preflights.iter().flat_map(|l| l.planned.clone()).collect();
     check_preflight(&planned, &options.budget)?;
     let cores = default_concurrency();
@@ -263,6 +272,17 @@ pub(crate) async fn run_pipelines(
         not_started: count(|s| s.not_started.len()),
     });
     Ok((run_id, summaries))
+}
+
+/// Refuses a run whose plan is not the one confirmed.
+fn check_plan(expected: &str, now: &str) -> Result<()> {
+    if expected == now {
+        return Ok(());
+    }
+    Err(crate::Error::setting(
+        &[Setting::ExpectedPlan],
+        format!("the plan has changed since {expected} was confirmed (another run committed, a source or the SQL changed, or the selection differs): it is now {now}; nothing ran. Plan again to see what a run would do now"),
+    ))
 }
 
 /// One pipeline's run in progress: what its slices share, and the jobs of running them
