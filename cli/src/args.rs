@@ -54,19 +54,18 @@ enum State {
 
 impl ChoiceArgs {
     pub fn reprocess(&self) -> Reprocess {
-        if self.force || self.reprocess.contains(&State::All) {
+        if self.force {
             return Reprocess::ALL;
         }
-        if self.reprocess.is_empty() {
-            return Reprocess::default();
-        }
-        let has = |state| self.reprocess.contains(&state);
-        Reprocess {
-            missing: has(State::Missing),
-            changed: has(State::Changed),
-            failed: has(State::Failed),
-            done: false,
-        }
+        let names = self.reprocess.iter().map(|state| {
+            let value = clap::ValueEnum::to_possible_value(state);
+            value
+                .expect("every state has a name")
+                .get_name()
+                .to_string()
+        });
+        let names: Vec<String> = names.collect();
+        Reprocess::of_names(names.iter().map(String::as_str)).expect("clap checked the names")
     }
 }
 
@@ -223,6 +222,27 @@ impl PipelineArgs {
                 ),
             )),
             None => Ok(()),
+        }
+    }
+
+    /// The file and this invocation's overrides of it, as arguments to another
+    /// `backfill` command (a run launched from the run page).
+    pub fn as_args(&self) -> Vec<String> {
+        let mut args = vec![self.pipeline.display().to_string()];
+        let overrides = [("--destination", &self.destination), ("--env", &self.env)];
+        for (flag, value) in overrides {
+            if let Some(value) = value {
+                args.extend([flag.to_string(), value.clone()]);
+            }
+        }
+        args
+    }
+
+    /// The project the file is, in its environment, if it is one.
+    pub fn project(&self) -> backfill_engine::Result<Option<Project>> {
+        match project::is_project_file(&self.pipeline) {
+            true => self.whole_project().map(Some),
+            false => Ok(None),
         }
     }
 

@@ -45,6 +45,25 @@ impl Reprocess {
         done: false,
     };
 
+    /// The states named as `run --reprocess` takes them (`missing`, `changed`, `failed`,
+    /// or `all`, done slices too); naming none chooses the default. An unknown name is
+    /// the error.
+    pub fn of_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Reprocess, String> {
+        let mut chosen = Reprocess::NOTHING;
+        let mut any = false;
+        for name in names {
+            any = true;
+            match name {
+                "missing" => chosen.missing = true,
+                "changed" => chosen.changed = true,
+                "failed" => chosen.failed = true,
+                "all" => return Ok(Reprocess::ALL),
+                other => return Err(other.to_string()),
+            }
+        }
+        Ok(if any { chosen } else { Reprocess::default() })
+    }
+
     /// The chosen states, for people: `missing, changed, failed`.
     pub fn names(&self) -> Vec<&'static str> {
         let chosen = [

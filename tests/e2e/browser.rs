@@ -121,3 +121,76 @@ async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_canc
     std::fs::write(folder.join("run-page-cancelled.png"), screenshot).unwrap();
     page.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_run_launched_from_the_page_in_chromium_runs_the_plan_shown_and_a_changed_plan_is_shown_again(
+) {
+    let case = Case::new("orders_clean");
+    let (_server, address) = serve(&case, None);
+    let (_driver, driver) = chromedriver();
+    let page = browser(&driver).await;
+    page.goto(&format!("http://{address}/")).await.unwrap();
+    page.find(Locator::Id("launch"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    for (field, value) in [("start", "2024-01-01"), ("end", "2024-01-10")] {
+        let input = page.find(Locator::Id(field)).await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+    page.find(Locator::Id("show-plan"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = text_of(&page, "hash").await;
+    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(
+        folder.join("launch-plan.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // Another run commits a day after the plan was shown: launching it is refused, and
+    // the page shows the plan as it is now.
+    case.ok("run", &["--keys", "2024-01-05"], 0);
+    page.find(Locator::Id("launch"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let changed = text_of(&page, "changed").await;
+    assert!(
+        changed.contains(&format!("The plan changed since {shown}")),
+        "{changed}"
+    );
+    let now = text_of(&page, "hash").await;
+    assert_ne!(now, shown);
+    assert_eq!(
+        case.json("history", &[], 0).as_array().unwrap().len(),
+        1,
+        "nothing was launched"
+    );
+
+    // Launching the plan shown now opens the run's page, which follows it to its end.
+    page.find(Locator::Id("launch"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&page, "status", Duration::from_secs(120), |s| s == "done").await;
+    let url = page.current_url().await.unwrap();
+    assert!(url.path().starts_with("/runs/orders_clean/"), "{url}");
+    assert_eq!(
+        text_of(&page, "committed").await,
+        "9",
+        "the nine days not done"
+    );
+    assert_eq!(case.committed_slices().len(), 10);
+    page.close().await.unwrap();
+}

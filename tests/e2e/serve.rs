@@ -23,17 +23,35 @@ impl Answer {
 
 /// One HTTP/1.1 request to the server at `address`, read to its end.
 pub(crate) fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    request(address, method, path, headers, "")
+}
+
+/// A POST of `body` as JSON, with the header that says it comes from no other site.
+fn post_json(address: &str, path: &str, body: &Value) -> Answer {
+    let headers = [("x-backfill", "1"), ("Content-Type", "application/json")];
+    request(address, "POST", path, &headers, &body.to_string())
+}
+
+fn request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
+        .set_read_timeout(Some(Duration::from_secs(300)))
         .unwrap();
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
@@ -49,11 +67,21 @@ pub(crate) fn http(address: &str, method: &str, path: &str, headers: &[(&str, &s
 /// Starts `backfill serve` for `case`'s pipeline on a free loopback port; the server and
 /// its address.
 pub(crate) fn serve(case: &Case, token: Option<&str>) -> (Watched, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
-    command.args(case.args("serve", &["--bind", "127.0.0.1:0"]));
+    let mut command = serve_command(case);
     if let Some(token) = token {
         command.env("BACKFILL_SERVE_TOKEN", token);
     }
+    start_server(command)
+}
+
+fn serve_command(case: &Case) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    command.args(case.args("serve", &["--bind", "127.0.0.1:0"]));
+    command
+}
+
+/// Starts a server and waits until it listens: the server and its address.
+fn start_server(command: std::process::Command) -> (Watched, String) {
     let mut server = Watched::spawn(command);
     let line = server.line_where(Duration::from_secs(60), |l| l.starts_with("serving on "));
     let address = line
@@ -240,4 +268,148 @@ fn the_server_needs_its_token_and_refuses_bad_requests_with_a_reason() {
         &bearer,
     );
     assert_eq!(missing.status, 404, "{}", missing.body);
+}
+
+/// The run `run_id` in `case`'s history, once it has ended; fails after `limit`.
+fn ended_run(case: &Case, run_id: &str, limit: Duration) -> Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let runs = case.json("history", &[], 0);
+        let run = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run_id"] == run_id);
+        match run {
+            Some(run) if !run["end"].is_null() => return run.clone(),
+            _ if std::time::Instant::now() > deadline => {
+                panic!("run {run_id} has not ended within {limit:?}: {runs:#}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn a_launch_runs_the_confirmed_plan_only_and_goes_on_when_the_server_is_stopped() {
+    use std::os::unix::process::CommandExt;
+    let case = Case::new("orders_clean");
+    long_run_bucket(&case);
+    // The server in a process group of its own, as a shell runs it: Ctrl-C in its
+    // terminal is a SIGINT to that group.
+    let mut command = serve_command(&case);
+    command.process_group(0);
+    let (server, address) = start_server(command);
+
+    let range = "start=2024-01-01&end=2024-03-30&concurrency=1";
+    let plan = http(&address, "GET", &format!("/api/plan?{range}"), &[]).json();
+    let first = plan["hash"].as_str().unwrap().to_string();
+    assert!(plan["refused"].is_null(), "{plan:#}");
+    assert_eq!(plan["plan"]["slices"].as_array().unwrap().len(), 90);
+    assert!(
+        plan["command"].as_str().unwrap().ends_with(&format!(
+            "--start 2024-01-01 --end 2024-03-30 --concurrency 1 --expect-plan {first}"
+        )),
+        "{plan:#}"
+    );
+    let page = http(&address, "GET", &format!("/launch?{range}&show=plan"), &[]);
+    assert!(
+        page.body
+            .contains(&format!("<span id=\"hash\">{first}</span>")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Launch this plan"));
+
+    // Another run commits a day meanwhile: the confirmed plan is refused, nothing runs.
+    case.ok("run", &["--keys", "2024-01-01"], 0);
+    let launch = |hash: &str| {
+        let body = serde_json::json!({
+            "start": "2024-01-01", "end": "2024-03-30", "concurrency": 1, "plan": hash,
+        });
+        post_json(&address, "/api/launch", &body)
+    };
+    let stale = launch(&first);
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert!(stale.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("the plan has changed since {first} was confirmed")));
+    assert_eq!(case.json("history", &[], 0).as_array().unwrap().len(), 1);
+    let forged = http(
+        &address,
+        "POST",
+        "/api/launch",
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(
+        forged.status, 403,
+        "a POST without the header is refused: {}",
+        forged.body
+    );
+    let unconfirmed = post_json(
+        &address,
+        "/api/launch",
+        &serde_json::json!({"start": "2024-01-01", "end": "2024-03-30"}),
+    );
+    assert_eq!(unconfirmed.status, 400, "{}", unconfirmed.body);
+    assert!(unconfirmed
+        .body
+        .contains("a launch needs the hash of the plan it confirms"));
+    let bad = http(
+        &address,
+        "GET",
+        "/api/plan?start=2024-01-01&end=2024-03-30&reprocess=everything",
+        &[],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body
+            .contains("reprocess: `everything` is not a state to run"),
+        "{}",
+        bad.body
+    );
+
+    // The plan as it is now launches, and the answer names the run.
+    let plan = http(&address, "GET", &format!("/api/plan?{range}"), &[]).json();
+    let now = plan["hash"].as_str().unwrap().to_string();
+    assert_ne!(now, first);
+    let launched = launch(&now);
+    assert_eq!(launched.status, 201, "{}", launched.body);
+    let launched = launched.json();
+    let run_id = launched["run_id"].as_str().unwrap().to_string();
+    assert_eq!(launched["url"], format!("/runs/orders_clean/{run_id}"));
+    let runs = http(&address, "GET", "/api/runs", &[]).json();
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["run_id"] == run_id.as_str()),
+        "{runs:#}"
+    );
+
+    // Ctrl-C where the server runs: the server ends, the launched run goes on.
+    let pid = server.pid().to_string();
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    server.end_within(Duration::from_secs(30));
+    let history = case.json("history", &[], 0);
+    let entry = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .unwrap();
+    assert!(
+        entry["end"].is_null(),
+        "the run was still going when the server stopped: {entry:#}"
+    );
+    let ended = ended_run(&case, &run_id, Duration::from_secs(300));
+    assert_eq!(ended["end"]["committed"], 89, "{ended:#}");
+    assert_eq!(case.committed_slices().len(), 90);
+    let log = std::fs::read_to_string(launched["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("\"event\":\"ended\""), "{log}");
 }

@@ -144,6 +144,10 @@ impl Watched {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Ends the process (a server, say) and returns everything it printed.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();

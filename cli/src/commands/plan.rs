@@ -4,9 +4,9 @@
 use backfill_engine::estimate::{Basis, Estimate};
 use backfill_engine::ledger::{Committed, OtherWriters};
 use backfill_engine::plan::Counts;
-use backfill_engine::project::ProjectPlan;
+use backfill_engine::project::{PipelinePlan, ProjectPlan};
 use backfill_engine::sink::rebuild::Replaced;
-use backfill_engine::{Plan, PlanOptions, SliceState};
+use backfill_engine::{Plan, PlanOptions, SlicePlan, SliceState};
 use clap::Args;
 
 use super::Outcome;
@@ -80,16 +80,26 @@ fn print_project(plan: &ProjectPlan) {
         if i > 0 {
             println!();
         }
-        let reads = match pipeline.upstream.as_slice() {
-            [] => String::new(),
-            upstream => format!(", after {}", upstream.join(", ")),
-        };
-        println!(
-            "pipeline {} → {}{reads}",
-            pipeline.pipeline, pipeline.destination
-        );
+        println!("{}", heading(pipeline));
         print(&pipeline.plan);
     }
+    println!("\n{}", total(plan));
+}
+
+/// A project's pipeline, where it writes and what it runs after.
+pub fn heading(pipeline: &PipelinePlan) -> String {
+    let reads = match pipeline.upstream.as_slice() {
+        [] => String::new(),
+        upstream => format!(", after {}", upstream.join(", ")),
+    };
+    format!(
+        "pipeline {} → {}{reads}",
+        pipeline.pipeline, pipeline.destination
+    )
+}
+
+/// What a project's run would compute and read, and about how long it would take.
+pub fn total(plan: &ProjectPlan) -> String {
     let total = &plan.total;
     let after = match total.after_upstream {
         0 => String::new(),
@@ -106,79 +116,94 @@ fn print_project(plan: &ProjectPlan) {
         ),
         (None, _) => String::new(),
     };
-    println!(
-        "\nenvironment {}: a run would compute {} slices of {} pipelines{after}, reading {} files, {}{took}",
+    format!(
+        "environment {}: a run would compute {} slices of {} pipelines{after}, reading {} files, {}{took}",
         plan.environment,
         total.slices,
         plan.pipelines.len(),
         total.files,
         human_bytes(total.bytes)
-    );
+    )
 }
 
+/// The columns of a plan's table, and which of them hold numbers.
+pub const COLUMNS: [&str; 7] = ["slice", "state", "run", "files", "bytes", "rows", "detail"];
+const NUMBERS: [usize; 3] = [3, 4, 5];
+
 fn print(plan: &Plan) {
-    let (planned, estimate) = (&plan.slices, &plan.estimate);
-    let mut table = printer::table(
-        ["slice", "state", "run", "files", "bytes", "rows", "detail"],
-        &[3, 4, 5],
-    );
-    for p in planned {
-        let detail = match &p.state {
-            SliceState::Missing => String::new(),
-            SliceState::Failed { run_id, error } => format!("run {run_id}: {error}"),
-            SliceState::Done { committed } => committed_detail(committed),
-            SliceState::Changed { committed, what } => format!(
-                "{} changed; {}",
-                what.join(" and "),
-                committed_detail(committed)
-            ),
-            SliceState::Staged {
-                rows, staged_at, ..
-            } => format!(
-                "{rows} rows staged {} for the rebuild",
-                timestamp(staged_at)
-            ),
-        };
-        let detail = match p.empty_sources.as_slice() {
-            [] => detail,
-            empty => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
-        };
-        let detail = match (&p.problem, &p.unplanned) {
-            (_, Some(why)) => format!("NOT PLANNED: {why}; a run plans it again"),
-            (Some(problem), None) => format!("CANNOT RUN: {problem} {detail}"),
-            (None, None) => detail,
-        };
-        let (state, detail) = match p.after.as_slice() {
-            _ if p.unplanned.is_some() => ("unknown", detail),
-            [] => (p.state.name(), detail),
-            [first, rest @ ..] => {
-                let more = match rest.len() {
-                    0 => String::new(),
-                    n => format!(" and {n} more"),
-                };
-                let now = match detail.is_empty() {
-                    true => format!("now {}", p.state.name()),
-                    false => format!("now {}: {detail}", p.state.name()),
-                };
-                ("pending", format!("after {first}{more}; {now}"))
-            }
-        };
-        let run = match (&p.state, p.will_run) {
-            (SliceState::Staged { .. }, _) => "reuse",
-            (_, true) => "yes",
-            (_, false) => "no",
-        };
-        table.add_row([
-            p.slice.key.clone(),
-            state.to_string(),
-            run.to_string(),
-            p.files.len().to_string(),
-            human_bytes(p.source_bytes()),
-            p.source_rows().map_or("?".to_string(), |r| r.to_string()),
-            detail.trim_end().to_string(),
-        ]);
+    let mut table = printer::table(COLUMNS, &NUMBERS);
+    for row in plan.slices.iter().map(row) {
+        table.add_row(row);
     }
     printer::print_table(&table);
+    for line in notes(plan) {
+        println!("{line}");
+    }
+}
+
+/// One slice's row of the plan's table, as `plan` prints it and the run page shows it.
+pub fn row(p: &SlicePlan) -> [String; 7] {
+    let detail = match &p.state {
+        SliceState::Missing => String::new(),
+        SliceState::Failed { run_id, error } => format!("run {run_id}: {error}"),
+        SliceState::Done { committed } => committed_detail(committed),
+        SliceState::Changed { committed, what } => format!(
+            "{} changed; {}",
+            what.join(" and "),
+            committed_detail(committed)
+        ),
+        SliceState::Staged {
+            rows, staged_at, ..
+        } => format!(
+            "{rows} rows staged {} for the rebuild",
+            timestamp(staged_at)
+        ),
+    };
+    let detail = match p.empty_sources.as_slice() {
+        [] => detail,
+        empty => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
+    };
+    let detail = match (&p.problem, &p.unplanned) {
+        (_, Some(why)) => format!("NOT PLANNED: {why}; a run plans it again"),
+        (Some(problem), None) => format!("CANNOT RUN: {problem} {detail}"),
+        (None, None) => detail,
+    };
+    let (state, detail) = match p.after.as_slice() {
+        _ if p.unplanned.is_some() => ("unknown", detail),
+        [] => (p.state.name(), detail),
+        [first, rest @ ..] => {
+            let more = match rest.len() {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            let now = match detail.is_empty() {
+                true => format!("now {}", p.state.name()),
+                false => format!("now {}: {detail}", p.state.name()),
+            };
+            ("pending", format!("after {first}{more}; {now}"))
+        }
+    };
+    let run = match (&p.state, p.will_run) {
+        (SliceState::Staged { .. }, _) => "reuse",
+        (_, true) => "yes",
+        (_, false) => "no",
+    };
+    [
+        p.slice.key.clone(),
+        state.to_string(),
+        run.to_string(),
+        p.files.len().to_string(),
+        human_bytes(p.source_bytes()),
+        p.source_rows().map_or("?".to_string(), |r| r.to_string()),
+        detail.trim_end().to_string(),
+    ]
+}
+
+/// What the plan's table adds up to: the counts, what a run would read and take, and a
+/// rebuild's swap.
+pub fn notes(plan: &Plan) -> Vec<String> {
+    let (planned, estimate) = (&plan.slices, &plan.estimate);
+    let mut notes = Vec::new();
     let counts = Counts::of(planned);
     let pending = match counts.pending_upstream {
         0 => String::new(),
@@ -188,7 +213,7 @@ fn print(plan: &Plan) {
         0 => String::new(),
         n => format!(", {n} staged"),
     };
-    println!(
+    notes.push(format!(
         "{}: {} done, {} missing, {} changed, {} failed{staged}{pending}; a run would run {}",
         printer::count(planned.len(), "slice"),
         counts.done,
@@ -196,25 +221,26 @@ fn print(plan: &Plan) {
         counts.changed,
         counts.failed,
         counts.to_compute
-    );
+    ));
     if estimate.slices > 0 {
-        println!("a run would read {}", describe_estimate(estimate));
+        notes.push(format!("a run would read {}", describe_estimate(estimate)));
     }
     let empty = planned
         .iter()
         .filter(|p| p.will_run && !p.empty_sources.is_empty())
         .count();
     if empty > 0 {
-        println!(
+        notes.push(format!(
             "{empty} slices to run have no source data: run refuses to start unless --allow-empty"
-        );
+        ));
     }
     if let Some(swap) = &plan.rebuild {
-        println!("rebuild: {}", describe_swap(swap));
+        notes.push(format!("rebuild: {}", describe_swap(swap)));
         if let Some(others) = &swap.other_writers {
-            println!("other writers: {}", describe_other_writers(others));
+            notes.push(format!("other writers: {}", describe_other_writers(others)));
         }
     }
+    notes
 }
 
 fn describe_estimate(estimate: &Estimate) -> String {

@@ -32,7 +32,11 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<Outcome> {
         );
         return Err(backfill_engine::Error::config("--bind", message).into());
     }
-    let pipelines = args.pipeline.pipelines(&args.project)?;
-    crate::serve::serve(pipelines, args.bind, args.token).await?;
+    let served = crate::serve::Served {
+        pipelines: args.pipeline.pipelines(&args.project)?,
+        project: args.pipeline.project()?,
+        args: args.pipeline.as_args(),
+    };
+    crate::serve::serve(served, args.bind, args.token).await?;
     Ok(Outcome::Success)
 }

@@ -1,17 +1,20 @@
 //! `backfill serve`: the run page. Every run recorded next to the tables, from whichever
 //! process or machine started it, each run's page live as it goes (its JavaScript asks
 //! for the page's live part every second), a Cancel button that writes the run's stop
-//! request; and the same facts as JSON under `/api/`.
+//! request, a launch form that shows a plan and launches it once confirmed
+//! (`launch.rs`); and the same facts as JSON under `/api/`.
 //!
-//! Presentation only: runs are read from the engine's history, and a cancel is the
-//! engine's `request_stop`, exactly as `backfill cancel` does it. Nothing here holds
-//! state a restart would lose but a cache of the attempts already read.
+//! Presentation only: runs are read from the engine's history, a cancel is the engine's
+//! `request_stop`, exactly as `backfill cancel` does it, and a launch is a `backfill run`
+//! process. Nothing here holds state a restart would lose but a cache of the attempts
+//! already read.
 //!
 //! Safety: POSTs must carry the `x-backfill` header, which a cross-site form cannot send
 //! and a cross-site script cannot without a CORS permission this server never gives; with
 //! a token, every request must carry it. Storage options are never rendered or sent: the
 //! pages and answers hold run histories only.
 
+mod launch;
 mod pages;
 
 use std::collections::{HashMap, HashSet};
@@ -31,12 +34,15 @@ use backfill_engine::run::cancel::request_stop;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use launch::Launch;
+pub use launch::Served;
+
 /// The header every POST must carry: proof that it was not sent by another site's form.
 pub const REQUEST_HEADER: &str = "x-backfill";
 const TOKEN_COOKIE: &str = "backfill_token";
 
 struct App {
-    pipelines: Vec<Pipeline>,
+    served: Served,
     histories: HashMap<String, History>,
     token: Option<String>,
     /// The attempts read so far of each run followed, by pipeline and run id; each run
@@ -55,18 +61,14 @@ struct Followed {
 
 /// Serves the runs of `pipelines` on `bind` until the process ends; prints the address
 /// it listens on first.
-pub async fn serve(
-    pipelines: Vec<Pipeline>,
-    bind: SocketAddr,
-    token: Option<String>,
-) -> anyhow::Result<()> {
+pub async fn serve(served: Served, bind: SocketAddr, token: Option<String>) -> anyhow::Result<()> {
     let mut histories = HashMap::new();
-    for pipeline in &pipelines {
+    for pipeline in &served.pipelines {
         let history = backfill_engine::sink::history_at(&pipeline.destination)?;
         histories.insert(pipeline.name.clone(), history);
     }
     let app = Arc::new(App {
-        pipelines,
+        served,
         histories,
         token,
         followed: Default::default(),
@@ -74,6 +76,9 @@ pub async fn serve(
     let router = Router::new()
         .route("/", get(runs_page))
         .route("/runs/{pipeline}/{run}", get(run_page))
+        .route("/launch", get(launch_page))
+        .route("/api/plan", get(plan_api))
+        .route("/api/launch", post(launch_api))
         .route("/api/runs", get(runs_api))
         .route("/api/runs/{pipeline}/{run}", get(run_api))
         .route("/api/runs/{pipeline}/{run}/cancel", post(cancel_api))
@@ -171,7 +176,9 @@ fn same_secret(given: &str, expected: &str) -> bool {
 impl App {
     fn history(&self, pipeline: &str) -> Result<&History, Refused> {
         self.histories.get(pipeline).ok_or_else(|| {
-            let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
+            let names: Vec<&str> = (self.served.pipelines.iter())
+                .map(|p| p.name.as_str())
+                .collect();
             Refused(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -183,14 +190,14 @@ impl App {
     }
 
     fn pipeline(&self, name: &str) -> Option<&Pipeline> {
-        self.pipelines.iter().find(|p| p.name == name)
+        self.served.pipelines.iter().find(|p| p.name == name)
     }
 
     /// Every run of every pipeline, newest first.
     async fn runs(&self) -> Result<Vec<RunEntry>, Refused> {
         let now = SystemClock.now();
         let mut listed = Vec::new();
-        for pipeline in &self.pipelines {
+        for pipeline in &self.served.pipelines {
             let history = self.history(&pipeline.name)?;
             listed.extend(history.entries(&pipeline.name, now).await?);
         }
@@ -270,6 +277,7 @@ async fn cancel_api(
 ) -> Result<Response, Refused> {
     app.entry(&pipeline, &run).await?;
     let chosen: Vec<Pipeline> = app
+        .served
         .pipelines
         .iter()
         .filter(|p| p.name == pipeline)
@@ -305,6 +313,59 @@ async fn run_page(
     pages::run(&view, live).map(Html).map_err(internal)
 }
 
-fn internal(error: anyhow::Error) -> Refused {
+async fn plan_api(
+    State(app): State<Arc<App>>,
+    Query(form): Query<Launch>,
+) -> Result<Json<launch::PlanView>, Refused> {
+    Ok(Json(launch::plan(&app.served, &form).await?))
+}
+
+async fn launch_api(
+    State(app): State<Arc<App>>,
+    Json(form): Json<Launch>,
+) -> Result<(StatusCode, Json<launch::Launched>), Refused> {
+    let launched = launch::launch(&app.served, &form).await?;
+    Ok((StatusCode::CREATED, Json(launched)))
+}
+
+/// What the launch page is asked for besides the launch itself.
+#[derive(serde::Deserialize)]
+struct Asked {
+    /// `plan`: show the plan of the form's launch (the form's button).
+    show: Option<String>,
+    /// The plan a launch was refused for, because it had changed.
+    changed: Option<String>,
+}
+
+/// The launch form; once it names slices, their plan and a button that launches it.
+async fn launch_page(
+    State(app): State<Arc<App>>,
+    Query(form): Query<Launch>,
+    Query(Asked { show, changed }): Query<Asked>,
+) -> Result<Html<String>, Refused> {
+    let (plan, error) = match show.is_some() || changed.is_some() {
+        true => match launch::plan(&app.served, &form).await {
+            Ok(plan) => (Some(plan), None),
+            Err(Refused(_, message)) => (None, Some(message)),
+        },
+        false => (None, None),
+    };
+    let page = pages::LaunchPage {
+        pipelines: app
+            .served
+            .pipelines
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect(),
+        environment: app.served.project.as_ref().map(|p| p.environment.as_str()),
+        form: &form,
+        plan: plan.as_ref(),
+        error,
+        changed,
+    };
+    pages::launch(&page).map(Html).map_err(internal)
+}
+
+fn internal(error: impl std::fmt::Display) -> Refused {
     Refused(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
 }

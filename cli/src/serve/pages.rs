@@ -10,11 +10,13 @@ use backfill_engine::SliceOutcome;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::launch::{Launch, PlanView};
 use crate::printer::{self, human_bytes, human_duration, status_words_after};
 use crate::report::STYLES;
 
 const RUNS: &str = include_str!("runs.html");
 const RUN: &str = include_str!("run.html");
+const LAUNCH: &str = include_str!("launch.html");
 
 /// One run as the page and the API show it.
 #[derive(Serialize)]
@@ -287,6 +289,24 @@ pub fn run(view: &RunView, live: bool) -> anyhow::Result<String> {
         ended: view.record.end.is_some(),
     };
     render(RUN, &page)
+}
+
+/// The launch form, and once it is filled in, its plan.
+#[derive(Serialize)]
+pub struct LaunchPage<'a> {
+    pub pipelines: Vec<&'a str>,
+    /// A project's environment.
+    pub environment: Option<&'a str>,
+    pub form: &'a Launch,
+    pub plan: Option<&'a PlanView>,
+    /// Why the form's launch cannot be planned.
+    pub error: Option<String>,
+    /// The plan confirmed before, when a launch was refused because it changed.
+    pub changed: Option<String>,
+}
+
+pub fn launch(page: &LaunchPage) -> anyhow::Result<String> {
+    render(LAUNCH, page)
 }
 
 fn render(template: &str, page: &impl Serialize) -> anyhow::Result<String> {

@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::{self, Locator, Output, Pipeline, SourceFormat};
 
 pub use diff::{Diff, PipelineDiff, SliceDiff};
-pub use plan::ProjectPlan;
+pub use plan::{PipelinePlan, ProjectPlan};
 pub use promote::{Promoted, Promotion};
 pub use run::ProjectSummary;
 
