@@ -8,9 +8,9 @@
 
 mod args;
 mod commands;
+mod html;
 mod printer;
 mod progress;
-mod report;
 mod serve;
 
 use std::process::ExitCode;

@@ -841,7 +841,7 @@ fn report_is_one_self_contained_html_page() {
         );
     }
     assert!(html.contains(&format!("Run {run} of tenant_signups")));
-    assert!(html.contains("3 committed, 0 skipped, 0 failed"));
+    assert!(html.contains(">3</span> committed, 0 skipped, <span id=\"failed\">0</span> failed"));
     assert!(
         html.contains("o&#x27;brien") && !html.contains("o'brien"),
         "keys are escaped"

@@ -454,7 +454,7 @@ fn a_rebuild_report_gives_every_status_its_own_style_and_legend_entry() {
     let (html, _) = case.report_of_last_run();
 
     let colour_of = |class: &str| {
-        let rule = format!(".{class} {{ background: ");
+        let rule = format!(".cell.{class}, .legend .{class} {{ background: ");
         let start = html
             .find(&rule)
             .unwrap_or_else(|| panic!("no style for {class}"))
@@ -467,8 +467,7 @@ fn a_rebuild_report_gives_every_status_its_own_style_and_legend_entry() {
         .map(|rest| &rest[..rest.find('"').unwrap()])
         .collect();
     assert_eq!(cells, ["staged", "staged", "failed", "staged"]);
-    let legend =
-        &html[html.find("class=\"legend\"").unwrap()..html.find("class=\"grid\"").unwrap()];
+    let legend = &html[html.find("class=\"legend\"").unwrap()..html.find("class=\"grid").unwrap()];
     for class in [
         "committed",
         "meanwhile",
@@ -484,7 +483,7 @@ fn a_rebuild_report_gives_every_status_its_own_style_and_legend_entry() {
         );
         let colour = colour_of(class);
         assert_eq!(
-            html.matches(&format!(": {colour}; }}")).count(),
+            html.matches(&format!("background: {colour}; }}")).count(),
             1,
             "{class}'s colour {colour} is its own"
         );

@@ -413,3 +413,93 @@ fn a_launch_runs_the_confirmed_plan_only_and_goes_on_when_the_server_is_stopped(
     let log = std::fs::read_to_string(launched["log"].as_str().unwrap()).unwrap();
     assert!(log.contains("\"event\":\"ended\""), "{log}");
 }
+
+#[test]
+fn the_status_page_and_api_give_what_status_prints() {
+    let case = Case::new("orders_clean");
+    case.edit_pipeline("rate = 0.05", "rate = 0.01");
+    // 2024-01-09 is the noisy day: it fails its check.
+    case.ok("run", &["--start", "2024-01-08", "--end", "2024-01-10"], 1);
+    let (_server, address) = serve(&case, None);
+
+    let api = http(&address, "GET", "/api/status", &[]).json();
+    assert_eq!(api["orders_clean"], case.json("status", &[], 0));
+    let range = ["--start", "2024-01-08", "--end", "2024-01-11"];
+    let query = "start=2024-01-08&end=2024-01-11";
+    let api = http(&address, "GET", &format!("/api/status?{query}"), &[]).json();
+    assert_eq!(api["orders_clean"], case.json("status", &range, 0));
+
+    let page = http(&address, "GET", &format!("/status?{query}"), &[]).body;
+    assert!(
+        page.contains("2 done, 2 remaining (1 failed, 1 missing)")
+            && page.contains("not done: 2024-01-09, 2024-01-11"),
+        "{page}"
+    );
+    assert!(
+        page.contains("null rate of amount"),
+        "the failure's error: {page}"
+    );
+    let cells: Vec<&str> = (page.split("class=\"cell ").skip(1))
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    assert_eq!(cells, ["committed", "failed", "committed", "missing"]);
+
+    let bad = http(&address, "GET", "/api/status?start=2024-01-08", &[]);
+    assert_eq!(bad.status, 400);
+    assert!(bad
+        .body
+        .contains("start/end: a range needs both its first and its last slice"));
+    let page = http(&address, "GET", "/status?start=2024-01-08&end=soon", &[]);
+    assert!(
+        page.body.contains("end: `soon` is not a day"),
+        "{}",
+        page.body
+    );
+}
+
+#[test]
+fn a_project_served_in_staging_launches_one_pipeline_there_and_shows_its_status() {
+    let project = crate::projects::ProjectCase::new();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    let file = project.project();
+    command.args(["serve", &file, "--env", "staging", "--bind", "127.0.0.1:0"]);
+    let (_server, address) = start_server(command);
+
+    let query = "pipeline=orders_clean&start=2024-01-01&end=2024-01-02";
+    let plan = http(&address, "GET", &format!("/api/plan?{query}"), &[]).json();
+    let hash = plan["hash"].as_str().unwrap();
+    assert!(
+        plan["command"].as_str().unwrap().contains(&format!(
+            "--env staging --pipelines orders_clean --start 2024-01-01 --end 2024-01-02 --expect-plan {hash}"
+        )),
+        "{plan:#}"
+    );
+    assert_eq!(plan["plan"]["environment"], "staging");
+    let body = serde_json::json!({
+        "pipeline": "orders_clean", "start": "2024-01-01", "end": "2024-01-02", "plan": hash,
+    });
+    let launched = post_json(&address, "/api/launch", &body);
+    assert_eq!(launched.status, 201, "{}", launched.body);
+    let run_id = launched.json()["run_id"].as_str().unwrap().to_string();
+
+    let status = |pipeline: &str| {
+        let path = format!("/api/status?pipeline={pipeline}&start=2024-01-01&end=2024-01-02");
+        http(&address, "GET", &path, &[]).json()[pipeline]["done"].clone()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while status("orders_clean") != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{run_id} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status("orders_daily"), 0, "only the pipeline chosen ran");
+    assert!(project
+        .path("warehouse-staging/orders_clean/_delta_log")
+        .is_dir());
+    assert!(
+        !project.path("warehouse/orders_clean").exists(),
+        "prod is untouched"
+    );
+}

@@ -1,4 +1,5 @@
-//! `backfill report`: writes one run as a self-contained HTML page.
+//! `backfill report`: writes one run as a self-contained HTML page: the run page as it
+//! stands, with nothing to load, no script and no links.
 
 use std::path::PathBuf;
 
@@ -8,6 +9,7 @@ use clap::Args;
 
 use super::Outcome;
 use crate::args::PipelineArgs;
+use crate::html::{RunView, Shown};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -23,8 +25,8 @@ pub struct ReportArgs {
 pub async fn execute(args: ReportArgs) -> anyhow::Result<Outcome> {
     let backfill = args.pipeline.open(None).await?;
     let record = backfill.run_record(&args.run).await?;
-    let destination = backfill.pipeline().destination.url.to_string();
-    let page = crate::report::render(&record, &destination, SystemClock.now())?;
+    let view = RunView::of(&record, Some(backfill.pipeline()), SystemClock.now());
+    let page = view.page(Shown::Report)?;
     std::fs::write(&args.output, page)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!("wrote {}", args.output.display());

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use backfill_engine::slice::{describe_spans, spans};
-use backfill_engine::status::{Status, SKEW_FACTOR};
+use backfill_engine::status::{SliceLine, Status, SKEW_FACTOR};
 use clap::Args;
 
 use super::Outcome;
@@ -58,60 +58,72 @@ pub async fn execute(args: StatusArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// The columns of the status table, and which of them hold numbers.
+pub const COLUMNS: [&str; 9] = [
+    "slice",
+    "state",
+    "rows",
+    "bytes",
+    "computed in",
+    "retries",
+    "version",
+    "run",
+    "note",
+];
+
 fn print(status: &Status) {
     if status.slices.is_empty() {
         println!("no slice committed or attempted yet");
         return;
     }
-    let mut table = printer::table(
-        [
-            "slice",
-            "state",
-            "rows",
-            "bytes",
-            "computed in",
-            "retries",
-            "version",
-            "run",
-            "note",
-        ],
-        &[2, 3, 4, 5, 6],
-    );
-    for s in &status.slices {
-        let note = match (&s.last_error, s.skewed) {
-            (Some(error), _) => error.clone(),
-            (None, true) => format!("skewed: over {SKEW_FACTOR}x the median"),
-            (None, false) => String::new(),
-        };
-        table.add_row([
-            s.slice.clone(),
-            s.state.to_string(),
-            or_blank(s.rows),
-            or_blank(s.bytes.map(human_bytes)),
-            or_blank(s.duration_ms.map(human_duration)),
-            s.retries.to_string(),
-            or_blank(s.version),
-            or_blank(s.run_id.clone()),
-            note,
-        ]);
+    let mut table = printer::table(COLUMNS, &[2, 3, 4, 5, 6]);
+    for line in &status.slices {
+        table.add_row(row(line));
     }
     printer::print_table(&table);
     let durations: Vec<Option<u64>> = status.slices.iter().map(|s| s.duration_ms).collect();
     if durations.iter().flatten().count() > 1 {
         println!("durations in slice order: {}", sparkline(&durations));
     }
+    for line in notes(status) {
+        println!("{line}");
+    }
+}
+
+/// One slice's row of the status table, as `status` prints it and the run page shows it.
+pub fn row(s: &SliceLine) -> [String; 9] {
+    let note = match (&s.last_error, s.skewed) {
+        (Some(error), _) => error.clone(),
+        (None, true) => format!("skewed: over {SKEW_FACTOR}x the median"),
+        (None, false) => String::new(),
+    };
+    [
+        s.slice.clone(),
+        s.state.to_string(),
+        or_blank(s.rows),
+        or_blank(s.bytes.map(human_bytes)),
+        or_blank(s.duration_ms.map(human_duration)),
+        s.retries.to_string(),
+        or_blank(s.version),
+        or_blank(s.run_id.clone()),
+        note,
+    ]
+}
+
+/// What the status table adds up to: the counts, and the slices not done in spans.
+pub fn notes(status: &Status) -> Vec<String> {
     let median = status
         .median_duration_ms
         .map(|m| format!(", median duration {}", human_duration(m)))
         .unwrap_or_default();
     let skewed = status.slices.iter().filter(|s| s.skewed).count();
-    println!(
+    let mut notes = vec![format!(
         "{} done, {} remaining ({} failed, {} missing){median}, {skewed} skewed",
         status.done,
         status.remaining,
         status.failed,
         status.remaining - status.failed
-    );
+    )];
     let not_done: HashSet<&str> = (status.slices.iter())
         .filter(|s| s.state != "done")
         .map(|s| s.slice.as_str())
@@ -119,8 +131,9 @@ fn print(status: &Status) {
     let keys = status.slices.iter().map(|s| s.slice.as_str());
     let not_done = spans(keys, |key| not_done.contains(key));
     if !not_done.is_empty() {
-        println!("not done: {}", describe_spans(&not_done));
+        notes.push(format!("not done: {}", describe_spans(&not_done)));
     }
+    notes
 }
 
 /// Durations as a line of bars, blank where a slice has none: the trend at a glance.

@@ -50,6 +50,51 @@ pub struct Served {
     pub args: Vec<String>,
 }
 
+impl Served {
+    /// The pipelines `pipeline` names (all when empty) and the selection of `start`..`end`
+    /// or `keys`, if one is given, as a form or a query gives them.
+    pub(super) fn scope(
+        &self,
+        pipeline: &str,
+        start: &str,
+        end: &str,
+        keys: &str,
+    ) -> Result<(Vec<String>, Option<Selection>), Refused> {
+        let bad = |message: &str| Refused(StatusCode::BAD_REQUEST, message.to_string());
+        let names: Vec<String> = self.pipelines.iter().map(|p| p.name.clone()).collect();
+        let pipelines = match pipeline {
+            "" => names,
+            one if names.iter().any(|n| n == one) => vec![one.to_string()],
+            other => {
+                let message = format!(
+                    "pipeline: no pipeline `{other}` here (there are: {})",
+                    names.join(", ")
+                );
+                return Err(bad(&message));
+            }
+        };
+        let selection = match (start.trim(), end.trim(), keys.trim()) {
+            ("", "", "") => None,
+            ("", "", keys) => Some(Selection::Keys(listed(keys))),
+            (start, end, "") if !start.is_empty() && !end.is_empty() => Some(Selection::Range {
+                start: start.into(),
+                end: end.into(),
+            }),
+            (_, _, "") => {
+                return Err(bad(
+                    "start/end: a range needs both its first and its last slice",
+                ))
+            }
+            _ => {
+                return Err(bad(
+                    "keys: give either a range (start and end) or keys, not both",
+                ))
+            }
+        };
+        Ok((pipelines, selection))
+    }
+}
+
 /// A launch's plan, as the page shows it and `/api/plan` answers.
 #[derive(Serialize)]
 pub struct PlanView {
@@ -92,36 +137,10 @@ struct Chosen {
 impl Launch {
     fn chosen(&self, served: &Served) -> Result<Chosen, Refused> {
         let bad = |message: String| Refused(StatusCode::BAD_REQUEST, message);
-        let names: Vec<String> = served.pipelines.iter().map(|p| p.name.clone()).collect();
-        let pipelines = match self.pipeline.as_str() {
-            "" => names,
-            one if names.iter().any(|n| n == one) => vec![one.to_string()],
-            other => {
-                let message = format!(
-                    "pipeline: no pipeline `{other}` here (there are: {})",
-                    names.join(", ")
-                );
-                return Err(bad(message));
-            }
-        };
-        let (start, end, keys) = (self.start.trim(), self.end.trim(), self.keys.trim());
-        let selection = match (start, end, keys) {
-            ("", "", keys) => Selection::Keys(listed(keys)),
-            (_, _, "") if !start.is_empty() && !end.is_empty() => Selection::Range {
-                start: start.into(),
-                end: end.into(),
-            },
-            (_, _, "") => {
-                return Err(bad(
-                    "start/end: a range needs both its first and its last slice".into(),
-                ))
-            }
-            _ => {
-                return Err(bad(
-                    "keys: give either a range (start and end) or keys, not both".into(),
-                ))
-            }
-        };
+        let (pipelines, selection) =
+            served.scope(&self.pipeline, &self.start, &self.end, &self.keys)?;
+        // No selection is every key of list slices; a range-cut pipeline says it needs one.
+        let selection = selection.unwrap_or(Selection::Keys(vec![]));
         if self.concurrency == Some(0) {
             return Err(bad("concurrency: at least 1 slice at a time".into()));
         }

@@ -2,7 +2,8 @@
 //! process or machine started it, each run's page live as it goes (its JavaScript asks
 //! for the page's live part every second), a Cancel button that writes the run's stop
 //! request, a launch form that shows a plan and launches it once confirmed
-//! (`launch.rs`); and the same facts as JSON under `/api/`.
+//! (`launch.rs`), the tables' status (`status.rs`); and the same facts as JSON under
+//! `/api/`. The pages themselves are `crate::html`'s.
 //!
 //! Presentation only: runs are read from the engine's history, a cancel is the engine's
 //! `request_stop`, exactly as `backfill cancel` does it, and a launch is a `backfill run`
@@ -15,7 +16,7 @@
 //! pages and answers hold run histories only.
 
 mod launch;
-mod pages;
+mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -34,8 +35,11 @@ use backfill_engine::run::cancel::request_stop;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::html::{self, RunView, Shown};
+
 use launch::Launch;
 pub use launch::Served;
+use status::StatusQuery;
 
 /// The header every POST must carry: proof that it was not sent by another site's form.
 pub const REQUEST_HEADER: &str = "x-backfill";
@@ -77,12 +81,15 @@ pub async fn serve(served: Served, bind: SocketAddr, token: Option<String>) -> a
         .route("/", get(runs_page))
         .route("/runs/{pipeline}/{run}", get(run_page))
         .route("/launch", get(launch_page))
+        .route("/status", get(status_page))
+        .route("/api/status", get(status_api))
         .route("/api/plan", get(plan_api))
         .route("/api/launch", post(launch_api))
         .route("/api/runs", get(runs_api))
         .route("/api/runs/{pipeline}/{run}", get(run_api))
         .route("/api/runs/{pipeline}/{run}/cancel", post(cancel_api))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -262,9 +269,9 @@ async fn runs_api(State(app): State<Arc<App>>) -> Result<Json<Vec<RunEntry>>, Re
 async fn run_api(
     State(app): State<Arc<App>>,
     Path((pipeline, run)): Path<(String, String)>,
-) -> Result<Json<pages::RunView>, Refused> {
+) -> Result<Json<RunView>, Refused> {
     let record = app.run(&pipeline, &run).await?;
-    Ok(Json(pages::RunView::of(
+    Ok(Json(RunView::of(
         &record,
         app.pipeline(&pipeline),
         SystemClock.now(),
@@ -293,7 +300,7 @@ async fn cancel_api(
 
 async fn runs_page(State(app): State<Arc<App>>) -> Result<Html<String>, Refused> {
     let runs = app.runs().await?;
-    pages::runs(&runs).map(Html).map_err(internal)
+    html::runs(&runs).map(Html).map_err(internal)
 }
 
 #[derive(serde::Deserialize)]
@@ -308,9 +315,12 @@ async fn run_page(
     Query(query): Query<PageQuery>,
 ) -> Result<Html<String>, Refused> {
     let record = app.run(&pipeline, &run).await?;
-    let view = pages::RunView::of(&record, app.pipeline(&pipeline), SystemClock.now());
-    let live = query.part.as_deref() == Some("live");
-    pages::run(&view, live).map(Html).map_err(internal)
+    let view = RunView::of(&record, app.pipeline(&pipeline), SystemClock.now());
+    let shown = match query.part.as_deref() {
+        Some("live") => Shown::Part,
+        _ => Shown::Page,
+    };
+    view.page(shown).map(Html).map_err(internal)
 }
 
 async fn plan_api(
@@ -350,7 +360,7 @@ async fn launch_page(
         },
         false => (None, None),
     };
-    let page = pages::LaunchPage {
+    let page = LaunchPage {
         pipelines: app
             .served
             .pipelines
@@ -363,7 +373,73 @@ async fn launch_page(
         error,
         changed,
     };
-    pages::launch(&page).map(Html).map_err(internal)
+    html::render("launch.html", &page)
+        .map(Html)
+        .map_err(internal)
+}
+
+/// The launch form, and once it is filled in, its plan.
+#[derive(Serialize)]
+struct LaunchPage<'a> {
+    pipelines: Vec<&'a str>,
+    /// A project's environment.
+    environment: Option<&'a str>,
+    form: &'a Launch,
+    plan: Option<&'a launch::PlanView>,
+    /// Why the form's launch cannot be planned.
+    error: Option<String>,
+    /// The plan confirmed before, when a launch was refused because it changed.
+    changed: Option<String>,
+}
+
+async fn status_api(
+    State(app): State<Arc<App>>,
+    Query(query): Query<StatusQuery>,
+) -> Result<Json<serde_json::Map<String, serde_json::Value>>, Refused> {
+    let statuses = status::statuses(&app.served, &query).await?;
+    let by_pipeline = statuses.into_iter().map(|(name, status)| {
+        let status = serde_json::to_value(status).map_err(internal)?;
+        Ok((name, status))
+    });
+    Ok(Json(by_pipeline.collect::<Result<_, Refused>>()?))
+}
+
+/// The status page: the form, and each pipeline's status for what it asks.
+#[derive(Serialize)]
+struct StatusPage<'a> {
+    environment: Option<&'a str>,
+    form: &'a StatusQuery,
+    pipelines: Vec<status::StatusPart>,
+    columns: [&'static str; 9],
+    styles: &'static [html::Style],
+    error: Option<String>,
+}
+
+async fn status_page(
+    State(app): State<Arc<App>>,
+    Query(query): Query<StatusQuery>,
+) -> Result<Html<String>, Refused> {
+    let (pipelines, error) = match status::statuses(&app.served, &query).await {
+        Ok(statuses) => {
+            let parts = statuses.iter().map(|(name, status)| {
+                let kind = app.pipeline(name).map(|p| p.slices.kind);
+                status::StatusPart::of(name, status, kind)
+            });
+            (parts.collect(), None)
+        }
+        Err(Refused(_, message)) => (vec![], Some(message)),
+    };
+    let page = StatusPage {
+        environment: app.served.project.as_ref().map(|p| p.environment.as_str()),
+        form: &query,
+        pipelines,
+        columns: crate::commands::status::COLUMNS,
+        styles: &html::STYLES,
+        error,
+    };
+    html::render("status.html", &page)
+        .map(Html)
+        .map_err(internal)
 }
 
 fn internal(error: impl std::fmt::Display) -> Refused {

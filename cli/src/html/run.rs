@@ -1,22 +1,30 @@
-//! What the run page shows, as data (`RunView`, also the API's answer) and as HTML
-//! (minijinja templates with auto-escaping; the page's script is a few lines, inline).
+//! A run as its page shows it: `RunView`, the data (also the API's answer), built from the
+//! run's history; and the list of runs. How a slice ended is worded as `show` words it.
 
 use std::collections::HashMap;
 
 use backfill_engine::history::{Liveness, RunEnd, RunEntry, RunRecord, StopRequest};
 use backfill_engine::pipeline::Pipeline;
 use backfill_engine::slice::{Selection, SliceKind};
-use backfill_engine::SliceOutcome;
+use backfill_engine::status::{skew, SKEW_FACTOR};
+use backfill_engine::{RebuildOutcome, SliceOutcome};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::launch::{Launch, PlanView};
+use super::{legend, style, Style, STYLES};
 use crate::printer::{self, human_bytes, human_duration, status_words_after};
-use crate::report::STYLES;
 
-const RUNS: &str = include_str!("runs.html");
-const RUN: &str = include_str!("run.html");
-const LAUNCH: &str = include_str!("launch.html");
+/// How a run's page is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shown {
+    /// Served, following the run while it goes, with its Cancel button.
+    Page,
+    /// Only the part that changes, for the served page's script.
+    Part,
+    /// A file of its own (`backfill report`): nothing loaded, no script, no links.
+    Report,
+}
 
 /// One run as the page and the API show it.
 #[derive(Serialize)]
@@ -25,14 +33,27 @@ pub struct RunView {
     pub record: RunRecord,
     /// `running`, `done`, `failed`, `cancelled`, `stopping` or `presumed dead`.
     pub status: &'static str,
+    /// The table it writes, when the pipeline is known.
+    pub destination: Option<String>,
+    pub started: String,
+    /// When it ended and after how long.
+    pub ended: Option<String>,
+    /// Why it has no end: still running, or killed.
+    pub unfinished: Option<&'static str>,
     pub counts: Counts,
     /// Each slice's last attempt, in the order the run first tried them.
     pub slices: Vec<SliceView>,
     /// Every selected slice, finished or not, in rows: a day of hours, a month of days.
     pub grid: Vec<GridRow>,
+    /// The styles of the slices' classes, for the legend.
+    pub legend: Vec<&'static Style>,
+    /// Each slice's duration, in the order the run tried them.
+    pub chart: Chart,
     /// What to do about failed slices, in spans.
     pub next: Vec<String>,
     pub rebuild: Option<String>,
+    /// Whether a rebuild ended as it should (swapped, or nothing to swap).
+    pub rebuild_ok: bool,
     /// How fast it went, from its start to now (or its end).
     pub pace: Pace,
     /// Attempts that failed and were tried again, with why.
@@ -50,6 +71,8 @@ pub struct Cell {
     pub slice: String,
     pub class: &'static str,
     pub title: String,
+    /// What a wide cell says under its key: its rows and time, or how it ended.
+    pub brief: String,
 }
 
 #[derive(Serialize)]
@@ -80,6 +103,8 @@ pub struct Counts {
     pub remaining: usize,
     pub rows: u64,
     pub bytes: String,
+    /// The table versions the run committed: `4`, or `4..9`.
+    pub versions: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -91,29 +116,20 @@ pub struct SliceView {
     pub took: String,
     /// Slower than `status`'s skew factor times the median slice.
     pub slow: bool,
+    #[serde(skip)]
+    duration_ms: u64,
+    #[serde(skip)]
+    brief: String,
 }
 
 impl RunView {
-    /// `record` of a run of `pipeline` (if this server knows it), as of `now`.
+    /// `record` of a run of `pipeline` (if it is known), as of `now`.
     pub fn of(record: &RunRecord, pipeline: Option<&Pipeline>, now: DateTime<Utc>) -> RunView {
         let last = record.last_attempts();
-        let count =
-            |wanted: fn(&SliceOutcome) -> bool| last.iter().filter(|a| wanted(&a.status)).count();
-        let (rows, bytes) = (last.iter().filter_map(|a| a.status.written()))
-            .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b));
-        let counts = Counts {
-            selected: record.header.slices,
-            committed: count(SliceOutcome::is_in_the_table),
-            staged: count(|s| matches!(s, SliceOutcome::Staged { .. })),
-            skipped: count(|s| matches!(s, SliceOutcome::Skipped { .. })),
-            failed: count(SliceOutcome::is_not_committed),
-            remaining: record.header.slices.saturating_sub(last.len()),
-            rows,
-            bytes: human_bytes(bytes),
-        };
         let rebuild = record.end.as_ref().and_then(|end| end.rebuild.as_ref());
+        let counts = counts(record, &last);
         let durations: Vec<Option<u64>> = last.iter().map(|a| Some(a.duration_ms)).collect();
-        let (_, slow) = backfill_engine::status::skew(&durations);
+        let (median, slow) = skew(&durations);
         let retried = (record.attempts.iter())
             .filter(|a| !last.iter().any(|l| std::ptr::eq(*l, *a)))
             .filter_map(|a| match &a.status {
@@ -125,22 +141,34 @@ impl RunView {
                 _ => None,
             })
             .collect();
-        let pace = pace(record, (rows, bytes), (last.len(), counts.remaining), now);
+        let written = (last.iter().filter_map(|a| a.status.written()))
+            .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b));
+        let pace = pace(record, written, (last.len(), counts.remaining), now);
         let slices: Vec<SliceView> = (last.iter().zip(slow))
             .map(|(a, slow)| {
                 let words = status_words_after(&a.status, rebuild);
+                let took = human_duration(a.duration_ms);
+                let brief = match a.status.written() {
+                    Some((rows, _)) => format!("{rows} rows · {took}"),
+                    None => format!("{} · {took}", words.label.to_lowercase()),
+                };
                 SliceView {
                     slice: a.slice.clone(),
                     class: words.class,
                     detail: words.to_string(),
                     attempt: a.attempt,
-                    took: human_duration(a.duration_ms),
+                    took,
                     slow,
+                    duration_ms: a.duration_ms,
+                    brief,
                 }
             })
             .collect();
+        let grid = grid(record, pipeline, &slices);
         RunView {
-            grid: grid(record, pipeline, &slices),
+            legend: legend(grid.iter().flat_map(|r| r.cells.iter().map(|c| c.class))),
+            grid,
+            chart: chart(&slices, median),
             slices,
             pace,
             retried,
@@ -149,16 +177,68 @@ impl RunView {
                 record.end.as_ref(),
                 record.stop.as_ref(),
             ),
+            destination: pipeline.map(|p| p.destination.url.to_string()),
+            started: printer::timestamp(&record.header.started_at),
+            ended: record.end.as_ref().map(|end| {
+                let took = (end.ended_at - record.header.started_at).num_milliseconds();
+                let took = human_duration(took.max(0) as u64);
+                format!("{}, after {took}", printer::timestamp(&end.ended_at))
+            }),
+            unfinished: match record.liveness(now) {
+                Liveness::Ended => None,
+                Liveness::Running => Some("still running: its heartbeat is recent"),
+                Liveness::PresumedDead => Some(
+                    "killed, or its machine lost (no recent heartbeat): its command finishes the job",
+                ),
+            },
             next: printer::not_committed_of(&last),
             rebuild: rebuild.map(printer::describe_rebuild),
+            rebuild_ok: rebuild.is_none_or(|r| {
+                matches!(
+                    r,
+                    RebuildOutcome::Swapped { .. } | RebuildOutcome::Unchanged
+                )
+            }),
             counts,
             record: record.clone(),
         }
     }
 }
 
-/// The run's pace from its start to `now` (or its end), and while it runs the time left
-/// if the `finished` slices' pace holds for the remaining ones.
+fn counts(record: &RunRecord, last: &[&backfill_engine::history::Attempt]) -> Counts {
+    let count =
+        |wanted: fn(&SliceOutcome) -> bool| last.iter().filter(|a| wanted(&a.status)).count();
+    let (rows, bytes) = (last.iter().filter_map(|a| a.status.written()))
+        .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b));
+    let mut versions: Vec<u64> = (last.iter())
+        .filter_map(|a| match a.status {
+            SliceOutcome::Committed { version, .. } => Some(version),
+            _ => None,
+        })
+        .collect();
+    if let Some(RebuildOutcome::Swapped { version, .. }) =
+        record.end.as_ref().and_then(|end| end.rebuild.as_ref())
+    {
+        versions.push(*version);
+    }
+    let versions = match (versions.iter().min(), versions.iter().max()) {
+        (Some(first), Some(last)) if first == last => Some(first.to_string()),
+        (Some(first), Some(last)) => Some(format!("{first}..{last}")),
+        _ => None,
+    };
+    Counts {
+        selected: record.header.slices,
+        committed: count(SliceOutcome::is_in_the_table),
+        staged: count(|s| matches!(s, SliceOutcome::Staged { .. })),
+        skipped: count(|s| matches!(s, SliceOutcome::Skipped { .. })),
+        failed: count(SliceOutcome::is_not_committed),
+        remaining: record.header.slices.saturating_sub(last.len()),
+        rows,
+        bytes: human_bytes(bytes),
+        versions,
+    }
+}
+
 /// Every slice the run selected, in rows of a day (hourly slices) or a month (daily ones),
 /// coloured by how it ended or `pending`. Without the pipeline, or for keys, the slices
 /// the run finished, in one row.
@@ -179,26 +259,35 @@ fn grid(record: &RunRecord, pipeline: Option<&Pipeline>, slices: &[SliceView]) -
         true => slices.iter().map(|s| s.slice.clone()).collect(),
         false => selected,
     };
+    let cells = keys
+        .into_iter()
+        .map(|key| match finished.get(key.as_str()) {
+            Some(view) => Cell {
+                class: view.class,
+                title: format!("{key}: {} ({})", view.detail, view.took),
+                brief: view.brief.clone(),
+                slice: key,
+            },
+            None => Cell {
+                class: "pending",
+                title: format!("{key}: not finished yet"),
+                brief: "not finished".into(),
+                slice: key,
+            },
+        });
+    rows_of(kind, cells)
+}
+
+/// Cells in rows of a day (hourly slices) or a month (daily ones); one row for keys.
+pub fn rows_of(kind: Option<SliceKind>, cells: impl Iterator<Item = Cell>) -> Vec<GridRow> {
     let label = |key: &str| match kind {
         Some(SliceKind::Hourly) => key.get(..10).unwrap_or(key).to_string(),
         Some(SliceKind::Daily) => key.get(..7).unwrap_or(key).to_string(),
         _ => String::new(),
     };
     let mut rows: Vec<GridRow> = Vec::new();
-    for key in keys {
-        let cell = match finished.get(key.as_str()) {
-            Some(view) => Cell {
-                class: view.class,
-                title: format!("{key}: {} ({})", view.detail, view.took),
-                slice: key.clone(),
-            },
-            None => Cell {
-                class: "pending",
-                title: format!("{key}: not finished yet"),
-                slice: key.clone(),
-            },
-        };
-        let label = label(&key);
+    for cell in cells {
+        let label = label(&cell.slice);
         match rows.last_mut() {
             Some(row) if row.label == label => row.cells.push(cell),
             _ => rows.push(GridRow {
@@ -210,7 +299,89 @@ fn grid(record: &RunRecord, pipeline: Option<&Pipeline>, slices: &[SliceView]) -
     rows
 }
 
-/// `written` is the rows and bytes its slices wrote.
+/// The duration chart: a column per slice in the order the run tried them (past
+/// `MOST_BARS` slices, a column per run of neighbours, as tall as the slowest of them),
+/// with the line above which a slice is slow.
+#[derive(Serialize)]
+pub struct Chart {
+    pub width: usize,
+    pub height: usize,
+    pub bars: Vec<Bar>,
+    /// Where the line of slow slices is drawn, if it is within the chart.
+    pub slow_at: Option<f64>,
+    pub slowest: String,
+    pub slow_label: String,
+}
+
+#[derive(Serialize)]
+pub struct Bar {
+    pub x: f64,
+    pub y: f64,
+    pub width: f64,
+    pub height: f64,
+    pub colour: &'static str,
+    pub title: String,
+}
+
+const MOST_BARS: usize = 400;
+const CHART_WIDTH: usize = 800;
+const CHART_HEIGHT: usize = 120;
+
+fn chart(slices: &[SliceView], median: Option<u64>) -> Chart {
+    let slowest = slices
+        .iter()
+        .map(|s| s.duration_ms)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let per_bar = slices.len().div_ceil(MOST_BARS).max(1);
+    let groups: Vec<&[SliceView]> = slices.chunks(per_bar).collect();
+    let width = CHART_WIDTH as f64 / groups.len().max(1) as f64;
+    let scale = |ms: u64| ms as f64 / slowest as f64 * CHART_HEIGHT as f64;
+    let bars = (groups.iter().enumerate())
+        .map(|(i, group)| {
+            let top = group
+                .iter()
+                .max_by_key(|s| s.duration_ms)
+                .expect("not empty");
+            let failed = group.iter().find(|s| s.class == "failed");
+            let height = scale(top.duration_ms).max(1.0);
+            let (first, last) = (&group[0].slice, &group[group.len() - 1].slice);
+            let title = match group.len() {
+                1 => format!("{first}: {}", top.took),
+                n => format!("{first}..{last} ({n} slices): up to {}", top.took),
+            };
+            Bar {
+                x: i as f64 * width,
+                y: CHART_HEIGHT as f64 - height,
+                width: (width - 1.0).max(1.0),
+                height,
+                colour: style(failed.unwrap_or(top).class).colour,
+                title,
+            }
+        })
+        .collect();
+    let slow_ms = median.map(|m| (m as f64 * SKEW_FACTOR) as u64);
+    Chart {
+        width: CHART_WIDTH,
+        height: CHART_HEIGHT,
+        bars,
+        slow_at: slow_ms
+            .filter(|ms| *ms <= slowest)
+            .map(|ms| CHART_HEIGHT as f64 - scale(ms)),
+        slowest: human_duration(slowest),
+        slow_label: slow_ms.map_or(String::new(), |ms| {
+            format!(
+                "slow: over {SKEW_FACTOR}× the median, {}",
+                human_duration(ms)
+            )
+        }),
+    }
+}
+
+/// The run's pace from its start to `now` (or its end), and while it runs the time left
+/// if the `finished` slices' pace holds for the remaining ones. `written` is the rows and
+/// bytes its slices wrote.
 fn pace(
     record: &RunRecord,
     written: (u64, u64),
@@ -232,7 +403,11 @@ fn pace(
 
 /// How a run stands: still going (or asked to stop), or how it ended. A stop request is
 /// only written while a run is alive, so an ended run that has one was cancelled.
-fn status_of(liveness: Liveness, end: Option<&RunEnd>, stop: Option<&StopRequest>) -> &'static str {
+pub fn status_of(
+    liveness: Liveness,
+    end: Option<&RunEnd>,
+    stop: Option<&StopRequest>,
+) -> &'static str {
     match (liveness, end, stop) {
         (Liveness::Running, _, None) => "running",
         (Liveness::Running, _, Some(_)) => "stopping",
@@ -255,67 +430,36 @@ struct RunLine<'a> {
     status: &'static str,
 }
 
+/// The list of runs.
 pub fn runs(runs: &[RunEntry]) -> anyhow::Result<String> {
     let lines = runs
         .iter()
-        .map(|run| {
-            let status = status_of(run.liveness, run.end.as_ref(), run.stop.as_ref());
-            RunLine {
-                run,
-                started: printer::timestamp(&run.header.started_at),
-                status,
-            }
+        .map(|run| RunLine {
+            run,
+            started: printer::timestamp(&run.header.started_at),
+            status: status_of(run.liveness, run.end.as_ref(), run.stop.as_ref()),
         })
         .collect();
-    render(RUNS, &RunsPage { runs: lines })
+    super::render("runs.html", &RunsPage { runs: lines })
 }
 
 #[derive(Serialize)]
 struct RunPage<'a> {
     view: &'a RunView,
-    started: String,
-    styles: &'a [crate::report::Style],
-    /// Only the part that changes, for the page's script.
-    live: bool,
-    ended: bool,
+    styles: &'a [Style],
+    shown: Shown,
 }
 
-pub fn run(view: &RunView, live: bool) -> anyhow::Result<String> {
-    let page = RunPage {
-        view,
-        started: printer::timestamp(&view.record.header.started_at),
-        styles: &STYLES,
-        live,
-        ended: view.record.end.is_some(),
-    };
-    render(RUN, &page)
-}
-
-/// The launch form, and once it is filled in, its plan.
-#[derive(Serialize)]
-pub struct LaunchPage<'a> {
-    pub pipelines: Vec<&'a str>,
-    /// A project's environment.
-    pub environment: Option<&'a str>,
-    pub form: &'a Launch,
-    pub plan: Option<&'a PlanView>,
-    /// Why the form's launch cannot be planned.
-    pub error: Option<String>,
-    /// The plan confirmed before, when a launch was refused because it changed.
-    pub changed: Option<String>,
-}
-
-pub fn launch(page: &LaunchPage) -> anyhow::Result<String> {
-    render(LAUNCH, page)
-}
-
-fn render(template: &str, page: &impl Serialize) -> anyhow::Result<String> {
-    let mut env = minijinja::Environment::new();
-    env.add_template("page.html", template)?;
-    let html = env
-        .get_template("page.html")?
-        .render(minijinja::value::Serde(page))?;
-    Ok(html)
+impl RunView {
+    /// The run's page, as `shown`.
+    pub fn page(&self, shown: Shown) -> anyhow::Result<String> {
+        let page = RunPage {
+            view: self,
+            styles: &STYLES,
+            shown,
+        };
+        super::render("run.html", &page)
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +488,21 @@ mod tests {
         }
     }
 
+    fn header(selection: &str, slices: usize, started: DateTime<Utc>) -> RunHeader {
+        RunHeader {
+            run_id: "20231114T221320Z-abcdef".into(),
+            pipeline: "p".into(),
+            selection: selection.into(),
+            slices,
+            reprocess: vec![],
+            concurrency: 1,
+            retries: 2,
+            started_at: started,
+            promoted_from: None,
+            cluster: None,
+        }
+    }
+
     #[test]
     fn a_running_runs_view_has_its_pace_time_left_retries_and_slow_slices() {
         let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
@@ -352,18 +511,7 @@ mod tests {
             fault: Fault::Environment,
         };
         let record = RunRecord {
-            header: RunHeader {
-                run_id: "20231114T221320Z-abcdef".into(),
-                pipeline: "p".into(),
-                selection: "d1..d8".into(),
-                slices: 8,
-                reprocess: vec![],
-                concurrency: 1,
-                retries: 2,
-                started_at: started,
-                promoted_from: None,
-                cluster: None,
-            },
+            header: header("d1..d8", 8, started),
             end: None,
             attempts: vec![
                 attempt("d1", 1, committed(100), 100),
@@ -390,8 +538,34 @@ mod tests {
             .map(|s| s.slice.as_str())
             .collect();
         assert_eq!(slow, ["d4"]);
-        let html = run(&view, true).unwrap();
+        // The chart: a column per slice, the slow one reaching the top, its line at 3×
+        // the median (100 ms) of the slowest's 1 s.
+        let heights: Vec<f64> = view.chart.bars.iter().map(|b| b.height).collect();
+        assert_eq!(heights, [12.0, 12.0, 12.0, 120.0]);
+        assert_eq!(view.chart.slow_at, Some(120.0 - 36.0));
+        let html = view.page(Shown::Part).unwrap();
         assert!(html.contains("about 4.00s left") && html.contains("connection reset"));
+    }
+
+    #[test]
+    fn a_report_loads_nothing_and_has_no_script_nor_links() {
+        let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let record = RunRecord {
+            header: header("d1..d2", 2, started),
+            end: None,
+            attempts: vec![attempt("d1", 1, committed(5), 10)],
+            heartbeat: None,
+            stop: None,
+        };
+        let view = RunView::of(&record, None, started + Duration::seconds(1));
+        let served = view.page(Shown::Page).unwrap();
+        assert!(served.contains("<script") && served.contains("id=\"cancel\""));
+        let report = view.page(Shown::Report).unwrap();
+        for external in [
+            "<script", "<link", "src=", "href=", "@import", "url(", "<button",
+        ] {
+            assert!(!report.contains(external), "{external} in the report");
+        }
     }
 }
 
@@ -403,8 +577,9 @@ mod scale {
 
     use super::*;
 
-    /// A year of hourly slices, every one committed: the page holds a row per day and
-    /// renders at once. The time it takes is reported, not asserted (shared machines).
+    /// A year of hourly slices, every one committed: the page holds a row per day and a
+    /// chart of at most `MOST_BARS` columns, and renders at once. The time it takes is
+    /// reported, not asserted (shared machines).
     #[test]
     fn a_run_of_a_year_of_hours_renders_a_row_per_day() {
         let file = concat!(
@@ -452,7 +627,7 @@ mod scale {
         };
         let timer = std::time::Instant::now();
         let view = RunView::of(&record, Some(&pipeline), started + Duration::seconds(30));
-        let html = run(&view, false).unwrap();
+        let html = view.page(Shown::Page).unwrap();
         eprintln!(
             "a year of hourly slices: view and page in {:?}, {} KiB of HTML",
             timer.elapsed(),
@@ -461,5 +636,6 @@ mod scale {
         assert_eq!(view.grid.len(), 365);
         assert!(view.grid.iter().all(|row| row.cells.len() == 24));
         assert_eq!(html.matches("class=\"row\"").count(), 365);
+        assert!(view.chart.bars.len() <= MOST_BARS);
     }
 }
