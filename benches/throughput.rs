@@ -483,7 +483,7 @@ mod cluster {
         options: &RunOptions,
         repeat: usize,
     ) {
-        let slots = backfill_engine::run::default_concurrency();
+        let slots = backfill_engine::estimate::default_concurrency();
         let places = [
             ("local".to_string(), None),
             (

@@ -1,6 +1,9 @@
 //! How everything is printed: JSON for machines, aligned tables and one way of writing
 //! sizes, durations and times for people. Commands decide what to print; this decides how.
 
+pub mod plan;
+pub mod status;
+
 use std::collections::HashMap;
 
 use backfill_engine::history::Attempt;

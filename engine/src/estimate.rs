@@ -125,6 +125,13 @@ const SMALL_SLICE_BYTES: u64 = 8 << 20;
 /// Slices computed at once per core when the slices are small.
 const SMALL_SLICES_PER_CORE: usize = 8;
 
+/// The number of cores: slices computed at once for slices that are not small.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
 /// Slices computed at once for a run that was not told: one per `cores`, or
 /// [`SMALL_SLICES_PER_CORE`] per core when nine in ten slices to compute are small
 /// ([`SMALL_SLICE_BYTES`]). Small slices hold little memory and wait on storage more than

@@ -17,6 +17,7 @@ mod summary;
 
 pub use summary::SliceHistory;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -94,6 +95,20 @@ pub struct Heartbeat {
     /// The host and process running it.
     pub host: String,
     pub pid: u32,
+    /// The slots to compute in that were taken, of how many, when it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotsInUse>,
+    /// The slices started and not finished when it was written (computing, checking or
+    /// waiting for their commit), by pipeline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub in_flight: BTreeMap<String, Vec<String>>,
+}
+
+/// Slots to compute in that are taken, of all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotsInUse {
+    pub in_use: usize,
+    pub of: usize,
 }
 
 /// How often a run rewrites its heartbeat.
@@ -477,6 +492,8 @@ mod tests {
                 at: at(t),
                 host: "h".into(),
                 pid: 1,
+                slots: None,
+                in_flight: Default::default(),
             }),
             stop: None,
         }

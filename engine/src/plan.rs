@@ -13,9 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::backfill::{Backfill, SlicePlan};
 use crate::error::Result;
-use crate::estimate::{chosen_concurrency, Estimate, PlanOptions};
+use crate::estimate::{chosen_concurrency, default_concurrency, Estimate, PlanOptions};
 use crate::ledger::Summaries;
-use crate::run::default_concurrency;
 use crate::sink::rebuild::Replaced;
 use crate::slice::Selection;
 use crate::states::SliceState;

@@ -123,6 +123,8 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
     let api = format!("/api/runs/orders_clean/{id}");
     let live = http(&address, "GET", &api, &[]).json();
     assert_eq!(live["status"], "running", "{live:#}");
+    // Its heartbeat says how many slots it computes in (--concurrency 1).
+    assert_eq!(live["heartbeat"]["slots"]["of"], 1, "{live:#}");
     assert!(
         live["pace"]["eta"].is_string(),
         "a running run says how long is left: {live:#}"

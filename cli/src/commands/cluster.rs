@@ -92,7 +92,8 @@ pub async fn execute(args: ClusterArgs) -> anyhow::Result<Outcome> {
                     )
                 })?;
             eprintln!("executor {host}:{port} working for the scheduler at {scheduler}");
-            let tasks = tasks.map_or_else(backfill_engine::run::default_concurrency, usize::from);
+            let tasks =
+                tasks.map_or_else(backfill_engine::estimate::default_concurrency, usize::from);
             cluster::serve_executor(ExecutorOptions {
                 scheduler: (scheduler_host, scheduler_port),
                 host,

@@ -51,7 +51,7 @@ fn print(promotion: &Promotion) {
         if let Some(others) = &pipeline.other_writers {
             println!(
                 "other writers: {}",
-                super::plan::describe_other_writers(others)
+                crate::printer::plan::describe_other_writers(others)
             );
         }
         let mut table = printer::table(["slice", "promotion"], &[]);

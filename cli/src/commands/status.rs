@@ -1,15 +1,13 @@
 //! `backfill status`: what the destination's Delta log records for each slice, with the
 //! last attempt's error and the durations' trend.
 
-use std::collections::HashSet;
-
-use backfill_engine::slice::{describe_spans, spans};
-use backfill_engine::status::{SliceLine, Status, SKEW_FACTOR};
+use backfill_engine::status::Status;
 use clap::Args;
 
 use super::Outcome;
 use crate::args::{PipelineArgs, ProjectArgs, SelectionArgs, Target};
-use crate::printer::{self, human_bytes, human_duration, or_blank};
+use crate::printer;
+use crate::printer::status::{notes, row, COLUMNS};
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -58,19 +56,6 @@ pub async fn execute(args: StatusArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// The columns of the status table, and which of them hold numbers.
-pub const COLUMNS: [&str; 9] = [
-    "slice",
-    "state",
-    "rows",
-    "bytes",
-    "computed in",
-    "retries",
-    "version",
-    "run",
-    "note",
-];
-
 fn print(status: &Status) {
     if status.slices.is_empty() {
         println!("no slice committed or attempted yet");
@@ -88,52 +73,6 @@ fn print(status: &Status) {
     for line in notes(status) {
         println!("{line}");
     }
-}
-
-/// One slice's row of the status table, as `status` prints it and the run page shows it.
-pub fn row(s: &SliceLine) -> [String; 9] {
-    let note = match (&s.last_error, s.skewed) {
-        (Some(error), _) => error.clone(),
-        (None, true) => format!("skewed: over {SKEW_FACTOR}x the median"),
-        (None, false) => String::new(),
-    };
-    [
-        s.slice.clone(),
-        s.state.to_string(),
-        or_blank(s.rows),
-        or_blank(s.bytes.map(human_bytes)),
-        or_blank(s.duration_ms.map(human_duration)),
-        s.retries.to_string(),
-        or_blank(s.version),
-        or_blank(s.run_id.clone()),
-        note,
-    ]
-}
-
-/// What the status table adds up to: the counts, and the slices not done in spans.
-pub fn notes(status: &Status) -> Vec<String> {
-    let median = status
-        .median_duration_ms
-        .map(|m| format!(", median duration {}", human_duration(m)))
-        .unwrap_or_default();
-    let skewed = status.slices.iter().filter(|s| s.skewed).count();
-    let mut notes = vec![format!(
-        "{} done, {} remaining ({} failed, {} missing){median}, {skewed} skewed",
-        status.done,
-        status.remaining,
-        status.failed,
-        status.remaining - status.failed
-    )];
-    let not_done: HashSet<&str> = (status.slices.iter())
-        .filter(|s| s.state != "done")
-        .map(|s| s.slice.as_str())
-        .collect();
-    let keys = status.slices.iter().map(|s| s.slice.as_str());
-    let not_done = spans(keys, |key| not_done.contains(key));
-    if !not_done.is_empty() {
-        notes.push(format!("not done: {}", describe_spans(&not_done)));
-    }
-    notes
 }
 
 /// Durations as a line of bars, blank where a slice has none: the trend at a glance.

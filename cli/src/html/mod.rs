@@ -25,7 +25,7 @@ pub struct Style {
     pub colour: &'static str,
 }
 
-pub const STYLES: [Style; 9] = [
+pub const STYLES: [Style; 10] = [
     Style {
         class: "committed",
         label: "committed",
@@ -60,6 +60,12 @@ pub const STYLES: [Style; 9] = [
         class: "blocked",
         label: "blocked by an upstream slice",
         colour: "#8d6e63",
+    },
+    // A slice being computed, checked or committed, as the run's heartbeat last said.
+    Style {
+        class: "in-flight",
+        label: "in flight",
+        colour: "#64b5f6",
     },
     // A slice of a run that has not finished it yet.
     Style {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use backfill_engine::history::{Liveness, RunEnd, RunEntry, RunRecord, StopRequest};
+use backfill_engine::history::{Attempt, Liveness, RunEnd, RunEntry, RunRecord, StopRequest};
 use backfill_engine::pipeline::Pipeline;
 use backfill_engine::slice::{Selection, SliceKind};
 use backfill_engine::status::{skew, SKEW_FACTOR};
@@ -54,6 +54,9 @@ pub struct RunView {
     pub rebuild: Option<String>,
     /// Whether a rebuild ended as it should (swapped, or nothing to swap).
     pub rebuild_ok: bool,
+    /// While it runs: the slots in use and the slices in flight, as its last heartbeat
+    /// said.
+    pub slots: Option<String>,
     /// How fast it went, from its start to now (or its end).
     pub pace: Pace,
     /// Attempts that failed and were tried again, with why.
@@ -164,12 +167,14 @@ impl RunView {
                 }
             })
             .collect();
-        let grid = grid(record, pipeline, &slices);
+        let in_flight = in_flight(record, &last, now);
+        let grid = grid(record, pipeline, &slices, &in_flight);
         RunView {
             legend: legend(grid.iter().flat_map(|r| r.cells.iter().map(|c| c.class))),
             grid,
             chart: chart(&slices, median),
             slices,
+            slots: slots(record, &in_flight, now),
             pace,
             retried,
             status: status_of(
@@ -205,7 +210,48 @@ impl RunView {
     }
 }
 
-fn counts(record: &RunRecord, last: &[&backfill_engine::history::Attempt]) -> Counts {
+/// The slices of a running run that its last heartbeat says are in flight, and that have
+/// not finished an attempt since.
+fn in_flight(record: &RunRecord, last: &[&Attempt], now: DateTime<Utc>) -> Vec<String> {
+    let Some(beat) = record.heartbeat.as_ref() else {
+        return vec![];
+    };
+    if record.liveness(now) != Liveness::Running {
+        return vec![];
+    }
+    let finished_since: HashMap<&str, bool> = (last.iter())
+        .map(|a| (a.slice.as_str(), a.finished_at >= beat.at))
+        .collect();
+    let listed = beat
+        .in_flight
+        .get(&record.header.pipeline)
+        .into_iter()
+        .flatten();
+    listed
+        .filter(|slice| !finished_since.get(slice.as_str()).copied().unwrap_or(false))
+        .cloned()
+        .collect()
+}
+
+/// `1 of 2 in use 3s ago: 2024-01-05`.
+fn slots(record: &RunRecord, in_flight: &[String], now: DateTime<Utc>) -> Option<String> {
+    let beat = record.heartbeat.as_ref()?;
+    let slots = beat
+        .slots
+        .filter(|_| record.liveness(now) == Liveness::Running)?;
+    let ago = human_duration((now - beat.at).num_milliseconds().max(0) as u64);
+    let listed = match in_flight.len() {
+        0 => String::new(),
+        n if n <= 10 => format!(": {}", in_flight.join(", ")),
+        n => format!(": {} and {} more", in_flight[..10].join(", "), n - 10),
+    };
+    Some(format!(
+        "{} of {} in use {ago} ago{listed}",
+        slots.in_use, slots.of
+    ))
+}
+
+fn counts(record: &RunRecord, last: &[&Attempt]) -> Counts {
     let count =
         |wanted: fn(&SliceOutcome) -> bool| last.iter().filter(|a| wanted(&a.status)).count();
     let (rows, bytes) = (last.iter().filter_map(|a| a.status.written()))
@@ -242,7 +288,12 @@ fn counts(record: &RunRecord, last: &[&backfill_engine::history::Attempt]) -> Co
 /// Every slice the run selected, in rows of a day (hourly slices) or a month (daily ones),
 /// coloured by how it ended or `pending`. Without the pipeline, or for keys, the slices
 /// the run finished, in one row.
-fn grid(record: &RunRecord, pipeline: Option<&Pipeline>, slices: &[SliceView]) -> Vec<GridRow> {
+fn grid(
+    record: &RunRecord,
+    pipeline: Option<&Pipeline>,
+    slices: &[SliceView],
+    in_flight: &[String],
+) -> Vec<GridRow> {
     let finished: HashMap<&str, &SliceView> =
         slices.iter().map(|s| (s.slice.as_str(), s)).collect();
     let range = Selection::described_range(&record.header.selection);
@@ -262,6 +313,12 @@ fn grid(record: &RunRecord, pipeline: Option<&Pipeline>, slices: &[SliceView]) -
     let cells = keys
         .into_iter()
         .map(|key| match finished.get(key.as_str()) {
+            _ if in_flight.contains(&key) => Cell {
+                class: "in-flight",
+                title: format!("{key}: in flight"),
+                brief: "in flight".into(),
+                slice: key,
+            },
             Some(view) => Cell {
                 class: view.class,
                 title: format!("{key}: {} ({})", view.detail, view.took),
@@ -464,7 +521,9 @@ impl RunView {
 
 #[cfg(test)]
 mod tests {
-    use backfill_engine::history::{Attempt, RunHeader};
+    use std::collections::BTreeMap;
+
+    use backfill_engine::history::{Attempt, Heartbeat, RunHeader, SlotsInUse};
     use backfill_engine::{Fault, SliceOutcome};
     use chrono::{Duration, TimeZone, Utc};
 
@@ -545,6 +604,58 @@ mod tests {
         assert_eq!(view.chart.slow_at, Some(120.0 - 36.0));
         let html = view.page(Shown::Part).unwrap();
         assert!(html.contains("about 4.00s left") && html.contains("connection reset"));
+    }
+
+    #[test]
+    fn a_running_runs_heartbeat_gives_its_slots_and_the_slices_in_flight() {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/pipelines/orders_clean.toml"
+        );
+        let pipeline = backfill_engine::pipeline::load(std::path::Path::new(file)).unwrap();
+        let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let beat_at = started + Duration::seconds(2);
+        let day = |d: u32| format!("2024-01-0{d}");
+        let mut record = RunRecord {
+            header: RunHeader {
+                pipeline: pipeline.name.clone(),
+                ..header("2024-01-01..2024-01-04", 4, started)
+            },
+            end: None,
+            attempts: vec![attempt(&day(1), 1, committed(1), 10)],
+            heartbeat: Some(Heartbeat {
+                at: beat_at,
+                host: "h".into(),
+                pid: 1,
+                slots: Some(SlotsInUse { in_use: 2, of: 2 }),
+                in_flight: BTreeMap::from([(pipeline.name.clone(), vec![day(2), day(3)])]),
+            }),
+            stop: None,
+        };
+        // The third day finished after the heartbeat was written: no longer in flight.
+        record.attempts.push(Attempt {
+            finished_at: beat_at + Duration::seconds(1),
+            ..attempt(&day(3), 1, committed(1), 10)
+        });
+        let now = beat_at + Duration::seconds(3);
+        let view = RunView::of(&record, Some(&pipeline), now);
+        assert_eq!(
+            view.slots.as_deref(),
+            Some("2 of 2 in use 3.00s ago: 2024-01-02")
+        );
+        let cells: Vec<&str> = (view.grid.iter().flat_map(|r| &r.cells))
+            .map(|c| c.class)
+            .collect();
+        assert_eq!(cells, ["committed", "in-flight", "committed", "pending"]);
+        record.end = Some(RunEnd {
+            ended_at: beat_at + Duration::seconds(4),
+            committed: 3,
+            skipped: 0,
+            failed: 0,
+            rebuild: None,
+        });
+        let ended = RunView::of(&record, Some(&pipeline), now + Duration::seconds(2));
+        assert_eq!(ended.slots, None, "an ended run has no slots in use");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use backfill_engine::{Backfill, OpenOptions, PlanOptions, Reprocess, Selection};
 use serde::{Deserialize, Serialize};
 
 use super::Refused;
-use crate::commands::plan as shown;
+use crate::printer::plan as shown;
 
 /// What to run, as the launch form and `/api/plan` and `/api/launch` take it. Empty
 /// fields are not given.

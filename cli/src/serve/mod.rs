@@ -433,7 +433,7 @@ async fn status_page(
         environment: app.served.project.as_ref().map(|p| p.environment.as_str()),
         form: &query,
         pipelines,
-        columns: crate::commands::status::COLUMNS,
+        columns: crate::printer::status::COLUMNS,
         styles: &html::STYLES,
         error,
     };

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::launch::Served;
 use super::Refused;
-use crate::commands::status as shown;
 use crate::html::{self, Cell, GridRow, Style};
+use crate::printer::status as shown;
 
 /// Which slices, as the status form and `/api/status` take them; empty fields are not
 /// given, and no selection is every slice from the first to the last one committed or

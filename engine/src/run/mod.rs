@@ -41,7 +41,7 @@ use std::time::Duration;
 use crate::backfill::{Backfill, Recorded};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, Setting};
-use crate::estimate::{check_preflight, chosen_concurrency, Budget, Estimate};
+use crate::estimate::{check_preflight, chosen_concurrency, default_concurrency, Budget, Estimate};
 use crate::history::History;
 use crate::ledger::SwapManifest;
 use crate::sink::strategy::Publishing;
@@ -157,13 +157,6 @@ impl RunOptions {
     }
 }
 
-/// The number of cores: slices computed at once for slices that are not small.
-pub fn default_concurrency() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-}
-
 impl Backfill {
     /// Runs the selected slices whose state `options.reprocess` chooses: a run of this
     /// pipeline alone. Errors in the selection come back before anything runs; a slice's
@@ -232,6 +225,8 @@ pub(crate) async fn run_pipelines(
     let chained = members.iter().any(|m| !m.backfill.upstreams.is_empty());
     let gates = chained.then(|| Arc::new(Gates::new(preflight::all_slices(&members))));
     let run_id = new_run_id(options.clock.now());
+    let in_flight = watch::InFlight::around(observer, concurrency);
+    let observer: Arc<dyn Observer> = in_flight.clone();
     let slots = Slots::new(concurrency, observer.clone());
     observer.on(&RunEvent::Started {
         run_id: run_id.clone(),
@@ -248,7 +243,7 @@ pub(crate) async fn run_pipelines(
         estimate,
     });
     let histories = members.iter().map(|m| m.backfill.history()).collect();
-    let watching = watch::start(histories, run_id.clone(), &options, observer.clone()).await;
+    let watching = watch::start(histories, run_id.clone(), &options, in_flight).await;
     let _stop_watching = watching.drop_guard();
     let runs = members
         .into_iter()
