@@ -233,7 +233,7 @@ fn in_flight(record: &RunRecord, last: &[&Attempt], now: DateTime<Utc>) -> Vec<S
         .collect()
 }
 
-/// `1 of 2 in use 3s ago: 2024-01-05`.
+/// `1 of 2 in use 3.00s ago; in flight (computing, or waiting for their commit): 2024-01-05`.
 fn slots(record: &RunRecord, in_flight: &[String], now: DateTime<Utc>) -> Option<String> {
     let beat = record.heartbeat.as_ref()?;
     let slots = beat
@@ -242,8 +242,12 @@ fn slots(record: &RunRecord, in_flight: &[String], now: DateTime<Utc>) -> Option
     let ago = human_duration((now - beat.at).num_milliseconds().max(0) as u64);
     let listed = match in_flight.len() {
         0 => String::new(),
-        n if n <= 10 => format!(": {}", in_flight.join(", ")),
-        n => format!(": {} and {} more", in_flight[..10].join(", "), n - 10),
+        n if n <= 10 => in_flight.join(", "),
+        n => format!("{} and {} more", in_flight[..10].join(", "), n - 10),
+    };
+    let listed = match listed.is_empty() {
+        true => listed,
+        false => format!("; in flight (computing, or waiting for their commit): {listed}"),
     };
     Some(format!(
         "{} of {} in use {ago} ago{listed}",
@@ -641,7 +645,7 @@ mod tests {
         let view = RunView::of(&record, Some(&pipeline), now);
         assert_eq!(
             view.slots.as_deref(),
-            Some("2 of 2 in use 3.00s ago: 2024-01-02")
+            Some("2 of 2 in use 3.00s ago; in flight (computing, or waiting for their commit): 2024-01-02")
         );
         let cells: Vec<&str> = (view.grid.iter().flat_map(|r| &r.cells))
             .map(|c| c.class)
