@@ -504,4 +504,63 @@ fn a_project_served_in_staging_launches_one_pipeline_there_and_shows_its_status(
         !project.path("warehouse/orders_clean").exists(),
         "prod is untouched"
     );
+
+    // The whole project: one run, a row of slices per pipeline on its page, and one line
+    // in the list.
+    let query = "start=2024-01-01&end=2024-01-02";
+    let plan = http(&address, "GET", &format!("/api/plan?{query}"), &[]).json();
+    let body =
+        serde_json::json!({"start": "2024-01-01", "end": "2024-01-02", "plan": plan["hash"]});
+    let launched = post_json(&address, "/api/launch", &body);
+    assert_eq!(launched.status, 201, "{}", launched.body);
+    let run_id = launched.json()["run_id"].as_str().unwrap().to_string();
+    let api = format!("/api/runs/events_daily/{run_id}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let run = loop {
+        let run = http(&address, "GET", &api, &[]).json();
+        let parts = run["parts"].as_array().map_or(0, Vec::len);
+        if parts == 4
+            && run["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["status"] == "done")
+        {
+            break run;
+        }
+        assert!(std::time::Instant::now() < deadline, "{run:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let parts: Vec<(&str, usize)> = (run["parts"].as_array().unwrap().iter())
+        .map(|p| {
+            (
+                p["pipeline"].as_str().unwrap(),
+                p["cells"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("orders_clean", 2),
+            ("orders_daily", 2),
+            ("hourly_events", 48),
+            ("events_daily", 2)
+        ],
+        "upstream first, hourly slices a cell each"
+    );
+    let page = http(
+        &address,
+        "GET",
+        &format!("/runs/orders_clean/{run_id}"),
+        &[],
+    )
+    .body;
+    assert!(page.contains("Pipelines of this run"), "{page}");
+    let list = http(&address, "GET", "/", &[]).body;
+    assert_eq!(
+        list.matches(&format!(">{run_id}</a>")).count(),
+        1,
+        "one line per run: {list}"
+    );
 }

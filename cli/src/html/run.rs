@@ -61,6 +61,17 @@ pub struct RunView {
     pub pace: Pace,
     /// Attempts that failed and were tried again, with why.
     pub retried: Vec<Retried>,
+    /// A run of several pipelines: a row of each one's slices, upstream first.
+    pub parts: Vec<Part>,
+}
+
+/// One pipeline of a run of several: its slices in a row.
+#[derive(Serialize)]
+pub struct Part {
+    pub pipeline: String,
+    pub status: &'static str,
+    pub summary: String,
+    pub cells: Vec<Cell>,
 }
 
 #[derive(Serialize)]
@@ -69,7 +80,7 @@ pub struct GridRow {
     pub cells: Vec<Cell>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Cell {
     pub slice: String,
     pub class: &'static str,
@@ -174,6 +185,7 @@ impl RunView {
             grid,
             chart: chart(&slices, median),
             slices,
+            parts: vec![],
             slots: slots(record, &in_flight, now),
             pace,
             retried,
@@ -253,6 +265,25 @@ fn slots(record: &RunRecord, in_flight: &[String], now: DateTime<Utc>) -> Option
         "{} of {} in use {ago} ago{listed}",
         slots.in_use, slots.of
     ))
+}
+
+impl RunView {
+    /// The run's row among the pipelines of a run of several.
+    pub fn part(&self) -> Part {
+        let counts = &self.counts;
+        Part {
+            pipeline: self.record.header.pipeline.clone(),
+            status: self.status,
+            summary: format!(
+                "{} committed, {} failed, {} not finished",
+                counts.committed, counts.failed, counts.remaining
+            ),
+            cells: (self.grid.iter())
+                .flat_map(|row| &row.cells)
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 fn counts(record: &RunRecord, last: &[&Attempt]) -> Counts {
@@ -484,23 +515,78 @@ struct RunsPage<'a> {
     runs: Vec<RunLine<'a>>,
 }
 
+/// A run in the list: its pipelines' parts (one, or a project's several) added up.
 #[derive(Serialize)]
 struct RunLine<'a> {
+    /// The first part listed, for what every part shares: id, selection, start, host.
     run: &'a RunEntry,
+    pipelines: Vec<&'a str>,
     started: String,
     status: &'static str,
+    slices: usize,
+    /// Once every part has ended.
+    ended: Option<Ended>,
+    attempts: usize,
 }
 
-/// The list of runs.
-pub fn runs(runs: &[RunEntry]) -> anyhow::Result<String> {
-    let lines = runs
-        .iter()
-        .map(|run| RunLine {
-            run,
-            started: printer::timestamp(&run.header.started_at),
-            status: status_of(run.liveness, run.end.as_ref(), run.stop.as_ref()),
-        })
-        .collect();
+#[derive(Serialize)]
+struct Ended {
+    committed: usize,
+    skipped: usize,
+    failed: usize,
+}
+
+/// How a run of several parts stands, from the most pressing of its parts' words.
+const STATUS_ORDER: [&str; 6] = [
+    "running",
+    "stopping",
+    "presumed dead",
+    "cancelled",
+    "failed",
+    "done",
+];
+
+/// The list of runs, newest first, a line per run however many pipelines it ran.
+pub fn runs(entries: &[RunEntry]) -> anyhow::Result<String> {
+    let mut lines: Vec<RunLine> = Vec::new();
+    for entry in entries {
+        let status = status_of(entry.liveness, entry.end.as_ref(), entry.stop.as_ref());
+        let ended = entry.end.as_ref().map(|end| Ended {
+            committed: end.committed,
+            skipped: end.skipped,
+            failed: end.failed,
+        });
+        let same = lines
+            .iter_mut()
+            .find(|l| l.run.header.run_id == entry.header.run_id);
+        let Some(line) = same else {
+            lines.push(RunLine {
+                run: entry,
+                pipelines: vec![&entry.header.pipeline],
+                started: printer::timestamp(&entry.header.started_at),
+                status,
+                slices: entry.header.slices,
+                ended,
+                attempts: entry.attempts,
+            });
+            continue;
+        };
+        line.pipelines.push(&entry.header.pipeline);
+        line.slices += entry.header.slices;
+        line.attempts += entry.attempts;
+        line.ended = match (line.ended.take(), ended) {
+            (Some(a), Some(b)) => Some(Ended {
+                committed: a.committed + b.committed,
+                skipped: a.skipped + b.skipped,
+                failed: a.failed + b.failed,
+            }),
+            _ => None,
+        };
+        let rank = |status| STATUS_ORDER.iter().position(|s| *s == status);
+        if rank(status) < rank(line.status) {
+            line.status = status;
+        }
+    }
     super::render("runs.html", &RunsPage { runs: lines })
 }
 

@@ -54,6 +54,9 @@ struct App {
     followed: std::sync::Mutex<HashMap<RunKey, Arc<Mutex<Followed>>>>,
 }
 
+/// The most runs whose attempts the server keeps before it forgets those not being read.
+const MOST_FOLLOWED: usize = 64;
+
 /// A run by its pipeline and id.
 type RunKey = (String, String);
 
@@ -229,14 +232,56 @@ impl App {
     /// One run as it is now, its attempts read once each across requests.
     async fn run(&self, pipeline: &str, run: &str) -> Result<RunRecord, Refused> {
         let entry = self.entry(pipeline, run).await?;
-        let history = self.history(pipeline)?;
+        self.followed(entry).await
+    }
+
+    /// The run `run` of `pipeline` as its page shows it; for a run of several pipelines,
+    /// with a row of each one's slices, upstream first.
+    async fn view(&self, pipeline: &str, run: &str) -> Result<RunView, Refused> {
+        let record = self.run(pipeline, run).await?;
+        let mut view = RunView::of(&record, self.pipeline(pipeline), SystemClock.now());
+        let others = self.parts_besides(pipeline, run).await?;
+        if !others.is_empty() {
+            let order = |name: &str| (self.served.pipelines.iter()).position(|p| p.name == name);
+            let mut parts: Vec<html::Part> = others.iter().map(RunView::part).collect();
+            parts.push(view.part());
+            parts.sort_by_key(|part| order(&part.pipeline));
+            view.parts = parts;
+        }
+        Ok(view)
+    }
+
+    /// The other pipelines' parts of the run `run` of `pipeline`, when it ran a project's
+    /// pipelines together, as they are now: upstream first.
+    async fn parts_besides(&self, pipeline: &str, run: &str) -> Result<Vec<RunView>, Refused> {
+        let mut parts = Vec::new();
+        for other in self.served.pipelines.iter().filter(|p| p.name != pipeline) {
+            let history = self.history(&other.name)?;
+            let now = SystemClock.now();
+            if let Some(entry) = history.entry(run, &other.name, now).await? {
+                let record = self.followed(entry).await?;
+                parts.push(RunView::of(&record, Some(other), now));
+            }
+        }
+        Ok(parts)
+    }
+
+    /// The run of `entry`, with every attempt recorded so far: only those not read
+    /// before are read.
+    async fn followed(&self, entry: RunEntry) -> Result<RunRecord, Refused> {
+        let key = (entry.header.pipeline.clone(), entry.header.run_id.clone());
+        let history = self.history(&key.0)?;
         let followed = {
             let mut runs = self.followed.lock().expect("not poisoned");
-            let key = (pipeline.to_string(), run.to_string());
-            runs.entry(key).or_default().clone()
+            if runs.len() >= MOST_FOLLOWED && !runs.contains_key(&key) {
+                // Forget the runs no request is reading: one asked for again is read
+                // again from its history.
+                runs.retain(|_, run| Arc::strong_count(run) > 1);
+            }
+            runs.entry(key.clone()).or_default().clone()
         };
         let mut followed = followed.lock().await;
-        let new = history.new_attempts(run, &mut followed.seen).await?;
+        let new = history.new_attempts(&key.1, &mut followed.seen).await?;
         followed.attempts.extend(new);
         Ok(RunRecord {
             header: entry.header,
@@ -270,12 +315,7 @@ async fn run_api(
     State(app): State<Arc<App>>,
     Path((pipeline, run)): Path<(String, String)>,
 ) -> Result<Json<RunView>, Refused> {
-    let record = app.run(&pipeline, &run).await?;
-    Ok(Json(RunView::of(
-        &record,
-        app.pipeline(&pipeline),
-        SystemClock.now(),
-    )))
+    Ok(Json(app.view(&pipeline, &run).await?))
 }
 
 async fn cancel_api(
@@ -314,8 +354,7 @@ async fn run_page(
     Path((pipeline, run)): Path<(String, String)>,
     Query(query): Query<PageQuery>,
 ) -> Result<Html<String>, Refused> {
-    let record = app.run(&pipeline, &run).await?;
-    let view = RunView::of(&record, app.pipeline(&pipeline), SystemClock.now());
+    let view = app.view(&pipeline, &run).await?;
     let shown = match query.part.as_deref() {
         Some("live") => Shown::Part,
         _ => Shown::Page,
