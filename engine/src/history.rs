@@ -53,6 +53,9 @@ pub struct RunHeader {
     /// The cluster the run's slices computed on (`df://HOST:PORT`), if not this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Who started it: `user@host`, or what `BACKFILL_STARTED_BY` said (the run page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// One attempt at one slice.
@@ -479,6 +482,7 @@ mod tests {
                 started_at: at("2024-06-01T00:00:00Z"),
                 promoted_from: None,
                 cluster: None,
+                started_by: None,
             },
             end: end.then(|| RunEnd {
                 ended_at: at("2024-06-01T00:10:00Z"),

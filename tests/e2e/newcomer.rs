@@ -301,7 +301,7 @@ fn the_report_of_a_rebuild_that_did_not_swap_says_so_and_what_to_do() {
     // The page escapes `/` in URLs, which reads the same in a browser.
     let summary = summary.replace("&#x2f;", "/");
     let mut settings = settings_in(case.scratch.dir.path());
-    settings.add_filter(r"\[TIME\] on [^:]+:", "[TIME] on [HOST]:");
+    settings.add_filter(r"\[TIME\] by [^:]+:", "[TIME] by [WHO]:");
     settings.add_filter(r"\d+ rows/s, [\d.]+ [KMG]?i?B/s", "[PACE]");
     settings.add_filter(r"\(\d+(\.\d+)?m?s\)", "([DURATION])");
     // The duration column is as wide as its widest value.

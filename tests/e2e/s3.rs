@@ -404,7 +404,8 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
         "{stderr}"
     );
 
-    // The run page reads the runs on S3, and never shows the storage options' secret.
+    // The run page reads the runs, plans and status on S3, and never shows the storage
+    // options' secret.
     let mut server = Watched::spawn(case.command("serve", &["--bind", "127.0.0.1:0"]));
     let line = server.line_where(Duration::from_secs(60), |l| l.starts_with("serving on "));
     let address = line
@@ -419,6 +420,10 @@ async fn s3_overwrite_with_concurrent_commits_matches_the_local_run() {
         "/".to_string(),
         format!("/api/runs/orders_clean/{id}"),
         format!("/runs/orders_clean/{id}"),
+        "/api/plan?start=2024-01-01&end=2024-01-14".to_string(),
+        "/launch?start=2024-01-01&end=2024-01-14&show=plan".to_string(),
+        "/api/status".to_string(),
+        "/status".to_string(),
     ] {
         let answer = crate::serve::http(address, "GET", &path, &[]);
         assert_eq!(answer.status, 200, "{path}: {}", answer.body);

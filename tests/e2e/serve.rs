@@ -382,13 +382,11 @@ fn a_launch_runs_the_confirmed_plan_only_and_goes_on_when_the_server_is_stopped(
     let run_id = launched["run_id"].as_str().unwrap().to_string();
     assert_eq!(launched["url"], format!("/runs/orders_clean/{run_id}"));
     let runs = http(&address, "GET", "/api/runs", &[]).json();
-    assert!(
-        runs.as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["run_id"] == run_id.as_str()),
-        "{runs:#}"
-    );
+    let listed = (runs.as_array().unwrap().iter()).find(|r| r["run_id"] == run_id.as_str());
+    let by = listed.unwrap_or_else(|| panic!("{runs:#}"))["started_by"]
+        .as_str()
+        .unwrap();
+    assert!(by.ends_with(" through the run page"), "{by}");
 
     // Ctrl-C where the server runs: the server ends, the launched run goes on.
     let pid = server.pid().to_string();

@@ -29,7 +29,7 @@ pub async fn execute(args: CancelArgs) -> anyhow::Result<Outcome> {
     let pipelines = args.pipeline.pipelines(&args.project)?;
     let request = StopRequest {
         requested_at: SystemClock.now(),
-        by: who(),
+        by: backfill_engine::run::who(),
     };
     let asked = request_stop(&pipelines, &args.run, &request).await?;
     match args.json {
@@ -37,14 +37,6 @@ pub async fn execute(args: CancelArgs) -> anyhow::Result<Outcome> {
         false => print(&asked),
     }
     Ok(Outcome::Success)
-}
-
-/// The user and host asking, as the environment names them.
-fn who() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "someone".to_string());
-    format!("{user}@{}", backfill_engine::run::host())
 }
 
 fn print(asked: &[StopAsked]) {

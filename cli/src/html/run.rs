@@ -649,6 +649,7 @@ mod tests {
             started_at: started,
             promoted_from: None,
             cluster: None,
+            started_by: None,
         }
     }
 
@@ -820,6 +821,7 @@ mod scale {
                 started_at: started,
                 promoted_from: None,
                 cluster: None,
+                started_by: None,
             },
             end: None,
             attempts,

@@ -354,6 +354,10 @@ fn start(args: &[String], log: &PathBuf) -> std::io::Result<Child> {
         .args(args)
         .arg("--events")
         .env("NO_COLOR", "1")
+        .env(
+            "BACKFILL_STARTED_BY",
+            format!("{} through the run page", backfill_engine::run::who()),
+        )
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

@@ -227,6 +227,7 @@ mod tests {
             started_at: at(0),
             promoted_from: None,
             cluster: None,
+            started_by: None,
         };
         history.start(&header).await.unwrap();
         for (index, attempt) in attempts.iter().enumerate() {

@@ -249,6 +249,7 @@ impl Ready {
             started_at: clock.now(),
             promoted_from: Some(from_environment.to_string()),
             cluster: None,
+            started_by: Some(crate::run::who()),
         };
         history.start(&header).await?;
         let to_copy: Vec<String> = self

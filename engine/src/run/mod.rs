@@ -55,7 +55,7 @@ use preflight::Preflight;
 pub(crate) use schedule::Slots;
 pub use summary::{FinishedSlice, RunSummary};
 use tokio_util::sync::CancellationToken;
-pub use watch::host;
+pub use watch::{host, who};
 
 /// How a run behaves, beyond which slices it runs.
 #[derive(Debug, Clone)]

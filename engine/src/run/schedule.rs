@@ -99,6 +99,7 @@ impl Run {
             started_at: options.clock.now(),
             promoted_from: None,
             cluster: super::cluster_of(options),
+            started_by: Some(super::who()),
         };
         self.send(RunEvent::PipelineStarted { header }).await?;
         let finished = self.clone().schedule(self.slices.clone()).await?;

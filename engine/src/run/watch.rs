@@ -168,6 +168,22 @@ impl Observer for InFlight {
     }
 }
 
+/// Who starts a run or asks one to stop: `BACKFILL_STARTED_BY` if it is set (a launcher
+/// such as the run page says whom it launches for), else `user@host` as the environment
+/// names them.
+pub fn who() -> String {
+    if let Some(said) = std::env::var("BACKFILL_STARTED_BY")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        return said;
+    }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "someone".to_string());
+    format!("{user}@{}", host())
+}
+
 /// This machine's name, as far as the environment says.
 pub fn host() -> String {
     std::env::var("HOSTNAME")
