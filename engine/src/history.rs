@@ -80,6 +80,9 @@ pub struct RunEnd {
     /// For a rebuild, what became of the swap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildOutcome>,
+    /// It was stopped (Ctrl-C, SIGTERM or a stop request) before it started every slice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// A request that a run stop starting slices, as a first Ctrl-C does; written by anyone
@@ -490,6 +493,7 @@ mod tests {
                 skipped: 0,
                 failed: 0,
                 rebuild: None,
+                stopped: false,
             }),
             attempts: vec![],
             heartbeat: heartbeat.map(|t| Heartbeat {

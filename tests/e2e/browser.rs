@@ -59,6 +59,12 @@ async fn text_of(page: &Client, id: &str) -> String {
     element.await.unwrap().text().await.unwrap_or_default()
 }
 
+/// Clicks the element `id`.
+async fn click(page: &Client, id: &str) {
+    let element = page.find(Locator::Id(id)).await.unwrap();
+    element.click().await.unwrap();
+}
+
 /// Waits until the text of `id` satisfies `wanted`, failing after `limit`.
 async fn until(page: &Client, id: &str, limit: Duration, wanted: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + limit;
@@ -96,12 +102,7 @@ async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_canc
     })
     .await;
 
-    page.find(Locator::Id("cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "cancel").await;
     until(&page, "status", Duration::from_secs(60), |s| {
         s == "cancelled" || s.starts_with("cancelled")
     })
@@ -130,22 +131,12 @@ async fn a_run_launched_from_the_page_in_chromium_runs_the_plan_shown_and_a_chan
     let (_driver, driver) = chromedriver();
     let page = browser(&driver).await;
     page.goto(&format!("http://{address}/")).await.unwrap();
-    page.find(Locator::Id("launch"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "launch").await;
     for (field, value) in [("start", "2024-01-01"), ("end", "2024-01-10")] {
         let input = page.find(Locator::Id(field)).await.unwrap();
         input.send_keys(value).await.unwrap();
     }
-    page.find(Locator::Id("show-plan"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "show-plan").await;
     let shown = text_of(&page, "hash").await;
     let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::write(
@@ -157,12 +148,7 @@ async fn a_run_launched_from_the_page_in_chromium_runs_the_plan_shown_and_a_chan
     // Another run commits a day after the plan was shown: launching it is refused, and
     // the page shows the plan as it is now.
     case.ok("run", &["--keys", "2024-01-05"], 0);
-    page.find(Locator::Id("launch"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "launch").await;
     let changed = text_of(&page, "changed").await;
     assert!(
         changed.contains(&format!("The plan changed since {shown}")),
@@ -177,12 +163,7 @@ async fn a_run_launched_from_the_page_in_chromium_runs_the_plan_shown_and_a_chan
     );
 
     // Launching the plan shown now opens the run's page, which follows it to its end.
-    page.find(Locator::Id("launch"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "launch").await;
     until(&page, "status", Duration::from_secs(120), |s| s == "done").await;
     let url = page.current_url().await.unwrap();
     assert!(url.path().starts_with("/runs/orders_clean/"), "{url}");

@@ -764,6 +764,11 @@ async fn ctrl_c_stops_starting_slices_and_a_rerun_finishes_the_job() {
         (1..14).contains(&committed),
         "{committed} slices committed before the stop"
     );
+    let stopped = &case.json("history", &[], 0)[0]["end"];
+    assert_eq!(
+        stopped["stopped"], true,
+        "its history says it was stopped: {stopped:#}"
+    );
 
     let run = case.json("run", &range, 0);
     assert_eq!(

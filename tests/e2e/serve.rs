@@ -562,3 +562,27 @@ fn a_project_served_in_staging_launches_one_pipeline_there_and_shows_its_status(
         "one line per run: {list}"
     );
 }
+
+#[test]
+fn a_launch_of_keys_passes_any_key_as_it_is() {
+    let case = Case::new("tenant_signups");
+    let (_server, address) = serve(&case, None);
+    let plan = http(&address, "GET", "/api/plan?keys=o%27brien,acme", &[]).json();
+    let hash = plan["hash"].as_str().unwrap();
+    assert!(
+        plan["command"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("'--keys=o'\\''brien,acme' --expect-plan {hash}")),
+        "the command as a shell takes it: {plan:#}"
+    );
+    let body = serde_json::json!({"keys": "o'brien,acme", "plan": hash});
+    let launched = post_json(&address, "/api/launch", &body);
+    assert_eq!(launched.status, 201, "{}", launched.body);
+    let run_id = launched.json()["run_id"].as_str().unwrap().to_string();
+    let ended = ended_run(&case, &run_id, Duration::from_secs(300));
+    assert_eq!(ended["end"]["committed"], 2, "{ended:#}");
+    let mut committed = case.committed_slices();
+    committed.sort();
+    assert_eq!(committed, ["acme", "o'brien"]);
+}

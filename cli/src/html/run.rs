@@ -31,7 +31,8 @@ pub enum Shown {
 pub struct RunView {
     #[serde(flatten)]
     pub record: RunRecord,
-    /// `running`, `done`, `failed`, `cancelled`, `stopping` or `presumed dead`.
+    /// `running`, `stopping`, `done`, `failed`, `cancelled` (by a stop request), `stopped`
+    /// (where it ran: Ctrl-C, SIGTERM) or `presumed dead`.
     pub status: &'static str,
     /// The table it writes, when the pipeline is known.
     pub destination: Option<String>,
@@ -494,7 +495,8 @@ fn pace(
 }
 
 /// How a run stands: still going (or asked to stop), or how it ended. A stop request is
-/// only written while a run is alive, so an ended run that has one was cancelled.
+/// only written while a run is alive, so an ended run that has one was cancelled; one
+/// stopped without it was stopped where it ran (Ctrl-C, SIGTERM).
 pub fn status_of(
     liveness: Liveness,
     end: Option<&RunEnd>,
@@ -505,6 +507,7 @@ pub fn status_of(
         (Liveness::Running, _, Some(_)) => "stopping",
         (Liveness::PresumedDead, _, _) => "presumed dead",
         (Liveness::Ended, _, Some(_)) => "cancelled",
+        (Liveness::Ended, Some(end), None) if end.stopped => "stopped",
         (Liveness::Ended, Some(end), None) if end.failed > 0 => "failed",
         (Liveness::Ended, _, None) => "done",
     }
@@ -537,11 +540,12 @@ struct Ended {
 }
 
 /// How a run of several parts stands, from the most pressing of its parts' words.
-const STATUS_ORDER: [&str; 6] = [
+const STATUS_ORDER: [&str; 7] = [
     "running",
     "stopping",
     "presumed dead",
     "cancelled",
+    "stopped",
     "failed",
     "done",
 ];
@@ -744,9 +748,31 @@ mod tests {
             skipped: 0,
             failed: 0,
             rebuild: None,
+            stopped: false,
         });
         let ended = RunView::of(&record, Some(&pipeline), now + Duration::seconds(2));
         assert_eq!(ended.slots, None, "an ended run has no slots in use");
+    }
+
+    #[test]
+    fn an_ended_run_was_stopped_where_it_ran_cancelled_by_a_request_failed_or_done() {
+        let end = |failed, stopped| RunEnd {
+            ended_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            committed: 1,
+            skipped: 0,
+            failed,
+            rebuild: None,
+            stopped,
+        };
+        let request = StopRequest {
+            requested_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            by: "someone".into(),
+        };
+        let ended = |end: &RunEnd, stop| status_of(Liveness::Ended, Some(end), stop);
+        assert_eq!(ended(&end(0, true), Some(&request)), "cancelled");
+        assert_eq!(ended(&end(1, true), None), "stopped");
+        assert_eq!(ended(&end(1, false), None), "failed");
+        assert_eq!(ended(&end(0, false), None), "done");
     }
 
     #[test]

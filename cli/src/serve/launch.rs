@@ -170,7 +170,9 @@ impl Launch {
                 args.extend(["--start".into(), start.clone(), "--end".into(), end.clone()])
             }
             Selection::Keys(keys) if keys.is_empty() => {}
-            Selection::Keys(keys) => args.extend(["--keys".into(), keys.join(",")]),
+            // Keys may be any text, even one that starts with `-`: one argument with the
+            // flag, so that it is never read as another flag.
+            Selection::Keys(keys) => args.push(format!("--keys={}", keys.join(","))),
         }
         if chosen.reprocess != Reprocess::default() {
             let names = chosen.reprocess.names();

@@ -240,6 +240,7 @@ mod tests {
                 skipped: 0,
                 failed: 0,
                 rebuild: None,
+                stopped: false,
             };
             history.end(run_id, &end).await.unwrap();
         }

@@ -306,6 +306,7 @@ impl Ready {
             skipped: count(|o| !matches!(o, Promoted::Committed { .. })),
             failed: 0,
             rebuild: None,
+            stopped: false,
         };
         history.end(run_id, &end).await?;
         Ok(PipelinePromotion {

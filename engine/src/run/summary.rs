@@ -79,6 +79,7 @@ impl RunSummary {
             skipped: self.skipped(),
             failed: self.failed(),
             rebuild: self.rebuild.clone(),
+            stopped: self.stopped,
         }
     }
 }
