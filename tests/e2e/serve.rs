@@ -193,6 +193,10 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
         "{}",
         list.body
     );
+    // Committed, skipped, failed, not finished.
+    let n = |count: usize| format!("<td class=\"n\">{count}</td>");
+    let tally = [n(in_log.len()), n(0), n(0), n(LONG_RUN_DAYS as usize - in_log.len())];
+    assert!(list.body.contains(&tally.concat()), "{}", list.body);
 
     // The same command finishes the job.
     case.ok("run", &LONG_RUN, 0);

@@ -527,16 +527,51 @@ struct RunLine<'a> {
     started: String,
     status: &'static str,
     slices: usize,
-    /// Once every part has ended.
-    ended: Option<Ended>,
+    tally: Tally,
     attempts: usize,
 }
 
-#[derive(Serialize)]
-struct Ended {
-    committed: usize,
-    skipped: usize,
-    failed: usize,
+/// Where a run's slices stand: ended committed (in the table), skipped or failed, or not
+/// finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub committed: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub remaining: usize,
+}
+
+impl Tally {
+    /// An ended run's, from its end: what it never started is remaining.
+    pub fn of_end(slices: usize, end: &RunEnd) -> Tally {
+        let finished = end.committed + end.skipped + end.failed;
+        Tally {
+            committed: end.committed,
+            skipped: end.skipped,
+            failed: end.failed,
+            remaining: slices.saturating_sub(finished),
+        }
+    }
+
+    fn add(self, other: Tally) -> Tally {
+        Tally {
+            committed: self.committed + other.committed,
+            skipped: self.skipped + other.skipped,
+            failed: self.failed + other.failed,
+            remaining: self.remaining + other.remaining,
+        }
+    }
+}
+
+impl Counts {
+    pub fn tally(&self) -> Tally {
+        Tally {
+            committed: self.committed,
+            skipped: self.skipped,
+            failed: self.failed,
+            remaining: self.remaining,
+        }
+    }
 }
 
 /// How a run of several parts stands, from the most pressing of its parts' words.
@@ -550,19 +585,13 @@ const STATUS_ORDER: [&str; 7] = [
     "done",
 ];
 
-/// The list of runs, newest first, a line per run however many pipelines it ran.
-pub fn runs(entries: &[RunEntry]) -> anyhow::Result<String> {
+/// The list of runs, newest first, a line per run however many pipelines it ran; each
+/// part with where its slices stand.
+pub fn runs(entries: &[(RunEntry, Tally)]) -> anyhow::Result<String> {
     let mut lines: Vec<RunLine> = Vec::new();
-    for entry in entries {
+    for (entry, tally) in entries {
         let status = status_of(entry.liveness, entry.end.as_ref(), entry.stop.as_ref());
-        let ended = entry.end.as_ref().map(|end| Ended {
-            committed: end.committed,
-            skipped: end.skipped,
-            failed: end.failed,
-        });
-        let same = lines
-            .iter_mut()
-            .find(|l| l.run.header.run_id == entry.header.run_id);
+        let same = (lines.iter_mut()).find(|l| l.run.header.run_id == entry.header.run_id);
         let Some(line) = same else {
             lines.push(RunLine {
                 run: entry,
@@ -570,7 +599,7 @@ pub fn runs(entries: &[RunEntry]) -> anyhow::Result<String> {
                 started: printer::timestamp(&entry.header.started_at),
                 status,
                 slices: entry.header.slices,
-                ended,
+                tally: *tally,
                 attempts: entry.attempts,
             });
             continue;
@@ -578,14 +607,7 @@ pub fn runs(entries: &[RunEntry]) -> anyhow::Result<String> {
         line.pipelines.push(&entry.header.pipeline);
         line.slices += entry.header.slices;
         line.attempts += entry.attempts;
-        line.ended = match (line.ended.take(), ended) {
-            (Some(a), Some(b)) => Some(Ended {
-                committed: a.committed + b.committed,
-                skipped: a.skipped + b.skipped,
-                failed: a.failed + b.failed,
-            }),
-            _ => None,
-        };
+        line.tally = line.tally.add(*tally);
         let rank = |status| STATUS_ORDER.iter().position(|s| *s == status);
         if rank(status) < rank(line.status) {
             line.status = status;

@@ -215,6 +215,19 @@ impl App {
         Ok(listed)
     }
 
+    /// Where the slices of the run of `entry` stand: from its end once it has ended, else
+    /// from the attempts it has recorded (read once each across requests).
+    async fn tally(&self, entry: &RunEntry) -> Result<html::Tally, Refused> {
+        if let Some(end) = &entry.end {
+            return Ok(html::Tally::of_end(entry.header.slices, end));
+        }
+        let record = self.followed(entry.clone()).await?;
+        let pipeline = self.pipeline(&entry.header.pipeline);
+        Ok(RunView::of(&record, pipeline, SystemClock.now())
+            .counts
+            .tally())
+    }
+
     /// Run `run` of `pipeline` as a list shows it (its attempts not read), or why not.
     async fn entry(&self, pipeline: &str, run: &str) -> Result<RunEntry, Refused> {
         if !is_run_id(run) {
@@ -339,8 +352,12 @@ async fn cancel_api(
 }
 
 async fn runs_page(State(app): State<Arc<App>>) -> Result<Html<String>, Refused> {
-    let runs = app.runs().await?;
-    html::runs(&runs).map(Html).map_err(internal)
+    let mut lines = Vec::new();
+    for entry in app.runs().await? {
+        let tally = app.tally(&entry).await?;
+        lines.push((entry, tally));
+    }
+    html::runs(&lines).map(Html).map_err(internal)
 }
 
 #[derive(serde::Deserialize)]
