@@ -101,7 +101,7 @@ impl SelectionArgs {
 }
 
 /// The pipeline a command works on, and what this invocation overrides in its file.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct PipelineArgs {
     /// The pipeline file (TOML), or a project file listing pipelines: plan, run and status
     /// work on all of them, other commands on the one --pipeline names.
@@ -119,6 +119,9 @@ pub struct PipelineArgs {
     #[arg(long = "pipeline", value_name = "NAME")]
     member: Option<String>,
 }
+
+/// An environment's name (a project's), its chosen pipelines and the whole project there.
+pub type Placed = (Option<String>, Vec<pipeline::Pipeline>, Option<Project>);
 
 /// What `plan`, `run` and `status` take a project file with: which of its pipelines.
 #[derive(Args)]
@@ -225,25 +228,37 @@ impl PipelineArgs {
         }
     }
 
-    /// The file and this invocation's overrides of it, as arguments to another
-    /// `backfill` command (a run launched from the run page).
+    /// The file and `--destination`, as arguments to another `backfill` command (a run
+    /// launched from the run page, which names the environment itself).
     pub fn as_args(&self) -> Vec<String> {
         let mut args = vec![self.pipeline.display().to_string()];
-        let overrides = [("--destination", &self.destination), ("--env", &self.env)];
-        for (flag, value) in overrides {
-            if let Some(value) = value {
-                args.extend([flag.to_string(), value.clone()]);
-            }
+        if let Some(destination) = &self.destination {
+            args.extend(["--destination".to_string(), destination.clone()]);
         }
         args
     }
 
-    /// The project the file is, in its environment, if it is one.
-    pub fn project(&self) -> backfill_engine::Result<Option<Project>> {
-        match project::is_project_file(&self.pipeline) {
-            true => self.whole_project().map(Some),
-            false => Ok(None),
+    /// The pipelines `pipelines` gives, in each environment: for a project file, the one
+    /// --env names or every one it declares, with the whole project there; for a pipeline
+    /// file, the pipeline alone, in no environment.
+    pub fn in_environments(&self, project: &ProjectArgs) -> anyhow::Result<Vec<Placed>> {
+        if !project::is_project_file(&self.pipeline) {
+            let pipelines = self.pipelines(project)?;
+            return Ok(vec![(None, pipelines, None)]);
         }
+        let names = match &self.env {
+            Some(env) => vec![env.clone()],
+            None => Project::environments(&self.pipeline)?,
+        };
+        let place = |env: String| -> anyhow::Result<Placed> {
+            let there = PipelineArgs {
+                env: Some(env.clone()),
+                ..self.clone()
+            };
+            let pipelines = there.pipelines(project)?;
+            Ok((Some(env), pipelines, Some(there.whole_project()?)))
+        };
+        names.into_iter().map(place).collect()
     }
 
     /// Every pipeline of the project file, in its environment, whatever is selected.

@@ -83,8 +83,9 @@ enum Command {
     /// not done in --from or --to committed it since. Promoting again is a no-op.
     Promote(commands::promote::PromoteArgs),
     /// Serve the run page: every run recorded next to the tables (from any process or
-    /// machine), each run live as it goes, with a button that cancels it; and the same as
-    /// JSON under /api/.
+    /// machine; for a project, in every environment unless --env names one), each run
+    /// live as it goes, with a button that cancels it; a launch form that shows the plan
+    /// and runs exactly it; the tables' status; and the same as JSON under /api/.
     Serve(commands::serve::ServeArgs),
     /// Form an Apache DataFusion Ballista cluster from this binary: a scheduler, and
     /// executors that work for it, reading storage as runs do.

@@ -195,7 +195,12 @@ async fn the_run_page_follows_a_run_of_another_process_and_cancels_it_at_a_slice
     );
     // Committed, skipped, failed, not finished.
     let n = |count: usize| format!("<td class=\"n\">{count}</td>");
-    let tally = [n(in_log.len()), n(0), n(0), n(LONG_RUN_DAYS as usize - in_log.len())];
+    let tally = [
+        n(in_log.len()),
+        n(0),
+        n(0),
+        n(LONG_RUN_DAYS as usize - in_log.len()),
+    ];
     assert!(list.body.contains(&tally.concat()), "{}", list.body);
 
     // The same command finishes the job.
@@ -462,14 +467,43 @@ fn the_status_page_and_api_give_what_status_prints() {
 }
 
 #[test]
-fn a_project_served_in_staging_launches_one_pipeline_there_and_shows_its_status() {
+fn a_project_served_launches_one_pipeline_in_staging_and_shows_its_status_there() {
     let project = crate::projects::ProjectCase::new();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
     let file = project.project();
-    command.args(["serve", &file, "--env", "staging", "--bind", "127.0.0.1:0"]);
+    // Every environment the project declares, production first.
+    command.args(["serve", &file, "--bind", "127.0.0.1:0"]);
     let (_server, address) = start_server(command);
+    let plan = http(
+        &address,
+        "GET",
+        "/api/plan?start=2024-01-01&end=2024-01-02",
+        &[],
+    )
+    .json();
+    assert!(
+        plan["command"]
+            .as_str()
+            .unwrap()
+            .contains("--env prod --start"),
+        "{plan:#}"
+    );
+    let unknown = http(
+        &address,
+        "GET",
+        "/api/plan?env=qa&start=2024-01-01&end=2024-01-02",
+        &[],
+    );
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown
+            .body
+            .contains("env: no environment `qa` here (there are: prod, staging)"),
+        "{}",
+        unknown.body
+    );
 
-    let query = "pipeline=orders_clean&start=2024-01-01&end=2024-01-02";
+    let query = "env=staging&pipeline=orders_clean&start=2024-01-01&end=2024-01-02";
     let plan = http(&address, "GET", &format!("/api/plan?{query}"), &[]).json();
     let hash = plan["hash"].as_str().unwrap();
     assert!(
@@ -480,14 +514,16 @@ fn a_project_served_in_staging_launches_one_pipeline_there_and_shows_its_status(
     );
     assert_eq!(plan["plan"]["environment"], "staging");
     let body = serde_json::json!({
-        "pipeline": "orders_clean", "start": "2024-01-01", "end": "2024-01-02", "plan": hash,
+        "env": "staging", "pipeline": "orders_clean", "start": "2024-01-01", "end": "2024-01-02",
+        "plan": hash,
     });
     let launched = post_json(&address, "/api/launch", &body);
     assert_eq!(launched.status, 201, "{}", launched.body);
     let run_id = launched.json()["run_id"].as_str().unwrap().to_string();
 
     let status = |pipeline: &str| {
-        let path = format!("/api/status?pipeline={pipeline}&start=2024-01-01&end=2024-01-02");
+        let path =
+            format!("/api/status?env=staging&pipeline={pipeline}&start=2024-01-01&end=2024-01-02");
         http(&address, "GET", &path, &[]).json()[pipeline]["done"].clone()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
@@ -506,13 +542,24 @@ fn a_project_served_in_staging_launches_one_pipeline_there_and_shows_its_status(
         !project.path("warehouse/orders_clean").exists(),
         "prod is untouched"
     );
+    let runs = http(&address, "GET", "/api/runs", &[]).json();
+    assert_eq!(runs[0]["environment"], "staging", "{runs:#}");
+    let page = http(
+        &address,
+        "GET",
+        &format!("/runs/orders_clean/{run_id}"),
+        &[],
+    )
+    .body;
+    assert!(page.contains("(environment staging)"), "{page}");
 
     // The whole project: one run, a row of slices per pipeline on its page, and one line
     // in the list.
-    let query = "start=2024-01-01&end=2024-01-02";
+    let query = "env=staging&start=2024-01-01&end=2024-01-02";
     let plan = http(&address, "GET", &format!("/api/plan?{query}"), &[]).json();
-    let body =
-        serde_json::json!({"start": "2024-01-01", "end": "2024-01-02", "plan": plan["hash"]});
+    let body = serde_json::json!({
+        "env": "staging", "start": "2024-01-01", "end": "2024-01-02", "plan": plan["hash"],
+    });
     let launched = post_json(&address, "/api/launch", &body);
     assert_eq!(launched.status, 201, "{}", launched.body);
     let run_id = launched.json()["run_id"].as_str().unwrap().to_string();

@@ -32,9 +32,15 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<Outcome> {
         );
         return Err(backfill_engine::Error::config("--bind", message).into());
     }
+    let environments = args.pipeline.in_environments(&args.project)?;
     let served = crate::serve::Served {
-        pipelines: args.pipeline.pipelines(&args.project)?,
-        project: args.pipeline.project()?,
+        environments: (environments.into_iter())
+            .map(|(name, pipelines, project)| crate::serve::Environment {
+                name,
+                pipelines,
+                project,
+            })
+            .collect(),
         args: args.pipeline.as_args(),
     };
     crate::serve::serve(served, args.bind, args.token).await?;

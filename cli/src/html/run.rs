@@ -36,6 +36,8 @@ pub struct RunView {
     pub status: &'static str,
     /// The table it writes, when the pipeline is known.
     pub destination: Option<String>,
+    /// The project's environment of that table, when the server knows it.
+    pub environment: Option<String>,
     pub started: String,
     /// When it ended and after how long.
     pub ended: Option<String>,
@@ -196,6 +198,7 @@ impl RunView {
                 record.stop.as_ref(),
             ),
             destination: pipeline.map(|p| p.destination.url.to_string()),
+            environment: None,
             started: printer::timestamp(&record.header.started_at),
             ended: record.end.as_ref().map(|end| {
                 let took = (end.ended_at - record.header.started_at).num_milliseconds();
@@ -523,6 +526,7 @@ struct RunsPage<'a> {
 struct RunLine<'a> {
     /// The first part listed, for what every part shares: id, selection, start, host.
     run: &'a RunEntry,
+    environment: Option<&'a str>,
     pipelines: Vec<&'a str>,
     started: String,
     status: &'static str,
@@ -587,14 +591,15 @@ const STATUS_ORDER: [&str; 7] = [
 
 /// The list of runs, newest first, a line per run however many pipelines it ran; each
 /// part with where its slices stand.
-pub fn runs(entries: &[(RunEntry, Tally)]) -> anyhow::Result<String> {
+pub fn runs(entries: &[(Option<String>, RunEntry, Tally)]) -> anyhow::Result<String> {
     let mut lines: Vec<RunLine> = Vec::new();
-    for (entry, tally) in entries {
+    for (environment, entry, tally) in entries {
         let status = status_of(entry.liveness, entry.end.as_ref(), entry.stop.as_ref());
         let same = (lines.iter_mut()).find(|l| l.run.header.run_id == entry.header.run_id);
         let Some(line) = same else {
             lines.push(RunLine {
                 run: entry,
+                environment: environment.as_deref(),
                 pipelines: vec![&entry.header.pipeline],
                 started: printer::timestamp(&entry.header.started_at),
                 status,

@@ -22,6 +22,8 @@ use crate::printer::plan as shown;
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Launch {
+    /// A project's environment to run in; the first one served when empty.
+    pub env: String,
     /// One of the served pipelines; all of them when empty.
     pub pipeline: String,
     /// An inclusive range of slices, as `--start` and `--end` take it.
@@ -40,17 +42,49 @@ pub struct Launch {
     pub plan: Option<String>,
 }
 
-/// What the server launches for: the served pipelines, as a project or one pipeline, and
-/// the arguments that name them to `backfill run`.
+/// What the server serves and launches for: the pipelines in each environment, and the
+/// arguments that name them to `backfill run`.
 pub struct Served {
-    pub pipelines: Vec<backfill_engine::pipeline::Pipeline>,
-    /// The project the served pipelines belong to, if the file is one.
-    pub project: Option<Project>,
-    /// The file and the server's overrides of it (`--destination`, `--env`).
+    /// The first is the one the forms choose by default.
+    pub environments: Vec<Environment>,
+    /// The file and the server's `--destination`.
     pub args: Vec<String>,
 }
 
+/// The served pipelines as one environment places them.
+pub struct Environment {
+    /// A project's environment; none for a pipeline file.
+    pub name: Option<String>,
+    pub pipelines: Vec<backfill_engine::pipeline::Pipeline>,
+    /// The whole project there, if the file is one.
+    pub project: Option<Project>,
+}
+
 impl Served {
+    /// The environment `name` (the first one when empty).
+    pub(super) fn environment(&self, name: &str) -> Result<&Environment, Refused> {
+        let mut served = self.environments.iter();
+        let found = match name {
+            "" => served.next(),
+            name => served.find(|e| e.name.as_deref() == Some(name)),
+        };
+        found.ok_or_else(|| {
+            let names: Vec<&str> = (self.environments.iter())
+                .filter_map(|e| e.name.as_deref())
+                .collect();
+            let message = match names.is_empty() {
+                true => "env: a pipeline file has no environments".to_string(),
+                false => format!(
+                    "env: no environment `{name}` here (there are: {})",
+                    names.join(", ")
+                ),
+            };
+            Refused(StatusCode::BAD_REQUEST, message)
+        })
+    }
+}
+
+impl Environment {
     /// The pipelines `pipeline` names (all when empty) and the selection of `start`..`end`
     /// or `keys`, if one is given, as a form or a query gives them.
     pub(super) fn scope(
@@ -135,10 +169,10 @@ struct Chosen {
 }
 
 impl Launch {
-    fn chosen(&self, served: &Served) -> Result<Chosen, Refused> {
+    fn chosen(&self, environment: &Environment) -> Result<Chosen, Refused> {
         let bad = |message: String| Refused(StatusCode::BAD_REQUEST, message);
         let (pipelines, selection) =
-            served.scope(&self.pipeline, &self.start, &self.end, &self.keys)?;
+            environment.scope(&self.pipeline, &self.start, &self.end, &self.keys)?;
         // No selection is every key of list slices; a range-cut pipeline says it needs one.
         let selection = selection.unwrap_or(Selection::Keys(vec![]));
         if self.concurrency == Some(0) {
@@ -158,10 +192,18 @@ impl Launch {
     }
 
     /// The `backfill run` arguments of this launch, after the served file's.
-    fn run_args(&self, served: &Served, chosen: &Chosen, hash: &str) -> Vec<String> {
+    fn run_args(
+        &self,
+        (served, environment): (&Served, &Environment),
+        chosen: &Chosen,
+        hash: &str,
+    ) -> Vec<String> {
         let mut args = vec!["run".to_string()];
         args.extend(served.args.iter().cloned());
-        let whole = served.project.as_ref().map_or(0, |p| p.pipelines.len());
+        if let Some(name) = &environment.name {
+            args.extend(["--env".into(), name.clone()]);
+        }
+        let whole = (environment.project.as_ref()).map_or(0, |p| p.pipelines.len());
         if chosen.pipelines.len() < whole {
             args.extend(["--pipelines".into(), chosen.pipelines.join(",")]);
         }
@@ -222,7 +264,8 @@ fn listed(text: &str) -> Vec<String> {
 
 /// The plan of `launch`, as `plan` makes it, with the refusal a run of it would meet.
 pub async fn plan(served: &Served, launch: &Launch) -> Result<PlanView, Refused> {
-    let chosen = launch.chosen(served)?;
+    let environment = served.environment(&launch.env)?;
+    let chosen = launch.chosen(environment)?;
     let options = PlanOptions {
         reprocess: chosen.reprocess,
         concurrency: launch.concurrency.map(usize::from),
@@ -230,7 +273,7 @@ pub async fn plan(served: &Served, launch: &Launch) -> Result<PlanView, Refused>
         cluster: None,
     };
     let selection = &chosen.selection;
-    let (hash, pipelines, total, planned, plan) = match &served.project {
+    let (hash, pipelines, total, planned, plan) = match &environment.project {
         Some(project) => {
             let chosen_project = project.clone().select(&chosen.pipelines, false)?;
             let plan = chosen_project.plan(selection, &options).await?;
@@ -248,7 +291,7 @@ pub async fn plan(served: &Served, launch: &Launch) -> Result<PlanView, Refused>
             )
         }
         None => {
-            let pipeline = served.pipelines[0].clone();
+            let pipeline = environment.pipelines[0].clone();
             let open = OpenOptions {
                 scope: Some(selection.clone()),
                 ..OpenOptions::default()
@@ -273,7 +316,7 @@ pub async fn plan(served: &Served, launch: &Launch) -> Result<PlanView, Refused>
         .err()
         .map(|e| e.worded(&|s| s.name().replace('_', " ")));
     let command = std::iter::once("backfill".to_string())
-        .chain(launch.run_args(served, &chosen, &hash))
+        .chain(launch.run_args((served, environment), &chosen, &hash))
         .map(|arg| quoted(&arg))
         .collect::<Vec<_>>()
         .join(" ");
@@ -313,7 +356,8 @@ const START_WITHIN: Duration = Duration::from_secs(300);
 /// that checks the plan again before any slice starts. Answers once the run has written
 /// its history's header, with its id; a run that refuses to start answers with why.
 pub async fn launch(served: &Served, launch: &Launch) -> Result<Launched, Refused> {
-    let chosen = launch.chosen(served)?;
+    let environment = served.environment(&launch.env)?;
+    let chosen = launch.chosen(environment)?;
     let Some(confirmed) = launch.plan.clone() else {
         let message = "plan: a launch needs the hash of the plan it confirms (from /api/plan)";
         return Err(Refused(StatusCode::BAD_REQUEST, message.into()));
@@ -325,7 +369,7 @@ pub async fn launch(served: &Served, launch: &Launch) -> Result<Launched, Refuse
     if let Some(refused) = now.refused {
         return Err(Refused(StatusCode::BAD_REQUEST, refused));
     }
-    let args = launch.run_args(served, &chosen, &confirmed);
+    let args = launch.run_args((served, environment), &chosen, &confirmed);
     let log = log_file().map_err(super::internal)?;
     let child = start(&args, &log).map_err(super::internal)?;
     let started = tokio::task::spawn_blocking(move || started(child, &log, START_WITHIN));

@@ -38,7 +38,7 @@ use tokio::sync::Mutex;
 use crate::html::{self, RunView, Shown};
 
 use launch::Launch;
-pub use launch::Served;
+pub use launch::{Environment, Served};
 use status::StatusQuery;
 
 /// The header every POST must carry: proof that it was not sent by another site's form.
@@ -47,7 +47,8 @@ const TOKEN_COOKIE: &str = "backfill_token";
 
 struct App {
     served: Served,
-    histories: HashMap<String, History>,
+    /// Each served pipeline's run history, by its environment's index and its name.
+    histories: HashMap<(usize, String), History>,
     token: Option<String>,
     /// The attempts read so far of each run followed, by pipeline and run id; each run
     /// has its own lock, so pages of different runs never wait on each other's reads.
@@ -57,7 +58,7 @@ struct App {
 /// The most runs whose attempts the server keeps before it forgets those not being read.
 const MOST_FOLLOWED: usize = 64;
 
-/// A run by its pipeline and id.
+/// A run by its pipeline and id (ids are unique whatever the environment).
 type RunKey = (String, String);
 
 #[derive(Default)]
@@ -70,9 +71,11 @@ struct Followed {
 /// it listens on first.
 pub async fn serve(served: Served, bind: SocketAddr, token: Option<String>) -> anyhow::Result<()> {
     let mut histories = HashMap::new();
-    for pipeline in &served.pipelines {
-        let history = backfill_engine::sink::history_at(&pipeline.destination)?;
-        histories.insert(pipeline.name.clone(), history);
+    for (i, environment) in served.environments.iter().enumerate() {
+        for pipeline in &environment.pipelines {
+            let history = backfill_engine::sink::history_at(&pipeline.destination)?;
+            histories.insert((i, pipeline.name.clone()), history);
+        }
     }
     let app = Arc::new(App {
         served,
@@ -184,78 +187,109 @@ fn same_secret(given: &str, expected: &str) -> bool {
 }
 
 impl App {
-    fn history(&self, pipeline: &str) -> Result<&History, Refused> {
-        self.histories.get(pipeline).ok_or_else(|| {
-            let names: Vec<&str> = (self.served.pipelines.iter())
-                .map(|p| p.name.as_str())
-                .collect();
-            Refused(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no pipeline `{pipeline}` here (there are: {})",
-                    names.join(", ")
-                ),
-            )
-        })
+    /// The environments (their indexes) that serve `pipeline`, or why none does.
+    fn places_of(&self, pipeline: &str) -> Result<Vec<usize>, Refused> {
+        let environments = self.served.environments.iter().enumerate();
+        let places: Vec<usize> = environments
+            .filter(|(_, e)| e.pipelines.iter().any(|p| p.name == pipeline))
+            .map(|(i, _)| i)
+            .collect();
+        if places.is_empty() {
+            let first = &self.served.environments[0];
+            let names: Vec<&str> = first.pipelines.iter().map(|p| p.name.as_str()).collect();
+            let message = format!(
+                "no pipeline `{pipeline}` here (there are: {})",
+                names.join(", ")
+            );
+            return Err(Refused(StatusCode::NOT_FOUND, message));
+        }
+        Ok(places)
     }
 
-    fn pipeline(&self, name: &str) -> Option<&Pipeline> {
-        self.served.pipelines.iter().find(|p| p.name == name)
+    fn history(&self, environment: usize, pipeline: &str) -> &History {
+        let place = (environment, pipeline.to_string());
+        self.histories
+            .get(&place)
+            .expect("every served pipeline has a history")
     }
 
-    /// Every run of every pipeline, newest first.
-    async fn runs(&self) -> Result<Vec<RunEntry>, Refused> {
+    fn pipeline(&self, environment: usize, name: &str) -> Option<&Pipeline> {
+        let pipelines = &self.served.environments[environment].pipelines;
+        pipelines.iter().find(|p| p.name == name)
+    }
+
+    fn environment_name(&self, environment: usize) -> Option<String> {
+        self.served.environments[environment].name.clone()
+    }
+
+    /// The served environments' names, the forms' default first; none for a pipeline.
+    fn environment_names(&self) -> Vec<&str> {
+        let environments = self.served.environments.iter();
+        environments.filter_map(|e| e.name.as_deref()).collect()
+    }
+
+    /// The served pipelines' names, upstream first (the same in every environment).
+    fn pipeline_names(&self) -> Vec<&str> {
+        let pipelines = self.served.environments[0].pipelines.iter();
+        pipelines.map(|p| p.name.as_str()).collect()
+    }
+
+    /// Every run of every pipeline in every environment, newest first, with the index of
+    /// its environment.
+    async fn runs(&self) -> Result<Vec<(usize, RunEntry)>, Refused> {
         let now = SystemClock.now();
         let mut listed = Vec::new();
-        for pipeline in &self.served.pipelines {
-            let history = self.history(&pipeline.name)?;
-            listed.extend(history.entries(&pipeline.name, now).await?);
+        for (i, environment) in self.served.environments.iter().enumerate() {
+            for pipeline in &environment.pipelines {
+                let entries = self.history(i, &pipeline.name).entries(&pipeline.name, now);
+                listed.extend(entries.await?.into_iter().map(|entry| (i, entry)));
+            }
         }
-        listed.sort_by_key(|entry| std::cmp::Reverse(entry.header.started_at));
+        listed.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.header.started_at));
         Ok(listed)
     }
 
     /// Where the slices of the run of `entry` stand: from its end once it has ended, else
     /// from the attempts it has recorded (read once each across requests).
-    async fn tally(&self, entry: &RunEntry) -> Result<html::Tally, Refused> {
+    async fn tally(&self, environment: usize, entry: &RunEntry) -> Result<html::Tally, Refused> {
         if let Some(end) = &entry.end {
             return Ok(html::Tally::of_end(entry.header.slices, end));
         }
-        let record = self.followed(entry.clone()).await?;
-        let pipeline = self.pipeline(&entry.header.pipeline);
-        Ok(RunView::of(&record, pipeline, SystemClock.now())
-            .counts
-            .tally())
+        let record = self.followed(environment, entry.clone()).await?;
+        let pipeline = self.pipeline(environment, &entry.header.pipeline);
+        let view = RunView::of(&record, pipeline, SystemClock.now());
+        Ok(view.counts.tally())
     }
 
-    /// Run `run` of `pipeline` as a list shows it (its attempts not read), or why not.
-    async fn entry(&self, pipeline: &str, run: &str) -> Result<RunEntry, Refused> {
+    /// Run `run` of `pipeline` as a list shows it (its attempts not read), with the index
+    /// of the environment whose table has it, or why not.
+    async fn entry(&self, pipeline: &str, run: &str) -> Result<(usize, RunEntry), Refused> {
         if !is_run_id(run) {
             let message = format!("`{run}` is not a run id (such as 20240611T101500Z-3f2a1c)");
             return Err(Refused(StatusCode::BAD_REQUEST, message));
         }
-        let history = self.history(pipeline)?;
-        let entry = history.entry(run, pipeline, SystemClock.now()).await?;
-        entry.ok_or_else(|| {
-            let message = format!("no run `{run}` of {pipeline} in its table's history");
-            Refused(StatusCode::NOT_FOUND, message)
-        })
-    }
-
-    /// One run as it is now, its attempts read once each across requests.
-    async fn run(&self, pipeline: &str, run: &str) -> Result<RunRecord, Refused> {
-        let entry = self.entry(pipeline, run).await?;
-        self.followed(entry).await
+        for environment in self.places_of(pipeline)? {
+            let history = self.history(environment, pipeline);
+            if let Some(entry) = history.entry(run, pipeline, SystemClock.now()).await? {
+                return Ok((environment, entry));
+            }
+        }
+        let message = format!("no run `{run}` of {pipeline} in its table's history");
+        Err(Refused(StatusCode::NOT_FOUND, message))
     }
 
     /// The run `run` of `pipeline` as its page shows it; for a run of several pipelines,
     /// with a row of each one's slices, upstream first.
     async fn view(&self, pipeline: &str, run: &str) -> Result<RunView, Refused> {
-        let record = self.run(pipeline, run).await?;
-        let mut view = RunView::of(&record, self.pipeline(pipeline), SystemClock.now());
-        let others = self.parts_besides(pipeline, run).await?;
+        let (environment, entry) = self.entry(pipeline, run).await?;
+        let record = self.followed(environment, entry).await?;
+        let served = self.pipeline(environment, pipeline);
+        let mut view = RunView::of(&record, served, SystemClock.now());
+        view.environment = self.environment_name(environment);
+        let others = self.parts_besides(environment, pipeline, run).await?;
         if !others.is_empty() {
-            let order = |name: &str| (self.served.pipelines.iter()).position(|p| p.name == name);
+            let pipelines = &self.served.environments[environment].pipelines;
+            let order = |name: &str| pipelines.iter().position(|p| p.name == name);
             let mut parts: Vec<html::Part> = others.iter().map(RunView::part).collect();
             parts.push(view.part());
             parts.sort_by_key(|part| order(&part.pipeline));
@@ -265,14 +299,20 @@ impl App {
     }
 
     /// The other pipelines' parts of the run `run` of `pipeline`, when it ran a project's
-    /// pipelines together, as they are now: upstream first.
-    async fn parts_besides(&self, pipeline: &str, run: &str) -> Result<Vec<RunView>, Refused> {
+    /// pipelines together, as they are now.
+    async fn parts_besides(
+        &self,
+        environment: usize,
+        pipeline: &str,
+        run: &str,
+    ) -> Result<Vec<RunView>, Refused> {
         let mut parts = Vec::new();
-        for other in self.served.pipelines.iter().filter(|p| p.name != pipeline) {
-            let history = self.history(&other.name)?;
+        let pipelines = &self.served.environments[environment].pipelines;
+        for other in pipelines.iter().filter(|p| p.name != pipeline) {
+            let history = self.history(environment, &other.name);
             let now = SystemClock.now();
             if let Some(entry) = history.entry(run, &other.name, now).await? {
-                let record = self.followed(entry).await?;
+                let record = self.followed(environment, entry).await?;
                 parts.push(RunView::of(&record, Some(other), now));
             }
         }
@@ -281,9 +321,9 @@ impl App {
 
     /// The run of `entry`, with every attempt recorded so far: only those not read
     /// before are read.
-    async fn followed(&self, entry: RunEntry) -> Result<RunRecord, Refused> {
+    async fn followed(&self, environment: usize, entry: RunEntry) -> Result<RunRecord, Refused> {
         let key = (entry.header.pipeline.clone(), entry.header.run_id.clone());
-        let history = self.history(&key.0)?;
+        let history = self.history(environment, &key.0);
         let followed = {
             let mut runs = self.followed.lock().expect("not poisoned");
             if runs.len() >= MOST_FOLLOWED && !runs.contains_key(&key) {
@@ -320,8 +360,22 @@ fn is_run_id(text: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-async fn runs_api(State(app): State<Arc<App>>) -> Result<Json<Vec<RunEntry>>, Refused> {
-    Ok(Json(app.runs().await?))
+/// A run of a pipeline as the API lists it: where its table is, and its entry.
+#[derive(Serialize)]
+struct Listed {
+    /// A project's environment; none for a pipeline file.
+    environment: Option<String>,
+    #[serde(flatten)]
+    entry: RunEntry,
+}
+
+async fn runs_api(State(app): State<Arc<App>>) -> Result<Json<Vec<Listed>>, Refused> {
+    let runs = app.runs().await?.into_iter();
+    let listed = runs.map(|(environment, entry)| Listed {
+        environment: app.environment_name(environment),
+        entry,
+    });
+    Ok(Json(listed.collect()))
 }
 
 async fn run_api(
@@ -335,13 +389,11 @@ async fn cancel_api(
     State(app): State<Arc<App>>,
     Path((pipeline, run)): Path<(String, String)>,
 ) -> Result<Response, Refused> {
-    app.entry(&pipeline, &run).await?;
+    let (environment, _) = app.entry(&pipeline, &run).await?;
     let chosen: Vec<Pipeline> = app
-        .served
-        .pipelines
-        .iter()
-        .filter(|p| p.name == pipeline)
+        .pipeline(environment, &pipeline)
         .cloned()
+        .into_iter()
         .collect();
     let request = StopRequest {
         requested_at: SystemClock.now(),
@@ -353,9 +405,9 @@ async fn cancel_api(
 
 async fn runs_page(State(app): State<Arc<App>>) -> Result<Html<String>, Refused> {
     let mut lines = Vec::new();
-    for entry in app.runs().await? {
-        let tally = app.tally(&entry).await?;
-        lines.push((entry, tally));
+    for (environment, entry) in app.runs().await? {
+        let tally = app.tally(environment, &entry).await?;
+        lines.push((app.environment_name(environment), entry, tally));
     }
     html::runs(&lines).map(Html).map_err(internal)
 }
@@ -417,13 +469,8 @@ async fn launch_page(
         false => (None, None),
     };
     let page = LaunchPage {
-        pipelines: app
-            .served
-            .pipelines
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect(),
-        environment: app.served.project.as_ref().map(|p| p.environment.as_str()),
+        pipelines: app.pipeline_names(),
+        environments: app.environment_names(),
         form: &form,
         plan: plan.as_ref(),
         error,
@@ -438,8 +485,8 @@ async fn launch_page(
 #[derive(Serialize)]
 struct LaunchPage<'a> {
     pipelines: Vec<&'a str>,
-    /// A project's environment.
-    environment: Option<&'a str>,
+    /// A project's environments served.
+    environments: Vec<&'a str>,
     form: &'a Launch,
     plan: Option<&'a launch::PlanView>,
     /// Why the form's launch cannot be planned.
@@ -463,7 +510,8 @@ async fn status_api(
 /// The status page: the form, and each pipeline's status for what it asks.
 #[derive(Serialize)]
 struct StatusPage<'a> {
-    environment: Option<&'a str>,
+    /// A project's environments served.
+    environments: Vec<&'a str>,
     form: &'a StatusQuery,
     pipelines: Vec<status::StatusPart>,
     columns: [&'static str; 9],
@@ -478,7 +526,7 @@ async fn status_page(
     let (pipelines, error) = match status::statuses(&app.served, &query).await {
         Ok(statuses) => {
             let parts = statuses.iter().map(|(name, status)| {
-                let kind = app.pipeline(name).map(|p| p.slices.kind);
+                let kind = app.pipeline(0, name).map(|p| p.slices.kind);
                 status::StatusPart::of(name, status, kind)
             });
             (parts.collect(), None)
@@ -486,7 +534,7 @@ async fn status_page(
         Err(Refused(_, message)) => (vec![], Some(message)),
     };
     let page = StatusPage {
-        environment: app.served.project.as_ref().map(|p| p.environment.as_str()),
+        environments: app.environment_names(),
         form: &query,
         pipelines,
         columns: crate::printer::status::COLUMNS,

@@ -18,6 +18,8 @@ use crate::printer::status as shown;
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct StatusQuery {
+    /// A project's environment; the first one served when empty.
+    pub env: String,
     /// One of the served pipelines; all of them when empty.
     pub pipeline: String,
     pub start: String,
@@ -30,15 +32,16 @@ pub async fn statuses(
     served: &Served,
     query: &StatusQuery,
 ) -> Result<Vec<(String, Status)>, Refused> {
+    let environment = served.environment(&query.env)?;
     let (pipelines, selection) =
-        served.scope(&query.pipeline, &query.start, &query.end, &query.keys)?;
-    match &served.project {
+        environment.scope(&query.pipeline, &query.start, &query.end, &query.keys)?;
+    match &environment.project {
         Some(project) => {
             let chosen = project.clone().select(&pipelines, false)?;
             Ok(chosen.status(selection.as_ref()).await?)
         }
         None => {
-            let pipeline = served.pipelines[0].clone();
+            let pipeline = environment.pipelines[0].clone();
             let name = pipeline.name.clone();
             let open = OpenOptions {
                 scope: selection.clone(),

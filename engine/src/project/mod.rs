@@ -205,6 +205,21 @@ impl Project {
         })
     }
 
+    /// The environments the project file at `path` declares, production first (there
+    /// even when undeclared: the pipelines' own destinations).
+    pub fn environments(path: &Path) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::in_file(path, format!("cannot read the project file: {e}")))?;
+        let raw: RawProject = Locator { path, text: &text }.parse()?;
+        let others = raw
+            .environments
+            .into_keys()
+            .filter(|name| name != PRODUCTION);
+        Ok(std::iter::once(PRODUCTION.to_string())
+            .chain(others)
+            .collect())
+    }
+
     /// Keeps only the pipelines `names` (and with `downstream`, every pipeline that reads
     /// one of them, directly or not), in the same order. The others are not run; the
     /// tables of those a kept pipeline reads are read as they are.
