@@ -325,8 +325,8 @@ fn counts(record: &RunRecord, last: &[&Attempt]) -> Counts {
 }
 
 /// Every slice the run selected, in rows of a day (hourly slices) or a month (daily ones),
-/// coloured by how it ended or `pending`. Without the pipeline, or for keys, the slices
-/// the run finished, in one row.
+/// coloured by how it ended or `pending`. Without the pipeline, or for keys named one by
+/// one, the slices the run finished, in one row.
 fn grid(
     record: &RunRecord,
     pipeline: Option<&Pipeline>,
@@ -335,11 +335,15 @@ fn grid(
 ) -> Vec<GridRow> {
     let finished: HashMap<&str, &SliceView> =
         slices.iter().map(|s| (s.slice.as_str(), s)).collect();
-    let range = Selection::described_range(&record.header.selection);
+    // A range, or the pipeline's own keys, is read back from the history; keys named
+    // one by one are not (a key may hold a comma).
+    let every_key = Selection::Keys(vec![]);
+    let selection = Selection::described_range(&record.header.selection)
+        .or_else(|| (record.header.selection == every_key.describe()).then_some(every_key));
     let kind = pipeline.map(|p| p.slices.kind);
-    let selected: Vec<String> = match (range, pipeline, kind) {
-        (Some(range), Some(pipeline), Some(SliceKind::Daily | SliceKind::Hourly)) => {
-            let cut = pipeline.cut(&range.for_kind(pipeline.slices.kind));
+    let selected: Vec<String> = match (selection, pipeline) {
+        (Some(selection), Some(pipeline)) => {
+            let cut = pipeline.cut(&selection.for_kind(pipeline.slices.kind));
             cut.map(|slices| slices.into_iter().map(|s| s.key).collect())
                 .unwrap_or_default()
         }
@@ -779,6 +783,39 @@ mod tests {
         });
         let ended = RunView::of(&record, Some(&pipeline), now + Duration::seconds(2));
         assert_eq!(ended.slots, None, "an ended run has no slots in use");
+    }
+
+    #[test]
+    fn a_run_of_the_pipelines_own_keys_shows_those_not_finished_yet() {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/pipelines/tenant_signups.toml"
+        );
+        let pipeline = backfill_engine::pipeline::load(std::path::Path::new(file)).unwrap();
+        let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let every_key = Selection::Keys(vec![]).describe();
+        let record = RunRecord {
+            header: RunHeader {
+                pipeline: pipeline.name.clone(),
+                ..header(&every_key, 3, started)
+            },
+            end: None,
+            attempts: vec![attempt("globex", 1, committed(3), 10)],
+            heartbeat: None,
+            stop: None,
+        };
+        let view = RunView::of(&record, Some(&pipeline), started + Duration::seconds(1));
+        let cells: Vec<(&str, &str)> = (view.grid.iter().flat_map(|r| &r.cells))
+            .map(|c| (c.slice.as_str(), c.class))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                ("acme", "pending"),
+                ("globex", "committed"),
+                ("o'brien", "pending")
+            ]
+        );
     }
 
     #[test]
