@@ -13,7 +13,7 @@
 //! Safety: POSTs must carry the `x-backfill` header, which a cross-site form cannot send
 //! and a cross-site script cannot without a CORS permission this server never gives; with
 //! a token, every request must carry it. Storage options are never rendered or sent: the
-//! pages and answers hold run histories only.
+//! pages and answers hold run histories, plans and statuses only.
 
 mod launch;
 mod status;
@@ -67,8 +67,8 @@ struct Followed {
     attempts: Vec<Attempt>,
 }
 
-/// Serves the runs of `pipelines` on `bind` until the process ends; prints the address
-/// it listens on first.
+/// Serves the runs, plans and status of `served` on `bind` until the process ends; prints
+/// the address it listens on first.
 pub async fn serve(served: Served, bind: SocketAddr, token: Option<String>) -> anyhow::Result<()> {
     let mut histories = HashMap::new();
     for (i, environment) in served.environments.iter().enumerate() {
@@ -195,11 +195,9 @@ impl App {
             .map(|(i, _)| i)
             .collect();
         if places.is_empty() {
-            let first = &self.served.environments[0];
-            let names: Vec<&str> = first.pipelines.iter().map(|p| p.name.as_str()).collect();
             let message = format!(
                 "no pipeline `{pipeline}` here (there are: {})",
-                names.join(", ")
+                self.pipeline_names().join(", ")
             );
             return Err(Refused(StatusCode::NOT_FOUND, message));
         }
