@@ -19,6 +19,16 @@ impl Answer {
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
+
+    /// Asserts a refusal: its status, and an error that says `says`.
+    fn refused(&self, status: u16, says: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        let error = self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(says), "{error:?} does not say {says:?}");
+    }
 }
 
 /// One HTTP/1.1 request to the server at `address`, read to its end.
@@ -340,12 +350,8 @@ fn a_launch_runs_the_confirmed_plan_only_and_goes_on_when_the_server_is_stopped(
         });
         post_json(&address, "/api/launch", &body)
     };
-    let stale = launch(&first);
-    assert_eq!(stale.status, 409, "{}", stale.body);
-    assert!(stale.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains(&format!("the plan has changed since {first} was confirmed")));
+    let changed = format!("the plan has changed since {first} was confirmed");
+    launch(&first).refused(409, &changed);
     assert_eq!(case.json("history", &[], 0).as_array().unwrap().len(), 1);
     let forged = http(
         &address,
@@ -358,28 +364,11 @@ fn a_launch_runs_the_confirmed_plan_only_and_goes_on_when_the_server_is_stopped(
         "a POST without the header is refused: {}",
         forged.body
     );
-    let unconfirmed = post_json(
-        &address,
-        "/api/launch",
-        &serde_json::json!({"start": "2024-01-01", "end": "2024-03-30"}),
-    );
-    assert_eq!(unconfirmed.status, 400, "{}", unconfirmed.body);
-    assert!(unconfirmed
-        .body
-        .contains("a launch needs the hash of the plan it confirms"));
-    let bad = http(
-        &address,
-        "GET",
-        "/api/plan?start=2024-01-01&end=2024-03-30&reprocess=everything",
-        &[],
-    );
-    assert_eq!(bad.status, 400);
-    assert!(
-        bad.body
-            .contains("reprocess: `everything` is not a state to run"),
-        "{}",
-        bad.body
-    );
+    let unconfirmed = serde_json::json!({"start": "2024-01-01", "end": "2024-03-30"});
+    post_json(&address, "/api/launch", &unconfirmed)
+        .refused(400, "a launch needs the hash of the plan it confirms");
+    let path = "/api/plan?start=2024-01-01&end=2024-03-30&reprocess=everything";
+    http(&address, "GET", path, &[]).refused(400, "reprocess: `everything` is not a state to run");
 
     // The plan as it is now launches, and the answer names the run.
     let plan = http(&address, "GET", &format!("/api/plan?{range}"), &[]).json();
@@ -453,11 +442,10 @@ fn the_status_page_and_api_give_what_status_prints() {
         .collect();
     assert_eq!(cells, ["committed", "failed", "committed", "missing"]);
 
-    let bad = http(&address, "GET", "/api/status?start=2024-01-08", &[]);
-    assert_eq!(bad.status, 400);
-    assert!(bad
-        .body
-        .contains("start/end: a range needs both its first and its last slice"));
+    http(&address, "GET", "/api/status?start=2024-01-08", &[]).refused(
+        400,
+        "start/end: a range needs both its first and its last slice",
+    );
     let page = http(&address, "GET", "/status?start=2024-01-08&end=soon", &[]);
     assert!(
         page.body.contains("end: `soon` is not a day"),
@@ -488,19 +476,15 @@ fn a_project_served_launches_one_pipeline_in_staging_and_shows_its_status_there(
             .contains("--env prod --start"),
         "{plan:#}"
     );
-    let unknown = http(
+    http(
         &address,
         "GET",
         "/api/plan?env=qa&start=2024-01-01&end=2024-01-02",
         &[],
-    );
-    assert_eq!(unknown.status, 400);
-    assert!(
-        unknown
-            .body
-            .contains("env: no environment `qa` here (there are: prod, staging)"),
-        "{}",
-        unknown.body
+    )
+    .refused(
+        400,
+        "env: no environment `qa` here (there are: prod, staging)",
     );
 
     let query = "env=staging&pipeline=orders_clean&start=2024-01-01&end=2024-01-02";
