@@ -144,7 +144,8 @@ impl RunView {
     pub fn of(record: &RunRecord, pipeline: Option<&Pipeline>, now: DateTime<Utc>) -> RunView {
         let last = record.last_attempts();
         let rebuild = record.end.as_ref().and_then(|end| end.rebuild.as_ref());
-        let counts = counts(record, &last);
+        let written = written(&last);
+        let counts = counts(record, &last, written);
         let durations: Vec<Option<u64>> = last.iter().map(|a| Some(a.duration_ms)).collect();
         let (median, slow) = skew(&durations);
         let retried = (record.attempts.iter())
@@ -158,8 +159,6 @@ impl RunView {
                 _ => None,
             })
             .collect();
-        let written = (last.iter().filter_map(|a| a.status.written()))
-            .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b));
         let pace = pace(record, written, (last.len(), counts.remaining), now);
         let slices: Vec<SliceView> = (last.iter().zip(slow))
             .map(|(a, slow)| {
@@ -290,11 +289,16 @@ impl RunView {
     }
 }
 
-fn counts(record: &RunRecord, last: &[&Attempt]) -> Counts {
+/// The rows and bytes the slices' last attempts wrote.
+fn written(last: &[&Attempt]) -> (u64, u64) {
+    (last.iter().filter_map(|a| a.status.written()))
+        .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b))
+}
+
+/// `written` is what the `last` attempts wrote.
+fn counts(record: &RunRecord, last: &[&Attempt], (rows, bytes): (u64, u64)) -> Counts {
     let count =
         |wanted: fn(&SliceOutcome) -> bool| last.iter().filter(|a| wanted(&a.status)).count();
-    let (rows, bytes) = (last.iter().filter_map(|a| a.status.written()))
-        .fold((0, 0), |(rows, bytes), (r, b)| (rows + r, bytes + b));
     let mut versions: Vec<u64> = (last.iter())
         .filter_map(|a| match a.status {
             SliceOutcome::Committed { version, .. } => Some(version),
@@ -559,6 +563,13 @@ impl Tally {
             failed: end.failed,
             remaining: slices.saturating_sub(finished),
         }
+    }
+
+    /// A run's that has not ended, from the attempts it has recorded: its counts alone,
+    /// without the rest of its page (grid, chart).
+    pub fn of_record(record: &RunRecord) -> Tally {
+        let last = record.last_attempts();
+        counts(record, &last, written(&last)).tally()
     }
 
     fn add(self, other: Tally) -> Tally {

@@ -266,6 +266,15 @@ fn listed(text: &str) -> Vec<String> {
 pub async fn plan(served: &Served, launch: &Launch) -> Result<PlanView, Refused> {
     let environment = served.environment(&launch.env)?;
     let chosen = launch.chosen(environment)?;
+    plan_chosen(launch, (served, environment), &chosen).await
+}
+
+/// The plan of `launch`, its settings checked as `chosen`, in `environment`.
+async fn plan_chosen(
+    launch: &Launch,
+    (served, environment): (&Served, &Environment),
+    chosen: &Chosen,
+) -> Result<PlanView, Refused> {
     let options = PlanOptions {
         reprocess: chosen.reprocess,
         concurrency: launch.concurrency.map(usize::from),
@@ -316,7 +325,7 @@ pub async fn plan(served: &Served, launch: &Launch) -> Result<PlanView, Refused>
         .err()
         .map(|e| e.worded(&|s| s.name().replace('_', " ")));
     let command = std::iter::once("backfill".to_string())
-        .chain(launch.run_args((served, environment), &chosen, &hash))
+        .chain(launch.run_args((served, environment), chosen, &hash))
         .map(|arg| quoted(&arg))
         .collect::<Vec<_>>()
         .join(" ");
@@ -362,7 +371,7 @@ pub async fn launch(served: &Served, launch: &Launch) -> Result<Launched, Refuse
         let message = "plan: a launch needs the hash of the plan it confirms (from /api/plan)";
         return Err(Refused(StatusCode::BAD_REQUEST, message.into()));
     };
-    let now = plan(served, launch).await?;
+    let now = plan_chosen(launch, (served, environment), &chosen).await?;
     if now.hash != confirmed {
         return Err(changed(&confirmed, &now.hash));
     }

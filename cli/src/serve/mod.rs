@@ -254,9 +254,7 @@ impl App {
             return Ok(html::Tally::of_end(entry.header.slices, end));
         }
         let record = self.followed(environment, entry.clone()).await?;
-        let pipeline = self.pipeline(environment, &entry.header.pipeline);
-        let view = RunView::of(&record, pipeline, SystemClock.now());
-        Ok(view.counts.tally())
+        Ok(html::Tally::of_record(&record))
     }
 
     /// Run `run` of `pipeline` as a list shows it (its attempts not read), with the index
