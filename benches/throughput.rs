@@ -96,14 +96,14 @@ fn main() {
                 source: ("events", "[\"dt\", \"hr\"]"),
                 slices: "hourly",
                 sql: HOURLY,
-                selection: Selection::Range {
-                    start: first
+                selection: Selection::range(
+                    first
                         .and_hms_opt(0, 0, 0)
                         .unwrap()
                         .format("%Y-%m-%dT%H")
                         .to_string(),
-                    end: last.format("%Y-%m-%dT%H").to_string(),
-                },
+                    last.format("%Y-%m-%dT%H").to_string(),
+                ),
                 slice_count: hours as usize,
             }
         }
@@ -120,10 +120,7 @@ fn main() {
                 source: ("orders", "[\"dt\"]"),
                 slices: "daily",
                 sql: if shape == "distinct" { DISTINCT } else { ROWS },
-                selection: Selection::Range {
-                    start: first.to_string(),
-                    end: last.to_string(),
-                },
+                selection: Selection::range(first.to_string(), last.to_string()),
                 slice_count: days as usize,
             }
         }

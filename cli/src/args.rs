@@ -69,34 +69,33 @@ impl ChoiceArgs {
     }
 }
 
-/// Which slices: an inclusive range, or keys.
+/// Which slices: an inclusive range of days or hours, keys, or both.
 #[derive(Args)]
 pub struct SelectionArgs {
     /// First slice, inclusive: YYYY-MM-DD (daily) or YYYY-MM-DDTHH (hourly).
-    #[arg(long, requires = "end", conflicts_with = "keys")]
+    #[arg(long, requires = "end")]
     start: Option<String>,
     /// Last slice, inclusive.
     #[arg(long, requires = "start")]
     end: Option<String>,
-    /// Slice keys, comma-separated. For list slices, defaults to the pipeline's keys.
+    /// Slice keys, comma-separated; or keys of one dimension, `--keys tenant=acme,globex`
+    /// (repeat it for each dimension; a dimension not named takes all of its keys).
+    /// For list slices, defaults to the pipeline's keys.
     #[arg(long, value_delimiter = ',')]
     keys: Vec<String>,
 }
 
 impl SelectionArgs {
     pub fn selection(&self) -> Selection {
-        match (&self.start, &self.end) {
-            (Some(start), Some(end)) => Selection::Range {
-                start: start.clone(),
-                end: end.clone(),
-            },
-            _ => Selection::Keys(self.keys.clone()),
+        Selection {
+            range: self.start.clone().zip(self.end.clone()),
+            keys: self.keys.clone(),
         }
     }
 
     /// The selection, if one was given at all.
     pub fn given(&self) -> Option<Selection> {
-        (self.start.is_some() || !self.keys.is_empty()).then(|| self.selection())
+        Some(self.selection()).filter(|selection| !selection.is_empty())
     }
 }
 

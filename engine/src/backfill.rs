@@ -23,7 +23,7 @@ use crate::retry::RequestRetry;
 use crate::sink::rebuild::Replaced;
 use crate::sink::strategy::Publishing;
 use crate::sink::Sink;
-use crate::slice::{self, Selection, Slice};
+use crate::slice::{Selection, Slice};
 use crate::source::{self, SourceFile, Sources, StoreOverrides};
 use crate::states::{self, Facts, Reprocess, SliceState};
 use crate::template;
@@ -196,7 +196,7 @@ impl Backfill {
             &unwritten,
         )
         .await?;
-        let sample = sample_slice(&pipeline);
+        let sample = pipeline.slices.sample();
         let variables = sample.variables();
         let sql = template::render(&pipeline.sql, &variables, &pipeline.sql_origin)?;
         let frame = source::read_only_query(sources.planning_state(1), &sql, || {
@@ -311,7 +311,10 @@ impl Backfill {
             ),
             Publishing::Commits(_) => (HashMap::new(), true),
         };
-        let table_files = self.sink.table_files(&self.pipeline.slices.columns).await?;
+        let table_files = self
+            .sink
+            .table_files(&self.pipeline.slices.columns())
+            .await?;
         Ok(Recorded {
             ledger,
             last_failures: history.last_failures(),
@@ -745,15 +748,6 @@ impl<'a> WrittenSql<'a> {
             )),
         }
     }
-}
-
-/// A slice to plan the SQL with when validating: any will do, as planning reads no data.
-fn sample_slice(pipeline: &Pipeline) -> Slice {
-    let spec = &pipeline.slices;
-    let selection = spec.kind.sample(spec.keys.as_deref());
-    slice::cut(spec.kind, &spec.columns, &selection, None).expect("the sample selection is valid")
-        [0]
-    .clone()
 }
 
 /// The schema the destination stores for a transform's output: types that Delta readers

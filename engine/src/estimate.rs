@@ -354,6 +354,7 @@ mod tests {
                 key: key.into(),
                 partition: vec![("dt".into(), key.into())],
                 window: None,
+                keys: vec![],
             },
             sql: "SELECT 1".into(),
             files,

@@ -8,6 +8,10 @@
 //! - `customers/part-00000.parquet`: the dimension table, customer_id, region, segment.
 //! - `events/dt=YYYY-MM-DD/hr=HH/part-00000.parquet`: hourly click events.
 //! - `signups/tenant=KEY/part-00000.parquet`: per-tenant signups, for list slices.
+//! - `usage/dt=YYYY-MM-DD/tenant=KEY/region=KEY/part-00000.parquet`: metered usage per day,
+//!   tenant and region, for slices over several dimensions; keys escaped in folder names
+//!   as Hive escapes them (`o%27brien`). A tenant starts having usage on the day its
+//!   index says (the first on the first day, the second two days later, …).
 
 use std::fs::File;
 use std::path::Path;
@@ -37,8 +41,13 @@ pub struct FixtureSpec {
     /// Days of hourly events (from `first_day`), and events per hour.
     pub event_days: u32,
     pub events_per_hour: u64,
-    /// Tenants of the signups table; keys may be awkward (`o'brien`).
+    /// Tenants of the signups and usage tables; keys may be awkward (`o'brien`).
     pub tenants: Vec<String>,
+    /// Days of usage (from `first_day`), regions of each tenant's usage, and the days
+    /// between one tenant's first usage and the next one's.
+    pub usage_days: u32,
+    pub regions: Vec<String>,
+    pub usage_onboarding_days: u32,
     pub customers: u64,
     /// A day whose amounts are null far more often than usual, to trip null-rate checks.
     pub noisy_day: Option<NaiveDate>,
@@ -55,6 +64,9 @@ impl FixtureSpec {
             event_days: 2,
             events_per_hour: 40,
             tenants: vec!["acme".into(), "globex".into(), "o'brien".into()],
+            usage_days: 5,
+            regions: vec!["eu".into(), "us".into()],
+            usage_onboarding_days: 2,
             customers: 500,
             noisy_day: NaiveDate::from_ymd_opt(2024, 1, 9),
         }
@@ -67,6 +79,7 @@ impl FixtureSpec {
             orders_per_day,
             event_days: 0,
             tenants: vec![],
+            usage_days: 0,
             noisy_day: None,
             ..Self::bundled()
         }
@@ -92,7 +105,23 @@ pub fn generate(root: &Path, spec: &FixtureSpec) -> Result<()> {
     for (index, tenant) in spec.tenants.iter().enumerate() {
         write_signups(root, spec, index as u64, tenant)?;
     }
+    for day_index in 0..spec.usage_days {
+        let day = spec.first_day + Duration::days(day_index.into());
+        for (index, tenant) in spec.tenants.iter().enumerate() {
+            if day_index < index as u32 * spec.usage_onboarding_days {
+                continue;
+            }
+            for region in &spec.regions {
+                write_usage(root, spec, day, tenant, region)?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// The first day `tenant` (the `index`th) has usage on.
+pub fn usage_start(spec: &FixtureSpec, index: usize) -> NaiveDate {
+    spec.first_day + Duration::days(i64::from(index as u32 * spec.usage_onboarding_days))
 }
 
 fn orders_schema() -> SchemaRef {
@@ -236,6 +265,40 @@ fn write_signups(root: &Path, spec: &FixtureSpec, index: u64, tenant: &str) -> R
         Arc::new(StringArray::from_iter((0..n).map(|_| {
             ["free", "pro", "team"].get(rng.random_range(0..4)).copied()
         }))),
+    ])?;
+    writer.close()
+}
+
+fn write_usage(
+    root: &Path,
+    spec: &FixtureSpec,
+    day: NaiveDate,
+    tenant: &str,
+    region: &str,
+) -> Result<()> {
+    let cell = format!("{day}/{tenant}/{region}");
+    let seed = cell
+        .bytes()
+        .fold(spec.seed ^ 0x05A6E, |h, b| h.rotate_left(5) ^ u64::from(b));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("units", DataType::Int64, false),
+    ]));
+    let folder = format!(
+        "usage/dt={day}/tenant={}/region={}",
+        crate::source::hive_escape(tenant),
+        crate::source::hive_escape(region)
+    );
+    let mut writer = Writer::create(&root.join(folder).join("part-00000.parquet"), schema)?;
+    let n = rng.random_range(20..60);
+    writer.write(vec![
+        Arc::new(Int64Array::from_iter_values(
+            (0..n).map(|_| rng.random_range(1..=25)),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            (0..n).map(|_| rng.random_range(1..=100)),
+        )),
     ])?;
     writer.close()
 }

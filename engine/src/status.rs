@@ -82,8 +82,7 @@ impl Backfill {
             .collect();
         seen.sort();
         seen.dedup();
-        let spec = &self.pipeline.slices;
-        let spanning = spec.kind.spanning(&seen, spec.keys.as_deref());
+        let spanning = self.pipeline.slices.spanning(&seen);
         match spanning.map(|selection| self.slices(&selection)) {
             Some(Ok(slices)) => slices.into_iter().map(|s| s.key).collect(),
             Some(Err(_)) | None => seen,

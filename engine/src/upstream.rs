@@ -169,21 +169,19 @@ fn passing(rows: &RecordBatch, table: &TableReference, filters: &[&Expr]) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slice::{cut, Selection, SliceKind};
+    use crate::slice::{Selection, SliceKind, SliceSpec};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::logical_expr::{col, lit};
     use std::sync::Arc;
 
     fn hours() -> Upstream {
-        let selection = Selection::Range {
-            start: "2024-01-01T22".into(),
-            end: "2024-01-02T01".into(),
-        };
-        let columns = ["dt".to_string(), "hr".to_string()];
+        let selection = Selection::range("2024-01-01T22", "2024-01-02T01");
+        let columns = vec!["dt".to_string(), "hr".to_string()];
+        let spec = SliceSpec::of_kind(SliceKind::Hourly, columns, None);
         Upstream {
             source: "events".into(),
             pipeline: "hourly".into(),
-            slices: cut(SliceKind::Hourly, &columns, &selection, None).unwrap(),
+            slices: spec.cut(&selection).unwrap(),
             unwritten: crate::source::Unwritten {
                 schema: schema(),
                 partition_by: vec!["dt".into(), "hr".into()],

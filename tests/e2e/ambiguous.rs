@@ -40,7 +40,7 @@ async fn run_behind(case: &Case, store: Arc<TestStore>) -> backfill_engine::RunS
         ..OpenOptions::default()
     };
     let backfill = Arc::new(Backfill::open(pipeline, options).await.unwrap());
-    let selection = Selection::Keys(DAYS.iter().map(|d| d.to_string()).collect());
+    let selection = Selection::keys(DAYS.iter().map(|d| d.to_string()).collect());
     let options = RunOptions {
         retries: 0,
         concurrency: Some(2),

@@ -25,7 +25,7 @@ async fn open_slow(case: &Case) -> Arc<Backfill> {
 /// both read the log before either commits, and then race on every slice.
 async fn run_twice_at_once(case: &Case) -> (RunSummary, RunSummary) {
     let (first, second) = (open_slow(case).await, open_slow(case).await);
-    let selection = Selection::Keys(DAYS.iter().map(|d| d.to_string()).collect());
+    let selection = Selection::keys(DAYS.iter().map(|d| d.to_string()).collect());
     let options = RunOptions {
         concurrency: Some(1),
         ..RunOptions::default()
@@ -117,7 +117,7 @@ async fn the_run_that_loses_the_race_to_create_the_table_commits_on_top() {
     let case = Case::new("orders_clean");
     let (first, second) = (open_slow(&case).await, open_slow(&case).await);
     let week = |from: u32| {
-        Selection::Keys(
+        Selection::keys(
             (from..from + 7)
                 .map(|d| format!("2024-01-{d:02}"))
                 .collect(),

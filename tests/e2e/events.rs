@@ -87,7 +87,7 @@ async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order
         clock: ManualClock::new(),
         ..RunOptions::default()
     };
-    let selection = Selection::Keys(DAYS.iter().map(|d| d.to_string()).collect());
+    let selection = Selection::keys(DAYS.iter().map(|d| d.to_string()).collect());
     let running = backfill.clone().run(&selection, &options, recorder.clone());
     let summary = match tokio::time::timeout(Duration::from_secs(120), running).await {
         Ok(summary) => summary.unwrap(),

@@ -9,6 +9,7 @@ mod clean;
 mod cluster;
 mod concurrent;
 mod delta_sources;
+mod dimensions;
 mod events;
 mod faults;
 mod hostile;
@@ -963,10 +964,7 @@ async fn a_slice_waiting_for_its_commit_leaves_its_place_to_the_next_slice() {
             .await
             .unwrap(),
     );
-    let selection = backfill_engine::Selection::Range {
-        start: "2024-01-01".into(),
-        end: "2024-01-06".into(),
-    };
+    let selection = backfill_engine::Selection::range("2024-01-01", "2024-01-06");
     let options = backfill_engine::RunOptions {
         concurrency: Some(1),
         ..backfill_engine::RunOptions::default()

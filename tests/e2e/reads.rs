@@ -28,7 +28,7 @@ async fn run(
     keys: &[&str],
     options: &RunOptions,
 ) -> backfill_engine::RunSummary {
-    let selection = Selection::Keys(keys.iter().map(|k| k.to_string()).collect());
+    let selection = Selection::keys(keys.iter().map(|k| k.to_string()).collect());
     backfill
         .clone()
         .run(&selection, options, Arc::new(backfill_engine::run::Silent))
@@ -163,7 +163,7 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
     assert_eq!(run.end.unwrap().committed, 3);
 
     // `status` counts the same retries.
-    let selection = Selection::Keys(days.iter().map(|d| d.to_string()).collect());
+    let selection = Selection::keys(days.iter().map(|d| d.to_string()).collect());
     let status = backfill.status(Some(&selection)).await.unwrap();
     assert_eq!(
         status.slices.iter().map(|s| s.retries).sum::<u32>(),
@@ -476,7 +476,7 @@ async fn a_slice_whose_files_storage_keeps_failing_fails_alone_and_the_others_co
         other => panic!("2024-01-02 should fail, got {other:?}"),
     }
 
-    let selection = Selection::Keys(days.iter().map(|d| d.to_string()).collect());
+    let selection = Selection::keys(days.iter().map(|d| d.to_string()).collect());
     let budgeted = RunOptions {
         budget: backfill_engine::estimate::Budget {
             max_bytes: Some(1 << 30),

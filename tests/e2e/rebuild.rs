@@ -273,10 +273,7 @@ async fn the_swap_is_refused_when_another_writer_committed_after_the_rebuild_rea
     let version = case.version().await;
     let written_by_other = case.stored(ALL).await;
 
-    let selection = Selection::Range {
-        start: "2024-01-01".into(),
-        end: "2024-01-03".into(),
-    };
+    let selection = Selection::range("2024-01-01", "2024-01-03");
     let silent = Arc::new(backfill_engine::run::Silent);
     let summary = rebuild
         .run(&selection, &RunOptions::default(), silent)

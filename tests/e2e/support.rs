@@ -333,7 +333,7 @@ pub async fn query_table(table: &Path, sql: &str) -> Vec<String> {
     rows(&ctx, sql).await
 }
 
-/// Runs `sql` over the fixture sources `orders`, `customers`, `events` and `signups`,
+/// Runs `sql` over the fixture sources `orders`, `customers`, `events`, `signups` and `usage`,
 /// registered with plain DataFusion, independently of the engine.
 pub async fn query_sources(bucket: &Path, sql: &str) -> Vec<String> {
     let ctx = SessionContext::new();
@@ -342,6 +342,7 @@ pub async fn query_sources(bucket: &Path, sql: &str) -> Vec<String> {
         ("customers", vec![]),
         ("events", vec!["dt", "hr"]),
         ("signups", vec!["tenant"]),
+        ("usage", vec!["dt", "tenant", "region"]),
     ] {
         let url = ListingTableUrl::parse(format!("{}/{name}/", bucket.display())).unwrap();
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -576,6 +577,34 @@ impl Case {
                 serde_json::Value::Array(actions.collect())
             })
             .collect()
+    }
+
+    /// The data files the table's latest version holds, by the slice partition folder
+    /// they lie in (`dt=2024-01-01/tenant=acme`, the first `depth` folders of each path).
+    pub fn files_by_partition(
+        &self,
+        depth: usize,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut active = std::collections::BTreeSet::new();
+        for commit in self.commit_entries() {
+            for action in commit.as_array().unwrap() {
+                if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
+                    active.insert(path.to_string());
+                }
+                if let Some(path) = action.pointer("/remove/path").and_then(|p| p.as_str()) {
+                    active.remove(path);
+                }
+            }
+        }
+        let mut by_partition = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for path in active {
+            let folders: Vec<&str> = path.split('/').take(depth).collect();
+            by_partition
+                .entry(folders.join("/"))
+                .or_default()
+                .push(path);
+        }
+        by_partition
     }
 
     /// The slice of every record the log's commits carry (a swap carries several),

@@ -63,7 +63,7 @@ fn print(backfill: &Backfill) {
     );
     println!(
         "  {} slices, {}",
-        pipeline.slices.kind.name(),
+        pipeline.slices.describe(),
         count(pipeline.assertions.len(), "assertion")
     );
 }

@@ -341,13 +341,13 @@ fn grid(
         slices.iter().map(|s| (s.slice.as_str(), s)).collect();
     // A range, or the pipeline's own keys, is read back from the history; keys named
     // one by one are not (a key may hold a comma).
-    let every_key = Selection::Keys(vec![]);
+    let every_key = Selection::default();
     let selection = Selection::described_range(&record.header.selection)
         .or_else(|| (record.header.selection == every_key.describe()).then_some(every_key));
-    let kind = pipeline.map(|p| p.slices.kind);
+    let kind = pipeline.map(|p| p.slices.kind());
     let selected: Vec<String> = match (selection, pipeline) {
         (Some(selection), Some(pipeline)) => {
-            let cut = pipeline.cut(&selection.for_kind(pipeline.slices.kind));
+            let cut = pipeline.cut(&selection.for_spec(&pipeline.slices));
             cut.map(|slices| slices.into_iter().map(|s| s.key).collect())
                 .unwrap_or_default()
         }
@@ -804,7 +804,7 @@ mod tests {
         );
         let pipeline = backfill_engine::pipeline::load(std::path::Path::new(file)).unwrap();
         let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-        let every_key = Selection::Keys(vec![]).describe();
+        let every_key = Selection::default().describe();
         let record = RunRecord {
             header: RunHeader {
                 pipeline: pipeline.name.clone(),
@@ -890,11 +890,8 @@ mod scale {
             "/../fixtures/pipelines/hourly_events.toml"
         );
         let pipeline = backfill_engine::pipeline::load(std::path::Path::new(file)).unwrap();
-        assert_eq!(pipeline.slices.kind, SliceKind::Hourly);
-        let selection = Selection::Range {
-            start: "2023-01-01T00".into(),
-            end: "2023-12-31T23".into(),
-        };
+        assert_eq!(pipeline.slices.kind(), SliceKind::Hourly);
+        let selection = Selection::range("2023-01-01T00", "2023-12-31T23");
         let started = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
         let attempts: Vec<Attempt> = (pipeline.cut(&selection).unwrap().into_iter())
             .map(|slice| Attempt {

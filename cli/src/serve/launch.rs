@@ -107,25 +107,22 @@ impl Environment {
                 return Err(bad(&message));
             }
         };
-        let selection = match (start.trim(), end.trim(), keys.trim()) {
-            ("", "", "") => None,
-            ("", "", keys) => Some(Selection::Keys(listed(keys))),
-            (start, end, "") if !start.is_empty() && !end.is_empty() => Some(Selection::Range {
-                start: start.into(),
-                end: end.into(),
-            }),
-            (_, _, "") => {
+        let range = match (start.trim(), end.trim()) {
+            ("", "") => None,
+            (start, end) if !start.is_empty() && !end.is_empty() => {
+                Some((start.to_string(), end.to_string()))
+            }
+            _ => {
                 return Err(bad(
                     "start/end: a range needs both its first and its last slice",
                 ))
             }
-            _ => {
-                return Err(bad(
-                    "keys: give either a range (start and end) or keys, not both",
-                ))
-            }
         };
-        Ok((pipelines, selection))
+        let selection = Selection {
+            range,
+            keys: listed(keys),
+        };
+        Ok((pipelines, Some(selection).filter(|s| !s.is_empty())))
     }
 }
 
@@ -174,7 +171,7 @@ impl Launch {
         let (pipelines, selection) =
             environment.scope(&self.pipeline, &self.start, &self.end, &self.keys)?;
         // No selection is every key of list slices; a range-cut pipeline says it needs one.
-        let selection = selection.unwrap_or(Selection::Keys(vec![]));
+        let selection = selection.unwrap_or_default();
         if self.concurrency == Some(0) {
             return Err(bad("concurrency: at least 1 slice at a time".into()));
         }
@@ -207,14 +204,13 @@ impl Launch {
         if chosen.pipelines.len() < whole {
             args.extend(["--pipelines".into(), chosen.pipelines.join(",")]);
         }
-        match &chosen.selection {
-            Selection::Range { start, end } => {
-                args.extend(["--start".into(), start.clone(), "--end".into(), end.clone()])
-            }
-            Selection::Keys(keys) if keys.is_empty() => {}
-            // Keys may be any text, even one that starts with `-`: one argument with the
-            // flag, so that it is never read as another flag.
-            Selection::Keys(keys) => args.push(format!("--keys={}", keys.join(","))),
+        if let Some((start, end)) = &chosen.selection.range {
+            args.extend(["--start".into(), start.clone(), "--end".into(), end.clone()])
+        }
+        // Keys may be any text, even one that starts with `-`: one argument with the
+        // flag, so that it is never read as another flag.
+        if !chosen.selection.keys.is_empty() {
+            args.push(format!("--keys={}", chosen.selection.keys.join(",")));
         }
         if chosen.reprocess != Reprocess::default() {
             let names = chosen.reprocess.names();

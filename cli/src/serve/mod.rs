@@ -522,7 +522,7 @@ async fn status_page(
     let (pipelines, error) = match status::statuses(&app.served, &query).await {
         Ok(statuses) => {
             let parts = statuses.iter().map(|(name, status)| {
-                let kind = app.pipeline(0, name).map(|p| p.slices.kind);
+                let kind = app.pipeline(0, name).map(|p| p.slices.kind());
                 status::StatusPart::of(name, status, kind)
             });
             (parts.collect(), None)

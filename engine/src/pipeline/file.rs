@@ -43,10 +43,38 @@ pub(super) struct RawSource {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSlices {
-    pub(super) kind: Spanned<String>,
+    pub(super) kind: Option<Spanned<String>>,
     pub(super) column: Option<Spanned<OneOrMany>>,
-    pub(super) keys: Option<Spanned<Vec<String>>>,
+    pub(super) keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
     pub(super) manifest: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) dimensions: Vec<Spanned<RawDimension>>,
+}
+
+/// A key dimension beside the slices' kind: `[[slices.dimensions]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDimension {
+    pub(super) name: Spanned<String>,
+    pub(super) column: Option<Spanned<String>>,
+    pub(super) keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
+    pub(super) manifest: Option<Spanned<String>>,
+}
+
+/// A key as listed: `"acme"`, or `{ key = "acme", start = "2024-03-10" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawKey {
+    Plain(String),
+    Bounded(RawBoundedKey),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBoundedKey {
+    pub(super) key: String,
+    pub(super) start: Option<String>,
+    pub(super) end: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -98,8 +126,13 @@ pub(crate) struct Locator<'a> {
 
 impl Locator<'_> {
     pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> Error {
+        Error::config(self.location(span), message)
+    }
+
+    /// The file and line of `span`: `pipelines/x.toml:12`.
+    pub(crate) fn location(&self, span: Range<usize>) -> String {
         let (line, _) = place_of(self.text, span.start);
-        Error::config(format!("{}:{line}", self.path.display()), message)
+        format!("{}:{line}", self.path.display())
     }
 
     /// Where the text of the string value at `span` starts: its line and column (both

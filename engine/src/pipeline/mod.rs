@@ -6,6 +6,7 @@
 //! sources and planning SQL belong to [`crate::source`] and [`crate::backfill`].
 
 mod file;
+mod keys;
 mod sections;
 
 use std::collections::BTreeMap;
@@ -16,9 +17,10 @@ use toml::Spanned;
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::slice::SliceKind;
+pub use crate::slice::SliceSpec;
 pub(crate) use file::Locator;
 use file::RawPipeline;
+pub use keys::{read_manifest, Listed};
 
 /// A validated pipeline: what to read, how to transform it, where and how to write it.
 #[derive(Debug, Clone)]
@@ -43,8 +45,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Cuts a selection into this pipeline's slices. Pure: no IO.
     pub fn cut(&self, selection: &crate::slice::Selection) -> Result<Vec<crate::slice::Slice>> {
-        let spec = &self.slices;
-        crate::slice::cut(spec.kind, &spec.columns, selection, spec.keys.as_deref())
+        self.slices.cut(selection)
     }
 }
 
@@ -105,16 +106,6 @@ impl std::fmt::Debug for StorageOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
     }
-}
-
-/// How a run's range or keys are cut into slices.
-#[derive(Debug, Clone)]
-pub struct SliceSpec {
-    pub kind: SliceKind,
-    /// The partition columns a slice selects: daily and list one, hourly two (day, hour).
-    pub columns: Vec<String>,
-    /// For `list`: the keys given in the file (from `keys` or the manifest), if any.
-    pub keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -283,37 +274,6 @@ pub fn parse_with(text: &str, path: &Path, upstreams: Upstreams) -> Result<Pipel
     })
 }
 
-/// Reads a manifest of list keys: one key per line; blank lines and lines starting with
-/// `#` are ignored; surrounding whitespace is trimmed.
-pub fn read_manifest(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::in_file(path, format!("cannot read the manifest: {e}")))?;
-    let mut keys = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let key = line.trim();
-        if key.is_empty() || key.starts_with('#') {
-            continue;
-        }
-        if key.contains('/') {
-            return Err(Error::config(
-                format!("{}:{}", path.display(), number + 1),
-                format!("key {key:?} contains `/`, which cannot be a partition value"),
-            ));
-        }
-        if keys.iter().any(|k| k == key) {
-            return Err(Error::config(
-                format!("{}:{}", path.display(), number + 1),
-                format!("key {key:?} appears twice"),
-            ));
-        }
-        keys.push(key.to_string());
-    }
-    if keys.is_empty() {
-        return Err(Error::in_file(path, "the manifest lists no keys"));
-    }
-    Ok(keys)
-}
-
 pub(crate) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -459,10 +419,130 @@ max_null_rate = { column = "amount", rate = 0.01 }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.txt");
         std::fs::write(&path, "# regions\neu\n\n  o'brien  \n").unwrap();
-        assert_eq!(read_manifest(&path).unwrap(), vec!["eu", "o'brien"]);
+        let keys = read_manifest(&path).unwrap();
+        let keys: Vec<(&str, &str)> = (keys.iter())
+            .map(|key| (key.value.as_str(), key.at.rsplit('/').next().unwrap()))
+            .collect();
+        assert_eq!(keys, [("eu", "keys.txt:2"), ("o'brien", "keys.txt:4")]);
         std::fs::write(&path, "# nothing\n\n").unwrap();
         let error = read_manifest(&path).unwrap_err().to_string();
         assert!(error.ends_with("the manifest lists no keys"), "{error}");
+    }
+
+    /// VALID with its slices over days × tenants × regions, `dimensions` replacing the
+    /// tenant dimension's entry.
+    fn with_dimensions(tenants: &str) -> String {
+        let slices = format!(
+            "column = \"dt\"\n\n[[slices.dimensions]]\n{tenants}\n\n[[slices.dimensions]]\nname = \"region\"\nkeys = [\"eu\", \"us\"]\n"
+        );
+        (VALID.replace("column = \"dt\"\n", &slices)).replace(
+            "partition_by = [\"dt\"]",
+            "partition_by = [\"dt\", \"tenant_id\", \"region\"]",
+        )
+    }
+
+    #[test]
+    fn dimensions_take_keys_inline_or_from_a_manifest_with_their_start_and_end() {
+        let text = with_dimensions(
+            "name = \"tenant\"\ncolumn = \"tenant_id\"\nkeys = [\"acme\", { key = \"new\", start = \"2024-03-10\", end = \"2024-03-11T05\" }]",
+        );
+        let spec = parse_at(&text).unwrap().slices;
+        assert_eq!(spec.describe(), "daily × tenant × region");
+        assert_eq!(spec.columns(), ["dt", "tenant_id", "region"]);
+        let new = &spec.keyed[0].keys.as_ref().unwrap()[1];
+        assert_eq!(new.from.unwrap().to_string(), "2024-03-10 00:00:00");
+        assert_eq!(
+            new.until.unwrap().to_string(),
+            "2024-03-12 00:00:00",
+            "an hour bounds a daily key by its day"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tenants.csv"),
+            "key,start\nacme,\n\"o'brien, ltd\",2024-03-10\n",
+        )
+        .unwrap();
+        let text = with_dimensions(
+            "name = \"tenant\"\ncolumn = \"tenant_id\"\nmanifest = \"tenants.csv\"",
+        );
+        let spec = parse(&text, &dir.path().join("p.toml")).unwrap().slices;
+        let keys = spec.keyed[0].keys.as_ref().unwrap();
+        assert_eq!((keys[0].value.as_str(), keys[0].from), ("acme", None));
+        assert_eq!(keys[1].value, "o'brien, ltd");
+        assert_eq!(keys[1].from.unwrap().to_string(), "2024-03-10 00:00:00");
+    }
+
+    #[test]
+    fn bad_dimensions_are_refused_at_the_line_at_fault() {
+        let refused = |tenants: &str| parse_at(&with_dimensions(tenants)).unwrap_err().to_string();
+        assert_eq!(
+            refused("name = \"region\"\nkeys = [\"x\"]"),
+            "/p/pipeline.toml:18: slices.dimensions: `region` is named twice"
+        );
+        assert_eq!(
+            refused("name = \"hour\"\nkeys = [\"x\"]"),
+            "/p/pipeline.toml:14: slices.dimensions: `hour` is a variable every slice sets; name the dimension otherwise"
+        );
+        assert_eq!(
+            refused("name = \"tenant\"\ncolumn = \"dt\"\nkeys = [\"x\"]"),
+            "/p/pipeline.toml:15: slices.dimensions: tenant.column `dt` is another dimension's column"
+        );
+        assert_eq!(
+            refused("name = \"tenant\"\ncolumn = \"tenant_id\""),
+            "/p/pipeline.toml:13: slices.dimensions: tenant needs its keys: `keys` or `manifest`"
+        );
+        assert_eq!(
+            refused("name = \"tenant\"\ncolumn = \"tenant_id\"\nkeys = [\"a\",\n  \"a\"]"),
+            "/p/pipeline.toml:17: tenant: key \"a\" is listed twice (first at /p/pipeline.toml:16)"
+        );
+        assert_eq!(
+            refused("name = \"tenant\"\ncolumn = \"tenant_id\"\nkeys = [{ key = \"a\", start = \"2024-03-10\", end = \"2024-03-09\" }]"),
+            "/p/pipeline.toml:16: tenant: key \"a\" starts (2024-03-10) after it ends (2024-03-09)"
+        );
+        assert_eq!(
+            refused("name = \"tenant\"\ncolumn = \"tenant_id\"\nkeys = [{ key = \"a\", start = \"March\" }]"),
+            "/p/pipeline.toml:16: tenant: key \"a\": `March` is not a day (YYYY-MM-DD) or an hour (YYYY-MM-DDTHH)"
+        );
+        assert_eq!(
+            refused("name = \"tenant\"\ncolumn = \"tenant_id\"\nkeys = [\"\"]"),
+            "/p/pipeline.toml:16: tenant: key \"\" is empty, so it cannot be a partition value"
+        );
+        let unpartitioned = with_dimensions("name = \"tenant\"\nkeys = [\"a\"]")
+            .replace("strategy = \"overwrite\"", "strategy = \"append\"");
+        let error = parse_at(&unpartitioned).unwrap_err().to_string();
+        assert!(
+            error.ends_with("destination.partition_by must include the slice column `tenant`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_that_cannot_list_keys_is_refused_naming_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |manifest: &str| {
+            std::fs::write(dir.path().join("tenants.csv"), manifest).unwrap();
+            let text = with_dimensions(
+                "name = \"tenant\"\ncolumn = \"tenant_id\"\nmanifest = \"tenants.csv\"",
+            );
+            let error = parse(&text, &dir.path().join("p.toml"))
+                .unwrap_err()
+                .to_string();
+            error.rsplit('/').next().unwrap().to_string()
+        };
+        assert_eq!(
+            refused("key,start\n"),
+            "tenants.csv: the manifest lists no keys"
+        );
+        assert_eq!(
+            refused("key,since\na,2024-01-01\n"),
+            "tenants.csv:1: column `since`: a manifest's columns are key, start and end"
+        );
+        assert_eq!(
+            refused("tenant\na\n"),
+            "tenants.csv:1: column `tenant`: a manifest's columns are key, start and end"
+        );
+        assert_eq!(refused("key,end\na,2024-01-01\nb,2024-02-30\n"), "tenants.csv:3: tenant: key \"b\": `2024-02-30` is not a day (YYYY-MM-DD) or an hour (YYYY-MM-DDTHH)");
     }
 
     #[test]

@@ -8,15 +8,16 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::file::{
-    Locator, OneOrMany, RawAssertion, RawDestination, RawNullRate, RawSlices, RawSource,
-    RawTransform,
+    Locator, OneOrMany, RawAssertion, RawDestination, RawDimension, RawKey, RawNullRate, RawSlices,
+    RawSource, RawTransform,
 };
+use super::keys::{self, read_manifest, Listed};
 use super::{
-    is_identifier, read_manifest, Assertion, Destination, Output, SliceSpec, Source, SourceFormat,
-    SqlStart, Strategy, Upstreams,
+    is_identifier, Assertion, Destination, Output, Source, SourceFormat, SqlStart, Strategy,
+    Upstreams,
 };
 use crate::error::Result;
-use crate::slice::SliceKind;
+use crate::slice::{KeyDimension, SliceKind, SliceSpec, BUILT_IN_VARIABLES};
 
 /// The pipeline's name: letters, digits, `_` and `-`.
 pub(super) fn name(at: &Locator, raw: &Spanned<String>) -> Result<String> {
@@ -164,21 +165,87 @@ fn upstream_output(
 pub(super) fn slice_spec(at: &Locator, raw: Spanned<RawSlices>, base: &Path) -> Result<SliceSpec> {
     let span = raw.span();
     let raw = raw.into_inner();
-    let named = raw.kind.get_ref().as_str();
-    let Some(kind) = SliceKind::ALL.into_iter().find(|k| k.name() == named) else {
+    let mut spec = SliceSpec {
+        time: None,
+        keyed: vec![],
+    };
+    // Each key dimension's keys, checked once the time dimension is known.
+    let mut listed: Vec<Option<Vec<Listed>>> = Vec::new();
+    match &raw.kind {
+        Some(named) => {
+            let (kind, columns) = kind_and_columns(at, named, raw.column, span.clone())?;
+            let keys = listed_keys(at, "slices", raw.keys, raw.manifest, base)?;
+            match kind {
+                SliceKind::List => {
+                    let mut lone = SliceSpec::of_kind(kind, columns, None);
+                    spec.keyed.append(&mut lone.keyed);
+                    listed.push(keys);
+                }
+                _ if keys.is_some() => {
+                    return Err(at.error(
+                        named.span(),
+                        "slices: `keys` and `manifest` are only for kind = \"list\"; give other keys a dimension of their own in [[slices.dimensions]]",
+                    ))
+                }
+                _ => spec = SliceSpec::of_kind(kind, columns, None),
+            }
+        }
+        None if raw.dimensions.is_empty() => {
+            return Err(at.error(
+                span,
+                "slices.kind is required: daily, hourly or list (or give key dimensions in [[slices.dimensions]])",
+            ))
+        }
+        None if raw.column.is_some() || raw.keys.is_some() || raw.manifest.is_some() => {
+            return Err(at.error(
+                span,
+                "slices: `column`, `keys` and `manifest` describe the dimension `kind` names; give `kind`, or move them into [[slices.dimensions]]",
+            ))
+        }
+        None => {}
+    }
+    for raw in raw.dimensions {
+        let (dimension, keys) = dimension(at, raw, base, &spec)?;
+        spec.keyed.push(dimension);
+        listed.push(Some(keys));
+    }
+    let time = spec.time.as_ref().map(|time| time.kind);
+    let several = spec.dimensions() > 1;
+    for (dimension, listed) in spec.keyed.iter_mut().zip(listed) {
+        if several && listed.is_none() {
+            return Err(at.error(
+                span.clone(),
+                format!("slices: the list dimension `{}` needs its keys (`keys` or `manifest`) beside other dimensions", dimension.name),
+            ));
+        }
+        let checked = listed.map(|listed| keys::checked(listed, &dimension.name, time));
+        dimension.keys = checked.transpose()?;
+    }
+    Ok(spec)
+}
+
+/// The kind `[slices]` names, and the partition columns it owns.
+fn kind_and_columns(
+    at: &Locator,
+    named: &Spanned<String>,
+    column: Option<Spanned<OneOrMany>>,
+    span: std::ops::Range<usize>,
+) -> Result<(SliceKind, Vec<String>)> {
+    let name = named.get_ref().as_str();
+    let Some(kind) = SliceKind::ALL.into_iter().find(|k| k.name() == name) else {
         let kinds: Vec<&str> = SliceKind::ALL.iter().map(|k| k.name()).collect();
         return Err(at.error(
-            raw.kind.span(),
-            format!("slices.kind: `{named}` is not one of {}", kinds.join(", ")),
+            named.span(),
+            format!("slices.kind: `{name}` is not one of {}", kinds.join(", ")),
         ));
     };
-    let columns = match raw.column.map(Spanned::into_inner) {
+    let columns = match column.map(Spanned::into_inner) {
         Some(OneOrMany::One(column)) => vec![column],
         Some(OneOrMany::Many(columns)) => columns,
         None => kind.default_columns().ok_or_else(|| {
             at.error(
                 span.clone(),
-                format!("slices.column is required for kind = \"{named}\""),
+                format!("slices.column is required for kind = \"{name}\""),
             )
         })?,
     };
@@ -192,60 +259,85 @@ pub(super) fn slice_spec(at: &Locator, raw: Spanned<RawSlices>, base: &Path) -> 
             ),
         ));
     }
-    let keys = match (raw.keys, raw.manifest) {
-        (Some(_), Some(manifest)) => {
-            return Err(at.error(
-                manifest.span(),
-                "slices: give `keys` or `manifest`, not both",
-            ))
-        }
-        (Some(keys), None) => Some(checked_keys(
-            at,
-            keys.span(),
-            keys.into_inner(),
-            "slices.keys",
-        )?),
-        (None, Some(manifest)) => {
-            let path = base.join(manifest.get_ref());
-            Some(read_manifest(&path)?)
-        }
-        (None, None) => None,
-    };
-    if keys.is_some() && kind != SliceKind::List {
-        return Err(at.error(
-            0..0,
-            "slices: `keys` and `manifest` are only for kind = \"list\"",
-        ));
-    }
-    Ok(SliceSpec {
-        kind,
-        columns,
-        keys,
-    })
+    Ok((kind, columns))
 }
 
-fn checked_keys(
+/// A key dimension of `[[slices.dimensions]]`, beside those of `spec` so far, and its
+/// keys as listed.
+fn dimension(
     at: &Locator,
-    span: std::ops::Range<usize>,
-    keys: Vec<String>,
+    raw: Spanned<RawDimension>,
+    base: &Path,
+    spec: &SliceSpec,
+) -> Result<(KeyDimension, Vec<Listed>)> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let name = raw.name.get_ref().clone();
+    let refuse = |span: std::ops::Range<usize>, message: String| {
+        Err(at.error(span, format!("slices.dimensions: {message}")))
+    };
+    if !is_identifier(&name) {
+        return refuse(
+            raw.name.span(),
+            format!("name `{name}` must be a plain identifier, as SQL variables are"),
+        );
+    }
+    if BUILT_IN_VARIABLES.contains(&name.as_str()) {
+        return refuse(
+            raw.name.span(),
+            format!("`{name}` is a variable every slice sets; name the dimension otherwise"),
+        );
+    }
+    if spec.keyed.iter().any(|dimension| dimension.name == name) {
+        return refuse(raw.name.span(), format!("`{name}` is named twice"));
+    }
+    let column = raw.column.as_ref().map_or(&name, Spanned::get_ref).clone();
+    let column_span = raw.column.as_ref().map_or(raw.name.span(), Spanned::span);
+    if !is_identifier(&column) {
+        return refuse(
+            column_span,
+            format!("{name}.column `{column}` must be a plain identifier"),
+        );
+    }
+    if spec.columns().contains(&column) {
+        return refuse(
+            column_span,
+            format!("{name}.column `{column}` is another dimension's column"),
+        );
+    }
+    let what = format!("slices.dimensions.{name}");
+    let Some(keys) = listed_keys(at, &what, raw.keys, raw.manifest, base)? else {
+        return refuse(span, format!("{name} needs its keys: `keys` or `manifest`"));
+    };
+    let dimension = KeyDimension {
+        name,
+        column,
+        keys: None,
+    };
+    Ok((dimension, keys))
+}
+
+/// The keys listed inline or in a manifest, if any.
+fn listed_keys(
+    at: &Locator,
     what: &str,
-) -> Result<Vec<String>> {
-    if keys.is_empty() {
-        return Err(at.error(
-            span,
-            format!("{what} is empty: a list slice needs at least one key"),
-        ));
+    keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
+    manifest: Option<Spanned<String>>,
+    base: &Path,
+) -> Result<Option<Vec<Listed>>> {
+    match (keys, manifest) {
+        (Some(_), Some(manifest)) => Err(at.error(
+            manifest.span(),
+            format!("{what}: give `keys` or `manifest`, not both"),
+        )),
+        (Some(keys), None) if keys.get_ref().is_empty() => Err(at.error(
+            keys.span(),
+            format!("{what}.keys is empty: a list of keys needs at least one"),
+        )),
+        (Some(keys), None) => Ok(Some(keys::inline(at, keys.into_inner()))),
+        (None, Some(manifest)) => Ok(Some(read_manifest(&base.join(manifest.get_ref()))?)),
+        (None, None) => Ok(None),
     }
-    if let Some(bad) = keys
-        .iter()
-        .find(|k| k.trim().is_empty() || k.contains(['/', '\n']))
-    {
-        return Err(at.error(
-            span,
-            format!("{what}: key {bad:?} is empty or contains `/` or a newline"),
-        ));
-    }
-    Ok(keys)
 }
 
 pub(super) fn transform(
@@ -311,19 +403,26 @@ pub(super) fn destination(
             ))
         }
     };
-    if strategy == Strategy::Overwrite {
-        if let Some(missing) = slices
-            .columns
-            .iter()
-            .find(|c| !raw.partition_by.contains(c))
-        {
+    let columns = slices.columns();
+    let missing = columns.iter().find(|c| !raw.partition_by.contains(c));
+    match (missing, &strategy) {
+        (Some(missing), Strategy::Overwrite) => {
             return Err(at.error(
                 span,
                 format!(
                     "strategy = \"overwrite\" replaces the slice's partitions, so destination.partition_by must include the slice column `{missing}`"
                 ),
-            ));
+            ))
         }
+        (Some(missing), Strategy::Merge { .. } | Strategy::Append) if slices.dimensions() > 1 => {
+            return Err(at.error(
+                span,
+                format!(
+                    "a slice over several dimensions owns its partitions, so destination.partition_by must include the slice column `{missing}`"
+                ),
+            ))
+        }
+        _ => {}
     }
     Ok(Destination {
         url: at.url(&raw.url, base)?,

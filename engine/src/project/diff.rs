@@ -73,7 +73,7 @@ impl Project {
         let mut pipelines = Vec::new();
         for pipeline in &self.pipelines {
             let there = other.same(pipeline);
-            let slices = pipeline.cut(&selection.for_kind(pipeline.slices.kind))?;
+            let slices = pipeline.cut(&selection.for_spec(&pipeline.slices))?;
             pipelines.push(diff_pipeline(pipeline, &there.destination, &slices).await?);
         }
         Ok(Diff {

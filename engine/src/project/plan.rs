@@ -135,7 +135,7 @@ impl Project {
         // Each pipeline's sessions get a share of the memory one pipeline would.
         let memory_limit = OpenOptions::default().memory_limit / self.pipelines.len().max(1);
         for pipeline in &self.pipelines {
-            let own = selection.map(|s| s.for_kind(pipeline.slices.kind));
+            let own = selection.map(|s| s.for_spec(&pipeline.slices));
             let mut chained = Vec::new();
             for source in &pipeline.sources {
                 let Some(name) = &source.upstream else {

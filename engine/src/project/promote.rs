@@ -178,7 +178,7 @@ impl Project {
         .await?;
         let source = ledger_of(&from, name).await?;
         let there_now = ledger_of(&to, name).await?;
-        let slices = pipeline.cut(&selection.for_kind(pipeline.slices.kind))?;
+        let slices = pipeline.cut(&selection.for_spec(&pipeline.slices))?;
         let mut refused: Vec<(String, String)> = Vec::new();
         let mut checked = Vec::new();
         for slice in &slices {

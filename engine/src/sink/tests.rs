@@ -12,7 +12,7 @@ use super::{Committer, Published, Sink, SliceCommit, StagedOutput};
 use crate::ledger::{app_id, Ledger, SliceRecord, Summaries};
 use crate::pipeline::{Destination, Strategy};
 use crate::retry::RequestRetry;
-use crate::slice::{cut, Selection, Slice, SliceKind};
+use crate::slice::{Selection, Slice, SliceKind, SliceSpec};
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -49,11 +49,8 @@ async fn sink_of(pipeline: &str, folder: &std::path::Path, strategy: Strategy) -
 }
 
 fn days(start: &str, end: &str) -> Vec<Slice> {
-    let range = Selection::Range {
-        start: start.into(),
-        end: end.into(),
-    };
-    cut(SliceKind::Daily, &["dt".to_string()], &range, None).unwrap()
+    let spec = SliceSpec::of_kind(SliceKind::Daily, vec!["dt".to_string()], None);
+    spec.cut(&Selection::range(start, end)).unwrap()
 }
 
 /// Stages `rows` rows of `slice` (ids from `first`).

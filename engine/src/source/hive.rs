@@ -17,6 +17,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
@@ -93,7 +94,7 @@ impl HiveParquet {
 
 impl SourceTable for HiveParquet {
     fn provider(&self) -> Arc<dyn TableProvider> {
-        self.table.clone()
+        Arc::new(HiveListing(self.table.clone()))
     }
 
     fn owns(&self, path: &object_store::path::Path) -> bool {
@@ -130,6 +131,104 @@ impl SourceTable for HiveParquet {
             .map_err(|e| Error::Internal(format!("a portable copy of a Parquet source: {e}")))?;
         Ok(Arc::new(table))
     }
+}
+
+/// A listing table whose scans find the folders of values with any characters. Asked for
+/// one value of a partition column, DataFusion lists only the folder `column=value/`,
+/// spelled as it escapes values, and so misses the folder of a value spelled otherwise:
+/// as Hive escapes it (`tenant=o%27brien` for `o'brien`), or as the local file system's
+/// store names it (`x|y`). A scan for a value of anything but letters, digits, `-`, `_`
+/// and `.` asks for `column IN (value)` instead: the same rows, found among every folder.
+#[derive(Debug)]
+struct HiveListing(Arc<ListingTable>);
+
+#[async_trait::async_trait]
+impl TableProvider for HiveListing {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.0.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        self.0.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let partitions = &self.0.options().table_partition_cols;
+        let filters = (filters.iter())
+            .map(|filter| any_spelling(filter.clone(), partitions))
+            .collect::<DfResult<Vec<_>>>()?;
+        self.0.scan(state, projection, &filters, limit).await
+    }
+}
+
+/// `filter` with each `column = 'value'` on a partition column whose value a folder may
+/// spell otherwise asked as `column IN ('value')`, which DataFusion lists no folder for.
+fn any_spelling(filter: Expr, partitions: &[(String, DataType)]) -> DfResult<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let rewritten = filter.transform_up(|expr| {
+        let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = &expr
+        else {
+            return Ok(Transformed::no(expr));
+        };
+        let ((Expr::Column(column), Expr::Literal(value, _))
+        | (Expr::Literal(value, _), Expr::Column(column))) = (left.as_ref(), right.as_ref())
+        else {
+            return Ok(Transformed::no(expr));
+        };
+        let partition = partitions.iter().any(|(name, _)| *name == column.name);
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        let escaped = value
+            .try_as_str()
+            .flatten()
+            .is_some_and(|v| !v.chars().all(plain));
+        if !(partition && escaped) {
+            return Ok(Transformed::no(expr));
+        }
+        let literal = Expr::Literal(value.clone(), None);
+        Ok(Transformed::yes(
+            Expr::Column(column.clone()).in_list(vec![literal], false),
+        ))
+    })?;
+    Ok(rewritten.data)
+}
+
+/// A partition value as Hive writes it in a folder name: the characters that cannot be
+/// in one percent-escaped.
+pub fn hive_escape(value: &str) -> String {
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'\'')
+        .add(b'*')
+        .add(b'/')
+        .add(b':')
+        .add(b'=')
+        .add(b'?')
+        .add(b'\\')
+        .add(b'{')
+        .add(b'[')
+        .add(b']')
+        .add(b'^');
+    percent_encoding::utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 /// The folders (`dt=2024-01-01/`) of a source partitioned like the slices that hold the
