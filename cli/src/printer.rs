@@ -1,6 +1,7 @@
 //! How everything is printed: JSON for machines, aligned tables and one way of writing
 //! sizes, durations and times for people. Commands decide what to print; this decides how.
 
+pub mod grid;
 pub mod plan;
 pub mod status;
 
@@ -24,16 +25,24 @@ pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
 /// A borderless table with `header`, whose columns listed in `numbers` are aligned right.
 /// Print it with [`print_table`].
 pub fn table<const N: usize>(header: [&str; N], numbers: &[usize]) -> Table {
+    let mut table = table_of(header.to_vec());
+    for (index, column) in table.column_iter_mut().enumerate() {
+        if numbers.contains(&index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}
+
+/// A borderless table with `header`, its columns aligned left.
+pub fn table_of(header: Vec<&str>) -> Table {
     let mut table = Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header);
-    for (index, column) in table.column_iter_mut().enumerate() {
+    for column in table.column_iter_mut() {
         column.set_padding((0, 2));
-        if numbers.contains(&index) {
-            column.set_cell_alignment(CellAlignment::Right);
-        }
     }
     table
 }

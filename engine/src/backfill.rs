@@ -110,6 +110,18 @@ pub struct SlicePlan {
     pub after: Vec<UpstreamSlice>,
 }
 
+impl SlicePlan {
+    /// The state a plan shows: the slice's, or `pending` while it waits for upstream
+    /// slices, `unknown` when it could not be planned.
+    pub fn shown_state(&self) -> &'static str {
+        match (&self.unplanned, self.after.is_empty()) {
+            (Some(_), _) => "unknown",
+            (None, false) => "pending",
+            (None, true) => self.state.name(),
+        }
+    }
+}
+
 impl Serialize for SlicePlan {
     fn serialize<S: serde::Serializer>(
         &self,

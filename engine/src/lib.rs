@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod error;
 pub mod estimate;
 pub mod fixtures;
+pub mod grid;
 pub mod history;
 pub mod ledger;
 pub mod pipeline;

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::backfill::{Backfill, SlicePlan};
 use crate::error::Result;
 use crate::estimate::{chosen_concurrency, default_concurrency, Estimate, PlanOptions};
+use crate::grid::Grid;
 use crate::ledger::Summaries;
 use crate::sink::rebuild::Replaced;
 use crate::slice::Selection;
@@ -29,6 +30,9 @@ pub struct Plan {
     pub rebuild: Option<Replaced>,
     /// What a run would decide, as [`hash_of`] names it.
     pub hash: String,
+    /// For slices over several dimensions, their states by dimension and their holes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<Grid>,
 }
 
 impl Backfill {
@@ -67,11 +71,16 @@ impl Backfill {
         }
         let rebuild = self.swap_preview(&slices).await?;
         let hash = hash_of([(self.pipeline.name.as_str(), slices.as_slice())]);
+        let states = slices
+            .iter()
+            .map(|p| (p.slice.key.as_str(), p.shown_state()));
+        let grid = Grid::of(&self.pipeline().slices, states);
         Ok(Plan {
             slices,
             estimate,
             rebuild,
             hash,
+            grid,
         })
     }
 }

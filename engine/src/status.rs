@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::backfill::{Backfill, Recorded};
 use crate::error::Result;
+use crate::grid::Grid;
 use crate::slice::Selection;
 
 /// A committed slice is flagged as skewed when it took longer than this many times the
@@ -43,6 +44,9 @@ pub struct Status {
     pub remaining: usize,
     pub failed: usize,
     pub median_duration_ms: Option<u64>,
+    /// For slices over several dimensions, their states by dimension and their holes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<Grid>,
 }
 
 impl Backfill {
@@ -63,12 +67,15 @@ impl Backfill {
         }
         let count = |state| slices.iter().filter(|s| s.state == state).count();
         let (done, failed) = (count("done"), count("failed"));
+        let states = slices.iter().map(|s| (s.slice.as_str(), s.state));
+        let grid = Grid::of(&self.pipeline().slices, states);
         Ok(Status {
             remaining: slices.len() - done,
             failed,
             done,
             slices,
             median_duration_ms: median,
+            grid,
         })
     }
 

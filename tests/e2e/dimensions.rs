@@ -60,6 +60,17 @@ async fn a_day_by_tenant_pipeline_equals_its_sql_over_the_raw_files_without_cell
         "{folders:?}"
     );
 
+    // The report's grid: a row per tenant, a column per day, blank before it started.
+    let (report, _) = case.report_of_last_run();
+    let row_of = |tenant: &str| -> Vec<&str> {
+        let start = format!("<div class=\"row\"><span class=\"label\">{tenant}</span>");
+        let row = report.split(&start).nth(1).unwrap().split("</div>").next().unwrap();
+        let cells = row.split("<span class=\"cell ").skip(1);
+        cells.map(|cell| cell.split('"').next().unwrap()).collect()
+    };
+    assert_eq!(row_of("acme"), ["committed"; 5]);
+    assert_eq!(row_of("globex"), ["absent", "absent", "committed", "committed", "committed"]);
+
     let out = case.ok("run", &DAYS, 0);
     assert!(out.contains("9 slices, 0 committed, 9 skipped"), "{out}");
 }
@@ -104,6 +115,29 @@ async fn a_tenant_added_to_the_manifest_with_a_start_is_backfilled_from_that_day
 
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, format!("{text}o'brien,2024-01-05\n")).unwrap();
+    let plan = case.ok("plan", &DAYS, 0);
+    let rows: Vec<Vec<&str>> = (plan.lines())
+        .take_while(|line| !line.starts_with("by time:"))
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["tenant", "cells", "done", "missing"],
+            vec!["acme", "5", "5", "0"],
+            vec!["globex", "3", "3", "0"],
+            vec!["o'brien", "1", "0", "1"],
+        ],
+        "{plan}"
+    );
+    for line in [
+        "  2024-01-01, 2024-01-02: 1 of 1 done",
+        "  2024-01-03, 2024-01-04: 2 of 2 done",
+        "  2024-01-05: 2 of 3 done, 1 missing",
+        "holes:\n  o'brien: 2024-01-05 missing",
+    ] {
+        assert!(plan.contains(line), "{line:?} in {plan}");
+    }
     let plan = case.plan(&DAYS, 0);
     let missing: Vec<String> = (plan.as_array().unwrap().iter())
         .filter(|s| s["state"]["state"] != "done")
@@ -114,6 +148,22 @@ async fn a_tenant_added_to_the_manifest_with_a_start_is_backfilled_from_that_day
     assert_eq!(
         committed_since(&committed, &case.committed_slices()),
         ["2024-01-05/tenant=o'brien"]
+    );
+    let status = case.ok("status", &[], 0);
+    assert!(status.contains("no holes: every cell is done"), "{status}");
+    let status = case.json("status", &[], 0);
+    assert_eq!(
+        status["slices"].as_array().unwrap().len(),
+        9,
+        "every cell: {status}"
+    );
+    assert_eq!(
+        status["grid"]["by_key"]["tenant"],
+        serde_json::json!({
+            "acme": {"cells": 5, "done": 5},
+            "globex": {"cells": 3, "done": 3},
+            "o'brien": {"cells": 1, "done": 1}
+        })
     );
     assert_eq!(case.stored(STORED).await, case.expected(FROM_RAW).await);
 }

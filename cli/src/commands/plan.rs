@@ -84,11 +84,16 @@ fn print_project(plan: &ProjectPlan) {
 }
 
 fn print(plan: &Plan) {
-    let mut table = printer::table(COLUMNS, &NUMBERS);
-    for row in plan.slices.iter().map(row) {
-        table.add_row(row);
+    match &plan.grid {
+        Some(grid) => printer::grid::print(grid),
+        None => {
+            let mut table = printer::table(COLUMNS, &NUMBERS);
+            for row in plan.slices.iter().map(row) {
+                table.add_row(row);
+            }
+            printer::print_table(&table);
+        }
     }
-    printer::print_table(&table);
     for line in notes(plan) {
         println!("{line}");
     }

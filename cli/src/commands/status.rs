@@ -61,11 +61,16 @@ fn print(status: &Status) {
         println!("no slice committed or attempted yet");
         return;
     }
-    let mut table = printer::table(COLUMNS, &[2, 3, 4, 5, 6]);
-    for line in &status.slices {
-        table.add_row(row(line));
+    match &status.grid {
+        Some(grid) => printer::grid::print(grid),
+        None => {
+            let mut table = printer::table(COLUMNS, &[2, 3, 4, 5, 6]);
+            for line in &status.slices {
+                table.add_row(row(line));
+            }
+            printer::print_table(&table);
+        }
     }
-    printer::print_table(&table);
     let durations: Vec<Option<u64>> = status.slices.iter().map(|s| s.duration_ms).collect();
     if durations.iter().flatten().count() > 1 {
         println!("durations in slice order: {}", sparkline(&durations));

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-pub use run::{rows_of, runs, Cell, GridRow, Part, RunView, Shown, Tally};
+pub use run::{rows_of, runs, wide, Cell, GridRow, Part, RunView, Shown, Tally};
 
 /// How each way a slice can end is shown: its CSS class, its legend entry and colour.
 /// The grid, the legend and the chart all read this one table, so no status can lack a

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use backfill_engine::history::{Attempt, Liveness, RunEnd, RunEntry, RunRecord, StopRequest};
 use backfill_engine::pipeline::Pipeline;
-use backfill_engine::slice::{Selection, SliceKind};
+use backfill_engine::slice::{Selection, SliceKind, SliceSpec};
 use backfill_engine::status::{skew, SKEW_FACTOR};
 use backfill_engine::{RebuildOutcome, SliceOutcome};
 use chrono::{DateTime, Utc};
@@ -46,8 +46,11 @@ pub struct RunView {
     pub counts: Counts,
     /// Each slice's last attempt, in the order the run first tried them.
     pub slices: Vec<SliceView>,
-    /// Every selected slice, finished or not, in rows: a day of hours, a month of days.
+    /// Every selected slice, finished or not, in rows: a day of hours, a month of days,
+    /// a combination of keys.
     pub grid: Vec<GridRow>,
+    /// Whether the grid's cells say their slice.
+    pub wide: bool,
     /// The styles of the slices' classes, for the legend.
     pub legend: Vec<&'static Style>,
     /// Each slice's duration, in the order the run tried them.
@@ -90,6 +93,18 @@ pub struct Cell {
     pub title: String,
     /// What a wide cell says under its key: its rows and time, or how it ended.
     pub brief: String,
+}
+
+impl Cell {
+    /// The place of a cell a combination of keys does not have, in a gap grid.
+    fn absent() -> Cell {
+        Cell {
+            slice: String::new(),
+            class: "absent",
+            title: String::new(),
+            brief: String::new(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -182,7 +197,9 @@ impl RunView {
             .collect();
         let in_flight = in_flight(record, &last, now);
         let grid = grid(record, pipeline, &slices, &in_flight);
+        let cells = grid.iter().map(|row| row.cells.len()).sum();
         RunView {
+            wide: wide(pipeline.map(|p| &p.slices), cells),
             legend: legend(grid.iter().flat_map(|r| r.cells.iter().map(|c| c.class))),
             grid,
             chart: chart(&slices, median),
@@ -283,6 +300,7 @@ impl RunView {
             ),
             cells: (self.grid.iter())
                 .flat_map(|row| &row.cells)
+                .filter(|cell| !cell.slice.is_empty())
                 .cloned()
                 .collect(),
         }
@@ -339,12 +357,11 @@ fn grid(
 ) -> Vec<GridRow> {
     let finished: HashMap<&str, &SliceView> =
         slices.iter().map(|s| (s.slice.as_str(), s)).collect();
-    // A range, or the pipeline's own keys, is read back from the history; keys named
-    // one by one are not (a key may hold a comma).
+    // A range (with the keys chosen beside it), or the pipeline's own keys, is read back
+    // from the history; keys named one by one are not (a key may hold a comma).
     let every_key = Selection::default();
-    let selection = Selection::described_range(&record.header.selection)
+    let selection = Selection::described(&record.header.selection)
         .or_else(|| (record.header.selection == every_key.describe()).then_some(every_key));
-    let kind = pipeline.map(|p| p.slices.kind());
     let selected: Vec<String> = match (selection, pipeline) {
         (Some(selection), Some(pipeline)) => {
             let cut = pipeline.cut(&selection.for_spec(&pipeline.slices));
@@ -379,28 +396,53 @@ fn grid(
                 slice: key,
             },
         });
-    rows_of(kind, cells)
+    rows_of(pipeline.map(|p| &p.slices), cells)
 }
 
-/// Cells in rows of a day (hourly slices) or a month (daily ones); one row for keys.
-pub fn rows_of(kind: Option<SliceKind>, cells: impl Iterator<Item = Cell>) -> Vec<GridRow> {
-    let label = |key: &str| match kind {
-        Some(SliceKind::Hourly) => key.get(..10).unwrap_or(key).to_string(),
-        Some(SliceKind::Daily) => key.get(..7).unwrap_or(key).to_string(),
-        _ => String::new(),
-    };
-    let mut rows: Vec<GridRow> = Vec::new();
-    for cell in cells {
-        let label = label(&cell.slice);
-        match rows.last_mut() {
-            Some(row) if row.label == label => row.cells.push(cell),
-            _ => rows.push(GridRow {
-                label,
-                cells: vec![cell],
-            }),
+/// Cells in rows of a day (hourly slices) or a month (daily ones); one row for keys; over
+/// several dimensions, the gap grid: a row per combination of keys (`acme × eu`), a
+/// column per time slice, blank where the combination has no cell.
+pub fn rows_of(spec: Option<&SliceSpec>, cells: impl Iterator<Item = Cell>) -> Vec<GridRow> {
+    let Some(spec) = spec.filter(|spec| spec.dimensions() > 1) else {
+        let label = |key: &str| match spec.map(SliceSpec::kind) {
+            Some(SliceKind::Hourly) => key.get(..10).unwrap_or(key).to_string(),
+            Some(SliceKind::Daily) => key.get(..7).unwrap_or(key).to_string(),
+            _ => String::new(),
+        };
+        let mut rows: Vec<GridRow> = Vec::new();
+        for cell in cells {
+            let label = label(&cell.slice);
+            match rows.last_mut() {
+                Some(row) if row.label == label => row.cells.push(cell),
+                _ => rows.push(GridRow {
+                    label,
+                    cells: vec![cell],
+                }),
+            }
         }
+        return rows;
+    };
+    let mut times: indexmap::IndexSet<String> = indexmap::IndexSet::new();
+    let mut rows: indexmap::IndexMap<String, HashMap<String, Cell>> = indexmap::IndexMap::new();
+    for cell in cells {
+        let (time, keys) = spec.parts_of(&cell.slice);
+        let time = time.unwrap_or_default().to_string();
+        times.insert(time.clone());
+        rows.entry(keys.join(" × ")).or_default().insert(time, cell);
     }
-    rows
+    let row = |(label, mut cells): (String, HashMap<String, Cell>)| GridRow {
+        label,
+        cells: (times.iter())
+            .map(|time| cells.remove(time).unwrap_or_else(Cell::absent))
+            .collect(),
+    };
+    rows.into_iter().map(row).collect()
+}
+
+/// Whether a grid of `cells` cells says each cell's slice: a few cells of one dimension.
+/// Over several dimensions, rows are labelled by their keys instead.
+pub fn wide(spec: Option<&SliceSpec>, cells: usize) -> bool {
+    cells <= 60 && spec.is_none_or(|spec| spec.dimensions() < 2)
 }
 
 /// The duration chart: a column per slice in the order the run tried them (past

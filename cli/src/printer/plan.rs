@@ -82,8 +82,8 @@ pub fn row(p: &SlicePlan) -> [String; 7] {
         (None, None) => detail,
     };
     let (state, detail) = match p.after.as_slice() {
-        _ if p.unplanned.is_some() => ("unknown", detail),
-        [] => (p.state.name(), detail),
+        _ if p.unplanned.is_some() => (p.shown_state(), detail),
+        [] => (p.shown_state(), detail),
         [first, rest @ ..] => {
             let more = match rest.len() {
                 0 => String::new(),
@@ -93,7 +93,7 @@ pub fn row(p: &SlicePlan) -> [String; 7] {
                 true => format!("now {}", p.state.name()),
                 false => format!("now {}: {detail}", p.state.name()),
             };
-            ("pending", format!("after {first}{more}; {now}"))
+            (p.shown_state(), format!("after {first}{more}; {now}"))
         }
     };
     let run = match (&p.state, p.will_run) {

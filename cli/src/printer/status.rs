@@ -55,6 +55,9 @@ pub fn notes(status: &Status) -> Vec<String> {
         status.failed,
         status.remaining - status.failed
     )];
+    if status.grid.is_some() {
+        return notes; // the grid names the holes
+    }
     let not_done: HashSet<&str> = (status.slices.iter())
         .filter(|s| s.state != "done")
         .map(|s| s.slice.as_str())

@@ -522,8 +522,8 @@ async fn status_page(
     let (pipelines, error) = match status::statuses(&app.served, &query).await {
         Ok(statuses) => {
             let parts = statuses.iter().map(|(name, status)| {
-                let kind = app.pipeline(0, name).map(|p| p.slices.kind());
-                status::StatusPart::of(name, status, kind)
+                let spec = app.pipeline(0, name).map(|p| &p.slices);
+                status::StatusPart::of(name, status, spec)
             });
             (parts.collect(), None)
         }

@@ -2,7 +2,7 @@
 //! `backfill status` prints (done, failed, missing; rows, durations, retries, the last
 //! error), as a grid of the slices and a table of those that need a look.
 
-use backfill_engine::slice::SliceKind;
+use backfill_engine::slice::SliceSpec;
 use backfill_engine::status::{SliceLine, Status};
 use backfill_engine::{Backfill, OpenOptions};
 use serde::{Deserialize, Serialize};
@@ -60,14 +60,17 @@ pub struct StatusPart {
     pub slices: usize,
     pub notes: Vec<String>,
     pub grid: Vec<GridRow>,
+    /// Whether the grid's cells say their slice.
+    pub wide: bool,
     pub legend: Vec<&'static Style>,
     /// The slices not done, retried or slow, as `status` prints them.
     pub rows: Vec<[String; 9]>,
 }
 
 impl StatusPart {
-    pub fn of(pipeline: &str, status: &Status, kind: Option<SliceKind>) -> StatusPart {
-        let grid = html::rows_of(kind, status.slices.iter().map(cell));
+    pub fn of(pipeline: &str, status: &Status, spec: Option<&SliceSpec>) -> StatusPart {
+        let grid = html::rows_of(spec, status.slices.iter().map(cell));
+        let wide = html::wide(spec, status.slices.len());
         let needs_a_look = |s: &&SliceLine| s.state != "done" || s.retries > 0 || s.skewed;
         StatusPart {
             pipeline: pipeline.to_string(),
@@ -75,6 +78,7 @@ impl StatusPart {
             notes: shown::notes(status),
             legend: html::legend(grid.iter().flat_map(|r| r.cells.iter().map(|c| c.class))),
             grid,
+            wide,
             rows: status
                 .slices
                 .iter()

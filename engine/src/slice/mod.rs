@@ -103,17 +103,25 @@ impl Selection {
         }
     }
 
-    /// The range a history's description names, if it names one ([`Selection::describe`]
-    /// of a range); keys are not read back, as a key may hold a comma.
-    pub fn described_range(text: &str) -> Option<Selection> {
-        let range = text.split_once(' ').map_or(text, |(range, _)| range);
+    /// The selection a history's description names, if it names a range
+    /// ([`Selection::describe`]), with the keys chosen beside it; keys alone are not read
+    /// back, as a key may hold a comma.
+    pub fn described(text: &str) -> Option<Selection> {
+        let (range, keys) = text.split_once(' ').unwrap_or((text, ""));
         let (start, end) = range.split_once("..")?;
         let bound = |b: &str| {
             !b.is_empty()
                 && b.bytes()
                     .all(|c| c.is_ascii_digit() || c == b'-' || c == b'T')
         };
-        (bound(start) && bound(end)).then(|| Selection::range(start, end))
+        let keys = keys
+            .split(',')
+            .filter(|key| !key.is_empty())
+            .map(String::from);
+        (bound(start) && bound(end)).then(|| Selection {
+            range: Some((start.to_string(), end.to_string())),
+            keys: keys.collect(),
+        })
     }
 
     /// The selection as a pipeline of `spec` takes it, alone or beside pipelines of other
@@ -401,12 +409,17 @@ mod tests {
     }
 
     #[test]
-    fn a_range_reads_back_from_its_description_and_keys_do_not() {
+    fn a_range_reads_back_from_its_description_with_keys_beside_it_and_keys_alone_do_not() {
         let days = range("2024-01-01", "2024-03-30");
-        assert_eq!(Selection::described_range(&days.describe()), Some(days));
+        assert_eq!(Selection::described(&days.describe()), Some(days.clone()));
         let keys = Selection::keys(vec!["a,b".into(), "c".into()]);
-        assert_eq!(Selection::described_range(&keys.describe()), None);
-        assert_eq!(Selection::described_range("the pipeline's keys"), None);
+        assert_eq!(Selection::described(&keys.describe()), None);
+        assert_eq!(Selection::described("the pipeline's keys"), None);
+        let chosen = Selection {
+            keys: vec!["tenant=acme".into(), "globex".into()],
+            ..days
+        };
+        assert_eq!(Selection::described(&chosen.describe()), Some(chosen));
     }
 
     #[test]

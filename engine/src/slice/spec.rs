@@ -162,19 +162,7 @@ impl SliceSpec {
             cells.sort_by_key(|slice| slice.window);
             return Ok(cells);
         }
-        if selection.range.is_none() && chosen.times.is_empty() && self.time.is_some() {
-            let named: Vec<&str> = (self.keyed.iter().zip(&chosen.by_dimension))
-                .filter(|(_, chosen)| chosen.is_some())
-                .map(|(dimension, _)| dimension.name.as_str())
-                .collect();
-            if !named.is_empty() {
-                return Err(Error::setting(
-                    &[Setting::Start, Setting::End, Setting::Keys],
-                    format!("which days or hours of {}? give {{start}} and {{end}}, or times in {{keys}}", named.join(" and ")),
-                ));
-            }
-        }
-        let times = self.times(selection.range.as_ref(), chosen.times)?;
+        let times = self.times(selection.range.as_ref(), chosen.times, &chosen.by_dimension)?;
         let keys = self.keys_chosen(chosen.by_dimension)?;
         let cells = times.len() * keys.iter().map(Vec::len).product::<usize>();
         if cells > MAX_CELLS {
@@ -228,6 +216,24 @@ impl SliceSpec {
             }
             (None, _) => Some(Selection::default()),
         }
+    }
+
+    /// A slice key's time key, if the pipeline has a time dimension, and its key of each
+    /// key dimension.
+    pub fn parts_of<'k>(&self, key: &'k str) -> (Option<&'k str>, Vec<String>) {
+        if self.dimensions() == 1 {
+            return match self.time {
+                Some(_) => (Some(key), vec![]),
+                None => (None, vec![key.to_string()]),
+            };
+        }
+        let mut parts = key.split('/');
+        let time = self.time.as_ref().and_then(|_| parts.next());
+        let keys = parts.map(|part| {
+            let value = part.split_once('=').map_or(part, |(_, value)| value);
+            unescape(value).unwrap_or_else(|| value.to_string())
+        });
+        (time, keys.collect())
     }
 
     /// The time key of a slice's key, if the pipeline has a time dimension.
@@ -324,6 +330,7 @@ impl SliceSpec {
         &self,
         range: Option<&(String, String)>,
         keys: Vec<String>,
+        by_dimension: &[Option<Vec<String>>],
     ) -> Result<Vec<Option<TimeCell>>> {
         let Some(time) = &self.time else {
             if range.is_some() {
@@ -356,10 +363,22 @@ impl SliceSpec {
                 cells.sort_by_key(|cell| cell.window);
                 Ok(cells.into_iter().map(Some).collect())
             }
-            (None, true) => Err(Error::setting(
-                &[Setting::Keys],
-                "no slices selected: give {start} and {end} or {keys}",
-            )),
+            (None, true) => {
+                let chosen = (self.keyed.iter().zip(by_dimension))
+                    .filter(|(_, chosen)| chosen.is_some())
+                    .map(|(dimension, _)| dimension.name.as_str());
+                let chosen: Vec<&str> = chosen.collect();
+                Err(match chosen.is_empty() {
+                    true => Error::setting(
+                        &[Setting::Keys],
+                        "no slices selected: give {start} and {end} or {keys}",
+                    ),
+                    false => Error::setting(
+                        &[Setting::Start, Setting::End, Setting::Keys],
+                        format!("which days or hours of {}? give {{start}} and {{end}}, or times in {{keys}}", chosen.join(" and ")),
+                    ),
+                })
+            }
         }
     }
 
