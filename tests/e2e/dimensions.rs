@@ -64,12 +64,21 @@ async fn a_day_by_tenant_pipeline_equals_its_sql_over_the_raw_files_without_cell
     let (report, _) = case.report_of_last_run();
     let row_of = |tenant: &str| -> Vec<&str> {
         let start = format!("<div class=\"row\"><span class=\"label\">{tenant}</span>");
-        let row = report.split(&start).nth(1).unwrap().split("</div>").next().unwrap();
+        let row = report
+            .split(&start)
+            .nth(1)
+            .unwrap()
+            .split("</div>")
+            .next()
+            .unwrap();
         let cells = row.split("<span class=\"cell ").skip(1);
         cells.map(|cell| cell.split('"').next().unwrap()).collect()
     };
     assert_eq!(row_of("acme"), ["committed"; 5]);
-    assert_eq!(row_of("globex"), ["absent", "absent", "committed", "committed", "committed"]);
+    assert_eq!(
+        row_of("globex"),
+        ["absent", "absent", "committed", "committed", "committed"]
+    );
 
     let out = case.ok("run", &DAYS, 0);
     assert!(out.contains("9 slices, 0 committed, 9 skipped"), "{out}");
@@ -468,4 +477,86 @@ async fn a_daily_pipeline_chained_after_a_day_by_tenant_one_waits_for_and_reads_
     let raw = "SELECT dt, count(*) AS events, sum(units) AS units, count(DISTINCT tenant) AS tenants FROM usage GROUP BY dt ORDER BY dt";
     let bucket = case.path("fixtures/buckets/shop");
     assert_eq!(stored, query_sources(&bucket, raw).await);
+}
+
+/// A project of `tenant_usage` alone, with a staging environment beside production.
+fn usage_project(case: &crate::projects::ProjectCase) -> String {
+    let project = case.path("fixtures/usage.toml");
+    let text = "pipelines = [\"pipelines/tenant_usage.toml\"]\n\n\
+        [environments.prod]\nroot = \"../warehouse\"\n\n\
+        [environments.staging]\nroot = \"../warehouse-staging\"\n";
+    std::fs::write(&project, text).unwrap();
+    project.display().to_string()
+}
+
+#[tokio::test]
+async fn diff_and_promote_work_per_cell_and_one_tenant_is_promoted_alone() {
+    let case = crate::projects::ProjectCase::new();
+    let project = usage_project(&case);
+    let project = project.as_str();
+    let staging = [&["--env", "staging"][..], &DAYS].concat();
+    backfill_ok(&[&["run", project][..], &staging].concat(), 0);
+
+    let diff = json(&[&["diff", project][..], &staging, &["--json"]].concat(), 0);
+    let cells = diff["pipelines"][0]["slices"].as_array().unwrap();
+    assert_eq!(cells.len(), 9, "{diff}");
+    assert!(cells.iter().all(|cell| cell["rows_there"] == 0), "{diff}");
+
+    let acme = ["--keys", "tenant=acme"];
+    let promote = [
+        &["promote", project][..],
+        &DAYS,
+        &acme,
+        &["--from", "staging", "--json"],
+    ]
+    .concat();
+    let promoted = json(&promote, 0);
+    let slices = promoted["pipelines"][0]["slices"].as_array().unwrap();
+    let keys: Vec<&str> = slices
+        .iter()
+        .map(|s| s["slice"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 5, "{promoted}");
+    assert!(
+        keys.iter().all(|k| k.ends_with("/tenant=acme")),
+        "{promoted}"
+    );
+    assert!(
+        slices.iter().all(|s| s["promotion"] == "committed"),
+        "{promoted}"
+    );
+
+    let prod = case.table("tenant_usage");
+    let staged = case.path("warehouse-staging/tenant_usage");
+    let of_acme = "SELECT dt, tenant, region, events, users, units FROM t WHERE tenant = 'acme' ORDER BY dt, region";
+    assert_eq!(
+        query_table(&prod, of_acme).await,
+        query_table(&staged, of_acme).await
+    );
+    let others = query_table(&prod, "SELECT count(*) AS n FROM t WHERE tenant <> 'acme'").await;
+    assert!(
+        others.iter().any(|line| line.contains("| 0 ")),
+        "only acme is promoted: {others:?}"
+    );
+    let diff = json(
+        &[&["diff", project][..], &staging, &acme, &["--json"]].concat(),
+        0,
+    );
+    let cells = diff["pipelines"][0]["slices"].as_array().unwrap();
+    assert!(
+        cells
+            .iter()
+            .all(|c| c["only_here"] == 0 && c["only_there"] == 0),
+        "{diff}"
+    );
+
+    let out = backfill(&[&["plan", project][..], &DAYS, &["--keys", "regoin=eu"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no pipeline of this project has a dimension `regoin`; their dimensions are tenant"
+        ),
+        "{stderr}"
+    );
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::Project;
 use crate::backfill::{Backfill, OpenOptions};
-use crate::error::Result;
+use crate::error::{Error, Result, Setting};
 use crate::estimate::PlanOptions;
 use crate::plan::Plan;
 use crate::run::runs;
@@ -128,9 +128,29 @@ impl Project {
         Ok(opened.into_iter().map(|(backfill, _)| backfill).collect())
     }
 
+    /// Refuses keys chosen for a dimension no pipeline has: each pipeline leaves out the
+    /// dimensions it does not have, so a misspelt one would select nothing anywhere.
+    fn check_dimensions(&self, selection: &Selection) -> Result<()> {
+        let dimensions = self.pipelines.iter().flat_map(|p| &p.slices.keyed);
+        let known: Vec<&str> = dimensions.map(|d| d.name.as_str()).collect();
+        match selection.dimensions_named().find(|named| !known.contains(named)) {
+            None => Ok(()),
+            Some(unknown) => Err(Error::setting(
+                &[Setting::Keys],
+                format!(
+                    "no pipeline of this project has a dimension `{unknown}`; their dimensions are {}",
+                    if known.is_empty() { "days or hours alone".to_string() } else { known.join(", ") }
+                ),
+            )),
+        }
+    }
+
     /// Opens every pipeline for `selection` (as each one's kind of slices takes it),
     /// upstream first.
     pub(crate) async fn open(&self, selection: Option<&Selection>) -> Result<Opened> {
+        if let Some(selection) = selection {
+            self.check_dimensions(selection)?;
+        }
         let mut opened: Vec<(Arc<Backfill>, Option<Selection>)> = Vec::new();
         // Each pipeline's sessions get a share of the memory one pipeline would.
         let memory_limit = OpenOptions::default().memory_limit / self.pipelines.len().max(1);

@@ -124,6 +124,13 @@ impl Selection {
         })
     }
 
+    /// The dimensions `NAME=KEY` keys choose keys of.
+    pub fn dimensions_named(&self) -> impl Iterator<Item = &str> {
+        self.keys
+            .iter()
+            .filter_map(|key| spec::dimension_named_in(key))
+    }
+
     /// The selection as a pipeline of `spec` takes it, alone or beside pipelines of other
     /// dimensions: a day bounding a range is each of its hours for an hourly pipeline, an
     /// hour the day it falls on for a daily one; a pipeline without a time dimension

@@ -542,7 +542,7 @@ impl SliceSpec {
 }
 
 /// The dimension a `NAME=KEY` item of `--keys` names, if it is one.
-fn dimension_named_in(key: &str) -> Option<&str> {
+pub(super) fn dimension_named_in(key: &str) -> Option<&str> {
     let (name, _) = key.split_once('=')?;
     let identifier =
         !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
