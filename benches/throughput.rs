@@ -5,6 +5,7 @@
 //! cargo bench -p backfill-engine --bench throughput -- distinct [--days 8] [--rows 1000000]
 //! cargo bench -p backfill-engine --bench throughput -- hourly   [--hours 2016] [--rows 40]
 //! cargo bench -p backfill-engine --bench throughput -- history  [--hours 10080] [--rows 4]
+//! cargo bench -p backfill-engine --bench throughput -- cells    [--days 365] [--tenants 24]
 //! cargo bench -p backfill-engine --features cluster --bench throughput -- cluster [--days 8] [--rows 1000000]
 //! ```
 //!
@@ -14,7 +15,10 @@
 //!   hour (overwrite by day and hour), for the fixed cost of a slice over a long run;
 //! - `history`: `plan`, `status` and a rerun with nothing to do, over a table whose log
 //!   holds `--hours` committed hourly slices (built once, then kept), for what a long
-//!   history costs the commands that read it;
+//!   history costs the commands that read it, next to the floor: listing the source,
+//!   loading the Delta log and reading every source file's footer, timed in the same run;
+//! - `cells`: `history` over slices of two dimensions, `--days` × `--tenants` (a cell of
+//!   each day and tenant);
 //! - `cluster` (feature `cluster`): the `rows` backfill here, then on a Ballista cluster
 //!   of one executor and of two, all in this process on loopback (each configuration with
 //!   as many task slots as cores): on one machine this measures what the cluster costs, not
@@ -46,6 +50,8 @@ const DISTINCT: &str =
     "SELECT dt, status, count(*) AS orders, count(DISTINCT customer_id) AS customers, \
                         sum(amount) AS revenue, avg(amount) AS average_amount \
                         FROM orders WHERE dt = {{ slice }} GROUP BY dt, status";
+const CELLS: &str = "SELECT dt, tenant, count(*) AS events, sum(units) AS units FROM usage \
+                     WHERE dt = {{ start_date }} AND tenant = {{ tenant }} GROUP BY dt, tenant";
 const HOURLY: &str = "SELECT dt, hr, customer_id, count(*) AS events, \
                       sum(CASE WHEN kind = 'click' THEN 1 ELSE 0 END) AS clicks \
                       FROM events WHERE dt = {{ start_date }} AND hr = {{ hour }} \
@@ -62,9 +68,13 @@ fn main() {
     };
     let case = args
         .iter()
-        .find(|a| ["rows", "distinct", "hourly", "history", "cluster"].contains(&a.as_str()))
+        .find(|a| {
+            ["rows", "distinct", "hourly", "history", "cells", "cluster"].contains(&a.as_str())
+        })
         .cloned()
-        .unwrap_or_else(|| panic!("name a case: rows, distinct, hourly, history or cluster"));
+        .unwrap_or_else(|| {
+            panic!("name a case: rows, distinct, hourly, history, cells or cluster")
+        });
     let repeat = option("--repeat", 5) as usize;
     let options = RunOptions {
         concurrency: args
@@ -94,7 +104,7 @@ fn main() {
             Bench {
                 bucket: bucket(&target, &format!("events-{days}x24x{rows}"), &spec),
                 source: ("events", "[\"dt\", \"hr\"]"),
-                slices: "hourly",
+                slices: "kind = \"hourly\"".into(),
                 sql: HOURLY,
                 selection: Selection::range(
                     first
@@ -105,6 +115,30 @@ fn main() {
                     last.format("%Y-%m-%dT%H").to_string(),
                 ),
                 slice_count: hours as usize,
+            }
+        }
+        "cells" => {
+            let (days, tenants) = (option("--days", 365) as u32, option("--tenants", 24));
+            let tenants: Vec<String> = (0..tenants).map(|i| format!("t{i:04}")).collect();
+            let spec = FixtureSpec {
+                usage_days: days,
+                tenants: tenants.clone(),
+                regions: vec![],
+                usage_onboarding_days: 0,
+                ..FixtureSpec::orders_only(0, 0)
+            };
+            let keys: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
+            let last = first + chrono::Duration::days(i64::from(days) - 1);
+            Bench {
+                bucket: bucket(&target, &format!("usage-{days}x{}", tenants.len()), &spec),
+                source: ("usage", "[\"dt\", \"tenant\"]"),
+                slices: format!(
+                    "kind = \"daily\"\n[[slices.dimensions]]\nname = \"tenant\"\nkeys = [{}]",
+                    keys.join(", ")
+                ),
+                sql: CELLS,
+                selection: Selection::range(first.to_string(), last.to_string()),
+                slice_count: days as usize * tenants.len(),
             }
         }
         shape => {
@@ -118,7 +152,7 @@ fn main() {
             Bench {
                 bucket: bucket(&target, &format!("orders-{days}x{rows}"), &spec),
                 source: ("orders", "[\"dt\"]"),
-                slices: "daily",
+                slices: "kind = \"daily\"".into(),
                 sql: if shape == "distinct" { DISTINCT } else { ROWS },
                 selection: Selection::range(first.to_string(), last.to_string()),
                 slice_count: days as usize,
@@ -132,7 +166,7 @@ fn main() {
         mb(source_bytes)
     );
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    if case == "history" {
+    if case == "history" || case == "cells" {
         return runtime.block_on(bench.history(&target, repeat));
     }
     if case == "cluster" {
@@ -178,7 +212,8 @@ struct Bench {
     bucket: PathBuf,
     /// The source's name and its partitioning.
     source: (&'static str, &'static str),
-    slices: &'static str,
+    /// The `[slices]` section's body.
+    slices: String,
     sql: &'static str,
     selection: Selection,
     slice_count: usize,
@@ -310,10 +345,15 @@ impl Bench {
                 cpu.as_secs_f64()
             );
         };
+        let mut floors = Vec::new();
         let mut plans = Vec::new();
         let mut statuses = Vec::new();
         let mut reruns = Vec::new();
         for _ in 0..repeat.max(1) {
+            let (files, took) = measured(self.floor(&folder)).await;
+            floors.push(took);
+            println!("floor: {files} source files listed and their footers read, the log loaded");
+
             let plan = async {
                 open()
                     .await
@@ -332,10 +372,44 @@ impl Bench {
             assert_eq!(summary.skipped(), self.slice_count, "{summary:?}");
             reruns.push(took);
         }
+        timed("floor", floors);
         timed("plan", plans);
         timed("status", statuses);
         timed("rerun", reruns);
         println!("peak MB {:.0}", peak_memory_mb());
+    }
+
+    /// What any plan of the table must read: the source's listing, the Delta log (with
+    /// its file list) and every source file's footer, read 16 at a time. Returns how many
+    /// source files there are.
+    async fn floor(&self, folder: &Path) -> usize {
+        use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+        use futures::{StreamExt, TryStreamExt};
+        use object_store::ObjectStore;
+        let source = self.bucket.join(self.source.0);
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&source).unwrap());
+        let files: Vec<object_store::ObjectMeta> = store.list(None).try_collect().await.unwrap();
+        let table = folder.join("table");
+        let url = deltalake::ensure_table_uri(table.to_str().unwrap()).unwrap();
+        let table = deltalake::open_table(url).await.expect("the table opens");
+        assert!(table.version().is_some());
+        let parquet = files
+            .iter()
+            .filter(|f| f.location.as_ref().ends_with(".parquet"));
+        let footers = futures::stream::iter(parquet)
+            .map(|file| {
+                let store = store.clone();
+                async move {
+                    DFParquetMetadata::new(store.as_ref(), file)
+                        .fetch_metadata()
+                        .await
+                }
+            })
+            .buffer_unordered(16);
+        let read: Vec<_> = footers.try_collect().await.expect("every footer reads");
+        assert_eq!(read.len(), files.len());
+        files.len()
     }
 
     /// The pipeline of this bench, writing to `folder/table`.
@@ -343,7 +417,7 @@ impl Bench {
         let (source, partitioning) = self.source;
         let text = format!(
             "name = \"bench\"\n[sources.{source}]\nurl = \"{}\"\nformat = \"parquet\"\npartitioning = {partitioning}\n\
-             [slices]\nkind = \"{}\"\n[transform]\nsql = \"{}\"\n\
+             [slices]\n{}\n[transform]\nsql = \"{}\"\n\
              [destination]\nurl = \"{}\"\npartition_by = {partitioning}\nstrategy = \"overwrite\"\n",
             self.bucket.join(source).display(),
             self.slices,

@@ -9,7 +9,8 @@
 //! - `events/dt=YYYY-MM-DD/hr=HH/part-00000.parquet`: hourly click events.
 //! - `signups/tenant=KEY/part-00000.parquet`: per-tenant signups, for list slices.
 //! - `usage/dt=YYYY-MM-DD/tenant=KEY/region=KEY/part-00000.parquet`: metered usage per day,
-//!   tenant and region, for slices over several dimensions; keys escaped in folder names
+//!   tenant and region (without regions, per day and tenant), for slices over several
+//!   dimensions; keys escaped in folder names
 //!   as Hive escapes them (`o%27brien`). A tenant starts having usage on the day its
 //!   index says (the first on the first day, the second two days later, …).
 
@@ -111,8 +112,13 @@ pub fn generate(root: &Path, spec: &FixtureSpec) -> Result<()> {
             if day_index < index as u32 * spec.usage_onboarding_days {
                 continue;
             }
-            for region in &spec.regions {
-                write_usage(root, spec, day, tenant, region)?;
+            match spec.regions.as_slice() {
+                [] => write_usage(root, spec, day, tenant, None)?,
+                regions => {
+                    for region in regions {
+                        write_usage(root, spec, day, tenant, Some(region))?;
+                    }
+                }
             }
         }
     }
@@ -274,9 +280,9 @@ fn write_usage(
     spec: &FixtureSpec,
     day: NaiveDate,
     tenant: &str,
-    region: &str,
+    region: Option<&str>,
 ) -> Result<()> {
-    let cell = format!("{day}/{tenant}/{region}");
+    let cell = format!("{day}/{tenant}/{}", region.unwrap_or_default());
     let seed = cell
         .bytes()
         .fold(spec.seed ^ 0x05A6E, |h, b| h.rotate_left(5) ^ u64::from(b));
@@ -285,11 +291,11 @@ fn write_usage(
         Field::new("user_id", DataType::Int64, false),
         Field::new("units", DataType::Int64, false),
     ]));
-    let folder = format!(
-        "usage/dt={day}/tenant={}/region={}",
-        crate::source::hive_escape(tenant),
-        crate::source::hive_escape(region)
-    );
+    let escape = crate::source::hive_escape;
+    let mut folder = format!("usage/dt={day}/tenant={}", escape(tenant));
+    if let Some(region) = region {
+        folder = format!("{folder}/region={}", escape(region));
+    }
     let mut writer = Writer::create(&root.join(folder).join("part-00000.parquet"), schema)?;
     let n = rng.random_range(20..60);
     writer.write(vec![
