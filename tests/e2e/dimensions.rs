@@ -177,6 +177,34 @@ async fn a_tenant_added_to_the_manifest_with_a_start_is_backfilled_from_that_day
     assert_eq!(case.stored(STORED).await, case.expected(FROM_RAW).await);
 }
 
+#[tokio::test]
+async fn append_and_rebuild_over_days_by_tenants_give_the_table_of_their_selection() {
+    for strategy in ["append", "rebuild"] {
+        let case = Case::new("tenant_usage");
+        let strategy_line = format!("strategy = \"{strategy}\"");
+        case.edit_pipeline("strategy = \"overwrite\"", &strategy_line);
+        case.ok("run", &DAYS, 0);
+        assert_eq!(
+            case.stored(STORED).await,
+            case.expected(FROM_RAW).await,
+            "{strategy}"
+        );
+        let acme = ["--keys", "tenant=acme", "--force"];
+        let out = case.ok("run", &[&DAYS[..], &acme].concat(), 0);
+        assert!(out.contains("5 slices"), "{strategy}: {out}");
+        // Append replaces acme's rows and keeps the others; a rebuild's table is its
+        // selection, so acme's alone.
+        let expected = match strategy {
+            "append" => case.expected(FROM_RAW).await,
+            _ => {
+                let acme = FROM_RAW.replace("GROUP BY", "WHERE tenant = 'acme' GROUP BY");
+                case.expected(&acme).await
+            }
+        };
+        assert_eq!(case.stored(STORED).await, expected, "{strategy}");
+    }
+}
+
 /// Days × tenants × regions, merged per cell.
 const THREE_DIMENSIONS: &str = r#"
 name = "usage_cells"
