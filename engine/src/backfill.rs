@@ -24,7 +24,7 @@ use crate::sink::rebuild::Replaced;
 use crate::sink::strategy::Publishing;
 use crate::sink::Sink;
 use crate::slice::{Selection, Slice};
-use crate::source::{self, SourceFile, Sources, StoreOverrides};
+use crate::source::{self, Listing, Reads, SourceFile, Sources, StoreOverrides};
 use crate::states::{self, Facts, Reprocess, SliceState};
 use crate::template;
 use crate::upstream::{self, Upstream, UpstreamSlice};
@@ -108,6 +108,8 @@ pub struct SlicePlan {
     /// Those of them a run runs first: the slice waits for them, and its own state is
     /// decided once they are done.
     pub after: Vec<UpstreamSlice>,
+    /// What it reads of each Parquet source, as its commit records it.
+    pub source_reads: Option<Reads>,
 }
 
 impl SlicePlan {
@@ -171,6 +173,7 @@ pub(crate) struct Transform {
     empty_sources: Vec<String>,
     problem: Option<String>,
     reads: Vec<UpstreamSlice>,
+    source_reads: Option<Reads>,
     pub(crate) prepared: Prepared,
 }
 
@@ -361,10 +364,18 @@ impl Backfill {
         reprocess: Reprocess,
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
+        let listing = self.listing_for(&slices, recorded, reprocess).await?;
         futures::stream::iter(slices)
             .map(|slice| {
                 let (backfill, recorded) = (self.clone(), recorded.clone());
+                let listing = listing.clone();
                 tokio::spawn(async move {
+                    if let Some(listing) = &listing {
+                        let done = backfill.still_done(&slice, &recorded, listing, reprocess);
+                        if let Some(plan) = done.await? {
+                            return Ok(plan);
+                        }
+                    }
                     // These plans are never executed: one partition is the cheapest to plan.
                     let planned = backfill.plan_slice(slice.clone(), &recorded, reprocess, 1);
                     match planned.await {
@@ -383,6 +394,86 @@ impl Backfill {
             })
             .try_collect()
             .await
+    }
+
+    /// One listing of the Parquet sources, when some of `slices` are done with their reads
+    /// recorded and a run would leave done slices alone: what [`Backfill::still_done`]
+    /// finds their files in.
+    async fn listing_for(
+        &self,
+        slices: &[Slice],
+        recorded: &Recorded,
+        reprocess: Reprocess,
+    ) -> Result<Option<Arc<Listing>>> {
+        let committed = slices.iter().filter_map(|s| recorded.ledger.get(&s.key));
+        let mut recorded_reads = committed.filter(|c| c.record.reads.is_some());
+        if reprocess.done || recorded_reads.next().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(self.sources.listing().await?)))
+    }
+
+    /// The plan of a done slice that stays done, found without planning its SQL: its
+    /// record's reads give its files in `listing`, and their fingerprint is the one it
+    /// was committed with. `None` when that cannot tell (nothing recorded, a source not
+    /// listed, anything changed, a problem to show): the slice is planned in full.
+    async fn still_done(
+        &self,
+        slice: &Slice,
+        recorded: &Recorded,
+        listing: &Listing,
+        reprocess: Reprocess,
+    ) -> Result<Option<SlicePlan>> {
+        let Some(committed) = recorded.ledger.get(&slice.key) else {
+            return Ok(None);
+        };
+        let Some(files) = (committed.record.reads.as_ref()).and_then(|r| listing.files(r)) else {
+            return Ok(None);
+        };
+        let source_fingerprint = source::fingerprint_files(&files);
+        if source_fingerprint != committed.record.source_fingerprint
+            || self.sources.left_out(&files).is_some()
+        {
+            return Ok(None);
+        }
+        let missing_files = (self.sink)
+            .missing_files(&recorded.table_files, slice)
+            .await?;
+        let state = states::decide(&Facts {
+            committed: Some(committed),
+            last_failure: recorded.last_failures.get(&slice.key),
+            source_fingerprint: &source_fingerprint,
+            sql_fingerprint: &self.sql_fingerprint,
+            table_fits: recorded.table_fits,
+            missing_files: &missing_files,
+            staged: recorded.staged.get(&slice.key),
+            staging_key: &self.staging_key(slice, &source_fingerprint),
+            reprocess,
+        });
+        if !matches!(state, SliceState::Done { .. }) || reprocess.wants(&state) {
+            return Ok(None);
+        }
+        let reads = committed.record.reads.clone().expect("reads were found");
+        let variables = slice.variables();
+        let sql = template::render(&self.pipeline.sql, &variables, &self.pipeline.sql_origin)?;
+        Ok(Some(SlicePlan {
+            slice: slice.clone(),
+            sql,
+            empty_sources: (reads.keys())
+                .filter(|source| !files.iter().any(|f| &f.source == *source))
+                .cloned()
+                .collect(),
+            files,
+            source_fingerprint,
+            state,
+            will_run: false,
+            problem: None,
+            unplanned: None,
+            estimated_ms: None,
+            reads: vec![],
+            after: vec![],
+            source_reads: Some(reads),
+        }))
     }
 
     /// In a chained run, marks the slices of `plans` that read upstream slices the run
@@ -497,6 +588,7 @@ impl Backfill {
             estimated_ms: None,
             reads: transform.reads,
             after: vec![],
+            source_reads: transform.source_reads,
         };
         Ok((plan, transform.prepared))
     }
@@ -572,6 +664,7 @@ impl Backfill {
         let (state, logical) = frame.into_parts();
         let optimized = state.optimize(&logical).context(context)?;
         let reads = upstream::slices_read(&optimized, &self.upstreams);
+        let source_reads = self.sources.reads_of(&optimized);
         let physical = state
             .query_planner()
             .create_physical_plan(&optimized, &state)
@@ -606,6 +699,7 @@ impl Backfill {
             empty_sources,
             problem,
             reads,
+            source_reads,
             prepared: Prepared { state, plan },
         })
     }
@@ -657,6 +751,7 @@ impl SlicePlan {
             estimated_ms: None,
             reads: vec![],
             after: vec![],
+            source_reads: None,
         }
     }
 

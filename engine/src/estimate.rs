@@ -356,6 +356,7 @@ mod tests {
                 window: None,
                 keys: vec![],
             },
+            source_reads: None,
             sql: "SELECT 1".into(),
             files,
             empty_sources: if sizes.is_empty() {

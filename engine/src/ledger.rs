@@ -28,6 +28,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ResultExt};
+use crate::source::Reads;
 
 /// The key under which a slice's record sits in `commitInfo`.
 pub const COMMIT_INFO_KEY: &str = "backfill";
@@ -69,6 +70,10 @@ pub struct SliceRecord {
     /// `run_id` stays the run that computed it, in `promoted_from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_by: Option<String>,
+    /// What the slice's plan read of each Parquet source, for a later plan to find its
+    /// files again without planning it; absent when it cannot (see [`Reads`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<Reads>,
 }
 
 impl SliceRecord {
@@ -100,6 +105,7 @@ impl SliceRecord {
             assertions: vec![],
             promoted_from: None,
             promoted_by: None,
+            reads: None,
         }
     }
 }

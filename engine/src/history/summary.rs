@@ -75,7 +75,8 @@ impl SliceHistory {
             .collect()
     }
 
-    fn fold_attempt(&mut self, run_id: &str, attempt: &Attempt) {
+    /// Folds in one attempt of run `run_id`.
+    pub(crate) fn fold_attempt(&mut self, run_id: &str, attempt: &Attempt) {
         let facts = self.slices.entry(attempt.slice.clone()).or_default();
         if attempt.attempt > 1 {
             facts.retries += 1;
@@ -101,6 +102,21 @@ impl SliceHistory {
             run_id: run_id.to_string(),
             error,
         });
+    }
+
+    /// Folds in `other`, the facts of runs this one does not cover.
+    fn merge(&mut self, other: &SliceHistory) {
+        for (slice, theirs) in &other.slices {
+            let facts = self.slices.entry(slice.clone()).or_default();
+            facts.retries += theirs.retries;
+            let later = |last: &Decisive| {
+                (facts.last.as_ref()).is_none_or(|ours| ours.finished_at <= last.finished_at)
+            };
+            if let Some(last) = theirs.last.as_ref().filter(|last| later(last)) {
+                facts.last = Some(last.clone());
+            }
+        }
+        self.covered.extend(other.covered.iter().cloned());
     }
 
     fn fold_run(&mut self, pipeline: &str, run: &RunRecord) {
@@ -154,6 +170,29 @@ impl History {
             answer.fold_run(pipeline, run);
         }
         Ok(answer)
+    }
+
+    /// Saves a summary covering run `run_id` of `pipeline`, which has just ended, with
+    /// `folded`, the facts of its own attempts: the next reader does not read them.
+    pub(crate) async fn remember_ended(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        mut folded: SliceHistory,
+    ) -> Result<()> {
+        let folder = summary_folder(pipeline);
+        let (mut saved, newest) = self.newest_summary(&folder).await?;
+        if saved.covered.contains(run_id) {
+            return Ok(());
+        }
+        folded.covered.insert(run_id.to_string());
+        saved.merge(&folded);
+        let path = folder.join(format!("{:012}.json", saved.covered.len()));
+        self.put(&path, &saved).await?;
+        if let Some(older) = newest.filter(|older| *older != path) {
+            let _ = self.store.delete(&older).await;
+        }
+        Ok(())
     }
 
     /// The summary covering the most runs (by its name), and its path; an empty one if
@@ -290,6 +329,32 @@ mod tests {
         record(&history, "r3", &[attempt("a", 1, true, 20)], false).await;
         let answer = history.slices("p", Summaries::Save).await.unwrap();
         assert_eq!(answer.last_failure("a"), Some(("r3", "boom at 20")));
+        let saved = store.list_paths(&summary_folder("p")).await;
+        assert_eq!(saved, vec![summary_folder("p").join("000000000002.json")]);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_saves_its_own_facts_as_it_ends_is_never_read_again() {
+        let store = Arc::new(InMemory::new());
+        let history = History::new(store.clone());
+        record(&history, "r1", &[attempt("a", 1, true, 1)], true).await;
+        history.slices("p", Summaries::Save).await.unwrap();
+        let attempts = [attempt("a", 2, false, 10), attempt("b", 1, true, 11)];
+        record(&history, "r2", &attempts, true).await;
+        let mut folded = SliceHistory::default();
+        attempts.iter().for_each(|a| folded.fold_attempt("r2", a));
+        history.remember_ended("p", "r2", folded).await.unwrap();
+
+        forget_attempts(&store, "r1").await;
+        forget_attempts(&store, "r2").await;
+        let answer = history.slices("p", Summaries::ReadOnly).await.unwrap();
+        assert_eq!(
+            answer.last_failure("a"),
+            None,
+            "r2 committed a after r1 failed it"
+        );
+        assert_eq!(answer.last_failure("b"), Some(("r2", "boom at 11")));
+        assert_eq!(answer.retries(), HashMap::from([("a".to_string(), 1)]));
         let saved = store.list_paths(&summary_folder("p")).await;
         assert_eq!(saved, vec![summary_folder("p").join("000000000002.json")]);
     }

@@ -152,6 +152,7 @@ impl Run {
         match &event {
             RunEvent::PipelineStarted { header } => self.history.start(header).await?,
             RunEvent::Attempted { index, attempt, .. } => {
+                (self.folded.lock().expect("not poisoned")).fold_attempt(&self.run_id, attempt);
                 let recorded = self.history.attempt(&self.run_id, *index, attempt).await;
                 if let Err(error) = recorded {
                     // The Delta log, not the history, says what is done: losing this
@@ -162,7 +163,14 @@ impl Run {
             RunEvent::PipelineEnded { summary } => {
                 self.history
                     .end(&summary.run_id, &summary.end(self.options.clock.now()))
-                    .await?
+                    .await?;
+                let folded = std::mem::take(&mut *self.folded.lock().expect("not poisoned"));
+                let pipeline = &self.backfill.pipeline.name;
+                let saved = self.history.remember_ended(pipeline, &self.run_id, folded);
+                if let Err(error) = saved.await {
+                    // A summary is a cache: without it, the next reader reads this run.
+                    tracing::warn!("could not save the history summary: {error}");
+                }
             }
             _ => {}
         }

@@ -42,7 +42,7 @@ use crate::backfill::{Backfill, Recorded};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, Setting};
 use crate::estimate::{check_preflight, chosen_concurrency, default_concurrency, Budget, Estimate};
-use crate::history::History;
+use crate::history::{History, SliceHistory};
 use crate::ledger::SwapManifest;
 use crate::sink::strategy::Publishing;
 use crate::slice::{Selection, Slice};
@@ -307,6 +307,9 @@ struct Run {
     observer: Arc<dyn Observer>,
     /// A rebuild's slices staged (or found staged) by this run, for its swap.
     staged: std::sync::Mutex<HashMap<String, SwapManifest>>,
+    /// What this run's attempts say about each slice, saved in the history's summary
+    /// when it ends, so that readers need not read its attempts.
+    folded: std::sync::Mutex<SliceHistory>,
 }
 
 impl Run {
@@ -343,6 +346,7 @@ impl Run {
             gates: gates.clone(),
             observer: observer.clone(),
             staged: Default::default(),
+            folded: Default::default(),
         }
     }
 

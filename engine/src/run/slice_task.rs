@@ -193,6 +193,7 @@ impl Run {
             assertions,
             promoted_from: None,
             promoted_by: None,
+            reads: planned.source_reads.clone(),
         }
     }
 

@@ -92,6 +92,32 @@ impl HiveParquet {
     }
 }
 
+impl HiveParquet {
+    /// The partition columns, in folder order.
+    pub(crate) fn partitioning(&self) -> Vec<String> {
+        let columns = self.table.options().table_partition_cols.iter();
+        columns.map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Every file of the source, listed as DataFusion lists a scan's, and where.
+    pub(crate) async fn list(
+        &self,
+        state: &dyn Session,
+    ) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
+        let url = self.table.table_paths()[0].clone();
+        let context = || format!("listing the source at {url}");
+        let store = state.runtime_env().object_store(&url).context(context)?;
+        let extension = &self.table.options().file_extension;
+        let listed = url.list_all_files(state, store.as_ref(), extension).await;
+        let files = listed
+            .context(context)?
+            .try_collect()
+            .await
+            .context(context)?;
+        Ok((url, files))
+    }
+}
+
 impl SourceTable for HiveParquet {
     fn provider(&self) -> Arc<dyn TableProvider> {
         Arc::new(HiveListing(self.table.clone()))

@@ -19,6 +19,7 @@ mod files;
 mod hive;
 mod portable;
 pub(crate) mod query;
+mod reads;
 mod stores;
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub(crate) use files::{decoded_path, files_table, DataFile};
 pub use hive::{hive_escape, HiveParquet};
 pub(crate) use hive::{parquet_format, plain_type};
 pub(crate) use query::read_only_query;
+pub use reads::{Kept, Listing, Reads};
 #[cfg(feature = "cluster")]
 pub(crate) use stores::object_store_for;
 pub(crate) use stores::store_root;
@@ -83,6 +85,8 @@ pub struct Sources {
     /// The Delta sources among them, which a chained run brings forward as their
     /// upstream commits.
     deltas: Vec<(String, Arc<DeltaSource>)>,
+    /// The Parquet sources among them, whose files a plan can list once for every slice.
+    parquets: Vec<(String, Arc<HiveParquet>)>,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     /// The session transforms are planned in: the sources, and nothing else, ever.
@@ -166,10 +170,14 @@ impl Sources {
 
         let mut tables: Vec<(String, Arc<dyn SourceTable>)> = Vec::new();
         let mut deltas = Vec::new();
+        let mut parquets = Vec::new();
         for source in &pipeline.sources {
             let table: Arc<dyn SourceTable> = match source.format {
                 SourceFormat::Parquet => {
-                    Arc::new(HiveParquet::resolve(pipeline, source, &ctx, scope).await?)
+                    let parquet = HiveParquet::resolve(pipeline, source, &ctx, scope).await?;
+                    let parquet = Arc::new(parquet);
+                    parquets.push((source.name.clone(), parquet.clone()));
+                    parquet
                 }
                 SourceFormat::Delta => {
                     let root = store_root(&source.url);
@@ -198,10 +206,32 @@ impl Sources {
         Ok(Sources {
             tables,
             deltas,
+            parquets,
             config,
             runtime,
             planning: ctx,
         })
+    }
+
+    /// What the optimized `plan` of a slice reads, if it can be found again in a
+    /// [`Listing`]: every scan of a Parquet source, keeping partitions by equalities.
+    pub(crate) fn reads_of(&self, plan: &datafusion::logical_expr::LogicalPlan) -> Option<Reads> {
+        let partitioning = |name: &str| {
+            let (_, parquet) = self.parquets.iter().find(|(source, _)| source == name)?;
+            Some(parquet.partitioning())
+        };
+        reads::reads_of(plan, &partitioning)
+    }
+
+    /// Every file of the Parquet sources, one listing each.
+    pub(crate) async fn listing(&self) -> Result<Listing> {
+        let mut listing = Listing::default();
+        for (name, parquet) in &self.parquets {
+            let state = self.planning.state();
+            let (url, files) = parquet.list(&state).await?;
+            listing.add(name, &url, &parquet.partitioning(), files);
+        }
+        Ok(listing)
     }
 
     /// The configuration every session of the run starts from.
