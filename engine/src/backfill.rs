@@ -436,20 +436,8 @@ impl Backfill {
         {
             return Ok(None);
         }
-        let missing_files = (self.sink)
-            .missing_files(&recorded.table_files, slice)
-            .await?;
-        let state = states::decide(&Facts {
-            committed: Some(committed),
-            last_failure: recorded.last_failures.get(&slice.key),
-            source_fingerprint: &source_fingerprint,
-            sql_fingerprint: &self.sql_fingerprint,
-            table_fits: recorded.table_fits,
-            missing_files: &missing_files,
-            staged: recorded.staged.get(&slice.key),
-            staging_key: &self.staging_key(slice, &source_fingerprint),
-            reprocess,
-        });
+        let state = self.state_of(slice, recorded, &source_fingerprint, reprocess);
+        let state = state.await?;
         if !matches!(state, SliceState::Done { .. }) || reprocess.wants(&state) {
             return Ok(None);
         }
@@ -553,28 +541,8 @@ impl Backfill {
     ) -> Result<(SlicePlan, Prepared)> {
         let transform = self.plan_transform(&slice, partitions).await?;
         let source_fingerprint = source::fingerprint_files(&transform.files);
-        let committed = recorded.ledger.get(&slice.key);
-        // A done slice is skipped, so its files are looked for: a table that points at
-        // files gone from storage fails every reader, and rewriting the slice repairs it.
-        let missing_files = match committed {
-            Some(_) => {
-                self.sink
-                    .missing_files(&recorded.table_files, &slice)
-                    .await?
-            }
-            None => vec![],
-        };
-        let state = states::decide(&Facts {
-            committed,
-            last_failure: recorded.last_failures.get(&slice.key),
-            source_fingerprint: &source_fingerprint,
-            sql_fingerprint: &self.sql_fingerprint,
-            table_fits: recorded.table_fits,
-            missing_files: &missing_files,
-            staged: recorded.staged.get(&slice.key),
-            staging_key: &self.staging_key(&slice, &source_fingerprint),
-            reprocess,
-        });
+        let state = self.state_of(&slice, recorded, &source_fingerprint, reprocess);
+        let state = state.await?;
         let plan = SlicePlan {
             slice,
             sql: transform.sql,
@@ -591,6 +559,39 @@ impl Backfill {
             source_reads: transform.source_reads,
         };
         Ok((plan, transform.prepared))
+    }
+
+    /// The state of `slice` whose inputs now have `source_fingerprint`, from what the log
+    /// and the history record.
+    async fn state_of(
+        &self,
+        slice: &Slice,
+        recorded: &Recorded,
+        source_fingerprint: &str,
+        reprocess: Reprocess,
+    ) -> Result<SliceState> {
+        let committed = recorded.ledger.get(&slice.key);
+        // A done slice is skipped, so its files are looked for: a table that points at
+        // files gone from storage fails every reader, and rewriting the slice repairs it.
+        let missing_files = match committed {
+            Some(_) => {
+                self.sink
+                    .missing_files(&recorded.table_files, slice)
+                    .await?
+            }
+            None => vec![],
+        };
+        Ok(states::decide(&Facts {
+            committed,
+            last_failure: recorded.last_failures.get(&slice.key),
+            source_fingerprint,
+            sql_fingerprint: &self.sql_fingerprint,
+            table_fits: recorded.table_fits,
+            missing_files: &missing_files,
+            staged: recorded.staged.get(&slice.key),
+            staging_key: &self.staging_key(slice, source_fingerprint),
+            reprocess,
+        }))
     }
 
     /// `slice`'s SQL, rendered, and its transform planned in `state` (here, or on a
