@@ -1,13 +1,15 @@
 //! Which files of a done slice are gone from storage.
 //!
 //! A table whose current version points at a missing file fails every reader. A done slice
-//! is skipped by a run, so before it is called done its files are looked for: one listing
-//! per folder they are in. [`TableFiles`] indexes the table's files by slice once per
-//! plan, so looking up a slice costs no pass over the whole table.
+//! is skipped by a run, so before it is called done its files are looked for, in one
+//! listing of the table's data folders made for every slice of a plan (a listing per slice
+//! would be a request per slice). [`TableFiles`] indexes the table's files by slice once
+//! per plan, so looking up a slice costs no pass over the whole table.
 
 use std::collections::{HashMap, HashSet};
 
 use datafusion::common::ScalarValue;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
 
 use super::{written_by, Sink};
@@ -23,6 +25,8 @@ pub struct TableFiles {
     /// The slice columns that partition the table, in the order of `by_partition`'s keys;
     /// empty unless every slice column does.
     columns: Vec<String>,
+    /// The data files in storage, listed when a slice is first looked up.
+    present: tokio::sync::OnceCell<HashSet<StorePath>>,
 }
 
 impl Sink {
@@ -87,30 +91,37 @@ impl Sink {
             .and_then(|k| files.by_partition.get(&k))
             .into_iter()
             .flatten();
-        let mut by_folder: HashMap<Option<StorePath>, HashSet<&StorePath>> = HashMap::new();
-        for path in tagged.chain(in_partitions) {
-            let parts: Vec<_> = path.parts().collect();
-            let folder = (parts.len() > 1)
-                .then(|| StorePath::from_iter(parts[..parts.len() - 1].iter().cloned()));
-            by_folder.entry(folder).or_default().insert(path);
-        }
-        let mut missing = Vec::new();
-        for (folder, paths) in by_folder {
-            let listed = self
-                .store
-                .list_with_delimiter(folder.as_ref())
-                .await
-                .context(context)?;
-            let present: HashSet<&StorePath> = listed.objects.iter().map(|o| &o.location).collect();
-            missing.extend(
-                paths
-                    .into_iter()
-                    .filter(|p| !present.contains(p))
-                    .map(|p| p.to_string()),
-            );
-        }
+        let present = files.present.get_or_try_init(|| self.data_files()).await;
+        let present = present.context(context)?;
+        let mut missing: Vec<String> = (tagged.chain(in_partitions))
+            .filter(|path| !present.contains(*path))
+            .map(|path| path.to_string())
+            .collect();
         missing.sort();
+        missing.dedup();
         Ok(missing)
+    }
+
+    /// Every file in the table's folder but its log and the history (`_delta_log/`,
+    /// `_backfill/`): one listing of each top folder, 16 at a time.
+    async fn data_files(&self) -> object_store::Result<HashSet<StorePath>> {
+        let top = self.store.list_with_delimiter(None).await?;
+        let mut present: HashSet<StorePath> = top.objects.into_iter().map(|o| o.location).collect();
+        let data = top.common_prefixes.into_iter().filter(|prefix| {
+            !prefix
+                .parts()
+                .next()
+                .is_some_and(|part| part.as_ref().starts_with('_'))
+        });
+        let listings =
+            futures::stream::iter(data)
+                .map(|prefix| async move {
+                    self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await
+                })
+                .buffer_unordered(16);
+        let listed: Vec<Vec<object_store::ObjectMeta>> = listings.try_collect().await?;
+        present.extend(listed.into_iter().flatten().map(|o| o.location));
+        Ok(present)
     }
 
     /// A partition value by its typed meaning, so that `7` and `07` are one integer.
