@@ -236,6 +236,25 @@ impl History {
         self.put(&run_path(run_id, &name), attempt).await
     }
 
+    /// Records at once the slices a run skips without trying them (done, or in a state
+    /// not chosen), in one object rather than one each: a rerun of a long history skips
+    /// thousands. Its name says how many it holds, for [`RunEntry::attempts`].
+    pub async fn skipped(&self, run_id: &str, skipped: &[Attempt]) -> Result<()> {
+        let name = format!("attempts/{SKIPPED}{:06}.json", skipped.len());
+        self.put(&run_path(run_id, &name), &skipped).await
+    }
+
+    /// The attempts an attempts object holds: one, or a batch of skipped slices.
+    async fn attempts_in(&self, name: &Path) -> Result<Vec<Attempt>> {
+        match name
+            .filename()
+            .is_some_and(|file| file.starts_with(SKIPPED))
+        {
+            true => Ok(self.get::<Vec<Attempt>>(name).await?.unwrap_or_default()),
+            false => Ok(self.get::<Attempt>(name).await?.into_iter().collect()),
+        }
+    }
+
     pub async fn end(&self, run_id: &str, end: &RunEnd) -> Result<()> {
         self.put(&run_path(run_id, "end.json"), end).await
     }
@@ -371,7 +390,9 @@ impl History {
         let heartbeat: Option<Heartbeat> = self.get(&path("heartbeat.json")).await?;
         let liveness = Liveness::of(end.is_some(), &header, heartbeat.as_ref(), now);
         Ok(Some(RunEntry {
-            attempts: self.list(&path("attempts")).await?.len(),
+            attempts: (self.list(&path("attempts")).await?.iter())
+                .map(attempts_named)
+                .sum(),
             stop: self.stop_request(run_id).await?,
             header,
             end,
@@ -390,7 +411,7 @@ impl History {
         let mut attempts = Vec::new();
         for name in self.list(&run_path(run_id, "attempts")).await? {
             if seen.insert(name.to_string()) {
-                attempts.extend(self.get::<Attempt>(&name).await?);
+                attempts.extend(self.attempts_in(&name).await?);
             }
         }
         Ok(attempts)
@@ -416,7 +437,7 @@ impl History {
         let names = self.list(&run_path(run_id, "attempts")).await?;
         let mut attempts = Vec::with_capacity(names.len());
         for name in names {
-            attempts.extend(self.get::<Attempt>(&name).await?);
+            attempts.extend(self.attempts_in(&name).await?);
         }
         Ok(Some(RunRecord {
             header,
@@ -463,6 +484,19 @@ impl History {
     }
 }
 
+/// How the name of a batch of skipped attempts starts: `000000-000-skipped-008760.json`,
+/// listed before every attempt (`000000-001.json`), as a run decides them first.
+const SKIPPED: &str = "000000-000-skipped-";
+
+/// How many attempts the object `name` holds, from its name alone.
+fn attempts_named(name: &Path) -> usize {
+    let file = name.filename().unwrap_or_default();
+    let batch = file
+        .strip_prefix(SKIPPED)
+        .and_then(|n| n.strip_suffix(".json"));
+    batch.map_or(1, |count| count.parse().unwrap_or(0))
+}
+
 fn run_path(run_id: &str, name: &str) -> Path {
     Path::from(format!("{RUNS}/{run_id}/{name}"))
 }
@@ -505,6 +539,41 @@ mod tests {
             }),
             stop: None,
         }
+    }
+
+    #[tokio::test]
+    async fn skipped_slices_are_one_object_read_back_first_and_counted_from_its_name() {
+        let history = History::new(Arc::new(object_store::memory::InMemory::new()));
+        let run = record(true, None);
+        history.start(&run.header).await.unwrap();
+        let at = run.header.started_at;
+        let attempt = |slice: &str, status: SliceOutcome| Attempt {
+            slice: slice.into(),
+            attempt: 1,
+            status,
+            duration_ms: 0,
+            finished_at: at,
+        };
+        let skipped = SliceOutcome::Skipped {
+            state: "done".into(),
+        };
+        let batch = [attempt("b", skipped.clone()), attempt("c", skipped)];
+        history.skipped("r", &batch).await.unwrap();
+        let failed = SliceOutcome::Failed {
+            error: "boom".into(),
+            fault: crate::error::Fault::Data,
+        };
+        history
+            .attempt("r", 0, &attempt("a", failed))
+            .await
+            .unwrap();
+        history.end("r", run.end.as_ref().unwrap()).await.unwrap();
+
+        let read = history.run_attempts("r").await.unwrap().unwrap();
+        let slices: Vec<&str> = read.attempts.iter().map(|a| a.slice.as_str()).collect();
+        assert_eq!(slices, ["b", "c", "a"]);
+        let entry = history.entry("r", "p", at).await.unwrap().unwrap();
+        assert_eq!(entry.attempts, 3);
     }
 
     #[tokio::test]

@@ -81,6 +81,46 @@ impl Run {
 impl Run {
     /// Records an attempt in the run history and tells the observer. Losing the record
     /// loses a line of history, never data: the Delta log says what is done.
+    /// Records at once, in one history object, the slices the pre-flight chose not to run,
+    /// and tells the observer of each as of any attempt.
+    pub(super) async fn record_skipped(&self) {
+        let now = self.options.clock.now();
+        let skipped: Vec<(usize, Attempt)> = (self.not_run.iter().enumerate())
+            .filter_map(|(index, state)| {
+                let attempt = Attempt {
+                    slice: self.slices[index].key.clone(),
+                    attempt: 1,
+                    status: SliceOutcome::Skipped {
+                        state: (*state)?.to_string(),
+                    },
+                    duration_ms: 0,
+                    finished_at: now,
+                };
+                Some((index, attempt))
+            })
+            .collect();
+        if skipped.is_empty() {
+            return;
+        }
+        let attempts: Vec<Attempt> = skipped.iter().map(|(_, a)| a.clone()).collect();
+        if let Err(error) = self.history.skipped(&self.run_id, &attempts).await {
+            // The Delta log, not the history, says what is done.
+            tracing::warn!("could not record the skipped slices in the run history: {error}");
+        }
+        let mut folded = self.folded.lock().expect("not poisoned");
+        attempts
+            .iter()
+            .for_each(|a| folded.fold_attempt(&self.run_id, a));
+        drop(folded);
+        for (index, attempt) in skipped {
+            self.tell(RunEvent::Attempted {
+                pipeline: self.pipeline().to_string(),
+                index,
+                attempt,
+            });
+        }
+    }
+
     pub(super) async fn record_attempt(&self, index: usize, attempt: Attempt) {
         let event = RunEvent::Attempted {
             pipeline: self.pipeline().to_string(),

@@ -102,6 +102,7 @@ impl Run {
             started_by: Some(super::who()),
         };
         self.send(RunEvent::PipelineStarted { header }).await?;
+        self.record_skipped().await;
         let finished = self.clone().schedule(self.slices.clone()).await?;
         self.finish(keys, finished).await
     }
@@ -123,8 +124,12 @@ impl Run {
             .then(|(index, slice)| {
                 let run = self.clone();
                 async move {
-                    let ready = match &run.gates {
-                        Some(gates) if !run.after[index].is_empty() => {
+                    let ready = match (&run.gates, run.not_run[index]) {
+                        // Recorded as skipped already: it takes no slot.
+                        (_, Some(state)) => Err(SliceOutcome::Skipped {
+                            state: state.to_string(),
+                        }),
+                        (Some(gates), None) if !run.after[index].is_empty() => {
                             run.wait_for(gates, &run.after[index]).await
                         }
                         _ => Ok(()),
@@ -172,6 +177,7 @@ impl Run {
                     _ = stop.in_flight.cancelled() => (SliceOutcome::Abandoned, 1),
                 }
             }
+            Err(skipped @ SliceOutcome::Skipped { .. }) => (skipped, 1),
             Err(blocked) => (self.record_blocked(&slice, index, blocked).await, 0),
         };
         if let Some(gates) = &self.gates {

@@ -40,11 +40,6 @@ impl Run {
         started: Instant,
         slot: &mut Option<Slot>,
     ) -> Result<SliceOutcome> {
-        if let Some(state) = self.not_run[index] {
-            return Ok(SliceOutcome::Skipped {
-                state: state.to_string(),
-            });
-        }
         let key = slice.key.clone();
         self.phase(&key, Phase::Planning);
         let (planned, prepared) = match self.plan(slice, index).await? {
