@@ -405,9 +405,8 @@ impl Backfill {
         recorded: &Recorded,
         reprocess: Reprocess,
     ) -> Result<Option<Arc<Listing>>> {
-        let committed = slices.iter().filter_map(|s| recorded.ledger.get(&s.key));
-        let mut recorded_reads = committed.filter(|c| c.record.reads.is_some());
-        if reprocess.done || recorded_reads.next().is_none() {
+        let mut committed = slices.iter().filter_map(|s| recorded.ledger.get(&s.key));
+        if reprocess.done || !committed.any(|c| c.record.reads.is_some()) {
             return Ok(None);
         }
         Ok(Some(Arc::new(self.sources.listing().await?)))

@@ -291,10 +291,9 @@ fn write_usage(
         Field::new("user_id", DataType::Int64, false),
         Field::new("units", DataType::Int64, false),
     ]));
-    let escape = crate::source::hive_escape;
-    let mut folder = format!("usage/dt={day}/tenant={}", escape(tenant));
+    let mut folder = format!("usage/dt={day}/tenant={}", hive_escape(tenant));
     if let Some(region) = region {
-        folder = format!("{folder}/region={}", escape(region));
+        folder = format!("{folder}/region={}", hive_escape(region));
     }
     let mut writer = Writer::create(&root.join(folder).join("part-00000.parquet"), schema)?;
     let n = rng.random_range(20..60);
@@ -307,6 +306,27 @@ fn write_usage(
         )),
     ])?;
     writer.close()
+}
+
+/// A partition value as Hive writes it in a folder name: the characters that cannot be
+/// in one percent-escaped.
+pub fn hive_escape(value: &str) -> String {
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'\'')
+        .add(b'*')
+        .add(b'/')
+        .add(b':')
+        .add(b'=')
+        .add(b'?')
+        .add(b'\\')
+        .add(b'{')
+        .add(b'[')
+        .add(b']')
+        .add(b'^');
+    percent_encoding::utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 /// A Parquet file being written, with the path kept for error messages.

@@ -298,7 +298,7 @@ async fn keys_of_any_characters_are_read_from_hive_escaped_folders_and_written_a
     for key in keys {
         let folder = format!(
             "buckets/shop/odd/dt=2024-01-01/tenant={}",
-            backfill_engine::source::hive_escape(key)
+            backfill_engine::fixtures::hive_escape(key)
         );
         let folder = case.scratch.path(&folder);
         std::fs::create_dir_all(&folder).unwrap();

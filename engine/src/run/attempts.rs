@@ -85,7 +85,7 @@ impl Run {
     /// and tells the observer of each as of any attempt.
     pub(super) async fn record_skipped(&self) {
         let now = self.options.clock.now();
-        let skipped: Vec<(usize, Attempt)> = (self.not_run.iter().enumerate())
+        let (indices, attempts): (Vec<usize>, Vec<Attempt>) = (self.not_run.iter().enumerate())
             .filter_map(|(index, state)| {
                 let attempt = Attempt {
                     slice: self.slices[index].key.clone(),
@@ -98,11 +98,10 @@ impl Run {
                 };
                 Some((index, attempt))
             })
-            .collect();
-        if skipped.is_empty() {
+            .unzip();
+        if attempts.is_empty() {
             return;
         }
-        let attempts: Vec<Attempt> = skipped.iter().map(|(_, a)| a.clone()).collect();
         if let Err(error) = self.history.skipped(&self.run_id, &attempts).await {
             // The Delta log, not the history, says what is done.
             tracing::warn!("could not record the skipped slices in the run history: {error}");
@@ -112,7 +111,7 @@ impl Run {
             .iter()
             .for_each(|a| folded.fold_attempt(&self.run_id, a));
         drop(folded);
-        for (index, attempt) in skipped {
+        for (index, attempt) in indices.into_iter().zip(attempts) {
             self.tell(RunEvent::Attempted {
                 pipeline: self.pipeline().to_string(),
                 index,

@@ -90,9 +90,7 @@ impl HiveParquet {
             left_out,
         })
     }
-}
 
-impl HiveParquet {
     /// The partition columns, in folder order.
     pub(crate) fn partitioning(&self) -> Vec<String> {
         let columns = self.table.options().table_partition_cols.iter();
@@ -234,27 +232,6 @@ fn any_spelling(filter: Expr, partitions: &[(String, DataType)]) -> DfResult<Exp
         ))
     })?;
     Ok(rewritten.data)
-}
-
-/// A partition value as Hive writes it in a folder name: the characters that cannot be
-/// in one percent-escaped.
-pub fn hive_escape(value: &str) -> String {
-    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-        .add(b'"')
-        .add(b'#')
-        .add(b'%')
-        .add(b'\'')
-        .add(b'*')
-        .add(b'/')
-        .add(b':')
-        .add(b'=')
-        .add(b'?')
-        .add(b'\\')
-        .add(b'{')
-        .add(b'[')
-        .add(b']')
-        .add(b'^');
-    percent_encoding::utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 /// The folders (`dt=2024-01-01/`) of a source partitioned like the slices that hold the

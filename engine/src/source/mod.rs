@@ -41,7 +41,7 @@ use url::Url;
 
 pub use delta::{DeltaSource, Unwritten};
 pub(crate) use files::{decoded_path, files_table, DataFile};
-pub use hive::{hive_escape, HiveParquet};
+pub use hive::HiveParquet;
 pub(crate) use hive::{parquet_format, plain_type};
 pub(crate) use query::read_only_query;
 pub use reads::{Kept, Listing, Reads};
