@@ -309,17 +309,22 @@ impl Bench {
             self.slice_count,
             self.bucket.file_name().unwrap().to_string_lossy()
         ));
-        let open = || async {
-            Arc::new(
-                Backfill::open(self.pipeline(&folder), OpenOptions::default())
-                    .await
-                    .expect("opens"),
-            )
+        // As the CLI opens it: for the selection of `plan` and `run`, for none of `status`.
+        let open = |scope: Option<Selection>| async {
+            let options = OpenOptions {
+                scope,
+                ..OpenOptions::default()
+            };
+            let opened = Backfill::open(self.pipeline(&folder), options).await;
+            Arc::new(opened.expect("opens"))
         };
         let run_everything = || async {
             let options = RunOptions::default();
             let reporter = Arc::new(Finishes::new());
-            let run = open().await.run(&self.selection, &options, reporter).await;
+            let run = open(Some(self.selection.clone()))
+                .await
+                .run(&self.selection, &options, reporter)
+                .await;
             run.expect("runs")
         };
         if !folder.join("done").exists() {
@@ -355,7 +360,7 @@ impl Bench {
             println!("floor: {files} source files listed and their footers read, the log loaded");
 
             let plan = async {
-                open()
+                open(Some(self.selection.clone()))
                     .await
                     .plan(&self.selection, &PlanOptions::default())
                     .await
@@ -364,7 +369,7 @@ impl Bench {
             assert!(plan.expect("plans").slices.iter().all(|p| !p.will_run));
             plans.push(took);
 
-            let (status, took) = measured(async { open().await.status(None).await }).await;
+            let (status, took) = measured(async { open(None).await.status(None).await }).await;
             assert_eq!(status.expect("status").slices.len(), self.slice_count);
             statuses.push(took);
 

@@ -230,6 +230,7 @@ impl Backfill {
             schema.clone(),
             options.destination_store,
             options.request_retry,
+            scope.is_some(),
         )
         .await?;
         sink.register_store(sources.runtime());
@@ -580,6 +581,9 @@ impl Backfill {
             }
             None => vec![],
         };
+        // The staging key sums up the output's every input: worth it for a staged slice.
+        let staged = recorded.staged.get(&slice.key);
+        let staging_key = staged.map(|_| self.staging_key(slice, source_fingerprint));
         Ok(states::decide(&Facts {
             committed,
             last_failure: recorded.last_failures.get(&slice.key),
@@ -587,8 +591,7 @@ impl Backfill {
             sql_fingerprint: &self.sql_fingerprint,
             table_fits: recorded.table_fits,
             missing_files: &missing_files,
-            staged: recorded.staged.get(&slice.key),
-            staging_key: &self.staging_key(slice, source_fingerprint),
+            staged: staged.zip(staging_key.as_deref()),
             reprocess,
         }))
     }

@@ -237,9 +237,8 @@ pub struct Facts<'a> {
     pub table_fits: bool,
     /// The committed slice's files that are gone from storage.
     pub missing_files: &'a [String],
-    /// A rebuild's manifest for the slice, and the staging key its inputs give now.
-    pub staged: Option<&'a SwapManifest>,
-    pub staging_key: &'a str,
+    /// A rebuild's manifest for the slice, with the staging key its inputs give now.
+    pub staged: Option<(&'a SwapManifest, &'a str)>,
     pub reprocess: Reprocess,
 }
 
@@ -282,10 +281,10 @@ pub fn decide(facts: &Facts) -> SliceState {
     };
     match facts.staged {
         // A manifest whose record is the committed one was already swapped in.
-        Some(staged)
+        Some((staged, staging_key))
             if (facts.reprocess.done || !matches!(state, SliceState::Done { .. }))
                 && state.committed().is_none_or(|c| c.record != staged.record)
-                && staged.staging_key == facts.staging_key =>
+                && staged.staging_key == staging_key =>
         {
             SliceState::Staged {
                 rows: staged.record.rows,
@@ -351,7 +350,6 @@ mod tests {
             table_fits: true,
             missing_files: &[],
             staged: None,
-            staging_key: "key",
             reprocess: Reprocess::default(),
         };
         let cases: Vec<(&str, Facts, &str)> = vec![
@@ -440,7 +438,7 @@ mod tests {
             (
                 "staged for these inputs",
                 Facts {
-                    staged: Some(&fresh),
+                    staged: Some((&fresh, "key")),
                     ..base
                 },
                 "staged",
@@ -448,8 +446,7 @@ mod tests {
             (
                 "staged for other inputs",
                 Facts {
-                    staged: Some(&fresh),
-                    staging_key: "other",
+                    staged: Some((&fresh, "other")),
                     ..base
                 },
                 "missing",
@@ -457,7 +454,7 @@ mod tests {
             (
                 "staged over a failure",
                 Facts {
-                    staged: Some(&fresh),
+                    staged: Some((&fresh, "key")),
                     last_failure: Some(&failure),
                     ..base
                 },
@@ -467,7 +464,7 @@ mod tests {
                 "staged while done: kept done",
                 Facts {
                     committed: Some(&done),
-                    staged: Some(&fresh),
+                    staged: Some((&fresh, "key")),
                     ..base
                 },
                 "done",
@@ -476,7 +473,7 @@ mod tests {
                 "staged while done, forced: reused",
                 Facts {
                     committed: Some(&done),
-                    staged: Some(&fresh),
+                    staged: Some((&fresh, "key")),
                     reprocess: Reprocess::ALL,
                     ..base
                 },
@@ -486,7 +483,7 @@ mod tests {
                 "a manifest already swapped in",
                 Facts {
                     committed: Some(&done),
-                    staged: Some(&swapped),
+                    staged: Some((&swapped, "key")),
                     reprocess: Reprocess::ALL,
                     ..base
                 },

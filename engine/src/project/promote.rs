@@ -166,6 +166,7 @@ impl Project {
             schema.clone(),
             None,
             RequestRetry::default(),
+            false,
         )
         .await?;
         let to = Sink::open(
@@ -174,6 +175,7 @@ impl Project {
             schema,
             None,
             RequestRetry::default(),
+            false,
         )
         .await?;
         let source = ledger_of(&from, name).await?;

@@ -7,10 +7,12 @@
 //! per plan, so looking up a slice costs no pass over the whole table.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use datafusion::common::ScalarValue;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
+use object_store::ObjectStore;
 
 use super::{written_by, Sink};
 use crate::error::{Result, ResultExt};
@@ -91,7 +93,7 @@ impl Sink {
             .and_then(|k| files.by_partition.get(&k))
             .into_iter()
             .flatten();
-        let present = files.present.get_or_try_init(|| self.data_files()).await;
+        let present = files.present.get_or_try_init(|| self.present_files()).await;
         let present = present.context(context)?;
         let mut missing: Vec<String> = (tagged.chain(in_partitions))
             .filter(|path| !present.contains(*path))
@@ -102,26 +104,18 @@ impl Sink {
         Ok(missing)
     }
 
-    /// Every file in the table's folder but its log and the history (`_delta_log/`,
-    /// `_backfill/`): one listing of each top folder, 16 at a time.
-    async fn data_files(&self) -> object_store::Result<HashSet<StorePath>> {
-        let top = self.store.list_with_delimiter(None).await?;
-        let mut present: HashSet<StorePath> = top.objects.into_iter().map(|o| o.location).collect();
-        let data = top.common_prefixes.into_iter().filter(|prefix| {
-            !prefix
-                .parts()
-                .next()
-                .is_some_and(|part| part.as_ref().starts_with('_'))
-        });
-        let listings =
-            futures::stream::iter(data)
-                .map(|prefix| async move {
-                    self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await
-                })
-                .buffer_unordered(16);
-        let listed: Vec<Vec<object_store::ObjectMeta>> = listings.try_collect().await?;
-        present.extend(listed.into_iter().flatten().map(|o| o.location));
-        Ok(present)
+    /// The table's data files in storage: the first time, those listed since the sink
+    /// opened for a plan (see [`Sink::open`]), then listed again.
+    async fn present_files(&self) -> object_store::Result<HashSet<StorePath>> {
+        let at_open = self
+            .data_files_at_open
+            .lock()
+            .expect("never poisoned")
+            .take();
+        match at_open {
+            Some(listing) => listing.await,
+            None => data_files(self.store.clone()).await,
+        }
     }
 
     /// A partition value by its typed meaning, so that `7` and `07` are one integer.
@@ -129,4 +123,37 @@ impl Sink {
         let data_type = self.schema.field_with_name(column).ok()?.data_type();
         ScalarValue::try_from_string(text?.to_string(), data_type).ok()
     }
+}
+
+/// A listing of a table's data files made in the background; dropped, it stops.
+pub(super) type DataFilesListing =
+    futures::future::RemoteHandle<object_store::Result<HashSet<StorePath>>>;
+
+/// Starts listing the data files of the table in `store`.
+pub(super) fn list_data_files(store: Arc<dyn ObjectStore>) -> DataFilesListing {
+    let (listing, handle) = data_files(store).remote_handle();
+    tokio::spawn(listing);
+    handle
+}
+
+/// Every file in the table's folder but its log and the history (`_delta_log/`,
+/// `_backfill/`): one listing of each top folder, 16 at a time.
+async fn data_files(store: Arc<dyn ObjectStore>) -> object_store::Result<HashSet<StorePath>> {
+    let top = store.list_with_delimiter(None).await?;
+    let mut present: HashSet<StorePath> = top.objects.into_iter().map(|o| o.location).collect();
+    let data = top.common_prefixes.into_iter().filter(|prefix| {
+        !prefix
+            .parts()
+            .next()
+            .is_some_and(|part| part.as_ref().starts_with('_'))
+    });
+    let listings = futures::stream::iter(data)
+        .map(|prefix| {
+            let store = &store;
+            async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await }
+        })
+        .buffer_unordered(16);
+    let listed: Vec<Vec<object_store::ObjectMeta>> = listings.try_collect().await?;
+    present.extend(listed.into_iter().flatten().map(|o| o.location));
+    Ok(present)
 }

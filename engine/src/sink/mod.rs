@@ -98,6 +98,9 @@ pub struct Sink {
     view: Mutex<TableView>,
     /// Checked slices waiting to be committed together (see [`group`]).
     line: std::sync::Mutex<group::Line>,
+    /// The table's data files, listed since it was opened, for the first plan to find
+    /// done slices' files in.
+    data_files_at_open: std::sync::Mutex<Option<missing::DataFilesListing>>,
 }
 
 /// A slice that is in the table after [`Sink::publish`].
@@ -143,12 +146,15 @@ impl Sink {
     /// Opens the destination, checking that an existing table fits the pipeline's output.
     /// `store`, if given, is used to reach the destination instead of the one its URL
     /// names (tests inject faults this way); either way its reads are retried by `retry`.
+    /// `for_plan`: a plan follows, which looks for done slices' files, so the table's data
+    /// files are listed meanwhile, in the background.
     pub async fn open(
         pipeline: &str,
         destination: &Destination,
         schema: SchemaRef,
         store: Option<Arc<dyn ObjectStore>>,
         retry: RequestRetry,
+        for_plan: bool,
     ) -> Result<Self> {
         let url = destination.url.clone();
         let context = || format!("destination {url}");
@@ -173,6 +179,7 @@ impl Sink {
             check_compatible(&table, &schema, &destination.partition_by)
                 .map_err(|m| Error::config(context(), m))?;
         }
+        let listing = (for_plan && exists).then(|| missing::list_data_files(table.object_store()));
         Ok(Sink {
             pipeline: pipeline.to_string(),
             store: table.object_store(),
@@ -185,6 +192,7 @@ impl Sink {
             schema,
             view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
             line: Default::default(),
+            data_files_at_open: std::sync::Mutex::new(listing),
         })
     }
 

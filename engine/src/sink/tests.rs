@@ -43,6 +43,7 @@ async fn sink_of(pipeline: &str, folder: &std::path::Path, strategy: Strategy) -
         schema(),
         None,
         RequestRetry::default(),
+        false,
     )
     .await
     .unwrap()

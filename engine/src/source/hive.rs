@@ -2,7 +2,7 @@
 //! read as one table whose schema is inferred once, from the footers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -33,6 +33,16 @@ use crate::slice::Slice;
 pub struct HiveParquet {
     table: Arc<ListingTable>,
     left_out: HashMap<String, String>,
+    /// The files listed to infer the schema, kept for the first [`HiveParquet::list`]
+    /// so that opening and planning list the source once.
+    listed_at_open: Mutex<Option<Listed>>,
+}
+
+/// Files of a source as listed, and which values of its first partition column they
+/// cover: every value, or only those whose folders were listed.
+pub(crate) struct Listed {
+    pub files: Vec<ObjectMeta>,
+    pub covered: Option<Vec<String>>,
 }
 
 impl HiveParquet {
@@ -54,18 +64,22 @@ impl HiveParquet {
         let options = ListingOptions::new(Arc::new(ParquetNamingFiles(parquet_format())))
             .with_file_extension(".parquet")
             .with_table_partition_cols(partitions);
-        let prefixes = scope.and_then(|slices| partition_prefixes(&source.partitioning, slices));
+        let values = scope.and_then(|slices| first_partition_values(&source.partitioning, slices));
         // The store asks each listing and footer read again while it fails for a passing
         // reason; what still fails here failed for good, or for longer than its budget.
-        let (schema, unreadable) = infer_schema(ctx, &options, &url, prefixes.as_deref())
+        let failed = |e: DataFusionError| match is_storage_error(&e) {
+            true => Error::execution(context(), format!("cannot list or read its files: {e}")),
+            false => Error::config(
+                context(),
+                format!("cannot read a schema from its Parquet files: {e}"),
+            ),
+        };
+        let listed = list_files(ctx, &options, &url, &source.partitioning, values)
             .await
-            .map_err(|e| match is_storage_error(&e) {
-                true => Error::execution(context(), format!("cannot list or read its files: {e}")),
-                false => Error::config(
-                    context(),
-                    format!("cannot read a schema from its Parquet files: {e}"),
-                ),
-            })?;
+            .map_err(failed)?;
+        let (schema, unreadable) = infer_schema(ctx, &options, &url, &listed.files)
+            .await
+            .map_err(failed)?;
         if let Some(clash) = source
             .partitioning
             .iter()
@@ -88,6 +102,7 @@ impl HiveParquet {
         Ok(HiveParquet {
             table: Arc::new(table),
             left_out,
+            listed_at_open: Mutex::new(Some(listed)),
         })
     }
 
@@ -97,12 +112,15 @@ impl HiveParquet {
         columns.map(|(name, _)| name.clone()).collect()
     }
 
-    /// Every file of the source, listed as DataFusion lists a scan's, and where.
-    pub(crate) async fn list(
-        &self,
-        state: &dyn Session,
-    ) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
+    /// The files of the source, listed as DataFusion lists a scan's, and where: the first
+    /// time, those listed as it was opened (the scope's partitions, or all), then every
+    /// file, listed again.
+    pub(crate) async fn list(&self, state: &dyn Session) -> Result<(ListingTableUrl, Listed)> {
         let url = self.table.table_paths()[0].clone();
+        let at_open = self.listed_at_open.lock().expect("never poisoned").take();
+        if let Some(listed) = at_open {
+            return Ok((url, listed));
+        }
         let context = || format!("listing the source at {url}");
         let store = state.runtime_env().object_store(&url).context(context)?;
         let extension = &self.table.options().file_extension;
@@ -112,7 +130,13 @@ impl HiveParquet {
             .try_collect()
             .await
             .context(context)?;
-        Ok((url, files))
+        Ok((
+            url,
+            Listed {
+                files,
+                covered: None,
+            },
+        ))
     }
 }
 
@@ -234,20 +258,20 @@ fn any_spelling(filter: Expr, partitions: &[(String, DataType)]) -> DfResult<Exp
     Ok(rewritten.data)
 }
 
-/// The folders (`dt=2024-01-01/`) of a source partitioned like the slices that hold the
-/// slices' rows, or `None` when the source's first partition column is not the slices'.
-fn partition_prefixes(partitioning: &[String], slices: &[Slice]) -> Option<Vec<String>> {
+/// The values of a source's first partition column whose folders (`dt=2024-01-01/`) hold
+/// the slices' rows, or `None` when that column is not the slices'.
+fn first_partition_values(partitioning: &[String], slices: &[Slice]) -> Option<Vec<String>> {
     let first = partitioning.first()?;
-    let mut prefixes = slices
+    let mut values = slices
         .iter()
         .map(|slice| {
             let (_, value) = slice.partition.iter().find(|(column, _)| column == first)?;
-            Some(format!("{first}={value}/"))
+            Some(value.clone())
         })
         .collect::<Option<Vec<_>>>()?;
-    prefixes.sort();
-    prefixes.dedup();
-    Some(prefixes)
+    values.sort();
+    values.dedup();
+    Some(values)
 }
 
 /// Whether an error came from the object store rather than from what it returned.
@@ -263,20 +287,16 @@ fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
     }
 }
 
-/// Infers a source's schema from the footers of its files: those under `prefixes` if
-/// given (all of them if those hold none), else all. Writers spell the same column
-/// differently (polars writes strings as `LargeUtf8`, DataFusion as `Utf8View`, Spark as
-/// `Utf8`), and DataFusion refuses to merge those, so each file's schema is reduced to the
-/// plain types first; reading casts every file to the merged schema. The columns most
-/// files agree on come first, then the others' are added in order, newest first (by
-/// path); a file whose footer cannot be read, or whose columns conflict, is returned with
-/// the reason.
-async fn infer_schema(
+/// The non-empty files of a source: those in the folders of `values` of its first
+/// partition column if given, listed 16 folders at a time (all of them if those hold
+/// none), else all.
+async fn list_files(
     ctx: &SessionContext,
     options: &ListingOptions,
     url: &ListingTableUrl,
-    prefixes: Option<&[String]>,
-) -> datafusion::error::Result<(SchemaRef, Vec<(String, String)>)> {
+    partitioning: &[String],
+    values: Option<Vec<String>>,
+) -> datafusion::error::Result<Listed> {
     let state = ctx.state();
     let store = state.runtime_env().object_store(url)?;
     let list = |url: ListingTableUrl| {
@@ -289,23 +309,53 @@ async fn infer_schema(
                 .await
         }
     };
-    let mut files = Vec::new();
-    for prefix in prefixes.unwrap_or_default() {
-        let folder = url
-            .get_url()
-            .join(prefix)
-            .map_err(|e| datafusion::error::DataFusionError::Plan(format!("{url}{prefix}: {e}")))?;
-        files.extend(list(ListingTableUrl::parse(folder.as_str())?).await?);
+    if let (Some(values), Some(first)) = (values, partitioning.first()) {
+        let folder = |value: &String| {
+            let folder = url.get_url().join(&format!("{first}={value}/"));
+            let folder = folder.map_err(|e| DataFusionError::Plan(format!("{url}{value}: {e}")));
+            ListingTableUrl::parse(folder?.as_str())
+        };
+        let folders: Vec<ListingTableUrl> = values.iter().map(folder).collect::<DfResult<_>>()?;
+        let listed: Vec<Vec<ObjectMeta>> = futures::stream::iter(folders)
+            .map(list)
+            .buffered(16)
+            .try_collect()
+            .await?;
+        let files: Vec<ObjectMeta> = listed.into_iter().flatten().collect();
+        if !files.is_empty() {
+            let covered = Some(values);
+            return Ok(Listed { files, covered });
+        }
     }
-    if files.is_empty() {
-        files = list(url.clone()).await?;
-    }
+    let files = list(url.clone()).await?;
+    Ok(Listed {
+        files,
+        covered: None,
+    })
+}
+
+/// Infers a source's schema from the footers of `files`. Writers spell the same column
+/// differently (polars writes strings as `LargeUtf8`, DataFusion as `Utf8View`, Spark as
+/// `Utf8`), and DataFusion refuses to merge those, so each file's schema is reduced to the
+/// plain types first; reading casts every file to the merged schema. The columns most
+/// files agree on come first, then the others' are added in order, newest first (by
+/// path); a file whose footer cannot be read, or whose columns conflict, is returned with
+/// the reason.
+async fn infer_schema(
+    ctx: &SessionContext,
+    options: &ListingOptions,
+    url: &ListingTableUrl,
+    files: &[ObjectMeta],
+) -> datafusion::error::Result<(SchemaRef, Vec<(String, String)>)> {
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url)?;
     if files.is_empty() {
         return Err(datafusion::error::DataFusionError::Plan(format!(
             "no {} files at {url}",
             options.file_extension
         )));
     }
+    let mut files = files.to_vec();
     files.sort_by(|a, b| b.location.cmp(&a.location));
     let concurrency = state.config_options().execution.meta_fetch_concurrency;
     let schemas: Vec<(ObjectMeta, datafusion::error::Result<SchemaRef>)> =

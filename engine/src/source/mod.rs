@@ -6,7 +6,8 @@
 //! whatever registers a table of its own (a slice's checks, a preview) gets a fresh
 //! [`SessionContext`], so nothing it registers leaks into another slice. Listings are
 //! never cached across slices, so each slice sees its source files as they are when it
-//! is planned. This module does not write.
+//! is planned; only a plan's first look at done slices (see [`Listing`]) uses the files
+//! listed as the sources were resolved. This module does not write.
 //!
 //! A kind of source is a [`SourceTable`] (`hive.rs`: hive-partitioned Parquet;
 //! `delta.rs`: a Delta table);
@@ -223,13 +224,14 @@ impl Sources {
         reads::reads_of(plan, &partitioning)
     }
 
-    /// Every file of the Parquet sources, one listing each.
+    /// The files of the Parquet sources, one listing each: the first time, those listed
+    /// as they were resolved.
     pub(crate) async fn listing(&self) -> Result<Listing> {
         let mut listing = Listing::default();
         for (name, parquet) in &self.parquets {
             let state = self.planning.state();
-            let (url, files) = parquet.list(&state).await?;
-            listing.add(name, &url, &parquet.partitioning(), files);
+            let (url, listed) = parquet.list(&state).await?;
+            listing.add(name, &url, &parquet.partitioning(), listed);
         }
         Ok(listing)
     }

@@ -8,7 +8,7 @@
 //! equalities joined by `OR`) on partition columns. A plan with any other partition filter, or a scan of anything but a
 //! Parquet source, records nothing, and its slices are planned in full.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::SourceFile;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -121,23 +121,25 @@ struct Listed {
     files: Vec<(SourceFile, Vec<String>)>,
     by_value: Vec<HashMap<String, Vec<usize>>>,
     columns: Vec<String>,
+    /// The values of the first partition column whose folders were listed; `None`: all.
+    covered: Option<HashSet<String>>,
 }
 
 impl Listing {
-    /// Adds the files of `source`, listed at `url` (DataFusion's own listing rules) and
+    /// Adds the files of `source`, `listed` at `url` (DataFusion's own listing rules) and
     /// partitioned by `columns`.
     pub(crate) fn add(
         &mut self,
         source: &str,
         url: &ListingTableUrl,
         columns: &[String],
-        listed: Vec<object_store::ObjectMeta>,
+        listed: super::hive::Listed,
     ) {
-        let mut files = Vec::with_capacity(listed.len());
+        let mut files = Vec::with_capacity(listed.files.len());
         let mut by_value: Vec<HashMap<String, Vec<usize>>> = vec![HashMap::new(); columns.len()];
         // As DataFusion's pruning does: empty files and files outside the partition
         // folders are not the table's.
-        for meta in listed.into_iter().filter(|meta| meta.size > 0) {
+        for meta in listed.files.into_iter().filter(|meta| meta.size > 0) {
             let names = columns.iter().map(String::as_str);
             let Some(values) = parse_partitions_for_path(url, &meta.location, names) else {
                 continue;
@@ -161,6 +163,7 @@ impl Listing {
             files,
             by_value,
             columns,
+            covered: listed.covered.map(HashSet::from_iter),
         };
         self.sources.insert(source.to_string(), listed);
     }
@@ -187,12 +190,19 @@ impl Listing {
 
 impl Listed {
     /// The files whose partition values `kept` keeps; `None` if it names a column the
-    /// source is not partitioned by.
+    /// source is not partitioned by, or may keep files in folders that were not listed.
     fn kept<'a>(&'a self, kept: &'a Kept) -> Option<Box<dyn Iterator<Item = usize> + 'a>> {
         let position = |column: &str| self.columns.iter().position(|c| c == column);
         let constraints: Vec<(usize, &Vec<String>)> = (kept.iter())
             .map(|(column, values)| Some((position(column)?, values)))
             .collect::<Option<_>>()?;
+        if let Some(covered) = &self.covered {
+            let first = constraints.iter().find(|(column, _)| *column == 0);
+            let (_, values) = first?;
+            if !values.iter().all(|value| covered.contains(value)) {
+                return None;
+            }
+        }
         let Some(&(first, values)) = constraints.first() else {
             return Some(Box::new(0..self.files.len()));
         };
@@ -216,10 +226,12 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::slice::Selection;
     use crate::source::{fingerprint_files, read_only_query, Sources};
 
-    /// The bundled fixtures' usage (by day, tenant and region) and customers (one file).
-    async fn sources() -> Sources {
+    /// The bundled fixtures' usage (by day, tenant and region) and customers (one file),
+    /// resolved for the slices of `scope`, if given.
+    async fn sources(scope: Option<Selection>) -> Sources {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/buckets/shop");
         let text = format!(
             "name = \"reads\"\n\
@@ -232,19 +244,27 @@ mod tests {
         );
         let pipeline = crate::pipeline::parse(&text, Path::new("/p/reads.toml")).unwrap();
         let retry = crate::retry::RequestRetry::default();
-        Sources::resolve(&pipeline, &vec![], retry, 1 << 30, None, &[])
+        let slices = scope.map(|selection| pipeline.cut(&selection).unwrap());
+        Sources::resolve(&pipeline, &vec![], retry, 1 << 30, slices.as_deref(), &[])
             .await
             .unwrap()
+    }
+
+    /// What the plan of `sql` reads, if it can be recorded.
+    async fn reads(sources: &Sources, sql: &str) -> Option<Reads> {
+        let state = sources.planning_state(1);
+        let frame = read_only_query(state, sql, || "test".into()).await.unwrap();
+        let (state, logical) = frame.into_parts();
+        sources.reads_of(&state.optimize(&logical).unwrap())
     }
 
     /// What the listing finds for `sql`'s recorded reads, and what DataFusion's plan of it
     /// scans: `None` when nothing is recorded.
     async fn both(sources: &Sources, listing: &Listing, sql: &str) -> Option<(String, String)> {
+        let reads = reads(sources, sql).await?;
         let state = sources.planning_state(1);
         let frame = read_only_query(state, sql, || "test".into()).await.unwrap();
         let (state, logical) = frame.into_parts();
-        let optimized = state.optimize(&logical).unwrap();
-        let reads = sources.reads_of(&optimized)?;
         let physical = state.create_physical_plan(&logical).await.unwrap();
         let scanned = fingerprint_files(&sources.scanned_files(&physical));
         let listed = fingerprint_files(&listing.files(&reads).unwrap());
@@ -253,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn recorded_reads_find_exactly_the_files_datafusion_scans() {
-        let sources = sources().await;
+        let sources = sources(None).await;
         let listing = sources.listing().await.unwrap();
         for sql in [
             "SELECT * FROM usage WHERE dt = '2024-01-05' AND tenant = 'acme'",
@@ -277,5 +297,28 @@ mod tests {
                 "{unrecorded}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_listing_of_the_scope_finds_no_reads_outside_it() {
+        let scope = Selection::range("2024-01-04", "2024-01-05");
+        let sources = sources(Some(scope)).await;
+        let listing = sources.listing().await.unwrap();
+        let inside = "SELECT * FROM usage WHERE dt = '2024-01-05' AND tenant = 'acme'";
+        let (listed, scanned) = both(&sources, &listing, inside).await.unwrap();
+        assert_eq!(listed, scanned);
+        for outside in [
+            "SELECT * FROM usage WHERE dt = '2024-01-03' AND tenant = 'acme'",
+            "SELECT * FROM usage WHERE dt IN ('2024-01-03', '2024-01-04')",
+            "SELECT * FROM usage WHERE tenant = 'acme'",
+        ] {
+            let reads = reads(&sources, outside).await.expect(outside);
+            assert_eq!(listing.files(&reads), None, "{outside}");
+        }
+        // Listed again, the source is listed whole.
+        let listing = sources.listing().await.unwrap();
+        let outside = "SELECT * FROM usage WHERE tenant = 'acme'";
+        let (listed, scanned) = both(&sources, &listing, outside).await.unwrap();
+        assert_eq!(listed, scanned);
     }
 }
