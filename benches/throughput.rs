@@ -328,11 +328,12 @@ impl Bench {
             run.expect("runs")
         };
         if !folder.join("done").exists() {
-            let _ = std::fs::remove_dir_all(&folder);
+            // A build cut short resumes: the run does only the slices not done yet.
             let (summary, (wall, _)) = measured(run_everything()).await;
-            assert_eq!(summary.committed(), self.slice_count, "{summary:?}");
-            let built = wall.as_secs_f64();
-            println!("built {} in {built:.1} s", folder.display());
+            let done = summary.committed() + summary.skipped();
+            assert_eq!(done, self.slice_count, "{summary:?}");
+            let took = wall.as_secs_f64();
+            println!("built {} in {took:.1} s", folder.display());
             std::fs::write(folder.join("done"), "").unwrap();
         }
         println!(
