@@ -74,7 +74,7 @@ impl HiveParquet {
                 format!("cannot read a schema from its Parquet files: {e}"),
             ),
         };
-        let listed = list_files(ctx, &options, &url, &source.partitioning, values)
+        let listed = list_files(&ctx.state(), &options, &url, &source.partitioning, values)
             .await
             .map_err(failed)?;
         let (schema, unreadable) = infer_schema(ctx, &options, &url, &listed.files)
@@ -121,22 +121,9 @@ impl HiveParquet {
         if let Some(listed) = at_open {
             return Ok((url, listed));
         }
-        let context = || format!("listing the source at {url}");
-        let store = state.runtime_env().object_store(&url).context(context)?;
-        let extension = &self.table.options().file_extension;
-        let listed = url.list_all_files(state, store.as_ref(), extension).await;
-        let files = listed
-            .context(context)?
-            .try_collect()
-            .await
-            .context(context)?;
-        Ok((
-            url,
-            Listed {
-                files,
-                covered: None,
-            },
-        ))
+        let listed = list_files(state, self.table.options(), &url, &[], None).await;
+        let listed = listed.context(|| format!("listing the source at {url}"))?;
+        Ok((url, listed))
     }
 }
 
@@ -291,16 +278,15 @@ fn is_storage_error(error: &datafusion::error::DataFusionError) -> bool {
 /// partition column if given, listed 16 folders at a time (all of them if those hold
 /// none), else all.
 async fn list_files(
-    ctx: &SessionContext,
+    state: &dyn Session,
     options: &ListingOptions,
     url: &ListingTableUrl,
     partitioning: &[String],
     values: Option<Vec<String>>,
 ) -> datafusion::error::Result<Listed> {
-    let state = ctx.state();
     let store = state.runtime_env().object_store(url)?;
     let list = |url: ListingTableUrl| {
-        let (state, store) = (&state, &store);
+        let store = &store;
         async move {
             url.list_all_files(state, store.as_ref(), &options.file_extension)
                 .await?
