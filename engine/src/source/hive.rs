@@ -38,8 +38,8 @@ pub struct HiveParquet {
     listed_at_open: Mutex<Option<Listed>>,
 }
 
-/// Files of a source as listed, and which values of its first partition column they
-/// cover: every value, or only those whose folders were listed.
+/// The non-empty files of a source as listed, and which values of its first partition
+/// column they cover: every value, or only those whose folders were listed.
 pub(crate) struct Listed {
     pub files: Vec<ObjectMeta>,
     pub covered: Option<Vec<String>>,

@@ -137,9 +137,9 @@ impl Listing {
     ) {
         let mut files = Vec::with_capacity(listed.files.len());
         let mut by_value: Vec<HashMap<String, Vec<usize>>> = vec![HashMap::new(); columns.len()];
-        // As DataFusion's pruning does: empty files and files outside the partition
-        // folders are not the table's.
-        for meta in listed.files.into_iter().filter(|meta| meta.size > 0) {
+        // As DataFusion's pruning does: files outside the partition folders are not the
+        // table's (nor are empty files, which `listed` holds none of).
+        for meta in listed.files {
             let names = columns.iter().map(String::as_str);
             let Some(values) = parse_partitions_for_path(url, &meta.location, names) else {
                 continue;
