@@ -13,7 +13,7 @@ use datafusion::execution::{SessionState, TaskContext};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{Expr, SessionContext};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result, ResultExt};
@@ -209,8 +209,22 @@ impl Backfill {
             options.memory_limit,
             scope.as_ref().map(|s| s.slices.as_slice()),
             &unwritten,
-        )
-        .await?;
+        );
+        // The destination loads meanwhile; its errors still come after the transform's.
+        let destination = async {
+            let loaded = Sink::load(
+                &pipeline.destination,
+                options.destination_store,
+                options.request_retry,
+            );
+            // A plan follows, which looks for done slices' files.
+            Ok::<_, Error>(match scope.is_some() {
+                true => loaded.await?.list_data_files(),
+                false => loaded.await?,
+            })
+        };
+        let (sources, destination) = futures::join!(sources, destination);
+        let sources = sources?;
         let sample = pipeline.slices.sample();
         let variables = sample.variables();
         let sql = template::render(&pipeline.sql, &variables, &pipeline.sql_origin)?;
@@ -228,11 +242,8 @@ impl Backfill {
             &pipeline.name,
             &pipeline.destination,
             schema.clone(),
-            options.destination_store,
-            options.request_retry,
-            scope.is_some(),
-        )
-        .await?;
+            destination?,
+        )?;
         sink.register_store(sources.runtime());
         let sql_fingerprint = source::fingerprint_text(&pipeline.sql);
         Ok(Backfill {
@@ -355,9 +366,10 @@ impl Backfill {
     }
 
     /// Plans `slices`, `concurrency` at a time, each on a task of its own so that
-    /// planning thousands of slices uses every core; the plans come back in order. A
-    /// slice whose planning fails for a reason that may pass (storage) is
-    /// [`SlicePlan::unplanned`]: one slice's storage fault does not stop the others.
+    /// planning thousands of slices uses every core; the plans come back in order. Slices
+    /// that stay done are found first, without planning their SQL. A slice whose planning
+    /// fails for a reason that may pass (storage) is [`SlicePlan::unplanned`]: one slice's
+    /// storage fault does not stop the others.
     pub(crate) async fn plan_slices(
         self: &Arc<Self>,
         slices: Vec<Slice>,
@@ -365,18 +377,15 @@ impl Backfill {
         reprocess: Reprocess,
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
-        let listing = self.listing_for(&slices, recorded, reprocess).await?;
-        futures::stream::iter(slices)
-            .map(|slice| {
+        let ahead = self.done_ahead(slices, recorded, reprocess).await?;
+        futures::stream::iter(ahead)
+            .map(|ahead| {
+                let slice = match ahead {
+                    Ok(done) => return futures::future::ready(Ok(Ok(done))).left_future(),
+                    Err(slice) => slice,
+                };
                 let (backfill, recorded) = (self.clone(), recorded.clone());
-                let listing = listing.clone();
                 tokio::spawn(async move {
-                    if let Some(listing) = &listing {
-                        let done = backfill.still_done(&slice, &recorded, listing, reprocess);
-                        if let Some(plan) = done.await? {
-                            return Ok(plan);
-                        }
-                    }
                     // These plans are never executed: one partition is the cheapest to plan.
                     let planned = backfill.plan_slice(slice.clone(), &recorded, reprocess, 1);
                     match planned.await {
@@ -388,6 +397,7 @@ impl Backfill {
                         Err(error) => Err(error),
                     }
                 })
+                .right_future()
             })
             .buffered(concurrency.max(1))
             .map(|joined| {
@@ -395,6 +405,48 @@ impl Backfill {
             })
             .try_collect()
             .await
+    }
+
+    /// In order, the plan of each slice of `slices` that stays done ([`Backfill::still_done`]),
+    /// or the slice, to plan in full. Deciding that costs microseconds a slice, so the
+    /// slices are split among a task per core rather than given a task each.
+    async fn done_ahead(
+        self: &Arc<Self>,
+        slices: Vec<Slice>,
+        recorded: &Arc<Recorded>,
+        reprocess: Reprocess,
+    ) -> Result<Vec<std::result::Result<SlicePlan, Slice>>> {
+        let Some(listing) = self.listing_for(&slices, recorded, reprocess).await? else {
+            return Ok(slices.into_iter().map(Err).collect());
+        };
+        let per_task = slices
+            .len()
+            .div_ceil(crate::estimate::default_concurrency());
+        let mut slices = slices.into_iter();
+        let tasks: Vec<_> = std::iter::from_fn(|| {
+            let chunk: Vec<Slice> = slices.by_ref().take(per_task.max(1)).collect();
+            (!chunk.is_empty()).then_some(chunk)
+        })
+        .map(|chunk| {
+            let (backfill, recorded, listing) = (self.clone(), recorded.clone(), listing.clone());
+            tokio::spawn(async move {
+                let mut ahead = Vec::with_capacity(chunk.len());
+                for slice in chunk {
+                    let done = backfill.still_done(&slice, &recorded, &listing, reprocess);
+                    ahead.push(done.await?.ok_or(slice));
+                }
+                Ok::<_, Error>(ahead)
+            })
+        })
+        .collect();
+        let mut ahead = Vec::new();
+        for task in tasks {
+            let chunk = task.await;
+            let chunk =
+                chunk.map_err(|e| Error::Internal(format!("planning slices panicked: {e}")));
+            ahead.extend(chunk??);
+        }
+        Ok(ahead)
     }
 
     /// One listing of the Parquet sources, when some of `slices` are done with their reads

@@ -160,24 +160,14 @@ impl Project {
         };
         let context = || format!("destination {}", pipeline.destination.url);
         let schema = table.snapshot().context(context)?.snapshot().arrow_schema();
-        let from = Sink::open(
-            name,
-            &pipeline.destination,
-            schema.clone(),
-            None,
-            RequestRetry::default(),
-            false,
-        )
-        .await?;
-        let to = Sink::open(
-            name,
-            &goal.destination,
-            schema,
-            None,
-            RequestRetry::default(),
-            false,
-        )
-        .await?;
+        let from = {
+            let loaded = Sink::load(&pipeline.destination, None, RequestRetry::default()).await?;
+            Sink::open(name, &pipeline.destination, schema.clone(), loaded)?
+        };
+        let to = {
+            let loaded = Sink::load(&goal.destination, None, RequestRetry::default()).await?;
+            Sink::open(name, &goal.destination, schema, loaded)?
+        };
         let source = ledger_of(&from, name).await?;
         let there_now = ledger_of(&to, name).await?;
         let slices = pipeline.cut(&selection.for_spec(&pipeline.slices))?;

@@ -27,6 +27,9 @@ pub struct TableFiles {
     /// The slice columns that partition the table, in the order of `by_partition`'s keys;
     /// empty unless every slice column does.
     columns: Vec<String>,
+    /// For each of `columns`, the typed value of each spelling of its values the files
+    /// hold: parsing a value costs far more than looking it up, once a slice.
+    typed: Vec<HashMap<String, Option<ScalarValue>>>,
     /// The data files in storage, listed when a slice is first looked up.
     present: tokio::sync::OnceCell<HashSet<StorePath>>,
 }
@@ -43,6 +46,7 @@ impl Sink {
             false => vec![],
         };
         let mut files = TableFiles {
+            typed: vec![HashMap::new(); columns.len()],
             columns,
             ..TableFiles::default()
         };
@@ -56,10 +60,12 @@ impl Sink {
             }
             if !files.columns.is_empty() {
                 let values = file.partition_values_map();
-                let key = files
-                    .columns
-                    .iter()
-                    .map(|c| self.typed(c, values.get(c).cloned().flatten().as_deref()))
+                let key = (files.columns.iter().zip(&mut files.typed))
+                    .map(|(c, typed)| {
+                        let text = values.get(c).cloned().flatten()?;
+                        let value = typed.entry(text);
+                        value.or_insert_with_key(|t| self.typed(c, Some(t))).clone()
+                    })
                     .collect();
                 files.by_partition.entry(key).or_default().push(path);
             }
@@ -77,12 +83,13 @@ impl Sink {
     ) -> Result<Vec<String>> {
         let context = || format!("slice {}: listing its files in {}", slice.key, self.url);
         let key: Option<Vec<Option<ScalarValue>>> = (!files.columns.is_empty()).then(|| {
-            files
-                .columns
-                .iter()
-                .map(|c| {
-                    let value = slice.partition.iter().find(|(column, _)| column == c);
-                    self.typed(c, value.map(|(_, v)| v.as_str()))
+            (files.columns.iter().zip(&files.typed))
+                .map(|(c, typed)| {
+                    let (_, text) = slice.partition.iter().find(|(column, _)| column == c)?;
+                    match typed.get(text) {
+                        Some(value) => value.clone(),
+                        None => self.typed(c, Some(text)),
+                    }
                 })
                 .collect()
         });

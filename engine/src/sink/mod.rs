@@ -103,6 +103,26 @@ pub struct Sink {
     data_files_at_open: std::sync::Mutex<Option<missing::DataFilesListing>>,
 }
 
+/// A destination reached, with its table loaded if it exists ([`Sink::load`]).
+pub struct Loaded {
+    storage_options: HashMap<String, String>,
+    reach: Arc<dyn ObjectStore>,
+    table: DeltaTable,
+    exists: bool,
+    data_files: Option<missing::DataFilesListing>,
+}
+
+impl Loaded {
+    /// Starts listing the table's data files in the background, for a plan to look for
+    /// done slices' files in (see [`Sink::missing_files`]).
+    pub(crate) fn list_data_files(mut self) -> Self {
+        if self.exists {
+            self.data_files = Some(missing::list_data_files(self.table.object_store()));
+        }
+        self
+    }
+}
+
 /// A slice that is in the table after [`Sink::publish`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
@@ -143,19 +163,15 @@ pub struct StagedOutput {
 }
 
 impl Sink {
-    /// Opens the destination, checking that an existing table fits the pipeline's output.
+    /// Reaches the destination and loads its table if there is one: the part of opening a
+    /// sink that needs no pipeline output, so that it can run while the sources resolve.
     /// `store`, if given, is used to reach the destination instead of the one its URL
     /// names (tests inject faults this way); either way its reads are retried by `retry`.
-    /// `for_plan`: a plan follows, which looks for done slices' files, so the table's data
-    /// files are listed meanwhile, in the background.
-    pub async fn open(
-        pipeline: &str,
+    pub async fn load(
         destination: &Destination,
-        schema: SchemaRef,
         store: Option<Arc<dyn ObjectStore>>,
         retry: RequestRetry,
-        for_plan: bool,
-    ) -> Result<Self> {
+    ) -> Result<Loaded> {
         let url = destination.url.clone();
         let context = || format!("destination {url}");
         if let Ok(path) = url.to_file_path() {
@@ -174,12 +190,36 @@ impl Sink {
         if !exists {
             refuse_foreign_files(&table, &url).await?;
         }
+        Ok(Loaded {
+            storage_options,
+            reach,
+            table,
+            exists,
+            data_files: None,
+        })
+    }
+
+    /// Opens the loaded destination for a pipeline's output `schema`, checking that an
+    /// existing table fits it.
+    pub fn open(
+        pipeline: &str,
+        destination: &Destination,
+        schema: SchemaRef,
+        loaded: Loaded,
+    ) -> Result<Self> {
+        let url = destination.url.clone();
+        let Loaded {
+            storage_options,
+            reach,
+            table,
+            exists,
+            data_files,
+        } = loaded;
         let strategy = strategy::of(&destination.strategy);
         if exists && !strategy.may_change_columns() {
             check_compatible(&table, &schema, &destination.partition_by)
-                .map_err(|m| Error::config(context(), m))?;
+                .map_err(|m| Error::config(format!("destination {url}"), m))?;
         }
-        let listing = (for_plan && exists).then(|| missing::list_data_files(table.object_store()));
         Ok(Sink {
             pipeline: pipeline.to_string(),
             store: table.object_store(),
@@ -192,7 +232,7 @@ impl Sink {
             schema,
             view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
             line: Default::default(),
-            data_files_at_open: std::sync::Mutex::new(listing),
+            data_files_at_open: std::sync::Mutex::new(data_files),
         })
     }
 

@@ -37,16 +37,8 @@ async fn sink_of(pipeline: &str, folder: &std::path::Path, strategy: Strategy) -
         strategy,
         storage_options: Default::default(),
     };
-    Sink::open(
-        pipeline,
-        &destination,
-        schema(),
-        None,
-        RequestRetry::default(),
-        false,
-    )
-    .await
-    .unwrap()
+    let loaded = Sink::load(&destination, None, RequestRetry::default()).await;
+    Sink::open(pipeline, &destination, schema(), loaded.unwrap()).unwrap()
 }
 
 fn days(start: &str, end: &str) -> Vec<Slice> {
