@@ -18,6 +18,7 @@
 //! apart by the table's id. Summaries are a cache: losing one only means more reading.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::kernel::Add;
@@ -287,7 +288,7 @@ pub struct Committed {
 /// Every slice record of one pipeline in a table's log.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    latest: HashMap<String, Committed>,
+    latest: HashMap<String, Arc<Committed>>,
 }
 
 /// Whether a reader may save a summary of what it read next to the table, so that the
@@ -309,7 +310,7 @@ const SAVE_AFTER: usize = 100;
 struct Summary {
     table_id: String,
     version: u64,
-    slices: Vec<Committed>,
+    slices: Vec<Arc<Committed>>,
 }
 
 impl Ledger {
@@ -360,11 +361,11 @@ impl Ledger {
             let committed_at = committed_at(&info);
             for record in found.slices() {
                 if record.pipeline == pipeline && !latest.contains_key(&record.slice) {
-                    let committed = Committed {
+                    let committed = Arc::new(Committed {
                         record: record.clone(),
                         version: Some(*version),
                         committed_at,
-                    };
+                    });
                     latest.insert(record.slice.clone(), committed);
                 }
             }
@@ -393,13 +394,13 @@ impl Ledger {
         Ok(ledger)
     }
 
-    pub fn get(&self, slice: &str) -> Option<&Committed> {
+    pub fn get(&self, slice: &str) -> Option<&Arc<Committed>> {
         self.latest.get(slice)
     }
 
     /// All committed slices, ordered by slice key.
     pub fn committed(&self) -> Vec<&Committed> {
-        let mut all: Vec<_> = self.latest.values().collect();
+        let mut all: Vec<&Committed> = self.latest.values().map(Arc::as_ref).collect();
         all.sort_by(|a, b| a.record.slice.cmp(&b.record.slice));
         all
     }

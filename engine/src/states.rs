@@ -4,6 +4,8 @@
 //! ([`RebuildOutcome`]). Plain data, and [`decide`], the pure function from what is known
 //! of a slice to its state. No IO.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Fault;
@@ -100,10 +102,10 @@ pub enum SliceState {
     /// Never committed, and its last recorded attempt failed.
     Failed { run_id: String, error: String },
     /// Committed, and its source files and SQL are the ones recorded.
-    Done { committed: Box<Committed> },
+    Done { committed: Arc<Committed> },
     /// Committed, but its source files or SQL differ from what the commit recorded.
     Changed {
-        committed: Box<Committed>,
+        committed: Arc<Committed>,
         what: Vec<String>,
     },
     /// Computed and checked for a rebuild that has not swapped yet; still valid for the
@@ -227,7 +229,7 @@ pub enum RebuildOutcome {
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
     /// The slice's latest commit in the log, if any.
-    pub committed: Option<&'a Committed>,
+    pub committed: Option<&'a Arc<Committed>>,
     /// The run and error of the slice's last recorded attempt, if it failed.
     pub last_failure: Option<&'a (String, String)>,
     /// The fingerprints of the slice's inputs now.
@@ -272,7 +274,7 @@ pub fn decide(facts: &Facts) -> SliceState {
                     facts.missing_files.len()
                 ));
             }
-            let committed = Box::new(committed.clone());
+            let committed = committed.clone();
             match what.is_empty() {
                 true => SliceState::Done { committed },
                 false => SliceState::Changed { committed, what },
@@ -310,12 +312,12 @@ mod tests {
         }
     }
 
-    fn committed(source: &str, sql: &str) -> Committed {
-        Committed {
+    fn committed(source: &str, sql: &str) -> Arc<Committed> {
+        Arc::new(Committed {
             record: record(source, sql, "r1"),
             version: Some(3),
             committed_at: None,
-        }
+        })
     }
 
     fn staged(key: &str, record: SliceRecord) -> SwapManifest {

@@ -75,7 +75,7 @@ struct Ready {
     to: Sink,
     /// In slice order: the slice, the record its promotion carries, and the target's
     /// commit of it if the target carries that record already.
-    slices: Vec<(Slice, SliceRecord, Option<Committed>)>,
+    slices: Vec<(Slice, SliceRecord, Option<Arc<Committed>>)>,
     other_writers: Option<OtherWriters>,
 }
 
