@@ -111,8 +111,8 @@ impl Sink {
         Ok(missing)
     }
 
-    /// The table's data files in storage: the first time, those listed since the sink
-    /// opened for a plan (see [`Sink::open`]), then listed again.
+    /// The table's data files in storage: the first time, those listed since the table
+    /// loaded for a plan (see [`super::Loaded::list_data_files`]), then listed again.
     async fn present_files(&self) -> object_store::Result<HashSet<StorePath>> {
         let at_open = self
             .data_files_at_open
