@@ -377,7 +377,9 @@ impl Backfill {
         reprocess: Reprocess,
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
-        let ahead = self.done_ahead(slices, recorded, reprocess).await?;
+        let ahead = self
+            .done_ahead(slices, recorded, reprocess, concurrency)
+            .await?;
         futures::stream::iter(ahead)
             .map(|ahead| {
                 let slice = match ahead {
@@ -409,21 +411,20 @@ impl Backfill {
 
     /// In order, the plan of each slice of `slices` that stays done ([`Backfill::still_done`]),
     /// or the slice, to plan in full. Deciding that costs microseconds a slice, so the
-    /// slices are split among a task per core rather than given a task each.
+    /// slices are split among `tasks` tasks rather than given a task each.
     async fn done_ahead(
         self: &Arc<Self>,
         slices: Vec<Slice>,
         recorded: &Arc<Recorded>,
         reprocess: Reprocess,
+        tasks: usize,
     ) -> Result<Vec<std::result::Result<SlicePlan, Slice>>> {
         let Some(listing) = self.listing_for(&slices, recorded, reprocess).await? else {
             return Ok(slices.into_iter().map(Err).collect());
         };
-        let per_task = slices
-            .len()
-            .div_ceil(crate::estimate::default_concurrency());
+        let per_task = slices.len().div_ceil(tasks.max(1));
         let mut slices = slices.into_iter();
-        let tasks: Vec<_> = std::iter::from_fn(|| {
+        let deciding: Vec<_> = std::iter::from_fn(|| {
             let chunk: Vec<Slice> = slices.by_ref().take(per_task.max(1)).collect();
             (!chunk.is_empty()).then_some(chunk)
         })
@@ -440,7 +441,7 @@ impl Backfill {
         })
         .collect();
         let mut ahead = Vec::new();
-        for task in tasks {
+        for task in deciding {
             let chunk = task.await;
             let chunk =
                 chunk.map_err(|e| Error::Internal(format!("planning slices panicked: {e}")));
