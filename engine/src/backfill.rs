@@ -217,10 +217,11 @@ impl Backfill {
                 options.destination_store,
                 options.request_retry,
             );
+            let loaded = loaded.await?;
             // A plan follows, which looks for done slices' files.
             Ok::<_, Error>(match scope.is_some() {
-                true => loaded.await?.list_data_files(),
-                false => loaded.await?,
+                true => loaded.list_data_files(),
+                false => loaded,
             })
         };
         let (sources, destination) = futures::join!(sources, destination);
@@ -425,7 +426,7 @@ impl Backfill {
         let per_task = slices.len().div_ceil(tasks.max(1));
         let mut slices = slices.into_iter();
         let deciding: Vec<_> = std::iter::from_fn(|| {
-            let chunk: Vec<Slice> = slices.by_ref().take(per_task.max(1)).collect();
+            let chunk: Vec<Slice> = slices.by_ref().take(per_task).collect();
             (!chunk.is_empty()).then_some(chunk)
         })
         .map(|chunk| {
