@@ -87,14 +87,16 @@ async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_canc
     long_run_bucket(&case);
     let (_server, address) = serve(&case, None);
     let (_driver, driver) = chromedriver();
+    // The browser starts before the run does: a first Chromium on a fresh machine can take
+    // longer to start than the long run takes to end.
+    let page = browser(&driver).await;
 
     let (running, id) = start_long_run(&case);
-
-    let page = browser(&driver).await;
     page.goto(&format!("http://{address}/runs/orders_clean/{id}"))
         .await
         .unwrap();
-    assert!(text_of(&page, "status").await.starts_with("running"));
+    let status = text_of(&page, "status").await;
+    assert!(status.starts_with("running"), "the long run ended first: {status}");
     // The page follows the run by itself: the count of committed slices grows.
     let first: usize = text_of(&page, "committed").await.parse().unwrap();
     until(&page, "committed", Duration::from_secs(30), |n| {
