@@ -6,6 +6,7 @@
 //! knows of it. Running is in [`crate::run`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::Column;
@@ -362,21 +363,22 @@ impl Backfill {
     ) -> Result<Vec<SlicePlan>> {
         let slices = self.slices(selection)?;
         let recorded = Arc::new(self.recorded(Summaries::ReadOnly).await?);
-        self.plan_slices(slices, &recorded, reprocess, concurrency)
+        self.plan_slices(slices, &recorded, reprocess, concurrency, None)
             .await
     }
 
     /// Plans `slices`, `concurrency` at a time, each on a task of its own so that
     /// planning thousands of slices uses every core; the plans come back in order. Slices
     /// that stay done are found first, without planning their SQL. A slice whose planning
-    /// fails for a reason that may pass (storage) is [`SlicePlan::unplanned`]: one slice's
-    /// storage fault does not stop the others.
+    /// fails for a reason that may pass (storage), or outlasts `deadline`, is
+    /// [`SlicePlan::unplanned`]: one slice's storage fault does not stop the others.
     pub(crate) async fn plan_slices(
         self: &Arc<Self>,
         slices: Vec<Slice>,
         recorded: &Arc<Recorded>,
         reprocess: Reprocess,
         concurrency: usize,
+        deadline: Option<Duration>,
     ) -> Result<Vec<SlicePlan>> {
         let ahead = self
             .done_ahead(slices, recorded, reprocess, concurrency)
@@ -391,7 +393,19 @@ impl Backfill {
                 tokio::spawn(async move {
                     // These plans are never executed: one partition is the cheapest to plan.
                     let planned = backfill.plan_slice(slice.clone(), &recorded, reprocess, 1);
-                    match planned.await {
+                    let planned =
+                        match deadline {
+                            None => planned.await,
+                            Some(limit) => tokio::time::timeout(limit, planned)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(Error::execution(
+                                        format!("slice {}", slice.key),
+                                        format!("planning timed out after {limit:?}"),
+                                    ))
+                                }),
+                        };
+                    match planned {
                         Ok((plan, _prepared)) => Ok(plan),
                         Err(error) if error.is_transient() => {
                             tracing::warn!(slice = %slice.key, "planning failed: {error}");

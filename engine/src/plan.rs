@@ -58,7 +58,7 @@ impl Backfill {
         let reprocess = options.reprocess;
         let recorded = Arc::new(self.recorded(Summaries::ReadOnly).await?);
         let mut slices = self
-            .plan_slices(self.slices(selection)?, &recorded, reprocess, cores)
+            .plan_slices(self.slices(selection)?, &recorded, reprocess, cores, None)
             .await?;
         self.wait_for_upstream(&mut slices, running, reprocess);
         let chosen = || chosen_concurrency(&slices, cores);

@@ -96,7 +96,10 @@ async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_canc
         .await
         .unwrap();
     let status = text_of(&page, "status").await;
-    assert!(status.starts_with("running"), "the long run ended first: {status}");
+    assert!(
+        status.starts_with("running"),
+        "the long run ended first: {status}"
+    );
     // The page follows the run by itself: the count of committed slices grows.
     let first: usize = text_of(&page, "committed").await.parse().unwrap();
     until(&page, "committed", Duration::from_secs(30), |n| {

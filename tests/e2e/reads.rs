@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_engine::clock::Clock;
+use backfill_engine::run::{Observer, RunEvent, Silent};
 use backfill_engine::{Backfill, RequestRetry, RunOptions, Selection, SliceOutcome};
 
 use crate::stores::{open_over, open_over_with, TestStore};
@@ -28,12 +29,42 @@ async fn run(
     keys: &[&str],
     options: &RunOptions,
 ) -> backfill_engine::RunSummary {
+    run_observed(backfill, keys, options, Arc::new(Silent)).await
+}
+
+async fn run_observed(
+    backfill: &Arc<Backfill>,
+    keys: &[&str],
+    options: &RunOptions,
+    observer: Arc<dyn Observer>,
+) -> backfill_engine::RunSummary {
     let selection = Selection::keys(keys.iter().map(|k| k.to_string()).collect());
     backfill
         .clone()
-        .run(&selection, options, Arc::new(backfill_engine::run::Silent))
+        .run(&selection, options, observer)
         .await
         .unwrap()
+}
+
+/// Runs `keys`, injecting `faults` into the store once the pre-flight has passed, so
+/// that they meet the slices' own reads rather than the planning before the run.
+async fn run_with_faults(
+    backfill: &Arc<Backfill>,
+    keys: &[&str],
+    options: &RunOptions,
+    faults: impl Fn() + Send + Sync + 'static,
+) -> backfill_engine::RunSummary {
+    run_observed(backfill, keys, options, Arc::new(AfterPreflight(faults))).await
+}
+
+struct AfterPreflight<F>(F);
+
+impl<F: Fn() + Send + Sync> Observer for AfterPreflight<F> {
+    fn on(&self, event: &RunEvent) {
+        if matches!(event, RunEvent::Started { .. }) {
+            (self.0)()
+        }
+    }
 }
 
 /// Runs `pipeline` for `day` and returns the store that saw the slice's reads.
@@ -121,9 +152,9 @@ fn quick_retries(retries: u32) -> RunOptions {
 async fn transient_read_failures_are_retried_into_the_same_table() {
     let case = Case::new("orders_clean");
     let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
-    store.failing_reads.store(3, Ordering::SeqCst);
     let days = ["2024-01-01", "2024-01-02", "2024-01-03"];
-    let summary = run(&backfill, &days, &quick_retries(5)).await;
+    let faults = move || store.failing_reads.store(3, Ordering::SeqCst);
+    let summary = run_with_faults(&backfill, &days, &quick_retries(5), faults).await;
 
     assert_eq!(summary.committed(), days.len(), "{summary:#?}");
     let attempts: u32 = summary.outcomes.iter().map(|o| o.attempts).sum();
@@ -176,12 +207,13 @@ async fn transient_read_failures_are_retried_into_the_same_table() {
 async fn without_retries_a_transient_failure_fails_only_its_slice() {
     let case = Case::new("orders_clean");
     let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
-    store.failing_reads.store(1, Ordering::SeqCst);
     let options = RunOptions {
         concurrency: Some(1),
         ..quick_retries(0)
     };
-    let summary = run(&backfill, &["2024-01-01", "2024-01-02"], &options).await;
+    let faults = move || store.failing_reads.store(1, Ordering::SeqCst);
+    let days = ["2024-01-01", "2024-01-02"];
+    let summary = run_with_faults(&backfill, &days, &options, faults).await;
 
     let first = &summary.outcomes[0];
     assert_eq!(first.attempts, 1);
@@ -202,8 +234,8 @@ async fn without_retries_a_transient_failure_fails_only_its_slice() {
 async fn access_denied_is_not_retried() {
     let case = Case::new("orders_clean");
     let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
-    store.denied_reads.store(1, Ordering::SeqCst);
-    let summary = run(&backfill, &["2024-01-01"], &quick_retries(3)).await;
+    let faults = move || store.denied_reads.store(1, Ordering::SeqCst);
+    let summary = run_with_faults(&backfill, &["2024-01-01"], &quick_retries(3), faults).await;
     let only = &summary.outcomes[0];
     assert_eq!(
         only.attempts, 1,
@@ -266,7 +298,6 @@ impl Clock for ManualClock {
 async fn retries_back_off_exponentially_with_jitter() {
     let case = Case::new("orders_clean");
     let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
-    store.failing_reads.store(3, Ordering::SeqCst);
     let base = Duration::from_secs(600);
     let options = RunOptions {
         concurrency: Some(1),
@@ -275,7 +306,8 @@ async fn retries_back_off_exponentially_with_jitter() {
         clock: ManualClock::new(),
         ..RunOptions::default()
     };
-    let summary = run(&backfill, &["2024-01-01"], &options).await;
+    let faults = move || store.failing_reads.store(3, Ordering::SeqCst);
+    let summary = run_with_faults(&backfill, &["2024-01-01"], &options, faults).await;
     assert!(
         matches!(summary.outcomes[0].status, SliceOutcome::Committed { .. }),
         "{summary:#?}"
@@ -316,7 +348,6 @@ async fn retries_back_off_exponentially_with_jitter() {
 async fn a_hung_attempt_times_out_and_is_retried() {
     let case = Case::new("orders_clean");
     let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
-    store.hanging_reads.store(1, Ordering::SeqCst);
     let options = RunOptions {
         concurrency: Some(1),
         retries: 1,
@@ -324,7 +355,8 @@ async fn a_hung_attempt_times_out_and_is_retried() {
         clock: ManualClock::new(),
         ..RunOptions::default()
     };
-    let summary = run(&backfill, &["2024-01-02"], &options).await;
+    let faults = move || store.hanging_reads.store(1, Ordering::SeqCst);
+    let summary = run_with_faults(&backfill, &["2024-01-02"], &options, faults).await;
     assert!(
         matches!(summary.outcomes[0].status, SliceOutcome::Committed { .. }),
         "{summary:#?}"
@@ -343,6 +375,47 @@ async fn a_hung_attempt_times_out_and_is_retried() {
         other => panic!("the hung attempt should have failed, got {other:?}"),
     }
     assert_eq!(history.attempts.len(), 2);
+    assert_eq!(
+        case.stored("SELECT count(*) AS n FROM t").await,
+        case.expected("SELECT count(*) AS n FROM orders WHERE dt = '2024-01-02'")
+            .await
+    );
+}
+
+/// The planning before a run reads footers too, and may hang there: it gives the slice up
+/// after the slice timeout, and the slice plans again in its attempt, which commits it.
+#[tokio::test]
+async fn a_read_hung_while_planning_before_the_run_times_out_and_the_slice_still_runs() {
+    let case = Case::new("orders_clean");
+    let (store, backfill) = open_counted(&case.pipeline, &case.table).await;
+    store.hanging_reads.store(1, Ordering::SeqCst);
+    let options = RunOptions {
+        concurrency: Some(1),
+        retries: 0,
+        slice_timeout: Some(Duration::from_millis(500)),
+        clock: ManualClock::new(),
+        ..RunOptions::default()
+    };
+    let hangs_left_at_start = Arc::new(Mutex::new(None));
+    let seen = (store.clone(), hangs_left_at_start.clone());
+    let at_start = move || {
+        let left = seen.0.hanging_reads.load(Ordering::SeqCst);
+        *seen.1.lock().unwrap() = Some(left);
+    };
+    let running = run_with_faults(&backfill, &["2024-01-02"], &options, at_start);
+    let summary = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("no run waits forever on a hung read");
+    assert_eq!(
+        *hangs_left_at_start.lock().unwrap(),
+        Some(0),
+        "the planning before the run met the hung read"
+    );
+    assert!(
+        matches!(summary.outcomes[0].status, SliceOutcome::Committed { .. }),
+        "{summary:#?}"
+    );
+    assert_eq!(summary.outcomes[0].attempts, 1, "{summary:#?}");
     assert_eq!(
         case.stored("SELECT count(*) AS n FROM t").await,
         case.expected("SELECT count(*) AS n FROM orders WHERE dt = '2024-01-02'")

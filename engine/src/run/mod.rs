@@ -206,7 +206,10 @@ pub(crate) async fn run_pipelines(
         let plans = preflights.iter().map(|p| p.planned.as_slice());
         check_plan(expected, &crate::plan::hash_of(names.zip(plans)))?;
     }
-    let planned: Vec<_> = preflights.iter().flat_map(|l| l.planned.clone()).collect();
+    let every_plan = || preflights.iter().flat_map(|l| &l.planned);
+    // The checks and the estimate are about the slices to run; a rerun of a long history
+    // has none to copy.
+    let planned: Vec<_> = every_plan().filter(|p| p.will_run).cloned().collect();
     check_preflight(&planned, &options.budget)?;
     let cores = default_concurrency();
     let concurrency = options
@@ -234,9 +237,8 @@ pub(crate) async fn run_pipelines(
             .iter()
             .map(|m| m.backfill.pipeline.name.clone())
             .collect(),
-        slices: planned.len(),
-        to_run: planned
-            .iter()
+        slices: every_plan().count(),
+        to_run: every_plan()
             .filter(|p| p.will_run || !p.after.is_empty())
             .count(),
         concurrency,

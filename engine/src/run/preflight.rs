@@ -60,7 +60,8 @@ pub(crate) fn runs<'a>(
 impl Backfill {
     /// The pre-flight of a run of `slices`: every source one its cluster can read, if it
     /// has one; every slice planned before any starts. The plans are not kept: each slice
-    /// to run plans again when it starts, so it sees files that arrive in between. In a
+    /// to run plans again when it starts, so it sees files that arrive in between; one
+    /// whose planning outlasts the slice timeout is left to plan in its attempt. In a
     /// chained run, the upstream pipelines run the slices `running` first.
     pub(crate) async fn plan_run(
         self: &Arc<Self>,
@@ -77,7 +78,13 @@ impl Backfill {
         }
         let recorded = Arc::new(self.recorded(Summaries::Save).await?);
         let mut planned = self
-            .plan_slices(slices, &recorded, options.reprocess, PREFLIGHT_CONCURRENCY)
+            .plan_slices(
+                slices,
+                &recorded,
+                options.reprocess,
+                PREFLIGHT_CONCURRENCY,
+                options.slice_timeout,
+            )
             .await?;
         self.wait_for_upstream(&mut planned, running, options.reprocess);
         Ok(Preflight { recorded, planned })
