@@ -329,26 +329,28 @@ impl Bench {
         };
         if !folder.join("done").exists() {
             // A build cut short resumes: the run does only the slices not done yet.
-            let (summary, (wall, _)) = measured(run_everything()).await;
+            let (summary, took) = measured(run_everything()).await;
             let done = summary.committed() + summary.skipped();
             assert_eq!(done, self.slice_count, "{summary:?}");
-            let took = wall.as_secs_f64();
+            let took = took.wall.as_secs_f64();
             println!("built {} in {took:.1} s", folder.display());
             std::fs::write(folder.join("done"), "").unwrap();
         }
         println!(
-            "{:<9} {:>7} {:>9} {:>9}",
-            "command", "slices", "wall s", "cpu s"
+            "{:<9} {:>7} {:>9} {:>9} {:>9}",
+            "command", "slices", "wall s", "cpu s", "peak MB"
         );
-        let timed = |name: &str, times: Vec<(Duration, Duration)>| {
+        // The median run's times, and the most memory any run held.
+        let timed = |name: &str, times: Vec<Took>| {
             let mut times = times;
-            times.sort();
-            let (wall, cpu) = times[times.len() / 2];
+            times.sort_by_key(|took| took.wall);
+            let median = times[times.len() / 2];
+            let peak = times.iter().map(|took| took.peak_mb).fold(0.0, f64::max);
             println!(
-                "{name:<9} {:>7} {:>9.2} {:>9.2}",
+                "{name:<9} {:>7} {:>9.2} {:>9.2} {peak:>9.0}",
                 self.slice_count,
-                wall.as_secs_f64(),
-                cpu.as_secs_f64()
+                median.wall.as_secs_f64(),
+                median.cpu.as_secs_f64()
             );
         };
         let mut floors = Vec::new();
@@ -382,7 +384,6 @@ impl Bench {
         timed("plan", plans);
         timed("status", statuses);
         timed("rerun", reruns);
-        println!("peak MB {:.0}", peak_memory_mb());
     }
 
     /// What any plan of the table must read: the source's listing, the Delta log (with
@@ -434,11 +435,33 @@ impl Bench {
     }
 }
 
-/// What `work` returns, with the wall and CPU time it took.
-async fn measured<T>(work: impl std::future::Future<Output = T>) -> (T, (Duration, Duration)) {
+/// What `work` returns, with the wall and CPU time it took and the most memory the
+/// process held meanwhile.
+async fn measured<T>(work: impl std::future::Future<Output = T>) -> (T, Took) {
+    reset_peak_memory();
     let (cpu, started) = (cpu_time(), Instant::now());
     let done = work.await;
-    (done, (started.elapsed(), cpu_time() - cpu))
+    let took = Took {
+        wall: started.elapsed(),
+        cpu: cpu_time() - cpu,
+        peak_mb: peak_memory_mb(),
+    };
+    (done, took)
+}
+
+#[derive(Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+    peak_mb: f64,
+}
+
+/// Starts a new measure of peak memory from what the process holds now, once what earlier
+/// work freed is handed back to the system: the floor's footers are not a command's.
+fn reset_peak_memory() {
+    // SAFETY: malloc_trim only releases free memory of glibc's heaps.
+    unsafe { libc::malloc_trim(0) };
+    std::fs::write("/proc/self/clear_refs", "5").expect("Linux resets the peak");
 }
 
 /// The bucket `name`, generated from `spec` on first use.
