@@ -77,8 +77,8 @@ impl SliceHistory {
 
     /// Folds in one attempt of run `run_id`.
     pub(crate) fn fold_attempt(&mut self, run_id: &str, attempt: &Attempt) {
-        let facts = self.slices.entry(attempt.slice.clone()).or_default();
         if attempt.attempt > 1 {
+            let facts = self.slices.entry(attempt.slice.clone()).or_default();
             facts.retries += 1;
         }
         let error = match &attempt.status {
@@ -86,10 +86,13 @@ impl SliceHistory {
             SliceOutcome::Committed { .. }
             | SliceOutcome::CommittedMeanwhile { .. }
             | SliceOutcome::Staged { .. } => None,
+            // Adds no facts: a rerun skipping thousands of done slices leaves the
+            // summary as it was.
             SliceOutcome::Skipped { .. }
             | SliceOutcome::Abandoned
             | SliceOutcome::Blocked { .. } => return,
         };
+        let facts = self.slices.entry(attempt.slice.clone()).or_default();
         if facts
             .last
             .as_ref()

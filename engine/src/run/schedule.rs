@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{millis, FinishedSlice, Observer, Run, RunEvent, RunSummary, WAITING_PER_SLOT};
@@ -141,8 +141,17 @@ impl Run {
                     (index, slice, slot)
                 }
             })
-            // Each slice on its own task, so slices compute on all cores at once.
-            .map(|(index, slice, slot)| tokio::spawn(self.clone().slice(index, slice, slot)))
+            // Each slice on its own task, so slices compute on all cores at once; a skipped
+            // slice is only told about, here (a rerun of a long history skips thousands).
+            .map(|(index, slice, slot)| {
+                let skipped = matches!(slot, Err(SliceOutcome::Skipped { .. }));
+                let task = self.clone().slice(index, slice, slot);
+                if skipped {
+                    task.map(Ok).left_future()
+                } else {
+                    tokio::spawn(task).right_future()
+                }
+            })
             .buffer_unordered(concurrency * (1 + WAITING_PER_SLOT))
             .map(|joined| {
                 joined.map_err(|e| Error::Internal(format!("a slice task panicked: {e}")))
