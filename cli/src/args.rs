@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use backfill_engine::clock::{Clock, SystemClock};
 use backfill_engine::pipeline::{self, location_to_url};
 use backfill_engine::project::{self, Project};
-use backfill_engine::{Backfill, OpenOptions, Reprocess, Selection};
+use backfill_engine::{Backfill, CatchUp, OpenOptions, Reprocess, Selection, Setting, Through};
 use clap::Args;
 
 /// Where slices compute.
@@ -69,15 +70,29 @@ impl ChoiceArgs {
     }
 }
 
-/// Which slices: an inclusive range of days or hours, keys, or both.
+/// Which slices: an inclusive range of days or hours, or a catch-up through a bound;
+/// keys; or both.
 #[derive(Args)]
 pub struct SelectionArgs {
-    /// First slice, inclusive: YYYY-MM-DD (daily) or YYYY-MM-DDTHH (hourly).
-    #[arg(long, requires = "end")]
+    /// First slice, inclusive: YYYY-MM-DD (daily) or YYYY-MM-DDTHH (hourly); with
+    /// --through, instead of the pipeline's `[slices] start`.
+    #[arg(long)]
     start: Option<String>,
     /// Last slice, inclusive.
-    #[arg(long, requires = "start")]
+    #[arg(long, requires = "start", conflicts_with = "through")]
     end: Option<String>,
+    /// Catch up: every slice from the pipeline's `[slices] start` (or --start) through
+    /// this day or hour, or through `now`: the last slice complete by now, less the
+    /// pipeline's `[slices] delay`. Slices with no source data yet are left for a later
+    /// catch-up (unless --allow-empty). `now` is the BACKFILL_NOW variable if set (an
+    /// RFC 3339 instant, for tests and replays), else the system clock.
+    #[arg(long, value_name = "now|DAY|HOUR")]
+    through: Option<String>,
+    /// With --through: check done slices for changed inputs (late files, corrected
+    /// partitions) only within the last N slices through the bound, so a catch-up's
+    /// cost follows N, not the history. Missing and failed slices run wherever they are.
+    #[arg(long, value_name = "N")]
+    lookback: Option<u32>,
     /// Slice keys, comma-separated; or keys of one dimension, `--keys tenant=acme,globex`
     /// (repeat it for each dimension; a dimension not named takes all of its keys).
     /// For list slices, defaults to the pipeline's keys.
@@ -86,16 +101,57 @@ pub struct SelectionArgs {
 }
 
 impl SelectionArgs {
-    pub fn selection(&self) -> Selection {
-        Selection {
-            range: self.start.clone().zip(self.end.clone()),
-            keys: self.keys.clone(),
+    pub fn selection(&self) -> anyhow::Result<Selection> {
+        if self.start.is_some() && self.end.is_none() && self.through.is_none() {
+            let message = "give {end} too, or {through} to catch up from it";
+            return Err(backfill_engine::Error::setting(&[Setting::Start], message).into());
         }
+        if self.lookback.is_some() && self.through.is_none() {
+            let message = "is how far back a catch-up looks: give {through} too";
+            return Err(backfill_engine::Error::setting(&[Setting::Lookback], message).into());
+        }
+        let catch_up = match &self.through {
+            Some(through) => Some(CatchUp {
+                start: self.start.clone(),
+                through: match through.as_str() {
+                    "now" => Through::Now(now()?),
+                    bound => Through::At(bound.to_string()),
+                },
+                lookback: self.lookback,
+            }),
+            None => None,
+        };
+        Ok(Selection {
+            range: self
+                .end
+                .clone()
+                .and_then(|end| Some((self.start.clone()?, end))),
+            keys: self.keys.clone(),
+            catch_up,
+        })
     }
 
     /// The selection, if one was given at all.
-    pub fn given(&self) -> Option<Selection> {
-        Some(self.selection()).filter(|selection| !selection.is_empty())
+    pub fn given(&self) -> anyhow::Result<Option<Selection>> {
+        Ok(Some(self.selection()?).filter(|selection| !selection.is_empty()))
+    }
+}
+
+/// The instant a catch-up through `now` takes as now: `BACKFILL_NOW`, or the system clock.
+fn now() -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    match std::env::var("BACKFILL_NOW") {
+        Ok(text) => {
+            let at = chrono::DateTime::parse_from_rfc3339(&text).map_err(|e| {
+                backfill_engine::Error::config(
+                    "BACKFILL_NOW",
+                    format!(
+                        "`{text}` is not an RFC 3339 instant such as 2024-01-11T06:00:00Z: {e}"
+                    ),
+                )
+            })?;
+            Ok(at.to_utc())
+        }
+        Err(_) => Ok(SystemClock.now()),
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! Exit codes: 0 all selected slices passed, 1 a slice failed (assertion or error) or the
 //! run could not proceed (or `diff --exit-code` found differences), 2 a usage or
-//! configuration error (nothing ran), 130 interrupted.
+//! configuration error (nothing ran), 75 another run holds the pipeline's lease
+//! (nothing ran; `EX_TEMPFAIL`: try again later), 130 interrupted.
 
 mod args;
 mod commands;
@@ -122,10 +123,15 @@ fn main() -> ExitCode {
         Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(error) => {
             eprintln!("error: {}", in_cli_words(&error));
-            let user = error
-                .downcast_ref::<backfill_engine::Error>()
-                .is_some_and(|e| e.fault() == Fault::User);
-            ExitCode::from(if user { 2 } else { 1 })
+            let engine = error.downcast_ref::<backfill_engine::Error>();
+            match engine {
+                Some(backfill_engine::Error::Busy { .. }) => {
+                    eprintln!("run the same command once that run ends, or with --wait");
+                    ExitCode::from(75)
+                }
+                Some(e) if e.fault() == Fault::User => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }
@@ -189,6 +195,8 @@ fn flag(setting: Setting) -> &'static str {
         Setting::OlderThan => "--older-than",
         Setting::NoRunInFlight => "--no-run-in-flight",
         Setting::ExpectedPlan => "--expect-plan",
+        Setting::Through => "--through",
+        Setting::Lookback => "--lookback",
     }
 }
 

@@ -104,6 +104,13 @@ impl Observer for Progress {
                 width = self.width()
             )),
             RunEvent::SliceFinished { pipeline, outcome } => self.finished(pipeline, outcome),
+            RunEvent::LeaseTakenOver { pipeline, from } => self.bar.suspend(|| {
+                eprintln!(
+                    "took over the lease of {pipeline} from {}: it expired (last renewed {}) without being given up",
+                    from.describe(),
+                    timestamp(&from.renewed_at)
+                )
+            }),
             RunEvent::StopRequested { by, requested_at } => self.bar.suspend(|| {
                 eprintln!(
                     "stopping: {by} asked at {} (backfill cancel); no new slices start, slices in flight finish",

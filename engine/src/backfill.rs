@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
+
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::Column;
 use datafusion::execution::{SessionState, TaskContext};
@@ -48,6 +50,7 @@ pub struct Backfill {
 struct Scope {
     selection: Selection,
     slices: Vec<Slice>,
+    lookback: Lookback,
 }
 
 /// Options for opening a pipeline that are not in its file.
@@ -93,7 +96,7 @@ pub struct SlicePlan {
     pub empty_sources: Vec<String>,
     pub source_fingerprint: String,
     pub state: SliceState,
-    /// Whether a run with the same `Reprocess` choice runs this slice.
+    /// Whether a run with the same choice of states (and catch-up) runs this slice.
     pub will_run: bool,
     /// Why the slice cannot run as its sources are now (a source file it reads is not
     /// valid Parquet, say); running it fails with this, and only it.
@@ -111,6 +114,57 @@ pub struct SlicePlan {
     pub after: Vec<UpstreamSlice>,
     /// What it reads of each Parquet source, as its commit records it.
     pub source_reads: Option<Reads>,
+    /// Whether its inputs were looked at: not for a done slice before a catch-up's
+    /// lookback, which the log alone calls done.
+    pub inputs_checked: bool,
+    /// A catch-up's slice with no source data yet: not run, as its data has not landed.
+    pub awaiting_data: bool,
+}
+
+/// How a catch-up plans its slices beyond their states ([`crate::slice::CatchUp`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Lookback {
+    /// Done slices that start before this are done as the log says, their inputs not
+    /// looked at.
+    pub(crate) checked_from: Option<NaiveDateTime>,
+    /// Slices without source data wait for it rather than run or stop the run.
+    pub(crate) data_awaited: bool,
+}
+
+impl Lookback {
+    /// The lookback of `selection`'s catch-up, if it is one, for `pipeline`.
+    pub(crate) fn of(pipeline: &Pipeline, selection: &Selection) -> Result<Lookback> {
+        let resolved = pipeline.slices.resolve(selection)?;
+        Ok(Lookback {
+            checked_from: pipeline.slices.checked_from(&resolved),
+            data_awaited: resolved.catch_up.is_some(),
+        })
+    }
+
+    /// Whether `slice`'s inputs are left unchecked.
+    fn trusts(&self, slice: &Slice) -> bool {
+        let window = slice.window.map(|(start, _)| start);
+        (self.checked_from.zip(window)).is_some_and(|(from, start)| start < from)
+    }
+
+    /// Leaves the slices of `plans` that have no source data to a later catch-up, unless
+    /// `allow_empty`.
+    pub(crate) fn await_data(&self, plans: &mut [SlicePlan], allow_empty: bool) {
+        if !self.data_awaited || allow_empty {
+            return;
+        }
+        // A slice after upstream slices of the run is decided at its gate, once they are.
+        let waiting = plans.iter_mut().filter(|plan| {
+            plan.will_run
+                && plan.after.is_empty()
+                && plan.unplanned.is_none()
+                && !plan.empty_sources.is_empty()
+        });
+        for plan in waiting {
+            plan.will_run = false;
+            plan.awaiting_data = true;
+        }
+    }
 }
 
 impl SlicePlan {
@@ -131,7 +185,7 @@ impl Serialize for SlicePlan {
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut plan = serializer.serialize_struct("SlicePlan", 12)?;
+        let mut plan = serializer.serialize_struct("SlicePlan", 14)?;
         plan.serialize_field("slice", &self.slice.key)?;
         plan.serialize_field("state", &self.state)?;
         plan.serialize_field("will_run", &self.will_run)?;
@@ -148,6 +202,12 @@ impl Serialize for SlicePlan {
         }
         plan.serialize_field("estimated_ms", &self.estimated_ms)?;
         plan.serialize_field("source_fingerprint", &self.source_fingerprint)?;
+        if !self.inputs_checked {
+            plan.serialize_field("inputs_checked", &false)?;
+        }
+        if self.awaiting_data {
+            plan.serialize_field("awaiting_data", &true)?;
+        }
         plan.serialize_field("sql", &self.sql)?;
         plan.end()
     }
@@ -195,10 +255,17 @@ impl Backfill {
         let scope = match options.scope {
             Some(selection) => Some(Scope {
                 slices: pipeline.cut(&selection)?,
+                lookback: Lookback::of(&pipeline, &selection)?,
                 selection,
             }),
             None => None,
         };
+        // A catch-up reads footers and lists only where it checks inputs: its cost
+        // follows its lookback, not the history.
+        let checked: Option<Vec<Slice>> = scope.as_ref().map(|scope| {
+            let checked = scope.slices.iter().filter(|s| !scope.lookback.trusts(s));
+            checked.cloned().collect()
+        });
         let unwritten: Vec<_> = upstreams
             .iter()
             .map(|u| (u.source.clone(), u.unwritten.clone()))
@@ -208,7 +275,7 @@ impl Backfill {
             &options.stores,
             options.request_retry,
             options.memory_limit,
-            scope.as_ref().map(|s| s.slices.as_slice()),
+            checked.as_deref(),
             &unwritten,
         );
         // The destination loads meanwhile; its errors still come after the transform's.
@@ -362,9 +429,21 @@ impl Backfill {
         concurrency: usize,
     ) -> Result<Vec<SlicePlan>> {
         let slices = self.slices(selection)?;
+        let lookback = self.lookback(selection)?;
         let recorded = Arc::new(self.recorded(Summaries::ReadOnly).await?);
-        self.plan_slices(slices, &recorded, reprocess, concurrency, None)
-            .await
+        let mut plans = self
+            .plan_slices(slices, &recorded, reprocess, lookback, concurrency, None)
+            .await?;
+        lookback.await_data(&mut plans, false);
+        Ok(plans)
+    }
+
+    /// How `selection` is planned if it is a catch-up.
+    pub(crate) fn lookback(&self, selection: &Selection) -> Result<Lookback> {
+        match &self.scope {
+            Some(scope) if scope.selection == *selection => Ok(scope.lookback),
+            _ => Lookback::of(&self.pipeline, selection),
+        }
     }
 
     /// Plans `slices`, `concurrency` at a time, each on a task of its own so that
@@ -377,11 +456,12 @@ impl Backfill {
         slices: Vec<Slice>,
         recorded: &Arc<Recorded>,
         reprocess: Reprocess,
+        lookback: Lookback,
         concurrency: usize,
         deadline: Option<Duration>,
     ) -> Result<Vec<SlicePlan>> {
         let ahead = self
-            .done_ahead(slices, recorded, reprocess, concurrency)
+            .done_ahead(slices, recorded, reprocess, lookback, concurrency)
             .await?;
         futures::stream::iter(ahead)
             .map(|ahead| {
@@ -424,19 +504,23 @@ impl Backfill {
             .await
     }
 
-    /// In order, the plan of each slice of `slices` that stays done ([`Backfill::still_done`]),
-    /// or the slice, to plan in full. Deciding that costs microseconds a slice, so the
-    /// slices are split among `tasks` tasks rather than given a task each.
+    /// In order, the plan of each slice of `slices` that stays done ([`Backfill::still_done`],
+    /// or before the `lookback`, [`Backfill::trusted_done`]), or the slice, to plan in
+    /// full. Deciding that costs microseconds a slice, so the slices are split among
+    /// `tasks` tasks rather than given a task each.
     async fn done_ahead(
         self: &Arc<Self>,
         slices: Vec<Slice>,
         recorded: &Arc<Recorded>,
         reprocess: Reprocess,
+        lookback: Lookback,
         tasks: usize,
     ) -> Result<Vec<std::result::Result<SlicePlan, Slice>>> {
-        let Some(listing) = self.listing_for(&slices, recorded, reprocess).await? else {
+        let checked = slices.iter().filter(|slice| !lookback.trusts(slice));
+        let listing = self.listing_for(checked, recorded, reprocess).await?;
+        if listing.is_none() && lookback.checked_from.is_none() {
             return Ok(slices.into_iter().map(Err).collect());
-        };
+        }
         let per_task = slices.len().div_ceil(tasks.max(1));
         let mut slices = slices.into_iter();
         let deciding: Vec<_> = std::iter::from_fn(|| {
@@ -448,8 +532,17 @@ impl Backfill {
             tokio::spawn(async move {
                 let mut ahead = Vec::with_capacity(chunk.len());
                 for slice in chunk {
-                    let done = backfill.still_done(&slice, &recorded, &listing, reprocess);
-                    ahead.push(done.await?.ok_or(slice));
+                    let done = match &listing {
+                        _ if lookback.trusts(&slice) => {
+                            backfill.trusted_done(&slice, &recorded, reprocess).await?
+                        }
+                        Some(listing) => {
+                            let done = backfill.still_done(&slice, &recorded, listing, reprocess);
+                            done.await?
+                        }
+                        None => None,
+                    };
+                    ahead.push(done.ok_or(slice));
                 }
                 Ok::<_, Error>(ahead)
             })
@@ -470,11 +563,11 @@ impl Backfill {
     /// finds their files in.
     async fn listing_for(
         &self,
-        slices: &[Slice],
+        slices: impl Iterator<Item = &Slice>,
         recorded: &Recorded,
         reprocess: Reprocess,
     ) -> Result<Option<Arc<Listing>>> {
-        let mut committed = slices.iter().filter_map(|s| recorded.ledger.get(&s.key));
+        let mut committed = slices.filter_map(|s| recorded.ledger.get(&s.key));
         if reprocess.done || !committed.any(|c| c.record.reads.is_some()) {
             return Ok(None);
         }
@@ -510,15 +603,58 @@ impl Backfill {
             return Ok(None);
         }
         let reads = committed.record.reads.clone().expect("reads were found");
+        let empty_sources = (reads.keys())
+            .filter(|source| !files.iter().any(|f| &f.source == *source))
+            .cloned()
+            .collect();
+        let plan = self.done_plan(slice, state, files, source_fingerprint, Some(reads))?;
+        Ok(Some(SlicePlan {
+            empty_sources,
+            ..plan
+        }))
+    }
+
+    /// The plan of a done slice before a catch-up's lookback, from the log alone: its
+    /// inputs are not looked at, so it stays done unless the log says otherwise (its SQL
+    /// changed, its files are gone). `None` when it does not: it is planned in full.
+    async fn trusted_done(
+        &self,
+        slice: &Slice,
+        recorded: &Recorded,
+        reprocess: Reprocess,
+    ) -> Result<Option<SlicePlan>> {
+        let Some(committed) = recorded.ledger.get(&slice.key) else {
+            return Ok(None);
+        };
+        let record = &committed.record;
+        let state = self.state_of(slice, recorded, &record.source_fingerprint, reprocess);
+        let state = state.await?;
+        if !matches!(state, SliceState::Done { .. }) || reprocess.wants(&state) {
+            return Ok(None);
+        }
+        let fingerprint = record.source_fingerprint.clone();
+        let plan = self.done_plan(slice, state, vec![], fingerprint, record.reads.clone())?;
+        Ok(Some(SlicePlan {
+            inputs_checked: false,
+            ..plan
+        }))
+    }
+
+    /// The plan of `slice`, done and not run, reading `files`.
+    fn done_plan(
+        &self,
+        slice: &Slice,
+        state: SliceState,
+        files: Vec<SourceFile>,
+        source_fingerprint: String,
+        source_reads: Option<Reads>,
+    ) -> Result<SlicePlan> {
         let variables = slice.variables();
         let sql = template::render(&self.pipeline.sql, &variables, &self.pipeline.sql_origin)?;
-        Ok(Some(SlicePlan {
+        Ok(SlicePlan {
             slice: slice.clone(),
             sql,
-            empty_sources: (reads.keys())
-                .filter(|source| !files.iter().any(|f| &f.source == *source))
-                .cloned()
-                .collect(),
+            empty_sources: vec![],
             files,
             source_fingerprint,
             state,
@@ -528,8 +664,10 @@ impl Backfill {
             estimated_ms: None,
             reads: vec![],
             after: vec![],
-            source_reads: Some(reads),
-        }))
+            source_reads,
+            inputs_checked: true,
+            awaiting_data: false,
+        })
     }
 
     /// In a chained run, marks the slices of `plans` that read upstream slices the run
@@ -625,6 +763,8 @@ impl Backfill {
             reads: transform.reads,
             after: vec![],
             source_reads: transform.source_reads,
+            inputs_checked: true,
+            awaiting_data: false,
         };
         Ok((plan, transform.prepared))
     }
@@ -823,6 +963,8 @@ impl SlicePlan {
             reads: vec![],
             after: vec![],
             source_reads: None,
+            inputs_checked: true,
+            awaiting_data: false,
         }
     }
 

@@ -61,6 +61,11 @@ pub enum Error {
         transient: bool,
     },
 
+    /// Another run holds what this one needs (its pipeline's lease): nothing ran, and
+    /// the same command succeeds once that run ends.
+    #[error("{message}")]
+    Busy { message: String },
+
     /// A bug: an invariant of `backfill` itself did not hold.
     #[error("internal error (a bug in backfill): {0}")]
     Internal(String),
@@ -79,10 +84,12 @@ pub enum Setting {
     OlderThan,
     NoRunInFlight,
     ExpectedPlan,
+    Through,
+    Lookback,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 9] = [
+    pub const ALL: [Setting; 11] = [
         Setting::Start,
         Setting::End,
         Setting::Keys,
@@ -92,6 +99,8 @@ impl Setting {
         Setting::OlderThan,
         Setting::NoRunInFlight,
         Setting::ExpectedPlan,
+        Setting::Through,
+        Setting::Lookback,
     ];
 
     /// The name of the field that holds it in the engine's API.
@@ -106,6 +115,8 @@ impl Setting {
             Setting::OlderThan => "older_than",
             Setting::NoRunInFlight => "no_run_in_flight",
             Setting::ExpectedPlan => "expected_plan",
+            Setting::Through => "through",
+            Setting::Lookback => "lookback",
         }
     }
 }
@@ -260,6 +271,9 @@ impl Error {
                 message,
                 transient,
             } => Error::run_time(*transient, context, message),
+            Error::Busy { message } => Error::Busy {
+                message: message.clone(),
+            },
             Error::Internal(message) => Error::Internal(message.clone()),
         }
     }
@@ -268,7 +282,7 @@ impl Error {
         match self {
             Error::Config { .. } | Error::Setting { .. } | Error::Sql { .. } => Fault::User,
             Error::Assertion { .. } | Error::Data { .. } => Fault::Data,
-            Error::Execution { .. } => Fault::Environment,
+            Error::Execution { .. } | Error::Busy { .. } => Fault::Environment,
             Error::Internal(_) => Fault::Internal,
         }
     }

@@ -357,6 +357,8 @@ mod tests {
                 keys: vec![],
             },
             source_reads: None,
+            inputs_checked: true,
+            awaiting_data: false,
             sql: "SELECT 1".into(),
             files,
             empty_sources: if sizes.is_empty() {

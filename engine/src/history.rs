@@ -13,7 +13,10 @@
 //! of each slice is folded into summaries so that it costs the same after a thousand runs
 //! ([`summary`]).
 
+mod lease;
 mod summary;
+
+pub use lease::{Lease, LeaseHolder, Taking};
 
 pub use summary::SliceHistory;
 
@@ -499,6 +502,32 @@ fn attempts_named(name: &Path) -> usize {
 
 fn run_path(run_id: &str, name: &str) -> Path {
     Path::from(format!("{RUNS}/{run_id}/{name}"))
+}
+
+/// Who starts a run or asks one to stop: `BACKFILL_STARTED_BY` if it is set (a launcher
+/// such as the run page says whom it launches for), else `user@host` as the environment
+/// names them.
+pub fn who() -> String {
+    if let Some(said) = std::env::var("BACKFILL_STARTED_BY")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        return said;
+    }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "someone".to_string());
+    format!("{user}@{}", host())
+}
+
+/// This machine's name, as far as the environment says.
+pub fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown host".to_string())
 }
 
 #[cfg(test)]

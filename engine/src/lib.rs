@@ -40,5 +40,5 @@ pub use estimate::PlanOptions;
 pub use plan::Plan;
 pub use retry::RequestRetry;
 pub use run::{FinishedSlice, Observer, RunEvent, RunOptions, RunSummary};
-pub use slice::Selection;
+pub use slice::{CatchUp, Selection, Through};
 pub use states::{RebuildOutcome, Reprocess, SliceOutcome, SliceState};

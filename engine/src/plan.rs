@@ -57,10 +57,13 @@ impl Backfill {
         let cores = default_concurrency();
         let reprocess = options.reprocess;
         let recorded = Arc::new(self.recorded(Summaries::ReadOnly).await?);
-        let mut slices = self
-            .plan_slices(self.slices(selection)?, &recorded, reprocess, cores, None)
-            .await?;
+        let lookback = self.lookback(selection)?;
+        let slices = self.slices(selection)?;
+        let mut slices =
+            (self.plan_slices(slices, &recorded, reprocess, lookback, cores, None)).await?;
         self.wait_for_upstream(&mut slices, running, reprocess);
+        // As a run without `allow_empty` would.
+        lookback.await_data(&mut slices, false);
         let chosen = || chosen_concurrency(&slices, cores);
         let concurrency = options.concurrency.unwrap_or_else(chosen);
         let estimate = self

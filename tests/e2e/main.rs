@@ -4,6 +4,7 @@
 mod ambiguous;
 mod browser;
 mod cancel;
+mod catch_up;
 mod clean;
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -13,6 +14,7 @@ mod dimensions;
 mod events;
 mod faults;
 mod hostile;
+mod lease;
 mod newcomer;
 mod preflight;
 mod projects;

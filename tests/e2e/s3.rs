@@ -526,12 +526,12 @@ async fn s3_two_processes_committing_at_once_both_land() {
     case.assert_secret_never_shown().await;
 }
 
-/// The same command started twice as real processes, over storage slow enough that both
-/// read the log before either commits and then race on every slice: each slice is
-/// committed by one process, and the other says `committed meanwhile`, for every
-/// strategy that commits slice by slice.
+/// The same command started twice as real processes without the pipeline's lease, over
+/// storage slow enough that both read the log before either commits and then race on
+/// every slice: each slice is committed by one process, and the other says `committed
+/// meanwhile`, for every strategy that commits slice by slice.
 #[tokio::test]
-async fn s3_the_same_command_started_twice_commits_each_slice_once() {
+async fn s3_the_same_command_started_twice_without_the_lease_commits_each_slice_once() {
     for (pipeline, stored, expected) in [
         ("orders_clean", "SELECT order_id, dt FROM t ORDER BY order_id", "SELECT order_id, dt FROM orders WHERE dt <= '2024-01-02' ORDER BY order_id"),
         ("orders_append", "SELECT order_id FROM t ORDER BY order_id", "SELECT order_id FROM orders WHERE status = 'shipped' AND dt <= '2024-01-02' ORDER BY order_id"),
@@ -539,7 +539,7 @@ async fn s3_the_same_command_started_twice_commits_each_slice_once() {
     ] {
         let case = S3Case::new(pipeline).await;
         let slow = slow_proxy(&case.moto.endpoint, Duration::from_millis(40));
-        let range = ["--start", "2024-01-01", "--end", "2024-01-02", "--concurrency", "1", "--json"];
+        let range = ["--start", "2024-01-01", "--end", "2024-01-02", "--concurrency", "1", "--json", "--no-lease"];
         let spawn = || {
             let mut command = case.command_via(&slow, "run", &range);
             command.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -33,7 +33,7 @@ pub struct DiffArgs {
 pub async fn execute(args: DiffArgs) -> anyhow::Result<Outcome> {
     let here = args.project.load(&args.env)?;
     let there = args.project.load(&args.against)?;
-    let diff = here.diff(&there, &args.selection.selection()).await?;
+    let diff = here.diff(&there, &args.selection.selection()?).await?;
     match args.json {
         true => printer::json(&diff)?,
         false => print(&diff),

@@ -39,7 +39,7 @@ pub async fn execute(args: PlanArgs) -> anyhow::Result<Outcome> {
         #[cfg(feature = "cluster")]
         cluster: args.cluster.connect().await?,
     };
-    let selection = args.selection.selection();
+    let selection = args.selection.selection()?;
     let target = args.pipeline.target(&args.project, Some(selection.clone()));
     match target.await? {
         Target::Pipeline(backfill) => {

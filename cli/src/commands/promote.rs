@@ -35,7 +35,7 @@ pub async fn execute(args: PromoteArgs) -> anyhow::Result<Outcome> {
     let from = args.project.load(&args.from)?;
     let to = args.project.load(&args.to)?;
     let promotion = from
-        .promote(&to, &args.selection.selection(), &SystemClock)
+        .promote(&to, &args.selection.selection()?, &SystemClock)
         .await?;
     match args.json {
         true => printer::json(&promotion)?,

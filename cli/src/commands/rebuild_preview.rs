@@ -24,7 +24,7 @@ pub struct RebuildPreviewArgs {
 }
 
 pub async fn execute(args: RebuildPreviewArgs) -> anyhow::Result<Outcome> {
-    let selection = args.selection.selection();
+    let selection = args.selection.selection()?;
     let backfill = args.pipeline.open(Some(selection.clone())).await?;
     let preview = backfill.rebuild_preview(&selection).await?;
     match (&args.sql, args.json) {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use backfill_engine::estimate::Budget;
-use backfill_engine::run::{Observer, Stop};
+use backfill_engine::run::{LeaseWait, Observer, Stop};
 use backfill_engine::slice::{describe_spans, spans};
 use backfill_engine::{RunOptions, RunSummary, SliceOutcome};
 use clap::Args;
@@ -62,6 +62,16 @@ pub struct RunArgs {
     /// before any slice starts.
     #[arg(long, value_name = "HASH")]
     expect_plan: Option<String>,
+    /// While another run holds the pipeline's lease, wait for it (at most this long, e.g.
+    /// 30m) instead of exiting at once with code 75.
+    #[arg(long, value_name = "LIMIT", num_args = 0..=1, default_missing_value = "1h",
+          value_parser = humantime::parse_duration, conflicts_with = "no_lease")]
+    wait: Option<std::time::Duration>,
+    /// Run without taking the pipeline's lease, even while another run holds it. Still
+    /// safe (each slice commits once, as the Delta log decides); the two runs may compute
+    /// the same slices twice.
+    #[arg(long)]
+    no_lease: bool,
     /// Print a JSON summary instead of a line per slice.
     #[arg(long)]
     json: bool,
@@ -84,7 +94,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
     // An unreachable scheduler stops the run before anything is opened or written.
     #[cfg(feature = "cluster")]
     let cluster = args.cluster.connect().await?;
-    let selection = args.selection.selection();
+    let selection = args.selection.selection()?;
     let target = args
         .pipeline
         .target(&args.project, Some(selection.clone()))
@@ -102,6 +112,11 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<Outcome> {
             max_slices: args.max_slices,
         },
         expected_plan: args.expect_plan,
+        lease: match (args.no_lease, args.wait) {
+            (true, _) => LeaseWait::Ignore,
+            (false, Some(limit)) => LeaseWait::Wait(limit),
+            (false, None) => LeaseWait::Refuse,
+        },
         #[cfg(feature = "cluster")]
         cluster,
         ..RunOptions::default()

@@ -25,7 +25,7 @@ pub struct StatusArgs {
 }
 
 pub async fn execute(args: StatusArgs) -> anyhow::Result<Outcome> {
-    let chosen = args.selection.given();
+    let chosen = args.selection.given()?;
     match args.pipeline.target(&args.project, chosen.clone()).await? {
         Target::Pipeline(backfill) => {
             let status = backfill.status(chosen.as_ref()).await?;

@@ -6,6 +6,7 @@ use backfill_engine::ledger::{Committed, OtherWriters};
 use backfill_engine::plan::Counts;
 use backfill_engine::project::{PipelinePlan, ProjectPlan};
 use backfill_engine::sink::rebuild::Replaced;
+use backfill_engine::slice::{describe_spans, spans};
 use backfill_engine::{Plan, SlicePlan, SliceState};
 
 use super::{count, human_bytes, human_duration, timestamp};
@@ -72,9 +73,17 @@ pub fn row(p: &SlicePlan) -> [String; 7] {
             timestamp(staged_at)
         ),
     };
-    let detail = match p.empty_sources.as_slice() {
-        [] => detail,
-        empty => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
+    let detail = match (p.empty_sources.as_slice(), p.awaiting_data) {
+        ([], _) => detail,
+        (empty, true) => format!(
+            "no source data yet ({}): a later catch-up runs it {detail}",
+            empty.join(", ")
+        ),
+        (empty, false) => format!("NO SOURCE DATA ({}) {detail}", empty.join(", ")),
+    };
+    let detail = match p.inputs_checked {
+        true => detail,
+        false => format!("{detail}; inputs not checked (before the lookback)"),
     };
     let detail = match (&p.problem, &p.unplanned) {
         (_, Some(why)) => format!("NOT PLANNED: {why}; a run plans it again"),
@@ -145,6 +154,25 @@ pub fn notes(plan: &Plan) -> Vec<String> {
     if empty > 0 {
         notes.push(format!(
             "{empty} slices to run have no source data: run refuses to start unless --allow-empty"
+        ));
+    }
+    let keys = planned.iter().map(|p| p.slice.key.as_str());
+    let waiting: std::collections::HashSet<&str> = (planned.iter())
+        .filter(|p| p.awaiting_data)
+        .map(|p| p.slice.key.as_str())
+        .collect();
+    let awaiting = spans(keys, |key| waiting.contains(key));
+    if !awaiting.is_empty() {
+        notes.push(format!(
+            "no source data yet, left for a later catch-up (or --allow-empty): {}",
+            describe_spans(&awaiting)
+        ));
+    }
+    let unchecked = planned.iter().filter(|p| !p.inputs_checked).count();
+    if unchecked > 0 {
+        notes.push(format!(
+            "{} before the lookback: done as the log says, their inputs not checked",
+            count(unchecked, "slice")
         ));
     }
     if let Some(swap) = &plan.rebuild {

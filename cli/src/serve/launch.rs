@@ -121,6 +121,7 @@ impl Environment {
         let selection = Selection {
             range,
             keys: listed(keys),
+            catch_up: None,
         };
         Ok((pipelines, Some(selection).filter(|s| !s.is_empty())))
     }

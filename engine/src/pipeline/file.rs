@@ -47,6 +47,8 @@ pub(super) struct RawSlices {
     pub(super) column: Option<Spanned<OneOrMany>>,
     pub(super) keys: Option<Spanned<Vec<Spanned<RawKey>>>>,
     pub(super) manifest: Option<Spanned<String>>,
+    pub(super) start: Option<Spanned<String>>,
+    pub(super) delay: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) dimensions: Vec<Spanned<RawDimension>>,
 }

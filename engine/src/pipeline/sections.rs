@@ -16,7 +16,7 @@ use super::{
     is_identifier, Assertion, Destination, Output, Source, SourceFormat, SqlStart, Strategy,
     Upstreams,
 };
-use crate::error::Result;
+use crate::error::{Result, Setting};
 use crate::slice::{KeyDimension, SliceKind, SliceSpec, BUILT_IN_VARIABLES};
 
 /// The pipeline's name: letters, digits, `_` and `-`.
@@ -204,6 +204,7 @@ pub(super) fn slice_spec(at: &Locator, raw: Spanned<RawSlices>, base: &Path) -> 
         }
         None => {}
     }
+    history(at, raw.start, raw.delay, &mut spec, span.clone())?;
     for raw in raw.dimensions {
         let (dimension, keys) = dimension(at, raw, base, &spec)?;
         spec.keyed.push(dimension);
@@ -222,6 +223,50 @@ pub(super) fn slice_spec(at: &Locator, raw: Spanned<RawSlices>, base: &Path) -> 
         dimension.keys = checked.transpose()?;
     }
     Ok(spec)
+}
+
+/// The time dimension's history start and delay (`[slices] start`, `delay`), which only a
+/// time dimension has.
+fn history(
+    at: &Locator,
+    start: Option<Spanned<String>>,
+    delay: Option<Spanned<String>>,
+    spec: &mut SliceSpec,
+    span: std::ops::Range<usize>,
+) -> Result<()> {
+    let Some(time) = &mut spec.time else {
+        return match start.is_some() || delay.is_some() {
+            true => Err(at.error(
+                span,
+                "slices: `start` and `delay` are for days or hours; these slices have none",
+            )),
+            false => Ok(()),
+        };
+    };
+    if let Some(start) = start {
+        let text = start.get_ref();
+        time.kind.bounds(text, Setting::Start).map_err(|_| {
+            at.error(
+                start.span(),
+                format!(
+                    "slices.start: `{text}` is not a day (YYYY-MM-DD) or an hour (YYYY-MM-DDTHH)"
+                ),
+            )
+        })?;
+        time.start = Some(text.clone());
+    }
+    if let Some(delay) = delay {
+        time.delay = humantime::parse_duration(delay.get_ref()).map_err(|e| {
+            at.error(
+                delay.span(),
+                format!(
+                    "slices.delay: `{}` is not a duration such as \"2h\" or \"30min\": {e}",
+                    delay.get_ref()
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The kind `[slices]` names, and the partition columns it owns.

@@ -75,6 +75,12 @@ pub enum RunEvent {
         by: String,
         requested_at: chrono::DateTime<chrono::Utc>,
     },
+    /// The run took over a pipeline's lease that had expired: its holder was killed, or
+    /// lost its machine, without giving it up.
+    LeaseTakenOver {
+        pipeline: String,
+        from: crate::history::LeaseHolder,
+    },
     /// One pipeline's part of the run ended: its summary.
     PipelineEnded { summary: RunSummary },
     /// The run ended.

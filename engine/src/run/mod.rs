@@ -27,6 +27,7 @@ pub mod events;
 mod executor;
 mod finish;
 pub(crate) mod gates;
+mod leases;
 mod preflight;
 mod rebuild;
 mod schedule;
@@ -38,10 +39,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backfill::{Backfill, Recorded};
+use crate::backfill::{Backfill, Lookback, Recorded};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, Setting};
 use crate::estimate::{check_preflight, chosen_concurrency, default_concurrency, Budget, Estimate};
+pub use crate::history::{host, who};
 use crate::history::{History, SliceHistory};
 use crate::ledger::SwapManifest;
 use crate::sink::strategy::Publishing;
@@ -50,12 +52,12 @@ use crate::states::Reprocess;
 use crate::upstream::UpstreamSlice;
 pub use events::{Observer, Phase, RunEvent, RunStatus, Silent};
 use gates::Gates;
+pub use leases::LeaseWait;
 pub(crate) use preflight::runs;
 use preflight::Preflight;
 pub(crate) use schedule::Slots;
 pub use summary::{FinishedSlice, RunSummary};
 use tokio_util::sync::CancellationToken;
-pub use watch::{host, who};
 
 /// How a run behaves, beyond which slices it runs.
 #[derive(Debug, Clone)]
@@ -86,6 +88,8 @@ pub struct RunOptions {
     /// The hash of the plan the run was confirmed on (`Plan::hash`): if the pre-flight
     /// decides anything else, the run is refused before any slice starts.
     pub expected_plan: Option<String>,
+    /// What the run does while another run holds a pipeline's lease.
+    pub lease: LeaseWait,
     /// The cluster slices' transforms run on, instead of this process.
     #[cfg(feature = "cluster")]
     pub cluster: Option<crate::cluster::Cluster>,
@@ -131,6 +135,7 @@ impl Default for RunOptions {
             clock: Arc::new(SystemClock),
             budget: Budget::default(),
             expected_plan: None,
+            lease: LeaseWait::Refuse,
             #[cfg(feature = "cluster")]
             cluster: None,
         }
@@ -176,29 +181,53 @@ impl Backfill {
 /// One pipeline of a run, with its slices, cut once from its selection.
 pub(crate) struct Member {
     pub(crate) backfill: Arc<Backfill>,
-    /// The selection as people write it, for the run history.
+    /// The selection as people write it, for the run history: a catch-up's range as
+    /// this pipeline resolved it.
     pub(crate) selection: String,
     pub(crate) slices: Vec<Slice>,
+    pub(crate) lookback: Lookback,
 }
 
 impl Member {
     pub(crate) fn new(backfill: Arc<Backfill>, selection: &Selection) -> Result<Member> {
         Ok(Member {
             slices: backfill.slices(selection)?,
-            selection: selection.describe(),
+            selection: backfill.pipeline.slices.resolve(selection)?.describe(),
+            lookback: backfill.lookback(selection)?,
             backfill,
         })
     }
 }
 
 /// Runs `members`, a pipeline alone or a project's pipelines upstream first, as one run:
-/// one pre-flight over every slice before any starts, one run id, the same slots to
-/// compute in, and downstream slices waiting for the upstream slices they read. Returns
-/// the run id and each pipeline's summary, in the order given.
+/// each pipeline's lease taken, one pre-flight over every slice before any starts, one
+/// run id, the same slots to compute in, and downstream slices waiting for the upstream
+/// slices they read; the leases given up at the end. Returns the run id and each
+/// pipeline's summary, in the order given.
 pub(crate) async fn run_pipelines(
     members: Vec<Member>,
     options: &RunOptions,
     observer: Arc<dyn Observer>,
+) -> Result<(String, Vec<RunSummary>)> {
+    let run_id = new_run_id(options.clock.now());
+    let leases = leases::take(&members, &run_id, options, observer.as_ref()).await?;
+    let ran = async {
+        for member in members.iter().filter(|_| !leases.is_empty()) {
+            member.backfill.sink.read_latest().await?;
+        }
+        run_leased(members, options, observer, run_id).await
+    };
+    let ran = ran.await;
+    leases::release(leases).await;
+    ran
+}
+
+/// [`run_pipelines`] once the leases are taken.
+async fn run_leased(
+    members: Vec<Member>,
+    options: &RunOptions,
+    observer: Arc<dyn Observer>,
+    run_id: String,
 ) -> Result<(String, Vec<RunSummary>)> {
     let preflights = preflight::plan_all(&members, options).await?;
     if let Some(expected) = &options.expected_plan {
@@ -227,7 +256,6 @@ pub(crate) async fn run_pipelines(
     );
     let chained = members.iter().any(|m| !m.backfill.upstreams.is_empty());
     let gates = chained.then(|| Arc::new(Gates::new(preflight::all_slices(&members))));
-    let run_id = new_run_id(options.clock.now());
     let in_flight = watch::InFlight::around(observer, concurrency);
     let observer: Arc<dyn Observer> = in_flight.clone();
     let slots = Slots::new(concurrency, observer.clone());
@@ -330,7 +358,10 @@ impl Run {
         // state is recorded only once they are done.
         let not_run = planned
             .iter()
-            .map(|p| (!p.will_run && p.after.is_empty()).then(|| p.state.name()))
+            .map(|p| match p.awaiting_data {
+                true => Some("no source data yet"),
+                false => (!p.will_run && p.after.is_empty()).then(|| p.state.name()),
+            })
             .collect();
         let unplanned = planned.iter().map(|p| p.unplanned.is_some()).collect();
         let backfill = member.backfill.clone();

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{Member, RunOptions, PREFLIGHT_CONCURRENCY};
-use crate::backfill::{Backfill, Recorded, SlicePlan};
+use crate::backfill::{Backfill, Lookback, Recorded, SlicePlan};
 use crate::error::Result;
 use crate::ledger::Summaries;
 use crate::slice::Slice;
@@ -27,7 +27,7 @@ pub(super) async fn plan_all(members: &[Member], options: &RunOptions) -> Result
     for member in members {
         let backfill = &member.backfill;
         let preflight = backfill
-            .plan_run(member.slices.clone(), options, &running)
+            .plan_run(member.slices.clone(), member.lookback, options, &running)
             .await?;
         running.extend(runs(&backfill.pipeline.name, &preflight.planned));
         preflights.push(preflight);
@@ -66,6 +66,7 @@ impl Backfill {
     pub(crate) async fn plan_run(
         self: &Arc<Self>,
         mut slices: Vec<Slice>,
+        lookback: Lookback,
         options: &RunOptions,
         running: &HashSet<UpstreamSlice>,
     ) -> Result<Preflight> {
@@ -82,11 +83,13 @@ impl Backfill {
                 slices,
                 &recorded,
                 options.reprocess,
+                lookback,
                 PREFLIGHT_CONCURRENCY,
                 options.slice_timeout,
             )
             .await?;
         self.wait_for_upstream(&mut planned, running, options.reprocess);
+        lookback.await_data(&mut planned, options.budget.allow_empty);
         Ok(Preflight { recorded, planned })
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Observer, RunEvent, RunOptions};
-use crate::history::{Heartbeat, History, SlotsInUse, HEARTBEAT_EVERY};
+use crate::history::{host, Heartbeat, History, SlotsInUse, HEARTBEAT_EVERY};
 
 /// How often a run looks for a stop request.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -166,32 +166,6 @@ impl Observer for InFlight {
         }
         self.observer.on(event);
     }
-}
-
-/// Who starts a run or asks one to stop: `BACKFILL_STARTED_BY` if it is set (a launcher
-/// such as the run page says whom it launches for), else `user@host` as the environment
-/// names them.
-pub fn who() -> String {
-    if let Some(said) = std::env::var("BACKFILL_STARTED_BY")
-        .ok()
-        .filter(|s| !s.is_empty())
-    {
-        return said;
-    }
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "someone".to_string());
-    format!("{user}@{}", host())
-}
-
-/// This machine's name, as far as the environment says.
-pub fn host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "unknown host".to_string())
 }
 
 #[cfg(test)]

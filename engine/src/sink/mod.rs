@@ -252,6 +252,28 @@ impl Sink {
         Ok(exists.then_some(table))
     }
 
+    /// Moves this sink's view of the table to its latest version if others committed
+    /// since it was read, as a run does once it holds its pipeline's lease: it decides
+    /// from the log as the run before it left it. Costs one listing of the log when
+    /// nothing moved.
+    pub(crate) async fn read_latest(&self) -> Result<()> {
+        let mut view = self.view.lock().await;
+        if let Some(table) = &view.table {
+            let latest = table.get_latest_version().await;
+            let latest = latest.context(|| format!("reading the Delta log of {}", self.url))?;
+            if Some(latest) == view.version() {
+                return Ok(());
+            }
+        }
+        let latest = self.reload().await?;
+        if latest.as_ref().map(|t| t.version()) != view.table.as_ref().map(|t| t.version()) {
+            view.table = latest;
+            // Listed before those commits, the listing would miss their files.
+            *self.data_files_at_open.lock().expect("not poisoned") = None;
+        }
+        Ok(())
+    }
+
     /// Lets DataFusion sessions of `runtime` read the destination's files (staged output,
     /// for assertions and merges), unless a store for that bucket is registered already.
     pub fn register_store(&self, runtime: &datafusion::execution::runtime_env::RuntimeEnv) {

@@ -70,6 +70,32 @@ pub struct Selection {
     /// `dimension=key` choosing keys of one dimension, each key after it choosing more of
     /// the same dimension (`tenant=acme`, `globex`).
     pub keys: Vec<String>,
+    /// A range each pipeline ends where its data is complete: set instead of `range`,
+    /// which [`SliceSpec::resolve`] then fills in for a pipeline.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// A catch-up (`--through`): every slice from a start through a bound, and how far back
+/// done slices are checked for changed inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The first slice; `None` for the pipeline's history start (`[slices] start`).
+    pub start: Option<String>,
+    pub through: Through,
+    /// Done slices are checked for changed inputs only within the last `lookback` time
+    /// slices through the bound; `None`: all of them. Missing and failed slices run
+    /// wherever they are, as the log tells them without reading any source.
+    pub lookback: Option<u32>,
+}
+
+/// Where a catch-up ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Through {
+    /// The last slice complete at this instant (as the run's clock read it), less the
+    /// pipeline's `[slices] delay`.
+    Now(chrono::DateTime<chrono::Utc>),
+    /// The slice of this day or hour (a day is all of its hours).
+    At(String),
 }
 
 impl Selection {
@@ -77,25 +103,37 @@ impl Selection {
     pub fn range(start: impl Into<String>, end: impl Into<String>) -> Selection {
         Selection {
             range: Some((start.into(), end.into())),
-            keys: vec![],
+            ..Selection::default()
         }
     }
 
     /// Slices named by their keys; none: every key of the pipeline file.
     pub fn keys(keys: Vec<String>) -> Selection {
-        Selection { range: None, keys }
+        Selection {
+            keys,
+            ..Selection::default()
+        }
     }
 
     /// Whether anything was selected at all.
     pub fn is_empty(&self) -> bool {
-        self.range.is_none() && self.keys.is_empty()
+        self.range.is_none() && self.keys.is_empty() && self.catch_up.is_none()
     }
 
     /// The selection as a run's history records it: `2024-01-01..2024-01-31`, the keys,
     /// or both (`2024-01-01..2024-01-31 tenant=acme`).
     pub fn describe(&self) -> String {
         let keys = self.keys.join(",");
-        match (&self.range, keys.is_empty()) {
+        let range = self.range.clone().or_else(|| {
+            let catch_up = self.catch_up.as_ref()?;
+            let through = match &catch_up.through {
+                Through::Now(now) => format!("{}", now.format("%Y-%m-%dT%H:%M:%SZ")),
+                Through::At(bound) => bound.clone(),
+            };
+            let start = catch_up.start.clone();
+            Some((start.unwrap_or_else(|| "start".to_string()), through))
+        });
+        match (&range, keys.is_empty()) {
             (Some((start, end)), true) => format!("{start}..{end}"),
             (Some((start, end)), false) => format!("{start}..{end} {keys}"),
             (None, true) => "the pipeline's keys".to_string(),
@@ -121,6 +159,7 @@ impl Selection {
         (bound(start) && bound(end)).then(|| Selection {
             range: Some((start.to_string(), end.to_string())),
             keys: keys.collect(),
+            catch_up: None,
         })
     }
 
@@ -135,6 +174,7 @@ impl Selection {
     /// dimensions: a day bounding a range is each of its hours for an hourly pipeline, an
     /// hour the day it falls on for a daily one; a pipeline without a time dimension
     /// takes no range, and keys chosen for a dimension it does not have are not its own.
+    /// A catch-up is each pipeline's own, resolved when its slices are cut.
     pub fn for_spec(&self, spec: &SliceSpec) -> Selection {
         let range = match (&self.range, &spec.time) {
             (Some((start, end)), Some(time)) => Some(time.kind.range(start, end)),
@@ -143,6 +183,7 @@ impl Selection {
         Selection {
             range,
             keys: spec.own_keys(&self.keys),
+            catch_up: spec.time.as_ref().and(self.catch_up.clone()),
         }
     }
 }
@@ -284,6 +325,14 @@ impl SliceKind {
             self.window(&first, setting)?.0,
             self.window(&last, setting)?.1,
         ))
+    }
+
+    /// How long one time slice of this kind is.
+    pub(crate) fn length(self) -> Duration {
+        match self {
+            SliceKind::Hourly => Duration::hours(1),
+            SliceKind::Daily | SliceKind::List => Duration::days(1),
+        }
     }
 
     fn window(self, key: &str, setting: Setting) -> Result<(NaiveDateTime, NaiveDateTime)> {

@@ -7,9 +7,9 @@
 //! each key dimension named (`2024-01-31/tenant=acme/region=eu`), with `%` and `/` inside
 //! a key written `%25` and `%2F` so that any key reads back.
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDateTime, Timelike};
 
-use super::{Selection, Slice, SliceKind, TimeCell, MAX_CELLS};
+use super::{Selection, Slice, SliceKind, Through, TimeCell, MAX_CELLS};
 use crate::error::{Error, Result, Setting};
 
 /// The time dimension: days or hours.
@@ -19,6 +19,31 @@ pub struct TimeDimension {
     pub kind: SliceKind,
     /// Its partition columns: the day's, then for hourly slices the hour's.
     pub columns: Vec<String>,
+    /// The first slice of the pipeline's history (`[slices] start`, a day or an hour),
+    /// where a catch-up starts unless told otherwise.
+    pub start: Option<String>,
+    /// How long after a slice ends its data is complete (`[slices] delay`): a catch-up
+    /// through now leaves out the slices that ended less than this ago.
+    pub delay: std::time::Duration,
+}
+
+impl TimeDimension {
+    /// The key of the last slice that ended, and whose data is complete, by `now`.
+    fn last_complete(&self, now: chrono::DateTime<chrono::Utc>) -> String {
+        let delay = chrono::Duration::from_std(self.delay).unwrap_or(chrono::Duration::MAX);
+        let settled = now.naive_utc() - delay;
+        let length = self.kind.length();
+        // The slice holding `settled` has not ended: the one before it has.
+        let current = match self.kind {
+            SliceKind::Hourly => settled.date().and_hms_opt(settled.hour(), 0, 0),
+            SliceKind::Daily | SliceKind::List => settled.date().and_hms_opt(0, 0, 0),
+        };
+        let last = current.expect("a whole hour exists") - length;
+        match self.kind {
+            SliceKind::Hourly => last.format("%Y-%m-%dT%H").to_string(),
+            SliceKind::Daily | SliceKind::List => last.date().to_string(),
+        }
+    }
 }
 
 /// A dimension of keys (tenants, regions).
@@ -103,7 +128,12 @@ impl SliceSpec {
     pub fn of_kind(kind: SliceKind, columns: Vec<String>, keys: Option<Vec<Key>>) -> SliceSpec {
         match kind {
             SliceKind::Daily | SliceKind::Hourly => SliceSpec {
-                time: Some(TimeDimension { kind, columns }),
+                time: Some(TimeDimension {
+                    kind,
+                    columns,
+                    start: None,
+                    delay: std::time::Duration::ZERO,
+                }),
                 keyed: vec![],
             },
             SliceKind::List => SliceSpec {
@@ -144,9 +174,72 @@ impl SliceSpec {
         time.chain(keyed).collect::<Vec<_>>().join(" × ")
     }
 
+    /// The selection with its catch-up resolved for these slices: the range from the
+    /// catch-up's start (or the history's) through its bound, which for `now` is the last
+    /// slice complete by then, less the delay. A selection without one is as it was.
+    pub fn resolve(&self, selection: &Selection) -> Result<Selection> {
+        let Some(catch_up) = selection
+            .catch_up
+            .as_ref()
+            .filter(|_| selection.range.is_none())
+        else {
+            return Ok(selection.clone());
+        };
+        let Some(time) = &self.time else {
+            return Err(Error::setting(
+                &[Setting::Through],
+                format!(
+                    "{} slices have no days or hours to catch up on; name their keys in {{keys}}",
+                    self.describe()
+                ),
+            ));
+        };
+        let start = catch_up.start.clone().or_else(|| time.start.clone());
+        let start = start.ok_or_else(|| {
+            Error::setting(
+                &[Setting::Through],
+                "catching up needs a first slice: give {start}, or `start` in the pipeline file's [slices]",
+            )
+        })?;
+        let (first, _) = time.kind.bounds(&start, Setting::Start)?;
+        let end = match &catch_up.through {
+            Through::Now(now) => time.last_complete(*now),
+            Through::At(bound) => bound.clone(),
+        };
+        let (_, last) = time.kind.bounds(&end, Setting::Through)?;
+        if last <= first {
+            let through = match &catch_up.through {
+                Through::Now(now) => format!(
+                    "now ({}), whose last complete slice is {end},",
+                    now.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+                Through::At(_) => end.clone(),
+            };
+            return Err(Error::setting(
+                &[Setting::Through],
+                format!("{{through}} {through} is before the first slice {start}: nothing to catch up on"),
+            ));
+        }
+        Ok(Selection {
+            range: Some((start, end)),
+            ..selection.clone()
+        })
+    }
+
+    /// Where a resolved catch-up with a lookback starts checking done slices' inputs: the
+    /// start of the last `lookback` time slices of its range.
+    pub fn checked_from(&self, selection: &Selection) -> Option<NaiveDateTime> {
+        let lookback = selection.catch_up.as_ref()?.lookback?;
+        let time = self.time.as_ref()?;
+        let (_, end) = selection.range.as_ref()?;
+        let (_, last) = time.kind.bounds(end, Setting::Through).ok()?;
+        Some(last - time.kind.length() * i32::try_from(lookback).unwrap_or(i32::MAX))
+    }
+
     /// Cuts a selection into slices, in order (time first, then each key dimension in
     /// the order of its keys), refusing anything malformed before work starts.
     pub fn cut(&self, selection: &Selection) -> Result<Vec<Slice>> {
+        let selection = &self.resolve(selection)?;
         let chosen = self.choose(&selection.keys)?;
         if !chosen.cells.is_empty() {
             let chose_more = selection.range.is_some()
@@ -609,6 +702,7 @@ mod tests {
         Selection {
             range: range.map(|(start, end)| (start.to_string(), end.to_string())),
             keys: keys.iter().map(|key| key.to_string()).collect(),
+            catch_up: None,
         }
     }
 
@@ -742,6 +836,71 @@ mod tests {
         tenants.keyed = vec![dimension("tenant", vec![Key::new("acme")])];
         assert_eq!(chosen.for_spec(&tenants).keys, ["tenant=acme", "gone"]);
         assert_eq!(chosen.for_spec(&spec()), chosen);
+    }
+
+    fn catch_up(through: Through, lookback: Option<u32>) -> Selection {
+        Selection {
+            catch_up: Some(crate::slice::CatchUp {
+                start: None,
+                through,
+                lookback,
+            }),
+            ..Selection::default()
+        }
+    }
+
+    fn now(at: &str) -> Through {
+        Through::Now(at.parse().unwrap())
+    }
+
+    #[test]
+    fn a_catch_up_through_now_ends_at_the_last_slice_complete_before_the_delay() {
+        let mut hourly =
+            SliceSpec::of_kind(SliceKind::Hourly, vec!["dt".into(), "hr".into()], None);
+        let time = hourly.time.as_mut().unwrap();
+        time.start = Some("2024-01-10".into());
+        time.delay = std::time::Duration::from_secs(90 * 60);
+        let range = |through| hourly.resolve(&catch_up(through, None)).unwrap().range;
+        let hours = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        // 12:29 less 90 minutes is 10:59: the hour of 10 has not ended, that of 09 has.
+        assert_eq!(
+            range(now("2024-01-11T12:29:00Z")),
+            hours("2024-01-10", "2024-01-11T09")
+        );
+        assert_eq!(
+            range(now("2024-01-11T12:30:00Z")),
+            hours("2024-01-10", "2024-01-11T10")
+        );
+        assert_eq!(
+            range(Through::At("2024-01-12".into())),
+            hours("2024-01-10", "2024-01-12")
+        );
+        let cut = hourly
+            .cut(&catch_up(now("2024-01-11T12:30:00Z"), None))
+            .unwrap();
+        assert_eq!(cut.len(), 24 + 11);
+
+        let resolved = hourly
+            .resolve(&catch_up(now("2024-01-11T12:30:00Z"), Some(3)))
+            .unwrap();
+        let from = hourly.checked_from(&resolved).unwrap();
+        assert_eq!(
+            from.to_string(),
+            "2024-01-11 08:00:00",
+            "hours 08, 09 and 10"
+        );
+
+        let early = hourly.resolve(&catch_up(now("2024-01-10T01:00:00Z"), None));
+        assert_eq!(
+            early.unwrap_err().to_string(),
+            "through: through now (2024-01-10T01:00:00Z), whose last complete slice is 2024-01-09T22, is before the first slice 2024-01-10: nothing to catch up on"
+        );
+        let list = SliceSpec::of_kind(SliceKind::List, vec!["tenant".into()], None);
+        let refused = list.resolve(&catch_up(now("2024-01-10T01:00:00Z"), None));
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("list slices have no days or hours to catch up on"));
     }
 
     #[test]
