@@ -91,7 +91,7 @@ pub struct SelectionArgs {
     /// With --through: check done slices for changed inputs (late files, corrected
     /// partitions) only within the last N slices through the bound, so a catch-up's
     /// cost follows N, not the history. Missing and failed slices run wherever they are.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     lookback: Option<u32>,
     /// Slice keys, comma-separated; or keys of one dimension, `--keys tenant=acme,globex`
     /// (repeat it for each dimension; a dimension not named takes all of its keys).
@@ -138,7 +138,7 @@ impl SelectionArgs {
 }
 
 /// The instant a catch-up through `now` takes as now: `BACKFILL_NOW`, or the system clock.
-fn now() -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+pub fn now() -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     match std::env::var("BACKFILL_NOW") {
         Ok(text) => {
             let at = chrono::DateTime::parse_from_rfc3339(&text).map_err(|e| {

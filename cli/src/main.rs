@@ -50,6 +50,10 @@ enum Command {
     /// Run the slices of the selection that are missing, changed or failed (or the
     /// states --reprocess chooses; all of them with --force).
     Run(commands::run::RunArgs),
+    /// Keep a pipeline (or a project) current: at every tick (--every 1h, or --cron),
+    /// catch it up through now as `run --through now` does; a tick while another run
+    /// holds the lease is skipped. Stops cleanly on Ctrl-C or SIGTERM.
+    Schedule(commands::schedule::ScheduleArgs),
     /// Show what the destination's Delta log and run history record of each slice: done
     /// (rows, compute time, run) or failed (its error) or missing, by default from the
     /// first to the last slice committed or attempted.
@@ -142,6 +146,7 @@ impl Command {
     fn writes(&self) -> bool {
         match self {
             Command::Run(_)
+            | Command::Schedule(_)
             | Command::Cancel(_)
             | Command::Clean(_)
             | Command::Promote(_)
@@ -173,7 +178,7 @@ fn end_quietly_when_the_reader_goes() {
 }
 
 /// The error and its causes, with the engine's run settings named by their flags.
-fn in_cli_words(error: &anyhow::Error) -> String {
+pub(crate) fn in_cli_words(error: &anyhow::Error) -> String {
     let causes = error.chain().map(
         |cause| match cause.downcast_ref::<backfill_engine::Error>() {
             Some(engine) => engine.worded(&|setting| flag(setting).to_string()),
@@ -197,6 +202,8 @@ fn flag(setting: Setting) -> &'static str {
         Setting::ExpectedPlan => "--expect-plan",
         Setting::Through => "--through",
         Setting::Lookback => "--lookback",
+        Setting::Every => "--every",
+        Setting::Cron => "--cron",
     }
 }
 
@@ -205,6 +212,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         Command::Validate(args) => commands::validate::execute(args).await,
         Command::Plan(args) => commands::plan::execute(args).await,
         Command::Run(args) => commands::run::execute(args).await,
+        Command::Schedule(args) => commands::schedule::execute(args).await,
         Command::Status(args) => commands::status::execute(args).await,
         Command::Cancel(args) => commands::cancel::execute(args).await,
         Command::History(args) => commands::history::execute(args).await,

@@ -262,10 +262,14 @@ impl Backfill {
         };
         // A catch-up reads footers and lists only where it checks inputs: its cost
         // follows its lookback, not the history.
-        let checked: Option<Vec<Slice>> = scope.as_ref().map(|scope| {
+        let with_lookback = scope.as_ref().filter(|s| s.lookback.checked_from.is_some());
+        let checked: Option<Vec<Slice>> = with_lookback.map(|scope| {
             let checked = scope.slices.iter().filter(|s| !scope.lookback.trusts(s));
             checked.cloned().collect()
         });
+        let inferred_from = checked
+            .as_deref()
+            .or(scope.as_ref().map(|s| s.slices.as_slice()));
         let unwritten: Vec<_> = upstreams
             .iter()
             .map(|u| (u.source.clone(), u.unwritten.clone()))
@@ -275,7 +279,7 @@ impl Backfill {
             &options.stores,
             options.request_retry,
             options.memory_limit,
-            checked.as_deref(),
+            inferred_from,
             &unwritten,
         );
         // The destination loads meanwhile; its errors still come after the transform's.

@@ -86,10 +86,12 @@ pub enum Setting {
     ExpectedPlan,
     Through,
     Lookback,
+    Every,
+    Cron,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 11] = [
+    pub const ALL: [Setting; 13] = [
         Setting::Start,
         Setting::End,
         Setting::Keys,
@@ -101,6 +103,8 @@ impl Setting {
         Setting::ExpectedPlan,
         Setting::Through,
         Setting::Lookback,
+        Setting::Every,
+        Setting::Cron,
     ];
 
     /// The name of the field that holds it in the engine's API.
@@ -117,6 +121,8 @@ impl Setting {
             Setting::ExpectedPlan => "expected_plan",
             Setting::Through => "through",
             Setting::Lookback => "lookback",
+            Setting::Every => "every",
+            Setting::Cron => "cron",
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod preview;
 pub mod project;
 pub mod retry;
 pub mod run;
+pub mod schedule;
 pub mod sink;
 pub mod slice;
 pub mod source;

@@ -264,3 +264,75 @@ async fn bad_catch_ups_are_refused_with_exit_2_and_nothing_written() {
     );
     assert!(!Path::new(&case.table).exists() && !list.table.exists());
 }
+
+#[tokio::test]
+async fn a_schedule_ticks_commits_what_lands_between_ticks_and_stops_on_sigterm() {
+    let case = case();
+    // The last day's data lands only after the first tick.
+    let (orders, held) = (
+        case.scratch.path("buckets/shop/orders/dt=2024-01-15"),
+        case.scratch.path("held-2024-01-15"),
+    );
+    std::fs::rename(&orders, &held).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    command
+        .args(case.args("schedule", &["--every", "1s", "--lookback", "3"]))
+        .env("BACKFILL_NOW", "2024-01-16T00:30:00Z");
+    let mut schedule = Watched::spawn(command);
+    let limit = std::time::Duration::from_secs(120);
+    let first = schedule.line_where(limit, |l| l.starts_with("tick "));
+    assert!(
+        first.contains("15 slices, 14 committed, 1 skipped, 0 failed"),
+        "{first}"
+    );
+
+    std::fs::rename(&held, &orders).unwrap();
+    let landed = schedule.line_where(limit, |l| {
+        l.starts_with("tick ") && !l.contains(" 0 committed")
+    });
+    assert!(
+        landed.contains("15 slices, 1 committed, 14 skipped, 0 failed"),
+        "{landed}"
+    );
+    // An idle tick: nothing left to do.
+    let idle = schedule.line_where(limit, |l| l.starts_with("tick "));
+    assert!(
+        idle.contains("15 slices, 0 committed, 15 skipped, 0 failed"),
+        "{idle}"
+    );
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &schedule.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, printed) = schedule.end_within(std::time::Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("schedule stopped"), "{printed}");
+    assert_eq!(case.committed_slices(), days(1, 15), "each day once");
+}
+
+#[tokio::test]
+async fn a_schedule_with_a_bad_cadence_or_pipeline_is_refused_at_once() {
+    let case = case();
+    for (rest, says) in [
+        (
+            &["--cron", "every hour"][..],
+            "--cron: `every hour` is not a cron expression",
+        ),
+        (&["--every", "soon"][..], "--every"),
+        (
+            &["--every", "1s", "--start", "2030-01-01"][..],
+            "nothing to catch up on",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(case.args("schedule", rest))
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{rest:?}: {printed}");
+        assert!(printed.contains(says), "{rest:?}: {printed}");
+    }
+    assert!(!case.table.exists());
+}

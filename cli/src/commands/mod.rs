@@ -13,6 +13,7 @@ pub mod promote;
 pub mod rebuild_preview;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod serve;
 pub mod show;
 pub mod status;

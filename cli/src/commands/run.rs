@@ -179,7 +179,7 @@ fn stop_on_ctrl_c(stop: Stop) {
     });
 }
 
-fn print(summary: &RunSummary) {
+pub(crate) fn print(summary: &RunSummary) {
     let blocked = match summary.blocked() {
         0 => String::new(),
         n => format!(", {n} blocked by upstream slices"),

@@ -38,7 +38,7 @@ pub(super) async fn take(
     };
     let mut taken = Vec::with_capacity(members.len());
     for member in members {
-        match take_one(member, run_id, deadline, observer).await {
+        match take_one(member, run_id, deadline, options, observer).await {
             Ok(lease) => taken.push(lease),
             Err(error) => {
                 release(taken).await;
@@ -53,6 +53,7 @@ async fn take_one(
     member: &Member,
     run_id: &str,
     deadline: Instant,
+    options: &RunOptions,
     observer: &dyn Observer,
 ) -> Result<Lease> {
     let pipeline = &member.backfill.pipeline.name;
@@ -72,7 +73,8 @@ async fn take_one(
                 }
                 return Ok(lease);
             }
-            Taking::Held(holder) if Instant::now() >= deadline => {
+            // Asked to stop while waiting (Ctrl-C): nothing ran.
+            Taking::Held(holder) if Instant::now() >= deadline || options.stop.is_stopping() => {
                 return Err(Error::lease_held(pipeline, &holder));
             }
             Taking::Held(_) => tokio::time::sleep(LOOK_EVERY).await,

@@ -119,6 +119,11 @@ impl Stop {
     pub fn is_stopping(&self) -> bool {
         self.starting.is_cancelled()
     }
+
+    /// Waits until the run is asked to stop starting slices.
+    pub async fn stopping(&self) {
+        self.starting.cancelled().await
+    }
 }
 
 impl Default for RunOptions {
