@@ -14,9 +14,11 @@
 //! ([`summary`]).
 
 mod lease;
+mod schedule;
 mod summary;
 
 pub use lease::{Lease, LeaseHolder, Taking};
+pub use schedule::ScheduleBeat;
 
 pub use summary::SliceHistory;
 

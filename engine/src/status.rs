@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::backfill::{Backfill, Recorded};
 use crate::error::Result;
 use crate::grid::Grid;
+use crate::history::ScheduleBeat;
 use crate::slice::Selection;
 
 /// A committed slice is flagged as skewed when it took longer than this many times the
@@ -47,6 +48,9 @@ pub struct Status {
     /// For slices over several dimensions, their states by dimension and their holes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grid: Option<Grid>,
+    /// The `backfill schedule` that keeps the pipeline current, if one ever did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleBeat>,
 }
 
 impl Backfill {
@@ -69,7 +73,9 @@ impl Backfill {
         let (done, failed) = (count("done"), count("failed"));
         let states = slices.iter().map(|s| (s.slice.as_str(), s.state));
         let grid = Grid::of(&self.pipeline().slices, states);
+        let schedule = self.history().schedule(&self.pipeline.name).await?;
         Ok(Status {
+            schedule,
             remaining: slices.len() - done,
             failed,
             done,

@@ -285,6 +285,35 @@ async fn a_schedule_ticks_commits_what_lands_between_ticks_and_stops_on_sigterm(
         first.contains("15 slices, 14 committed, 1 skipped, 0 failed"),
         "{first}"
     );
+    schedule.line_where(limit, |l| l.starts_with("next tick at "));
+    // `status`, its JSON and the run page say what the schedule is doing.
+    let status = case.ok("status", &[], 0);
+    let kept = format!(
+        "kept current by backfill schedule every 1s (pid {} on ",
+        schedule.pid()
+    );
+    assert!(status.contains(&kept), "{status}");
+    assert!(
+        status.contains(": 14 committed, 1 skipped, 0 failed"),
+        "{status}"
+    );
+    let beat = case.json("status", &[], 0)["schedule"].clone();
+    assert_eq!(beat["cadence"], "every 1s", "{beat}");
+    assert!(beat["last_run"].as_str().unwrap().len() > 10, "{beat}");
+    let (_server, address) = crate::serve::serve(&case, None);
+    let page = crate::serve::http(&address, "GET", "/status", &[]).body;
+    assert!(page.contains(&kept), "{page}");
+    let runs = crate::serve::http(&address, "GET", "/", &[]).body;
+    assert!(
+        runs.contains("through backfill schedule (every 1s)"),
+        "the schedule's runs, marked: {runs}"
+    );
+    let history = case.json("history", &[], 0);
+    let started_by = history[0]["started_by"].as_str().unwrap();
+    assert!(
+        started_by.ends_with(" through backfill schedule (every 1s)"),
+        "{history}"
+    );
 
     std::fs::rename(&held, &orders).unwrap();
     let landed = schedule.line_where(limit, |l| {
@@ -310,6 +339,12 @@ async fn a_schedule_ticks_commits_what_lands_between_ticks_and_stops_on_sigterm(
     assert_eq!(code, Some(0), "{printed}");
     assert!(printed.contains("schedule stopped"), "{printed}");
     assert_eq!(case.committed_slices(), days(1, 15), "each day once");
+    let status = case.ok("status", &[], 0);
+    assert!(
+        status.contains("backfill schedule every 1s (pid "),
+        "{status}"
+    );
+    assert!(status.contains(" stopped at "), "{status}");
 }
 
 #[tokio::test]
@@ -326,12 +361,11 @@ async fn a_schedule_with_a_bad_cadence_or_pipeline_is_refused_at_once() {
             "nothing to catch up on",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-            .args(case.args("schedule", rest))
-            .output()
-            .unwrap();
-        let printed = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{rest:?}: {printed}");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+        command.args(case.args("schedule", rest));
+        let limit = std::time::Duration::from_secs(60);
+        let (code, printed) = Watched::spawn(command).end_within(limit);
+        assert_eq!(code, Some(2), "{rest:?}: {printed}");
         assert!(printed.contains(says), "{rest:?}: {printed}");
     }
     assert!(!case.table.exists());

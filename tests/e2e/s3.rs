@@ -847,3 +847,43 @@ async fn s3_cancel_from_another_process_stops_the_run_and_the_same_command_finis
     );
     case.assert_secret_never_shown().await;
 }
+
+/// The lease relies on S3's create-only-if-absent (`If-None-Match: *`): of runs taking a
+/// pipeline's lease at the same instant, exactly one gets it, and the others are told who.
+#[tokio::test]
+async fn s3_of_runs_taking_a_pipelines_lease_at_once_exactly_one_gets_it() {
+    use backfill_engine::history::{History, Taking};
+    let moto = Moto::start();
+    moto.create_bucket("warehouse");
+    let history = History::new(moto.bucket("warehouse"));
+    let now = chrono::Utc::now();
+    let runs: Vec<String> = (0..8).map(|i| format!("run-{i}")).collect();
+    let takes = runs
+        .iter()
+        .map(|run| history.take_lease("orders_clean", run, now));
+    let taken = futures::future::join_all(takes).await;
+    let mut holders = Vec::new();
+    let mut leases = Vec::new();
+    for taking in taken {
+        match taking.unwrap() {
+            Taking::Taken(lease, None) => leases.push(lease),
+            Taking::Taken(_, Some(expired)) => panic!("nothing had expired: {expired:?}"),
+            Taking::Held(by) => holders.push(by.run_id),
+        }
+    }
+    assert_eq!(leases.len(), 1, "exactly one takes it");
+    assert_eq!(holders.len(), 7);
+    assert!(
+        holders.windows(2).all(|w| w[0] == w[1]),
+        "all name the one holder: {holders:?}"
+    );
+    leases.pop().unwrap().release().await.unwrap();
+    let next = history
+        .take_lease("orders_clean", "run-8", now)
+        .await
+        .unwrap();
+    assert!(
+        matches!(next, Taking::Taken(_, None)),
+        "released: taken at once"
+    );
+}

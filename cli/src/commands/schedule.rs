@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use backfill_engine::clock::{Clock, SystemClock};
 use backfill_engine::estimate::Budget;
-use backfill_engine::run::{LeaseWait, Silent, Stop};
+use backfill_engine::history::{History, ScheduleBeat};
+use backfill_engine::run::{who, LeaseWait, Silent, Stop};
 use backfill_engine::schedule::Cadence;
-use backfill_engine::{CatchUp, Error, Fault, RunOptions, Selection, Through};
+use backfill_engine::{CatchUp, Error, Fault, RunOptions, RunSummary, Selection, Through};
+use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::Outcome;
@@ -54,31 +56,35 @@ pub async fn execute(args: ScheduleArgs) -> anyhow::Result<Outcome> {
     };
     let stop = Stop::default();
     stop_on_signals(stop.clone());
+    let mut beat = Beat::new(&args, cadence.describe())?;
     println!("schedule: catching up through now {}", cadence.describe());
-    let mut first = true;
     loop {
         let tick = SystemClock.now();
+        let first = beat.first();
+        beat.ticking(tick).await;
         print!("tick {}: ", timestamp(&tick));
-        match run_once(&args, &stop).await {
-            Ok(()) => {}
+        let outcome = match run_once(&args, &stop, &beat.started_by).await {
+            Ok((run_id, outcome)) => (Some(run_id), outcome),
             Err(error) => {
                 let engine = error.downcast_ref::<Error>();
-                if let Some(Error::Busy { message }) = engine {
-                    println!("skipped: {message}");
-                } else if first && engine.is_some_and(|e| e.fault() == Fault::User) {
+                let said = match engine {
+                    Some(Error::Busy { message }) => format!("skipped: {message}"),
                     // A mistake in the pipeline or the options shows at once.
-                    println!("refused");
-                    return Err(error);
-                } else {
-                    println!("failed: {}", crate::in_cli_words(&error));
-                }
+                    Some(e) if first && e.fault() == Fault::User => {
+                        println!("refused");
+                        return Err(error);
+                    }
+                    _ => format!("failed: {}", crate::in_cli_words(&error)),
+                };
+                println!("{said}");
+                (None, said)
             }
-        }
-        first = false;
-        if stop.is_stopping() {
-            break;
-        }
-        let next = cadence.next_after(tick)?;
+        };
+        let next = (!stop.is_stopping())
+            .then(|| cadence.next_after(tick))
+            .transpose()?;
+        beat.ticked(outcome, next).await;
+        let Some(next) = next else { break };
         println!("next tick at {}", timestamp(&next));
         let wait = (next - SystemClock.now()).to_std().unwrap_or_default();
         tokio::select! {
@@ -86,12 +92,85 @@ pub async fn execute(args: ScheduleArgs) -> anyhow::Result<Outcome> {
             _ = stop.stopping() => break,
         }
     }
+    beat.stopped(SystemClock.now()).await;
     println!("schedule stopped");
     Ok(Outcome::Success)
 }
 
-/// One tick: a catch-up through now, refused while another run holds the lease.
-async fn run_once(args: &ScheduleArgs, stop: &Stop) -> anyhow::Result<()> {
+/// The schedule's account of itself, written next to each pipeline's history for
+/// `status` and the run page.
+struct Beat {
+    histories: Vec<(String, History)>,
+    beat: ScheduleBeat,
+    /// Who starts the schedule's runs, as their history records it.
+    started_by: String,
+}
+
+impl Beat {
+    fn new(args: &ScheduleArgs, cadence: String) -> anyhow::Result<Beat> {
+        let pipelines = args.pipeline.pipelines(&args.project)?;
+        let histories = pipelines.iter().map(|pipeline| {
+            let history = backfill_engine::sink::history_at(&pipeline.destination)?;
+            Ok::<_, anyhow::Error>((pipeline.name.clone(), history))
+        });
+        Ok(Beat {
+            histories: histories.collect::<anyhow::Result<_>>()?,
+            started_by: format!("{} through backfill schedule ({cadence})", who()),
+            beat: ScheduleBeat::starting(cadence, SystemClock.now()),
+        })
+    }
+
+    fn first(&self) -> bool {
+        self.beat.last_tick.is_none()
+    }
+
+    /// A tick starts; the first is not told, so a schedule refused at its first tick
+    /// (a mistake in the pipeline) writes nothing.
+    async fn ticking(&mut self, tick: DateTime<Utc>) {
+        let first = self.first();
+        self.beat.next_tick = None;
+        self.beat.last_tick = Some(tick);
+        if !first {
+            self.write().await;
+        }
+    }
+
+    async fn ticked(
+        &mut self,
+        (run, outcome): (Option<String>, String),
+        next: Option<DateTime<Utc>>,
+    ) {
+        self.beat.last_run = run;
+        self.beat.last_outcome = Some(outcome);
+        self.beat.next_tick = next;
+        self.write().await;
+    }
+
+    async fn stopped(&mut self, at: DateTime<Utc>) {
+        self.beat.next_tick = None;
+        self.beat.stopped_at = Some(at);
+        self.write().await;
+    }
+
+    /// Best effort: a schedule that cannot say how it is goes on ticking.
+    async fn write(&self) {
+        for (pipeline, history) in &self.histories {
+            if let Err(error) = history.write_schedule(pipeline, &self.beat).await {
+                eprintln!(
+                    "warning: could not write the schedule next to {pipeline}'s history: {error}"
+                );
+            }
+        }
+    }
+}
+
+/// One tick: a catch-up through now, refused while another run holds the lease. Its run
+/// and what it did.
+async fn run_once(
+    args: &ScheduleArgs,
+    stop: &Stop,
+    started_by: &str,
+) -> anyhow::Result<(String, String)> {
     let selection = Selection {
         catch_up: Some(CatchUp {
             start: args.start.clone(),
@@ -109,13 +188,15 @@ async fn run_once(args: &ScheduleArgs, stop: &Stop) -> anyhow::Result<()> {
             ..Budget::default()
         },
         lease: LeaseWait::Refuse,
+        started_by: Some(started_by.to_string()),
         ..RunOptions::default()
     };
     let target = args.pipeline.target(&args.project, Some(selection.clone()));
-    match target.await? {
+    let runs = match target.await? {
         Target::Pipeline(backfill) => {
             let summary = backfill.run(&selection, &options, Arc::new(Silent)).await?;
             super::run::print(&summary);
+            vec![summary]
         }
         Target::Project(project) => {
             let summary = project.run(&selection, &options, Arc::new(Silent)).await?;
@@ -124,9 +205,21 @@ async fn run_once(args: &ScheduleArgs, stop: &Stop) -> anyhow::Result<()> {
                 print!("  {}: ", run.pipeline);
                 super::run::print(run);
             }
+            summary.runs
         }
-    }
-    Ok(())
+    };
+    let sum = |of: fn(&RunSummary) -> usize| runs.iter().map(of).sum::<usize>();
+    let did = format!(
+        "{} committed, {} skipped, {} failed",
+        sum(RunSummary::committed),
+        sum(RunSummary::skipped),
+        sum(RunSummary::failed)
+    );
+    let run_id = runs
+        .first()
+        .map(|run| run.run_id.clone())
+        .unwrap_or_default();
+    Ok((run_id, did))
 }
 
 /// The first Ctrl-C or SIGTERM starts no new slice, lets the slices in flight finish,

@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 
+use backfill_engine::history::ScheduleBeat;
 use backfill_engine::slice::{describe_spans, spans};
 use backfill_engine::status::{SliceLine, Status, SKEW_FACTOR};
 
-use super::{human_bytes, human_duration, or_blank};
+use super::{human_bytes, human_duration, or_blank, timestamp};
 
 /// The columns of the status table, and which of them hold numbers.
 pub const COLUMNS: [&str; 9] = [
@@ -55,6 +56,7 @@ pub fn notes(status: &Status) -> Vec<String> {
         status.failed,
         status.remaining - status.failed
     )];
+    notes.extend(status.schedule.as_ref().map(schedule_note));
     if status.grid.is_some() {
         return notes; // the grid names the holes
     }
@@ -68,4 +70,37 @@ pub fn notes(status: &Status) -> Vec<String> {
         notes.push(format!("not done: {}", describe_spans(&not_done)));
     }
     notes
+}
+
+/// What the schedule keeping the pipeline current is doing, or that it stopped.
+fn schedule_note(beat: &ScheduleBeat) -> String {
+    let who = format!(
+        "backfill schedule {} (pid {} on {})",
+        beat.cadence, beat.pid, beat.host
+    );
+    let last = match (&beat.last_tick, &beat.last_outcome) {
+        (Some(tick), Some(outcome)) => {
+            let run = beat
+                .last_run
+                .as_deref()
+                .map(|run| format!("run {run}: "))
+                .unwrap_or_default();
+            format!("last tick at {}: {run}{outcome}", timestamp(tick))
+        }
+        (Some(tick), None) => format!("ticking since {}", timestamp(tick)),
+        (None, _) => "no tick yet".to_string(),
+    };
+    match (
+        beat.stopped_at,
+        beat.is_running(chrono::Utc::now()),
+        beat.next_tick,
+    ) {
+        (Some(at), _, _) => format!("{who} stopped at {}; {last}", timestamp(&at)),
+        (None, false, _) => format!("{who} is gone (killed, or its machine lost); {last}"),
+        (None, true, Some(next)) => format!(
+            "kept current by {who}: next tick at {}; {last}",
+            timestamp(&next)
+        ),
+        (None, true, None) => format!("kept current by {who}: {last}"),
+    }
 }

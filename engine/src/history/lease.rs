@@ -220,7 +220,7 @@ fn lease_path(pipeline: &str, generation: u64) -> Path {
 
 /// Whether process `pid` of this machine is running, and is the one that started at
 /// `start` when that is known.
-fn process_alive(pid: u32, start: Option<u64>) -> bool {
+pub(super) fn process_alive(pid: u32, start: Option<u64>) -> bool {
     if let Some((start, now)) = start.zip(started(pid)) {
         return start == now;
     }
@@ -241,7 +241,7 @@ fn process_alive(pid: u32, start: Option<u64>) -> bool {
 }
 
 /// When process `pid` started, in clock ticks since boot, where Linux's `/proc` says.
-fn started(pid: u32) -> Option<u64> {
+pub(super) fn started(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command's name, which may hold spaces and parentheses: the state is the
     // third field, the start time the twenty-second.

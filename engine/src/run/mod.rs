@@ -90,6 +90,8 @@ pub struct RunOptions {
     pub expected_plan: Option<String>,
     /// What the run does while another run holds a pipeline's lease.
     pub lease: LeaseWait,
+    /// Who started the run, as its history records it; `None`: [`who`].
+    pub started_by: Option<String>,
     /// The cluster slices' transforms run on, instead of this process.
     #[cfg(feature = "cluster")]
     pub cluster: Option<crate::cluster::Cluster>,
@@ -141,6 +143,7 @@ impl Default for RunOptions {
             budget: Budget::default(),
             expected_plan: None,
             lease: LeaseWait::Refuse,
+            started_by: None,
             #[cfg(feature = "cluster")]
             cluster: None,
         }

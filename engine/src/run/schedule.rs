@@ -99,7 +99,7 @@ impl Run {
             started_at: options.clock.now(),
             promoted_from: None,
             cluster: super::cluster_of(options),
-            started_by: Some(super::who()),
+            started_by: Some(options.started_by.clone().unwrap_or_else(super::who)),
         };
         self.send(RunEvent::PipelineStarted { header }).await?;
         self.record_skipped().await;
