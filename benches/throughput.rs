@@ -17,6 +17,7 @@
 //!   holds `--hours` committed hourly slices (built once, then kept), for what a long
 //!   history costs the commands that read it, next to the floor: listing the source,
 //!   loading the Delta log and reading every source file's footer, timed in the same run;
+//!   and a catch-up through the last slice with `--lookback 24`, as a scheduled tick;
 //! - `cells`: `history` over slices of two dimensions, `--days` × `--tenants` (a cell of
 //!   each day and tenant);
 //! - `cluster` (feature `cluster`): the `rows` backfill here, then on a Ballista cluster
@@ -41,7 +42,9 @@ use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::pipeline::Pipeline;
 use backfill_engine::run::{Observer, RunEvent};
 use backfill_engine::states::SliceOutcome;
-use backfill_engine::{pipeline, Backfill, OpenOptions, PlanOptions, RunOptions, Selection};
+use backfill_engine::{
+    pipeline, Backfill, CatchUp, OpenOptions, PlanOptions, RunOptions, Selection, Through,
+};
 use chrono::NaiveDate;
 
 const ROWS: &str = "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt \
@@ -357,6 +360,19 @@ impl Bench {
         let mut plans = Vec::new();
         let mut statuses = Vec::new();
         let mut reruns = Vec::new();
+        let mut catch_ups = Vec::new();
+        // The same slices caught up through their last one, done slices' inputs checked
+        // only within the last 24 time slices: what a scheduled tick costs.
+        let (start, end) = self.selection.range.clone().expect("a range");
+        let catch_up = Selection {
+            range: None,
+            keys: self.selection.keys.clone(),
+            catch_up: Some(CatchUp {
+                start: Some(start),
+                through: Through::At(end),
+                lookback: Some(24),
+            }),
+        };
         for _ in 0..repeat.max(1) {
             let (files, took) = measured(self.floor(&folder)).await;
             floors.push(took);
@@ -379,11 +395,22 @@ impl Bench {
             let (summary, took) = measured(run_everything()).await;
             assert_eq!(summary.skipped(), self.slice_count, "{summary:?}");
             reruns.push(took);
+
+            let caught_up = async {
+                let options = RunOptions::default();
+                let reporter = Arc::new(Finishes::new());
+                let opened = open(Some(catch_up.clone())).await;
+                opened.run(&catch_up, &options, reporter).await
+            };
+            let (summary, took) = measured(caught_up).await;
+            assert_eq!(summary.expect("catches up").skipped(), self.slice_count);
+            catch_ups.push(took);
         }
         timed("floor", floors);
         timed("plan", plans);
         timed("status", statuses);
         timed("rerun", reruns);
+        timed("catch-up", catch_ups);
     }
 
     /// What any plan of the table must read: the source's listing, the Delta log (with

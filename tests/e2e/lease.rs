@@ -1,5 +1,6 @@
 //! One run at a time per pipeline: the pipeline's lease, taken by exactly one of two runs
-//! started together, waited for with `--wait`, and taken over once its holder is killed.
+//! started together, waited for with `--wait`, taken over once its holder is killed, and
+//! a scheduled tick skipped while it is held.
 
 use std::time::Duration;
 
@@ -76,5 +77,32 @@ async fn the_lease_of_a_killed_run_is_taken_over_by_the_next_run_which_finishes_
     let taken = format!("took over the lease of orders_clean from run {id} (pid ");
     assert!(printed.contains(&taken), "{printed}");
     assert!(printed.contains("it expired"), "{printed}");
+    assert_eq!(case.committed_slices().len(), LONG_RUN_DAYS as usize);
+}
+
+#[tokio::test]
+async fn a_schedule_skips_its_tick_while_another_run_holds_the_lease() {
+    let case = Case::new("orders_clean");
+    long_run_bucket(&case);
+    let (holder, id) = start_long_run(&case);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    command
+        .args(case.args("schedule", &["--every", "1s", "--start", "2024-01-01"]))
+        .env("BACKFILL_NOW", "2024-03-31T01:00:00Z");
+    let mut schedule = Watched::spawn(command);
+    let limit = Duration::from_secs(120);
+    let tick = schedule.line_where(limit, |l| l.starts_with("tick "));
+    let skipped = format!("skipped: orders_clean is being run by run {id} (pid ");
+    assert!(tick.contains(&skipped), "{tick}");
+    schedule.line_where(limit, |l| l.starts_with("next tick at "));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &schedule.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, printed) = schedule.end_within(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{printed}");
+    let (code, printed) = holder.end_within(Duration::from_secs(300));
+    assert_eq!(code, Some(0), "the holder went on: {printed}");
     assert_eq!(case.committed_slices().len(), LONG_RUN_DAYS as usize);
 }
