@@ -723,3 +723,40 @@ async fn kill_9_during_a_promotion_then_the_same_command_finishes_it() {
         );
     }
 }
+
+/// A project catches up pipeline by pipeline: each through its own last slice, hourly
+/// ones by the hour, and a day whose events have not landed waits in both the hourly
+/// pipeline and the daily one reading it.
+#[tokio::test]
+async fn a_project_catches_up_each_pipeline_and_leaves_what_has_no_data_yet_for_later() {
+    let case = ProjectCase::new();
+    let runs = case.run(&["--start", "2024-01-01", "--through", "2024-01-02"], 0);
+    assert_eq!(committed(&runs["orders_clean"]).len(), 2);
+    assert_eq!(committed(&runs["hourly_events"]).len(), 48);
+    assert_eq!(committed(&runs["events_daily"]).len(), 2);
+
+    let caught_up = [
+        "--start",
+        "2024-01-01",
+        "--through",
+        "2024-01-03",
+        "--lookback",
+        "1",
+    ];
+    let runs = case.run(&caught_up, 0);
+    assert_eq!(committed(&runs["orders_clean"]), ["2024-01-03"]);
+    assert_eq!(committed(&runs["orders_daily"]), ["2024-01-03"]);
+    assert!(committed(&runs["hourly_events"]).is_empty());
+    assert!(committed(&runs["events_daily"]).is_empty());
+    let waiting = |pipeline: &str| {
+        let outcomes = runs[pipeline]["outcomes"].as_array().unwrap().iter();
+        let waiting = outcomes.filter(|o| o["state"] == "no source data yet");
+        waiting.count()
+    };
+    assert_eq!(
+        waiting("hourly_events"),
+        24,
+        "the day without events, by the hour"
+    );
+    assert_eq!(waiting("events_daily"), 1);
+}
