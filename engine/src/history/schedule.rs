@@ -49,7 +49,8 @@ impl ScheduleBeat {
     }
 
     /// Whether the schedule still runs as of `now`: not stopped, its process alive if on
-    /// this machine, and elsewhere not overdue for its next tick by more than a minute.
+    /// this machine, and elsewhere not overdue for its next tick by more than a minute. A
+    /// tick in progress elsewhere is taken as running: its run tells its own liveness.
     pub fn is_running(&self, now: DateTime<Utc>) -> bool {
         if self.stopped_at.is_some() {
             return false;
@@ -57,7 +58,9 @@ impl ScheduleBeat {
         if self.host == host() {
             return process_alive(self.pid, self.process_start);
         }
-        let due = self.next_tick.or(self.last_tick).unwrap_or(self.started_at);
+        let Some(due) = self.next_tick else {
+            return true;
+        };
         (now - due)
             .to_std()
             .map_or(true, |late| late <= PRESUMED_DEAD_AFTER)
@@ -78,4 +81,35 @@ impl History {
 
 fn schedule_path(pipeline: &str) -> Path {
     Path::from(format!("_backfill/schedules/{pipeline}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_elsewhere_is_gone_a_minute_after_a_tick_it_missed() {
+        let now: DateTime<Utc> = "2024-01-01T12:00:00Z".parse().unwrap();
+        let elsewhere = ScheduleBeat {
+            host: "another machine".into(),
+            next_tick: Some(now - chrono::Duration::seconds(60)),
+            ..ScheduleBeat::starting("every 1h".into(), now)
+        };
+        assert!(elsewhere.is_running(now));
+        assert!(!elsewhere.is_running(now + chrono::Duration::seconds(1)));
+        let ticking = ScheduleBeat {
+            next_tick: None,
+            ..elsewhere.clone()
+        };
+        assert!(ticking.is_running(now + chrono::Duration::hours(2)));
+        let stopped = ScheduleBeat {
+            stopped_at: Some(now),
+            ..ticking
+        };
+        assert!(!stopped.is_running(now));
+        assert!(
+            ScheduleBeat::starting("every 1h".into(), now).is_running(now),
+            "this process"
+        );
+    }
 }
