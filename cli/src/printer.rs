@@ -73,6 +73,16 @@ pub fn timestamp(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
+/// A run's takeover of `pipeline`'s expired lease from `from`, as `run` and `schedule`
+/// tell it.
+pub fn lease_taken_over(pipeline: &str, from: &backfill_engine::history::LeaseHolder) -> String {
+    format!(
+        "took over the lease of {pipeline} from {}: it expired (last renewed {}) without being given up",
+        from.describe(),
+        timestamp(&from.renewed_at)
+    )
+}
+
 /// An optional value as a cell: blank when absent.
 pub fn or_blank<T: ToString>(value: Option<T>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()

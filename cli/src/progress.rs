@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use backfill_engine::run::{FinishedSlice, Observer, RunEvent};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::printer::{count, human_bytes, human_duration, status_words, timestamp};
+use crate::printer::{
+    count, human_bytes, human_duration, lease_taken_over, status_words, timestamp,
+};
 
 /// Live progress: a bar on a terminal (hidden otherwise) and one line per finished slice.
 pub struct Progress {
@@ -104,13 +106,9 @@ impl Observer for Progress {
                 width = self.width()
             )),
             RunEvent::SliceFinished { pipeline, outcome } => self.finished(pipeline, outcome),
-            RunEvent::LeaseTakenOver { pipeline, from } => self.bar.suspend(|| {
-                eprintln!(
-                    "took over the lease of {pipeline} from {}: it expired (last renewed {}) without being given up",
-                    from.describe(),
-                    timestamp(&from.renewed_at)
-                )
-            }),
+            RunEvent::LeaseTakenOver { pipeline, from } => self
+                .bar
+                .suspend(|| eprintln!("{}", lease_taken_over(pipeline, from))),
             RunEvent::StopRequested { by, requested_at } => self.bar.suspend(|| {
                 eprintln!(
                     "stopping: {by} asked at {} (backfill cancel); no new slices start, slices in flight finish",

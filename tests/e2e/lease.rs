@@ -106,3 +106,34 @@ async fn a_schedule_skips_its_tick_while_another_run_holds_the_lease() {
     assert_eq!(code, Some(0), "the holder went on: {printed}");
     assert_eq!(case.committed_slices().len(), LONG_RUN_DAYS as usize);
 }
+
+#[tokio::test]
+async fn a_schedule_takes_over_the_lease_of_a_killed_run_and_says_so() {
+    let case = Case::new("orders_clean");
+    long_run_bucket(&case);
+    let (killed, id) = start_long_run(&case);
+    let status = std::process::Command::new("kill")
+        .args(["-9", &killed.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    killed.end_within(Duration::from_secs(30));
+
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    command
+        .args(case.args("schedule", &["--every", "1h", "--start", "2024-01-01"]))
+        .env("BACKFILL_NOW", "2024-03-31T01:00:00Z");
+    let mut schedule = Watched::spawn(command);
+    let limit = Duration::from_secs(300);
+    let taken = format!("took over the lease of orders_clean from run {id} (pid ");
+    schedule.line_where(limit, |l| l.contains(&taken));
+    schedule.line_where(limit, |l| l.starts_with("next tick at "));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &schedule.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, printed) = schedule.end_within(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{printed}");
+    assert_eq!(case.committed_slices().len(), LONG_RUN_DAYS as usize);
+}

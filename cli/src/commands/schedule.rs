@@ -8,7 +8,7 @@ use std::time::Duration;
 use backfill_engine::clock::{Clock, SystemClock};
 use backfill_engine::estimate::Budget;
 use backfill_engine::history::{History, ScheduleBeat};
-use backfill_engine::run::{who, LeaseWait, Silent, Stop};
+use backfill_engine::run::{who, LeaseWait, Observer, RunEvent, Stop};
 use backfill_engine::schedule::Cadence;
 use backfill_engine::{CatchUp, Error, Fault, RunOptions, RunSummary, Selection, Through};
 use chrono::{DateTime, Utc};
@@ -194,12 +194,12 @@ async fn run_once(
     let target = args.pipeline.target(&args.project, Some(selection.clone()));
     let runs = match target.await? {
         Target::Pipeline(backfill) => {
-            let summary = backfill.run(&selection, &options, Arc::new(Silent)).await?;
+            let summary = backfill.run(&selection, &options, Arc::new(Told)).await?;
             super::run::print(&summary);
             vec![summary]
         }
         Target::Project(project) => {
-            let summary = project.run(&selection, &options, Arc::new(Silent)).await?;
+            let summary = project.run(&selection, &options, Arc::new(Told)).await?;
             println!();
             for run in &summary.runs {
                 print!("  {}: ", run.pipeline);
@@ -220,6 +220,17 @@ async fn run_once(
         .map(|run| run.run_id.clone())
         .unwrap_or_default();
     Ok((run_id, did))
+}
+
+/// What a tick tells as it runs, beside its summary: a lease it took over.
+struct Told;
+
+impl Observer for Told {
+    fn on(&self, event: &RunEvent) {
+        if let RunEvent::LeaseTakenOver { pipeline, from } = event {
+            println!("{}", crate::printer::lease_taken_over(pipeline, from));
+        }
+    }
 }
 
 /// The first Ctrl-C or SIGTERM starts no new slice, lets the slices in flight finish,
