@@ -330,11 +330,7 @@ async fn a_schedule_ticks_commits_what_lands_between_ticks_and_stops_on_sigterm(
         "{idle}"
     );
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &schedule.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    schedule.signal("TERM");
     let (code, printed) = schedule.end_within(std::time::Duration::from_secs(60));
     assert_eq!(code, Some(0), "{printed}");
     assert!(printed.contains("schedule stopped"), "{printed}");

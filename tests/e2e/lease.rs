@@ -13,6 +13,24 @@ fn spawn(case: &Case, more: &[&str]) -> Watched {
     Watched::spawn(command)
 }
 
+/// Starts the long run and kills it with SIGKILL once it has committed a slice: it can
+/// neither give its lease up nor stop renewing it gracefully. The run's id.
+fn killed_long_run(case: &Case) -> String {
+    let (killed, id) = start_long_run(case);
+    killed.signal("KILL");
+    killed.end_within(Duration::from_secs(30));
+    id
+}
+
+/// `backfill schedule` of the long run's days, ticking `every`, in another process.
+fn start_schedule(case: &Case, every: &str) -> Watched {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    command
+        .args(case.args("schedule", &["--every", every, "--start", "2024-01-01"]))
+        .env("BACKFILL_NOW", "2024-03-31T01:00:00Z");
+    Watched::spawn(command)
+}
+
 #[tokio::test]
 async fn of_two_runs_started_together_one_runs_and_the_other_names_it_and_exits_75() {
     let case = Case::new("orders_clean");
@@ -63,14 +81,7 @@ async fn a_run_told_to_wait_runs_once_the_holder_ends() {
 async fn the_lease_of_a_killed_run_is_taken_over_by_the_next_run_which_finishes_the_job() {
     let case = Case::new("orders_clean");
     long_run_bucket(&case);
-    let (killed, id) = start_long_run(&case);
-    // SIGKILL: the run can neither give its lease up nor stop renewing it gracefully.
-    let status = std::process::Command::new("kill")
-        .args(["-9", &killed.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    killed.end_within(Duration::from_secs(30));
+    let id = killed_long_run(&case);
 
     let (code, printed) = spawn(&case, &[]).end_within(Duration::from_secs(300));
     assert_eq!(code, Some(0), "{printed}");
@@ -85,21 +96,13 @@ async fn a_schedule_skips_its_tick_while_another_run_holds_the_lease() {
     let case = Case::new("orders_clean");
     long_run_bucket(&case);
     let (holder, id) = start_long_run(&case);
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
-    command
-        .args(case.args("schedule", &["--every", "1s", "--start", "2024-01-01"]))
-        .env("BACKFILL_NOW", "2024-03-31T01:00:00Z");
-    let mut schedule = Watched::spawn(command);
+    let mut schedule = start_schedule(&case, "1s");
     let limit = Duration::from_secs(120);
     let tick = schedule.line_where(limit, |l| l.starts_with("tick "));
     let skipped = format!("skipped: orders_clean is being run by run {id} (pid ");
     assert!(tick.contains(&skipped), "{tick}");
     schedule.line_where(limit, |l| l.starts_with("next tick at "));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &schedule.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    schedule.signal("TERM");
     let (code, printed) = schedule.end_within(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{printed}");
     let (code, printed) = holder.end_within(Duration::from_secs(300));
@@ -111,28 +114,14 @@ async fn a_schedule_skips_its_tick_while_another_run_holds_the_lease() {
 async fn a_schedule_takes_over_the_lease_of_a_killed_run_and_says_so() {
     let case = Case::new("orders_clean");
     long_run_bucket(&case);
-    let (killed, id) = start_long_run(&case);
-    let status = std::process::Command::new("kill")
-        .args(["-9", &killed.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    killed.end_within(Duration::from_secs(30));
+    let id = killed_long_run(&case);
 
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
-    command
-        .args(case.args("schedule", &["--every", "1h", "--start", "2024-01-01"]))
-        .env("BACKFILL_NOW", "2024-03-31T01:00:00Z");
-    let mut schedule = Watched::spawn(command);
+    let mut schedule = start_schedule(&case, "1h");
     let limit = Duration::from_secs(300);
     let taken = format!("took over the lease of orders_clean from run {id} (pid ");
     schedule.line_where(limit, |l| l.contains(&taken));
     schedule.line_where(limit, |l| l.starts_with("next tick at "));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &schedule.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    schedule.signal("TERM");
     let (code, printed) = schedule.end_within(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{printed}");
     assert_eq!(case.committed_slices().len(), LONG_RUN_DAYS as usize);

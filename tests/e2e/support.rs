@@ -148,6 +148,15 @@ impl Watched {
         self.child.id()
     }
 
+    /// Sends the process `signal` (`TERM`, `KILL`, …), as `kill -SIGNAL PID` does.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {}", self.pid());
+    }
+
     /// Ends the process (a server, say) and returns everything it printed.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();

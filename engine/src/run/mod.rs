@@ -220,8 +220,11 @@ pub(crate) async fn run_pipelines(
     let run_id = new_run_id(options.clock.now());
     let leases = leases::take(&members, &run_id, options, observer.as_ref()).await?;
     let ran = async {
-        for member in members.iter().filter(|_| !leases.is_empty()) {
-            member.backfill.sink.read_latest().await?;
+        // Under the lease, the run decides from the log as the run before it left it.
+        if !leases.is_empty() {
+            for member in &members {
+                member.backfill.sink.read_latest().await?;
+            }
         }
         run_leased(members, options, observer, run_id).await
     };
