@@ -293,8 +293,11 @@ async fn a_schedule_ticks_commits_what_lands_between_ticks_and_stops_on_sigterm(
         schedule.pid()
     );
     assert!(status.contains(&kept), "{status}");
+    // The last tick's counts: the first tick's, or, on a machine slow enough that another
+    // tick ran since, that one's (nothing new).
     assert!(
-        status.contains(": 14 committed, 1 skipped, 0 failed"),
+        status.contains(": 14 committed, 1 skipped, 0 failed")
+            || status.contains(": 0 committed, 15 skipped, 0 failed"),
         "{status}"
     );
     let beat = case.json("status", &[], 0)["schedule"].clone();
