@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench -p backfill-engine --bench throughput -- rows     [--days 8] [--rows 1000000]
 //! cargo bench -p backfill-engine --bench throughput -- distinct [--days 8] [--rows 1000000]
+//! cargo bench -p backfill-engine --bench throughput -- merge    [--days 60] [--rows 900]
 //! cargo bench -p backfill-engine --bench throughput -- hourly   [--hours 2016] [--rows 40]
 //! cargo bench -p backfill-engine --bench throughput -- history  [--hours 10080] [--rows 4]
 //! cargo bench -p backfill-engine --bench throughput -- cells    [--days 365] [--tenants 24]
@@ -11,6 +12,9 @@
 //!
 //! - `rows`: every order of a day, one column rewritten (overwrite by day);
 //! - `distinct`: per day and status, `count(*)`, `count(DISTINCT customer_id)`, `sum`, `avg`;
+//! - `merge`: the `rows` transform merged on `order_id` by day into a fresh table, then
+//!   merged again over it with every slice forced (every row an update), next to the same
+//!   two runs with `overwrite`;
 //! - `hourly`: `--hours` hourly slices of a few events each, aggregated per customer and
 //!   hour (overwrite by day and hour), for the fixed cost of a slice over a long run;
 //! - `history`: `plan`, `status` and a rerun with nothing to do, over a table whose log
@@ -41,12 +45,14 @@ use std::time::{Duration, Instant};
 use backfill_engine::fixtures::{generate, FixtureSpec};
 use backfill_engine::pipeline::Pipeline;
 use backfill_engine::run::{Observer, RunEvent};
-use backfill_engine::states::SliceOutcome;
+use backfill_engine::states::{Reprocess, SliceOutcome};
 use backfill_engine::{
     pipeline, Backfill, CatchUp, OpenOptions, PlanOptions, RunOptions, Selection, Through,
 };
 use chrono::NaiveDate;
 
+const OVERWRITE: &str = "strategy = \"overwrite\"";
+const MERGE: &str = "strategy = \"merge\"\nmerge_keys = [\"order_id\"]";
 const ROWS: &str = "SELECT order_id, customer_id, amount, upper(status) AS status, ordered_at, dt \
                     FROM orders WHERE dt = {{ slice }}";
 const DISTINCT: &str =
@@ -72,11 +78,14 @@ fn main() {
     let case = args
         .iter()
         .find(|a| {
-            ["rows", "distinct", "hourly", "history", "cells", "cluster"].contains(&a.as_str())
+            let cases = [
+                "rows", "distinct", "merge", "hourly", "history", "cells", "cluster",
+            ];
+            cases.contains(&a.as_str())
         })
         .cloned()
         .unwrap_or_else(|| {
-            panic!("name a case: rows, distinct, hourly, history, cells or cluster")
+            panic!("name a case: rows, distinct, merge, hourly, history, cells or cluster")
         });
     let repeat = option("--repeat", 5) as usize;
     let options = RunOptions {
@@ -109,6 +118,7 @@ fn main() {
                 source: ("events", "[\"dt\", \"hr\"]"),
                 slices: "kind = \"hourly\"".into(),
                 sql: HOURLY,
+                strategy: OVERWRITE,
                 selection: Selection::range(
                     first
                         .and_hms_opt(0, 0, 0)
@@ -140,12 +150,20 @@ fn main() {
                     keys.join(", ")
                 ),
                 sql: CELLS,
+                strategy: OVERWRITE,
                 selection: Selection::range(first.to_string(), last.to_string()),
                 slice_count: days as usize * tenants.len(),
             }
         }
         shape => {
-            let (days, rows) = (option("--days", 8) as u32, option("--rows", 1_000_000));
+            let (default_days, default_rows) = match shape {
+                "merge" => (60, 900),
+                _ => (8, 1_000_000),
+            };
+            let (days, rows) = (
+                option("--days", default_days) as u32,
+                option("--rows", default_rows),
+            );
             // A customer orders about four times a day: `count(DISTINCT)` has work to do.
             let spec = FixtureSpec {
                 customers: (rows / 4).max(1),
@@ -157,6 +175,7 @@ fn main() {
                 source: ("orders", "[\"dt\"]"),
                 slices: "kind = \"daily\"".into(),
                 sql: if shape == "distinct" { DISTINCT } else { ROWS },
+                strategy: if shape == "merge" { MERGE } else { OVERWRITE },
                 selection: Selection::range(first.to_string(), last.to_string()),
                 slice_count: days as usize,
             }
@@ -172,20 +191,25 @@ fn main() {
     if case == "history" || case == "cells" {
         return runtime.block_on(bench.history(&target, repeat));
     }
+    if case == "merge" {
+        return runtime.block_on(bench.merge_next_to_overwrite(&options, repeat));
+    }
     if case == "cluster" {
         #[cfg(feature = "cluster")]
         return cluster::compare(&bench, &runtime, &options, repeat);
         #[cfg(not(feature = "cluster"))]
         panic!("the cluster case needs --features cluster");
     }
-    let mut runs: Vec<Measured> = (0..repeat.max(1))
+    let runs: Vec<Measured> = (0..repeat.max(1))
         .map(|_| runtime.block_on(bench.run_once(&options)))
         .collect();
-    runs.sort_by_key(|run| run.wall);
-    let median = &runs[runs.len() / 2];
-    let (first_tenth, last_tenth) = median.tenths();
+    print_header();
+    bench.print_median(&case, runs);
+}
+
+fn print_header() {
     println!(
-        "{:<9} {:>7} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>9}",
+        "{:<15} {:>7} {:>8} {:>9} {:>9} {:>10} {:>12} {:>12} {:>9} {:>9}",
         "case",
         "slices",
         "commits",
@@ -197,20 +221,9 @@ fn main() {
         "peak MB",
         "table MB"
     );
-    println!(
-        "{case:<9} {:>7} {:>8} {:>9.2} {:>9.2} {:>10.1} {:>12.1} {:>12.1} {:>9.0} {:>9.1}",
-        bench.slice_count,
-        median.commits,
-        median.wall.as_secs_f64(),
-        median.cpu.as_secs_f64(),
-        median.wall.as_secs_f64() * 1000.0 / bench.slice_count as f64,
-        first_tenth,
-        last_tenth,
-        peak_memory_mb(),
-        mb(median.table_bytes),
-    );
 }
 
+#[derive(Clone)]
 struct Bench {
     bucket: PathBuf,
     /// The source's name and its partitioning.
@@ -218,6 +231,8 @@ struct Bench {
     /// The `[slices]` section's body.
     slices: String,
     sql: &'static str,
+    /// The `[destination]` section's strategy lines.
+    strategy: &'static str,
     selection: Selection,
     slice_count: usize,
 }
@@ -276,10 +291,61 @@ impl Observer for Finishes {
 }
 
 impl Bench {
+    /// The median of `runs`, by wall time, on one line.
+    fn print_median(&self, case: &str, mut runs: Vec<Measured>) {
+        runs.sort_by_key(|run| run.wall);
+        let median = &runs[runs.len() / 2];
+        let (first_tenth, last_tenth) = median.tenths();
+        println!(
+            "{case:<15} {:>7} {:>8} {:>9.2} {:>9.2} {:>10.1} {:>12.1} {:>12.1} {:>9.0} {:>9.1}",
+            self.slice_count,
+            median.commits,
+            median.wall.as_secs_f64(),
+            median.cpu.as_secs_f64(),
+            median.wall.as_secs_f64() * 1000.0 / self.slice_count as f64,
+            first_tenth,
+            last_tenth,
+            peak_memory_mb(),
+            mb(median.table_bytes),
+        );
+    }
+
+    /// Merge backfills next to overwrite backfills of the same slices, taking turns: each
+    /// into a fresh table, then again over it with every slice forced.
+    async fn merge_next_to_overwrite(&self, options: &RunOptions, repeat: usize) {
+        let forced = RunOptions {
+            reprocess: Reprocess::ALL,
+            ..options.clone()
+        };
+        let overwrite = Bench {
+            strategy: OVERWRITE,
+            ..self.clone()
+        };
+        let mut runs: [Vec<Measured>; 4] = Default::default();
+        for _ in 0..repeat.max(1) {
+            for (bench, fresh, again) in [(self, 0, 1), (&overwrite, 2, 3)] {
+                let destination = tempfile::tempdir().unwrap();
+                runs[fresh].push(bench.run_into(destination.path(), options).await);
+                runs[again].push(bench.run_into(destination.path(), &forced).await);
+            }
+        }
+        print_header();
+        let [merge, merge_again, overwrite_fresh, overwrite_again] = runs;
+        self.print_median("merge", merge);
+        self.print_median("merge again", merge_again);
+        self.print_median("overwrite", overwrite_fresh);
+        self.print_median("overwrite again", overwrite_again);
+    }
+
     /// One backfill of the selection into a fresh table, opening included.
     async fn run_once(&self, options: &RunOptions) -> Measured {
         let destination = tempfile::tempdir().unwrap();
-        let pipeline = self.pipeline(destination.path());
+        self.run_into(destination.path(), options).await
+    }
+
+    /// One backfill of the selection into `destination/table`, opening included.
+    async fn run_into(&self, destination: &Path, options: &RunOptions) -> Measured {
+        let pipeline = self.pipeline(destination);
         let (cpu_before, started) = (cpu_time(), Instant::now());
         let finishes = Arc::new(Finishes::new());
         let backfill = Arc::new(
@@ -300,7 +366,7 @@ impl Bench {
             cpu,
             finished,
             commits,
-            table_bytes: dir_bytes(destination.path()),
+            table_bytes: dir_bytes(destination),
         }
     }
 
@@ -452,11 +518,12 @@ impl Bench {
         let text = format!(
             "name = \"bench\"\n[sources.{source}]\nurl = \"{}\"\nformat = \"parquet\"\npartitioning = {partitioning}\n\
              [slices]\n{}\n[transform]\nsql = \"{}\"\n\
-             [destination]\nurl = \"{}\"\npartition_by = {partitioning}\nstrategy = \"overwrite\"\n",
+             [destination]\nurl = \"{}\"\npartition_by = {partitioning}\n{}\n",
             self.bucket.join(source).display(),
             self.slices,
             self.sql,
             folder.join("table").display(),
+            self.strategy,
         );
         pipeline::parse(&text, &folder.join("bench.toml")).expect("a valid pipeline")
     }

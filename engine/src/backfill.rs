@@ -317,7 +317,7 @@ impl Backfill {
             schema.clone(),
             destination?,
         )?;
-        sink.register_store(sources.runtime());
+        sink.share_runtime(sources.runtime().clone());
         let sql_fingerprint = source::fingerprint_text(&pipeline.sql);
         Ok(Backfill {
             pipeline,
@@ -1185,7 +1185,7 @@ fn check_columns(pipeline: &Pipeline, schema: &Schema) -> Result<()> {
             .index_of(column)
             .map_err(|_| missing(column, "destination.partition_by"))?;
     }
-    if let Some(keys) = crate::sink::strategy::of(&pipeline.destination.strategy).row_keys() {
+    if let Some(keys) = crate::sink::strategy::of(&pipeline.destination).row_keys() {
         for column in keys {
             schema
                 .index_of(column)

@@ -236,8 +236,15 @@ impl ExecutionPlan for WriteSliceExec {
         let schema = Arc::new(self.spec.schema.clone());
         let written = async move {
             // No storage options: an executor reaches storage with its own environment.
-            let written =
-                writing::write(&staging, &schema, &HashMap::new(), root.as_ref(), rows).await;
+            let written = writing::write(
+                &staging,
+                &schema,
+                &HashMap::new(),
+                root.as_ref(),
+                rows,
+                writing::TRANSFORM,
+            )
+            .await;
             let outcome = match written {
                 Ok(written) => {
                     tracing::info!(

@@ -112,6 +112,10 @@ impl std::fmt::Debug for StorageOptions {
 pub struct Destination {
     pub url: Url,
     pub partition_by: Vec<String>,
+    /// Whether every slice column is one of `partition_by`, so that each slice's rows have
+    /// partitions of their own: overwrite and slices over several dimensions require it,
+    /// and a merge then merges within a slice's partitions rather than across the table.
+    pub slices_own_partitions: bool,
     pub strategy: Strategy,
     pub storage_options: StorageOptions,
 }
@@ -121,7 +125,8 @@ pub struct Destination {
 pub enum Strategy {
     /// Replace exactly the slice's partitions.
     Overwrite,
-    /// Upsert on business keys, within the slice's partitions.
+    /// Upsert on business keys: within the slice's partitions when it has its own
+    /// (see [`Destination::slices_own_partitions`]), across the table otherwise.
     Merge { keys: Vec<String> },
     /// Add the rows; a slice's earlier rows are replaced, never duplicated.
     Append,

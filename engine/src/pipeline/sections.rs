@@ -471,6 +471,7 @@ pub(super) fn destination(
     }
     Ok(Destination {
         url: at.url(&raw.url, base)?,
+        slices_own_partitions: missing.is_none(),
         partition_by: raw.partition_by,
         strategy,
         storage_options: at.storage_options("destination", raw.storage_options.as_ref())?,

@@ -137,7 +137,7 @@ async fn diff_pipeline(
     }
     ctx.register_table("here", here).context(context)?;
     ctx.register_table("there", there).context(context)?;
-    let strategy = crate::sink::strategy::of(&pipeline.destination.strategy);
+    let strategy = crate::sink::strategy::of(&pipeline.destination);
     let keys = strategy.row_keys().map(<[String]>::to_vec);
     let queries = Queries {
         columns: slice_columns,

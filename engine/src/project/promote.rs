@@ -145,7 +145,7 @@ impl Project {
         selection: &Selection,
     ) -> Result<std::result::Result<Ready, Vec<String>>> {
         let name = &pipeline.name;
-        if !strategy::of(&pipeline.destination.strategy).slices_own_their_files() {
+        if !strategy::of(&pipeline.destination).slices_own_their_files() {
             return Err(Error::config(
                 pipeline.file.display().to_string(),
                 format!(

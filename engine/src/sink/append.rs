@@ -10,7 +10,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
 use super::strategy::{files_of_each, replacing, Commits, Publishing, WriteStrategy};
-use super::{written_by, Sink, SliceCommit};
+use super::{written_by, Sink, SliceCommit, StagedOutput};
 
 pub(super) struct Append;
 
@@ -54,6 +54,7 @@ impl Commits for Append {
         table: &mut Option<DeltaTable>,
         pending: &[&SliceCommit<'_>],
         properties: CommitProperties,
+        _also_written: &mut Vec<StagedOutput>,
     ) -> deltalake::DeltaResult<u64> {
         // Each slice replaces the files it added before, found by their tags.
         let keys = pending.iter().map(|m| Some(m.slice.key.clone())).collect();

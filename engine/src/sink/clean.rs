@@ -1,8 +1,8 @@
 //! `clean`: deletes what attempts that never committed left in the table's folder.
 //!
 //! A process killed between staging and committing leaves invisible Parquet files behind
-//! (merge's under `_backfill/staging/`). On a local disk, one killed while writing a file
-//! leaves the store's temporary `<name>#<n>` (a half-written Parquet file or commit),
+//! (a merge across the table's under `_backfill/staging/`). On a local disk, one killed
+//! while writing a file leaves the store's temporary `<name>#<n>` (a half-written Parquet file or commit),
 //! which the store hides from its listings. None of them is part of any table version,
 //! so no reader sees them, but they cost storage. Deleting them is safe
 //! only under three conditions, and a file is deleted only when all hold:
@@ -272,7 +272,7 @@ impl Sink {
         Ok(referenced)
     }
 
-    /// A local disk keeps the folders that merge staged into; object stores have none.
+    /// A local disk keeps the folders that merges across a table staged into; object stores have none.
     fn remove_empty_staging_folders(&self) {
         let Ok(table) = self.url.to_file_path() else {
             return;

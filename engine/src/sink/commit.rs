@@ -36,8 +36,8 @@ impl Sink {
 
     /// Publishes staged slices together, in one atomic commit that carries each slice's
     /// `txn` and record (for one slice, exactly as [`Sink::publish`]). A slice committed
-    /// since the run read the log is left out of the commit. Merge publishes one slice at
-    /// a time. Returns each slice's outcome, in order.
+    /// since the run read the log is left out of the commit. A strategy may publish fewer
+    /// at a time (a merge across the table, one). Returns each slice's outcome, in order.
     ///
     /// The staged files are deleted only when the log says no commit references them;
     /// when a failed commit's outcome cannot be known, they are kept (invisible, for
@@ -126,11 +126,20 @@ impl Sink {
                 },
                 on_version_read: false,
             };
+            let mut also_written = Vec::new();
             let committed = self
                 .commit_settled(view, commit, async |table, properties| {
-                    commits.commit(self, table, &pending, properties).await
+                    let written = &mut also_written;
+                    commits
+                        .commit(self, table, &pending, properties, written)
+                        .await
                 })
                 .await;
+            if let Err(Unsettled::NotCommitted(_)) = &committed {
+                for written in &also_written {
+                    self.discard(written).await;
+                }
+            }
             match committed {
                 Ok(version) => {
                     let published = Published {

@@ -1,22 +1,44 @@
-//! `merge`: upsert the slice's rows on business keys, within the slice's partitions.
+//! `merge`: upsert the slice's rows on business keys.
 //!
-//! The slice's output was staged under `_backfill/staging/` and checked; the MERGE reads
-//! it from there, so the transform SQL runs once, however often MERGE scans its source.
-//! The join predicate includes the slice's partitions so the target is pruned to them.
-//! The sink deletes the staged folder once the slice is settled, committed or not (not
-//! before: a merge that lost the race to create the table is tried again from it).
+//! Where each slice has partitions of its own ([`Destination::slices_own_partitions`]), a
+//! slice merges only within them, and merging is an overwrite of those partitions with
+//! the merged rows. The slice's output is staged in the table, as overwrite stages it, and
+//! its commit removes the files there that may hold one of its keys and adds its output
+//! and the rows of those files whose keys it does not have. Those rows are found by a
+//! streaming anti-join that holds only the output's keys in memory, and files whose key
+//! statistics rule out every key of the output are neither read nor removed. Slices go
+//! together in one commit, and its predicate names their partitions, so Delta's conflict
+//! checker refuses it if another writer touched them since the table was read, as for
+//! overwrite; merges of different slices never conflict.
+//!
+//! Otherwise a slice's keys may match rows anywhere in the table: one delta-rs MERGE per
+//! slice, reading the slice's output staged apart, under `_backfill/staging/`, so the
+//! transform SQL runs once however often MERGE scans its source. The sink deletes that
+//! folder once the slice is settled, committed or not (not before: a merge that lost the
+//! race to create the table is tried again from it).
+//!
+//! [`Destination::slices_own_partitions`]: crate::pipeline::Destination::slices_own_partitions
 
-use datafusion::prelude::SessionContext;
+use datafusion::common::{Column, JoinType};
+use datafusion::prelude::{col, Expr};
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::DeltaTable;
+use deltalake::kernel::{Action, LogicalFileView};
+use deltalake::protocol::{DeltaOperation, MergePredicate};
+use deltalake::{DeltaTable, DeltaTableError};
 
-use super::strategy::{partition_predicate, Commits, Publishing, WriteStrategy};
+use super::strategy::{
+    files_in_partitions, partition_predicate, replacing, Commits, Publishing, WriteStrategy,
+};
 use super::{Sink, SliceCommit, StagedOutput};
 use crate::slice::Slice;
+use crate::source::{files_table, DataFile};
 
 pub(super) struct Merge {
     /// The business keys rows are matched on.
     pub keys: Vec<String>,
+    /// Whether each slice merges within partitions of its own, rather than across the
+    /// table.
+    pub within_partitions: bool,
 }
 
 impl WriteStrategy for Merge {
@@ -24,8 +46,9 @@ impl WriteStrategy for Merge {
         Publishing::Commits(self)
     }
 
+    /// Across the table, MERGE reads the slice's output as its source.
     fn stages_apart(&self) -> bool {
-        true
+        !self.within_partitions
     }
 
     fn keeps_to_its_partitions(&self) -> bool {
@@ -36,7 +59,8 @@ impl WriteStrategy for Merge {
         false
     }
 
-    /// MERGE rewrites the files it touches, and they carry no slice of their own.
+    /// A merge rewrites rows of other writers too, and a slice's rows that stay are
+    /// rewritten by a later merge of its partitions: files carry no slice of their own.
     fn slices_own_their_files(&self) -> bool {
         false
     }
@@ -48,9 +72,13 @@ impl WriteStrategy for Merge {
 
 #[async_trait::async_trait]
 impl Commits for Merge {
-    /// One MERGE per slice.
+    /// Across the table, one MERGE per slice: slices may share keys, and the later one
+    /// must win.
     fn most_per_commit(&self) -> usize {
-        1
+        match self.within_partitions {
+            true => usize::MAX,
+            false => 1,
+        }
     }
 
     async fn commit(
@@ -59,16 +87,181 @@ impl Commits for Merge {
         table: &mut Option<DeltaTable>,
         pending: &[&SliceCommit<'_>],
         properties: CommitProperties,
+        also_written: &mut Vec<StagedOutput>,
     ) -> deltalake::DeltaResult<u64> {
+        if self.within_partitions {
+            return self
+                .merge_within(sink, table, pending, properties, also_written)
+                .await;
+        }
         let [one] = pending else {
-            let refused = "merge commits one slice at a time".to_string();
-            return Err(deltalake::DeltaTableError::Generic(refused));
+            let refused = "a merge across the table commits one slice at a time".to_string();
+            return Err(DeltaTableError::Generic(refused));
         };
-        publish(sink, table, one.slice, one.staged, &self.keys, properties).await
+        merge_across(sink, table, one.slice, one.staged, &self.keys, properties).await
     }
 }
 
-async fn publish(
+impl Merge {
+    /// Commits `pending` as overwrites of their partitions with the merged rows; the rows
+    /// that stay are written as `also_written`.
+    async fn merge_within(
+        &self,
+        sink: &Sink,
+        table: &mut Option<DeltaTable>,
+        pending: &[&SliceCommit<'_>],
+        properties: CommitProperties,
+        also_written: &mut Vec<StagedOutput>,
+    ) -> deltalake::DeltaResult<u64> {
+        let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
+        let in_partitions = files_in_partitions(sink, table.as_ref(), &slices)?;
+        let mut replaced = Vec::with_capacity(pending.len());
+        for (member, files) in pending.iter().zip(in_partitions) {
+            let touched = self.files_touched(member.staged, files);
+            if let Some(stay) = self.rows_that_stay(sink, member, &touched).await? {
+                also_written.push(stay);
+            }
+            replaced.push(touched);
+        }
+        let mut actions = replacing(pending, replaced);
+        let stay = also_written.iter().flat_map(|s| s.adds.iter().cloned());
+        actions.extend(stay.map(Action::Add));
+        let operation = self.operation(&slices);
+        sink.commit(table, actions, operation, properties).await
+    }
+
+    /// The files among `files` (in the slice's partitions) that may hold a row with one of
+    /// the keys `staged` has: where a key column is an integer, its range in a file's
+    /// statistics must meet the range in the output's. Other columns' statistics may be
+    /// truncated, so they rule nothing out.
+    fn files_touched(
+        &self,
+        staged: &StagedOutput,
+        files: Vec<LogicalFileView>,
+    ) -> Vec<LogicalFileView> {
+        if staged.rows == 0 {
+            return vec![];
+        }
+        let output: Vec<KeyRanges> = staged
+            .adds
+            .iter()
+            .map(|add| KeyRanges::of(add.stats.as_deref(), &self.keys))
+            .collect();
+        let Some(output) = KeyRanges::spanning(&output) else {
+            return files;
+        };
+        files
+            .into_iter()
+            .filter(|file| KeyRanges::of(file.stats().as_deref(), &self.keys).meets(&output))
+            .collect()
+    }
+
+    /// Writes the rows of `touched` whose keys the slice's output does not have, as files
+    /// in the slice's partitions that no reader sees yet; `None` when no file is touched.
+    async fn rows_that_stay(
+        &self,
+        sink: &Sink,
+        member: &SliceCommit<'_>,
+        touched: &[LogicalFileView],
+    ) -> deltalake::DeltaResult<Option<StagedOutput>> {
+        if touched.is_empty() {
+            return Ok(None);
+        }
+        let ctx = sink.session();
+        let existing = touched.iter().map(|file| DataFile {
+            path: file.path().into_owned(),
+            partition: file.partition_values_map(),
+        });
+        let existing = files_table(&sink.schema, &sink.url, &sink.partition_by, existing)?;
+        let output = ctx.read_table(member.staged.table(&sink.schema)?)?;
+        let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+        // The output's keys are the join's build side, the table's rows stream past them.
+        let output_keys = output.select_columns(&keys)?.alias("source")?;
+        let matched = self.keys.iter().map(|key| {
+            let source = col(Column::new(Some("source"), key));
+            source.eq(col(Column::new(Some("target"), key)))
+        });
+        let stay = output_keys.join_on(
+            ctx.read_table(existing)?.alias("target")?,
+            JoinType::RightAnti,
+            matched.collect::<Vec<Expr>>(),
+        )?;
+        let stream = stay.execute_stream().await?;
+        let reading = "reading the rows its partitions keep";
+        let written = sink.stage_rows(member.slice, stream, reading).await;
+        written
+            .map(|stay| (stay.rows > 0).then_some(stay))
+            .map_err(|error| DeltaTableError::Generic(error.to_string()))
+    }
+
+    /// A merge replacing the partitions of `slices`: its predicate names them all.
+    fn operation(&self, slices: &[&Slice]) -> DeltaOperation {
+        let predicates: Vec<String> = slices
+            .iter()
+            .map(|slice| format!("({})", partition_predicate(slice, "")))
+            .collect();
+        let action = |action_type: &str| MergePredicate {
+            action_type: action_type.to_string(),
+            predicate: None,
+        };
+        DeltaOperation::Merge {
+            predicate: Some(predicates.join(" OR ")),
+            merge_predicate: Some(key_predicate(&self.keys)),
+            matched_predicates: vec![action("update")],
+            not_matched_predicates: vec![action("insert")],
+            not_matched_by_source_predicates: vec![],
+        }
+    }
+}
+
+/// Rows of the target and the source match when each key column is equal.
+fn key_predicate(keys: &[String]) -> String {
+    let each = keys.iter();
+    let each = each.map(|k| format!("target.\"{k}\" = source.\"{k}\""));
+    each.collect::<Vec<_>>().join(" AND ")
+}
+
+/// The range of each integer key column in a file's statistics (`None` where unknown).
+struct KeyRanges(Vec<Option<(i64, i64)>>);
+
+impl KeyRanges {
+    /// The ranges in the statistics `stats` (the JSON of an add) of `keys`.
+    fn of(stats: Option<&str>, keys: &[String]) -> Self {
+        let stats: Option<serde_json::Value> = stats.and_then(|s| serde_json::from_str(s).ok());
+        let bound = |which: &str, key: &str| {
+            let stats = stats.as_ref()?;
+            stats.get(which)?.get(key)?.as_i64()
+        };
+        let ranges = keys
+            .iter()
+            .map(|key| Some((bound("minValues", key)?, bound("maxValues", key)?)));
+        KeyRanges(ranges.collect())
+    }
+
+    /// The ranges covering all of `files`; `None` when nothing is known of any key.
+    fn spanning(files: &[KeyRanges]) -> Option<Self> {
+        let columns = files.first()?.0.len();
+        let spanning = (0..columns).map(|column| {
+            let each = files.iter().map(|file| file.0[column]);
+            each.reduce(|a, b| Some((a?.0.min(b?.0), a?.1.max(b?.1))))
+                .flatten()
+        });
+        let spanning = KeyRanges(spanning.collect());
+        spanning.0.iter().any(Option::is_some).then_some(spanning)
+    }
+
+    /// Whether a row could be in both: no known key column's ranges are apart.
+    fn meets(&self, other: &KeyRanges) -> bool {
+        self.0.iter().zip(&other.0).all(|pair| match pair {
+            (Some((low, high)), Some((other_low, other_high))) => {
+                low <= other_high && other_low <= high
+            }
+            _ => true,
+        })
+    }
+}
+
+async fn merge_across(
     sink: &Sink,
     table: &mut Option<DeltaTable>,
     slice: &Slice,
@@ -84,22 +277,10 @@ async fn publish(
             .await?;
     }
     let existing = table.take().expect("created above");
-    let ctx = SessionContext::new();
-    sink.register_store(ctx.runtime_env().as_ref());
+    let ctx = sink.session();
     let source = ctx
         .read_table(staged.table(&sink.schema)?)
-        .map_err(deltalake::DeltaTableError::from)?;
-    let mut predicate: Vec<String> = keys
-        .iter()
-        .map(|k| format!("target.\"{k}\" = source.\"{k}\""))
-        .collect();
-    if slice
-        .partition
-        .iter()
-        .all(|(column, _)| sink.partition_by.contains(column))
-    {
-        predicate.push(partition_predicate(slice, "target."));
-    }
+        .map_err(DeltaTableError::from)?;
     let columns: Vec<String> = sink
         .schema
         .fields()
@@ -107,7 +288,7 @@ async fn publish(
         .map(|f| f.name().clone())
         .collect();
     let (merged, _metrics) = existing
-        .merge(source, predicate.join(" AND "))
+        .merge(source, key_predicate(keys))
         .with_source_alias("source")
         .with_target_alias("target")
         .with_commit_properties(properties)

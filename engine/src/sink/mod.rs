@@ -2,7 +2,7 @@
 //!
 //! Publishing a slice is two steps. [`Sink::stage`] streams the slice's output into
 //! Parquet files that no reader sees (uncommitted files in the table, or under
-//! `_backfill/staging/` for merge) and counts rows and nulls on the way. Then, only if
+//! `_backfill/staging/` for a merge across the table) and counts rows and nulls on the way. Then, only if
 //! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
 //! that also carries the slice's `txn` and [`SliceRecord`] (and, when other slices were
 //! waiting at the same time, theirs: see [`group`]); or [`Sink::discard`] deletes them.
@@ -44,7 +44,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::kernel::{Add, LogicalFileView};
 use deltalake::DeltaTable;
 use object_store::path::Path as StorePath;
@@ -101,6 +103,9 @@ pub struct Sink {
     /// The table's data files, listed since it was opened, for the first plan to find
     /// done slices' files in.
     data_files_at_open: std::sync::Mutex<Option<missing::DataFilesListing>>,
+    /// The runtime of the sink's own queries (a merge's rows that stay): the run's, with
+    /// its memory pool, once [`Sink::share_runtime`] gave it.
+    runtime: std::sync::OnceLock<Arc<RuntimeEnv>>,
 }
 
 /// A destination reached, with its table loaded if it exists ([`Sink::load`]).
@@ -215,7 +220,7 @@ impl Sink {
             exists,
             data_files,
         } = loaded;
-        let strategy = strategy::of(&destination.strategy);
+        let strategy = strategy::of(destination);
         if exists && !strategy.may_change_columns() {
             check_compatible(&table, &schema, &destination.partition_by)
                 .map_err(|m| Error::config(format!("destination {url}"), m))?;
@@ -233,6 +238,7 @@ impl Sink {
             view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
             line: Default::default(),
             data_files_at_open: std::sync::Mutex::new(data_files),
+            runtime: Default::default(),
         })
     }
 
@@ -274,9 +280,24 @@ impl Sink {
         Ok(())
     }
 
+    /// Lets the run's sessions read the destination's files (staged output, for
+    /// assertions), and runs the sink's own queries in the run's runtime, within its
+    /// memory.
+    pub fn share_runtime(&self, runtime: Arc<RuntimeEnv>) {
+        self.register_store(&runtime);
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// A session for the sink's own queries, which reads the destination's files.
+    fn session(&self) -> SessionContext {
+        let runtime = self.runtime.get().cloned().unwrap_or_default();
+        self.register_store(&runtime);
+        SessionContext::new_with_config_rt(SessionConfig::new(), runtime)
+    }
+
     /// Lets DataFusion sessions of `runtime` read the destination's files (staged output,
     /// for assertions and merges), unless a store for that bucket is registered already.
-    pub fn register_store(&self, runtime: &datafusion::execution::runtime_env::RuntimeEnv) {
+    pub fn register_store(&self, runtime: &RuntimeEnv) {
         let root = crate::source::store_root(&self.url);
         let key = datafusion::execution::object_store::ObjectStoreUrl::parse(root.as_str())
             .expect("a store root is a valid object store URL");
@@ -336,6 +357,16 @@ impl Sink {
         slice: &Slice,
         stream: SendableRecordBatchStream,
     ) -> Result<StagedOutput> {
+        self.stage_rows(slice, stream, writing::TRANSFORM).await
+    }
+
+    /// [`Sink::stage`] for rows that `stream` computes as `computing` says.
+    async fn stage_rows(
+        &self,
+        slice: &Slice,
+        stream: SendableRecordBatchStream,
+        computing: &str,
+    ) -> Result<StagedOutput> {
         let target = self.write_target(slice)?;
         let written = writing::write(
             &target,
@@ -343,6 +374,7 @@ impl Sink {
             &self.storage_options,
             self.root_store.as_ref(),
             stream,
+            computing,
         )
         .await?;
         Ok(self.staged(&target, vec![written]))

@@ -13,7 +13,7 @@ use deltalake::DeltaTable;
 use super::strategy::{
     files_in_partitions, partition_predicate, replacing, Commits, Publishing, WriteStrategy,
 };
-use super::{Sink, SliceCommit};
+use super::{Sink, SliceCommit, StagedOutput};
 use crate::slice::Slice;
 
 pub(super) struct Overwrite;
@@ -56,6 +56,7 @@ impl Commits for Overwrite {
         table: &mut Option<DeltaTable>,
         pending: &[&SliceCommit<'_>],
         properties: CommitProperties,
+        _also_written: &mut Vec<StagedOutput>,
     ) -> deltalake::DeltaResult<u64> {
         let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
         let replaced = files_in_partitions(sink, table.as_ref(), &slices)?;

@@ -14,8 +14,8 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::DeltaTable;
 
-use super::{append, merge, overwrite, rebuild, Sink, SliceCommit};
-use crate::pipeline::Strategy;
+use super::{append, merge, overwrite, rebuild, Sink, SliceCommit, StagedOutput};
+use crate::pipeline::{Destination, Strategy};
 use crate::slice::Slice;
 
 /// What a write strategy answers for itself.
@@ -24,7 +24,8 @@ pub(crate) trait WriteStrategy: Send + Sync {
     fn publishing(&self) -> Publishing<'_>;
 
     /// Whether a slice is staged apart, under `_backfill/staging/`, as the source of its
-    /// commit rather than the files it adds (merge); such files go once it is settled.
+    /// commit rather than the files it adds (a merge across the table); such files go
+    /// once it is settled.
     fn stages_apart(&self) -> bool;
 
     /// Whether a slice's rows must lie in its own partitions, because its commit replaces
@@ -62,21 +63,28 @@ pub(crate) trait Commits: Send + Sync {
 
     /// Commits `pending` on top of `table` (creating the table if there is none) with
     /// `properties`, which carry each slice's `txn` and the record; returns the version.
+    /// Files the commit writes besides the slices' staged output (a merge's rows that
+    /// stay) go in `also_written`, for the committer to delete if the commit does not
+    /// land.
     async fn commit(
         &self,
         sink: &Sink,
         table: &mut Option<DeltaTable>,
         pending: &[&SliceCommit<'_>],
         properties: CommitProperties,
+        also_written: &mut Vec<StagedOutput>,
     ) -> deltalake::DeltaResult<u64>;
 }
 
-/// The type of the strategy a pipeline file names: the one registration of a strategy.
-pub(crate) fn of(strategy: &Strategy) -> Box<dyn WriteStrategy> {
-    match strategy {
+/// The type of the strategy a destination names: the one registration of a strategy.
+pub(crate) fn of(destination: &Destination) -> Box<dyn WriteStrategy> {
+    match &destination.strategy {
         Strategy::Overwrite => Box::new(overwrite::Overwrite),
         Strategy::Append => Box::new(append::Append),
-        Strategy::Merge { keys } => Box::new(merge::Merge { keys: keys.clone() }),
+        Strategy::Merge { keys } => Box::new(merge::Merge {
+            keys: keys.clone(),
+            within_partitions: destination.slices_own_partitions,
+        }),
         Strategy::Rebuild => Box::new(rebuild::Rebuild),
     }
 }

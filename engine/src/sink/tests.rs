@@ -27,13 +27,26 @@ async fn sink(folder: &std::path::Path, strategy: Strategy) -> Sink {
 
 /// The sink of pipeline `pipeline` writing to `folder`.
 async fn sink_of(pipeline: &str, folder: &std::path::Path, strategy: Strategy) -> Sink {
-    let partition_by = match strategy {
-        Strategy::Append => vec![],
-        _ => vec!["dt".to_string()],
+    let by_day = !matches!(strategy, Strategy::Append);
+    partitioned(pipeline, folder, strategy, by_day).await
+}
+
+/// The sink of pipeline `pipeline` writing to `folder`, partitioned by `dt` (the daily
+/// slices' column) or not at all.
+async fn partitioned(
+    pipeline: &str,
+    folder: &std::path::Path,
+    strategy: Strategy,
+    by_day: bool,
+) -> Sink {
+    let partition_by = match by_day {
+        true => vec!["dt".to_string()],
+        false => vec![],
     };
     let destination = Destination {
         url: url::Url::from_directory_path(folder).unwrap(),
         partition_by,
+        slices_own_partitions: by_day,
         strategy,
         storage_options: Default::default(),
     };
@@ -174,19 +187,18 @@ async fn several_append_slices_go_in_one_commit_and_replace_their_own_rows() {
 }
 
 #[tokio::test]
-async fn merge_and_rebuild_refuse_a_group_and_commit_nothing() {
-    // Merge commits one slice at a time; a rebuild publishes only by its swap.
-    for (strategy, why) in [
-        (
-            Strategy::Merge {
-                keys: vec!["id".into()],
-            },
-            "2 slices in one commit",
-        ),
-        (Strategy::Rebuild, "only by its swap"),
+async fn a_merge_across_the_table_and_a_rebuild_refuse_a_group_and_commit_nothing() {
+    // A merge across the table commits one slice at a time; a rebuild publishes only by
+    // its swap.
+    let merge = Strategy::Merge {
+        keys: vec!["id".into()],
+    };
+    for (strategy, by_day, why) in [
+        (merge.clone(), false, "2 slices in one commit"),
+        (Strategy::Rebuild, true, "only by its swap"),
     ] {
         let folder = tempfile::tempdir().unwrap();
-        let sink = sink(folder.path(), strategy.clone()).await;
+        let sink = partitioned("p", folder.path(), strategy.clone(), by_day).await;
         let two = days("2024-01-01", "2024-01-02");
         let refused = try_publish_together(&sink, &two, 3, 1).await.unwrap_err();
         assert!(
@@ -202,16 +214,112 @@ async fn merge_and_rebuild_refuse_a_group_and_commit_nothing() {
             .count();
         assert_eq!(parquet, 0, "{strategy:?}: the staged files were discarded");
     }
-    // Merge publishes one slice per commit.
+    // A merge across the table publishes one slice per commit.
+    let folder = tempfile::tempdir().unwrap();
+    let sink = partitioned("p", folder.path(), merge, false).await;
+    let one = days("2024-01-01", "2024-01-01");
+    let published = publish_together(&sink, &one, 3, 1).await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(rows(&sink.table().await.unwrap()).await, 3);
+}
+
+/// Stages `ids` as `slice`'s output and publishes it alone, as txn version `txn`.
+async fn merge_ids(sink: &Sink, slice: &Slice, ids: std::ops::Range<i64>, txn: i64) {
+    let staged = stage(sink, slice, ids.start, ids.end - ids.start).await;
+    let record = record(slice, &staged, txn);
+    let member = SliceCommit {
+        slice,
+        staged: &staged,
+        record: &record,
+    };
+    sink.publish_together(&[member]).await.unwrap();
+}
+
+/// The ids in the table on `day`, in order, and the paths of the files holding them.
+async fn ids_on(table: &DeltaTable, day: &str) -> (Vec<i64>, Vec<String>) {
+    let ctx = datafusion::prelude::SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let sql = format!("SELECT id FROM t WHERE dt = '{day}' ORDER BY id");
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    let ids = batches.iter().flat_map(|batch| {
+        let ids = batch.column(0).as_any().downcast_ref::<Int64Array>();
+        ids.unwrap().values().to_vec()
+    });
+    let log = table.snapshot().unwrap().log_data();
+    let on_day = log.iter();
+    let on_day = on_day.filter(|f| f.partition_values_map().get("dt") == Some(&Some(day.into())));
+    let mut paths: Vec<String> = on_day.map(|f| f.path().into_owned()).collect();
+    paths.sort();
+    (ids.collect(), paths)
+}
+
+#[tokio::test]
+async fn a_merge_within_its_partition_updates_its_keys_keeps_the_other_rows_and_leaves_files_without_its_keys(
+) {
     let folder = tempfile::tempdir().unwrap();
     let merge = Strategy::Merge {
         keys: vec!["id".into()],
     };
     let sink = sink(folder.path(), merge).await;
-    let one = days("2024-01-01", "2024-01-01");
-    let published = publish_together(&sink, &one, 3, 1).await;
-    assert_eq!(published.len(), 1);
-    assert_eq!(rows(&sink.table().await.unwrap()).await, 3);
+    let [day, next]: [Slice; 2] = days("2024-01-01", "2024-01-02").try_into().unwrap();
+    merge_ids(&sink, &day, 0..5, 1).await;
+    merge_ids(&sink, &day, 100..105, 2).await;
+    let table = sink.table().await.unwrap();
+    let (ids, low_and_high) = ids_on(&table, &day.key).await;
+    assert_eq!(ids, [0, 1, 2, 3, 4, 100, 101, 102, 103, 104]);
+    assert_eq!(
+        low_and_high.len(),
+        2,
+        "ids 0-4 are apart from 100-104: their file stays"
+    );
+
+    // Ids 3-4 and 102 are updated, 200 inserted: the file of 0-4 and that of 100-104 are
+    // rewritten without those ids, and the rows they do not have stay. The output comes
+    // in three files, as a slice's output may.
+    let mut parts = Vec::new();
+    for ids in [3..5, 102..103, 200..201] {
+        parts.push(stage(&sink, &day, ids.start, ids.end - ids.start).await);
+    }
+    let output = StagedOutput {
+        adds: parts.iter().flat_map(|part| part.adds.clone()).collect(),
+        rows: parts.iter().map(|part| part.rows).sum(),
+        ..parts[0].clone()
+    };
+    // The next day goes in the same commit.
+    let next_output = stage(&sink, &next, 7, 1).await;
+    let records = [record(&day, &output, 3), record(&next, &next_output, 3)];
+    let group = [
+        SliceCommit {
+            slice: &day,
+            staged: &output,
+            record: &records[0],
+        },
+        SliceCommit {
+            slice: &next,
+            staged: &next_output,
+            record: &records[1],
+        },
+    ];
+    let published = sink.publish_together(&group).await.unwrap();
+    assert_eq!(published[0].version, published[1].version, "one commit");
+    let table = sink.table().await.unwrap();
+    let (ids, files) = ids_on(&table, &day.key).await;
+    assert_eq!(ids, [0, 1, 2, 3, 4, 100, 101, 102, 103, 104, 200]);
+    assert!(
+        files.iter().all(|f| !low_and_high.contains(f)),
+        "both files held keys of the output: {files:?}"
+    );
+    assert_eq!(ids_on(&table, &next.key).await.0, [7]);
+
+    // Ids 300-301 are apart from every file's range: nothing is rewritten.
+    merge_ids(&sink, &day, 300..302, 4).await;
+    let table = sink.table().await.unwrap();
+    let (ids, after) = ids_on(&table, &day.key).await;
+    assert_eq!(ids.len(), 13);
+    assert_eq!(after.len(), files.len() + 1);
+    assert!(files.iter().all(|f| after.contains(f)), "{files:?} stay");
 }
 
 /// Every file under `folder`, as paths.

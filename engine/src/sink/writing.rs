@@ -32,6 +32,9 @@ use url::Url;
 use super::{StagedOutput, PIPELINE_TAG, SLICE_TAG};
 use crate::error::{Error, Result, ResultExt};
 
+/// What a slice's output stream computes, as its errors say.
+pub const TRANSFORM: &str = "running the transform";
+
 /// Files are closed and a new one started past this size, so no file grows without bound.
 const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
 
@@ -123,14 +126,16 @@ pub(super) fn writer_properties(pipeline: &str, slice: &str) -> WriterProperties
 /// Streams `stream`, rows of the output `schema`, into files under the staging's base.
 /// `storage_options` reach the store (empty on an executor, which reads its own
 /// environment); `root` is the store at the root of the base's bucket, to delete what
-/// was written when writing fails. A row outside the slice's partition is refused as
-/// the transform's fault ([`Error::Config`]).
+/// was written when writing fails. `computing` says what the stream does, for its
+/// errors. A row outside the slice's partition is refused as the transform's fault
+/// ([`Error::Config`]).
 pub async fn write(
     target: &WriteTarget,
     schema: &SchemaRef,
     storage_options: &HashMap<String, String>,
     root: &dyn ObjectStore,
     mut stream: SendableRecordBatchStream,
+    computing: &str,
 ) -> Result<Written> {
     let base = &target.base;
     let context = || format!("slice {}: writing to {base}", target.slice);
@@ -151,7 +156,7 @@ pub async fn write(
     };
     let wrote: Result<()> = async {
         while let Some(batch) = stream.next().await {
-            let batch = batch.context(|| format!("{}: running the transform", target.context()))?;
+            let batch = batch.context(|| format!("{}: {computing}", target.context()))?;
             guard.check(&batch, target)?;
             written.rows += batch.num_rows() as u64;
             for (count, column) in written.null_counts.iter_mut().zip(batch.columns()) {

@@ -241,7 +241,8 @@ impl Sources {
         self.config.clone()
     }
 
-    pub fn runtime(&self) -> &RuntimeEnv {
+    /// The run's runtime: its object stores and its memory pool.
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
         &self.runtime
     }
 
