@@ -25,6 +25,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use deltalake::{DeltaTable, DeltaTableError};
+use futures::StreamExt;
 
 use super::strategy::{
     files_in_partitions, partition_predicate, replacing, Commits, Publishing, WriteStrategy,
@@ -115,19 +116,46 @@ impl Merge {
     ) -> deltalake::DeltaResult<u64> {
         let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
         let in_partitions = files_in_partitions(sink, table.as_ref(), &slices)?;
-        let mut replaced = Vec::with_capacity(pending.len());
-        for (member, files) in pending.iter().zip(in_partitions) {
-            let touched = self.files_touched(member.staged, files);
-            if let Some(stay) = self.rows_that_stay(sink, member, &touched).await? {
-                also_written.push(stay);
+        // The slices' partitions are apart, so their rows that stay are read side by side.
+        let each: Vec<_> = (pending.iter().zip(in_partitions))
+            .map(|(member, files)| self.touched_and_staying(sink, member, files))
+            .collect();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let done: Vec<_> = futures::stream::iter(each).buffered(cores).collect().await;
+        let mut replaced = Vec::with_capacity(done.len());
+        let mut failed = None;
+        for (touched, stay) in done {
+            match stay {
+                // Written whether or not another slice's failed: deleted with the rest.
+                Ok(stay) => also_written.extend(stay),
+                Err(error) => failed = failed.or(Some(error)),
             }
             replaced.push(touched);
+        }
+        if let Some(error) = failed {
+            return Err(error);
         }
         let mut actions = replacing(pending, replaced);
         let stay = also_written.iter().flat_map(|s| s.adds.iter().cloned());
         actions.extend(stay.map(Action::Add));
         let operation = self.operation(&slices);
         sink.commit(table, actions, operation, properties).await
+    }
+
+    /// The files of `member`'s partitions (`files`) that its commit replaces, and the
+    /// rows of theirs that stay.
+    async fn touched_and_staying(
+        &self,
+        sink: &Sink,
+        member: &SliceCommit<'_>,
+        files: Vec<LogicalFileView>,
+    ) -> (
+        Vec<LogicalFileView>,
+        deltalake::DeltaResult<Option<StagedOutput>>,
+    ) {
+        let touched = self.files_touched(member.staged, files);
+        let stay = self.rows_that_stay(sink, member, &touched).await;
+        (touched, stay)
     }
 
     /// The files among `files` (in the slice's partitions) that may hold a row with one of

@@ -2,10 +2,11 @@
 //!
 //! Publishing a slice is two steps. [`Sink::stage`] streams the slice's output into
 //! Parquet files that no reader sees (uncommitted files in the table, or under
-//! `_backfill/staging/` for a merge across the table) and counts rows and nulls on the way. Then, only if
-//! the slice's assertions pass, [`Sink::publish`] makes them visible in one atomic commit
-//! that also carries the slice's `txn` and [`SliceRecord`] (and, when other slices were
-//! waiting at the same time, theirs: see [`group`]); or [`Sink::discard`] deletes them.
+//! `_backfill/staging/` for a merge across the table) and counts rows and nulls on the
+//! way. Then, only if the slice's assertions pass, [`Sink::publish`] makes them visible
+//! in one atomic commit that also carries the slice's `txn` and [`SliceRecord`] (and,
+//! when other slices were waiting at the same time, theirs: see [`group`]); or
+//! [`Sink::discard`] deletes them.
 //! Every commit, of one slice, of several, or a rebuild's swap, goes through one
 //! committer ([`commit`]), which settles a failed commit against the log before anything
 //! is deleted; a slice another run committed meanwhile is not committed again (see
@@ -83,6 +84,8 @@ pub struct Sink {
     pipeline: String,
     url: Url,
     partition_by: Vec<String>,
+    /// See [`Destination::slices_own_partitions`].
+    slices_own_partitions: bool,
     strategy: Box<dyn WriteStrategy>,
     schema: SchemaRef,
     store: Arc<dyn ObjectStore>,
@@ -233,6 +236,7 @@ impl Sink {
             reach,
             url,
             partition_by: destination.partition_by.clone(),
+            slices_own_partitions: destination.slices_own_partitions,
             strategy,
             schema,
             view: Mutex::new(TableView::new(pipeline, exists.then_some(table))),
@@ -330,11 +334,8 @@ impl Sink {
             ),
             false => (self.url.clone(), self.partition_by.clone()),
         };
-        let owned = slice
-            .partition
-            .iter()
-            .all(|(column, _)| self.partition_by.contains(column));
-        let partition = match self.strategy.keeps_to_its_partitions() && owned {
+        let owned = self.strategy.keeps_to_its_partitions() && self.slices_own_partitions;
+        let partition = match owned {
             true => slice.partition.clone(),
             false => vec![],
         };
