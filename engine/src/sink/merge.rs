@@ -20,7 +20,7 @@
 //! [`Destination::slices_own_partitions`]: crate::pipeline::Destination::slices_own_partitions
 
 use datafusion::common::{Column, JoinType};
-use datafusion::prelude::{col, Expr};
+use datafusion::prelude::{col, Expr, SessionContext};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{Action, LogicalFileView};
 use deltalake::protocol::{DeltaOperation, MergePredicate};
@@ -117,8 +117,9 @@ impl Merge {
         let slices: Vec<&Slice> = pending.iter().map(|m| m.slice).collect();
         let in_partitions = files_in_partitions(sink, table.as_ref(), &slices)?;
         // The slices' partitions are apart, so their rows that stay are read side by side.
+        let ctx = sink.session();
         let each: Vec<_> = (pending.iter().zip(in_partitions))
-            .map(|(member, files)| self.touched_and_staying(sink, member, files))
+            .map(|(member, files)| self.touched_and_staying(sink, &ctx, member, files))
             .collect();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let done: Vec<_> = futures::stream::iter(each).buffered(cores).collect().await;
@@ -147,6 +148,7 @@ impl Merge {
     async fn touched_and_staying(
         &self,
         sink: &Sink,
+        ctx: &SessionContext,
         member: &SliceCommit<'_>,
         files: Vec<LogicalFileView>,
     ) -> (
@@ -154,7 +156,7 @@ impl Merge {
         deltalake::DeltaResult<Option<StagedOutput>>,
     ) {
         let touched = self.files_touched(member.staged, files);
-        let stay = self.rows_that_stay(sink, member, &touched).await;
+        let stay = self.rows_that_stay(sink, ctx, member, &touched).await;
         (touched, stay)
     }
 
@@ -189,13 +191,13 @@ impl Merge {
     async fn rows_that_stay(
         &self,
         sink: &Sink,
+        ctx: &SessionContext,
         member: &SliceCommit<'_>,
         touched: &[LogicalFileView],
     ) -> deltalake::DeltaResult<Option<StagedOutput>> {
         if touched.is_empty() {
             return Ok(None);
         }
-        let ctx = sink.session();
         let existing = touched.iter().map(|file| DataFile {
             path: file.path().into_owned(),
             partition: file.partition_values_map(),
@@ -203,7 +205,8 @@ impl Merge {
         let existing = files_table(&sink.schema, &sink.url, &sink.partition_by, existing)?;
         let output = ctx.read_table(member.staged.table(&sink.schema)?)?;
         let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
-        // The output's keys are the join's build side, the table's rows stream past them.
+        // The output's keys are the join's build side (with no statistics, the planner
+        // keeps the sides as given), and the table's rows stream past them.
         let output_keys = output.select_columns(&keys)?.alias("source")?;
         let matched = self.keys.iter().map(|key| {
             let source = col(Column::new(Some("source"), key));
@@ -214,7 +217,9 @@ impl Merge {
             JoinType::RightAnti,
             matched.collect::<Vec<Expr>>(),
         )?;
-        let stream = stay.execute_stream().await?;
+        // Planning takes a core for a while: the slices of a group plan on several.
+        let planned = tokio::spawn(stay.execute_stream()).await;
+        let stream = planned.map_err(|e| DeltaTableError::Generic(e.to_string()))??;
         let reading = "reading the rows its partitions keep";
         let written = sink.stage_rows(member.slice, stream, reading).await;
         written
