@@ -131,3 +131,28 @@ async fn a_merge_into_a_large_partition_streams_its_rows_within_a_small_memory_l
         .await
     );
 }
+
+/// A destination whose files need more than Parquet to read (here deletion vectors, as a
+/// Spark writer may turn on) is refused before anything runs: a merge reads the rows that
+/// stay from those files, and would bring deleted rows back.
+#[test]
+fn a_destination_with_deletion_vectors_is_refused_before_a_merge_runs() {
+    let case = Case::new("orders_merge");
+    case.ok("run", &["--start", "2024-01-01", "--end", "2024-01-01"], 0);
+    let upgrade = [
+        r#"{"commitInfo":{"timestamp":1704067200000,"operation":"UPGRADE PROTOCOL"}}"#,
+        r#"{"protocol":{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["deletionVectors"]}}"#,
+    ];
+    let next = case.table.join("_delta_log/00000000000000000001.json");
+    std::fs::write(next, upgrade.join("\n") + "\n").unwrap();
+    let before = case.data_files();
+
+    let out = backfill(&case.args("run", &["--start", "2024-01-01", "--end", "2024-01-02"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the table uses deletionVectors, but a merge reads the rows"),
+        "{stderr}"
+    );
+    assert_eq!(case.data_files(), before, "nothing was written");
+}

@@ -69,6 +69,12 @@ impl WriteStrategy for Merge {
     fn row_keys(&self) -> Option<&[String]> {
         Some(&self.keys)
     }
+
+    /// Within partitions, the rows that stay are read from the files they are in; across
+    /// the table, delta-rs's MERGE reads the table.
+    fn reads_table_files(&self) -> bool {
+        self.within_partitions
+    }
 }
 
 #[async_trait::async_trait]

@@ -61,7 +61,7 @@ use crate::pipeline::Destination;
 use crate::retry::RequestRetry;
 use crate::slice::Slice;
 use strategy::WriteStrategy;
-use table::{check_compatible, load_table, reach, refuse_foreign_files};
+use table::{check_compatible, load_table, reach, refuse_files_beyond_plain, refuse_foreign_files};
 use view::TableView;
 
 /// The keys naming the pipeline and slice that wrote a file, in its `add.tags` and in its
@@ -226,6 +226,10 @@ impl Sink {
         let strategy = strategy::of(destination);
         if exists && !strategy.may_change_columns() {
             check_compatible(&table, &schema, &destination.partition_by)
+                .map_err(|m| Error::config(format!("destination {url}"), m))?;
+        }
+        if exists && strategy.reads_table_files() {
+            refuse_files_beyond_plain(&table)
                 .map_err(|m| Error::config(format!("destination {url}"), m))?;
         }
         Ok(Sink {

@@ -42,6 +42,10 @@ impl WriteStrategy for Overwrite {
     fn row_keys(&self) -> Option<&[String]> {
         None
     }
+
+    fn reads_table_files(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait::async_trait]

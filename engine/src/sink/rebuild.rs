@@ -85,6 +85,10 @@ impl WriteStrategy for Rebuild {
     fn row_keys(&self) -> Option<&[String]> {
         None
     }
+
+    fn reads_table_files(&self) -> bool {
+        false
+    }
 }
 
 impl Sink {

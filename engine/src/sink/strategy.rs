@@ -43,6 +43,11 @@ pub(crate) trait WriteStrategy: Send + Sync {
     /// The columns that identify a row, if the strategy has them (merge's keys): the
     /// output must have them, and a diff compares rows by them.
     fn row_keys(&self) -> Option<&[String]>;
+
+    /// Whether its commits read rows of the table's own data files as plain Parquet (a
+    /// merge's rows that stay), which a table with deletion vectors or column mapping
+    /// does not allow.
+    fn reads_table_files(&self) -> bool;
 }
 
 /// How a strategy publishes a checked slice.

@@ -180,3 +180,17 @@ pub(super) fn check_compatible(
     }
     Ok(())
 }
+
+/// Refuses a table whose data files need more than plain Parquet to read (deletion
+/// vectors, column mapping), for a strategy that reads them so.
+pub(super) fn refuse_files_beyond_plain(table: &DeltaTable) -> std::result::Result<(), String> {
+    let snapshot = table.snapshot().map_err(|e| e.to_string())?;
+    let beyond = crate::source::beyond_plain_files(snapshot.protocol());
+    if beyond.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the table uses {}, but a merge reads the rows its slices' partitions keep as plain Parquet files; rewrite the table without them (for deletion vectors, REORG TABLE ... APPLY (PURGE) and disable them), or write with strategy = \"overwrite\"",
+        beyond.join(", ")
+    ))
+}

@@ -24,14 +24,13 @@ use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
-use delta_kernel::table_features::TableFeature;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{EagerSnapshot, StructType};
 use deltalake::{DeltaTable, DeltaTableError};
 use object_store::ObjectStore;
 use url::Url;
 
-use super::files::{files_table, DataFile};
+use super::files::{beyond_plain_files, files_table, DataFile};
 use super::{SourceFile, SourceTable};
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, Source};
@@ -210,18 +209,7 @@ impl SourceTable for DeltaSource {
             return files_table(&self.live.schema, &self.url, &[], [])
                 .map_err(|e| Error::Internal(format!("{}: {e}", self.context)));
         };
-        let protocol = snapshot.protocol();
-        let beyond_plain_files: Vec<String> = match protocol.min_reader_version() {
-            1 => vec![],
-            3 => protocol
-                .reader_features()
-                .unwrap_or_default()
-                .iter()
-                .filter(|feature| !READ_AS_PLAIN_FILES.contains(feature))
-                .map(ToString::to_string)
-                .collect(),
-            version => vec![format!("reader version {version}")],
-        };
+        let beyond_plain_files = beyond_plain_files(snapshot.protocol());
         if !beyond_plain_files.is_empty() {
             return Err(Error::config(
                 &self.context,
@@ -262,13 +250,6 @@ impl SourceTable for DeltaSource {
             .map_err(|e| Error::Internal(format!("{}: {e}", self.context)))
     }
 }
-
-/// Reader features that change nothing in how a data file is read.
-const READ_AS_PLAIN_FILES: [TableFeature; 3] = [
-    TableFeature::TimestampWithoutTimezone,
-    TableFeature::V2Checkpoint,
-    TableFeature::VacuumProtocolCheck,
-];
 
 /// The log of `table` as loaded.
 fn eager_snapshot(table: &DeltaTable) -> Option<EagerSnapshot> {

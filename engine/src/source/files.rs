@@ -20,6 +20,8 @@ use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{cast, LogicalPlan, LogicalPlanBuilder, Union};
 use datafusion::prelude::{ident, lit};
+use delta_kernel::table_features::TableFeature;
+use deltalake::kernel::Protocol;
 use url::Url;
 
 /// A data file of a table: its path relative to the table's folder, percent-decoded, and
@@ -126,6 +128,30 @@ pub(crate) fn decoded_path(raw: &str) -> String {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// Reader features that change nothing in how a data file is read.
+const READ_AS_PLAIN_FILES: [TableFeature; 3] = [
+    TableFeature::TimestampWithoutTimezone,
+    TableFeature::V2Checkpoint,
+    TableFeature::VacuumProtocolCheck,
+];
+
+/// What a Delta table's `protocol` needs beyond reading its data files as plain Parquet
+/// (deletion vectors, column mapping), by name: empty when [`files_table`] reads them
+/// right.
+pub(crate) fn beyond_plain_files(protocol: &Protocol) -> Vec<String> {
+    match protocol.min_reader_version() {
+        1 => vec![],
+        3 => protocol
+            .reader_features()
+            .unwrap_or_default()
+            .iter()
+            .filter(|feature| !READ_AS_PLAIN_FILES.contains(feature))
+            .map(ToString::to_string)
+            .collect(),
+        version => vec![format!("reader version {version}")],
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 pub use delta::{DeltaSource, Unwritten};
-pub(crate) use files::{decoded_path, files_table, DataFile};
+pub(crate) use files::{beyond_plain_files, decoded_path, files_table, DataFile};
 pub use hive::HiveParquet;
 pub(crate) use hive::{parquet_format, plain_type};
 pub(crate) use query::read_only_query;
