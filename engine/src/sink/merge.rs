@@ -28,7 +28,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use futures::StreamExt;
 
 use super::strategy::{
-    files_in_partitions, partition_predicate, replacing, Commits, Publishing, WriteStrategy,
+    files_in_partitions, partitions_predicate, replacing, Commits, Publishing, WriteStrategy,
 };
 use super::{Sink, SliceCommit, StagedOutput};
 use crate::slice::Slice;
@@ -235,16 +235,12 @@ impl Merge {
 
     /// A merge replacing the partitions of `slices`: its predicate names them all.
     fn operation(&self, slices: &[&Slice]) -> DeltaOperation {
-        let predicates: Vec<String> = slices
-            .iter()
-            .map(|slice| format!("({})", partition_predicate(slice, "")))
-            .collect();
         let action = |action_type: &str| MergePredicate {
             action_type: action_type.to_string(),
             predicate: None,
         };
         DeltaOperation::Merge {
-            predicate: Some(predicates.join(" OR ")),
+            predicate: Some(partitions_predicate(slices)),
             merge_predicate: Some(key_predicate(&self.keys)),
             matched_predicates: vec![action("update")],
             not_matched_predicates: vec![action("insert")],

@@ -11,7 +11,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 
 use super::strategy::{
-    files_in_partitions, partition_predicate, replacing, Commits, Publishing, WriteStrategy,
+    files_in_partitions, partitions_predicate, replacing, Commits, Publishing, WriteStrategy,
 };
 use super::{Sink, SliceCommit, StagedOutput};
 use crate::slice::Slice;
@@ -72,13 +72,9 @@ impl Commits for Overwrite {
 
 /// A commit replacing the partitions of `slices`: its predicate names them all.
 fn operation(sink: &Sink, slices: &[&Slice]) -> DeltaOperation {
-    let predicates: Vec<String> = slices
-        .iter()
-        .map(|slice| format!("({})", partition_predicate(slice, "")))
-        .collect();
     DeltaOperation::Write {
         mode: SaveMode::Overwrite,
         partition_by: Some(sink.partition_by.clone()),
-        predicate: Some(predicates.join(" OR ")),
+        predicate: Some(partitions_predicate(slices)),
     }
 }

@@ -173,14 +173,16 @@ pub(super) fn files_in_partitions(
     })
 }
 
-/// A SQL predicate selecting the slice's partitions, for the conflict checker and merge.
-pub(super) fn partition_predicate(slice: &Slice, qualifier: &str) -> String {
-    slice
-        .partition
-        .iter()
-        .map(|(column, value)| format!("{qualifier}\"{column}\" = '{}'", value.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+/// A SQL predicate selecting the partitions of `slices`, for the conflict checker of a
+/// commit that replaces them.
+pub(super) fn partitions_predicate(slices: &[&Slice]) -> String {
+    let each = slices.iter().map(|slice| {
+        let columns = slice.partition.iter();
+        let equal = columns
+            .map(|(column, value)| format!("\"{column}\" = '{}'", value.replace('\'', "''")));
+        format!("({})", equal.collect::<Vec<_>>().join(" AND "))
+    });
+    each.collect::<Vec<_>>().join(" OR ")
 }
 
 #[cfg(test)]
