@@ -101,7 +101,10 @@ async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_canc
         "the long run ended first: {status}"
     );
     // The page follows the run by itself: the count of committed slices grows.
-    let first: usize = text_of(&page, "committed").await.parse().unwrap();
+    // A read while the page redraws finds the element gone and reads as empty.
+    let is_count = |n: &str| n.parse::<usize>().is_ok();
+    let first = until(&page, "committed", Duration::from_secs(30), is_count).await;
+    let first: usize = first.parse().unwrap();
     until(&page, "committed", Duration::from_secs(30), |n| {
         n.parse::<usize>().is_ok_and(|n| n > first)
     })
@@ -118,8 +121,11 @@ async fn the_run_page_in_chromium_updates_as_the_run_commits_and_its_button_canc
         printed.contains("the run page on"),
         "the stop says who asked: {printed}"
     );
-    let committed: usize = text_of(&page, "committed").await.parse().unwrap();
-    assert_eq!(committed, case.committed_slices().len());
+    let committed = case.committed_slices().len().to_string();
+    until(&page, "committed", Duration::from_secs(30), |n| {
+        n == committed
+    })
+    .await;
 
     let screenshot = page.screenshot().await.unwrap();
     assert!(screenshot.starts_with(b"\x89PNG"));
