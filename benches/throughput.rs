@@ -624,7 +624,7 @@ mod cluster {
     use std::time::Duration;
 
     use backfill_engine::cluster::{
-        serve_executor, serve_scheduler, Cluster, ExecutorOptions, SchedulerOptions,
+        serve_executor, serve_scheduler, Cluster, ExecutorOptions, SchedulerOptions, Security,
     };
     use backfill_engine::RunOptions;
 
@@ -645,22 +645,25 @@ mod cluster {
             bind,
             executor_timeout,
             adaptive: false,
+            security: Security::open(),
         }));
         for _ in 0..executors {
             runtime.spawn(serve_executor(ExecutorOptions {
                 scheduler: ("127.0.0.1".into(), port),
+                bind: [127, 0, 0, 1].into(),
                 host: "127.0.0.1".into(),
                 port: free_port(),
                 grpc_port: free_port(),
                 tasks: (slots / executors).max(1),
                 work_dir: None,
                 heartbeat: Duration::from_secs(5),
+                security: Security::open(),
             }));
         }
         let url = format!("df://127.0.0.1:{port}");
         runtime.block_on(async {
             for _ in 0..100 {
-                if let Ok(cluster) = Cluster::connect(&url).await {
+                if let Ok(cluster) = Cluster::connect(&url, Security::open()).await {
                     // Executors register on their first heartbeat, right after they start.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     return cluster;

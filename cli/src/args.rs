@@ -19,17 +19,45 @@ pub struct ClusterArgs {
     /// slice; a plan runs its sample slice there.
     #[arg(long, value_name = "df://HOST:PORT")]
     cluster: Option<String>,
+    #[command(flatten)]
+    key: KeyArgs,
 }
 
 #[cfg(feature = "cluster")]
 impl ClusterArgs {
-    /// The cluster, once its scheduler answers; an unreachable one stops the command
-    /// before anything is opened or written.
+    /// The cluster, once its scheduler answers and takes this process; an unreachable
+    /// one, or one with another key, stops the command before anything is opened or
+    /// written.
     pub async fn connect(&self) -> anyhow::Result<Option<backfill_engine::cluster::Cluster>> {
+        use backfill_engine::cluster::Cluster;
         Ok(match &self.cluster {
-            Some(url) => Some(backfill_engine::cluster::Cluster::connect(url).await?),
+            Some(url) => Some(Cluster::connect(url, self.key.security()?).await?),
             None => None,
         })
+    }
+}
+
+/// The key a cluster's processes share.
+#[cfg(feature = "cluster")]
+#[derive(Args)]
+pub struct KeyArgs {
+    /// A file holding the cluster's key, or set the key itself in BACKFILL_CLUSTER_KEY.
+    /// With a key, the cluster's processes (scheduler, executors, runs) connect only to
+    /// each other, over TLS, and every one of them needs the same key.
+    #[arg(
+        long,
+        env = "BACKFILL_CLUSTER_KEY_FILE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    cluster_key_file: Option<PathBuf>,
+}
+
+#[cfg(feature = "cluster")]
+impl KeyArgs {
+    pub fn security(&self) -> anyhow::Result<backfill_engine::cluster::Security> {
+        let file = self.cluster_key_file.as_deref();
+        Ok(backfill_engine::cluster::Security::load(file)?)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::support::*;
 
 /// `daily_revenue`'s table as compared: sums of cents rounded to cents, as the order of a
 /// float sum's terms differs between a cluster's tasks and a local run.
-const REVENUE_ROWS: &str = "SELECT dt, region, orders, priced_orders, round(revenue, 2) AS revenue FROM t ORDER BY dt, region";
+pub(crate) const REVENUE_ROWS: &str = "SELECT dt, region, orders, priced_orders, round(revenue, 2) AS revenue FROM t ORDER BY dt, region";
 
 /// A scheduler and two executors of `backfill cluster`, stopped when dropped.
 pub(crate) struct LocalCluster {
@@ -18,16 +18,20 @@ pub(crate) struct LocalCluster {
     pub(crate) scheduler: String,
     /// Each executor's work folder, where the tasks it ran leave their output.
     work_dirs: Vec<PathBuf>,
+    /// Each executor's Arrow Flight port.
+    pub(crate) flight_ports: Vec<u16>,
     /// What every process has besides this one's environment.
     env: Vec<(String, String)>,
     /// Whether the scheduler plans with Ballista's adaptive planner.
     adaptive: bool,
+    /// The address its processes listen on; they are reached through loopback.
+    listen: &'static str,
     /// Holds each process's log.
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 /// A port nothing listens on now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -35,7 +39,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16) {
+pub(crate) fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on port {port}");
@@ -53,19 +57,35 @@ impl LocalCluster {
         LocalCluster::start_sized(env, 1, false)
     }
 
+    /// A cluster whose processes have `env` besides this one's and listen on `listen`.
+    pub(crate) fn start_listening(env: &[(&str, String)], listen: &'static str) -> LocalCluster {
+        LocalCluster::start_on(env, 1, false, listen)
+    }
+
     /// A cluster whose executors run `tasks` tasks at once each, and whose scheduler
     /// plans `adaptive`ly or not.
     fn start_sized(env: &[(&str, String)], tasks: usize, adaptive: bool) -> LocalCluster {
+        LocalCluster::start_on(env, tasks, adaptive, "127.0.0.1")
+    }
+
+    fn start_on(
+        env: &[(&str, String)],
+        tasks: usize,
+        adaptive: bool,
+        listen: &'static str,
+    ) -> LocalCluster {
         let port = free_port();
         let mut cluster = LocalCluster {
             processes: vec![],
             scheduler: format!("df://127.0.0.1:{port}"),
             work_dirs: vec![],
+            flight_ports: vec![],
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             adaptive,
+            listen,
             dir: tempfile::tempdir().unwrap(),
         };
         let scheduler = cluster.spawn_scheduler("scheduler.log");
@@ -82,6 +102,8 @@ impl LocalCluster {
                 "executor",
                 "--scheduler",
                 &bind,
+                "--bind",
+                listen,
                 "--port",
                 &flight_port,
                 "--grpc-port",
@@ -97,12 +119,13 @@ impl LocalCluster {
             cluster.processes.push(process);
             wait_for_port(flight);
             cluster.work_dirs.push(work);
+            cluster.flight_ports.push(flight);
         }
         cluster
     }
 
     /// `backfill ARGS` with the cluster's environment, its stderr into the log `log`.
-    fn spawn(&self, args: &[&str], log: &str) -> Child {
+    pub(crate) fn spawn(&self, args: &[&str], log: &str) -> Child {
         let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
         Command::new(env!("CARGO_BIN_EXE_backfill"))
             .args(args)
@@ -115,7 +138,8 @@ impl LocalCluster {
 
     /// A scheduler at the cluster's address, once it listens.
     fn spawn_scheduler(&self, log: &str) -> Child {
-        let bind = self.scheduler.trim_start_matches("df://").to_string();
+        let port = self.scheduler.rsplit(':').next().unwrap();
+        let bind = format!("{}:{port}", self.listen);
         let mut args = vec![
             "cluster",
             "scheduler",
@@ -181,7 +205,7 @@ async fn rows_in(table: &Path) -> u64 {
 
 /// Runs `pipeline` over `range` locally and on `cluster`, each into a fresh table, and
 /// returns both tables' rows under `sql`.
-async fn local_and_on_cluster(
+pub(crate) async fn local_and_on_cluster(
     cluster: &LocalCluster,
     pipeline: &str,
     range: &[&str],
@@ -231,13 +255,14 @@ async fn overwrite_merge_and_rebuild_on_a_cluster_equal_local_runs() {
 #[test]
 fn an_unreachable_scheduler_stops_the_run_before_anything_is_written() {
     let case = Case::new("daily_revenue");
-    let address = format!("df://127.0.0.1:{}", free_port());
+    let port = free_port();
+    let address = format!("df://127.0.0.1:{port}");
     let out = backfill(&case.args("run", &["--keys", "2024-01-01", "--cluster", &address]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "--cluster: {address}: the scheduler does not answer"
+            "--cluster: {address}: the scheduler at 127.0.0.1:{port} does not answer"
         )),
         "{stderr}"
     );
@@ -486,7 +511,11 @@ fn commits_in(table: &Path) -> usize {
 }
 
 /// Waits for `child` to end, killing it and failing after `limit`.
-fn ended_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+pub(crate) fn ended_within(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -8,6 +8,8 @@ mod catch_up;
 mod clean;
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "cluster")]
+mod cluster_key;
 mod concurrent;
 mod delta_sources;
 mod dimensions;

@@ -1,14 +1,16 @@
 //! `backfill cluster`: one binary forms an Apache DataFusion Ballista cluster, a
 //! scheduler and executors reading storage the way runs do (the local disk, S3 from the
-//! `AWS_*` variables), so no custom Ballista image is needed.
+//! `AWS_*` variables), so no custom Ballista image is needed. With a cluster key, its
+//! processes take only each other; without one, they listen on loopback only.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use backfill_engine::cluster::{self, ExecutorOptions, SchedulerOptions};
 use clap::{Args, Subcommand};
 
 use super::Outcome;
+use crate::args::KeyArgs;
 
 #[derive(Args)]
 pub struct ClusterArgs {
@@ -31,15 +33,20 @@ enum Role {
         /// its slice retried.
         #[arg(long)]
         adaptive: bool,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Serve an executor that runs the tasks a scheduler gives it.
     Executor {
         /// The scheduler's address, HOST:PORT.
         #[arg(long, value_name = "HOST:PORT")]
         scheduler: String,
-        /// The host to listen on and to advertise to the scheduler and clients.
+        /// The host to advertise to the scheduler and clients.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// The address to listen on [default: --host's].
+        #[arg(long, value_name = "IP")]
+        bind: Option<IpAddr>,
         /// The port results are fetched from (Arrow Flight).
         #[arg(long, default_value_t = 50051)]
         port: u16,
@@ -55,6 +62,8 @@ enum Role {
         /// How often to tell the scheduler it is alive (within its --executor-timeout).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         heartbeat: std::time::Duration,
+        #[command(flatten)]
+        key: KeyArgs,
     },
 }
 
@@ -64,23 +73,27 @@ pub async fn execute(args: ClusterArgs) -> anyhow::Result<Outcome> {
             bind,
             executor_timeout,
             adaptive,
+            key,
         } => {
-            eprintln!("scheduler listening on {bind}: run --cluster df://{bind}");
             let options = SchedulerOptions {
                 bind,
                 executor_timeout,
                 adaptive,
+                security: key.security()?,
             };
+            eprintln!("scheduler listening on {bind}: run --cluster df://{bind}");
             cluster::serve_scheduler(options).await?;
         }
         Role::Executor {
             scheduler,
             host,
+            bind,
             port,
             grpc_port,
             tasks,
             work_dir,
             heartbeat,
+            key,
         } => {
             let (scheduler_host, scheduler_port) = scheduler
                 .rsplit_once(':')
@@ -91,17 +104,29 @@ pub async fn execute(args: ClusterArgs) -> anyhow::Result<Outcome> {
                         format!("`{scheduler}` is not HOST:PORT"),
                     )
                 })?;
+            let bind = match bind {
+                Some(bind) => bind,
+                None => host.parse().map_err(|_| {
+                    backfill_engine::Error::config(
+                        "--host",
+                        format!("`{host}` is not an IP address: give --bind IP to listen on"),
+                    )
+                })?,
+            };
+            let security = key.security()?;
             eprintln!("executor {host}:{port} working for the scheduler at {scheduler}");
             let tasks =
                 tasks.map_or_else(backfill_engine::estimate::default_concurrency, usize::from);
             cluster::serve_executor(ExecutorOptions {
                 scheduler: (scheduler_host, scheduler_port),
+                bind,
                 host,
                 port,
                 grpc_port,
                 tasks,
                 work_dir: work_dir.map(|dir| dir.display().to_string()),
                 heartbeat,
+                security,
             })
             .await?;
         }

@@ -11,16 +11,19 @@
 //! exactly as a local one. This module never commits.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 mod codec;
 mod guard;
+mod security;
+mod serve;
 mod write;
 
+pub use security::{ClusterKey, Security, KEY_VARIABLE};
+pub use serve::{serve_executor, serve_scheduler, ExecutorOptions, SchedulerOptions};
+
 use ballista::extension::{SessionConfigExt, SessionContextExt};
-use ballista_core::config::TaskSchedulingPolicy;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -37,26 +40,25 @@ use crate::retry::{RequestRetry, RetryingStore};
 use crate::sink::StagedOutput;
 use crate::slice::Slice;
 use crate::source::{object_store_for, store_root, SourceFile};
-use codec::{LogicalCodec, PhysicalCodec};
+use codec::LogicalCodec;
 use write::{Output, TaskOutcome, WriteSlice, WriteSpec};
 
 /// Ballista's scheduler port when the address names none.
 const DEFAULT_SCHEDULER_PORT: u16 = 50050;
 
-/// How long to wait for the scheduler to answer before a run starts.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A Ballista cluster to run slices on, known to answer at its address.
+/// A Ballista cluster to run slices on, known to take this process at its address.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     /// `df://host:port`, as given.
     url: String,
+    security: Security,
 }
 
 impl Cluster {
-    /// The scheduler at `url` (`df://HOST:PORT`), once it answers; an error naming the
-    /// address if it does not.
-    pub async fn connect(url: &str) -> Result<Cluster> {
+    /// The scheduler at `url` (`df://HOST:PORT`), once it answers and takes this process
+    /// as a member of its cluster; an error naming the address and the cause if not (no
+    /// answer, or a key on one side and not the other, or another key).
+    pub async fn connect(url: &str, security: Security) -> Result<Cluster> {
         let refused = |why: String| Error::config("--cluster", format!("{url}: {why}"));
         let parsed = Url::parse(url).map_err(|e| refused(format!("not a URL: {e}")))?;
         if parsed.scheme() != "df" {
@@ -69,17 +71,14 @@ impl Cluster {
             .map_err(|e| refused(format!("cannot resolve {host}: {e}")))?
             .next()
             .ok_or_else(|| refused(format!("{host} has no address")))?;
-        let reached =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address));
-        match reached.await {
-            Ok(Ok(_)) => Ok(Cluster { url: url.into() }),
-            Ok(Err(e)) => Err(refused(format!(
-                "the scheduler does not answer at {address}: {e}"
-            ))),
-            Err(_) => Err(refused(format!(
-                "the scheduler did not answer at {address} within {CONNECT_TIMEOUT:?}"
-            ))),
-        }
+        security
+            .check_peer(address, &format!("the scheduler at {address}"))
+            .await
+            .map_err(refused)?;
+        Ok(Cluster {
+            url: url.into(),
+            security,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -88,8 +87,15 @@ impl Cluster {
 
     /// A session whose queries run on the cluster.
     pub(crate) async fn session(&self, config: SessionConfig) -> Result<SessionContext> {
-        let config =
-            config.with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()));
+        // Ballista's defaults for DataFusion first: they are set only on a config that
+        // has no Ballista settings yet, and the settings below are Ballista's.
+        let mut config = config
+            .upgrade_for_ballista()
+            .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
+            .with_ballista_use_tls(self.security.is_keyed());
+        if let Some(endpoint) = self.security.endpoint_override() {
+            config = config.with_ballista_override_create_grpc_client_endpoint(endpoint);
+        }
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
@@ -99,128 +105,6 @@ impl Cluster {
             .await
             .map_err(|e| Error::config("--cluster", format!("{}: {e}", self.url)))
     }
-}
-
-/// Where a scheduler listens, and how soon it gives up on a silent executor.
-#[derive(Debug, Clone)]
-pub struct SchedulerOptions {
-    pub bind: SocketAddr,
-    /// An executor not heard from for this long is lost: every running job is cancelled,
-    /// and runs compute those slices again on the executors left. A job with no task
-    /// running or waiting to run for this long is cancelled too (`guard.rs`).
-    pub executor_timeout: Duration,
-    /// Whether jobs are planned by Ballista's adaptive planner rather than its static
-    /// one (ARCHITECTURE.md, Known limits: Ballista 55's adaptive planner strands a job
-    /// that loses an executor, which the guards cancel first).
-    pub adaptive: bool,
-}
-
-/// Serves a Ballista scheduler until the process ends.
-pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
-    use ballista_scheduler::cluster::BallistaCluster;
-    use ballista_scheduler::config::SchedulerConfig;
-    use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service};
-    use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-    let adaptive = options.adaptive;
-    let config = SchedulerConfig {
-        bind_host: options.bind.ip().to_string(),
-        bind_port: options.bind.port(),
-        external_host: options.bind.ip().to_string(),
-        executor_timeout_seconds: options.executor_timeout.as_secs().max(2),
-        expire_dead_executor_interval_seconds: (options.executor_timeout.as_secs() / 6).max(1),
-        no_executors_grace_period_seconds: options.executor_timeout.as_secs().max(2),
-        override_session_builder: Some(Arc::new(move |config: SessionConfig| {
-            let runtime = runtime_env()
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            let config = config.with_ballista_adaptive_query_planner(adaptive);
-            Ok(SessionStateBuilder::new()
-                .with_default_features()
-                .with_config(config)
-                .with_runtime_env(runtime)
-                .with_query_planner(Arc::new(write::SchedulerPlanner))
-                .build())
-        })),
-        // Executors ask for work as they have room (as Spark's do). Were the scheduler to
-        // push tasks, it would count each executor's free slots itself, and Ballista 55
-        // never gives back the slot of a task whose stage was rolled back when another
-        // executor died: an executor with one slot then gets no task again, and the job
-        // waits forever.
-        scheduling_policy: TaskSchedulingPolicy::PullStaged,
-        override_logical_codec: Some(Arc::new(LogicalCodec::default())),
-        override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
-        ..SchedulerConfig::default()
-    };
-    let failed = |e: ballista_core::error::BallistaError| {
-        Error::execution(format!("scheduler at {}", options.bind), e.to_string())
-    };
-    let cluster = BallistaCluster::new_from_config(&config)
-        .await
-        .map_err(failed)?;
-    let on_loss = Arc::new(guard::CancelOnLoss::new(cluster.cluster_state()));
-    let scheduler_of_state = on_loss.scheduler.clone();
-    let cluster = BallistaCluster::new(on_loss, cluster.job_state());
-    let config = Arc::new(config);
-    config.validate().map_err(failed)?;
-    let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config)
-        .await
-        .map_err(failed)?;
-    let _ = scheduler_of_state.set(scheduler.clone());
-    tokio::spawn(guard::watch_jobs(
-        scheduler.clone(),
-        options.executor_timeout,
-    ));
-    start_grpc_service(options.bind, scheduler)
-        .await
-        .map_err(failed)
-}
-
-/// An executor: the scheduler it works for, where it serves its results, and what it
-/// may use.
-#[derive(Debug, Clone)]
-pub struct ExecutorOptions {
-    pub scheduler: (String, u16),
-    /// The host it listens on and advertises; its Arrow Flight port, and its gRPC port.
-    pub host: String,
-    pub port: u16,
-    pub grpc_port: u16,
-    /// Tasks it runs at once.
-    pub tasks: usize,
-    /// Where it keeps shuffle data.
-    pub work_dir: Option<String>,
-    /// How often it tells the scheduler it is alive: well within the scheduler's
-    /// executor timeout.
-    pub heartbeat: Duration,
-}
-
-/// Serves a Ballista executor until the process ends.
-pub async fn serve_executor(options: ExecutorOptions) -> Result<()> {
-    use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
-    let config = ExecutorProcessConfig {
-        bind_host: options.host.clone(),
-        external_host: Some(options.host.clone()),
-        port: options.port,
-        grpc_port: options.grpc_port,
-        scheduler_host: options.scheduler.0.clone(),
-        scheduler_port: options.scheduler.1,
-        vcores: options.tasks.max(1),
-        work_dir: options.work_dir.clone(),
-        executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
-        // As the scheduler expects (see `serve_scheduler`).
-        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
-        override_runtime_producer: Some(Arc::new(|_config: &SessionConfig| {
-            runtime_env().map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
-        })),
-        override_logical_codec: Some(Arc::new(LogicalCodec::default())),
-        override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
-        ..ExecutorProcessConfig::default()
-    };
-    start_executor_process(Arc::new(config)).await.map_err(|e| {
-        let (host, port) = &options.scheduler;
-        Error::execution(
-            format!("executor of the scheduler at {host}:{port}"),
-            e.to_string(),
-        )
-    })
 }
 
 /// A runtime whose object stores are made as a run makes them: the local disk, or S3
