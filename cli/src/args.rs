@@ -20,7 +20,7 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "df://HOST:PORT")]
     cluster: Option<String>,
     #[command(flatten)]
-    key: KeyArgs,
+    security: SecurityArgs,
 }
 
 #[cfg(feature = "cluster")]
@@ -31,16 +31,16 @@ impl ClusterArgs {
     pub async fn connect(&self) -> anyhow::Result<Option<backfill_engine::cluster::Cluster>> {
         use backfill_engine::cluster::Cluster;
         Ok(match &self.cluster {
-            Some(url) => Some(Cluster::connect(url, self.key.security()?).await?),
+            Some(url) => Some(Cluster::connect(url, self.security.load()?).await?),
             None => None,
         })
     }
 }
 
-/// The key a cluster's processes share.
+/// How a cluster's processes take only each other: a shared key, certificates, or both.
 #[cfg(feature = "cluster")]
 #[derive(Args)]
-pub struct KeyArgs {
+pub struct SecurityArgs {
     /// A file holding the cluster's key, or set the key itself in BACKFILL_CLUSTER_KEY.
     /// With a key, the cluster's processes (scheduler, executors, runs) connect only to
     /// each other, over TLS, and every one of them needs the same key.
@@ -51,13 +51,45 @@ pub struct KeyArgs {
         value_name = "FILE"
     )]
     cluster_key_file: Option<PathBuf>,
+    /// The authority (PEM) that signed the cluster's TLS certificates: servers must hold
+    /// one it signed for the host they are reached at, and so must clients unless the
+    /// cluster has a key.
+    #[arg(
+        long,
+        env = "BACKFILL_TLS_CA",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    tls_ca: Option<PathBuf>,
+    /// This process's TLS certificate (PEM), which a scheduler or an executor serves with
+    /// and a process presents to the servers it connects to.
+    #[arg(
+        long,
+        env = "BACKFILL_TLS_CERT",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "BACKFILL_TLS_KEY",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 #[cfg(feature = "cluster")]
-impl KeyArgs {
-    pub fn security(&self) -> anyhow::Result<backfill_engine::cluster::Security> {
-        let file = self.cluster_key_file.as_deref();
-        Ok(backfill_engine::cluster::Security::load(file)?)
+impl SecurityArgs {
+    pub fn load(&self) -> anyhow::Result<backfill_engine::cluster::Security> {
+        use backfill_engine::cluster::{CertificateFiles, Security};
+        let files = CertificateFiles {
+            certificate: self.tls_cert.clone(),
+            private_key: self.tls_key.clone(),
+            authority: self.tls_ca.clone(),
+        };
+        Ok(Security::load(self.cluster_key_file.as_deref(), &files)?)
     }
 }
 

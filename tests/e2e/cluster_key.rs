@@ -1,7 +1,8 @@
-//! A cluster with a key: its processes (scheduler, executors, the runs that drive it)
-//! take only each other, over TLS. A driver, an executor or any client without the key,
-//! or with another, is refused and logged, and a process that would listen beyond
-//! loopback without a key does not start.
+//! A cluster with a key or certificates: its processes (scheduler, executors, the runs
+//! that drive it) take only each other, over TLS. A driver, an executor or any client
+//! without the key, or with another, or without a certificate the cluster's authority
+//! signed, is refused and logged, and a process that would listen beyond loopback
+//! without a key or certificates does not start.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,14 +60,10 @@ fn logged(cluster: &LocalCluster, needle: &str, count: usize) -> Vec<String> {
     }
 }
 
-/// `run` of `case` on `cluster` over `DAYS` with `key` (from a file) or none: its exit
-/// code and stderr.
-fn run_on(cluster: &LocalCluster, case: &Case, key: Option<&str>) -> (Option<i32>, String) {
-    let mut args = [&DAYS[..], &["--cluster", &cluster.scheduler]].concat();
-    let file = key.map(|key| key_file(case.scratch.path("").as_path(), key));
-    if let Some(file) = &file {
-        args.extend(["--cluster-key-file", file.to_str().unwrap()]);
-    }
+/// `run` of `case` over `DAYS` on the cluster at `url`, with `more` arguments and no
+/// key in the environment: its exit code and stderr.
+fn run_on(url: &str, case: &Case, more: &[&str]) -> (Option<i32>, String) {
+    let args = [&DAYS[..], &["--cluster", url], more].concat();
     let out = Command::new(env!("CARGO_BIN_EXE_backfill"))
         .args(case.args("run", &args))
         .env_remove(KEY_VARIABLE)
@@ -77,13 +74,30 @@ fn run_on(cluster: &LocalCluster, case: &Case, key: Option<&str>) -> (Option<i32
     (out.status.code(), stderr)
 }
 
+/// `run_on` with `key` from a file, or none.
+fn run_with_key(cluster: &LocalCluster, case: &Case, key: Option<&str>) -> (Option<i32>, String) {
+    let file = key.map(|key| key_file(case.scratch.path("").as_path(), key));
+    let more = match &file {
+        Some(file) => vec!["--cluster-key-file", file.to_str().unwrap()],
+        None => vec![],
+    };
+    run_on(&cluster.scheduler, case, &more)
+}
+
 #[tokio::test]
 async fn a_keyed_cluster_listening_on_every_address_computes_the_table_a_local_run_does() {
     let cluster = keyed_cluster("0.0.0.0");
     let local = Case::new("daily_revenue");
     local.ok("run", &DAYS, 0);
     let remote = Case::new("daily_revenue");
-    let (code, stderr) = run_on(&cluster, &remote, Some(KEY));
+    // `df+tls://` asks for TLS, which the key gives.
+    let file = key_file(remote.scratch.path("").as_path(), KEY);
+    let url = cluster.scheduler.replace("df://", "df+tls://");
+    let (code, stderr) = run_on(
+        &url,
+        &remote,
+        &["--cluster-key-file", file.to_str().unwrap()],
+    );
     assert_eq!(code, Some(0), "{stderr}");
     let rows = local.stored(REVENUE_ROWS).await;
     assert!(rows.len() > 4, "{rows:?}");
@@ -108,7 +122,7 @@ fn drivers_without_the_key_or_with_another_are_refused_before_anything_is_writte
         ),
     ] {
         let case = Case::new("daily_revenue");
-        let (code, stderr) = run_on(&cluster, &case, key);
+        let (code, stderr) = run_with_key(&cluster, &case, key);
         assert_eq!(code, Some(2), "{stderr}");
         let expected = format!(
             "error: --cluster: {}: the scheduler at {scheduler} {cause}",
@@ -219,7 +233,7 @@ fn an_executor_with_another_key_or_none_cannot_join() {
 fn a_driver_with_a_key_is_refused_by_a_cluster_without_one() {
     let cluster = LocalCluster::start_with(&[]);
     let case = Case::new("daily_revenue");
-    let (code, stderr) = run_on(&cluster, &case, Some(KEY));
+    let (code, stderr) = run_with_key(&cluster, &case, Some(KEY));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("has no cluster key (it serves without TLS), but this process has one"),
@@ -282,4 +296,130 @@ fn a_short_key_is_refused_naming_where_it_came_from() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!stderr.contains("short"), "{stderr}");
+}
+
+/// A certificate authority, and one certificate it signed for 127.0.0.1 and localhost,
+/// which every process of a test cluster serves and connects with: the files of the
+/// authority, the certificate and its private key, under `dir`.
+fn certificates(dir: &Path) -> [PathBuf; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer};
+    let authority_key = rcgen::KeyPair::generate().unwrap();
+    let mut authority = CertificateParams::default();
+    authority.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let authority_pem = authority.self_signed(&authority_key).unwrap().pem();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut member = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    member.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let issuer = Issuer::new(authority, authority_key);
+    let certificate = member.signed_by(&key, &issuer).unwrap();
+    let files = [
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    ];
+    std::fs::write(&files[0], authority_pem).unwrap();
+    std::fs::write(&files[1], certificate.pem()).unwrap();
+    std::fs::write(&files[2], key.serialize_pem()).unwrap();
+    files
+}
+
+#[tokio::test]
+async fn a_cluster_with_certificate_files_computes_the_table_and_takes_only_clients_they_prove() {
+    let scratch = Scratch::new();
+    let [ca, cert, key] = certificates(&scratch.path(""));
+    let [ca, cert, key] = [&ca, &cert, &key].map(|file| file.to_str().unwrap().to_string());
+    let env = [
+        ("BACKFILL_TLS_CA", ca.clone()),
+        ("BACKFILL_TLS_CERT", cert.clone()),
+        ("BACKFILL_TLS_KEY", key.clone()),
+    ];
+    let cluster = LocalCluster::start_listening(&env, "0.0.0.0");
+    let url = cluster.scheduler.replace("df://", "df+tls://");
+
+    let local = Case::new("daily_revenue");
+    local.ok("run", &DAYS, 0);
+    let remote = Case::new("daily_revenue");
+    let all = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let (code, stderr) = run_on(&url, &remote, &all);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        remote.stored(REVENUE_ROWS).await,
+        local.stored(REVENUE_ROWS).await
+    );
+
+    let scheduler = cluster.scheduler.trim_start_matches("df://");
+    for (more, cause) in [
+        (
+            &all[..2],
+            "takes only clients with a certificate its authority signed, and this process \
+             has none: give --tls-cert and --tls-key",
+        ),
+        (
+            &[][..],
+            "requires the cluster key (it serves TLS to members only), and this process has \
+             none",
+        ),
+    ] {
+        let case = Case::new("daily_revenue");
+        let (code, stderr) = run_on(&cluster.scheduler, &case, more);
+        assert_eq!(code, Some(2), "{stderr}");
+        let expected = format!("the scheduler at {scheduler} {cause}");
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(!case.table.exists(), "nothing was written");
+    }
+    let case = Case::new("daily_revenue");
+    let (code, stderr) = run_on(&url, &case, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("df+tls:// asks for TLS"), "{stderr}");
+    let refusal = "scheduler: refused a connection from 127.0.0.1:";
+    let refusals = logged(&cluster, refusal, 2);
+    assert!(
+        refusals[0]
+            .ends_with("it presented no certificate: it is not one of the cluster's processes"),
+        "{refusals:?}"
+    );
+}
+
+#[test]
+fn certificate_files_that_cannot_serve_are_refused_naming_the_flag() {
+    let scratch = Scratch::new();
+    let [ca, cert, key] = certificates(&scratch.path(""));
+    let [ca, cert, key] = [&ca, &cert, &key].map(|file| file.to_str().unwrap().to_string());
+    let missing = scratch.path("missing.pem").to_str().unwrap().to_string();
+    for (flags, expected) in [
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &key],
+            "error: --tls-ca: --tls-cert needs the authority that signed the cluster's \
+             certificates",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-ca", &ca],
+            "error: --tls-key: --tls-cert needs its private key",
+        ),
+        (
+            vec!["--tls-ca", &missing],
+            &format!("error: --tls-ca: cannot read {missing}"),
+        ),
+        (
+            vec!["--tls-ca", &key],
+            &format!("error: --tls-ca: {key}: no PEM certificate in it"),
+        ),
+        (
+            vec!["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &ca],
+            &format!("error: --tls-key: {ca}: no PEM private key in it"),
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_backfill"))
+            .args(["cluster", "scheduler", "--bind", "127.0.0.1:1"])
+            .args(&flags)
+            .env_remove(KEY_VARIABLE)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+    }
 }

@@ -10,7 +10,7 @@ use backfill_engine::cluster::{self, ExecutorOptions, SchedulerOptions};
 use clap::{Args, Subcommand};
 
 use super::Outcome;
-use crate::args::KeyArgs;
+use crate::args::SecurityArgs;
 
 #[derive(Args)]
 pub struct ClusterArgs {
@@ -34,7 +34,7 @@ enum Role {
         #[arg(long)]
         adaptive: bool,
         #[command(flatten)]
-        key: KeyArgs,
+        security: SecurityArgs,
     },
     /// Serve an executor that runs the tasks a scheduler gives it.
     Executor {
@@ -63,7 +63,7 @@ enum Role {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         heartbeat: std::time::Duration,
         #[command(flatten)]
-        key: KeyArgs,
+        security: SecurityArgs,
     },
 }
 
@@ -73,13 +73,13 @@ pub async fn execute(args: ClusterArgs) -> anyhow::Result<Outcome> {
             bind,
             executor_timeout,
             adaptive,
-            key,
+            security,
         } => {
             let options = SchedulerOptions {
                 bind,
                 executor_timeout,
                 adaptive,
-                security: key.security()?,
+                security: security.load()?,
             };
             eprintln!("scheduler listening on {bind}: run --cluster df://{bind}");
             cluster::serve_scheduler(options).await?;
@@ -93,7 +93,7 @@ pub async fn execute(args: ClusterArgs) -> anyhow::Result<Outcome> {
             tasks,
             work_dir,
             heartbeat,
-            key,
+            security,
         } => {
             let (scheduler_host, scheduler_port) = scheduler
                 .rsplit_once(':')
@@ -113,7 +113,7 @@ pub async fn execute(args: ClusterArgs) -> anyhow::Result<Outcome> {
                     )
                 })?,
             };
-            let security = key.security()?;
+            let security = security.load()?;
             eprintln!("executor {host}:{port} working for the scheduler at {scheduler}");
             let tasks =
                 tasks.map_or_else(backfill_engine::estimate::default_concurrency, usize::from);

@@ -16,11 +16,13 @@ use std::sync::{Arc, RwLock};
 
 mod codec;
 mod guard;
+mod key;
 mod security;
 mod serve;
 mod write;
 
-pub use security::{ClusterKey, Security, KEY_VARIABLE};
+pub use key::{ClusterKey, KEY_VARIABLE};
+pub use security::{CertificateFiles, Security};
 pub use serve::{serve_executor, serve_scheduler, ExecutorOptions, SchedulerOptions};
 
 use ballista::extension::{SessionConfigExt, SessionContextExt};
@@ -61,8 +63,17 @@ impl Cluster {
     pub async fn connect(url: &str, security: Security) -> Result<Cluster> {
         let refused = |why: String| Error::config("--cluster", format!("{url}: {why}"));
         let parsed = Url::parse(url).map_err(|e| refused(format!("not a URL: {e}")))?;
-        if parsed.scheme() != "df" {
-            return Err(refused("give the scheduler as df://HOST:PORT".into()));
+        match parsed.scheme() {
+            "df" => {}
+            "df+tls" if security.uses_tls() => {}
+            "df+tls" => {
+                return Err(refused(
+                    "df+tls:// asks for TLS: give the cluster key (BACKFILL_CLUSTER_KEY or \
+                     --cluster-key-file) or the cluster's certificate authority (--tls-ca)"
+                        .into(),
+                ))
+            }
+            _ => return Err(refused("give the scheduler as df://HOST:PORT".into())),
         }
         let host = parsed.host_str().unwrap_or_default().to_string();
         let port = parsed.port().unwrap_or(DEFAULT_SCHEDULER_PORT);
@@ -72,7 +83,7 @@ impl Cluster {
             .next()
             .ok_or_else(|| refused(format!("{host} has no address")))?;
         security
-            .check_peer(address, &format!("the scheduler at {address}"))
+            .check_peer(&host, address, &format!("the scheduler at {address}"))
             .await
             .map_err(refused)?;
         Ok(Cluster {
@@ -92,7 +103,7 @@ impl Cluster {
         let mut config = config
             .upgrade_for_ballista()
             .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
-            .with_ballista_use_tls(self.security.is_keyed());
+            .with_ballista_use_tls(self.security.uses_tls());
         if let Some(endpoint) = self.security.endpoint_override() {
             config = config.with_ballista_override_create_grpc_client_endpoint(endpoint);
         }

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use super::codec::{LogicalCodec, PhysicalCodec};
-use super::security::{refusal_reason, Security, HANDSHAKE_TIMEOUT};
+use super::security::{Acceptor, Security};
 use super::{guard, runtime_env, write};
 use crate::error::{Error, Result};
 
@@ -82,7 +82,7 @@ pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         override_create_grpc_client_endpoint: options.security.endpoint_override(),
-        use_tls: options.security.is_keyed(),
+        use_tls: options.security.uses_tls(),
         ..SchedulerConfig::default()
     };
     let failed = |e: BallistaError| {
@@ -163,11 +163,15 @@ pub async fn serve_executor(options: ExecutorOptions) -> Result<()> {
     // Ballista would only say it could not connect.
     until_listening(address).await;
     security
-        .check_peer(address, &format!("the scheduler at {scheduler}"))
+        .check_peer(
+            scheduler_host,
+            address,
+            &format!("the scheduler at {scheduler}"),
+        )
         .await
         .map_err(|why| Error::config("--scheduler", why))?;
     let override_endpoint = security.endpoint_override();
-    let keyed = security.is_keyed();
+    let tls = security.uses_tls();
     let for_tasks = override_endpoint.clone();
     let acceptor = security.acceptor()?;
     let config = ExecutorProcessConfig {
@@ -187,7 +191,7 @@ pub async fn serve_executor(options: ExecutorOptions) -> Result<()> {
         })),
         // Tasks reading another executor's shuffle output connect as this process does.
         override_config_producer: Some(Arc::new(move || {
-            let config = SessionConfig::new_with_ballista().with_ballista_use_tls(keyed);
+            let config = SessionConfig::new_with_ballista().with_ballista_use_tls(tls);
             match &for_tasks {
                 Some(endpoint) => {
                     config.with_ballista_override_create_grpc_client_endpoint(endpoint.clone())
@@ -228,7 +232,7 @@ async fn serve_flight(
     work_dir: String,
     address: SocketAddr,
     mut shutdown: Shutdown,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    acceptor: Option<Acceptor>,
 ) -> std::result::Result<(), BallistaError> {
     let service = FlightServiceServer::new(BallistaFlightService::new(work_dir))
         .max_encoding_message_size(MAX_MESSAGE)
@@ -253,7 +257,7 @@ async fn serve_flight(
 /// the cluster's members. Every other is logged, with why, and dropped.
 fn members(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Acceptor,
     server: &'static str,
 ) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
     let (accepted, members) = tokio::sync::mpsc::channel(16);
@@ -272,20 +276,14 @@ fn members(
             let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
             // Each handshake on its own task: a slow peer holds up no other.
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(member)) => {
+                match acceptor.accept(tcp).await {
+                    Ok(member) => {
                         let _ = accepted.send(Ok(member)).await;
                     }
-                    Ok(Err(error)) => match refusal_reason(&error) {
-                        Some(why) => {
-                            tracing::warn!("{server}: refused a connection from {peer}: {why}")
-                        }
-                        None => tracing::debug!("{server}: {peer} closed before a handshake"),
-                    },
-                    Err(_) => tracing::warn!(
-                        "{server}: refused a connection from {peer}: no TLS handshake within \
-                         {HANDSHAKE_TIMEOUT:?}"
-                    ),
+                    Err(Some(why)) => {
+                        tracing::warn!("{server}: refused a connection from {peer}: {why}")
+                    }
+                    Err(None) => tracing::debug!("{server}: {peer} closed before a handshake"),
                 }
             });
         }
