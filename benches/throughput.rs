@@ -624,7 +624,8 @@ mod cluster {
     use std::time::Duration;
 
     use backfill_engine::cluster::{
-        serve_executor, serve_scheduler, Cluster, ExecutorOptions, SchedulerOptions, Security,
+        serve_executor, serve_scheduler, Cluster, ClusterKey, ExecutorOptions, SchedulerOptions,
+        Security,
     };
     use backfill_engine::RunOptions;
 
@@ -636,8 +637,13 @@ mod cluster {
     }
 
     /// A scheduler and `executors` executors serving on `runtime`, sharing `slots` task
-    /// slots between them.
-    fn start(runtime: &tokio::runtime::Runtime, executors: usize, slots: usize) -> Cluster {
+    /// slots between them, all connecting with `security`.
+    fn start(
+        runtime: &tokio::runtime::Runtime,
+        executors: usize,
+        slots: usize,
+        security: Security,
+    ) -> Cluster {
         let port = free_port();
         let bind = format!("127.0.0.1:{port}").parse().expect("an address");
         let executor_timeout = Duration::from_secs(30);
@@ -645,7 +651,7 @@ mod cluster {
             bind,
             executor_timeout,
             adaptive: false,
-            security: Security::open(),
+            security: security.clone(),
         }));
         for _ in 0..executors {
             runtime.spawn(serve_executor(ExecutorOptions {
@@ -657,13 +663,13 @@ mod cluster {
                 tasks: (slots / executors).max(1),
                 work_dir: None,
                 heartbeat: Duration::from_secs(5),
-                security: Security::open(),
+                security: security.clone(),
             }));
         }
         let url = format!("df://127.0.0.1:{port}");
         runtime.block_on(async {
             for _ in 0..100 {
-                if let Ok(cluster) = Cluster::connect(&url, Security::open()).await {
+                if let Ok(cluster) = Cluster::connect(&url, security.clone()).await {
                     // Executors register on their first heartbeat, right after they start.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     return cluster;
@@ -681,15 +687,24 @@ mod cluster {
         repeat: usize,
     ) {
         let slots = backfill_engine::estimate::default_concurrency();
+        let open = Security::open;
+        // The same cluster with a key: every connection TLS, both ends proving the key.
+        let key = ClusterKey::new("a benchmark's cluster key".into(), "the bench".into())
+            .expect("long enough");
+        let keyed = || Security::new(Some(&key), &Default::default()).expect("certificates");
         let places = [
             ("local".to_string(), None),
             (
                 format!("1 executor x {slots} tasks"),
-                Some(start(runtime, 1, slots)),
+                Some(start(runtime, 1, slots, open())),
             ),
             (
                 format!("2 executors x {} tasks", (slots / 2).max(1)),
-                Some(start(runtime, 2, slots)),
+                Some(start(runtime, 2, slots, open())),
+            ),
+            (
+                format!("2 executors x {} tasks, key", (slots / 2).max(1)),
+                Some(start(runtime, 2, slots, keyed())),
             ),
         ];
         println!(

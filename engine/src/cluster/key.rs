@@ -72,8 +72,9 @@ impl ClusterKey {
         }
     }
 
-    /// A key as written: surrounding whitespace (a file's last newline) is not part of it.
-    pub(crate) fn new(secret: String, from: String) -> Result<ClusterKey> {
+    /// A key as written (surrounding whitespace, a file's last newline, is not part of
+    /// it), and where it came from, for errors.
+    pub fn new(secret: String, from: String) -> Result<ClusterKey> {
         let secret = secret.trim();
         let chars = secret.chars().count();
         if chars < MIN_KEY_CHARS {

@@ -100,7 +100,9 @@ impl Security {
         Security::new(ClusterKey::load(key_file)?.as_ref(), files)
     }
 
-    pub(crate) fn new(key: Option<&ClusterKey>, files: &CertificateFiles) -> Result<Security> {
+    /// A process of the cluster of `key`, or of certificate `files`, or of both; one in
+    /// the clear with neither.
+    pub fn new(key: Option<&ClusterKey>, files: &CertificateFiles) -> Result<Security> {
         let member = key.map(ClusterKey::member).transpose()?;
         let (own, authority) = files.read()?;
         let keyed = member.is_some();

@@ -1,6 +1,7 @@
 //! The cluster's servers: a scheduler, and an executor's Arrow Flight service, each
-//! listening with the process's [`Security`]: in the clear on loopback without a key, or
-//! over TLS accepting only members of the key's cluster, with each refusal logged.
+//! listening with the process's [`Security`]: in the clear on loopback without a key or
+//! certificates, or else over TLS taking only the cluster's members, with each refusal
+//! logged.
 //!
 //! Ballista's own scheduler server serves in the clear only, so the scheduler's gRPC
 //! service is served here; an executor is Ballista's, with its Flight service and every
@@ -22,6 +23,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::server::Router;
 
 use super::codec::{LogicalCodec, PhysicalCodec};
 use super::security::{Acceptor, Security};
@@ -111,18 +113,16 @@ pub async fn serve_scheduler(options: SchedulerOptions) -> Result<()> {
         .await
         .map_err(|e| Error::config("--bind", format!("cannot listen on {}: {e}", options.bind)))?;
     let server = create_grpc_server(&GrpcServerConfig::default()).add_service(service);
-    let served = match acceptor {
-        Some(acceptor) => {
-            let members = members(listener, acceptor, "scheduler");
-            server.serve_with_incoming(members).await
-        }
-        None => {
-            server
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await
-        }
-    };
-    served.map_err(|e| failed(BallistaError::TonicError(e)))
+    let served = serve(
+        server,
+        listener,
+        acceptor,
+        "scheduler",
+        std::future::pending(),
+    );
+    served
+        .await
+        .map_err(|e| failed(BallistaError::TonicError(e)))
 }
 
 /// An executor: the scheduler it works for, where it serves its results, and what it
@@ -240,17 +240,29 @@ async fn serve_flight(
     let listener = TcpListener::bind(address).await?;
     let server = create_grpc_server(&GrpcServerConfig::default()).add_service(service);
     let stop = async move { shutdown.recv().await };
-    let served = match acceptor {
+    let served = serve(server, listener, acceptor, "executor", stop);
+    served.await.map_err(BallistaError::TonicError)
+}
+
+/// Serves `router` on `listener` until `stop`: in the clear, or to the members
+/// `acceptor` takes.
+async fn serve(
+    router: Router,
+    listener: TcpListener,
+    acceptor: Option<Acceptor>,
+    server: &'static str,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::result::Result<(), tonic::transport::Error> {
+    match acceptor {
         Some(acceptor) => {
-            let members = members(listener, acceptor, "executor");
-            server.serve_with_incoming_shutdown(members, stop).await
+            let members = members(listener, acceptor, server);
+            router.serve_with_incoming_shutdown(members, stop).await
         }
         None => {
             let incoming = TcpListenerStream::new(listener);
-            server.serve_with_incoming_shutdown(incoming, stop).await
+            router.serve_with_incoming_shutdown(incoming, stop).await
         }
-    };
-    served.map_err(BallistaError::TonicError)
+    }
 }
 
 /// The connections `listener` accepts whose TLS handshake `acceptor` completes: those of
