@@ -423,3 +423,41 @@ fn certificate_files_that_cannot_serve_are_refused_naming_the_flag() {
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn with_a_key_and_certificate_files_servers_show_the_files_and_the_key_proves_clients() {
+    let scratch = Scratch::new();
+    let [ca, cert, key] = certificates(&scratch.path(""));
+    let [ca, cert, key] = [&ca, &cert, &key].map(|file| file.to_str().unwrap().to_string());
+    let env = [
+        (KEY_VARIABLE, KEY.to_string()),
+        ("BACKFILL_TLS_CA", ca.clone()),
+        ("BACKFILL_TLS_CERT", cert),
+        ("BACKFILL_TLS_KEY", key),
+    ];
+    let cluster = LocalCluster::start_listening(&env, "127.0.0.1");
+    let case = Case::new("daily_revenue");
+    let file = key_file(case.scratch.path("").as_path(), KEY);
+    let file = file.to_str().unwrap();
+    // The key alone does not vouch for servers that show certificates of their own.
+    let (code, stderr) = run_on(&cluster.scheduler, &case, &["--cluster-key-file", file]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "or serves a certificate of its own (--tls-cert) whose authority this process is \
+             not given (--tls-ca)"
+        ),
+        "{stderr}"
+    );
+    assert!(!case.table.exists(), "nothing was written");
+    // With their authority, a client proving the key (and no certificate) is taken.
+    let with_ca = ["--cluster-key-file", file, "--tls-ca", &ca];
+    let (code, stderr) = run_on(&cluster.scheduler, &case, &with_ca);
+    assert_eq!(code, Some(0), "{stderr}");
+    let local = Case::new("daily_revenue");
+    local.ok("run", &DAYS, 0);
+    assert_eq!(
+        case.stored(REVENUE_ROWS).await,
+        local.stored(REVENUE_ROWS).await
+    );
+}

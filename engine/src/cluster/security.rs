@@ -348,7 +348,12 @@ impl Tls {
                 "{who} serves without TLS, but this process uses TLS (--tls-ca): give both \
                  the same settings"
             ),
-            Refusal::Untrusted(_) if self.servers_named.is_some() => another_key(),
+            // Not from the key's authority: another key's, or the server's own files'.
+            Refusal::Untrusted(_) if self.servers_named.is_some() => format!(
+                "{who} holds another cluster key than this process, or serves a certificate \
+                 of its own (--tls-cert) whose authority this process is not given (--tls-ca): \
+                 give both the same key and certificate settings"
+            ),
             Refusal::Untrusted(why) => {
                 format!("{who} has a certificate that --tls-ca did not sign for it: {why}")
             }
