@@ -60,18 +60,23 @@ fn logged(cluster: &LocalCluster, needle: &str, count: usize) -> Vec<String> {
     }
 }
 
-/// `run` of `case` over `DAYS` on the cluster at `url`, with `more` arguments and no
-/// key in the environment: its exit code and stderr.
-fn run_on(url: &str, case: &Case, more: &[&str]) -> (Option<i32>, String) {
-    let args = [&DAYS[..], &["--cluster", url], more].concat();
+/// `backfill ARGS` with no key in the environment: its exit code and stderr.
+fn keyless(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args(case.args("run", &args))
+        .args(args)
         .env_remove(KEY_VARIABLE)
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (out.status.code(), stderr)
+}
+
+/// `run` of `case` over `DAYS` on the cluster at `url`, with `more` arguments and no
+/// key in the environment: its exit code and stderr.
+fn run_on(url: &str, case: &Case, more: &[&str]) -> (Option<i32>, String) {
+    let args = [&DAYS[..], &["--cluster", url], more].concat();
+    keyless(&case.args("run", &args))
 }
 
 /// `run_on` with `key` from a file, or none.
@@ -257,13 +262,8 @@ fn listening_beyond_loopback_without_a_key_is_refused() {
             "0.0.0.0",
         ],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_backfill"))
-            .args(&args)
-            .env_remove(KEY_VARIABLE)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let (code, stderr) = keyless(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains(
                 "error: --bind: refusing to listen on 0.0.0.0 without a cluster key: anyone \
@@ -278,18 +278,13 @@ fn listening_beyond_loopback_without_a_key_is_refused() {
 fn a_short_key_is_refused_naming_where_it_came_from() {
     let scratch = Scratch::new();
     let file = key_file(scratch.path("").as_path(), "short");
-    let out = Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args([
-            "cluster",
-            "scheduler",
-            "--cluster-key-file",
-            file.to_str().unwrap(),
-        ])
-        .env_remove(KEY_VARIABLE)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = keyless(&[
+        "cluster",
+        "scheduler",
+        "--cluster-key-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
     let expected = format!(
         "error: {}: the cluster key has 5 characters; it needs at least 16",
         file.display()
@@ -412,14 +407,13 @@ fn certificate_files_that_cannot_serve_are_refused_naming_the_flag() {
             &format!("error: --tls-key: {ca}: no PEM private key in it"),
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_backfill"))
-            .args(["cluster", "scheduler", "--bind", "127.0.0.1:1"])
-            .args(&flags)
-            .env_remove(KEY_VARIABLE)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        let args = [
+            &["cluster", "scheduler", "--bind", "127.0.0.1:1"][..],
+            &flags,
+        ]
+        .concat();
+        let (code, stderr) = keyless(&args);
+        assert_eq!(code, Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
     }
 }

@@ -337,8 +337,6 @@ impl From<std::io::Error> for Refusal {
 impl Tls {
     /// Why the server `who` refused this process, in words that say which side holds what.
     fn refused_by(&self, who: &str, refusal: Refusal) -> Result<(), String> {
-        let another_key =
-            || format!("{who} holds another cluster key than this process: give both the same key");
         Err(match refusal {
             Refusal::NotTls if self.keyed => format!(
                 "{who} has no cluster key (it serves without TLS), but this process has one \
@@ -357,7 +355,9 @@ impl Tls {
             Refusal::Untrusted(why) => {
                 format!("{who} has a certificate that --tls-ca did not sign for it: {why}")
             }
-            Refusal::RefusedOurs if self.keyed => another_key(),
+            Refusal::RefusedOurs if self.keyed => {
+                format!("{who} holds another cluster key than this process: give both the same key")
+            }
             Refusal::RefusedOurs if self.presented.is_none() => format!(
                 "{who} takes only clients with a certificate its authority signed, and this \
                  process has none: give --tls-cert and --tls-key"
