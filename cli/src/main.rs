@@ -66,6 +66,9 @@ enum Command {
     History(commands::history::HistoryArgs),
     /// Show one run: what it was asked to do and every slice attempt it made.
     Show(commands::show::ShowArgs),
+    /// Print a run's OpenLineage events (JSON lines), as it wrote them next to its
+    /// history, or send them again to the collector (--send), for one that was down.
+    Lineage(commands::lineage::LineageArgs),
     /// Write one run as a single self-contained HTML page (no network needed to view it):
     /// summary, slices coloured by status, duration per slice, retries and failures.
     Report(commands::report::ReportArgs),
@@ -160,6 +163,7 @@ impl Command {
             | Command::Status(_)
             | Command::History(_)
             | Command::Show(_)
+            | Command::Lineage(_)
             | Command::RebuildPreview(_)
             | Command::Diff(_) => false,
         }
@@ -217,6 +221,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
         Command::Cancel(args) => commands::cancel::execute(args).await,
         Command::History(args) => commands::history::execute(args).await,
         Command::Show(args) => commands::show::execute(args).await,
+        Command::Lineage(args) => commands::lineage::execute(args).await,
         Command::Report(args) => commands::report::execute(args).await,
         Command::RebuildPreview(args) => commands::rebuild_preview::execute(args).await,
         Command::Clean(args) => commands::clean::execute(args).await,

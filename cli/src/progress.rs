@@ -115,6 +115,8 @@ impl Observer for Progress {
                     timestamp(requested_at)
                 )
             }),
+            // `[lineage] console`: each event as it is emitted.
+            RunEvent::Lineage { lineage, .. } => self.bar.suspend(|| eprintln!("{lineage}")),
             _ => {}
         }
     }

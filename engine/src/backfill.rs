@@ -19,6 +19,7 @@ use datafusion::prelude::{Expr, SessionContext};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::column_lineage::ColumnLineage;
 use crate::error::{Error, Result, ResultExt};
 use crate::ledger::{Ledger, Summaries, SwapManifest};
 use crate::pipeline::{Assertion, Pipeline};
@@ -40,6 +41,8 @@ pub struct Backfill {
     pub(crate) schema: SchemaRef,
     pub(crate) sink: Sink,
     pub(crate) sql_fingerprint: String,
+    /// Which source columns each output column derives from, if the plan tells.
+    pub(crate) column_lineage: Option<ColumnLineage>,
     /// The sources that read pipelines of the same chained run.
     pub(crate) upstreams: Vec<Upstream>,
     /// The selection the pipeline was opened for, if any, cut once.
@@ -308,6 +311,7 @@ impl Backfill {
         .map_err(|error| WrittenSql::transform(&pipeline).point(&variables, error))?;
         let schema = output_schema(frame.schema().as_arrow())
             .map_err(|m| Error::config(&pipeline.sql_origin, m))?;
+        let column_lineage = ColumnLineage::of(frame.logical_plan());
         check_columns(&pipeline, &schema)?;
         check_destination_apart(&pipeline)?;
         check_assertion_sql(&pipeline, &sources.context(1)?, &schema, &sample).await?;
@@ -325,6 +329,7 @@ impl Backfill {
             schema,
             sink,
             sql_fingerprint,
+            column_lineage,
             upstreams,
             scope,
         })
@@ -370,15 +375,33 @@ impl Backfill {
             Some(run_id) => history.run(&run_id).await?,
             None => None,
         };
-        found.ok_or_else(|| {
-            Error::config(
-                "RUN",
-                format!(
-                    "no run `{run}` of {} in the history of {}; `backfill history` lists its runs",
-                    self.pipeline.name, self.pipeline.destination.url
-                ),
-            )
-        })
+        found.ok_or_else(|| self.no_run(run))
+    }
+
+    /// The OpenLineage events run `run` (`latest` for the newest) wrote next to its
+    /// history, one JSON text each, in order, with the run's id.
+    pub async fn lineage_events(&self, run: &str) -> Result<(String, Vec<String>)> {
+        let history = self.history();
+        let run_id = history.resolve(run, &self.pipeline.name).await?;
+        let found = match &run_id {
+            Some(run_id) => history.lineage(run_id).await?,
+            None => None,
+        };
+        match (run_id, found) {
+            (Some(run_id), Some(events)) => Ok((run_id, events)),
+            _ => Err(self.no_run(run)),
+        }
+    }
+
+    /// The error for a run `run` this pipeline's history does not hold.
+    fn no_run(&self, run: &str) -> Error {
+        Error::config(
+            "RUN",
+            format!(
+                "no run `{run}` of {} in the history of {}; `backfill history` lists its runs",
+                self.pipeline.name, self.pipeline.destination.url
+            ),
+        )
     }
 
     /// The run history kept next to the destination table.

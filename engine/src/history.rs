@@ -3,7 +3,8 @@
 //! Each run writes small JSON objects under the destination's `_backfill/runs/` (a folder
 //! Delta readers ignore and vacuum never touches): `<run>/run.json` when it starts,
 //! `<run>/attempts/<slice>-<attempt>.json` as each slice attempt ends, and
-//! `<run>/end.json` when it ends, all immutable; and `<run>/heartbeat.json`, rewritten
+//! `<run>/end.json` when it ends, and `<run>/lineage/*.jsonl`, its OpenLineage events
+//! ([`crate::lineage`]), all immutable; and `<run>/heartbeat.json`, rewritten
 //! every few seconds while it runs, so a reader can tell a live run from a killed one.
 //! Anyone else may ask a run to stop by creating `<run>/stop.json` (once): the run looks
 //! for it every second. Anyone who can read the table can read its history; a crash
@@ -284,6 +285,37 @@ impl History {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(error) => Err(error).context(|| format!("writing {path}")),
         }
+    }
+
+    /// Writes the `index`-th batch of run `run_id`'s OpenLineage events (JSON lines).
+    pub async fn lineage_batch(&self, run_id: &str, index: usize, lines: &[u8]) -> Result<()> {
+        let path = run_path(run_id, &format!("lineage/{index:06}.jsonl"));
+        self.store
+            .put(&path, PutPayload::from(lines.to_vec()))
+            .await
+            .context(|| format!("writing {path}"))?;
+        Ok(())
+    }
+
+    /// Run `run_id`'s OpenLineage events as it wrote them, one JSON text each, in order;
+    /// `None` if there is no such run.
+    pub async fn lineage(&self, run_id: &str) -> Result<Option<Vec<String>>> {
+        if self
+            .get::<RunHeader>(&run_path(run_id, "run.json"))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        for name in self.list(&run_path(run_id, "lineage")).await? {
+            let read = self.store.get(&name).await;
+            let bytes = read.context(|| format!("reading {name}"))?;
+            let bytes = bytes.bytes().await.context(|| format!("reading {name}"))?;
+            let text = String::from_utf8_lossy(&bytes);
+            events.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+        }
+        Ok(Some(events))
     }
 
     /// Whether run `run_id` is still going as of `now`, from its header, end and

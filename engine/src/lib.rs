@@ -13,12 +13,14 @@ mod backfill;
 pub mod clock;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod column_lineage;
 pub mod error;
 pub mod estimate;
 pub mod fixtures;
 pub mod grid;
 pub mod history;
 pub mod ledger;
+pub mod lineage;
 pub mod pipeline;
 pub mod plan;
 pub mod preview;

@@ -299,6 +299,19 @@ pub fn decide(facts: &Facts) -> SliceState {
     }
 }
 
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every selected slice is done.
+    Done,
+    /// Some slices failed or were blocked, or a rebuild did not swap: running the same
+    /// command again does what is left.
+    Incomplete,
+    /// Asked to stop before every slice started.
+    Stopped,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ mod events;
 mod faults;
 mod hostile;
 mod lease;
+mod lineage;
 mod merge;
 mod newcomer;
 mod preflight;
@@ -190,11 +191,14 @@ async fn first_run_failing_every_slice_creates_no_table() {
     let history = case
         .scratch
         .files_under("warehouse/orders_clean/_backfill/runs");
+    let (lineage, records): (Vec<&String>, Vec<&String>) =
+        history.iter().partition(|file| file.contains("/lineage/"));
     assert_eq!(
-        history.len(),
+        records.len(),
         4,
         "the run's header, its heartbeat, its one attempt and its end: {history:?}"
     );
+    assert!(!lineage.is_empty(), "and its lineage events: {history:?}");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod diff;
 pub mod fixtures;
 pub mod history;
+pub mod lineage;
 pub mod plan;
 pub mod promote;
 pub mod rebuild_preview;

@@ -27,6 +27,7 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     pub(super) assertions: Vec<Spanned<RawAssertion>>,
     pub(super) max_source_requests: Option<Spanned<usize>>,
+    pub(super) lineage: Option<Spanned<super::lineage::RawLineage>>,
 }
 
 #[derive(Deserialize)]

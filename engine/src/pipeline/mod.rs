@@ -7,6 +7,7 @@
 
 mod file;
 mod keys;
+mod lineage;
 mod sections;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use crate::slice::SliceSpec;
 pub(crate) use file::Locator;
 use file::RawPipeline;
 pub use keys::{read_manifest, Listed};
+pub use lineage::{ApiKey, Collector, LineageSettings, DEFAULT_NAMESPACE};
 
 /// A validated pipeline: what to read, how to transform it, where and how to write it.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct Pipeline {
     pub assertions: Vec<Assertion>,
     /// Requests in flight at once to each source's object store, across all slices.
     pub max_source_requests: Option<usize>,
+    /// Where its OpenLineage events go.
+    pub lineage: LineageSettings,
 }
 
 impl Pipeline {
@@ -276,6 +280,7 @@ pub fn parse_with(text: &str, path: &Path, upstreams: Upstreams) -> Result<Pipel
         destination,
         assertions,
         max_source_requests: raw.max_source_requests.map(Spanned::into_inner),
+        lineage: lineage::settings(&at, raw.lineage, &|name| std::env::var(name).ok())?,
     })
 }
 

@@ -94,6 +94,16 @@ pub fn load_pipeline(path: &Path) -> Result<Pipeline> {
     })
 }
 
+/// A project's name: the name of the folder its file is in.
+fn project_name(path: &Path) -> String {
+    let folder = std::fs::canonicalize(path).ok();
+    let folder = folder.as_deref().and_then(Path::parent);
+    let name = folder
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy());
+    name.map_or_else(|| "project".to_string(), |name| name.into_owned())
+}
+
 /// A project file near the pipeline file `path` that lists it, and the pipeline's name.
 fn listing_project(path: &Path) -> Option<(PathBuf, String)> {
     let pipeline = std::fs::canonicalize(path).ok()?;
@@ -195,6 +205,9 @@ impl Project {
                 .find(|o| o.pipeline == pipeline.name)
                 .expect("every listed pipeline has an output");
             pipeline.destination.url = in_environment(own)?;
+            // A project's jobs are namespaced by the project, unless a pipeline names
+            // its own namespace.
+            (pipeline.lineage.namespace).get_or_insert_with(|| project_name(path));
             pipelines.push(pipeline);
         }
         let pipelines = in_dependency_order(path, pipelines)?;

@@ -7,6 +7,7 @@ use super::schedule::Slot;
 use super::{millis, Run, RunEvent};
 use crate::error::Error;
 use crate::history::Attempt;
+use crate::lineage::AttemptFacts;
 use crate::slice::Slice;
 use crate::states::SliceOutcome;
 
@@ -28,7 +29,17 @@ impl Run {
                 slot = Some(self.slots.take().await);
             }
             let started = Instant::now();
-            let running = self.run_slice(slice.clone(), index, attempt, started, &mut slot);
+            let at = options.clock.now();
+            self.lineage_emitted(self.lineage.attempt_started(index, slice, attempt, at));
+            let mut facts = AttemptFacts::default();
+            let running = self.run_slice(
+                slice.clone(),
+                index,
+                attempt,
+                started,
+                &mut slot,
+                &mut facts,
+            );
             let result = match options.slice_timeout {
                 None => running.await,
                 Some(limit) => tokio::time::timeout(limit, running)
@@ -58,6 +69,7 @@ impl Run {
                 duration_ms: millis(started.elapsed()),
                 finished_at: options.clock.now(),
             };
+            self.lineage_emitted(self.lineage.attempt_ended(index, &record, facts));
             self.record_attempt(index, record).await;
             let Some(reason) = passing.filter(|_| attempt <= options.retries) else {
                 return (status, attempt);

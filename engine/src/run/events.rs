@@ -10,6 +10,7 @@ use super::{FinishedSlice, Run, RunSummary};
 use crate::error::Result;
 use crate::estimate::Estimate;
 use crate::history::{Attempt, RunHeader};
+pub use crate::states::RunStatus;
 
 /// One thing that happened in a run (of one pipeline, or of a project's pipelines).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,6 +84,11 @@ pub enum RunEvent {
     },
     /// One pipeline's part of the run ended: its summary.
     PipelineEnded { summary: RunSummary },
+    /// An OpenLineage event the run emitted, for the console (`[lineage] console`).
+    Lineage {
+        pipeline: String,
+        lineage: serde_json::Value,
+    },
     /// The run ended.
     Ended {
         run_id: String,
@@ -113,19 +119,7 @@ pub enum Phase {
     Remembering,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Every selected slice is done.
-    Done,
-    /// Some slices failed or were blocked, or a rebuild did not swap: running the same
-    /// command again does what is left.
-    Incomplete,
-    /// Asked to stop before every slice started.
-    Stopped,
-}
-
+/// How a run ends, from its pipelines' summaries.
 impl RunStatus {
     /// How a run whose pipelines' summaries are `summaries` ended.
     pub fn of(summaries: &[RunSummary]) -> RunStatus {
@@ -156,7 +150,10 @@ impl Run {
     /// observer. Only a history that cannot be written fails.
     pub(super) async fn send(&self, event: RunEvent) -> Result<()> {
         match &event {
-            RunEvent::PipelineStarted { header } => self.history.start(header).await?,
+            RunEvent::PipelineStarted { header } => {
+                self.history.start(header).await?;
+                self.lineage_emitted(self.lineage.started(header, &self.slices));
+            }
             RunEvent::Attempted { index, attempt, .. } => {
                 (self.folded.lock().expect("not poisoned")).fold_attempt(&self.run_id, attempt);
                 let recorded = self.history.attempt(&self.run_id, *index, attempt).await;
@@ -167,9 +164,10 @@ impl Run {
                 }
             }
             RunEvent::PipelineEnded { summary } => {
-                self.history
-                    .end(&summary.run_id, &summary.end(self.options.clock.now()))
-                    .await?;
+                let end = summary.end(self.options.clock.now());
+                self.history.end(&summary.run_id, &end).await?;
+                let status = RunStatus::of(std::slice::from_ref(summary));
+                self.lineage_emitted(self.lineage.ended(status, &end));
                 let folded = std::mem::take(&mut *self.folded.lock().expect("not poisoned"));
                 let pipeline = &self.backfill.pipeline.name;
                 let saved = self.history.remember_ended(pipeline, &self.run_id, folded);
@@ -182,6 +180,17 @@ impl Run {
         }
         self.observer.on(&event);
         Ok(())
+    }
+
+    /// Tells the observer of an OpenLineage event the run emitted, if it goes to the
+    /// console.
+    pub(super) fn lineage_emitted(&self, event: Option<serde_json::Value>) {
+        if let Some(event) = event {
+            self.tell(RunEvent::Lineage {
+                pipeline: self.pipeline().to_string(),
+                lineage: event,
+            });
+        }
     }
 
     /// Sends an event the run history does not record.

@@ -56,10 +56,13 @@ impl Run {
         if summary.committed() > 0 || summary.rebuild.is_some() {
             self.summarize_ledger().await;
         }
-        self.send(RunEvent::PipelineEnded {
+        let ended = self.send(RunEvent::PipelineEnded {
             summary: summary.clone(),
-        })
-        .await?;
+        });
+        ended.await?;
+        // The run's lineage is written (and its collector given a bounded time) before
+        // the run says it ended.
+        self.lineage.finish().await;
         Ok(summary)
     }
 

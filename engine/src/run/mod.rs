@@ -46,6 +46,7 @@ use crate::estimate::{check_preflight, chosen_concurrency, default_concurrency, 
 pub use crate::history::{host, who};
 use crate::history::{History, SliceHistory};
 use crate::ledger::SwapManifest;
+use crate::lineage::Lineage;
 use crate::sink::strategy::Publishing;
 use crate::slice::{Selection, Slice};
 use crate::states::Reprocess;
@@ -351,6 +352,8 @@ struct Run {
     /// What this run's attempts say about each slice, saved in the history's summary
     /// when it ends, so that readers need not read its attempts.
     folded: std::sync::Mutex<SliceHistory>,
+    /// The run's OpenLineage events, built as it goes.
+    lineage: Lineage,
 }
 
 impl Run {
@@ -377,7 +380,8 @@ impl Run {
         let unplanned = planned.iter().map(|p| p.unplanned.is_some()).collect();
         let backfill = member.backfill.clone();
         Run {
-            history: History::new(backfill.sink.store()),
+            lineage: Lineage::new(&backfill, run_id, backfill.history()),
+            history: backfill.history(),
             backfill,
             options: options.clone(),
             run_id: run_id.to_string(),

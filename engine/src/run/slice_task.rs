@@ -11,6 +11,7 @@ use crate::assertions;
 use crate::backfill::{Prepared, SlicePlan};
 use crate::error::{Error, Result};
 use crate::ledger::{AssertionResult, SliceRecord, SwapManifest};
+use crate::lineage::AttemptFacts;
 use crate::sink::{CommitStep, Committer, StagedOutput};
 use crate::slice::Slice;
 use crate::states::{SliceOutcome, SliceState};
@@ -39,6 +40,7 @@ impl Run {
         attempt: u32,
         started: Instant,
         slot: &mut Option<Slot>,
+        facts: &mut AttemptFacts,
     ) -> Result<SliceOutcome> {
         let key = slice.key.clone();
         self.phase(&key, Phase::Planning);
@@ -46,12 +48,15 @@ impl Run {
             Planned::Compute(planned, prepared) => (planned, prepared),
             Planned::Settled(status) => return Ok(status),
         };
+        facts.sql = Some(planned.sql.clone());
+        facts.files = planned.files.clone();
+        facts.versions = self.backfill.sources.delta_versions();
         let planned_at = started.elapsed();
         self.phase(&key, Phase::Computing);
         let staged = self.stage(&planned, &prepared).await?;
         let staged_at = started.elapsed();
         self.phase(&key, Phase::Checking);
-        let results = self.check(&planned.slice, &staged).await?;
+        let results = self.check(&planned.slice, &staged, facts).await?;
         let record = self.record(&planned, &staged, results, attempt, started);
         let timings = Timings {
             started,
@@ -127,7 +132,12 @@ impl Run {
 
     /// Runs the slice's assertions over its staged output; a failed check (or one that
     /// cannot run) discards the staged files.
-    async fn check(&self, slice: &Slice, staged: &StagedOutput) -> Result<Vec<AssertionResult>> {
+    async fn check(
+        &self,
+        slice: &Slice,
+        staged: &StagedOutput,
+        facts: &mut AttemptFacts,
+    ) -> Result<Vec<AssertionResult>> {
         let backfill = &self.backfill;
         let checked = assertions::check(
             async || self.session().await,
@@ -138,6 +148,9 @@ impl Run {
             &backfill.pipeline.file.display().to_string(),
         )
         .await;
+        if let Ok(results) = &checked {
+            facts.checks = results.clone();
+        }
         match checked {
             Ok(results) if results.iter().all(|r| r.passed) => Ok(results),
             Ok(results) => {

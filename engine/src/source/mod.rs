@@ -266,6 +266,13 @@ impl Sources {
         }
     }
 
+    /// The version each Delta source that has been written reads now.
+    pub fn delta_versions(&self) -> Vec<(String, u64)> {
+        (self.deltas.iter())
+            .filter_map(|(name, delta)| Some((name.clone(), delta.version()?)))
+            .collect()
+    }
+
     /// Makes `ctx`'s default schema the pipeline's sources as tables a cluster can
     /// read: for a slice's transform, what its plan here `scanned`; otherwise each source
     /// as slices read it now. A source becomes such a table only when a query names it.
