@@ -18,6 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::projects::ProjectCase;
 use crate::reads::ManualClock;
 use crate::stores::TestStore;
 use crate::support::Case;
@@ -302,7 +303,7 @@ async fn every_event_of_a_run_with_a_retry_a_failed_check_and_a_cancel_follows_t
 
     // Column lineage, from the transform's plan: a column copied, one computed, and the
     // columns its filter reads.
-    let columns = facet(&events[1], "/outputs/0/facets/columnLineage");
+    let columns = facet(completed(DAYS[1]), "/outputs/0/facets/columnLineage");
     let input_of = |field: &str| -> (String, String) {
         let inputs = facet(columns, &format!("/fields/{field}/inputFields"));
         let [input] = inputs.as_array().unwrap().as_slice() else {
@@ -546,4 +547,60 @@ fn a_collector_receives_every_event_and_one_that_was_down_gets_them_from_lineage
     let console = [key[0], ("OPENLINEAGE__TRANSPORT__TYPE", "console")];
     let (_, nowhere) = backfill_with(&send, &console, 2);
     assert!(nowhere.contains("OPENLINEAGE_URL"), "{nowhere}");
+}
+
+#[test]
+fn a_project_namespaces_its_jobs_and_its_lineage_section_is_each_pipelines_unless_it_has_one() {
+    let project = ProjectCase::new();
+    let file = project.project();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n[lineage]\nconsole = true\n")).unwrap();
+    let daily = project.path("fixtures/pipelines/orders_daily.toml");
+    let text = std::fs::read_to_string(&daily).unwrap();
+    let own = text.replacen(
+        "[slices]",
+        "[lineage]\nnamespace = \"daily\"\n\n[slices]",
+        1,
+    );
+    std::fs::write(&daily, own).unwrap();
+
+    let run = [
+        "run",
+        file.as_str(),
+        "--pipelines",
+        "orders_clean,orders_daily",
+        "--start",
+        DAYS[0],
+        "--end",
+        DAYS[0],
+    ];
+    let (_, stderr) = backfill_with(&run, &[], 0);
+    let lineage = |pipeline: &str| -> Vec<Value> {
+        let printed = project.ok("lineage", &["--pipeline", pipeline, "latest"], 0);
+        printed
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (clean, daily) = (lineage("orders_clean"), lineage("orders_daily"));
+    assert_eq!(
+        (clean.len(), daily.len()),
+        (4, 4),
+        "a parent and one slice each"
+    );
+    // The project's folder names its jobs; a pipeline's own section names its own.
+    assert!(
+        clean.iter().all(|e| e["job"]["namespace"] == "fixtures"),
+        "{clean:#?}"
+    );
+    assert!(
+        daily.iter().all(|e| e["job"]["namespace"] == "daily"),
+        "{daily:#?}"
+    );
+    // The project's console transport is orders_clean's, not orders_daily's.
+    let told: Vec<Value> = (stderr.lines())
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v.get("eventType").is_some())
+        .collect();
+    assert_eq!(told, clean, "{stderr}");
 }

@@ -126,8 +126,10 @@ impl Lineage {
             self.slice_run(slice, attempt),
             self.slice_job(&self.sql),
         );
-        event.inputs = self.inputs.iter().map(|(_, d, _)| d.clone()).collect();
-        event.outputs = vec![self.output.clone()];
+        // Datasets by name only: their facets come with the attempt's end (a consumer
+        // merges a run's events), which keeps a year of hourly slices' log small.
+        event.inputs = self.inputs.iter().map(|(_, d, _)| d.named()).collect();
+        event.outputs = vec![self.output.named()];
         self.emit(event)
     }
 
@@ -172,7 +174,7 @@ impl Lineage {
             self.slice_run(&slice, attempt),
             self.slice_job(&self.sql),
         );
-        event.outputs = vec![self.output.clone()];
+        event.outputs = vec![self.output.named()];
         self.emit(event)
     }
 

@@ -99,6 +99,15 @@ impl Dataset {
                 path.trim_start_matches('/').to_string(),
             ),
         };
+        Dataset::new(namespace, name)
+    }
+
+    /// The same dataset, without its facets.
+    pub fn named(&self) -> Dataset {
+        Dataset::new(self.namespace.clone(), self.name.clone())
+    }
+
+    fn new(namespace: String, name: String) -> Dataset {
         Dataset {
             namespace,
             name,

@@ -35,6 +35,8 @@ pub struct LineageSettings {
     pub console: bool,
     /// A collector that takes events over HTTP.
     pub http: Option<Collector>,
+    /// Whether the file had a `[lineage]` section: a pipeline's own replaces its project's.
+    pub(crate) written: bool,
 }
 
 /// A collector that takes events over HTTP (Marquez, DataHub, OpenMetadata, ...).
@@ -82,14 +84,15 @@ impl Default for LineageSettings {
             log: true,
             console: false,
             http: None,
+            written: false,
         }
     }
 }
 
-/// The `[lineage]` section as written.
+/// The `[lineage]` section as written, in a pipeline or a project file.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawLineage {
+pub(crate) struct RawLineage {
     namespace: Option<Spanned<String>>,
     log: Option<bool>,
     console: Option<bool>,
@@ -103,7 +106,7 @@ pub(super) struct RawLineage {
 
 /// The `[lineage]` section validated, then the environment's OpenLineage variables over
 /// it, read through `env`.
-pub(super) fn settings(
+pub(crate) fn settings(
     at: &Locator,
     raw: Option<Spanned<RawLineage>>,
     env: &dyn Fn(&str) -> Option<String>,
@@ -111,6 +114,7 @@ pub(super) fn settings(
     let mut settings = LineageSettings::default();
     if let Some(raw) = raw {
         let raw = raw.into_inner();
+        settings.written = true;
         if let Some(namespace) = raw.namespace {
             let named = namespace_of(namespace.get_ref());
             settings.namespace = Some(named.map_err(|m| at.error(namespace.span(), m))?);

@@ -22,6 +22,7 @@ pub use crate::slice::SliceSpec;
 pub(crate) use file::Locator;
 use file::RawPipeline;
 pub use keys::{read_manifest, Listed};
+pub(crate) use lineage::{settings as lineage_settings, RawLineage};
 pub use lineage::{ApiKey, Collector, LineageSettings, DEFAULT_NAMESPACE};
 
 /// A validated pipeline: what to read, how to transform it, where and how to write it.

@@ -61,6 +61,8 @@ struct RawProject {
     pipelines: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     environments: BTreeMap<String, Spanned<RawEnvironment>>,
+    /// Where the pipelines' OpenLineage events go, unless one says for itself.
+    lineage: Option<Spanned<pipeline::RawLineage>>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +170,11 @@ impl Project {
             .collect::<Result<Vec<_>>>()?;
         check_apart(path, &files, &outputs)?;
         let environment = environment.unwrap_or(PRODUCTION).to_string();
+        let mut lineage =
+            pipeline::lineage_settings(&at, raw.lineage, &|name| std::env::var(name).ok())?;
+        // A project's jobs are namespaced by the project, unless it or a pipeline names
+        // a namespace.
+        (lineage.namespace).get_or_insert_with(|| project_name(path));
         let place = Placement::new(&at, &raw.environments, &environment, base)?;
         let in_environment = |output: &Output| -> Result<Url> { place.destination(output) };
         let mut pipelines = Vec::with_capacity(files.len());
@@ -205,9 +212,10 @@ impl Project {
                 .find(|o| o.pipeline == pipeline.name)
                 .expect("every listed pipeline has an output");
             pipeline.destination.url = in_environment(own)?;
-            // A project's jobs are namespaced by the project, unless a pipeline names
-            // its own namespace.
-            (pipeline.lineage.namespace).get_or_insert_with(|| project_name(path));
+            if !pipeline.lineage.written {
+                pipeline.lineage = lineage.clone();
+            }
+            (pipeline.lineage.namespace).get_or_insert_with(|| lineage.namespace().to_string());
             pipelines.push(pipeline);
         }
         let pipelines = in_dependency_order(path, pipelines)?;
