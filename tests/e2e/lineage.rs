@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::projects::ProjectCase;
 use crate::reads::ManualClock;
 use crate::stores::TestStore;
-use crate::support::Case;
+use crate::support::{Case, Watched};
 
 const DAYS: [&str; 5] = [
     "2024-01-01",
@@ -547,6 +547,16 @@ fn a_collector_receives_every_event_and_one_that_was_down_gets_them_from_lineage
     let console = [key[0], ("OPENLINEAGE__TRANSPORT__TYPE", "console")];
     let (_, nowhere) = backfill_with(&send, &console, 2);
     assert!(nowhere.contains("OPENLINEAGE_URL"), "{nowhere}");
+
+    // OPENLINEAGE_DISABLED turns every event off: none sent, none logged.
+    let off = [key[0], ("OPENLINEAGE_DISABLED", "true")];
+    backfill_with(&rerun, &off, 0);
+    let (printed, said) = backfill_with(&case.args("lineage", &["latest"]), &key, 0);
+    assert!(
+        printed.is_empty() && said.contains("wrote no lineage events"),
+        "{said}"
+    );
+    assert_eq!(collector.events().len(), 18);
 }
 
 #[test]
@@ -603,4 +613,26 @@ fn a_project_namespaces_its_jobs_and_its_lineage_section_is_each_pipelines_unles
         .filter(|v| v.get("eventType").is_some())
         .collect();
     assert_eq!(told, clean, "{stderr}");
+}
+
+#[test]
+fn a_collector_that_never_answers_leaves_the_run_to_end_with_its_events_in_the_log() {
+    // It takes connections and never answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || silent.incoming().take(64).collect::<Vec<_>>());
+    let case = Case::new("orders_clean");
+    let section = format!("[lineage]\nurl = \"{url}\"\ntimeout = \"1s\"\n\n[slices]");
+    case.edit_pipeline("[slices]", &section);
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"));
+    run.args(case.args("run", &["--start", DAYS[0], "--end", DAYS[2]]));
+    let (code, printed) = Watched::spawn(run).end_within(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("were not delivered"), "{printed}");
+    assert_eq!(
+        lineage_of(&case, "latest").len(),
+        8,
+        "a parent and three slices"
+    );
+    drop(held);
 }

@@ -25,7 +25,7 @@ pub async fn execute(args: LineageArgs) -> anyhow::Result<Outcome> {
     let backfill = args.pipeline.open(None).await?;
     let (run_id, events) = backfill.lineage_events(&args.run).await?;
     if events.is_empty() {
-        eprintln!("run {run_id} wrote no lineage events: `[lineage] log` was off, or OPENLINEAGE_DISABLED set");
+        eprintln!("run {run_id} wrote no lineage events: `[lineage] log` was off, OPENLINEAGE_DISABLED was set, or it ran before backfill wrote them");
         return Ok(Outcome::Success);
     }
     if !args.send {

@@ -35,7 +35,8 @@ pub struct AttemptFacts {
     pub checks: Vec<AssertionResult>,
 }
 
-/// A pipeline's part of a run, as OpenLineage events.
+/// A pipeline's part of a run, as OpenLineage events. Each method emits one event and
+/// returns it if it goes to the console.
 pub struct Lineage {
     /// The backfill run's id, and when it started (to the second, from the id).
     run_id: String,
@@ -208,15 +209,13 @@ impl Lineage {
         self.outlets.finish().await;
     }
 
-    /// Whether events go to the console too: the caller tells them to its observer.
-    pub fn to_console(&self) -> bool {
-        self.outlets.console
-    }
-
+    /// Hands `event` to the log and the collector; returns it if it goes to the console
+    /// too, for the caller to tell its observer (the engine never prints).
     fn emit(&self, event: Event) -> Option<Value> {
-        let value = serde_json::to_value(&event).expect("events serialize");
-        self.outlets.take(&value);
-        self.outlets.console.then_some(value)
+        let line = serde_json::to_string(&event).expect("events serialize");
+        self.outlets.take(line);
+        let console = self.outlets.console;
+        console.then(|| serde_json::to_value(&event).expect("events serialize"))
     }
 
     fn parent_id(&self) -> uuid::Uuid {

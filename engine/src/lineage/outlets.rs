@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -69,9 +68,8 @@ impl Outlets {
         }
     }
 
-    /// Takes one event, as JSON.
-    pub(super) fn take(&self, event: &Value) {
-        let line = event.to_string();
+    /// Takes one event, as JSON text.
+    pub(super) fn take(&self, line: String) {
         if let Some(collector) = &self.collector {
             collector.take(line.clone());
         }

@@ -56,10 +56,10 @@ impl Run {
         if summary.committed() > 0 || summary.rebuild.is_some() {
             self.summarize_ledger().await;
         }
-        let ended = self.send(RunEvent::PipelineEnded {
+        self.send(RunEvent::PipelineEnded {
             summary: summary.clone(),
-        });
-        ended.await?;
+        })
+        .await?;
         // The run's lineage is written (and its collector given a bounded time) before
         // the run says it ended.
         self.lineage.finish().await;
