@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_engine::run::{Observer, Phase, RunEvent, RunStatus};
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection, SliceOutcome};
+use backfill_engine::{RunOptions, Selection, SliceOutcome};
 use tokio::sync::Semaphore;
 
 use crate::reads::ManualClock;
-use crate::stores::TestStore;
+use crate::stores::{open_through, TestStore};
 use crate::support::Case;
 
 const DAYS: [&str; 4] = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"];
@@ -68,14 +68,7 @@ async fn a_run_tells_its_phases_retries_failed_checks_and_group_commits_in_order
     let store = Arc::new(TestStore::default());
     let hold = Arc::new(Semaphore::new(0));
     *store.commit_hold.lock().unwrap() = Some(hold.clone());
-    let mut pipeline = pipeline::load(&case.pipeline).unwrap();
-    pipeline.destination.url = url::Url::from_directory_path(&case.table).unwrap();
-    let open = OpenOptions {
-        stores: vec![(url::Url::parse("file:///").unwrap(), store.clone())],
-        destination_store: Some(store.clone()),
-        ..OpenOptions::default()
-    };
-    let backfill = Arc::new(Backfill::open(pipeline, open).await.unwrap());
+    let backfill = open_through(store.clone(), &case.pipeline, &case.table).await;
     let recorder = Arc::new(Recorder {
         events: Mutex::default(),
         store,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_engine::run::{Observer, Phase, RunEvent, Stop};
-use backfill_engine::{pipeline, Backfill, OpenOptions, RunOptions, Selection};
+use backfill_engine::{RunOptions, Selection};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::projects::ProjectCase;
 use crate::reads::ManualClock;
-use crate::stores::TestStore;
+use crate::stores::{open_through, TestStore};
 use crate::support::{Case, Watched};
 
 const DAYS: [&str; 5] = [
@@ -93,29 +93,45 @@ impl Spec {
     }
 }
 
-/// Fails the first read of `2024-01-01`'s first computation (so it is retried), and asks
-/// the run to stop, abandoning what is in flight, once `2024-01-04` computes.
+/// Fails the first read of `2024-01-01`'s first computation (so it is retried), makes
+/// `2024-01-04`'s reads hang once it computes, and then, once the first two days are
+/// committed, asks the run to stop, abandoning `2024-01-04`.
 struct Faults {
     store: Arc<TestStore>,
     stop: Stop,
-    seen: Mutex<BTreeSet<String>>,
+    computing: Mutex<BTreeSet<String>>,
+    committed: Mutex<BTreeSet<String>>,
 }
 
 impl Observer for Faults {
     fn on(&self, event: &RunEvent) {
-        let RunEvent::Phase {
-            slice,
-            phase: Phase::Computing,
-            ..
-        } = event
-        else {
-            return;
-        };
-        let first = self.seen.lock().unwrap().insert(slice.clone());
-        if slice == DAYS[0] && first {
-            self.store.failing_reads.store(1, Ordering::SeqCst);
+        match event {
+            RunEvent::Phase {
+                slice,
+                phase: Phase::Computing,
+                ..
+            } => {
+                let first = self.computing.lock().unwrap().insert(slice.clone());
+                if slice == DAYS[0] && first {
+                    self.store.failing_reads.store(1, Ordering::SeqCst);
+                }
+                if slice == DAYS[3] {
+                    let hanging = format!("dt={}", DAYS[3]);
+                    self.store.hanging_paths.lock().unwrap().push(hanging);
+                }
+            }
+            RunEvent::Committed { slices, .. } => {
+                self.committed
+                    .lock()
+                    .unwrap()
+                    .extend(slices.iter().cloned());
+            }
+            _ => return,
         }
-        if slice == DAYS[3] {
+        let committed = self.committed.lock().unwrap();
+        let computing = self.computing.lock().unwrap();
+        if committed.contains(DAYS[0]) && committed.contains(DAYS[1]) && computing.contains(DAYS[3])
+        {
             self.stop.abandon_in_flight();
         }
     }
@@ -145,14 +161,7 @@ async fn every_event_of_a_run_with_a_retry_a_failed_check_and_a_cancel_follows_t
         "WHERE amount < 0 OR dt = '2024-01-03'\"",
     );
     let store = Arc::new(TestStore::default());
-    let mut pipeline = pipeline::load(&case.pipeline).unwrap();
-    pipeline.destination.url = url::Url::from_directory_path(&case.table).unwrap();
-    let open = OpenOptions {
-        stores: vec![(url::Url::parse("file:///").unwrap(), store.clone())],
-        destination_store: Some(store.clone()),
-        ..OpenOptions::default()
-    };
-    let backfill = Arc::new(Backfill::open(pipeline, open).await.unwrap());
+    let backfill = open_through(store.clone(), &case.pipeline, &case.table).await;
     let options = RunOptions {
         concurrency: Some(1),
         retries: 2,
@@ -162,7 +171,8 @@ async fn every_event_of_a_run_with_a_retry_a_failed_check_and_a_cancel_follows_t
     let faults = Arc::new(Faults {
         store,
         stop: options.stop.clone(),
-        seen: Mutex::default(),
+        computing: Mutex::default(),
+        committed: Mutex::default(),
     });
     let selection = Selection::keys(DAYS.iter().map(|d| d.to_string()).collect());
     let running = backfill.clone().run(&selection, &options, faults);

@@ -39,6 +39,8 @@ pub struct TestStore {
     /// Reads still to be answered "access denied", which no retry changes.
     pub denied_reads: AtomicUsize,
     pub hanging_reads: AtomicUsize,
+    /// Reads of paths holding any of these never answer.
+    pub hanging_paths: Mutex<Vec<String>>,
     /// How long each read takes, so that concurrent reads overlap measurably.
     pub read_delay: Mutex<Duration>,
     in_flight: AtomicUsize,
@@ -77,12 +79,15 @@ impl TestStore {
         result
     }
 
-    /// Hangs this read forever if hangs are still due.
-    async fn maybe_hang(&self) {
+    /// Hangs this read of `location` forever if hangs are still due, or if its path is one
+    /// that hangs.
+    async fn maybe_hang(&self, location: &Path) {
         let due = self
             .hanging_reads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if due.is_ok() {
+        let paths = self.hanging_paths.lock().unwrap().clone();
+        let hangs = paths.iter().any(|p| location.as_ref().contains(p.as_str()));
+        if due.is_ok() || hangs {
             std::future::pending::<()>().await;
         }
     }
@@ -230,7 +235,7 @@ impl ObjectStore for TestStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.maybe_fail(location)?;
-        self.maybe_hang().await;
+        self.maybe_hang(location).await;
         let result = self
             .in_flight(self.inner.get_opts(location, options))
             .await?;
@@ -240,7 +245,7 @@ impl ObjectStore for TestStore {
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.maybe_fail(location)?;
-        self.maybe_hang().await;
+        self.maybe_hang(location).await;
         let result = self
             .in_flight(self.inner.get_ranges(location, ranges))
             .await?;
@@ -302,4 +307,21 @@ pub async fn open_over_with(
         ..OpenOptions::default()
     };
     Backfill::open(pipeline, options).await
+}
+
+/// Opens `pipeline` writing to `table`, with every source read and every destination
+/// read and write (its log, its history) going through `store`.
+pub async fn open_through(
+    store: Arc<TestStore>,
+    pipeline: &std::path::Path,
+    table: &std::path::Path,
+) -> Arc<Backfill> {
+    let mut pipeline = pipeline::load(pipeline).unwrap();
+    pipeline.destination.url = url::Url::from_directory_path(table).unwrap();
+    let open = OpenOptions {
+        stores: vec![(url::Url::parse("file:///").unwrap(), store.clone())],
+        destination_store: Some(store),
+        ..OpenOptions::default()
+    };
+    Arc::new(Backfill::open(pipeline, open).await.unwrap())
 }

@@ -142,8 +142,36 @@ impl Lineage {
         attempt: &Attempt,
         facts: AttemptFacts,
     ) -> Option<Value> {
-        let opened = self.open.lock().expect("not poisoned").remove(&index);
-        let (slice, number) = opened?;
+        let (slice, _) = self.open.lock().expect("not poisoned").remove(&index)?;
+        self.end(&slice, attempt, facts)
+    }
+
+    /// The attempts still open when the pipeline's part ends (abandoned as the run was
+    /// stopped) end at `at` as `settled` says of their slice: committed after all, as the
+    /// log says, or abandoned.
+    pub fn close_open(
+        &self,
+        at: DateTime<Utc>,
+        settled: impl Fn(&str) -> SliceOutcome,
+    ) -> Vec<Value> {
+        let open: Vec<(Slice, u32)> = (self.open.lock().expect("not poisoned").drain())
+            .map(|(_, opened)| opened)
+            .collect();
+        let ended = open.into_iter().filter_map(|(slice, attempt)| {
+            let record = Attempt {
+                status: settled(&slice.key),
+                slice: slice.key.clone(),
+                attempt,
+                duration_ms: 0,
+                finished_at: at,
+            };
+            self.end(&slice, &record, AttemptFacts::default())
+        });
+        ended.collect()
+    }
+
+    /// The end of `attempt` at `slice`.
+    fn end(&self, slice: &Slice, attempt: &Attempt, facts: AttemptFacts) -> Option<Value> {
         let event_type = match &attempt.status {
             SliceOutcome::Failed { .. } | SliceOutcome::Blocked { .. } => EventType::Fail,
             SliceOutcome::Abandoned => EventType::Abort,
@@ -152,7 +180,7 @@ impl Lineage {
             | SliceOutcome::Staged { .. }
             | SliceOutcome::Skipped { .. } => EventType::Complete,
         };
-        let mut run = self.slice_run(&slice, number);
+        let mut run = self.slice_run(slice, attempt.attempt);
         if let SliceOutcome::Failed { error, .. } = &attempt.status {
             run.facets
                 .insert("errorMessage".into(), error_message(error));
@@ -161,21 +189,6 @@ impl Lineage {
         let mut event = Event::new(event_type, attempt.finished_at, run, self.slice_job(sql));
         event.inputs = self.read(&facts);
         event.outputs = vec![self.written(&attempt.status, &facts.checks)];
-        self.emit(event)
-    }
-
-    /// The attempt in flight at slice `index`, if any, was abandoned at `at`: the run was
-    /// stopped.
-    pub fn attempt_abandoned(&self, index: usize, at: DateTime<Utc>) -> Option<Value> {
-        let opened = self.open.lock().expect("not poisoned").remove(&index);
-        let (slice, attempt) = opened?;
-        let mut event = Event::new(
-            EventType::Abort,
-            at,
-            self.slice_run(&slice, attempt),
-            self.slice_job(&self.sql),
-        );
-        event.outputs = vec![self.output.named()];
         self.emit(event)
     }
 

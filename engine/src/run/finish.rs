@@ -30,6 +30,13 @@ impl Run {
         if outcomes.iter().any(|o| o.status == SliceOutcome::Abandoned) {
             self.settle_abandoned(&mut outcomes).await?;
         }
+        let settled = |slice: &str| {
+            let outcome = outcomes.iter().find(|o| o.slice == slice);
+            outcome.map_or(SliceOutcome::Abandoned, |o| o.status.clone())
+        };
+        for event in self.lineage.close_open(self.options.clock.now(), settled) {
+            self.lineage_emitted(Some(event));
+        }
         let rebuild = match self.backfill.sink.strategy().publishing() {
             Publishing::Swap => {
                 let staged = std::mem::take(&mut *self.staged.lock().expect("not poisoned"));

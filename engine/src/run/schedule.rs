@@ -183,11 +183,7 @@ impl Run {
                 });
                 tokio::select! {
                     finished = self.attempt_slice(&slice, index, slot) => finished,
-                    _ = stop.in_flight.cancelled() => {
-                        let abandoned = self.lineage.attempt_abandoned(index, self.options.clock.now());
-                        self.lineage_emitted(abandoned);
-                        (SliceOutcome::Abandoned, 1)
-                    }
+                    _ = stop.in_flight.cancelled() => (SliceOutcome::Abandoned, 1),
                 }
             }
             Err(skipped @ SliceOutcome::Skipped { .. }) => (skipped, 1),
