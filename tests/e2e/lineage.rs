@@ -617,6 +617,17 @@ fn a_project_namespaces_its_jobs_and_its_lineage_section_is_each_pipelines_unles
         daily.iter().all(|e| e["job"]["namespace"] == "daily"),
         "{daily:#?}"
     );
+    // orders_daily read orders_clean's table at the version that committed the day, and
+    // names it as orders_clean's events name their output.
+    let (read, written) = (&daily[2]["inputs"][0], &clean[2]["outputs"][0]);
+    assert_eq!(daily[2]["eventType"], "COMPLETE");
+    assert_eq!(
+        (&read["namespace"], &read["name"]),
+        (&written["namespace"], &written["name"])
+    );
+    assert_eq!(facet(read, "/facets/version/datasetVersion"), "0");
+    assert_eq!(facet(written, "/facets/version/datasetVersion"), "0");
+
     // The project's console transport is orders_clean's, not orders_daily's.
     let told: Vec<Value> = (stderr.lines())
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())

@@ -35,6 +35,12 @@ pub struct AttemptFacts {
     pub checks: Vec<AssertionResult>,
 }
 
+/// A source as an input dataset, with its name in the SQL.
+struct Input {
+    source: String,
+    dataset: Dataset,
+}
+
 /// A pipeline's part of a run, as OpenLineage events. Each method emits one event and
 /// returns it if it goes to the console.
 pub struct Lineage {
@@ -45,8 +51,7 @@ pub struct Lineage {
     parent: JobName,
     job: JobName,
     sql: String,
-    /// The sources, by name, with whether each is a Delta table.
-    inputs: Vec<(String, Dataset, bool)>,
+    inputs: Vec<Input>,
     output: Dataset,
     /// Attempts started and not ended, by slice index: their slice and attempt.
     open: Mutex<HashMap<usize, (Slice, u32)>>,
@@ -62,17 +67,20 @@ impl Lineage {
             namespace: settings.namespace().to_string(),
             name: pipeline.name.clone(),
         };
-        let inputs: Vec<_> = (pipeline.sources.iter())
+        let inputs: Vec<Input> = (pipeline.sources.iter())
             .map(|source| {
                 let delta = source.format == SourceFormat::Delta;
                 let mut dataset = Dataset::at(&source.url);
-                dataset.facets = data_source(&source.url, if delta { "delta" } else { "hive" });
-                (source.name.clone(), dataset, delta)
+                dataset.facets = data_source(&source.url, delta);
+                Input {
+                    source: source.name.clone(),
+                    dataset,
+                }
             })
             .collect();
         let destination = &pipeline.destination.url;
         let mut output = Dataset::at(destination);
-        output.facets = data_source(destination, "delta");
+        output.facets = data_source(destination, true);
         output
             .facets
             .insert("schema".into(), schema(&backfill.schema));
@@ -129,7 +137,7 @@ impl Lineage {
         );
         // Datasets by name only: their facets come with the attempt's end (a consumer
         // merges a run's events), which keeps a year of hourly slices' log small.
-        event.inputs = self.inputs.iter().map(|(_, d, _)| d.named()).collect();
+        event.inputs = self.inputs.iter().map(|i| i.dataset.named()).collect();
         event.outputs = vec![self.output.named()];
         self.emit(event)
     }
@@ -272,12 +280,13 @@ impl Lineage {
     /// The sources, with what the attempt read of each: its files summarized, and the
     /// version of a Delta table.
     fn read(&self, facts: &AttemptFacts) -> Vec<Dataset> {
-        let inputs = self.inputs.iter().map(|(name, dataset, delta)| {
-            let mut dataset = dataset.clone();
+        let inputs = self.inputs.iter().map(|input| {
+            let mut dataset = input.dataset.clone();
+            let name = &input.source;
             let files: Vec<&SourceFile> =
                 facts.files.iter().filter(|f| &f.source == name).collect();
-            let version = facts.versions.iter().find(|(source, _)| source == name);
-            if let Some((_, version)) = version.filter(|_| *delta) {
+            // Only Delta sources have versions.
+            if let Some((_, version)) = facts.versions.iter().find(|(source, _)| source == name) {
                 let fields = json!({"datasetVersion": version.to_string()});
                 let version = facet("1-0-1/DatasetVersionDatasetFacet", fields);
                 dataset.facets.insert("version".into(), version);
@@ -370,12 +379,11 @@ fn nominal_time(
     Some(facet("1-0-1/NominalTimeRunFacet", fields))
 }
 
-fn data_source(url: &url::Url, kind: &str) -> Map<String, Value> {
+/// Where a table is, and how it is stored: a Delta table, or hive-partitioned Parquet.
+fn data_source(url: &url::Url, delta: bool) -> Map<String, Value> {
     let fields = json!({"name": url.as_str().trim_end_matches('/'), "uri": url.as_str()});
-    let storage = match kind {
-        "delta" => json!({"storageLayer": "delta", "fileFormat": "parquet"}),
-        _ => json!({"storageLayer": "hive", "fileFormat": "parquet"}),
-    };
+    let layer = if delta { "delta" } else { "hive" };
+    let storage = json!({"storageLayer": layer, "fileFormat": "parquet"});
     Map::from_iter([
         (
             "dataSource".to_string(),
@@ -396,7 +404,7 @@ fn schema(schema: &datafusion::arrow::datatypes::Schema) -> Value {
 }
 
 /// The `columnLineage` facet of `lineage`, its tables named as the sources `inputs` are.
-fn column_lineage(lineage: &ColumnLineage, inputs: &[(String, Dataset, bool)]) -> Value {
+fn column_lineage(lineage: &ColumnLineage, inputs: &[Input]) -> Value {
     let fields_of = |origins: &Origins| -> Vec<Value> {
         let mut by_column: BTreeMap<&SourceColumn, Vec<Value>> = BTreeMap::new();
         for (column, how) in origins {
@@ -407,7 +415,7 @@ fn column_lineage(lineage: &ColumnLineage, inputs: &[(String, Dataset, bool)]) -
         let named = by_column
             .into_iter()
             .filter_map(|((table, field), transformations)| {
-                let (_, dataset, _) = inputs.iter().find(|(source, ..)| source == table)?;
+                let dataset = &inputs.iter().find(|i| &i.source == table)?.dataset;
                 Some(json!({
                     "namespace": dataset.namespace,
                     "name": dataset.name,
