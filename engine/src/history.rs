@@ -3,7 +3,7 @@
 //! Each run writes small JSON objects under the destination's `_backfill/runs/` (a folder
 //! Delta readers ignore and vacuum never touches): `<run>/run.json` when it starts,
 //! `<run>/attempts/<slice>-<attempt>.json` as each slice attempt ends, and
-//! `<run>/end.json` when it ends, and `<run>/lineage/*.jsonl`, its OpenLineage events
+//! `<run>/end.json` when it ends, and `<run>/lineage/*.jsonl.gz`, its OpenLineage events
 //! ([`crate::lineage`]), all immutable; and `<run>/heartbeat.json`, rewritten
 //! every few seconds while it runs, so a reader can tell a live run from a killed one.
 //! Anyone else may ask a run to stop by creating `<run>/stop.json` (once): the run looks
@@ -287,11 +287,18 @@ impl History {
         }
     }
 
-    /// Writes the `index`-th batch of run `run_id`'s OpenLineage events (JSON lines).
-    pub async fn lineage_batch(&self, run_id: &str, index: usize, lines: &[u8]) -> Result<()> {
-        let path = run_path(run_id, &format!("lineage/{index:06}.jsonl"));
+    /// Writes the `index`-th batch of run `run_id`'s OpenLineage events (JSON lines),
+    /// gzipped: events repeat each other, and a year of hourly slices writes 17,520.
+    pub async fn lineage_batch(&self, run_id: &str, index: usize, lines: &str) -> Result<()> {
+        use std::io::Write;
+        let path = run_path(run_id, &format!("lineage/{index:06}.jsonl.gz"));
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zipped = gzip
+            .write_all(lines.as_bytes())
+            .and_then(|()| gzip.finish());
+        let zipped = zipped.expect("gzip into memory");
         self.store
-            .put(&path, PutPayload::from(lines.to_vec()))
+            .put(&path, PutPayload::from(zipped))
             .await
             .context(|| format!("writing {path}"))?;
         Ok(())
@@ -312,7 +319,12 @@ impl History {
             let read = self.store.get(&name).await;
             let bytes = read.context(|| format!("reading {name}"))?;
             let bytes = bytes.bytes().await.context(|| format!("reading {name}"))?;
-            let text = String::from_utf8_lossy(&bytes);
+            let mut text = String::new();
+            let unzipped = std::io::Read::read_to_string(
+                &mut flate2::read::GzDecoder::new(bytes.as_ref()),
+                &mut text,
+            );
+            unzipped.map_err(|e| Error::lasting(format!("reading {name}"), e))?;
             events.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
         }
         Ok(Some(events))

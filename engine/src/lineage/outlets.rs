@@ -141,10 +141,7 @@ async fn write(history: &History, run_id: &str, written: &mut usize, batch: &mut
     if batch.is_empty() {
         return;
     }
-    match history
-        .lineage_batch(run_id, *written, batch.as_bytes())
-        .await
-    {
+    match history.lineage_batch(run_id, *written, batch).await {
         Ok(()) => {
             *written += 1;
             batch.clear();
