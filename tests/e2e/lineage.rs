@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::projects::ProjectCase;
 use crate::reads::ManualClock;
 use crate::stores::{open_through, TestStore};
-use crate::support::{Case, Watched};
+use crate::support::{backfill_with, Case, Watched};
 
 const DAYS: [&str; 5] = [
     "2024-01-01",
@@ -425,24 +425,6 @@ async fn take(
     let event: Value = serde_json::from_slice(&body).unwrap();
     kept.lock().unwrap().push((event, authorization));
     Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
-}
-
-/// Runs `backfill` with `envs` set, asserting its exit code; returns stdout and stderr.
-fn backfill_with(args: &[&str], envs: &[(&str, &str)], code: i32) -> (String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "backfill {args:?}\n{stdout}\n{stderr}"
-    );
-    (stdout, stderr)
 }
 
 /// Waits until `collector` holds `count` events, failing after a deadline.

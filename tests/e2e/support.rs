@@ -38,7 +38,18 @@ pub fn backfill(args: &[&str]) -> Output {
 /// Runs `backfill` and returns stdout, failing the test with everything it said if the
 /// exit code is not `code`.
 pub fn backfill_ok(args: &[&str], code: i32) -> String {
-    let output = backfill(args);
+    backfill_with(args, &[], code).0
+}
+
+/// Runs `backfill` with the environment variables `envs` set, and returns stdout and
+/// stderr, failing the test with both if the exit code is not `code`.
+pub fn backfill_with(args: &[&str], envs: &[(&str, &str)], code: i32) -> (String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the backfill binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert_eq!(
@@ -46,7 +57,7 @@ pub fn backfill_ok(args: &[&str], code: i32) -> String {
         Some(code),
         "backfill {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    stdout
+    (stdout, stderr)
 }
 
 /// Runs `backfill` and sends it SIGINT as soon as a line of its stdout matches `when`;

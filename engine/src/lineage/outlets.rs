@@ -25,13 +25,13 @@ const MOST_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(super) struct Outlets {
     pub(super) console: bool,
-    log: Option<Background<String>>,
+    log: Option<Log>,
     collector: Option<Delivery>,
 }
 
-/// A task fed through a channel, finished by closing the channel.
-struct Background<T> {
-    sender: Mutex<Option<mpsc::UnboundedSender<T>>>,
+/// The log's writer: a task fed through a channel, finished by closing the channel.
+struct Log {
+    sender: Mutex<Option<mpsc::UnboundedSender<String>>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -59,7 +59,7 @@ impl Outlets {
         let on = !settings.disabled;
         Outlets {
             console: on && settings.console,
-            log: (on && settings.log).then(|| Background::log(history, run_id.to_string())),
+            log: (on && settings.log).then(|| Log::start(history, run_id.to_string())),
             collector: settings
                 .http
                 .clone()
@@ -89,25 +89,9 @@ impl Outlets {
     }
 }
 
-impl<T> Background<T> {
-    fn send(&self, item: T) {
-        if let Some(sender) = self.sender.lock().expect("not poisoned").as_ref() {
-            let _ = sender.send(item);
-        }
-    }
-
-    async fn finish(&self) {
-        drop(self.sender.lock().expect("not poisoned").take());
-        let task = self.task.lock().expect("not poisoned").take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Background<String> {
+impl Log {
     /// The log of run `run_id` in `history`: lines batched into one object a second.
-    fn log(history: History, run_id: String) -> Background<String> {
+    fn start(history: History, run_id: String) -> Log {
         let (sender, mut lines) = mpsc::unbounded_channel::<String>();
         let task = tokio::spawn(async move {
             let mut batch = String::new();
@@ -128,9 +112,23 @@ impl Background<String> {
             }
             write(&history, &run_id, &mut written, &mut batch).await;
         });
-        Background {
+        Log {
             sender: Mutex::new(Some(sender)),
             task: Mutex::new(Some(task)),
+        }
+    }
+
+    fn send(&self, item: String) {
+        if let Some(sender) = self.sender.lock().expect("not poisoned").as_ref() {
+            let _ = sender.send(item);
+        }
+    }
+
+    async fn finish(&self) {
+        drop(self.sender.lock().expect("not poisoned").take());
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(task) = task {
+            let _ = task.await;
         }
     }
 }

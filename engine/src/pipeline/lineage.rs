@@ -220,7 +220,7 @@ fn overridden(
     }
     let transport = var("OPENLINEAGE__TRANSPORT__TYPE").map(|t| t.trim().to_ascii_lowercase());
     match transport.as_deref() {
-        None | Some("http") => {}
+        None | Some("http") => settings.http = over_collector(settings.http.take(), &var)?,
         Some("console") => {
             settings.console = true;
             settings.http = None;
@@ -235,9 +235,6 @@ fn overridden(
                 format!("`{other}` is not one of http, console, noop"),
             ))
         }
-    }
-    if matches!(transport.as_deref(), None | Some("http")) {
-        settings.http = over_collector(settings.http.take(), &var)?;
     }
     Ok(settings)
 }
