@@ -376,7 +376,7 @@ fn store_error_in<'a>(
 /// Whether an object store's answer may change if asked again. `NotFound` may (a file
 /// replaced between listing and reading), as may the answers of racing writers; access
 /// denied, a bad path or an unsupported request will not.
-fn store_error_is_transient(error: &object_store::Error) -> bool {
+pub(crate) fn store_error_is_transient(error: &object_store::Error) -> bool {
     use object_store::Error as E;
     !matches!(
         error,

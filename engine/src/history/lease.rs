@@ -20,10 +20,13 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{History, HEARTBEAT_EVERY, PRESUMED_DEAD_AFTER};
-use crate::error::{Error, Result, ResultExt};
+use crate::error::{store_error_is_transient, Error, Result, ResultExt};
 
 /// Where a pipeline's leases are kept, next to the run history.
 const LEASES: &str = "_backfill/leases";
+
+/// Creates of a lease whose answer was lost, looked into before the run gives up.
+const UNANSWERED_CREATES: u32 = 5;
 
 /// Who holds a lease, and since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,7 @@ impl History {
         now: DateTime<Utc>,
     ) -> Result<Taking> {
         let here = super::host();
+        let mut unanswered = 0;
         loop {
             let newest = self.newest_lease(pipeline).await?;
             let (generation, expired) = match newest {
@@ -121,6 +125,15 @@ impl History {
                 Ok(_) => {}
                 // Another run took this generation first: look again at who holds it.
                 Err(object_store::Error::AlreadyExists { .. }) => continue,
+                // The create may have landed with its answer lost (a connection reset
+                // after the request): look again at who holds the lease, ours included.
+                Err(error)
+                    if store_error_is_transient(&error) && unanswered < UNANSWERED_CREATES =>
+                {
+                    unanswered += 1;
+                    tokio::time::sleep(Duration::from_millis(100) * unanswered).await;
+                    continue;
+                }
                 Err(error) => return Err(error).context(|| format!("writing {path}")),
             }
             self.forget_lease_before(pipeline, generation).await;
@@ -335,5 +348,86 @@ mod tests {
             [lease_path("p", 2)],
             "the expired generation is gone"
         );
+    }
+
+    /// Storage that writes every create and then loses its answer, as a reset connection
+    /// does after the request took effect.
+    #[derive(Debug, Default)]
+    struct LosesCreates(object_store::memory::InMemory);
+
+    impl std::fmt::Display for LosesCreates {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "LosesCreates")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for LosesCreates {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            options: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            let create = matches!(options.mode, PutMode::Create);
+            let put = self.0.put_opts(location, payload, options).await?;
+            match create {
+                true => Err(object_store::Error::Generic {
+                    store: "S3",
+                    source: "connection reset after the request was sent".into(),
+                }),
+                false => Ok(put),
+            }
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            options: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, options).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_created_whose_answer_was_lost_is_found_held_by_its_run() {
+        let history = History::new(Arc::new(LosesCreates::default()));
+        let now = at("2024-01-01T00:00:00Z");
+        let taken = history.take_lease("p", "run-a", now).await.unwrap();
+        assert!(matches!(taken, Taking::Taken(_, None)));
+        assert_eq!(holder_of(&history).await.run_id, "run-a");
     }
 }
