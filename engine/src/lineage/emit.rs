@@ -107,6 +107,9 @@ impl Lineage {
 
     /// The parent run starts: the pipeline's part of the run, over `slices`.
     pub fn started(&self, header: &RunHeader, slices: &[Slice]) -> Option<Value> {
+        if self.outlets.off() {
+            return None;
+        }
         let mut run = Run {
             run_id: self.parent_id(),
             facets: engine_facet(),
@@ -126,6 +129,10 @@ impl Lineage {
         attempt: u32,
         at: DateTime<Utc>,
     ) -> Option<Value> {
+        if self.outlets.off() {
+            // Nothing opened: its end builds nothing either.
+            return None;
+        }
         let mut open = self.open.lock().expect("not poisoned");
         open.insert(index, (slice.clone(), attempt));
         drop(open);
@@ -202,6 +209,9 @@ impl Lineage {
 
     /// The parent run ended as `status` says, as its history's `end` records.
     pub fn ended(&self, status: RunStatus, end: &RunEnd) -> Option<Value> {
+        if self.outlets.off() {
+            return None;
+        }
         let mut run = Run {
             run_id: self.parent_id(),
             facets: engine_facet(),

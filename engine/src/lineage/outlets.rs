@@ -68,6 +68,12 @@ impl Outlets {
         }
     }
 
+    /// Whether events go nowhere (lineage disabled, or every transport off): then none is
+    /// built.
+    pub(super) fn off(&self) -> bool {
+        !self.console && self.log.is_none() && self.collector.is_none()
+    }
+
     /// Takes one event, as JSON text.
     pub(super) fn take(&self, line: String) {
         if let Some(collector) = &self.collector {
