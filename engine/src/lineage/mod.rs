@@ -16,4 +16,3 @@ mod outlets;
 
 pub use collector::send;
 pub use emit::{AttemptFacts, Lineage};
-pub use event::PRODUCER;
