@@ -37,6 +37,10 @@ use crate::states::{RebuildOutcome, SliceOutcome};
 
 const RUNS: &str = "_backfill/runs";
 
+/// How a run id starts: the second the run started (`20240611T101500Z`), so ids sort
+/// in start order.
+pub const RUN_ID_SECOND: &str = "%Y%m%dT%H%M%SZ";
+
 /// What a command may take in place of a run id: the newest run of the pipeline.
 pub const LATEST: &str = "latest";
 

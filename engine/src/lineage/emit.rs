@@ -15,7 +15,7 @@ use super::event::{self, facet, Dataset, Event, EventType, Job, JobName, Run};
 use super::outlets::Outlets;
 use crate::backfill::Backfill;
 use crate::column_lineage::{ColumnLineage, Origins, SourceColumn};
-use crate::history::{Attempt, History, RunEnd, RunHeader};
+use crate::history::{Attempt, History, RunEnd, RunHeader, RUN_ID_SECOND};
 use crate::ledger::AssertionResult;
 use crate::pipeline::SourceFormat;
 use crate::slice::Slice;
@@ -297,9 +297,9 @@ impl Lineage {
                 facts.files.iter().filter(|f| &f.source == name).collect();
             // Only Delta sources have versions.
             if let Some((_, version)) = facts.versions.iter().find(|(source, _)| source == name) {
-                let fields = json!({"datasetVersion": version.to_string()});
-                let version = facet("1-0-1/DatasetVersionDatasetFacet", fields);
-                dataset.facets.insert("version".into(), version);
+                dataset
+                    .facets
+                    .insert("version".into(), dataset_version(*version));
             }
             if facts.sql.is_some() {
                 let mut fields = json!({
@@ -328,9 +328,9 @@ impl Lineage {
             _ => None,
         };
         if let Some(version) = version {
-            let fields = json!({"datasetVersion": version.to_string()});
-            let version = facet("1-0-1/DatasetVersionDatasetFacet", fields);
-            output.facets.insert("version".into(), version);
+            output
+                .facets
+                .insert("version".into(), dataset_version(version));
         }
         if let (Some((rows, bytes)), SliceOutcome::Committed { .. }) = (status.written(), status) {
             let fields = json!({"rowCount": rows, "size": bytes});
@@ -351,9 +351,15 @@ impl Lineage {
 /// When run `run_id` started, to the second: its id starts with it.
 fn started_of(run_id: &str) -> DateTime<Utc> {
     let second = run_id.split('-').next().unwrap_or_default();
-    NaiveDateTime::parse_from_str(second, "%Y%m%dT%H%M%SZ")
+    NaiveDateTime::parse_from_str(second, RUN_ID_SECOND)
         .map(|at| at.and_utc())
         .unwrap_or_default()
+}
+
+/// A Delta table's version, as the `version` dataset facet.
+fn dataset_version(version: u64) -> Value {
+    let fields = json!({"datasetVersion": version.to_string()});
+    facet("1-0-1/DatasetVersionDatasetFacet", fields)
 }
 
 fn engine_facet() -> Map<String, Value> {

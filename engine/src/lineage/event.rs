@@ -60,7 +60,7 @@ pub struct Run {
     pub facets: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobName {
     pub namespace: String,
     pub name: String,

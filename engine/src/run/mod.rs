@@ -417,9 +417,9 @@ fn cluster_of(_options: &RunOptions) -> Option<String> {
     None
 }
 
-/// A selection as people write it, for the run history.
+/// A new run's id: the second it started, then a random suffix.
 pub(crate) fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
-    let now = now.format("%Y%m%dT%H%M%SZ");
+    let now = now.format(crate::history::RUN_ID_SECOND);
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
     format!("{now}-{suffix}")
 }
